@@ -1,0 +1,144 @@
+//! Bronze: source files to raw rows plus ingestion metadata.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{ArrayRef, Date32Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use medallion_pipeline::meta;
+use medallion_proto::{IngestWork, TaskError, TaskMetrics};
+use medallion_sources::{ReadOptions, SourceError};
+use tokio::sync::mpsc;
+
+use crate::{Output, TaskContext, transient};
+
+/// The bronze table schema for the given data columns: data, `_rescued_data`, then metadata.
+pub fn bronze_schema(data: &Schema) -> SchemaRef {
+    let read = medallion_sources::with_rescued_column(data);
+    let mut fields: Vec<Field> = read.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend([
+        Field::new(
+            meta::INGESTED_AT,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new(meta::SOURCE_FILE, DataType::Utf8, false),
+        Field::new(meta::SOURCE_NAME, DataType::Utf8, false),
+        Field::new(meta::INGESTION_DATE, DataType::Date32, false),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// Bronze tables are partitioned by ingestion date.
+pub fn bronze_partition_columns() -> Vec<String> {
+    vec![meta::INGESTION_DATE.to_string()]
+}
+
+pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, TaskError> {
+    let bronze = ctx
+        .pipeline
+        .bronze(&ctx.table.name)
+        .ok_or_else(|| TaskError::permanent(format!("no bronze table '{}'", ctx.table.name)))?;
+    let source = ctx
+        .pipeline
+        .source(&bronze.source.value)
+        .ok_or_else(|| TaskError::permanent(format!("no source '{}'", bronze.source.value)))?;
+    let data = medallion_lake::schema_from_json(&work.data_schema_json)
+        .and_then(|s| medallion_lake::arrow_schema(&s))
+        .map_err(|e| TaskError::permanent(format!("{e:#}")))?;
+    let schema = bronze_schema(&data);
+    let ingested_at = DateTime::<Utc>::from_timestamp_micros(work.ingested_at_micros)
+        .ok_or_else(|| TaskError::permanent("ingestion time out of range"))?;
+    let reader = FileIngest {
+        options: ReadOptions::new(source.format, &source.options),
+        data,
+        schema: schema.clone(),
+        source_name: source.name.value.clone(),
+        ingested_at,
+    };
+
+    // Files are read on a blocking thread and written as they come, a few batches at a time.
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<RecordBatch>>(4);
+    let files: Vec<PathBuf> = work.files.iter().map(PathBuf::from).collect();
+    let reading = tokio::task::spawn_blocking(move || reader.read_all(&files, &tx));
+    let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let written = medallion_lake::write_data_files(
+        &ctx.output_uri,
+        &ctx.storage_options,
+        schema.clone(),
+        &bronze_partition_columns(),
+        Box::pin(batches),
+    )
+    .await;
+    let metrics = reading
+        .await
+        .map_err(transient)?
+        .map_err(|e| TaskError::permanent(format!("bronze.{}: {e}", ctx.table.name)))?;
+    let adds = written.map_err(transient)?;
+    Ok(Output {
+        adds,
+        schema,
+        metrics,
+    })
+}
+
+/// Reads files into bronze batches.
+struct FileIngest {
+    options: ReadOptions,
+    data: SchemaRef,
+    schema: SchemaRef,
+    source_name: String,
+    ingested_at: DateTime<Utc>,
+}
+
+impl FileIngest {
+    fn read_all(
+        &self,
+        files: &[PathBuf],
+        tx: &mpsc::Sender<anyhow::Result<RecordBatch>>,
+    ) -> Result<TaskMetrics, SourceError> {
+        let mut metrics = TaskMetrics::default();
+        for path in files {
+            for chunk in medallion_sources::read_file(path, &self.options, &self.data)? {
+                let chunk = chunk?;
+                let rows = chunk.batch.num_rows();
+                let batch = self
+                    .with_metadata(chunk.batch, &path.display().to_string())
+                    .map_err(|e| SourceError::new(path, e))?;
+                metrics.rows_read += rows as u64;
+                metrics.rows_written += rows as u64;
+                metrics.rows_rescued += chunk.rescued as u64;
+                if tx.blocking_send(Ok(batch)).is_err() {
+                    // The writer stopped; its error is what the task reports.
+                    return Ok(metrics);
+                }
+            }
+            metrics.files_read += 1;
+        }
+        Ok(metrics)
+    }
+
+    fn with_metadata(
+        &self,
+        batch: RecordBatch,
+        file: &str,
+    ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+        let n = batch.num_rows();
+        let days = self
+            .ingested_at
+            .date_naive()
+            .signed_duration_since(DateTime::UNIX_EPOCH.date_naive())
+            .num_days() as i32;
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![self.ingested_at.timestamp_micros(); n])
+                .with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(StringArray::from(vec![file; n])));
+        columns.push(Arc::new(StringArray::from(vec![self.source_name.as_str(); n])));
+        columns.push(Arc::new(Date32Array::from(vec![days; n])));
+        RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}

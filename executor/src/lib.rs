@@ -1,0 +1,92 @@
+//! The Medallion executor: runs one task at a time and never commits.
+//!
+//! A task reads its inputs, writes Parquet data files for its table and returns the Delta
+//! `Add` actions of those files; the coordinator commits them. An executor keeps no state
+//! between tasks, so any executor can run any task, and a retried task is harmless: files of a
+//! failed attempt are simply never committed.
+//!
+//! - [`ingest`]: bronze, source files to raw rows with ingestion metadata.
+//! - [`transform`]: silver, one key partition of a table typed, filtered and deduplicated.
+//! - [`aggregate`]: gold, the table's SQL over pinned versions of its inputs.
+
+pub mod aggregate;
+pub mod ingest;
+mod partition;
+mod session;
+pub mod transform;
+
+use std::collections::HashMap;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use deltalake::kernel::Add;
+use medallion_pipeline::{Pipeline, TableRef};
+use medallion_proto::{TaskError, TaskMetrics, TaskResult, task::Work};
+
+pub use partition::KeyPartition;
+
+/// What a task produced: uncommitted files, their schema and counters.
+pub(crate) struct Output {
+    pub adds: Vec<Add>,
+    pub schema: SchemaRef,
+    pub metrics: TaskMetrics,
+}
+
+/// What every task needs besides its work: the pipeline, the table and where to write.
+pub(crate) struct TaskContext {
+    pub pipeline: Pipeline,
+    pub table: TableRef,
+    pub output_uri: String,
+    pub storage_options: HashMap<String, String>,
+}
+
+/// Runs tasks in this process. The cluster's executor service wraps the same type.
+#[derive(Debug, Default, Clone)]
+pub struct Executor {}
+
+impl Executor {
+    pub fn new() -> Self {
+        Self {}
+    }
+
+    /// Runs one task to completion.
+    pub async fn run(&self, task: medallion_proto::Task) -> Result<TaskResult, TaskError> {
+        let spec = task
+            .pipeline
+            .ok_or_else(|| TaskError::permanent("task carries no pipeline spec"))?;
+        let pipeline = Pipeline::parse(spec.yaml, spec.origin, spec.base_dir.into())
+            .map_err(|e| TaskError::permanent(e.to_string()))?;
+        let table: TableRef = task.table.parse().map_err(TaskError::permanent)?;
+        let ctx = TaskContext {
+            storage_options: pipeline.storage_options.clone().into_iter().collect(),
+            pipeline,
+            table,
+            output_uri: task.output_uri,
+        };
+        let out = match task.work {
+            Some(Work::Ingest(w)) => ingest::run(&ctx, w).await?,
+            Some(Work::Transform(w)) => transform::run(&ctx, w).await?,
+            Some(Work::Aggregate(w)) => aggregate::run(&ctx, w).await?,
+            None => return Err(TaskError::permanent("task carries no work")),
+        };
+        let add_actions_json = out
+            .adds
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TaskError::permanent(e.to_string()))?;
+        Ok(TaskResult {
+            task_id: task.task_id,
+            add_actions_json,
+            schema_json: medallion_lake::schema_to_json(&out.schema).map_err(transient)?,
+            metrics: Some(TaskMetrics {
+                bytes_written: out.adds.iter().map(|a| a.size as u64).sum(),
+                ..out.metrics
+            }),
+        })
+    }
+}
+
+/// Infrastructure errors (storage, I/O) may pass on another attempt.
+pub(crate) fn transient(e: impl std::fmt::Display) -> TaskError {
+    TaskError::transient(format!("{e:#}"))
+}

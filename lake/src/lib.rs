@@ -1,0 +1,268 @@
+//! Delta Lake access shared by the coordinator and the executors.
+//!
+//! Executors only ever write *uncommitted* data files ([`write_data_files`]); the coordinator
+//! commits them. [`StagedFiles`] reads such uncommitted files back, so quality checks and merges
+//! can look at a table's next version before it exists.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::datasource::TableType;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
+use deltalake::kernel::{Add, StructType};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::{Stream, StreamExt};
+use url::Url;
+
+/// Storage options as deltalake takes them.
+pub type StorageOptions = HashMap<String, String>;
+
+/// Parses a table location: a URL, or a local path (made absolute).
+pub fn table_url(uri: &str) -> Result<Url> {
+    if uri.contains("://") {
+        Url::parse(uri).with_context(|| format!("invalid table URL '{uri}'"))
+    } else {
+        let abs = std::path::absolute(uri).with_context(|| format!("invalid path '{uri}'"))?;
+        Url::from_directory_path(&abs).map_err(|()| anyhow::anyhow!("invalid table path '{uri}'"))
+    }
+}
+
+/// A table handle that may not have a Delta log yet.
+pub fn table_handle(uri: &str, opts: &StorageOptions) -> Result<DeltaTable> {
+    Ok(DeltaTableBuilder::from_url(table_url(uri)?)?
+        .with_storage_options(opts.clone())
+        .build()?)
+}
+
+/// Opens a table at its latest version; `None` when nothing was ever committed there.
+pub async fn open_table(uri: &str, opts: &StorageOptions) -> Result<Option<DeltaTable>> {
+    let mut table = table_handle(uri, opts)?;
+    match table.load().await {
+        Ok(()) => Ok(Some(table)),
+        Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open Delta table {uri}")),
+    }
+}
+
+/// Opens a table at a given version.
+pub async fn open_version(uri: &str, opts: &StorageOptions, version: u64) -> Result<DeltaTable> {
+    let mut table = table_handle(uri, opts)?;
+    table
+        .load_version(version)
+        .await
+        .with_context(|| format!("cannot open Delta table {uri} at version {version}"))?;
+    Ok(table)
+}
+
+/// The Arrow schema of a Delta schema.
+pub fn arrow_schema(schema: &StructType) -> Result<SchemaRef> {
+    let s: Schema = schema.try_into_arrow()?;
+    Ok(Arc::new(s))
+}
+
+/// The Delta schema of an Arrow schema, as the JSON that travels in tasks.
+pub fn schema_to_json(schema: &Schema) -> Result<String> {
+    let s: StructType = schema.try_into_kernel()?;
+    Ok(serde_json::to_string(&s)?)
+}
+
+/// Reads a Delta schema from task JSON.
+pub fn schema_from_json(json: &str) -> Result<StructType> {
+    serde_json::from_str(json).context("invalid Delta schema JSON")
+}
+
+/// Writes batches as Parquet data files under `uri` without committing them.
+///
+/// Returns one Delta `Add` per file, with paths relative to `uri`. Nothing is visible to
+/// readers until the coordinator commits these actions.
+pub async fn write_data_files(
+    uri: &str,
+    opts: &StorageOptions,
+    schema: SchemaRef,
+    partition_columns: &[String],
+    mut batches: impl Stream<Item = Result<RecordBatch>> + Unpin,
+) -> Result<Vec<Add>> {
+    let url = table_url(uri)?;
+    let mut writer = RecordBatchWriter::try_new(
+        url.as_str(),
+        schema,
+        (!partition_columns.is_empty()).then(|| partition_columns.to_vec()),
+        Some(opts.clone()),
+    )?;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        if batch.num_rows() > 0 {
+            writer.write(batch).await.context("writing data files")?;
+        }
+    }
+    Ok(writer.flush().await?)
+}
+
+/// Uncommitted data files (Delta `Add`s under a directory), read as one table.
+///
+/// Partition values come from the `Add` actions, as Delta does not store them in the files.
+#[derive(Debug)]
+pub struct StagedFiles {
+    root: Url,
+    /// Data columns, then partition columns.
+    schema: SchemaRef,
+    partition_columns: Vec<String>,
+    files: Vec<Add>,
+}
+
+impl StagedFiles {
+    /// `schema` lists every column, partition columns included, in any order.
+    pub fn new(uri: &str, schema: &Schema, partition_columns: &[String], files: Vec<Add>) -> Result<Self> {
+        let (parts, data): (Vec<FieldRef>, Vec<FieldRef>) = schema
+            .fields()
+            .iter()
+            .cloned()
+            .partition(|f| partition_columns.contains(f.name()));
+        let ordered = Schema::new(data.into_iter().chain(parts).collect::<Vec<_>>());
+        Ok(Self {
+            root: table_url(uri)?,
+            schema: Arc::new(ordered),
+            partition_columns: partition_columns.to_vec(),
+            files,
+        })
+    }
+
+    /// Registers the object store of the files' location with `ctx`.
+    pub fn register_store(&self, ctx: &SessionContext, opts: &StorageOptions) -> Result<()> {
+        if self.root.scheme() != "file" {
+            let table = table_handle(self.root.as_str(), opts)?;
+            let store = table.log_store().root_object_store(None);
+            ctx.register_object_store(&self.store_url()?, store);
+        }
+        Ok(())
+    }
+
+    fn store_url(&self) -> Result<Url> {
+        Ok(Url::parse(&format!("{}://{}", self.root.scheme(), self.root.authority()))?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for StagedFiles {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let ext = |e: anyhow::Error| datafusion::error::DataFusionError::External(e.into());
+        let n_data = self.schema.fields().len() - self.partition_columns.len();
+        let data_schema = Arc::new(Schema::new(self.schema.fields()[..n_data].to_vec()));
+        let part_fields: Vec<FieldRef> = self.schema.fields()[n_data..].to_vec();
+        let root = deltalake::Path::from_url_path(self.root.path())
+            .map_err(|e| ext(e.into()))?;
+        let mut files = Vec::with_capacity(self.files.len());
+        for add in &self.files {
+            let rel = deltalake::Path::from_url_path(&add.path).map_err(|e| ext(e.into()))?;
+            let location: deltalake::Path = root.parts().chain(rel.parts()).collect();
+            let values = part_fields
+                .iter()
+                .map(|f| match add.partition_values.get(f.name()).cloned().flatten() {
+                    Some(s) => ScalarValue::try_from_string(s, f.data_type()),
+                    None => ScalarValue::try_from(f.data_type()),
+                })
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            let meta = deltalake::ObjectMeta {
+                location,
+                size: add.size as u64,
+                last_modified: Default::default(),
+                e_tag: None,
+                version: None,
+            };
+            files.push(PartitionedFile::new_from_meta(meta).with_partition_values(values));
+        }
+        let n = state.config().target_partitions().max(1);
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n];
+        for (i, f) in files.into_iter().enumerate() {
+            groups[i % n].push(f);
+        }
+        let groups = groups
+            .into_iter()
+            .filter(|g| !g.is_empty())
+            .map(FileGroup::new)
+            .collect();
+        let table_schema = TableSchema::builder(data_schema)
+            .with_table_partition_cols(part_fields)
+            .build();
+        let store = ObjectStoreUrl::parse(self.store_url().map_err(ext)?.as_str())?;
+        let config = FileScanConfigBuilder::new(store, Arc::new(ParquetSource::new(table_schema)))
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// The type Delta stores for an Arrow type: Delta has no unsigned integers, no nanosecond or
+/// zone-less timestamps, and no view or large string types.
+pub fn delta_type(t: &DataType) -> DataType {
+    use datafusion::arrow::datatypes::TimeUnit;
+    match t {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+        DataType::UInt8 => DataType::Int16,
+        DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+        DataType::Float16 => DataType::Float32,
+        DataType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        DataType::Date64 => DataType::Date32,
+        DataType::Dictionary(_, v) => delta_type(v),
+        other => other.clone(),
+    }
+}
+
+/// `schema` with every column type mapped by [`delta_type`].
+pub fn delta_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(delta_type(f.data_type())))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Casts a batch to `schema` (same columns, Delta-compatible types).
+pub fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| Ok(datafusion::arrow::compute::cast(c, f.data_type())?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}

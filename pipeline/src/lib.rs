@@ -1,0 +1,30 @@
+//! The Medallion pipeline model.
+//!
+//! A pipeline is declared in one YAML file ([`spec`]); [`Pipeline::load`] parses it, validates
+//! every reference and builds the table [`Dag`]. Coordinator and executors share this crate so
+//! both read a spec exactly the same way.
+
+pub mod dag;
+pub mod error;
+mod pipeline;
+pub mod spec;
+pub mod sql;
+pub mod types;
+
+pub use dag::{Dag, Layer, TableRef};
+pub use error::{SpecError, SpecErrors};
+pub use pipeline::Pipeline;
+
+/// Bronze metadata columns, added to every raw row.
+pub mod meta {
+    /// When the row was ingested (timestamp, UTC); the same for every row of one run.
+    pub const INGESTED_AT: &str = "_ingested_at";
+    /// The file the row came from.
+    pub const SOURCE_FILE: &str = "_source_file";
+    /// The spec's source name.
+    pub const SOURCE_NAME: &str = "_source_name";
+    /// The ingestion date (UTC); bronze tables are partitioned by it.
+    pub const INGESTION_DATE: &str = "_ingestion_date";
+    /// What could not be parsed into the table's columns, as JSON; NULL for clean rows.
+    pub const RESCUED_DATA: &str = "_rescued_data";
+}

@@ -1,0 +1,416 @@
+//! A loaded, validated pipeline: the spec plus everything resolved from it.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::Spanned;
+
+use crate::dag::{Dag, Layer, TableRef};
+use crate::error::{Errors, SpecError, SpecErrors};
+use crate::spec::*;
+use crate::{sql, types};
+
+/// A validated pipeline. Only [`Pipeline::parse`] makes one, so holding one means the spec
+/// passed every check.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub spec: PipelineSpec,
+    /// The spec text, shipped to executors so they see exactly what was validated.
+    pub yaml: String,
+    /// Where the spec came from, for messages.
+    pub origin: String,
+    /// Relative source paths and the lake root are resolved against this directory.
+    pub base_dir: PathBuf,
+    /// The lake root as a URL (`file:///...`, `s3://...`).
+    pub lake_root: String,
+    pub storage_options: BTreeMap<String, String>,
+    pub dag: Dag,
+}
+
+impl Pipeline {
+    /// Reads and validates a spec file.
+    pub fn load(path: &Path) -> Result<Pipeline, SpecErrors> {
+        let origin = path.display().to_string();
+        let yaml = std::fs::read_to_string(path).map_err(|e| {
+            SpecErrors(vec![SpecError {
+                file: origin.clone(),
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message: format!("cannot read the spec: {e}"),
+            }])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        Pipeline::parse(yaml, origin, base)
+    }
+
+    /// Parses and validates spec text; `origin` names it in errors.
+    pub fn parse(yaml: String, origin: String, base_dir: PathBuf) -> Result<Pipeline, SpecErrors> {
+        let spec: PipelineSpec = serde_saphyr::from_str(&yaml).map_err(|e| {
+            let loc = e.location().unwrap_or(serde_saphyr::Location::UNKNOWN);
+            SpecErrors(vec![SpecError {
+                file: origin.clone(),
+                line: loc.line(),
+                column: loc.column(),
+                field: String::new(),
+                message: first_line(&e.to_string()),
+            }])
+        })?;
+        let mut errors = Errors::new(&origin);
+        let dag = validate(&spec, &mut errors);
+        if !errors.found.is_empty() {
+            return Err(SpecErrors(errors.found));
+        }
+        let (root, storage_options) = match &spec.lake {
+            LakeSpec::Root(r) => (r.value.clone(), BTreeMap::new()),
+            LakeSpec::Detailed {
+                root,
+                storage_options,
+            } => (root.value.clone(), storage_options.clone()),
+        };
+        let lake_root = resolve_location(&base_dir, &root);
+        Ok(Pipeline {
+            spec,
+            yaml,
+            origin,
+            base_dir,
+            lake_root,
+            storage_options,
+            dag,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.pipeline.value
+    }
+
+    /// Where a table's Delta log lives: `<lake root>/<layer>/<name>`.
+    pub fn table_uri(&self, table: &TableRef) -> String {
+        format!(
+            "{}/{}/{}",
+            self.lake_root.trim_end_matches('/'),
+            table.layer,
+            table.name
+        )
+    }
+
+    /// Scratch space for staged files that are not table data yet (merge sources).
+    pub fn staging_uri(&self, run_id: &str, table: &TableRef) -> String {
+        format!(
+            "{}/_medallion/staging/{run_id}/{}/{}",
+            self.lake_root.trim_end_matches('/'),
+            table.layer,
+            table.name
+        )
+    }
+
+    pub fn source(&self, name: &str) -> Option<&SourceSpec> {
+        self.spec.sources.iter().find(|s| s.name.value == name)
+    }
+
+    pub fn bronze(&self, name: &str) -> Option<&BronzeSpec> {
+        self.spec.bronze.iter().find(|t| t.name.value == name)
+    }
+
+    pub fn silver(&self, name: &str) -> Option<&SilverSpec> {
+        self.spec.silver.iter().find(|t| t.name.value == name)
+    }
+
+    pub fn gold(&self, name: &str) -> Option<&GoldSpec> {
+        self.spec.gold.iter().find(|t| t.name.value == name)
+    }
+
+    /// The quality checks declared on a table.
+    pub fn checks(&self, table: &TableRef) -> &[CheckSpec] {
+        let checks = match table.layer {
+            Layer::Bronze => self.bronze(&table.name).map(|t| &t.checks),
+            Layer::Silver => self.silver(&table.name).map(|t| &t.checks),
+            Layer::Gold => self.gold(&table.name).map(|t| &t.checks),
+        };
+        checks.map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// A source's path or glob, resolved against the spec's directory.
+    pub fn source_location(&self, source: &SourceSpec) -> String {
+        resolve_location(&self.base_dir, &source.path.value)
+    }
+}
+
+/// Turns a spec location into an absolute path or URL; URLs pass through unchanged.
+fn resolve_location(base: &Path, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let path = Path::new(location);
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    normalize(&abs).display().to_string()
+}
+
+/// Removes `.` and `..` without touching the file system (the path may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+const NAME_RULE: &str = "must start with a letter or '_' and use only letters, digits and '_'";
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks names unique and well-formed within one list.
+fn check_names<'a>(
+    errors: &mut Errors,
+    kind: &str,
+    names: impl Iterator<Item = &'a Spanned<String>>,
+) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for (i, n) in names.enumerate() {
+        let field = format!("{kind}[{i}].name");
+        if !valid_name(&n.value) {
+            errors.on(n, &field, format!("'{}' {NAME_RULE}", n.value));
+        } else if !seen.insert(n.value.clone()) {
+            errors.on(n, &field, format!("duplicate {kind} name '{}'", n.value));
+        }
+    }
+    seen
+}
+
+fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
+    if !valid_name(&spec.pipeline.value) {
+        errors.on(&spec.pipeline, "pipeline", format!("'{}' {NAME_RULE}", spec.pipeline.value));
+    }
+    if let Some(s) = &spec.schedule
+        && let Err(e) = croner::parser::CronParser::builder()
+            .build()
+            .parse(&s.value)
+    {
+        errors.on(s, "schedule", format!("invalid cron expression: {e}"));
+    }
+    if spec.retries.max_attempts == 0 {
+        errors.at(
+            serde_saphyr::Location::UNKNOWN,
+            "retries.max_attempts",
+            "must be at least 1",
+        );
+    }
+    let root = match &spec.lake {
+        LakeSpec::Root(r) | LakeSpec::Detailed { root: r, .. } => r,
+    };
+    if root.value.trim().is_empty() {
+        errors.on(root, "lake.root", "must not be empty");
+    }
+
+    let sources = check_names(errors, "sources", spec.sources.iter().map(|s| &s.name));
+    for (i, s) in spec.sources.iter().enumerate() {
+        validate_source(errors, i, s);
+    }
+    check_names(errors, "bronze", spec.bronze.iter().map(|t| &t.name));
+    check_names(errors, "silver", spec.silver.iter().map(|t| &t.name));
+    check_names(errors, "gold", spec.gold.iter().map(|t| &t.name));
+
+    let mut known: BTreeSet<TableRef> = BTreeSet::new();
+    for t in &spec.bronze {
+        known.insert(TableRef::new(Layer::Bronze, &t.name.value));
+    }
+    for t in &spec.silver {
+        known.insert(TableRef::new(Layer::Silver, &t.name.value));
+    }
+    for t in &spec.gold {
+        known.insert(TableRef::new(Layer::Gold, &t.name.value));
+    }
+
+    let mut dag = Dag::default();
+    for (i, t) in spec.bronze.iter().enumerate() {
+        if !sources.contains(&t.source.value) {
+            errors.on(&t.source, format!("bronze[{i}].source"), format!("unknown source '{}'", t.source.value));
+        }
+        if t.files_per_task == 0 {
+            errors.on(&t.name, format!("bronze[{i}].files_per_task"), "must be at least 1");
+        }
+        validate_checks(errors, &format!("bronze[{i}]"), &t.checks, None);
+        dag.add(TableRef::new(Layer::Bronze, &t.name.value), BTreeSet::new());
+    }
+    for (i, t) in spec.silver.iter().enumerate() {
+        let deps = validate_silver(errors, i, t, &known);
+        dag.add(TableRef::new(Layer::Silver, &t.name.value), deps);
+    }
+    for (i, t) in spec.gold.iter().enumerate() {
+        let field = format!("gold[{i}].sql");
+        let mut deps = BTreeSet::new();
+        match sql::query_tables(&t.sql.value) {
+            Err(e) => errors.on(&t.sql, &field, format!("invalid SQL: {e}")),
+            Ok(tables) => {
+                for written in tables {
+                    match written.parse::<TableRef>() {
+                        Ok(r) if known.contains(&r) => {
+                            deps.insert(r);
+                        }
+                        Ok(r) => errors.on(&t.sql, &field, format!("unknown table '{r}'")),
+                        Err(e) => errors.on(&t.sql, &field, e),
+                    }
+                }
+            }
+        }
+        validate_checks(errors, &format!("gold[{i}]"), &t.checks, None);
+        dag.add(TableRef::new(Layer::Gold, &t.name.value), deps);
+    }
+
+    if let Err(cycle) = dag.topological_order() {
+        let path: Vec<String> = cycle.iter().map(ToString::to_string).collect();
+        let first = &cycle[0];
+        let loc = match first.layer {
+            Layer::Silver => spec.silver.iter().find(|t| t.name.value == first.name).map(|t| t.from.referenced),
+            Layer::Gold => spec.gold.iter().find(|t| t.name.value == first.name).map(|t| t.sql.referenced),
+            Layer::Bronze => None,
+        };
+        errors.at(
+            loc.unwrap_or(serde_saphyr::Location::UNKNOWN),
+            format!("{}.{}", first.layer, first.name),
+            format!("dependency cycle: {}", path.join(" -> ")),
+        );
+    }
+    dag
+}
+
+fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
+    if s.path.value.trim().is_empty() {
+        errors.on(&s.path, format!("sources[{i}].path"), "must not be empty");
+    }
+    let d = &s.options.delimiter;
+    if d.value.len() != 1 || !d.value.is_ascii() {
+        errors.on(d, format!("sources[{i}].options.delimiter"), "must be exactly one ASCII character");
+    }
+    if let Some(schema) = &s.schema {
+        let mut seen = HashSet::new();
+        for (j, c) in schema.value.iter().enumerate() {
+            let field = format!("sources[{i}].schema[{j}]");
+            if !seen.insert(c.name.as_str()) {
+                errors.on(&c.data_type, &field, format!("duplicate column '{}'", c.name));
+            }
+            if let Err(e) = types::parse_type(&c.data_type.value) {
+                errors.on(&c.data_type, format!("{field}.type"), e);
+            }
+        }
+    }
+}
+
+fn validate_silver(
+    errors: &mut Errors,
+    i: usize,
+    t: &SilverSpec,
+    known: &BTreeSet<TableRef>,
+) -> BTreeSet<TableRef> {
+    let at = |f: &str| format!("silver[{i}].{f}");
+    let mut deps = BTreeSet::new();
+    match t.from.value.parse::<TableRef>() {
+        Ok(r) if r.layer == Layer::Gold => {
+            errors.on(&t.from, at("from"), "a silver table reads a bronze or silver table, not gold")
+        }
+        Ok(r) if known.contains(&r) => {
+            deps.insert(r);
+        }
+        Ok(r) => errors.on(&t.from, at("from"), format!("unknown table '{r}'")),
+        Err(e) => errors.on(&t.from, at("from"), e),
+    }
+    if t.columns.is_empty() {
+        errors.on(&t.name, at("columns"), "a silver table declares at least one column");
+    }
+    let mut names = HashSet::new();
+    for (j, c) in t.columns.iter().enumerate() {
+        if !valid_name(&c.name.value) {
+            errors.on(&c.name, at(&format!("columns[{j}].name")), format!("'{}' {NAME_RULE}", c.name.value));
+        } else if !names.insert(c.name.value.as_str()) {
+            errors.on(&c.name, at(&format!("columns[{j}].name")), format!("duplicate column '{}'", c.name.value));
+        }
+        if let Some(e) = &c.expr
+            && let Err(msg) = sql::check_expr(&e.value)
+        {
+            errors.on(e, at(&format!("columns[{j}].expr")), format!("invalid SQL expression: {msg}"));
+        }
+        if let Some(ty) = &c.data_type
+            && let Err(msg) = types::parse_type(&ty.value)
+        {
+            errors.on(ty, at(&format!("columns[{j}].type")), msg);
+        }
+    }
+    for (j, k) in t.keys.iter().enumerate() {
+        if !names.contains(k.value.as_str()) {
+            errors.on(k, at(&format!("keys[{j}]")), format!("key '{}' is not one of the table's columns", k.value));
+        }
+    }
+    if t.mode == WriteMode::Merge && t.keys.is_empty() {
+        errors.on(&t.name, at("mode"), "mode 'merge' needs 'keys' to match rows on");
+    }
+    if t.partitions == 0 {
+        errors.on(&t.name, at("partitions"), "must be at least 1");
+    }
+    if let Some(e) = &t.latest_by
+        && let Err(msg) = sql::check_expr(&e.value)
+    {
+        errors.on(e, at("latest_by"), format!("invalid SQL expression: {msg}"));
+    }
+    for (j, f) in t.filters.iter().enumerate() {
+        if let Err(msg) = sql::check_expr(&f.value) {
+            errors.on(f, at(&format!("filters[{j}]")), format!("invalid SQL expression: {msg}"));
+        }
+    }
+    validate_checks(errors, &format!("silver[{i}]"), &t.checks, Some(&names));
+    deps
+}
+
+/// Checks each quality check has what its kind needs; `columns` is known for silver tables.
+fn validate_checks(errors: &mut Errors, table: &str, checks: &[CheckSpec], columns: Option<&HashSet<&str>>) {
+    let mut seen = HashSet::new();
+    for (j, c) in checks.iter().enumerate() {
+        let field = format!("{table}.checks[{j}]");
+        if !seen.insert(c.name.value.as_str()) {
+            errors.on(&c.name, format!("{field}.name"), format!("duplicate check name '{}'", c.name.value));
+        }
+        let cols = c.all_columns();
+        match c.check {
+            CheckKind::NotNull | CheckKind::Unique | CheckKind::Range if cols.is_empty() => {
+                errors.on(&c.name, &field, "this check needs 'column' or 'columns'")
+            }
+            CheckKind::Range if c.min.is_none() && c.max.is_none() => {
+                errors.on(&c.name, &field, "a range check needs 'min', 'max' or both")
+            }
+            CheckKind::Expression => match &c.expr {
+                None => errors.on(&c.name, &field, "an expression check needs 'expr'"),
+                Some(e) => {
+                    if let Err(msg) = sql::check_expr(&e.value) {
+                        errors.on(e, format!("{field}.expr"), format!("invalid SQL expression: {msg}"));
+                    }
+                }
+            },
+            _ => {}
+        }
+        if let Some(known) = columns {
+            for col in cols {
+                if !known.contains(col.value.as_str()) {
+                    errors.on(col, format!("{field}.column"), format!("unknown column '{}'", col.value));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The pipeline spec as written in YAML.
+//!
+//! Fields that other parts of the spec refer to, or that are checked after parsing, are
+//! [`Spanned`] so that a validation error can point at the file, line and column of the value.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+pub use serde_saphyr::Spanned;
+
+/// One pipeline: where its tables live, what it reads and the three layers it builds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Pipeline name; used in run ids, logs and Delta commit metadata.
+    pub pipeline: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where the Delta tables are written.
+    pub lake: LakeSpec,
+    /// Cron expression (5 fields) for the scheduler; validated now, run by the scheduler.
+    #[serde(default)]
+    pub schedule: Option<Spanned<String>>,
+    #[serde(default)]
+    pub retries: RetrySpec,
+    pub sources: Vec<SourceSpec>,
+    #[serde(default)]
+    pub bronze: Vec<BronzeSpec>,
+    #[serde(default)]
+    pub silver: Vec<SilverSpec>,
+    #[serde(default)]
+    pub gold: Vec<GoldSpec>,
+}
+
+/// The lake root: a local path (relative to the spec file) or an object store URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum LakeSpec {
+    Root(Spanned<String>),
+    Detailed {
+        root: Spanned<String>,
+        /// Passed through to deltalake / object_store (e.g. `AWS_REGION`, `AWS_ENDPOINT_URL`).
+        #[serde(default)]
+        storage_options: BTreeMap<String, String>,
+    },
+}
+
+/// How often a failed task is tried again before its table fails.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySpec {
+    /// Attempts per task, the first one included.
+    pub max_attempts: u32,
+    /// Pause between two attempts of the same task.
+    pub delay_seconds: u64,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            delay_seconds: 2,
+        }
+    }
+}
+
+/// File formats a source can be read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// JSON lines: one object per line.
+    #[serde(alias = "jsonl", alias = "ndjson")]
+    Json,
+    Csv,
+    Parquet,
+}
+
+/// A place raw data arrives: files matching a path or glob.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub name: Spanned<String>,
+    pub format: SourceFormat,
+    /// A file, a directory (all files in it) or a glob; relative to the spec file.
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub options: FormatOptions,
+    /// Declared column types. Without it every column is read as raw text (JSON, CSV) or with
+    /// the file's own types (Parquet).
+    #[serde(default)]
+    pub schema: Option<Spanned<Vec<ColumnType>>>,
+}
+
+/// A declared column of a source schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnType {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: Spanned<String>,
+}
+
+/// Format options; only CSV has any today.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FormatOptions {
+    /// Whether the first CSV line names the columns.
+    pub header: bool,
+    /// CSV field delimiter, one ASCII character.
+    pub delimiter: Spanned<String>,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        Self {
+            header: true,
+            delimiter: Spanned::new(
+                ",".into(),
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            ),
+        }
+    }
+}
+
+/// A bronze table: raw rows of one source plus ingestion metadata, append-only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BronzeSpec {
+    pub name: Spanned<String>,
+    pub source: Spanned<String>,
+    /// How many source files one ingest task reads.
+    #[serde(default = "default_files_per_task")]
+    pub files_per_task: usize,
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+}
+
+fn default_files_per_task() -> usize {
+    4
+}
+
+/// How a silver table is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Replace the whole table.
+    #[default]
+    Overwrite,
+    /// Upsert by key: matched keys are replaced, new keys inserted.
+    Merge,
+}
+
+/// A silver table: typed, cleaned, deduplicated rows of a bronze (or silver) table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilverSpec {
+    pub name: Spanned<String>,
+    /// The input table, `bronze.<name>` or `silver.<name>`.
+    pub from: Spanned<String>,
+    /// Business key; rows are deduplicated and merged on it.
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
+    /// SQL expression over the input row; among rows with the same key the one with the
+    /// greatest value wins (ties: latest `_ingested_at`, then latest `_source_file`).
+    #[serde(default)]
+    pub latest_by: Option<Spanned<String>>,
+    /// SQL predicates over the output columns; a row is kept when all are true.
+    #[serde(default)]
+    pub filters: Vec<Spanned<String>>,
+    /// Output columns, in order.
+    pub columns: Vec<SilverColumn>,
+    #[serde(default)]
+    pub mode: WriteMode,
+    /// How many key-hash partitions the stage is split into (one task each).
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+}
+
+fn default_partitions() -> u32 {
+    2
+}
+
+/// One output column of a silver table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilverColumn {
+    pub name: Spanned<String>,
+    /// SQL expression over the input row; defaults to the input column of the same name.
+    #[serde(default)]
+    pub expr: Option<Spanned<String>>,
+    /// Declared type; a non-null value that cannot be cast to it fails the run.
+    #[serde(default, rename = "type")]
+    pub data_type: Option<Spanned<String>>,
+}
+
+impl SilverColumn {
+    /// The SQL expression that computes this column.
+    pub fn expr_sql(&self) -> String {
+        match &self.expr {
+            Some(e) => e.value.clone(),
+            None => crate::sql::quote_ident(&self.name.value),
+        }
+    }
+}
+
+/// A gold table: a SQL query over silver and gold tables, rewritten on every run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldSpec {
+    pub name: Spanned<String>,
+    pub sql: Spanned<String>,
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+}
+
+/// What a quality check asserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// No row has a NULL in the column(s).
+    NotNull,
+    /// No two rows share the value(s) of the column(s).
+    Unique,
+    /// Every non-null value lies within `min`..=`max`.
+    Range,
+    /// Every row satisfies the SQL predicate `expr`.
+    Expression,
+}
+
+/// What happens when a check fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The run fails and the table's commit does not happen.
+    Critical,
+    /// Recorded and reported; the commit happens.
+    Warning,
+    /// Recorded and reported; the commit happens.
+    Info,
+}
+
+/// A bound of a range check: a number, or text such as a date.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Bound {
+    Number(f64),
+    Text(String),
+}
+
+/// A data quality check on a table's rows as they would be after the commit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    pub name: Spanned<String>,
+    pub check: CheckKind,
+    #[serde(default)]
+    pub column: Option<Spanned<String>>,
+    #[serde(default)]
+    pub columns: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub min: Option<Bound>,
+    #[serde(default)]
+    pub max: Option<Bound>,
+    #[serde(default)]
+    pub expr: Option<Spanned<String>>,
+    pub severity: Severity,
+}
+
+impl CheckSpec {
+    /// The columns the check is about (`column` and `columns` together).
+    pub fn all_columns(&self) -> Vec<&Spanned<String>> {
+        self.column.iter().chain(self.columns.iter()).collect()
+    }
+}

@@ -1,0 +1,94 @@
+//! Readers for the file formats a source can have.
+//!
+//! Every reader turns one file into Arrow batches with the columns it was asked for plus
+//! [`RESCUED_DATA`](medallion_pipeline::meta::RESCUED_DATA). A record that cannot be parsed,
+//! a field the columns do not have, or a value that does not fit its declared type is never
+//! dropped: it lands in `_rescued_data` as JSON (with the record's `_line`), and is counted.
+
+mod csv;
+mod infer;
+mod json;
+mod parquet;
+mod text;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use medallion_pipeline::meta::RESCUED_DATA;
+use medallion_pipeline::spec::{FormatOptions, SourceFormat};
+
+pub use infer::infer_schema;
+
+/// Rows per batch the readers produce.
+pub const BATCH_ROWS: usize = 8192;
+
+/// A source file could not be read at all (as opposed to a bad record, which is rescued).
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct SourceError {
+    pub file: String,
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl SourceError {
+    pub(crate) fn new(file: &Path, message: impl ToString) -> Self {
+        Self {
+            file: file.display().to_string(),
+            line: None,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// How to read a source's files.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    pub format: SourceFormat,
+    pub header: bool,
+    pub delimiter: u8,
+}
+
+impl ReadOptions {
+    pub fn new(format: SourceFormat, options: &FormatOptions) -> Self {
+        Self {
+            format,
+            header: options.header,
+            delimiter: options.delimiter.value.as_bytes().first().copied().unwrap_or(b','),
+        }
+    }
+}
+
+/// Rows read from a file, with how many of them were (partly) rescued.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The requested columns, then `_rescued_data`.
+    pub batch: RecordBatch,
+    pub rescued: usize,
+}
+
+/// The schema of what the readers produce: the data columns, then `_rescued_data`.
+pub fn with_rescued_column(data: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = data.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    fields.push(Field::new(RESCUED_DATA, DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// Opens a file for reading into `data` columns (plus `_rescued_data`).
+pub fn read_file(
+    path: &Path,
+    options: &ReadOptions,
+    data: &Schema,
+) -> Result<Box<dyn Iterator<Item = Result<Chunk, SourceError>> + Send>, SourceError> {
+    let out = with_rescued_column(data);
+    Ok(match options.format {
+        SourceFormat::Json => Box::new(json::JsonReader::open(path, out)?),
+        SourceFormat::Csv => Box::new(csv::CsvReader::open(path, options, out)?),
+        SourceFormat::Parquet => Box::new(parquet::ParquetReader::open(path, out)?),
+    })
+}
+
+#[cfg(test)]
+mod tests;
