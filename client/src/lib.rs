@@ -1,0 +1,9 @@
+//! The Medallion client library and the `medallion` command line.
+//!
+//! [`embedded`] runs a pipeline with the coordinator and executors in this process; the
+//! cluster client will submit the same spec to a remote coordinator.
+
+pub mod embedded;
+pub mod generate;
+pub mod progress;
+pub mod summary;

@@ -1,1 +1,162 @@
-fn main(){}
+//! `medallion`: run and validate pipelines, generate example data.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use medallion_client::generate::EcommerceData;
+use medallion_client::{embedded, progress::ProgressBars, summary};
+use medallion_pipeline::Pipeline;
+
+#[derive(Parser)]
+#[command(name = "medallion", version, about = "Medallion data pipelines: bronze, silver and gold on Delta Lake")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `medallion_coordinator=debug`.
+    #[arg(long, global = true, env = "MEDALLION_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline once, in this process (embedded mode).
+    Run {
+        /// The pipeline spec (YAML).
+        spec: PathBuf,
+        /// Tasks run at the same time (default: the number of CPUs).
+        #[arg(long)]
+        executors: Option<usize>,
+        /// Print the run report as JSON on stdout instead of the summary.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Check a pipeline spec without running it.
+    Validate {
+        /// The pipeline spec (YAML).
+        spec: PathBuf,
+    },
+    /// Generate the e-commerce example's raw data (deterministic, dirty on purpose).
+    Generate {
+        /// Directory to write orders/, customers/ and products/ into.
+        dir: PathBuf,
+        /// Number of orders.
+        #[arg(long, default_value_t = 20_000)]
+        orders: usize,
+        /// Number of order files.
+        #[arg(long, default_value_t = 8)]
+        files: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// Exit codes: 0 success, 1 the run failed, 2 the spec or the command is wrong.
+const RUN_FAILED: u8 = 1;
+const BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(RUN_FAILED);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Validate { spec } => match Pipeline::load(&spec) {
+                Ok(p) => {
+                    println!(
+                        "{}: pipeline '{}' is valid ({} sources, {} tables)",
+                        spec.display(),
+                        p.name(),
+                        p.spec.sources.len(),
+                        p.dag.tables().count()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::from(BAD_INPUT)
+                }
+            },
+            Command::Run { spec, executors, output } => {
+                let pipeline = match Pipeline::load(&spec) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprint!("{e}");
+                        return ExitCode::from(BAD_INPUT);
+                    }
+                };
+                let slots = executors
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                let bars = ProgressBars::new(output == Output::Text && std::io::stderr().is_terminal());
+                let report = embedded::run(&pipeline, slots, &bars).await;
+                match output {
+                    Output::Json => match serde_json::to_string_pretty(&report) {
+                        Ok(json) => println!("{json}"),
+                        Err(e) => eprintln!("error: cannot render the report: {e}"),
+                    },
+                    Output::Text => print!("{}", summary::render(&report)),
+                }
+                if report.succeeded {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(RUN_FAILED)
+                }
+            }
+            Command::Generate { dir, orders, files, seed } => {
+                let data = EcommerceData {
+                    orders,
+                    order_files: files,
+                    seed,
+                };
+                match data.write(&dir) {
+                    Ok(g) => {
+                        println!(
+                            "wrote {} order lines in {files} files, {} customers, {} products to {}",
+                            g.order_lines,
+                            g.customers,
+                            g.products,
+                            dir.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::from(RUN_FAILED)
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

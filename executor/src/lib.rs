@@ -86,6 +86,35 @@ impl Executor {
     }
 }
 
+/// Executes a query and writes its rows as uncommitted files of the task's table.
+///
+/// Returns the files, the (Delta-compatible) schema they have and how many rows they hold.
+pub(crate) async fn write_result(
+    ctx: &TaskContext,
+    df: datafusion::prelude::DataFrame,
+    partition_columns: &[String],
+) -> anyhow::Result<(Vec<Add>, SchemaRef, u64)> {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let schema = medallion_lake::delta_schema(df.schema().as_arrow());
+    let rows = std::sync::Arc::new(AtomicU64::new(0));
+    let (counter, write_schema) = (rows.clone(), schema.clone());
+    let batches = df.execute_stream().await?.map(move |b| {
+        let b = medallion_lake::cast_batch(&b?, &write_schema)?;
+        counter.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+        Ok(b)
+    });
+    let adds = medallion_lake::write_data_files(
+        &ctx.output_uri,
+        &ctx.storage_options,
+        schema.clone(),
+        partition_columns,
+        Box::pin(batches),
+    )
+    .await?;
+    Ok((adds, schema, rows.load(Ordering::Relaxed)))
+}
+
 /// Infrastructure errors (storage, I/O) may pass on another attempt.
 pub(crate) fn transient(e: impl std::fmt::Display) -> TaskError {
     TaskError::transient(format!("{e:#}"))

@@ -1,7 +1,5 @@
 //! Splitting rows into key-hash partitions, the same way on every executor.
 
-use std::any::Any;
-
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -32,10 +30,6 @@ impl KeyPartition {
 }
 
 impl ScalarUDFImpl for KeyPartition {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn name(&self) -> &str {
         "medallion_key_partition"
     }

@@ -4,7 +4,6 @@
 //! commits them. [`StagedFiles`] reads such uncommitted files back, so quality checks and merges
 //! can look at a table's next version before it exists.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -52,6 +51,13 @@ pub fn table_handle(uri: &str, opts: &StorageOptions) -> Result<DeltaTable> {
 
 /// Opens a table at its latest version; `None` when nothing was ever committed there.
 pub async fn open_table(uri: &str, opts: &StorageOptions) -> Result<Option<DeltaTable>> {
+    let url = table_url(uri)?;
+    if url.scheme() == "file"
+        && let Ok(dir) = url.to_file_path()
+        && !dir.join("_delta_log").is_dir()
+    {
+        return Ok(None);
+    }
     let mut table = table_handle(uri, opts)?;
     match table.load().await {
         Ok(()) => Ok(Some(table)),
@@ -160,10 +166,6 @@ impl StagedFiles {
 
 #[async_trait]
 impl TableProvider for StagedFiles {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

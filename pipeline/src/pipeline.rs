@@ -40,7 +40,10 @@ impl Pipeline {
                 message: format!("cannot read the spec: {e}"),
             }])
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         Pipeline::parse(yaml, origin, base)
     }

@@ -34,7 +34,7 @@ pub struct SourceError {
 }
 
 impl SourceError {
-    pub(crate) fn new(file: &Path, message: impl ToString) -> Self {
+    pub fn new(file: &Path, message: impl ToString) -> Self {
         Self {
             file: file.display().to_string(),
             line: None,

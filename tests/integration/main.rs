@@ -1,1 +1,9 @@
+//! End-to-end tests: the real `medallion` binary on real files and Delta tables, read back
+//! with independent readers. One test binary, a module per area.
 
+mod bad_input;
+mod example;
+mod fixture;
+mod layers;
+mod quality;
+mod recovery;

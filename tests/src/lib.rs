@@ -1,0 +1,167 @@
+//! Support for the end-to-end tests: a scratch workspace, the real `medallion` binary and the
+//! independent Delta readers (Python `deltalake` and DuckDB, see `tests/py/delta_check.py`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `medallion` binary next to the test binary (`scripts/test` builds it first).
+pub fn medallion_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MEDALLION_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let bin = dir.join("medallion");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin medallion` (scripts/test does) or set MEDALLION_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The Python that has the readers installed (`scripts/test` sets up a virtualenv).
+pub fn python() -> String {
+    std::env::var("MEDALLION_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The outcome of one `medallion` invocation.
+#[derive(Debug)]
+pub struct Invocation {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Invocation {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The JSON run report (`run --output json`).
+    pub fn report(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("no JSON report ({e}); stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+/// A scratch directory holding a spec, its data and its lake.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file (creating its directories), relative to the workspace.
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let path = self.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("create dirs");
+        std::fs::write(&path, content).expect("write file");
+        path
+    }
+
+    /// Runs `medallion` with `args` in the workspace.
+    pub fn medallion(&self, args: &[&str]) -> Invocation {
+        let out = Command::new(medallion_bin())
+            .args(args)
+            .current_dir(self.path())
+            .env("MEDALLION_LOG", "warn")
+            .output()
+            .expect("run medallion");
+        Invocation::from(out)
+    }
+
+    /// Runs a spec in embedded mode with a JSON report.
+    pub fn run(&self, spec: &str) -> Invocation {
+        self.medallion(&["run", spec, "--output", "json", "--executors", "2"])
+    }
+
+    /// Reads a table (relative to the workspace) with both independent readers.
+    pub fn read_table(&self, rel: &str) -> Value {
+        let table = self.path().join(rel);
+        python_json(&["read", table.to_str().expect("utf-8 path")])
+    }
+
+    /// Whether a Delta table exists at `rel`.
+    pub fn has_table(&self, rel: &str) -> bool {
+        self.path().join(rel).join("_delta_log").is_dir()
+    }
+}
+
+/// Runs `tests/py/delta_check.py` and parses its JSON output.
+pub fn python_json(args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/delta_check.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "delta_check.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from delta_check.py")
+}
+
+/// The table report of `table` in a run report.
+pub fn table<'a>(report: &'a Value, table: &str) -> &'a Value {
+    report["tables"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["table"] == table))
+        .unwrap_or_else(|| panic!("no table {table} in report {report:#}"))
+}
+
+/// A counter of a table in a run report.
+pub fn metric(report: &Value, t: &str, name: &str) -> u64 {
+    table(report, t)["metrics"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no metric {name} for {t}"))
+}
+
+/// Asserts two row sets are equal, matched on `key`, with numbers equal to 1e-6 relative
+/// (decimal and floating point averages round differently).
+pub fn assert_rows_close(ours: &Value, expected: &Value, key: &str, what: &str) {
+    let by_key = |rows: &Value| -> std::collections::BTreeMap<String, serde_json::Map<String, Value>> {
+        rows.as_array()
+            .unwrap_or_else(|| panic!("{what}: not a row list"))
+            .iter()
+            .map(|r| (r[key].to_string(), r.as_object().expect("row object").clone()))
+            .collect()
+    };
+    let (a, b) = (by_key(ours), by_key(expected));
+    assert_eq!(a.len(), b.len(), "{what}: row counts differ");
+    for (k, row) in &a {
+        let other = b.get(k).unwrap_or_else(|| panic!("{what}: {key}={k} missing from the reference"));
+        assert_eq!(row.len(), other.len(), "{what}: columns differ at {key}={k}: {row:?} vs {other:?}");
+        for (col, v) in row {
+            let w = &other[col];
+            let close = match (v.as_f64(), w.as_f64()) {
+                (Some(x), Some(y)) => (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1.0),
+                _ => v == w,
+            };
+            assert!(close, "{what}: {key}={k}, column {col}: {v} vs {w}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Embedded mode: coordinator and executors in one process, no etcd.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use medallion_coordinator::{Coordinator, RunObserver, RunReport, TaskRunner};
+use medallion_executor::Executor;
+use medallion_pipeline::Pipeline;
+use medallion_proto::{Task, TaskError, TaskResult};
+use tokio::sync::Semaphore;
+
+/// Executors in this process: each task runs on its own tokio task, at most `slots` at once.
+pub struct LocalExecutors {
+    executor: Executor,
+    slots: Arc<Semaphore>,
+}
+
+impl LocalExecutors {
+    pub fn new(slots: usize) -> Self {
+        Self {
+            executor: Executor::new(),
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+        }
+    }
+}
+
+#[async_trait]
+impl TaskRunner for LocalExecutors {
+    async fn run(&self, task: Task) -> Result<TaskResult, TaskError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| TaskError::transient(e.to_string()))?;
+        let executor = self.executor.clone();
+        tokio::spawn(async move { executor.run(task).await })
+            .await
+            .unwrap_or_else(|e| Err(TaskError::transient(format!("executor task died: {e}"))))
+    }
+}
+
+/// Runs `pipeline` once in this process with `slots` concurrent tasks.
+pub async fn run(pipeline: &Pipeline, slots: usize, observer: &dyn RunObserver) -> RunReport {
+    let executors = LocalExecutors::new(slots);
+    Coordinator::new(&executors, observer).run(pipeline).await
+}

@@ -1,0 +1,67 @@
+//! Live progress of a run: a bar per table, filled as its tasks finish.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use medallion_coordinator::{RunEvent, RunObserver, TableStatus};
+
+/// Draws progress bars on stderr (nothing when stderr is not a terminal).
+pub struct ProgressBars {
+    bars: MultiProgress,
+    tables: Mutex<HashMap<String, ProgressBar>>,
+    style: ProgressStyle,
+}
+
+impl ProgressBars {
+    pub fn new(visible: bool) -> Self {
+        let target = if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Self {
+            bars: MultiProgress::with_draw_target(target),
+            tables: Mutex::new(HashMap::new()),
+            style: ProgressStyle::with_template("{prefix:<28} [{bar:30}] {pos}/{len} tasks {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        }
+    }
+
+    fn bar(&self, table: &str) -> ProgressBar {
+        let mut tables = self.tables.lock().expect("progress lock");
+        tables
+            .entry(table.to_string())
+            .or_insert_with(|| {
+                let bar = self.bars.add(ProgressBar::new(0));
+                bar.set_style(self.style.clone());
+                bar.set_prefix(table.to_string());
+                bar
+            })
+            .clone()
+    }
+}
+
+impl RunObserver for ProgressBars {
+    fn on_event(&self, event: RunEvent) {
+        match event {
+            RunEvent::TablePlanned { table, tasks } => {
+                self.bar(&table.to_string()).set_length(tasks as u64);
+            }
+            RunEvent::TaskFinished { table, .. } => self.bar(&table.to_string()).inc(1),
+            RunEvent::TaskRetried { table, task_id, error } => {
+                self.bar(&table.to_string()).set_message(format!("retrying {task_id}: {error}"));
+            }
+            RunEvent::TableFinished { report } => {
+                let message = match &report.status {
+                    TableStatus::Committed { version } => format!("committed v{version}"),
+                    TableStatus::UpToDate => "up to date".to_string(),
+                    TableStatus::Failed { .. } => "FAILED".to_string(),
+                    TableStatus::Skipped { .. } => "skipped".to_string(),
+                };
+                self.bar(&report.table).finish_with_message(message);
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The end-of-run summary: a line per table, then every quality check.
+
+use std::fmt::Write;
+
+use medallion_coordinator::{RunReport, TableStatus};
+
+/// Renders a run report for a terminal.
+pub fn render(report: &RunReport) -> String {
+    let mut out = String::new();
+    let verdict = if report.succeeded { "succeeded" } else { "FAILED" };
+    let _ = writeln!(
+        out,
+        "run {} {verdict} in {:.1}s",
+        report.run_id,
+        report.duration_ms as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "{:<26} {:<12} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
+        "TABLE", "STATUS", "FILES", "READ", "WRITTEN", "RESCUED", "FILTERED", "DEDUPED", "UPDATED", "INSERTED"
+    );
+    for t in &report.tables {
+        let status = match &t.status {
+            TableStatus::Committed { version } => format!("v{version}"),
+            TableStatus::UpToDate => "up-to-date".into(),
+            TableStatus::Failed { .. } => "FAILED".into(),
+            TableStatus::Skipped { .. } => "skipped".into(),
+        };
+        let m = &t.metrics;
+        let _ = writeln!(
+            out,
+            "{:<26} {:<12} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
+            t.table,
+            status,
+            m.files_read,
+            m.rows_read,
+            m.rows_written,
+            m.rows_rescued,
+            m.rows_filtered,
+            m.rows_deduplicated,
+            m.rows_updated,
+            m.rows_inserted
+        );
+    }
+    let checks: Vec<_> = report.tables.iter().flat_map(|t| t.checks.iter().map(move |c| (t, c))).collect();
+    if !checks.is_empty() {
+        let _ = writeln!(out, "\nquality checks:");
+        for (t, c) in checks {
+            let verdict = if c.passed { "passed" } else { "FAILED" };
+            let _ = writeln!(
+                out,
+                "  {:<26} {:<28} {:<9} {verdict:<7} {} of {} rows failing",
+                t.table,
+                c.name,
+                format!("{:?}", c.severity).to_lowercase(),
+                c.failing_rows,
+                c.total_rows
+            );
+        }
+    }
+    for t in &report.tables {
+        match &t.status {
+            TableStatus::Failed { error } => {
+                let _ = writeln!(out, "\nerror: {}: {error}", t.table);
+            }
+            TableStatus::Skipped { reason } => {
+                let _ = writeln!(out, "skipped {}: {reason}", t.table);
+            }
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,323 @@
+//! The one place where tables change: quality checks on the next version, then one atomic
+//! Delta commit per table per run.
+//!
+//! Executors have written data files but committed nothing. Here the files are checked as the
+//! table would look after the commit; a failed critical check discards them and the table
+//! stays as it was. Otherwise they become exactly one new Delta version.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{Column, JoinType, TableReference};
+use datafusion::prelude::{DataFrame, SessionContext, col};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::DeltaTable;
+use datafusion::object_store::ObjectStoreExt;
+use futures::TryStreamExt;
+use medallion_lake::StagedFiles;
+use medallion_pipeline::spec::{CheckSpec, Severity};
+use medallion_pipeline::{Pipeline, TableRef};
+
+use crate::planner::CommitPlan;
+use crate::quality;
+use crate::report::{CheckResult, Metrics};
+
+/// Data files written by a table's tasks, not yet part of the table.
+pub struct Staged {
+    pub adds: Vec<Add>,
+    pub schema: SchemaRef,
+    pub partition_columns: Vec<String>,
+}
+
+/// What a commit did.
+pub struct Committed {
+    pub version: u64,
+    pub checks: Vec<CheckResult>,
+    pub merge: Option<Metrics>,
+}
+
+/// Why a table was not committed.
+pub enum Rejected {
+    /// Critical checks failed; their results are in the list.
+    Checks(Vec<CheckResult>),
+    Error(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Rejected {
+    fn from(e: anyhow::Error) -> Self {
+        Rejected::Error(e)
+    }
+}
+
+/// Identifies the run in every commit's `commitInfo`.
+pub struct CommitContext<'a> {
+    pub pipeline: &'a Pipeline,
+    pub run_id: &'a str,
+    pub storage_options: &'a HashMap<String, String>,
+}
+
+impl CommitContext<'_> {
+    /// Checks the next version of `table` and commits it, or discards the staged files.
+    pub async fn commit(
+        &self,
+        table: &TableRef,
+        plan: &CommitPlan,
+        staged: Staged,
+        checks: &[CheckSpec],
+    ) -> Result<Committed, Rejected> {
+        let uri = self.pipeline.table_uri(table);
+        let existing = medallion_lake::open_table(&uri, self.storage_options).await?;
+        let staged_uri = self.staged_uri(table, plan);
+        let results = match self.check(&staged_uri, &staged, plan, existing.as_ref(), checks).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.discard(table, plan, &staged).await;
+                return Err(Rejected::Error(e));
+            }
+        };
+        if results.iter().any(|r| !r.passed && r.severity == Severity::Critical) {
+            self.discard(table, plan, &staged).await;
+            return Err(Rejected::Checks(results));
+        }
+        let outcome = match (plan, existing) {
+            (CommitPlan::Merge { keys, staging_uri }, Some(t)) => {
+                let r = self.merge(table, t, plan, keys, staging_uri, &staged).await;
+                self.discard(table, plan, &staged).await;
+                r
+            }
+            (CommitPlan::Merge { .. }, None) => Err(anyhow::anyhow!("{table} disappeared while the run merged into it")),
+            (_, None) => self.create(table, &uri, plan, &staged).await.map(|v| (v, None)),
+            (_, Some(t)) => self.write(table, t, plan, &staged).await.map(|v| (v, None)),
+        };
+        match outcome {
+            Ok((version, merge)) => Ok(Committed {
+                version,
+                checks: results,
+                merge,
+            }),
+            Err(e) => {
+                if !matches!(plan, CommitPlan::Merge { .. }) {
+                    self.discard(table, plan, &staged).await;
+                }
+                Err(Rejected::Error(e))
+            }
+        }
+    }
+
+    /// The table as it will be after the commit, checked.
+    async fn check(
+        &self,
+        staged_uri: &str,
+        staged: &Staged,
+        plan: &CommitPlan,
+        existing: Option<&DeltaTable>,
+        checks: &[CheckSpec],
+    ) -> Result<Vec<CheckResult>> {
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = SessionContext::new();
+        let new_rows = self.staged_rows(&ctx, staged_uri, staged)?;
+        let next = match (plan, existing) {
+            (CommitPlan::Merge { keys, .. }, Some(t)) => {
+                // Rows whose key is not in the new data stay; the rest are replaced.
+                ctx.register_table("__medallion_target", t.table_provider().await?)?;
+                let target = ctx.table("__medallion_target").await?;
+                let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let kept = target.join(new_rows.clone(), JoinType::LeftAnti, &key_refs, &key_refs, None)?;
+                let columns: Vec<_> = new_rows
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| col(Column::new_unqualified(f.name())))
+                    .collect();
+                kept.select(columns)?.union(new_rows)?
+            }
+            // Bronze checks look at the batch being appended.
+            _ => new_rows,
+        };
+        quality::run_checks(next, checks).await
+    }
+
+    fn staged_rows(&self, ctx: &SessionContext, uri: &str, staged: &Staged) -> Result<DataFrame> {
+        let files = StagedFiles::new(uri, &staged.schema, &staged.partition_columns, staged.adds.clone())?;
+        files.register_store(ctx, self.storage_options)?;
+        Ok(ctx.read_table(Arc::new(files))?)
+    }
+
+    fn properties(&self, table: &TableRef, plan: &CommitPlan, app_version: i64) -> CommitProperties {
+        let mut info = vec![
+            ("medallion.pipeline".to_string(), self.pipeline.name().into()),
+            ("medallion.run_id".to_string(), self.run_id.into()),
+            ("medallion.table".to_string(), table.to_string().into()),
+        ];
+        if let CommitPlan::Append { files } = plan {
+            info.push(("medallion.source_files".to_string(), files.clone().into()));
+        }
+        CommitProperties::default()
+            .with_metadata(info)
+            .with_application_transaction(Transaction::new(app_id(table), app_version))
+    }
+
+    /// Creates the table with the staged files as its first version.
+    async fn create(&self, table: &TableRef, uri: &str, plan: &CommitPlan, staged: &Staged) -> Result<u64> {
+        let schema: StructType = medallion_lake::schema_from_json(&medallion_lake::schema_to_json(&staged.schema)?)?;
+        let created = CreateBuilder::new()
+            .with_location(medallion_lake::table_url(uri)?.to_string())
+            .with_storage_options(self.storage_options.clone())
+            .with_table_name(&table.name)
+            .with_columns(schema.fields().cloned())
+            .with_partition_columns(staged.partition_columns.clone())
+            .with_actions(staged.adds.iter().cloned().map(Action::Add))
+            .with_commit_properties(self.properties(table, plan, 1))
+            .await
+            .with_context(|| format!("creating {table}"))?;
+        created.version().context("created table has no version")
+    }
+
+    /// Appends or overwrites with the staged files in one commit.
+    async fn write(&self, table: &TableRef, t: DeltaTable, plan: &CommitPlan, staged: &Staged) -> Result<u64> {
+        let snapshot = t.snapshot()?;
+        let last = snapshot
+            .transaction_version(t.log_store().as_ref(), app_id(table))
+            .await?
+            .unwrap_or(0);
+        let mut actions: Vec<Action> = Vec::new();
+        let mode = match plan {
+            CommitPlan::Append { .. } => SaveMode::Append,
+            _ => {
+                let current: Vec<_> = snapshot.snapshot().file_views(t.log_store().as_ref(), None).try_collect().await?;
+                actions.extend(current.iter().map(|f| Action::Remove(f.remove_action(true))));
+                let schema: StructType =
+                    medallion_lake::schema_from_json(&medallion_lake::schema_to_json(&staged.schema)?)?;
+                if &schema != snapshot.schema().as_ref() {
+                    actions.push(Action::Metadata(snapshot.metadata().clone().with_schema(&schema)?));
+                }
+                SaveMode::Overwrite
+            }
+        };
+        if let (SaveMode::Append, Some(bad)) = (mode, self.schema_drift(snapshot.snapshot().arrow_schema(), &staged.schema)) {
+            bail!("{table}: new data does not match the table's columns: {bad}");
+        }
+        actions.extend(staged.adds.iter().cloned().map(Action::Add));
+        let operation = DeltaOperation::Write {
+            mode,
+            partition_by: (!staged.partition_columns.is_empty()).then(|| staged.partition_columns.clone()),
+            predicate: None,
+        };
+        let done = CommitBuilder::from(self.properties(table, plan, last + 1))
+            .with_actions(actions)
+            .build(Some(snapshot), t.log_store(), operation)
+            .await
+            .with_context(|| format!("committing {table}"))?;
+        Ok(done.version())
+    }
+
+    /// Describes a difference between the table's columns and the staged files' columns.
+    fn schema_drift(&self, table: SchemaRef, staged: &SchemaRef) -> Option<String> {
+        let names = |s: &SchemaRef| s.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>();
+        let (a, b) = (names(&table), names(staged));
+        (a != b).then(|| format!("table has [{}], new files have [{}]", a.join(", "), b.join(", ")))
+    }
+
+    /// Upserts the staged rows into the table on `keys` with one Delta MERGE.
+    async fn merge(
+        &self,
+        table: &TableRef,
+        t: DeltaTable,
+        plan: &CommitPlan,
+        keys: &[String],
+        staging_uri: &str,
+        staged: &Staged,
+    ) -> Result<(u64, Option<Metrics>)> {
+        let last = t
+            .snapshot()?
+            .transaction_version(t.log_store().as_ref(), app_id(table))
+            .await?
+            .unwrap_or(0);
+        let ctx = SessionContext::new();
+        let source = self.staged_rows(&ctx, staging_uri, staged)?;
+        let qualified = |alias: &str, name: &str| col(Column::new(Some(TableReference::bare(alias)), name));
+        let predicate = keys
+            .iter()
+            .map(|k| qualified("target", k).eq(qualified("source", k)))
+            .reduce(|a, b| a.and(b))
+            .context("merge needs keys")?;
+        let columns: Vec<String> = staged.schema.fields().iter().map(|f| f.name().clone()).collect();
+        let update_columns = columns.clone();
+        let (merged, m) = t
+            .merge(source, predicate)
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .when_matched_update(move |mut u| {
+                for c in &update_columns {
+                    u = u.update(Column::new_unqualified(c), qualified("source", c));
+                }
+                u
+            })?
+            .when_not_matched_insert(move |mut i| {
+                for c in &columns {
+                    i = i.set(Column::new_unqualified(c), qualified("source", c));
+                }
+                i
+            })?
+            .with_commit_properties(self.properties(table, plan, last + 1))
+            .await
+            .with_context(|| format!("merging into {table}"))?;
+        let version = merged.version().context("merged table has no version")?;
+        let metrics = Metrics {
+            rows_updated: m.num_target_rows_updated as u64,
+            rows_inserted: m.num_target_rows_inserted as u64,
+            ..Default::default()
+        };
+        Ok((version, Some(metrics)))
+    }
+
+    /// Where the staged files of `table` are.
+    fn staged_uri(&self, table: &TableRef, plan: &CommitPlan) -> String {
+        match plan {
+            CommitPlan::Merge { staging_uri, .. } => staging_uri.clone(),
+            _ => self.pipeline.table_uri(table),
+        }
+    }
+
+    /// Deletes staged files that will not be committed (best effort: they are invisible to
+    /// readers either way, and `VACUUM` would remove them too).
+    pub async fn discard(&self, table: &TableRef, plan: &CommitPlan, staged: &Staged) {
+        let uri = &self.staged_uri(table, plan);
+        let result: Result<()> = async {
+            let handle = medallion_lake::table_handle(uri, self.storage_options)?;
+            let store = handle.log_store().object_store(None);
+            for add in &staged.adds {
+                let path = deltalake::Path::from_url_path(&add.path)?;
+                store.delete(&path).await.or_else(ignore_missing)?;
+            }
+            // A local staging directory is the run's own; remove what the files leave behind.
+            if matches!(plan, CommitPlan::Merge { .. }) && !uri.contains("://") {
+                let _ = std::fs::remove_dir_all(uri);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(uri, error = %e, "could not delete staged files");
+        }
+    }
+}
+
+fn ignore_missing(e: deltalake::ObjectStoreError) -> std::result::Result<(), deltalake::ObjectStoreError> {
+    match e {
+        deltalake::ObjectStoreError::NotFound { .. } => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// The Delta application id under which a table's commits are numbered.
+fn app_id(table: &TableRef) -> String {
+    format!("medallion:{table}")
+}

@@ -1,0 +1,285 @@
+//! Planning: how one table of a run is split into tasks, and how its output is committed.
+//!
+//! - bronze: the source files not ingested before, in groups of `files_per_task`;
+//! - silver: `partitions` key-hash partitions of one pinned version of the input;
+//! - gold: one task over pinned versions of the tables its SQL reads.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::prelude::SessionContext;
+use medallion_pipeline::spec::{SourceSpec, WriteMode};
+use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
+use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
+use medallion_sources::ReadOptions;
+
+/// Records per file read to decide the columns of a source without a declared schema.
+const INFERENCE_SAMPLE_ROWS: usize = 1000;
+
+/// How the files of a table's tasks become a Delta version.
+#[derive(Debug, Clone)]
+pub enum CommitPlan {
+    /// Add the files (bronze); `files` are the source files they came from.
+    Append { files: Vec<String> },
+    /// Replace every row of the table with the files (or create the table with them).
+    Overwrite,
+    /// Upsert the staged files into the table on `keys`.
+    Merge { keys: Vec<String>, staging_uri: String },
+}
+
+/// A table's work in one run.
+#[derive(Debug, Clone)]
+pub struct StagePlan {
+    pub tasks: Vec<Task>,
+    pub commit: CommitPlan,
+    pub partition_columns: Vec<String>,
+}
+
+/// What the planner knows about the run as a whole.
+pub struct RunContext<'a> {
+    pub run_id: &'a str,
+    pub pipeline: &'a Pipeline,
+    pub storage_options: HashMap<String, String>,
+    pub ingested_at_micros: i64,
+}
+
+impl RunContext<'_> {
+    fn task(&self, table: &TableRef, n: usize, output_uri: String, work: Work) -> Task {
+        Task {
+            run_id: self.run_id.to_string(),
+            task_id: format!("{table}#{n}"),
+            attempt: 1,
+            pipeline: Some(medallion_proto::PipelineSpec {
+                yaml: self.pipeline.yaml.clone(),
+                origin: self.pipeline.origin.clone(),
+                base_dir: self.pipeline.base_dir.display().to_string(),
+            }),
+            table: table.to_string(),
+            output_uri,
+            work: Some(work),
+        }
+    }
+
+    /// Plans `table`; an empty task list means there is nothing to do.
+    pub async fn plan(&self, table: &TableRef) -> Result<StagePlan> {
+        match table.layer {
+            Layer::Bronze => self.plan_bronze(table).await,
+            Layer::Silver => self.plan_silver(table).await,
+            Layer::Gold => self.plan_gold(table).await,
+        }
+    }
+
+    async fn plan_bronze(&self, table: &TableRef) -> Result<StagePlan> {
+        let spec = self.pipeline.bronze(&table.name).context("no such bronze table")?;
+        let source = self.pipeline.source(&spec.source.value).context("no such source")?;
+        let listed = list_source_files(self.pipeline, source)?;
+        let uri = self.pipeline.table_uri(table);
+        let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
+        let ingested = match &existing {
+            Some(t) => ingested_files(t).await?,
+            None => BTreeSet::new(),
+        };
+        let new_files: Vec<String> = listed
+            .iter()
+            .map(|p| p.display().to_string())
+            .filter(|f| !ingested.contains(f))
+            .collect();
+        let partition_columns = vec![meta::INGESTION_DATE.to_string()];
+        if new_files.is_empty() {
+            return Ok(StagePlan {
+                tasks: Vec::new(),
+                commit: CommitPlan::Append { files: Vec::new() },
+                partition_columns,
+            });
+        }
+        let data = match &existing {
+            Some(t) => existing_data_columns(t)?,
+            None => self.source_columns(source, &new_files)?,
+        };
+        let data_schema_json = medallion_lake::schema_to_json(&data)?;
+        let tasks = new_files
+            .chunks(spec.files_per_task)
+            .enumerate()
+            .map(|(n, files)| {
+                let work = Work::Ingest(IngestWork {
+                    files: files.to_vec(),
+                    ingested_at_micros: self.ingested_at_micros,
+                    data_schema_json: data_schema_json.clone(),
+                });
+                self.task(table, n, uri.clone(), work)
+            })
+            .collect();
+        Ok(StagePlan {
+            tasks,
+            commit: CommitPlan::Append { files: new_files },
+            partition_columns,
+        })
+    }
+
+    /// The data columns of a new bronze table: declared, or inferred from its first files.
+    fn source_columns(&self, source: &SourceSpec, files: &[String]) -> Result<Schema> {
+        if let Some(declared) = &source.schema {
+            let fields = declared
+                .value
+                .iter()
+                .map(|c| {
+                    let t = medallion_pipeline::types::parse_type(&c.data_type.value).map_err(anyhow::Error::msg)?;
+                    Ok(Field::new(&c.name, t, true))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Schema::new(fields));
+        }
+        let paths: Vec<&Path> = files.iter().map(Path::new).collect();
+        let options = ReadOptions::new(source.format, &source.options);
+        let inferred = medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)?;
+        if inferred.fields().is_empty() {
+            bail!(
+                "source '{}': no columns found in {} (empty files?)",
+                source.name.value,
+                files.join(", ")
+            );
+        }
+        Ok(medallion_lake::delta_schema(&inferred).as_ref().clone())
+    }
+
+    async fn plan_silver(&self, table: &TableRef) -> Result<StagePlan> {
+        let spec = self.pipeline.silver(&table.name).context("no such silver table")?;
+        let input: TableRef = spec.from.value.parse().map_err(anyhow::Error::msg)?;
+        let input_version = self.version_of(&input).await?;
+        let uri = self.pipeline.table_uri(table);
+        let exists = medallion_lake::open_table(&uri, &self.storage_options).await?.is_some();
+        // Merging into a table that does not exist yet is writing it.
+        let (output_uri, commit) = match spec.mode {
+            WriteMode::Merge if exists => {
+                let staging_uri = self.pipeline.staging_uri(self.run_id, table);
+                let keys = spec.keys.iter().map(|k| k.value.clone()).collect();
+                (staging_uri.clone(), CommitPlan::Merge { keys, staging_uri })
+            }
+            _ => (uri, CommitPlan::Overwrite),
+        };
+        let tasks = (0..spec.partitions)
+            .map(|p| {
+                let work = Work::Transform(TransformWork {
+                    partition: p,
+                    partitions: spec.partitions,
+                    input_version,
+                });
+                self.task(table, p as usize, output_uri.clone(), work)
+            })
+            .collect();
+        Ok(StagePlan {
+            tasks,
+            commit,
+            partition_columns: Vec::new(),
+        })
+    }
+
+    async fn plan_gold(&self, table: &TableRef) -> Result<StagePlan> {
+        let mut input_versions = HashMap::new();
+        for input in self.pipeline.dag.deps(table) {
+            input_versions.insert(input.to_string(), self.version_of(input).await?);
+        }
+        let work = Work::Aggregate(AggregateWork { input_versions });
+        Ok(StagePlan {
+            tasks: vec![self.task(table, 0, self.pipeline.table_uri(table), work)],
+            commit: CommitPlan::Overwrite,
+            partition_columns: Vec::new(),
+        })
+    }
+
+    /// The current version of an input table, which every task of the stage then reads.
+    async fn version_of(&self, table: &TableRef) -> Result<u64> {
+        let uri = self.pipeline.table_uri(table);
+        let t = medallion_lake::open_table(&uri, &self.storage_options)
+            .await?
+            .with_context(|| format!("input table {table} has no data yet ({uri})"))?;
+        t.version().with_context(|| format!("input table {table} has no version"))
+    }
+}
+
+/// The files a source's path names: a file, every file in a directory, or a glob's matches.
+pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Vec<PathBuf>> {
+    let location = pipeline.source_location(source);
+    let name = &source.name.value;
+    if location.contains("://") {
+        bail!("source '{name}': only local files are supported so far, not '{location}'");
+    }
+    let is_glob = location.contains(['*', '?', '[']);
+    let mut files = if is_glob {
+        let prefix: PathBuf = Path::new(&location)
+            .components()
+            .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+            .collect();
+        if !prefix.is_dir() {
+            bail!("source '{name}': directory '{}' does not exist", prefix.display());
+        }
+        glob::glob(&location)
+            .with_context(|| format!("source '{name}': invalid glob '{location}'"))?
+            .filter_map(|entry| entry.ok())
+            .filter(|p| p.is_file())
+            .collect::<Vec<_>>()
+    } else {
+        let path = PathBuf::from(&location);
+        if path.is_dir() {
+            std::fs::read_dir(&path)
+                .with_context(|| format!("source '{name}': cannot list '{location}'"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && !is_hidden(p))
+                .collect()
+        } else if path.is_file() {
+            vec![path]
+        } else {
+            bail!("source '{name}': path '{location}' does not exist");
+        }
+    };
+    files.sort();
+    Ok(files)
+}
+
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
+}
+
+/// The source files a bronze table already holds rows of.
+///
+/// The rows themselves are the ledger: they were committed in the same atomic commit as the
+/// record of their file, so a file is never half ingested or ingested twice.
+async fn ingested_files(table: &deltalake::DeltaTable) -> Result<BTreeSet<String>> {
+    let ctx = SessionContext::new();
+    ctx.register_table("bronze", table.table_provider().await?)?;
+    let sql = format!("SELECT DISTINCT {} FROM bronze", meta::SOURCE_FILE);
+    let mut files = BTreeSet::new();
+    for batch in ctx.sql(&sql).await?.collect().await? {
+        let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
+        let column = column.as_string::<i32>();
+        files.extend((0..column.len()).filter(|i| column.is_valid(*i)).map(|i| column.value(i).to_string()));
+    }
+    Ok(files)
+}
+
+/// The data columns of an existing bronze table (all but `_rescued_data` and metadata).
+fn existing_data_columns(table: &deltalake::DeltaTable) -> Result<Schema> {
+    let schema = table.snapshot()?.snapshot().arrow_schema();
+    let data = schema
+        .fields()
+        .iter()
+        .filter(|f| !is_medallion_column(f.name()))
+        .map(|f| f.as_ref().clone())
+        .collect::<Vec<_>>();
+    Ok(Schema::new(data))
+}
+
+fn is_medallion_column(name: &str) -> bool {
+    [
+        meta::INGESTED_AT,
+        meta::SOURCE_FILE,
+        meta::SOURCE_NAME,
+        meta::INGESTION_DATE,
+        meta::RESCUED_DATA,
+    ]
+    .contains(&name)
+}

@@ -1,0 +1,116 @@
+//! What a run did, table by table: counters, quality checks and commits.
+
+use medallion_pipeline::TableRef;
+use medallion_pipeline::spec::{CheckKind, Severity};
+use medallion_proto::TaskMetrics;
+use serde::Serialize;
+
+/// The outcome of one pipeline run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub pipeline: String,
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub succeeded: bool,
+    /// In dependency order.
+    pub tables: Vec<TableReport>,
+}
+
+impl RunReport {
+    pub fn table(&self, name: &str) -> Option<&TableReport> {
+        self.tables.iter().find(|t| t.table == name)
+    }
+}
+
+/// What happened to one table.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TableStatus {
+    /// New data was committed as this Delta version.
+    Committed { version: u64 },
+    /// Nothing new to ingest; the table was left as it was.
+    UpToDate,
+    /// The table failed; nothing was committed.
+    Failed { error: String },
+    /// Not run because a table it reads failed.
+    Skipped { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// `layer.name`
+    pub table: String,
+    #[serde(flatten)]
+    pub status: TableStatus,
+    pub tasks: usize,
+    /// Task attempts beyond the first.
+    pub retries: usize,
+    pub metrics: Metrics,
+    pub checks: Vec<CheckResult>,
+    pub duration_ms: u64,
+}
+
+impl TableReport {
+    pub(crate) fn new(table: &TableRef, status: TableStatus) -> Self {
+        Self {
+            table: table.to_string(),
+            status,
+            tasks: 0,
+            retries: 0,
+            metrics: Metrics::default(),
+            checks: Vec::new(),
+            duration_ms: 0,
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        matches!(self.status, TableStatus::Committed { .. } | TableStatus::UpToDate)
+    }
+}
+
+/// Row counters of one table in one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Metrics {
+    pub files_read: u64,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    /// Rows kept with something in `_rescued_data` (bronze).
+    pub rows_rescued: u64,
+    /// Rows dropped by silver filters.
+    pub rows_filtered: u64,
+    /// Older duplicates of a key dropped by silver.
+    pub rows_deduplicated: u64,
+    /// Rows updated in place by a silver merge.
+    pub rows_updated: u64,
+    /// Rows inserted by a silver merge.
+    pub rows_inserted: u64,
+    pub bytes_written: u64,
+}
+
+impl From<&TaskMetrics> for Metrics {
+    fn from(m: &TaskMetrics) -> Self {
+        Self {
+            files_read: m.files_read,
+            rows_read: m.rows_read,
+            rows_written: m.rows_written,
+            rows_rescued: m.rows_rescued,
+            rows_filtered: m.rows_filtered,
+            rows_deduplicated: m.rows_deduplicated,
+            bytes_written: m.bytes_written,
+            ..Default::default()
+        }
+    }
+}
+
+/// The result of one quality check on a table's next version.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub check: CheckKind,
+    pub severity: Severity,
+    pub passed: bool,
+    /// Rows that break the check (for `unique`: rows beyond the first of each value).
+    pub failing_rows: u64,
+    pub total_rows: u64,
+}

@@ -1,0 +1,267 @@
+//! One pipeline run: every table in dependency order, independent tables at the same time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::stream::{FuturesUnordered, StreamExt};
+use medallion_pipeline::{Pipeline, TableRef};
+use medallion_proto::{TaskMetrics, TaskResult};
+
+use crate::commit::{CommitContext, Committed, Rejected, Staged};
+use crate::dispatch::{RetryPolicy, TaskRunner, run_with_retries};
+use crate::planner::RunContext;
+use crate::report::{Metrics, RunReport, TableReport, TableStatus};
+
+/// Progress of a run, for a CLI or a UI to show.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    TablePlanned { table: TableRef, tasks: usize },
+    TaskFinished { table: TableRef, task_id: String, ok: bool },
+    TaskRetried { table: TableRef, task_id: String, error: String },
+    TableFinished { report: TableReport },
+}
+
+/// Receives run events as they happen.
+pub trait RunObserver: Send + Sync {
+    fn on_event(&self, event: RunEvent);
+}
+
+/// Ignores events.
+pub struct Quiet;
+
+impl RunObserver for Quiet {
+    fn on_event(&self, _: RunEvent) {}
+}
+
+/// Runs pipelines: plans each table, dispatches its tasks and commits the result.
+pub struct Coordinator<'a> {
+    runner: &'a dyn TaskRunner,
+    observer: &'a dyn RunObserver,
+}
+
+impl<'a> Coordinator<'a> {
+    pub fn new(runner: &'a dyn TaskRunner, observer: &'a dyn RunObserver) -> Self {
+        Self { runner, observer }
+    }
+
+    /// Runs every table of `pipeline` once. A failed table fails the run and skips what
+    /// reads it; tables that do not depend on it still run.
+    pub async fn run(&self, pipeline: &Pipeline) -> RunReport {
+        let started = Instant::now();
+        let now = Utc::now();
+        let run_id = format!(
+            "{}-{}-{}",
+            pipeline.name(),
+            now.format("%Y%m%dT%H%M%SZ"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        tracing::info!(run_id, pipeline = pipeline.name(), "run started");
+        let run = &RunContext {
+            run_id: &run_id,
+            pipeline,
+            storage_options: pipeline.storage_options.clone().into_iter().collect(),
+            ingested_at_micros: now.timestamp_micros(),
+        };
+
+        let order = pipeline.dag.topological_order().unwrap_or_default();
+        let mut finished = preflight(pipeline, &order);
+        let mut pending: Vec<TableRef> = if finished.is_empty() { order.clone() } else { Vec::new() };
+        let mut running = FuturesUnordered::new();
+        loop {
+            let mut still_pending = Vec::new();
+            for table in pending {
+                let deps = pipeline.dag.deps(&table);
+                if let Some(failed) = deps.iter().find(|d| finished.get(*d).is_some_and(|r| !r.succeeded())) {
+                    let report = TableReport::new(
+                        &table,
+                        TableStatus::Skipped {
+                            reason: format!("{failed} did not succeed"),
+                        },
+                    );
+                    self.observer.on_event(RunEvent::TableFinished { report: report.clone() });
+                    finished.insert(table, report);
+                } else if deps.iter().all(|d| finished.contains_key(d)) {
+                    running.push(async move {
+                        let report = self.run_table(run, &table).await;
+                        (table, report)
+                    });
+                } else {
+                    still_pending.push(table);
+                }
+            }
+            pending = still_pending;
+            let Some((table, report)) = running.next().await else { break };
+            self.observer.on_event(RunEvent::TableFinished { report: report.clone() });
+            finished.insert(table, report);
+        }
+
+        let tables: Vec<TableReport> = order.iter().filter_map(|t| finished.remove(t)).collect();
+        let succeeded = tables.iter().all(TableReport::succeeded);
+        let report = RunReport {
+            run_id: run_id.clone(),
+            pipeline: pipeline.name().to_string(),
+            started_at: now.to_rfc3339(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            succeeded,
+            tables,
+        };
+        tracing::info!(run_id, succeeded, duration_ms = report.duration_ms, "run finished");
+        report
+    }
+
+    /// Plans, runs and commits one table.
+    async fn run_table(&self, run: &RunContext<'_>, table: &TableRef) -> TableReport {
+        let started = Instant::now();
+        let mut report = TableReport::new(table, TableStatus::UpToDate);
+        report.status = match self.stage(run, table, &mut report).await {
+            Ok(status) => status,
+            Err(e) => TableStatus::Failed { error: format!("{e:#}") },
+        };
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        match &report.status {
+            TableStatus::Failed { error } => tracing::error!(run_id = run.run_id, %table, error, "table failed"),
+            status => tracing::info!(run_id = run.run_id, %table, ?status, rows_written = report.metrics.rows_written, "table done"),
+        }
+        report
+    }
+
+    async fn stage(&self, run: &RunContext<'_>, table: &TableRef, report: &mut TableReport) -> anyhow::Result<TableStatus> {
+        let plan = run.plan(table).await?;
+        report.tasks = plan.tasks.len();
+        self.observer.on_event(RunEvent::TablePlanned {
+            table: table.clone(),
+            tasks: plan.tasks.len(),
+        });
+        if plan.tasks.is_empty() {
+            return Ok(TableStatus::UpToDate);
+        }
+
+        let retries = &run.pipeline.spec.retries;
+        let policy = RetryPolicy {
+            max_attempts: retries.max_attempts,
+            delay: Duration::from_secs(retries.delay_seconds),
+        };
+        let attempts = plan.tasks.into_iter().map(|task| async move {
+            let task_id = task.task_id.clone();
+            let (result, attempts) = run_with_retries(self.runner, task, policy, |t, e| {
+                tracing::warn!(task_id = t.task_id, attempt = t.attempt, error = %e, "task failed, retrying");
+                self.observer.on_event(RunEvent::TaskRetried {
+                    table: table.clone(),
+                    task_id: t.task_id.clone(),
+                    error: e.to_string(),
+                });
+            })
+            .await;
+            self.observer.on_event(RunEvent::TaskFinished {
+                table: table.clone(),
+                task_id,
+                ok: result.is_ok(),
+            });
+            (result, attempts)
+        });
+        let outcomes = futures::future::join_all(attempts).await;
+        report.retries = outcomes.iter().map(|(_, a)| (*a - 1) as usize).sum();
+        let mut results: Vec<TaskResult> = Vec::new();
+        let mut first_error = None;
+        for (result, _) in outcomes {
+            match result {
+                Ok(r) => results.push(r),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        let mut metrics = TaskMetrics::default();
+        results.iter().filter_map(|r| r.metrics.as_ref()).for_each(|m| metrics += m);
+        report.metrics = Metrics::from(&metrics);
+        let commits = CommitContext {
+            pipeline: run.pipeline,
+            run_id: run.run_id,
+            storage_options: &run.storage_options,
+        };
+        if let Some(e) = first_error {
+            // Files of the tasks that did succeed are never committed.
+            if let Ok(staged) = staged_output(&results, plan.partition_columns) {
+                commits.discard(table, &plan.commit, &staged).await;
+            }
+            anyhow::bail!("{e}");
+        }
+        let staged = staged_output(&results, plan.partition_columns)?;
+        let checks = run.pipeline.checks(table);
+        match commits.commit(table, &plan.commit, staged, checks).await {
+            Ok(Committed { version, checks, merge }) => {
+                report.checks = checks;
+                if let Some(m) = merge {
+                    report.metrics.rows_updated = m.rows_updated;
+                    report.metrics.rows_inserted = m.rows_inserted;
+                }
+                Ok(TableStatus::Committed { version })
+            }
+            Err(Rejected::Checks(checks)) => {
+                let failed: Vec<String> = checks
+                    .iter()
+                    .filter(|c| !c.passed && c.severity == medallion_pipeline::spec::Severity::Critical)
+                    .map(|c| format!("{} ({} rows)", c.name, c.failing_rows))
+                    .collect();
+                report.checks = checks;
+                Ok(TableStatus::Failed {
+                    error: format!("critical quality checks failed: {}; nothing committed", failed.join(", ")),
+                })
+            }
+            Err(Rejected::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// Checks every source can be listed before anything is written, so a missing path stops
+/// the run with all tables as they were. Returns the reports of a stopped run, or nothing.
+fn preflight(pipeline: &Pipeline, order: &[TableRef]) -> HashMap<TableRef, TableReport> {
+    let mut failures = HashMap::new();
+    for table in order.iter().filter(|t| t.layer == medallion_pipeline::Layer::Bronze) {
+        let listed = pipeline
+            .bronze(&table.name)
+            .and_then(|b| pipeline.source(&b.source.value))
+            .map(|s| crate::planner::list_source_files(pipeline, s));
+        if let Some(Err(e)) = listed {
+            failures.insert(table.clone(), TableReport::new(table, TableStatus::Failed { error: format!("{e:#}") }));
+        }
+    }
+    if failures.is_empty() {
+        return failures;
+    }
+    let failed: Vec<String> = failures.keys().map(ToString::to_string).collect();
+    for table in order {
+        failures.entry(table.clone()).or_insert_with(|| {
+            TableReport::new(
+                table,
+                TableStatus::Skipped {
+                    reason: format!("the run stopped before writing anything: {} failed", failed.join(", ")),
+                },
+            )
+        });
+    }
+    failures
+}
+
+/// Gathers the files of all tasks of a table; they must agree on the schema.
+fn staged_output(results: &[TaskResult], partition_columns: Vec<String>) -> anyhow::Result<Staged> {
+    let mut adds = Vec::new();
+    let mut schemas = BTreeSet::new();
+    for r in results {
+        for a in &r.add_actions_json {
+            adds.push(serde_json::from_str(a)?);
+        }
+        schemas.insert(r.schema_json.clone());
+    }
+    let Some(schema_json) = schemas.first() else {
+        anyhow::bail!("no task produced a result");
+    };
+    if schemas.len() > 1 {
+        anyhow::bail!("tasks produced different schemas: {schemas:?}");
+    }
+    let schema = medallion_lake::arrow_schema(&medallion_lake::schema_from_json(schema_json)?)?;
+    Ok(Staged {
+        adds,
+        schema,
+        partition_columns,
+    })
+}

@@ -1,0 +1,160 @@
+//! Each layer on the shop fixture: what lands in every table, read back independently.
+
+use medallion_tests::{metric, table};
+use serde_json::{Value, json};
+
+use crate::fixture::{ORDERS_3, shop};
+
+fn rows(t: &Value) -> &Vec<Value> {
+    t["rows"].as_array().expect("rows")
+}
+
+/// Projects rows onto some columns, for exact comparisons.
+fn project(t: &Value, cols: &[&str]) -> Vec<Value> {
+    let mut out: Vec<Value> = rows(t)
+        .iter()
+        .map(|r| Value::Object(cols.iter().map(|c| (c.to_string(), r[*c].clone())).collect()))
+        .collect();
+    out.sort_by_key(|v| v.to_string());
+    out
+}
+
+#[test]
+fn bronze_keeps_raw_rows_with_metadata_partitions_and_rescued_records() {
+    let ws = shop();
+    let run = ws.run("pipeline.yaml");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.report();
+    assert_eq!(metric(&report, "bronze.orders", "rows_written"), 8);
+    assert_eq!(metric(&report, "bronze.orders", "rows_rescued"), 1);
+    assert_eq!(metric(&report, "bronze.orders", "files_read"), 2);
+    assert_eq!(table(&report, "bronze.orders")["tasks"], 2);
+
+    let bronze = ws.read_table("lake/bronze/orders");
+    assert_eq!(bronze["readers_agree"], true, "{bronze:#}");
+    assert_eq!(bronze["num_rows"], 8);
+    assert_eq!(bronze["partition_columns"], json!(["_ingestion_date"]));
+    for c in ["_rescued_data", "_ingested_at", "_source_file", "_source_name", "_ingestion_date"] {
+        assert!(bronze["columns"].as_array().unwrap().contains(&json!(c)), "{c} missing");
+    }
+    // Raw values are kept as text; the declared types come in silver.
+    let first = rows(&bronze).iter().find(|r| r["order_id"] == "1" && r["status"] == "paid").unwrap();
+    assert_eq!(first["amount"], "20.00");
+    assert_eq!(first["email"], "  ANN@X.COM ");
+    assert_eq!(first["_source_name"], "api");
+    assert!(first["_source_file"].as_str().unwrap().ends_with("data/orders/orders_1.jsonl"));
+    assert_eq!(first["_ingestion_date"].as_str().unwrap().len(), 10);
+    let rescued: Vec<&Value> = rows(&bronze).iter().filter(|r| !r["_rescued_data"].is_null()).collect();
+    assert_eq!(rescued.len(), 1);
+    let r: Value = serde_json::from_str(rescued[0]["_rescued_data"].as_str().unwrap()).unwrap();
+    assert_eq!(r["_line"], 6);
+    assert!(r["_corrupt_record"].as_str().unwrap().starts_with("{\"order_id\": 5"));
+    // Every bronze row of one run carries the same ingestion time.
+    let times: std::collections::BTreeSet<_> = rows(&bronze).iter().map(|r| r["_ingested_at"].to_string()).collect();
+    assert_eq!(times.len(), 1);
+}
+
+#[test]
+fn bronze_is_incremental_exactly_once() {
+    let ws = shop();
+    assert_eq!(ws.run("pipeline.yaml").code, 0);
+    let v1 = ws.read_table("lake/bronze/orders")["version"].clone();
+
+    let again = ws.run("pipeline.yaml");
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let report = again.report();
+    assert_eq!(table(&report, "bronze.orders")["status"], "up_to_date");
+    assert_eq!(ws.read_table("lake/bronze/orders")["version"], v1);
+
+    ws.write("data/orders/orders_3.jsonl", ORDERS_3);
+    let third = ws.run("pipeline.yaml").report();
+    assert_eq!(metric(&third, "bronze.orders", "files_read"), 1);
+    assert_eq!(metric(&third, "bronze.orders", "rows_written"), 2);
+    let bronze = ws.read_table("lake/bronze/orders");
+    assert_eq!(bronze["num_rows"], 10);
+    let from_third = rows(&bronze)
+        .iter()
+        .filter(|r| r["_source_file"].as_str().unwrap().ends_with("orders_3.jsonl"))
+        .count();
+    assert_eq!(from_third, 2);
+    assert_eq!(ws.run("pipeline.yaml").report()["tables"][0]["status"], "up_to_date");
+}
+
+#[test]
+fn silver_types_cleans_filters_and_deduplicates() {
+    let ws = shop();
+    let report = ws.run("pipeline.yaml").report();
+    assert_eq!(report["succeeded"], true, "{report:#}");
+    // 8 bronze rows: 3 fail the filters (null id, malformed, zero amount), 2 are older duplicates.
+    assert_eq!(metric(&report, "silver.orders", "rows_read"), 8);
+    assert_eq!(metric(&report, "silver.orders", "rows_filtered"), 3);
+    assert_eq!(metric(&report, "silver.orders", "rows_deduplicated"), 2);
+    assert_eq!(metric(&report, "silver.orders", "rows_written"), 3);
+    assert_eq!(table(&report, "silver.orders")["tasks"], 2);
+
+    let silver = ws.read_table("lake/silver/orders");
+    assert_eq!(silver["readers_agree"], true, "{silver:#}");
+    assert_eq!(
+        project(&silver, &["order_id", "status", "email", "amount", "quantity", "order_date"]),
+        vec![
+            json!({"order_id": 1, "status": "paid", "email": "ann@x.com", "amount": 20.0, "quantity": 2, "order_date": "2024-01-01"}),
+            json!({"order_id": 2, "status": "unknown", "email": "ann@x.com", "amount": 5.5, "quantity": 1, "order_date": "2024-01-03"}),
+            json!({"order_id": 4, "status": "shipped", "email": "bob@y.com", "amount": 30.0, "quantity": 3, "order_date": "2024-01-05"}),
+        ]
+    );
+    assert_eq!(
+        silver["columns"],
+        json!(["order_id", "customer_id", "product_id", "quantity", "amount", "status", "email", "order_date"])
+    );
+}
+
+#[test]
+fn silver_merge_updates_and_inserts_by_key() {
+    let ws = shop();
+    assert_eq!(ws.run("pipeline.yaml").code, 0);
+    ws.write("data/orders/orders_3.jsonl", crate::fixture::ORDERS_3);
+    let report = ws.run("pipeline.yaml").report();
+    assert_eq!(report["succeeded"], true, "{report:#}");
+    assert_eq!(metric(&report, "silver.orders", "rows_inserted"), 1);
+    assert_eq!(metric(&report, "silver.orders", "rows_updated"), 3);
+
+    let silver = ws.read_table("lake/silver/orders");
+    assert_eq!(silver["readers_agree"], true);
+    assert_eq!(
+        project(&silver, &["order_id", "status", "amount"]),
+        vec![
+            json!({"order_id": 1, "status": "paid", "amount": 20.0}),
+            json!({"order_id": 2, "status": "delivered", "amount": 6.5}),
+            json!({"order_id": 4, "status": "shipped", "amount": 30.0}),
+            json!({"order_id": 6, "status": "paid", "amount": 11.0}),
+        ]
+    );
+    assert_eq!(silver["history"][0], "MERGE");
+}
+
+#[test]
+fn gold_matches_hand_computed_values() {
+    let ws = shop();
+    let report = ws.run("pipeline.yaml").report();
+    assert_eq!(report["succeeded"], true, "{report:#}");
+    let c360 = ws.read_table("lake/gold/customer_360");
+    assert_eq!(c360["readers_agree"], true);
+    assert_eq!(
+        project(&c360, &["customer_id", "customer_name", "total_orders", "lifetime_value", "avg_order_value", "first_order_date", "last_order_date", "customer_tenure_days"]),
+        vec![
+            json!({"customer_id": 10, "customer_name": "Ann", "total_orders": 2, "lifetime_value": 25.5, "avg_order_value": 12.75,
+                   "first_order_date": "2024-01-01", "last_order_date": "2024-01-03", "customer_tenure_days": 2}),
+            json!({"customer_id": 11, "customer_name": "Bob", "total_orders": 1, "lifetime_value": 30.0, "avg_order_value": 30.0,
+                   "first_order_date": "2024-01-05", "last_order_date": "2024-01-05", "customer_tenure_days": 0}),
+        ]
+    );
+    let products = ws.read_table("lake/gold/product_performance");
+    assert_eq!(
+        project(&products, &["product_id", "product_name", "units_sold", "revenue", "unique_customers"]),
+        vec![
+            json!({"product_id": 100, "product_name": "Lamp", "units_sold": 5, "revenue": 50.0, "unique_customers": 2}),
+            json!({"product_id": 101, "product_name": "Book", "units_sold": 1, "revenue": 5.5, "unique_customers": 1}),
+        ]
+    );
+    assert_eq!(metric(&report, "gold.customer_360", "rows_written"), 2);
+}

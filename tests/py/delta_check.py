@@ -1,0 +1,125 @@
+"""Reads Medallion's Delta tables with two readers that share no code with it.
+
+  delta_check.py read <table_dir>          both readers; rows canonical and sorted
+  delta_check.py gold-reference <data_dir> the example's gold tables computed by DuckDB
+                                           straight from the raw files
+
+Prints one JSON document on stdout.
+"""
+import datetime
+import decimal
+import glob
+import json
+import os
+import sys
+
+import duckdb
+import duckdb_extension_delta
+from deltalake import DeltaTable
+
+
+def canonical(value):
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int,)):
+        return value
+    if isinstance(value, (float, decimal.Decimal)):
+        return float(value)
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        return value.isoformat()
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return str(value)
+
+
+def canonical_rows(rows):
+    out = [{k: canonical(v) for k, v in r.items()} for r in rows]
+    out.sort(key=lambda r: json.dumps(r, sort_keys=True))
+    return out
+
+
+def duckdb_connection():
+    ext = glob.glob(
+        os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "**/delta.duckdb_extension"),
+        recursive=True,
+    )[0]
+    con = duckdb.connect()
+    con.execute(f"LOAD '{ext}'")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def read(path):
+    dt = DeltaTable(path)
+    rows = canonical_rows(dt.to_pyarrow_table().to_pylist())
+    con = duckdb_connection()
+    duck = canonical_rows(con.execute("SELECT * FROM delta_scan(?)", [path]).fetch_arrow_table().to_pylist())
+    metadata = dt.metadata()
+    return {
+        "version": dt.version(),
+        "partition_columns": list(metadata.partition_columns),
+        "columns": [f.name for f in dt.schema().fields],
+        "num_rows": len(rows),
+        "rows": rows,
+        "history": [h.get("operation") for h in dt.history()],
+        "duckdb_num_rows": len(duck),
+        "readers_agree": rows == duck,
+    }
+
+
+GOLD_SQL = {
+    "customer_360": """
+        SELECT c.customer_id, c.customer_name, c.customer_segment, c.region,
+               count(o.order_id) AS total_orders, sum(o.amount) AS lifetime_value,
+               avg(o.amount) AS avg_order_value, max(o.order_date) AS last_order_date,
+               min(o.order_date) AS first_order_date,
+               datediff('day', min(o.order_date), max(o.order_date)) AS customer_tenure_days
+        FROM orders o JOIN customers c ON o.customer_id = c.customer_id
+        GROUP BY ALL""",
+    "product_performance": """
+        SELECT p.product_id, p.product_name, p.category, sum(o.quantity) AS units_sold,
+               sum(o.amount) AS revenue, count(DISTINCT o.customer_id) AS unique_customers
+        FROM orders o JOIN products p ON o.product_id = p.product_id
+        GROUP BY ALL""",
+}
+
+
+def gold_reference(data_dir):
+    """The example's cleaning rules, written again in DuckDB over the raw files."""
+    con = duckdb_connection()
+    con.execute(f"""
+        CREATE TABLE raw_orders AS
+        SELECT *, filename AS file FROM read_json(
+            '{data_dir}/orders/*.jsonl', format='newline_delimited', ignore_errors=true,
+            filename=true, columns={{order_id: 'BIGINT', customer_id: 'BIGINT', product_id: 'BIGINT',
+            quantity: 'INTEGER', amount: 'DECIMAL(12,2)', status: 'VARCHAR', email: 'VARCHAR',
+            created_at: 'TIMESTAMP', updated_at: 'TIMESTAMP'}})""")
+    con.execute("""
+        CREATE TABLE orders AS
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT order_id, customer_id, product_id, quantity, amount,
+                   CAST(created_at AS DATE) AS order_date,
+                   row_number() OVER (PARTITION BY order_id ORDER BY updated_at DESC, file DESC) AS rn
+            FROM raw_orders WHERE order_id IS NOT NULL AND amount > 0)
+        WHERE rn = 1""")
+    con.execute(f"CREATE TABLE customers AS SELECT * FROM read_csv('{data_dir}/customers/*.csv', header=true)")
+    con.execute(f"CREATE TABLE products AS SELECT * FROM read_parquet('{data_dir}/products/*.parquet')")
+    out = {}
+    for name, sql in GOLD_SQL.items():
+        out[name] = canonical_rows(con.execute(sql).fetch_arrow_table().to_pylist())
+    out["silver_orders_rows"] = con.execute("SELECT count(*) FROM orders").fetchone()[0]
+    return out
+
+
+def main():
+    command, arg = sys.argv[1], sys.argv[2]
+    result = read(arg) if command == "read" else gold_reference(arg)
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
