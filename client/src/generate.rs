@@ -68,7 +68,14 @@ impl EcommerceData {
         fs::create_dir_all(dir)?;
         let path = dir.join("customers.csv");
         let mut w = csv::Writer::from_writer(BufWriter::new(File::create(&path)?));
-        w.write_record(["customer_id", "customer_name", "email", "customer_segment", "region", "signup_date"])?;
+        w.write_record([
+            "customer_id",
+            "customer_name",
+            "email",
+            "customer_segment",
+            "region",
+            "signup_date",
+        ])?;
         let epoch = NaiveDate::from_ymd_opt(2020, 1, 1).expect("valid date");
         for id in 1..=self.customers() {
             let signup = epoch + Duration::days(rng.random_range(0..1400));
@@ -81,7 +88,8 @@ impl EcommerceData {
                 signup.to_string(),
             ])?;
         }
-        w.flush().with_context(|| format!("writing {}", path.display()))
+        w.flush()
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     fn write_products(&self, dir: &Path, rng: &mut ChaCha8Rng) -> Result<()> {
@@ -89,13 +97,28 @@ impl EcommerceData {
         let n = self.products();
         let ids: Vec<i64> = (1..=n as i64).collect();
         let names: Vec<String> = ids.iter().map(|i| format!("Product {i}")).collect();
-        let categories: Vec<&str> = ids.iter().map(|_| CATEGORIES[rng.random_range(0..CATEGORIES.len())]).collect();
-        let prices: Vec<f64> = ids.iter().map(|_| f64::from(rng.random_range(199..=49_999)) / 100.0).collect();
+        let categories: Vec<&str> = ids
+            .iter()
+            .map(|_| CATEGORIES[rng.random_range(0..CATEGORIES.len())])
+            .collect();
+        let prices: Vec<f64> = ids
+            .iter()
+            .map(|_| f64::from(rng.random_range(199..=49_999)) / 100.0)
+            .collect();
         let batch = RecordBatch::try_from_iter(vec![
             ("product_id", Arc::new(Int64Array::from(ids)) as ArrayRef),
-            ("product_name", Arc::new(StringArray::from(names)) as ArrayRef),
-            ("category", Arc::new(StringArray::from(categories)) as ArrayRef),
-            ("unit_price", Arc::new(Float64Array::from(prices)) as ArrayRef),
+            (
+                "product_name",
+                Arc::new(StringArray::from(names)) as ArrayRef,
+            ),
+            (
+                "category",
+                Arc::new(StringArray::from(categories)) as ArrayRef,
+            ),
+            (
+                "unit_price",
+                Arc::new(Float64Array::from(prices)) as ArrayRef,
+            ),
         ])?;
         let file = File::create(dir.join("products.parquet"))?;
         let mut writer = ArrowWriter::try_new(file, batch.schema(), None)?;
@@ -166,7 +189,8 @@ impl EcommerceData {
                 lines += 1;
             }
             previous = current;
-            w.flush().with_context(|| format!("writing {}", path.display()))?;
+            w.flush()
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(lines)
     }

@@ -10,7 +10,11 @@ use medallion_client::{embedded, progress::ProgressBars, summary};
 use medallion_pipeline::Pipeline;
 
 #[derive(Parser)]
-#[command(name = "medallion", version, about = "Medallion data pipelines: bronze, silver and gold on Delta Lake")]
+#[command(
+    name = "medallion",
+    version,
+    about = "Medallion data pipelines: bronze, silver and gold on Delta Lake"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -74,7 +78,10 @@ const BAD_INPUT: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -109,7 +116,7 @@ fn main() -> ExitCode {
                 };
                 let slots = executors
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-                let bars = ProgressBars::new(output == Output::Text && std::io::stderr().is_terminal());
+                let bars = ProgressBars::new(std::io::stderr().is_terminal());
                 let report = embedded::run(&pipeline, slots, &bars).await;
                 match output {
                     Output::Json => match serde_json::to_string_pretty(&report) {
@@ -154,7 +161,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -6,9 +6,11 @@ use std::sync::Mutex;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use medallion_coordinator::{RunEvent, RunObserver, TableStatus};
 
-/// Draws progress bars on stderr (nothing when stderr is not a terminal).
+/// Draws progress bars on stderr, or prints a line per finished table when bars cannot show.
 pub struct ProgressBars {
     bars: MultiProgress,
+    /// Print a line per finished table instead of drawing bars.
+    lines: bool,
     tables: Mutex<HashMap<String, ProgressBar>>,
     style: ProgressStyle,
 }
@@ -22,6 +24,7 @@ impl ProgressBars {
         };
         Self {
             bars: MultiProgress::with_draw_target(target),
+            lines: !visible,
             tables: Mutex::new(HashMap::new()),
             style: ProgressStyle::with_template("{prefix:<28} [{bar:30}] {pos}/{len} tasks {msg}")
                 .expect("valid template")
@@ -50,8 +53,13 @@ impl RunObserver for ProgressBars {
                 self.bar(&table.to_string()).set_length(tasks as u64);
             }
             RunEvent::TaskFinished { table, .. } => self.bar(&table.to_string()).inc(1),
-            RunEvent::TaskRetried { table, task_id, error } => {
-                self.bar(&table.to_string()).set_message(format!("retrying {task_id}: {error}"));
+            RunEvent::TaskRetried {
+                table,
+                task_id,
+                error,
+            } => {
+                self.bar(&table.to_string())
+                    .set_message(format!("retrying {task_id}: {error}"));
             }
             RunEvent::TableFinished { report } => {
                 let message = match &report.status {
@@ -60,6 +68,12 @@ impl RunObserver for ProgressBars {
                     TableStatus::Failed { .. } => "FAILED".to_string(),
                     TableStatus::Skipped { .. } => "skipped".to_string(),
                 };
+                if self.lines {
+                    eprintln!(
+                        "{}: {message} ({} rows written, {} ms)",
+                        report.table, report.metrics.rows_written, report.duration_ms
+                    );
+                }
                 self.bar(&report.table).finish_with_message(message);
             }
         }

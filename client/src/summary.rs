@@ -7,7 +7,11 @@ use medallion_coordinator::{RunReport, TableStatus};
 /// Renders a run report for a terminal.
 pub fn render(report: &RunReport) -> String {
     let mut out = String::new();
-    let verdict = if report.succeeded { "succeeded" } else { "FAILED" };
+    let verdict = if report.succeeded {
+        "succeeded"
+    } else {
+        "FAILED"
+    };
     let _ = writeln!(
         out,
         "run {} {verdict} in {:.1}s",
@@ -17,7 +21,16 @@ pub fn render(report: &RunReport) -> String {
     let _ = writeln!(
         out,
         "{:<26} {:<12} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
-        "TABLE", "STATUS", "FILES", "READ", "WRITTEN", "RESCUED", "FILTERED", "DEDUPED", "UPDATED", "INSERTED"
+        "TABLE",
+        "STATUS",
+        "FILES",
+        "READ",
+        "WRITTEN",
+        "RESCUED",
+        "FILTERED",
+        "DEDUPED",
+        "UPDATED",
+        "INSERTED"
     );
     for t in &report.tables {
         let status = match &t.status {
@@ -42,7 +55,11 @@ pub fn render(report: &RunReport) -> String {
             m.rows_inserted
         );
     }
-    let checks: Vec<_> = report.tables.iter().flat_map(|t| t.checks.iter().map(move |c| (t, c))).collect();
+    let checks: Vec<_> = report
+        .tables
+        .iter()
+        .flat_map(|t| t.checks.iter().map(move |c| (t, c)))
+        .collect();
     if !checks.is_empty() {
         let _ = writeln!(out, "\nquality checks:");
         for (t, c) in checks {

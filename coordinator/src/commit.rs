@@ -11,13 +11,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{Column, JoinType, TableReference};
+use datafusion::logical_expr::{Operator, binary_expr};
+use datafusion::object_store::ObjectStoreExt;
 use datafusion::prelude::{DataFrame, SessionContext, col};
+use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::DeltaTable;
-use datafusion::object_store::ObjectStoreExt;
 use futures::TryStreamExt;
 use medallion_lake::StagedFiles;
 use medallion_pipeline::spec::{CheckSpec, Severity};
@@ -73,14 +74,20 @@ impl CommitContext<'_> {
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, self.storage_options).await?;
         let staged_uri = self.staged_uri(table, plan);
-        let results = match self.check(&staged_uri, &staged, plan, existing.as_ref(), checks).await {
+        let results = match self
+            .check(&staged_uri, &staged, plan, existing.as_ref(), checks)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 self.discard(table, plan, &staged).await;
                 return Err(Rejected::Error(e));
             }
         };
-        if results.iter().any(|r| !r.passed && r.severity == Severity::Critical) {
+        if results
+            .iter()
+            .any(|r| !r.passed && r.severity == Severity::Critical)
+        {
             self.discard(table, plan, &staged).await;
             return Err(Rejected::Checks(results));
         }
@@ -90,8 +97,13 @@ impl CommitContext<'_> {
                 self.discard(table, plan, &staged).await;
                 r
             }
-            (CommitPlan::Merge { .. }, None) => Err(anyhow::anyhow!("{table} disappeared while the run merged into it")),
-            (_, None) => self.create(table, &uri, plan, &staged).await.map(|v| (v, None)),
+            (CommitPlan::Merge { .. }, None) => Err(anyhow::anyhow!(
+                "{table} disappeared while the run merged into it"
+            )),
+            (_, None) => self
+                .create(table, &uri, plan, &staged)
+                .await
+                .map(|v| (v, None)),
             (_, Some(t)) => self.write(table, t, plan, &staged).await.map(|v| (v, None)),
         };
         match outcome {
@@ -129,7 +141,13 @@ impl CommitContext<'_> {
                 ctx.register_table("__medallion_target", t.table_provider().await?)?;
                 let target = ctx.table("__medallion_target").await?;
                 let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                let kept = target.join(new_rows.clone(), JoinType::LeftAnti, &key_refs, &key_refs, None)?;
+                let kept = target.join(
+                    new_rows.clone(),
+                    JoinType::LeftAnti,
+                    &key_refs,
+                    &key_refs,
+                    None,
+                )?;
                 let columns: Vec<_> = new_rows
                     .schema()
                     .fields()
@@ -145,14 +163,27 @@ impl CommitContext<'_> {
     }
 
     fn staged_rows(&self, ctx: &SessionContext, uri: &str, staged: &Staged) -> Result<DataFrame> {
-        let files = StagedFiles::new(uri, &staged.schema, &staged.partition_columns, staged.adds.clone())?;
+        let files = StagedFiles::new(
+            uri,
+            &staged.schema,
+            &staged.partition_columns,
+            staged.adds.clone(),
+        )?;
         files.register_store(ctx, self.storage_options)?;
         Ok(ctx.read_table(Arc::new(files))?)
     }
 
-    fn properties(&self, table: &TableRef, plan: &CommitPlan, app_version: i64) -> CommitProperties {
+    fn properties(
+        &self,
+        table: &TableRef,
+        plan: &CommitPlan,
+        app_version: i64,
+    ) -> CommitProperties {
         let mut info = vec![
-            ("medallion.pipeline".to_string(), self.pipeline.name().into()),
+            (
+                "medallion.pipeline".to_string(),
+                self.pipeline.name().into(),
+            ),
             ("medallion.run_id".to_string(), self.run_id.into()),
             ("medallion.table".to_string(), table.to_string().into()),
         ];
@@ -165,8 +196,15 @@ impl CommitContext<'_> {
     }
 
     /// Creates the table with the staged files as its first version.
-    async fn create(&self, table: &TableRef, uri: &str, plan: &CommitPlan, staged: &Staged) -> Result<u64> {
-        let schema: StructType = medallion_lake::schema_from_json(&medallion_lake::schema_to_json(&staged.schema)?)?;
+    async fn create(
+        &self,
+        table: &TableRef,
+        uri: &str,
+        plan: &CommitPlan,
+        staged: &Staged,
+    ) -> Result<u64> {
+        let schema: StructType =
+            medallion_lake::schema_from_json(&medallion_lake::schema_to_json(&staged.schema)?)?;
         let created = CreateBuilder::new()
             .with_location(medallion_lake::table_url(uri)?.to_string())
             .with_storage_options(self.storage_options.clone())
@@ -181,7 +219,13 @@ impl CommitContext<'_> {
     }
 
     /// Appends or overwrites with the staged files in one commit.
-    async fn write(&self, table: &TableRef, t: DeltaTable, plan: &CommitPlan, staged: &Staged) -> Result<u64> {
+    async fn write(
+        &self,
+        table: &TableRef,
+        t: DeltaTable,
+        plan: &CommitPlan,
+        staged: &Staged,
+    ) -> Result<u64> {
         let snapshot = t.snapshot()?;
         let last = snapshot
             .transaction_version(t.log_store().as_ref(), app_id(table))
@@ -191,23 +235,38 @@ impl CommitContext<'_> {
         let mode = match plan {
             CommitPlan::Append { .. } => SaveMode::Append,
             _ => {
-                let current: Vec<_> = snapshot.snapshot().file_views(t.log_store().as_ref(), None).try_collect().await?;
-                actions.extend(current.iter().map(|f| Action::Remove(f.remove_action(true))));
-                let schema: StructType =
-                    medallion_lake::schema_from_json(&medallion_lake::schema_to_json(&staged.schema)?)?;
+                let current: Vec<_> = snapshot
+                    .snapshot()
+                    .file_views(t.log_store().as_ref(), None)
+                    .try_collect()
+                    .await?;
+                actions.extend(
+                    current
+                        .iter()
+                        .map(|f| Action::Remove(f.remove_action(true))),
+                );
+                let schema: StructType = medallion_lake::schema_from_json(
+                    &medallion_lake::schema_to_json(&staged.schema)?,
+                )?;
                 if &schema != snapshot.schema().as_ref() {
-                    actions.push(Action::Metadata(snapshot.metadata().clone().with_schema(&schema)?));
+                    actions.push(Action::Metadata(
+                        snapshot.metadata().clone().with_schema(&schema)?,
+                    ));
                 }
                 SaveMode::Overwrite
             }
         };
-        if let (SaveMode::Append, Some(bad)) = (mode, self.schema_drift(snapshot.snapshot().arrow_schema(), &staged.schema)) {
+        if let (SaveMode::Append, Some(bad)) = (
+            mode,
+            self.schema_drift(snapshot.snapshot().arrow_schema(), &staged.schema),
+        ) {
             bail!("{table}: new data does not match the table's columns: {bad}");
         }
         actions.extend(staged.adds.iter().cloned().map(Action::Add));
         let operation = DeltaOperation::Write {
             mode,
-            partition_by: (!staged.partition_columns.is_empty()).then(|| staged.partition_columns.clone()),
+            partition_by: (!staged.partition_columns.is_empty())
+                .then(|| staged.partition_columns.clone()),
             predicate: None,
         };
         let done = CommitBuilder::from(self.properties(table, plan, last + 1))
@@ -220,9 +279,20 @@ impl CommitContext<'_> {
 
     /// Describes a difference between the table's columns and the staged files' columns.
     fn schema_drift(&self, table: SchemaRef, staged: &SchemaRef) -> Option<String> {
-        let names = |s: &SchemaRef| s.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>();
+        let names = |s: &SchemaRef| {
+            s.fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+        };
         let (a, b) = (names(&table), names(staged));
-        (a != b).then(|| format!("table has [{}], new files have [{}]", a.join(", "), b.join(", ")))
+        (a != b).then(|| {
+            format!(
+                "table has [{}], new files have [{}]",
+                a.join(", "),
+                b.join(", ")
+            )
+        })
     }
 
     /// Upserts the staged rows into the table on `keys` with one Delta MERGE.
@@ -242,19 +312,38 @@ impl CommitContext<'_> {
             .unwrap_or(0);
         let ctx = SessionContext::new();
         let source = self.staged_rows(&ctx, staging_uri, staged)?;
-        let qualified = |alias: &str, name: &str| col(Column::new(Some(TableReference::bare(alias)), name));
+        let qualified =
+            |alias: &str, name: &str| col(Column::new(Some(TableReference::bare(alias)), name));
         let predicate = keys
             .iter()
             .map(|k| qualified("target", k).eq(qualified("source", k)))
             .reduce(|a, b| a.and(b))
             .context("merge needs keys")?;
-        let columns: Vec<String> = staged.schema.fields().iter().map(|f| f.name().clone()).collect();
+        let columns: Vec<String> = staged
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        // Only rows that actually changed are updated, so `rows_updated` means something.
+        let changed = columns
+            .iter()
+            .map(|c| {
+                binary_expr(
+                    qualified("target", c),
+                    Operator::IsDistinctFrom,
+                    qualified("source", c),
+                )
+            })
+            .reduce(|a, b| a.or(b))
+            .context("a table has columns")?;
         let update_columns = columns.clone();
         let (merged, m) = t
             .merge(source, predicate)
             .with_source_alias("source")
             .with_target_alias("target")
             .when_matched_update(move |mut u| {
+                u = u.predicate(changed);
                 for c in &update_columns {
                     u = u.update(Column::new_unqualified(c), qualified("source", c));
                 }
@@ -310,7 +399,9 @@ impl CommitContext<'_> {
     }
 }
 
-fn ignore_missing(e: deltalake::ObjectStoreError) -> std::result::Result<(), deltalake::ObjectStoreError> {
+fn ignore_missing(
+    e: deltalake::ObjectStoreError,
+) -> std::result::Result<(), deltalake::ObjectStoreError> {
     match e {
         deltalake::ObjectStoreError::NotFound { .. } => Ok(()),
         e => Err(e),

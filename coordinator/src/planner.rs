@@ -27,7 +27,10 @@ pub enum CommitPlan {
     /// Replace every row of the table with the files (or create the table with them).
     Overwrite,
     /// Upsert the staged files into the table on `keys`.
-    Merge { keys: Vec<String>, staging_uri: String },
+    Merge {
+        keys: Vec<String>,
+        staging_uri: String,
+    },
 }
 
 /// A table's work in one run.
@@ -73,8 +76,14 @@ impl RunContext<'_> {
     }
 
     async fn plan_bronze(&self, table: &TableRef) -> Result<StagePlan> {
-        let spec = self.pipeline.bronze(&table.name).context("no such bronze table")?;
-        let source = self.pipeline.source(&spec.source.value).context("no such source")?;
+        let spec = self
+            .pipeline
+            .bronze(&table.name)
+            .context("no such bronze table")?;
+        let source = self
+            .pipeline
+            .source(&spec.source.value)
+            .context("no such source")?;
         let listed = list_source_files(self.pipeline, source)?;
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
@@ -126,7 +135,8 @@ impl RunContext<'_> {
                 .value
                 .iter()
                 .map(|c| {
-                    let t = medallion_pipeline::types::parse_type(&c.data_type.value).map_err(anyhow::Error::msg)?;
+                    let t = medallion_pipeline::types::parse_type(&c.data_type.value)
+                        .map_err(anyhow::Error::msg)?;
                     Ok(Field::new(&c.name, t, true))
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -146,11 +156,16 @@ impl RunContext<'_> {
     }
 
     async fn plan_silver(&self, table: &TableRef) -> Result<StagePlan> {
-        let spec = self.pipeline.silver(&table.name).context("no such silver table")?;
+        let spec = self
+            .pipeline
+            .silver(&table.name)
+            .context("no such silver table")?;
         let input: TableRef = spec.from.value.parse().map_err(anyhow::Error::msg)?;
         let input_version = self.version_of(&input).await?;
         let uri = self.pipeline.table_uri(table);
-        let exists = medallion_lake::open_table(&uri, &self.storage_options).await?.is_some();
+        let exists = medallion_lake::open_table(&uri, &self.storage_options)
+            .await?
+            .is_some();
         // Merging into a table that does not exist yet is writing it.
         let (output_uri, commit) = match spec.mode {
             WriteMode::Merge if exists => {
@@ -196,7 +211,8 @@ impl RunContext<'_> {
         let t = medallion_lake::open_table(&uri, &self.storage_options)
             .await?
             .with_context(|| format!("input table {table} has no data yet ({uri})"))?;
-        t.version().with_context(|| format!("input table {table} has no version"))
+        t.version()
+            .with_context(|| format!("input table {table} has no version"))
     }
 }
 
@@ -214,7 +230,10 @@ pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Vec
             .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
             .collect();
         if !prefix.is_dir() {
-            bail!("source '{name}': directory '{}' does not exist", prefix.display());
+            bail!(
+                "source '{name}': directory '{}' does not exist",
+                prefix.display()
+            );
         }
         glob::glob(&location)
             .with_context(|| format!("source '{name}': invalid glob '{location}'"))?
@@ -254,9 +273,16 @@ async fn ingested_files(table: &deltalake::DeltaTable) -> Result<BTreeSet<String
     let sql = format!("SELECT DISTINCT {} FROM bronze", meta::SOURCE_FILE);
     let mut files = BTreeSet::new();
     for batch in ctx.sql(&sql).await?.collect().await? {
-        let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
+        let column = datafusion::arrow::compute::cast(
+            batch.column(0),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )?;
         let column = column.as_string::<i32>();
-        files.extend((0..column.len()).filter(|i| column.is_valid(*i)).map(|i| column.value(i).to_string()));
+        files.extend(
+            (0..column.len())
+                .filter(|i| column.is_valid(*i))
+                .map(|i| column.value(i).to_string()),
+        );
     }
     Ok(files)
 }

@@ -20,9 +20,9 @@ pub async fn run_checks(rows: DataFrame, checks: &[CheckSpec]) -> anyhow::Result
     let total_rows = count(&ctx, &format!("SELECT count(*) FROM {VIEW}")).await?;
     let mut results = Vec::with_capacity(checks.len());
     for check in checks {
-        let failing_rows = count(&ctx, &failing_rows_sql(check)).await.map_err(|e| {
-            anyhow::anyhow!("check '{}': {e:#}", check.name.value)
-        })?;
+        let failing_rows = count(&ctx, &failing_rows_sql(check))
+            .await
+            .map_err(|e| anyhow::anyhow!("check '{}': {e:#}", check.name.value))?;
         results.push(CheckResult {
             name: check.name.value.clone(),
             check: check.check,
@@ -37,11 +37,18 @@ pub async fn run_checks(rows: DataFrame, checks: &[CheckSpec]) -> anyhow::Result
 
 /// A query returning the number of rows that break `check`.
 fn failing_rows_sql(check: &CheckSpec) -> String {
-    let cols: Vec<String> = check.all_columns().iter().map(|c| quote_ident(&c.value)).collect();
+    let cols: Vec<String> = check
+        .all_columns()
+        .iter()
+        .map(|c| quote_ident(&c.value))
+        .collect();
     match check.check {
         CheckKind::NotNull => {
             let any_null: Vec<String> = cols.iter().map(|c| format!("{c} IS NULL")).collect();
-            format!("SELECT count(*) FROM {VIEW} WHERE {}", any_null.join(" OR "))
+            format!(
+                "SELECT count(*) FROM {VIEW} WHERE {}",
+                any_null.join(" OR ")
+            )
         }
         CheckKind::Unique => {
             let list = cols.join(", ");
@@ -63,7 +70,11 @@ fn failing_rows_sql(check: &CheckSpec) -> String {
             format!("SELECT count(*) FROM {VIEW} WHERE {}", outside.join(" OR "))
         }
         CheckKind::Expression => {
-            let expr = check.expr.as_ref().map(|e| e.value.as_str()).unwrap_or("true");
+            let expr = check
+                .expr
+                .as_ref()
+                .map(|e| e.value.as_str())
+                .unwrap_or("true");
             format!("SELECT count(*) FROM {VIEW} WHERE NOT coalesce(({expr}), false)")
         }
     }
@@ -80,7 +91,10 @@ async fn count(ctx: &SessionContext, sql: &str) -> anyhow::Result<u64> {
     let batches = ctx.sql(sql).await?.collect().await?;
     let batch = batches.iter().find(|b| b.num_rows() > 0);
     let value = batch.map(|b| {
-        let c = datafusion::arrow::compute::cast(b.column(0), &datafusion::arrow::datatypes::DataType::Int64)?;
+        let c = datafusion::arrow::compute::cast(
+            b.column(0),
+            &datafusion::arrow::datatypes::DataType::Int64,
+        )?;
         let a = c.as_primitive::<Int64Type>();
         Ok::<_, datafusion::arrow::error::ArrowError>(if a.is_null(0) { 0 } else { a.value(0) })
     });

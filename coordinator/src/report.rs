@@ -65,7 +65,10 @@ impl TableReport {
     }
 
     pub fn succeeded(&self) -> bool {
-        matches!(self.status, TableStatus::Committed { .. } | TableStatus::UpToDate)
+        matches!(
+            self.status,
+            TableStatus::Committed { .. } | TableStatus::UpToDate
+        )
     }
 }
 

@@ -16,10 +16,23 @@ use crate::report::{Metrics, RunReport, TableReport, TableStatus};
 /// Progress of a run, for a CLI or a UI to show.
 #[derive(Debug, Clone)]
 pub enum RunEvent {
-    TablePlanned { table: TableRef, tasks: usize },
-    TaskFinished { table: TableRef, task_id: String, ok: bool },
-    TaskRetried { table: TableRef, task_id: String, error: String },
-    TableFinished { report: TableReport },
+    TablePlanned {
+        table: TableRef,
+        tasks: usize,
+    },
+    TaskFinished {
+        table: TableRef,
+        task_id: String,
+        ok: bool,
+    },
+    TaskRetried {
+        table: TableRef,
+        task_id: String,
+        error: String,
+    },
+    TableFinished {
+        report: TableReport,
+    },
 }
 
 /// Receives run events as they happen.
@@ -66,20 +79,29 @@ impl<'a> Coordinator<'a> {
 
         let order = pipeline.dag.topological_order().unwrap_or_default();
         let mut finished = preflight(pipeline, &order);
-        let mut pending: Vec<TableRef> = if finished.is_empty() { order.clone() } else { Vec::new() };
+        let mut pending: Vec<TableRef> = if finished.is_empty() {
+            order.clone()
+        } else {
+            Vec::new()
+        };
         let mut running = FuturesUnordered::new();
         loop {
             let mut still_pending = Vec::new();
             for table in pending {
                 let deps = pipeline.dag.deps(&table);
-                if let Some(failed) = deps.iter().find(|d| finished.get(*d).is_some_and(|r| !r.succeeded())) {
+                if let Some(failed) = deps
+                    .iter()
+                    .find(|d| finished.get(*d).is_some_and(|r| !r.succeeded()))
+                {
                     let report = TableReport::new(
                         &table,
                         TableStatus::Skipped {
                             reason: format!("{failed} did not succeed"),
                         },
                     );
-                    self.observer.on_event(RunEvent::TableFinished { report: report.clone() });
+                    self.observer.on_event(RunEvent::TableFinished {
+                        report: report.clone(),
+                    });
                     finished.insert(table, report);
                 } else if deps.iter().all(|d| finished.contains_key(d)) {
                     running.push(async move {
@@ -91,8 +113,12 @@ impl<'a> Coordinator<'a> {
                 }
             }
             pending = still_pending;
-            let Some((table, report)) = running.next().await else { break };
-            self.observer.on_event(RunEvent::TableFinished { report: report.clone() });
+            let Some((table, report)) = running.next().await else {
+                break;
+            };
+            self.observer.on_event(RunEvent::TableFinished {
+                report: report.clone(),
+            });
             finished.insert(table, report);
         }
 
@@ -106,7 +132,12 @@ impl<'a> Coordinator<'a> {
             succeeded,
             tables,
         };
-        tracing::info!(run_id, succeeded, duration_ms = report.duration_ms, "run finished");
+        tracing::info!(
+            run_id,
+            succeeded,
+            duration_ms = report.duration_ms,
+            "run finished"
+        );
         report
     }
 
@@ -116,17 +147,28 @@ impl<'a> Coordinator<'a> {
         let mut report = TableReport::new(table, TableStatus::UpToDate);
         report.status = match self.stage(run, table, &mut report).await {
             Ok(status) => status,
-            Err(e) => TableStatus::Failed { error: format!("{e:#}") },
+            Err(e) => TableStatus::Failed {
+                error: format!("{e:#}"),
+            },
         };
         report.duration_ms = started.elapsed().as_millis() as u64;
         match &report.status {
-            TableStatus::Failed { error } => tracing::error!(run_id = run.run_id, %table, error, "table failed"),
-            status => tracing::info!(run_id = run.run_id, %table, ?status, rows_written = report.metrics.rows_written, "table done"),
+            TableStatus::Failed { error } => {
+                tracing::error!(run_id = run.run_id, %table, error, "table failed")
+            }
+            status => {
+                tracing::info!(run_id = run.run_id, %table, ?status, rows_written = report.metrics.rows_written, "table done")
+            }
         }
         report
     }
 
-    async fn stage(&self, run: &RunContext<'_>, table: &TableRef, report: &mut TableReport) -> anyhow::Result<TableStatus> {
+    async fn stage(
+        &self,
+        run: &RunContext<'_>,
+        table: &TableRef,
+        report: &mut TableReport,
+    ) -> anyhow::Result<TableStatus> {
         let plan = run.plan(table).await?;
         report.tasks = plan.tasks.len();
         self.observer.on_event(RunEvent::TablePlanned {
@@ -171,7 +213,10 @@ impl<'a> Coordinator<'a> {
             }
         }
         let mut metrics = TaskMetrics::default();
-        results.iter().filter_map(|r| r.metrics.as_ref()).for_each(|m| metrics += m);
+        results
+            .iter()
+            .filter_map(|r| r.metrics.as_ref())
+            .for_each(|m| metrics += m);
         report.metrics = Metrics::from(&metrics);
         let commits = CommitContext {
             pipeline: run.pipeline,
@@ -188,7 +233,11 @@ impl<'a> Coordinator<'a> {
         let staged = staged_output(&results, plan.partition_columns)?;
         let checks = run.pipeline.checks(table);
         match commits.commit(table, &plan.commit, staged, checks).await {
-            Ok(Committed { version, checks, merge }) => {
+            Ok(Committed {
+                version,
+                checks,
+                merge,
+            }) => {
                 report.checks = checks;
                 if let Some(m) = merge {
                     report.metrics.rows_updated = m.rows_updated;
@@ -199,12 +248,17 @@ impl<'a> Coordinator<'a> {
             Err(Rejected::Checks(checks)) => {
                 let failed: Vec<String> = checks
                     .iter()
-                    .filter(|c| !c.passed && c.severity == medallion_pipeline::spec::Severity::Critical)
+                    .filter(|c| {
+                        !c.passed && c.severity == medallion_pipeline::spec::Severity::Critical
+                    })
                     .map(|c| format!("{} ({} rows)", c.name, c.failing_rows))
                     .collect();
                 report.checks = checks;
                 Ok(TableStatus::Failed {
-                    error: format!("critical quality checks failed: {}; nothing committed", failed.join(", ")),
+                    error: format!(
+                        "critical quality checks failed: {}; nothing committed",
+                        failed.join(", ")
+                    ),
                 })
             }
             Err(Rejected::Error(e)) => Err(e),
@@ -216,13 +270,24 @@ impl<'a> Coordinator<'a> {
 /// the run with all tables as they were. Returns the reports of a stopped run, or nothing.
 fn preflight(pipeline: &Pipeline, order: &[TableRef]) -> HashMap<TableRef, TableReport> {
     let mut failures = HashMap::new();
-    for table in order.iter().filter(|t| t.layer == medallion_pipeline::Layer::Bronze) {
+    for table in order
+        .iter()
+        .filter(|t| t.layer == medallion_pipeline::Layer::Bronze)
+    {
         let listed = pipeline
             .bronze(&table.name)
             .and_then(|b| pipeline.source(&b.source.value))
             .map(|s| crate::planner::list_source_files(pipeline, s));
         if let Some(Err(e)) = listed {
-            failures.insert(table.clone(), TableReport::new(table, TableStatus::Failed { error: format!("{e:#}") }));
+            failures.insert(
+                table.clone(),
+                TableReport::new(
+                    table,
+                    TableStatus::Failed {
+                        error: format!("{e:#}"),
+                    },
+                ),
+            );
         }
     }
     if failures.is_empty() {
@@ -234,7 +299,10 @@ fn preflight(pipeline: &Pipeline, order: &[TableRef]) -> HashMap<TableRef, Table
             TableReport::new(
                 table,
                 TableStatus::Skipped {
-                    reason: format!("the run stopped before writing anything: {} failed", failed.join(", ")),
+                    reason: format!(
+                        "the run stopped before writing anything: {} failed",
+                        failed.join(", ")
+                    ),
                 },
             )
         });

@@ -13,10 +13,21 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
     let session = session::new_session();
     for (name, version) in &work.input_versions {
         let input: TableRef = name.parse().map_err(TaskError::permanent)?;
-        session::register_table(&session, &ctx.pipeline, &ctx.storage_options, &input, *version).await?;
+        session::register_table(
+            &session,
+            &ctx.pipeline,
+            &ctx.storage_options,
+            &input,
+            *version,
+        )
+        .await?;
     }
-    let data_error = |e: &dyn std::fmt::Display| TaskError::permanent(format!("{}: {e:#}", ctx.table));
-    let df = session.sql(&spec.sql.value).await.map_err(|e| data_error(&e))?;
+    let data_error =
+        |e: &dyn std::fmt::Display| TaskError::permanent(format!("{}: {e:#}", ctx.table));
+    let df = session
+        .sql(&spec.sql.value)
+        .await
+        .map_err(|e| data_error(&e))?;
     let (adds, schema, rows_written) = crate::write_result(ctx, df, &[])
         .await
         .map_err(|e| data_error(&e))?;

@@ -137,7 +137,10 @@ impl FileIngest {
                 .with_timezone("UTC"),
         ));
         columns.push(Arc::new(StringArray::from(vec![file; n])));
-        columns.push(Arc::new(StringArray::from(vec![self.source_name.as_str(); n])));
+        columns.push(Arc::new(StringArray::from(vec![
+            self.source_name.as_str();
+            n
+        ])));
         columns.push(Arc::new(Date32Array::from(vec![days; n])));
         RecordBatch::try_new(self.schema.clone(), columns)
     }

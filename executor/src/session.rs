@@ -14,7 +14,9 @@ use crate::transient;
 pub(crate) fn new_session() -> SessionContext {
     let config = SessionConfig::new().with_information_schema(false);
     let ctx = SessionContext::new_with_config(config);
-    let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
+    let catalog = ctx
+        .catalog("datafusion")
+        .expect("the default catalog exists");
     for layer in [Layer::Bronze, Layer::Silver, Layer::Gold] {
         // A fresh catalog has no such schema yet, so nothing is replaced.
         let _ = catalog.register_schema(layer.as_str(), Arc::new(MemorySchemaProvider::new()));

@@ -35,22 +35,45 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         .ok_or_else(|| TaskError::permanent(format!("no silver table '{}'", ctx.table.name)))?;
     let input: TableRef = spec.from.value.parse().map_err(TaskError::permanent)?;
     let session = session::new_session();
-    session::register_table(&session, &ctx.pipeline, &ctx.storage_options, &input, work.input_version).await?;
+    session::register_table(
+        &session,
+        &ctx.pipeline,
+        &ctx.storage_options,
+        &input,
+        work.input_version,
+    )
+    .await?;
     let source = session
-        .table(datafusion::common::TableReference::partial(input.layer.as_str(), input.name.as_str()))
+        .table(datafusion::common::TableReference::partial(
+            input.layer.as_str(),
+            input.name.as_str(),
+        ))
         .await
         .map_err(transient)?;
 
     let plan = Plan { ctx, spec };
-    let typed = plan.typed(source, &work)?.cache().await.map_err(|e| plan.data_error(e))?;
+    let typed = plan
+        .typed(source, &work)?
+        .cache()
+        .await
+        .map_err(|e| plan.data_error(e))?;
     let rows_read = count(&typed).await?;
     plan.check_casts(&typed).await?;
 
-    let filtered = plan.filtered(typed)?.cache().await.map_err(|e| plan.data_error(e))?;
+    let filtered = plan
+        .filtered(typed)?
+        .cache()
+        .await
+        .map_err(|e| plan.data_error(e))?;
     let rows_kept = count(&filtered).await?;
     let deduped = plan.deduplicated(filtered)?;
     let out = deduped
-        .select(spec.columns.iter().map(|c| col(column_name(&c.name.value))).collect::<Vec<_>>())
+        .select(
+            spec.columns
+                .iter()
+                .map(|c| col(column_name(&c.name.value)))
+                .collect::<Vec<_>>(),
+        )
         .map_err(|e| plan.data_error(e))?;
 
     let (adds, schema, rows_written) = crate::write_result(ctx, out, &[])
@@ -107,7 +130,9 @@ impl Plan<'_> {
                 Some(t) => {
                     let dt = types::parse_type(&t.value).map_err(TaskError::permanent)?;
                     let bad = when(
-                        e.clone().is_not_null().and(try_cast(e.clone(), dt.clone()).is_null()),
+                        e.clone()
+                            .is_not_null()
+                            .and(try_cast(e.clone(), dt.clone()).is_null()),
                         cast(e.clone(), DataType::Utf8),
                     )
                     .end()
@@ -118,7 +143,10 @@ impl Plan<'_> {
             }
         }
         if let Some(latest) = &self.spec.latest_by {
-            exprs.push(self.parse(&source, &latest.value, "latest_by")?.alias(LATEST));
+            exprs.push(
+                self.parse(&source, &latest.value, "latest_by")?
+                    .alias(LATEST),
+            );
         }
         for (meta, alias) in [(meta::INGESTED_AT, INGESTED), (meta::SOURCE_FILE, FILE)] {
             if has(meta) {
@@ -128,9 +156,17 @@ impl Plan<'_> {
         let mut df = source.select(exprs).map_err(|e| self.data_error(e))?;
         if work.partitions > 1 && !self.spec.keys.is_empty() {
             let udf = ScalarUDF::from(KeyPartition::new(work.partitions));
-            let keys = self.spec.keys.iter().map(|k| col(column_name(&k.value))).collect();
+            let keys = self
+                .spec
+                .keys
+                .iter()
+                .map(|k| col(column_name(&k.value)))
+                .collect();
             df = df
-                .filter(udf.call(keys).eq(lit(ScalarValue::UInt32(Some(work.partition)))))
+                .filter(
+                    udf.call(keys)
+                        .eq(lit(ScalarValue::UInt32(Some(work.partition)))),
+                )
                 .map_err(|e| self.data_error(e))?;
         }
         Ok(df)
@@ -154,7 +190,9 @@ impl Plan<'_> {
                 .collect()
                 .await
                 .map_err(transient)?;
-            let Some(batch) = rows.iter().find(|b| b.num_rows() > 0) else { continue };
+            let Some(batch) = rows.iter().find(|b| b.num_rows() > 0) else {
+                continue;
+            };
             let value = ScalarValue::try_from_array(batch.column(0), 0).map_err(transient)?;
             let origin = match batch.num_columns() {
                 2 => format!(
@@ -197,7 +235,12 @@ impl Plan<'_> {
             .filter(|c| has(c))
             .map(|c| col(c).sort(false, false))
             .collect();
-        let keys = self.spec.keys.iter().map(|k| col(column_name(&k.value))).collect();
+        let keys = self
+            .spec
+            .keys
+            .iter()
+            .map(|k| col(column_name(&k.value)))
+            .collect();
         let rn = row_number()
             .partition_by(keys)
             .order_by(order)

@@ -13,11 +13,11 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef}
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
-use datafusion::datasource::TableType;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
@@ -134,7 +134,12 @@ pub struct StagedFiles {
 
 impl StagedFiles {
     /// `schema` lists every column, partition columns included, in any order.
-    pub fn new(uri: &str, schema: &Schema, partition_columns: &[String], files: Vec<Add>) -> Result<Self> {
+    pub fn new(
+        uri: &str,
+        schema: &Schema,
+        partition_columns: &[String],
+        files: Vec<Add>,
+    ) -> Result<Self> {
         let (parts, data): (Vec<FieldRef>, Vec<FieldRef>) = schema
             .fields()
             .iter()
@@ -160,7 +165,11 @@ impl StagedFiles {
     }
 
     fn store_url(&self) -> Result<Url> {
-        Ok(Url::parse(&format!("{}://{}", self.root.scheme(), self.root.authority()))?)
+        Ok(Url::parse(&format!(
+            "{}://{}",
+            self.root.scheme(),
+            self.root.authority()
+        ))?)
     }
 }
 
@@ -185,18 +194,19 @@ impl TableProvider for StagedFiles {
         let n_data = self.schema.fields().len() - self.partition_columns.len();
         let data_schema = Arc::new(Schema::new(self.schema.fields()[..n_data].to_vec()));
         let part_fields: Vec<FieldRef> = self.schema.fields()[n_data..].to_vec();
-        let root = deltalake::Path::from_url_path(self.root.path())
-            .map_err(|e| ext(e.into()))?;
+        let root = deltalake::Path::from_url_path(self.root.path()).map_err(|e| ext(e.into()))?;
         let mut files = Vec::with_capacity(self.files.len());
         for add in &self.files {
             let rel = deltalake::Path::from_url_path(&add.path).map_err(|e| ext(e.into()))?;
             let location: deltalake::Path = root.parts().chain(rel.parts()).collect();
             let values = part_fields
                 .iter()
-                .map(|f| match add.partition_values.get(f.name()).cloned().flatten() {
-                    Some(s) => ScalarValue::try_from_string(s, f.data_type()),
-                    None => ScalarValue::try_from(f.data_type()),
-                })
+                .map(
+                    |f| match add.partition_values.get(f.name()).cloned().flatten() {
+                        Some(s) => ScalarValue::try_from_string(s, f.data_type()),
+                        None => ScalarValue::try_from(f.data_type()),
+                    },
+                )
                 .collect::<datafusion::error::Result<Vec<_>>>()?;
             let meta = deltalake::ObjectMeta {
                 location,

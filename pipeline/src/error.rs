@@ -73,7 +73,12 @@ impl<'a> Errors<'a> {
     }
 
     /// An error about a spanned value.
-    pub(crate) fn on<T>(&mut self, v: &Spanned<T>, field: impl Into<String>, msg: impl Into<String>) {
+    pub(crate) fn on<T>(
+        &mut self,
+        v: &Spanned<T>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
         self.at(v.referenced, field, msg);
     }
 }

@@ -201,7 +201,11 @@ fn check_names<'a>(
 
 fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
     if !valid_name(&spec.pipeline.value) {
-        errors.on(&spec.pipeline, "pipeline", format!("'{}' {NAME_RULE}", spec.pipeline.value));
+        errors.on(
+            &spec.pipeline,
+            "pipeline",
+            format!("'{}' {NAME_RULE}", spec.pipeline.value),
+        );
     }
     if let Some(s) = &spec.schedule
         && let Err(e) = croner::parser::CronParser::builder()
@@ -246,10 +250,18 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
     let mut dag = Dag::default();
     for (i, t) in spec.bronze.iter().enumerate() {
         if !sources.contains(&t.source.value) {
-            errors.on(&t.source, format!("bronze[{i}].source"), format!("unknown source '{}'", t.source.value));
+            errors.on(
+                &t.source,
+                format!("bronze[{i}].source"),
+                format!("unknown source '{}'", t.source.value),
+            );
         }
         if t.files_per_task == 0 {
-            errors.on(&t.name, format!("bronze[{i}].files_per_task"), "must be at least 1");
+            errors.on(
+                &t.name,
+                format!("bronze[{i}].files_per_task"),
+                "must be at least 1",
+            );
         }
         validate_checks(errors, &format!("bronze[{i}]"), &t.checks, None);
         dag.add(TableRef::new(Layer::Bronze, &t.name.value), BTreeSet::new());
@@ -283,8 +295,16 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
         let path: Vec<String> = cycle.iter().map(ToString::to_string).collect();
         let first = &cycle[0];
         let loc = match first.layer {
-            Layer::Silver => spec.silver.iter().find(|t| t.name.value == first.name).map(|t| t.from.referenced),
-            Layer::Gold => spec.gold.iter().find(|t| t.name.value == first.name).map(|t| t.sql.referenced),
+            Layer::Silver => spec
+                .silver
+                .iter()
+                .find(|t| t.name.value == first.name)
+                .map(|t| t.from.referenced),
+            Layer::Gold => spec
+                .gold
+                .iter()
+                .find(|t| t.name.value == first.name)
+                .map(|t| t.sql.referenced),
             Layer::Bronze => None,
         };
         errors.at(
@@ -302,14 +322,22 @@ fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
     }
     let d = &s.options.delimiter;
     if d.value.len() != 1 || !d.value.is_ascii() {
-        errors.on(d, format!("sources[{i}].options.delimiter"), "must be exactly one ASCII character");
+        errors.on(
+            d,
+            format!("sources[{i}].options.delimiter"),
+            "must be exactly one ASCII character",
+        );
     }
     if let Some(schema) = &s.schema {
         let mut seen = HashSet::new();
         for (j, c) in schema.value.iter().enumerate() {
             let field = format!("sources[{i}].schema[{j}]");
             if !seen.insert(c.name.as_str()) {
-                errors.on(&c.data_type, &field, format!("duplicate column '{}'", c.name));
+                errors.on(
+                    &c.data_type,
+                    &field,
+                    format!("duplicate column '{}'", c.name),
+                );
             }
             if let Err(e) = types::parse_type(&c.data_type.value) {
                 errors.on(&c.data_type, format!("{field}.type"), e);
@@ -327,9 +355,11 @@ fn validate_silver(
     let at = |f: &str| format!("silver[{i}].{f}");
     let mut deps = BTreeSet::new();
     match t.from.value.parse::<TableRef>() {
-        Ok(r) if r.layer == Layer::Gold => {
-            errors.on(&t.from, at("from"), "a silver table reads a bronze or silver table, not gold")
-        }
+        Ok(r) if r.layer == Layer::Gold => errors.on(
+            &t.from,
+            at("from"),
+            "a silver table reads a bronze or silver table, not gold",
+        ),
         Ok(r) if known.contains(&r) => {
             deps.insert(r);
         }
@@ -337,19 +367,35 @@ fn validate_silver(
         Err(e) => errors.on(&t.from, at("from"), e),
     }
     if t.columns.is_empty() {
-        errors.on(&t.name, at("columns"), "a silver table declares at least one column");
+        errors.on(
+            &t.name,
+            at("columns"),
+            "a silver table declares at least one column",
+        );
     }
     let mut names = HashSet::new();
     for (j, c) in t.columns.iter().enumerate() {
         if !valid_name(&c.name.value) {
-            errors.on(&c.name, at(&format!("columns[{j}].name")), format!("'{}' {NAME_RULE}", c.name.value));
+            errors.on(
+                &c.name,
+                at(&format!("columns[{j}].name")),
+                format!("'{}' {NAME_RULE}", c.name.value),
+            );
         } else if !names.insert(c.name.value.as_str()) {
-            errors.on(&c.name, at(&format!("columns[{j}].name")), format!("duplicate column '{}'", c.name.value));
+            errors.on(
+                &c.name,
+                at(&format!("columns[{j}].name")),
+                format!("duplicate column '{}'", c.name.value),
+            );
         }
         if let Some(e) = &c.expr
             && let Err(msg) = sql::check_expr(&e.value)
         {
-            errors.on(e, at(&format!("columns[{j}].expr")), format!("invalid SQL expression: {msg}"));
+            errors.on(
+                e,
+                at(&format!("columns[{j}].expr")),
+                format!("invalid SQL expression: {msg}"),
+            );
         }
         if let Some(ty) = &c.data_type
             && let Err(msg) = types::parse_type(&ty.value)
@@ -359,11 +405,19 @@ fn validate_silver(
     }
     for (j, k) in t.keys.iter().enumerate() {
         if !names.contains(k.value.as_str()) {
-            errors.on(k, at(&format!("keys[{j}]")), format!("key '{}' is not one of the table's columns", k.value));
+            errors.on(
+                k,
+                at(&format!("keys[{j}]")),
+                format!("key '{}' is not one of the table's columns", k.value),
+            );
         }
     }
     if t.mode == WriteMode::Merge && t.keys.is_empty() {
-        errors.on(&t.name, at("mode"), "mode 'merge' needs 'keys' to match rows on");
+        errors.on(
+            &t.name,
+            at("mode"),
+            "mode 'merge' needs 'keys' to match rows on",
+        );
     }
     if t.partitions == 0 {
         errors.on(&t.name, at("partitions"), "must be at least 1");
@@ -375,7 +429,11 @@ fn validate_silver(
     }
     for (j, f) in t.filters.iter().enumerate() {
         if let Err(msg) = sql::check_expr(&f.value) {
-            errors.on(f, at(&format!("filters[{j}]")), format!("invalid SQL expression: {msg}"));
+            errors.on(
+                f,
+                at(&format!("filters[{j}]")),
+                format!("invalid SQL expression: {msg}"),
+            );
         }
     }
     validate_checks(errors, &format!("silver[{i}]"), &t.checks, Some(&names));
@@ -383,12 +441,21 @@ fn validate_silver(
 }
 
 /// Checks each quality check has what its kind needs; `columns` is known for silver tables.
-fn validate_checks(errors: &mut Errors, table: &str, checks: &[CheckSpec], columns: Option<&HashSet<&str>>) {
+fn validate_checks(
+    errors: &mut Errors,
+    table: &str,
+    checks: &[CheckSpec],
+    columns: Option<&HashSet<&str>>,
+) {
     let mut seen = HashSet::new();
     for (j, c) in checks.iter().enumerate() {
         let field = format!("{table}.checks[{j}]");
         if !seen.insert(c.name.value.as_str()) {
-            errors.on(&c.name, format!("{field}.name"), format!("duplicate check name '{}'", c.name.value));
+            errors.on(
+                &c.name,
+                format!("{field}.name"),
+                format!("duplicate check name '{}'", c.name.value),
+            );
         }
         let cols = c.all_columns();
         match c.check {
@@ -402,7 +469,11 @@ fn validate_checks(errors: &mut Errors, table: &str, checks: &[CheckSpec], colum
                 None => errors.on(&c.name, &field, "an expression check needs 'expr'"),
                 Some(e) => {
                     if let Err(msg) = sql::check_expr(&e.value) {
-                        errors.on(e, format!("{field}.expr"), format!("invalid SQL expression: {msg}"));
+                        errors.on(
+                            e,
+                            format!("{field}.expr"),
+                            format!("invalid SQL expression: {msg}"),
+                        );
                     }
                 }
             },
@@ -411,7 +482,11 @@ fn validate_checks(errors: &mut Errors, table: &str, checks: &[CheckSpec], colum
         if let Some(known) = columns {
             for col in cols {
                 if !known.contains(col.value.as_str()) {
-                    errors.on(col, format!("{field}.column"), format!("unknown column '{}'", col.value));
+                    errors.on(
+                        col,
+                        format!("{field}.column"),
+                        format!("unknown column '{}'", col.value),
+                    );
                 }
             }
         }

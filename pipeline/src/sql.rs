@@ -23,7 +23,8 @@ pub fn check_expr(sql: &str) -> Result<(), String> {
         .try_with_sql(sql)
         .and_then(|mut p| {
             p.parse_expr()?;
-            p.expect_token(&sqlparser::tokenizer::Token::EOF).map(|_| ())
+            p.expect_token(&sqlparser::tokenizer::Token::EOF)
+                .map(|_| ())
         })
         .map_err(|e| e.to_string())
 }

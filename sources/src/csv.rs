@@ -26,7 +26,11 @@ enum Target {
 }
 
 impl CsvReader {
-    pub(crate) fn open(path: &Path, options: &ReadOptions, schema: SchemaRef) -> Result<Self, SourceError> {
+    pub(crate) fn open(
+        path: &Path,
+        options: &ReadOptions,
+        schema: SchemaRef,
+    ) -> Result<Self, SourceError> {
         let reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -65,9 +69,15 @@ impl CsvReader {
     }
 
     fn push_record(&mut self, line: u64, record: &csv::ByteRecord) {
-        let targets = self.targets.as_ref().expect("targets are set before records");
+        let targets = self
+            .targets
+            .as_ref()
+            .expect("targets are set before records");
         if record.len() != targets.len() {
-            let raw: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            let raw: Vec<String> = record
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect();
             let raw = raw.join(&(self.delimiter as char).to_string());
             return self.batch.push_corrupt(line, &raw);
         }
@@ -128,6 +138,10 @@ impl Iterator for CsvReader {
         if self.batch.len() == 0 {
             return None;
         }
-        Some(self.batch.finish().map_err(|e| SourceError::new(&self.path, e)))
+        Some(
+            self.batch
+                .finish()
+                .map_err(|e| SourceError::new(&self.path, e)),
+        )
     }
 }

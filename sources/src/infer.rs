@@ -5,9 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use arrow::datatypes::{DataType, Field, Schema};
+use indexmap::IndexMap;
 use medallion_pipeline::spec::SourceFormat;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use indexmap::IndexMap;
 use serde::de::IgnoredAny;
 
 use crate::{ReadOptions, SourceError};
@@ -17,7 +17,11 @@ use crate::{ReadOptions, SourceError};
 /// JSON keys and CSV header names become text columns, in the order first seen: bronze keeps
 /// raw values and silver declares the types. Parquet columns keep their types. Fields that
 /// only show up past the sample are not lost; they land in `_rescued_data`.
-pub fn infer_schema(files: &[&Path], options: &ReadOptions, sample_rows: usize) -> Result<Schema, SourceError> {
+pub fn infer_schema(
+    files: &[&Path],
+    options: &ReadOptions,
+    sample_rows: usize,
+) -> Result<Schema, SourceError> {
     let mut fields: Vec<Field> = Vec::new();
     let mut add = |name: &str, data_type: &DataType| {
         if !fields.iter().any(|f| f.name() == name) {
@@ -31,7 +35,8 @@ pub fn infer_schema(files: &[&Path], options: &ReadOptions, sample_rows: usize) 
                 for line in BufReader::new(file).lines().take(sample_rows) {
                     let Ok(line) = line else { break };
                     // An IndexMap keeps the keys in the order the record has them.
-                    if let Ok(object) = serde_json::from_str::<IndexMap<String, IgnoredAny>>(&line) {
+                    if let Ok(object) = serde_json::from_str::<IndexMap<String, IgnoredAny>>(&line)
+                    {
                         object.keys().for_each(|k| add(k, &DataType::Utf8));
                     }
                 }
@@ -58,8 +63,9 @@ pub fn infer_schema(files: &[&Path], options: &ReadOptions, sample_rows: usize) 
             }
             SourceFormat::Parquet => {
                 let file = File::open(path).map_err(|e| SourceError::new(path, e))?;
-                let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                    .map_err(|e| SourceError::new(path, format!("not a readable Parquet file: {e}")))?;
+                let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+                    SourceError::new(path, format!("not a readable Parquet file: {e}"))
+                })?;
                 for f in builder.schema().fields() {
                     add(f.name(), f.data_type());
                 }

@@ -75,7 +75,8 @@ impl Iterator for JsonReader {
                 Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                     // Not UTF-8: keep what we can of the line rather than fail the file.
                     self.line_no += 1;
-                    self.batch.push_corrupt(self.line_no, "<line is not valid UTF-8>");
+                    self.batch
+                        .push_corrupt(self.line_no, "<line is not valid UTF-8>");
                 }
                 Some(Err(e)) => {
                     self.done = true;
@@ -95,6 +96,10 @@ impl Iterator for JsonReader {
         if self.batch.len() == 0 {
             return None;
         }
-        Some(self.batch.finish().map_err(|e| SourceError::new(&self.path, e)))
+        Some(
+            self.batch
+                .finish()
+                .map_err(|e| SourceError::new(&self.path, e)),
+        )
     }
 }

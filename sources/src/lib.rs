@@ -56,7 +56,13 @@ impl ReadOptions {
         Self {
             format,
             header: options.header,
-            delimiter: options.delimiter.value.as_bytes().first().copied().unwrap_or(b','),
+            delimiter: options
+                .delimiter
+                .value
+                .as_bytes()
+                .first()
+                .copied()
+                .unwrap_or(b','),
         }
     }
 }
@@ -71,7 +77,11 @@ pub struct Chunk {
 
 /// The schema of what the readers produce: the data columns, then `_rescued_data`.
 pub fn with_rescued_column(data: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = data.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let mut fields: Vec<Field> = data
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     fields.push(Field::new(RESCUED_DATA, DataType::Utf8, true));
     Arc::new(Schema::new(fields))
 }

@@ -53,11 +53,16 @@ impl ParquetReader {
             let typed = cast_with_options(source, field.data_type(), &safe)?;
             if typed.null_count() > source.null_count() {
                 let text = cast(source, &DataType::Utf8)?;
-                let text = text.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+                let text = text
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("cast to Utf8");
                 for (row, slot) in rescued.iter_mut().enumerate() {
                     if source.is_valid(row) && typed.is_null(row) {
-                        slot.get_or_insert_with(Map::new)
-                            .insert(field.name().clone(), Value::String(text.value(row).to_string()));
+                        slot.get_or_insert_with(Map::new).insert(
+                            field.name().clone(),
+                            Value::String(text.value(row).to_string()),
+                        );
                     }
                 }
             }
@@ -125,6 +130,9 @@ impl Iterator for ParquetReader {
             Ok(b) => b,
             Err(e) => return Some(Err(SourceError::new(&self.path, e))),
         };
-        Some(self.convert(&batch).map_err(|e| SourceError::new(&self.path, e)))
+        Some(
+            self.convert(&batch)
+                .map_err(|e| SourceError::new(&self.path, e)),
+        )
     }
 }

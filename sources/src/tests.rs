@@ -35,7 +35,10 @@ fn read_all(path: &Path, options: &ReadOptions, schema: &Schema) -> (Vec<RecordB
 
 fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
     let a = arrow::compute::cast(batch.column_by_name(col).unwrap(), &DataType::Utf8).unwrap();
-    a.as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect()
+    a.as_string::<i32>()
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect()
 }
 
 #[test]
@@ -58,7 +61,10 @@ fn json_malformed_lines_and_unknown_fields_are_rescued() {
     assert_eq!(strings(b, "amount"), [Some("9.5".into()), None, None]);
     let r = strings(b, "_rescued_data");
     assert_eq!(r[0].as_deref(), Some(r#"{"_line":1,"extra":true}"#));
-    assert_eq!(r[1].as_deref(), Some(r#"{"_corrupt_record":"{not json","_line":2}"#));
+    assert_eq!(
+        r[1].as_deref(),
+        Some(r#"{"_corrupt_record":"{not json","_line":2}"#)
+    );
     assert_eq!(r[2].as_deref(), Some(r#"{"_line":4,"id":"x"}"#));
 }
 
@@ -82,7 +88,10 @@ fn csv_header_wrong_field_counts_and_types() {
     assert_eq!(strings(b, "age"), [Some("30".into()), None, None]);
     let r = strings(b, "_rescued_data");
     assert_eq!(r[0], None);
-    assert_eq!(r[1].as_deref(), Some(r#"{"_corrupt_record":"2;Bob","_line":3}"#));
+    assert_eq!(
+        r[1].as_deref(),
+        Some(r#"{"_corrupt_record":"2;Bob","_line":3}"#)
+    );
     assert_eq!(r[2].as_deref(), Some(r#"{"_line":4,"age":"old"}"#));
 }
 
@@ -92,14 +101,23 @@ fn inference_takes_keys_in_order_as_text() {
     let schema = infer_schema(&[a.path()], &opts(SourceFormat::Json), 100).unwrap();
     let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["b", "a", "c"]);
-    assert!(schema.fields().iter().all(|f| f.data_type() == &DataType::Utf8));
+    assert!(
+        schema
+            .fields()
+            .iter()
+            .all(|f| f.data_type() == &DataType::Utf8)
+    );
 }
 
 #[test]
 fn missing_file_names_the_file() {
-    let err = read_file(Path::new("/nope/x.jsonl"), &opts(SourceFormat::Json), &Schema::empty())
-        .err()
-        .unwrap();
+    let err = read_file(
+        Path::new("/nope/x.jsonl"),
+        &opts(SourceFormat::Json),
+        &Schema::empty(),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().starts_with("/nope/x.jsonl: "), "{err}");
 }
 
@@ -108,12 +126,19 @@ fn parquet_extra_columns_and_bad_casts_are_rescued() {
     use arrow::array::{Int64Array, StringArray};
     let input = RecordBatch::try_from_iter(vec![
         ("id", Arc::new(Int64Array::from(vec![1, 2])) as _),
-        ("when", Arc::new(StringArray::from(vec!["2024-01-02", "soon"])) as _),
-        ("more", Arc::new(StringArray::from(vec![Some("x"), None])) as _),
+        (
+            "when",
+            Arc::new(StringArray::from(vec!["2024-01-02", "soon"])) as _,
+        ),
+        (
+            "more",
+            Arc::new(StringArray::from(vec![Some("x"), None])) as _,
+        ),
     ])
     .unwrap();
     let f = tempfile::NamedTempFile::new().unwrap();
-    let mut w = ::parquet::arrow::ArrowWriter::try_new(f.reopen().unwrap(), input.schema(), None).unwrap();
+    let mut w =
+        ::parquet::arrow::ArrowWriter::try_new(f.reopen().unwrap(), input.schema(), None).unwrap();
     w.write(&input).unwrap();
     w.close().unwrap();
     let schema = Schema::new(vec![

@@ -48,7 +48,12 @@ impl TextBatch {
     }
 
     /// Adds a row; `fields[i]` is the raw text of data column `i`.
-    pub(crate) fn push(&mut self, line: u64, fields: Vec<Option<String>>, rescued: Map<String, Value>) {
+    pub(crate) fn push(
+        &mut self,
+        line: u64,
+        fields: Vec<Option<String>>,
+        rescued: Map<String, Value>,
+    ) {
         for (b, f) in self.columns.iter_mut().zip(fields) {
             b.append_option(f);
         }
@@ -80,9 +85,10 @@ impl TextBatch {
             let typed = cast_with_options(&text, field.data_type(), &safe)?;
             for row in 0..text.len() {
                 if text.is_valid(row) && typed.is_null(row) {
-                    self.rescued[row]
-                        .get_or_insert_with(Map::new)
-                        .insert(field.name().clone(), Value::String(text.value(row).to_string()));
+                    self.rescued[row].get_or_insert_with(Map::new).insert(
+                        field.name().clone(),
+                        Value::String(text.value(row).to_string()),
+                    );
                 }
             }
             arrays.push(typed);

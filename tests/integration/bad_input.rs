@@ -9,31 +9,71 @@ fn assert_no_panic(stderr: &str) {
 #[test]
 fn invalid_specs_name_file_line_and_field() {
     let ws = shop();
-    ws.write("bad.yaml", &SPEC.replace("FROM silver.orders o JOIN silver.customers", "FROM silver.order o JOIN silver.customers"));
+    ws.write(
+        "bad.yaml",
+        &SPEC.replace(
+            "FROM silver.orders o JOIN silver.customers",
+            "FROM silver.order o JOIN silver.customers",
+        ),
+    );
     let out = ws.medallion(&["validate", "bad.yaml"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("bad.yaml:"), "{}", out.stderr);
-    assert!(out.stderr.contains("gold[0].sql: unknown table 'silver.order'"), "{}", out.stderr);
-    let line = SPEC.lines().position(|l| l.contains("- name: customer_360")).unwrap() + 2;
-    assert!(out.stderr.contains(&format!("bad.yaml:{line}:")), "line {line}: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("gold[0].sql: unknown table 'silver.order'"),
+        "{}",
+        out.stderr
+    );
+    // The location is the start of the SQL text, the line after `sql: |`.
+    let line = SPEC
+        .lines()
+        .position(|l| l.contains("SELECT c.customer_id"))
+        .unwrap()
+        + 1;
+    assert!(
+        out.stderr.contains(&format!("bad.yaml:{line}:")),
+        "line {line}: {}",
+        out.stderr
+    );
 
-    ws.write("typo.yaml", &SPEC.replace("    keys: [order_id]\n", "    key: [order_id]\n"));
+    ws.write(
+        "typo.yaml",
+        &SPEC.replace("    keys: [order_id]\n", "    key: [order_id]\n"),
+    );
     let out = ws.medallion(&["run", "typo.yaml"]);
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("typo.yaml:") && out.stderr.contains("key"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("typo.yaml:") && out.stderr.contains("key"),
+        "{}",
+        out.stderr
+    );
 
     ws.write("cycle.yaml", &format!(
         "{SPEC}  - name: a\n    sql: SELECT * FROM gold.b\n  - name: b\n    sql: SELECT * FROM gold.a\n"
     ));
     let out = ws.medallion(&["validate", "cycle.yaml"]);
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("dependency cycle: gold.a -> gold.b -> gold.a"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("dependency cycle: gold.a -> gold.b -> gold.a"),
+        "{}",
+        out.stderr
+    );
 
     ws.write("merge.yaml", &SPEC.replace("    keys: [order_id]\n", ""));
     let out = ws.medallion(&["validate", "merge.yaml"]);
-    assert!(out.stderr.contains("silver[0].mode: mode 'merge' needs 'keys'"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("silver[0].mode: mode 'merge' needs 'keys'"),
+        "{}",
+        out.stderr
+    );
     assert_no_panic(&out.stderr);
-    assert!(!ws.path().join("lake").exists(), "validation must not touch the lake");
+    assert!(
+        !ws.path().join("lake").exists(),
+        "validation must not touch the lake"
+    );
 
     let ok = ws.medallion(&["validate", "pipeline.yaml"]);
     assert_eq!(ok.code, 0, "{}", ok.stderr);
@@ -42,15 +82,30 @@ fn invalid_specs_name_file_line_and_field() {
 #[test]
 fn missing_source_path_fails_before_any_table_changes() {
     let ws = shop();
-    ws.write("missing.yaml", &SPEC.replace("path: data/customers.csv", "path: data/crm/customers.csv"));
+    ws.write(
+        "missing.yaml",
+        &SPEC.replace("path: data/customers.csv", "path: data/crm/customers.csv"),
+    );
     let out = ws.run("missing.yaml");
     assert_eq!(out.code, 1);
     assert_no_panic(&out.stderr);
     let report = out.report();
-    let error = report["tables"].as_array().unwrap().iter().find_map(|t| t["error"].as_str()).unwrap().to_string();
-    assert!(error.contains("source 'crm'") && error.contains("data/crm/customers.csv"), "{error}");
-    assert!(!ws.path().join("lake").exists() || std::fs::read_dir(ws.path().join("lake")).unwrap().count() == 0,
-        "no table may be written when a source is missing");
+    let error = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|t| t["error"].as_str())
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("source 'crm'") && error.contains("data/crm/customers.csv"),
+        "{error}"
+    );
+    assert!(
+        !ws.path().join("lake").exists()
+            || std::fs::read_dir(ws.path().join("lake")).unwrap().count() == 0,
+        "no table may be written when a source is missing"
+    );
 }
 
 #[test]
@@ -71,13 +126,22 @@ fn a_value_that_does_not_fit_its_type_names_table_column_and_value() {
     let silver = medallion_tests::table(&report, "silver.orders");
     let error = silver["error"].as_str().unwrap();
     assert!(
-        error.contains("silver.orders") && error.contains("'quantity'") && error.contains("'three'") && error.contains("orders_3.jsonl"),
+        error.contains("silver.orders")
+            && error.contains("'quantity'")
+            && error.contains("'three'")
+            && error.contains("orders_3.jsonl"),
         "{error}"
     );
     // The raw row is in bronze (that is what bronze is for); nothing downstream changed.
-    assert_eq!(medallion_tests::table(&report, "bronze.orders")["status"], "committed");
+    assert_eq!(
+        medallion_tests::table(&report, "bronze.orders")["status"],
+        "committed"
+    );
     let silver_after = ws.read_table("lake/silver/orders");
     assert_eq!(silver_after["version"], silver_before["version"]);
     assert_eq!(silver_after["rows"], silver_before["rows"]);
-    assert_eq!(ws.read_table("lake/gold/customer_360")["version"], gold_before["version"]);
+    assert_eq!(
+        ws.read_table("lake/gold/customer_360")["version"],
+        gold_before["version"]
+    );
 }

@@ -6,7 +6,11 @@ use medallion_tests::{Workspace, assert_rows_close, metric, python_json, table};
 #[test]
 fn example_pipeline_tables_agree_with_independent_readers_and_reference() {
     let ws = Workspace::new();
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ecommerce/pipeline.yaml")).unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/ecommerce/pipeline.yaml"
+    ))
+    .unwrap();
     ws.write("pipeline.yaml", &example);
     let generated = ws.medallion(&["generate", "data", "--orders", "5000", "--files", "4"]);
     assert_eq!(generated.code, 0, "{}", generated.stderr);
@@ -14,31 +18,62 @@ fn example_pipeline_tables_agree_with_independent_readers_and_reference() {
     let run = ws.run("pipeline.yaml");
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.report();
-    assert!(metric(&report, "bronze.orders", "rows_rescued") > 0, "the generator writes malformed lines");
+    assert!(
+        metric(&report, "bronze.orders", "rows_rescued") > 0,
+        "the generator writes malformed lines"
+    );
     assert!(metric(&report, "silver.orders", "rows_filtered") > 0);
     assert!(metric(&report, "silver.orders", "rows_deduplicated") > 0);
 
     for name in [
-        "bronze.orders", "bronze.customers", "bronze.products",
-        "silver.orders", "silver.customers", "silver.products",
-        "gold.customer_360", "gold.product_performance",
+        "bronze.orders",
+        "bronze.customers",
+        "bronze.products",
+        "silver.orders",
+        "silver.customers",
+        "silver.products",
+        "gold.customer_360",
+        "gold.product_performance",
     ] {
         let t = ws.read_table(&format!("lake/{}", name.replace('.', "/")));
-        assert_eq!(t["readers_agree"], true, "{name}: deltalake and DuckDB disagree");
+        assert_eq!(
+            t["readers_agree"], true,
+            "{name}: deltalake and DuckDB disagree"
+        );
         assert_eq!(t["num_rows"], t["duckdb_num_rows"], "{name}");
-        assert_eq!(t["num_rows"].as_u64().unwrap(), metric(&report, name, "rows_written"), "{name}: rows vs report");
+        assert_eq!(
+            t["num_rows"].as_u64().unwrap(),
+            metric(&report, name, "rows_written"),
+            "{name}: rows vs report"
+        );
         let version = &table(&report, name)["version"];
         assert_eq!(&t["version"], version, "{name}: version vs report");
     }
     let bronze = ws.read_table("lake/bronze/orders");
-    let rescued = bronze["rows"].as_array().unwrap().iter().filter(|r| !r["_rescued_data"].is_null()).count() as u64;
+    let rescued = bronze["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["_rescued_data"].is_null())
+        .count() as u64;
     assert_eq!(rescued, metric(&report, "bronze.orders", "rows_rescued"));
 
     let reference = python_json(&["gold-reference", ws.path().join("data").to_str().unwrap()]);
-    for (gold, key) in [("customer_360", "customer_id"), ("product_performance", "product_id")] {
+    for (gold, key) in [
+        ("customer_360", "customer_id"),
+        ("product_performance", "product_id"),
+    ] {
         let ours = ws.read_table(&format!("lake/gold/{gold}"));
         assert!(!reference[gold].as_array().unwrap().is_empty());
-        assert_rows_close(&ours["rows"], &reference[gold], key, &format!("gold.{gold}"));
+        assert_rows_close(
+            &ours["rows"],
+            &reference[gold],
+            key,
+            &format!("gold.{gold}"),
+        );
     }
-    assert_eq!(ws.read_table("lake/silver/orders")["num_rows"], reference["silver_orders_rows"]);
+    assert_eq!(
+        ws.read_table("lake/silver/orders")["num_rows"],
+        reference["silver_orders_rows"]
+    );
 }

@@ -25,12 +25,26 @@ fn critical_failure_stops_the_commit_and_what_reads_the_table() {
     assert_eq!(report["succeeded"], false);
     let silver = table(&report, "silver.orders");
     assert_eq!(silver["status"], "failed");
-    assert!(silver["error"].as_str().unwrap().contains("amount_small (1 rows)"), "{silver:#}");
-    let check = silver["checks"].as_array().unwrap().iter().find(|c| c["name"] == "amount_small").unwrap();
+    assert!(
+        silver["error"]
+            .as_str()
+            .unwrap()
+            .contains("amount_small (1 rows)"),
+        "{silver:#}"
+    );
+    let check = silver["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "amount_small")
+        .unwrap();
     assert_eq!(check["passed"], false);
     assert_eq!(check["failing_rows"], 1);
     assert_eq!(check["total_rows"], 3);
-    assert!(!ws.has_table("lake/silver/orders"), "nothing may be committed");
+    assert!(
+        !ws.has_table("lake/silver/orders"),
+        "nothing may be committed"
+    );
     assert_eq!(table(&report, "gold.customer_360")["status"], "skipped");
     // Tables that do not read silver.orders still run.
     assert_eq!(table(&report, "silver.customers")["status"], "committed");
@@ -63,7 +77,10 @@ fn warning_failure_is_reported_and_committed() {
     assert_eq!(silver["status"], "committed");
     let checks = silver["checks"].as_array().unwrap();
     let warn = checks.iter().find(|c| c["name"] == "amount_small").unwrap();
-    assert_eq!((warn["passed"].clone(), warn["failing_rows"].clone()), (false.into(), 1.into()));
+    assert_eq!(
+        (warn["passed"].clone(), warn["failing_rows"].clone()),
+        (false.into(), 1.into())
+    );
     let unique = checks.iter().find(|c| c["name"] == "id_unique").unwrap();
     assert_eq!(unique["passed"], true);
     assert_eq!(ws.read_table("lake/silver/orders")["num_rows"], 3);
@@ -73,7 +90,9 @@ fn warning_failure_is_reported_and_committed() {
 
 /// Every file under `dir` (none if it does not exist).
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .flat_map(|p| if p.is_dir() { walk(&p) } else { vec![p] })

@@ -9,13 +9,24 @@ use medallion_tests::{Workspace, medallion_bin};
 #[test]
 fn killed_runs_neither_lose_nor_duplicate_rows() {
     let ws = Workspace::new();
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ecommerce/pipeline.yaml")).unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/ecommerce/pipeline.yaml"
+    ))
+    .unwrap();
     ws.write("pipeline.yaml", &example);
     let generated = ws.medallion(&["generate", "data", "--orders", "60000", "--files", "12"]);
     assert_eq!(generated.code, 0, "{}", generated.stderr);
-    let lines: u64 = generated.stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let lines: u64 = generated
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
 
-    for delay_ms in [700, 1800, 3500] {
+    let mut interrupted = 0;
+    for delay_ms in [400, 900, 1500, 2500] {
         let mut child = Command::new(medallion_bin())
             .args(["run", "pipeline.yaml", "--executors", "2"])
             .current_dir(ws.path())
@@ -24,24 +35,49 @@ fn killed_runs_neither_lose_nor_duplicate_rows() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
         let _ = child.kill(); // SIGKILL: no cleanup of any kind
         let _ = child.wait();
     }
+    assert!(
+        interrupted > 0,
+        "no run was killed while it was still running"
+    );
     let run = ws.run("pipeline.yaml");
     assert_eq!(run.code, 0, "{}", run.stderr);
 
     let bronze = ws.read_table("lake/bronze/orders");
     assert_eq!(bronze["readers_agree"], true);
-    assert_eq!(bronze["num_rows"].as_u64().unwrap(), lines, "every line exactly once");
-    let files: std::collections::BTreeMap<String, usize> =
-        bronze["rows"].as_array().unwrap().iter().fold(Default::default(), |mut m, r| {
-            *m.entry(r["_ingested_at"].to_string() + r["_source_file"].as_str().unwrap()).or_default() += 1;
+    assert_eq!(
+        bronze["num_rows"].as_u64().unwrap(),
+        lines,
+        "every line exactly once"
+    );
+    let files: std::collections::BTreeMap<String, usize> = bronze["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .fold(Default::default(), |mut m, r| {
+            *m.entry(r["_ingested_at"].to_string() + r["_source_file"].as_str().unwrap())
+                .or_default() += 1;
             m
         });
-    let distinct_files: std::collections::BTreeSet<_> = bronze["rows"].as_array().unwrap().iter().map(|r| r["_source_file"].to_string()).collect();
-    assert_eq!(files.len(), distinct_files.len(), "a file was ingested by more than one run");
+    let distinct_files: std::collections::BTreeSet<_> = bronze["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["_source_file"].to_string())
+        .collect();
+    assert_eq!(
+        files.len(),
+        distinct_files.len(),
+        "a file was ingested by more than one run"
+    );
 
-    let reference = medallion_tests::python_json(&["gold-reference", ws.path().join("data").to_str().unwrap()]);
+    let reference =
+        medallion_tests::python_json(&["gold-reference", ws.path().join("data").to_str().unwrap()]);
     let silver = ws.read_table("lake/silver/orders");
     assert_eq!(silver["num_rows"], reference["silver_orders_rows"]);
 }

@@ -12,7 +12,10 @@ pub fn medallion_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
     let bin = dir.join("medallion");
     assert!(
         bin.exists(),
@@ -46,8 +49,12 @@ impl Invocation {
 
     /// The JSON run report (`run --output json`).
     pub fn report(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("no JSON report ({e}); stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON report ({e}); stdout:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -143,18 +150,30 @@ pub fn metric(report: &Value, t: &str, name: &str) -> u64 {
 /// Asserts two row sets are equal, matched on `key`, with numbers equal to 1e-6 relative
 /// (decimal and floating point averages round differently).
 pub fn assert_rows_close(ours: &Value, expected: &Value, key: &str, what: &str) {
-    let by_key = |rows: &Value| -> std::collections::BTreeMap<String, serde_json::Map<String, Value>> {
-        rows.as_array()
-            .unwrap_or_else(|| panic!("{what}: not a row list"))
-            .iter()
-            .map(|r| (r[key].to_string(), r.as_object().expect("row object").clone()))
-            .collect()
-    };
+    let by_key =
+        |rows: &Value| -> std::collections::BTreeMap<String, serde_json::Map<String, Value>> {
+            rows.as_array()
+                .unwrap_or_else(|| panic!("{what}: not a row list"))
+                .iter()
+                .map(|r| {
+                    (
+                        r[key].to_string(),
+                        r.as_object().expect("row object").clone(),
+                    )
+                })
+                .collect()
+        };
     let (a, b) = (by_key(ours), by_key(expected));
     assert_eq!(a.len(), b.len(), "{what}: row counts differ");
     for (k, row) in &a {
-        let other = b.get(k).unwrap_or_else(|| panic!("{what}: {key}={k} missing from the reference"));
-        assert_eq!(row.len(), other.len(), "{what}: columns differ at {key}={k}: {row:?} vs {other:?}");
+        let other = b
+            .get(k)
+            .unwrap_or_else(|| panic!("{what}: {key}={k} missing from the reference"));
+        assert_eq!(
+            row.len(),
+            other.len(),
+            "{what}: columns differ at {key}={k}: {row:?} vs {other:?}"
+        );
         for (col, v) in row {
             let w = &other[col];
             let close = match (v.as_f64(), w.as_f64()) {

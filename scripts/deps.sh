@@ -1,0 +1,32 @@
+# Shared by scripts/demo and scripts/test: installs what the build and the tests need,
+# only when it is missing. Debian or Ubuntu; root or sudo for system packages.
+
+# Runs apt-get as root (directly or through sudo).
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "error: install $* (need root or sudo)" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  if [ -z "${MEDALLION_APT_UPDATED:-}" ]; then
+    $sudo apt-get update -qq
+    export MEDALLION_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# protoc: the gRPC code generation (ours and etcd-client's) runs it at build time.
+need_build_tools() {
+  command -v protoc >/dev/null || apt_install protobuf-compiler
+  command -v cc >/dev/null || apt_install build-essential
+}
+
+# The independent Delta readers of the integration tests, in a virtualenv of their own.
+need_python_readers() {
+  local venv="${MEDALLION_VENV:-$HOME/.cache/medallion-venv}"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/py/requirements.txt
+  export MEDALLION_PYTHON="$venv/bin/python"
+}
