@@ -138,7 +138,7 @@ impl CommitContext<'_> {
         let next = match (plan, existing) {
             (CommitPlan::Merge { keys, .. }, Some(t)) => {
                 // Rows whose key is not in the new data stay; the rest are replaced.
-                ctx.register_table("__medallion_target", t.table_provider().await?)?;
+                medallion_lake::register_delta(&ctx, "__medallion_target", t).await?;
                 let target = ctx.table("__medallion_target").await?;
                 let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let kept = target.join(
@@ -159,7 +159,7 @@ impl CommitContext<'_> {
             // Bronze checks look at the batch being appended.
             _ => new_rows,
         };
-        quality::run_checks(next, checks).await
+        quality::run_checks(&ctx, next, checks).await
     }
 
     fn staged_rows(&self, ctx: &SessionContext, uri: &str, staged: &Staged) -> Result<DataFrame> {
@@ -340,6 +340,8 @@ impl CommitContext<'_> {
         let update_columns = columns.clone();
         let (merged, m) = t
             .merge(source, predicate)
+            // The session that knows the staging files' object store.
+            .with_session_state(Arc::new(ctx.state()))
             .with_source_alias("source")
             .with_target_alias("target")
             .when_matched_update(move |mut u| {

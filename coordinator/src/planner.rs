@@ -175,11 +175,17 @@ impl RunContext<'_> {
             }
             _ => (uri, CommitPlan::Overwrite),
         };
-        let tasks = (0..spec.partitions)
+        // Rows are partitioned by key hash; without a key the table is one partition.
+        let partitions = if spec.keys.is_empty() {
+            1
+        } else {
+            spec.partitions
+        };
+        let tasks = (0..partitions)
             .map(|p| {
                 let work = Work::Transform(TransformWork {
                     partition: p,
-                    partitions: spec.partitions,
+                    partitions,
                     input_version,
                 });
                 self.task(table, p as usize, output_uri.clone(), work)
@@ -269,7 +275,7 @@ fn is_hidden(p: &Path) -> bool {
 /// record of their file, so a file is never half ingested or ingested twice.
 async fn ingested_files(table: &deltalake::DeltaTable) -> Result<BTreeSet<String>> {
     let ctx = SessionContext::new();
-    ctx.register_table("bronze", table.table_provider().await?)?;
+    medallion_lake::register_delta(&ctx, "bronze", table).await?;
     let sql = format!("SELECT DISTINCT {} FROM bronze", meta::SOURCE_FILE);
     let mut files = BTreeSet::new();
     for batch in ctx.sql(&sql).await?.collect().await? {

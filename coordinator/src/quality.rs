@@ -10,17 +10,21 @@ use crate::report::CheckResult;
 
 const VIEW: &str = "__medallion_next_version";
 
-/// Runs every check on `rows` (the table as it will be after the commit).
-pub async fn run_checks(rows: DataFrame, checks: &[CheckSpec]) -> anyhow::Result<Vec<CheckResult>> {
+/// Runs every check on `rows` (the table as it will be after the commit), in `ctx`, the
+/// session `rows` was made in (it knows the object stores).
+pub async fn run_checks(
+    ctx: &SessionContext,
+    rows: DataFrame,
+    checks: &[CheckSpec],
+) -> anyhow::Result<Vec<CheckResult>> {
     if checks.is_empty() {
         return Ok(Vec::new());
     }
-    let ctx = SessionContext::new();
     ctx.register_table(VIEW, rows.into_view())?;
-    let total_rows = count(&ctx, &format!("SELECT count(*) FROM {VIEW}")).await?;
+    let total_rows = count(ctx, &format!("SELECT count(*) FROM {VIEW}")).await?;
     let mut results = Vec::with_capacity(checks.len());
     for check in checks {
-        let failing_rows = count(&ctx, &failing_rows_sql(check))
+        let failing_rows = count(ctx, &failing_rows_sql(check))
             .await
             .map_err(|e| anyhow::anyhow!("check '{}': {e:#}", check.name.value))?;
         results.push(CheckResult {

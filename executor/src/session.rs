@@ -36,9 +36,10 @@ pub(crate) async fn register_table(
     let delta = medallion_lake::open_version(&uri, opts, version)
         .await
         .map_err(transient)?;
-    let provider = delta.table_provider().await.map_err(transient)?;
     let reference =
         datafusion::common::TableReference::partial(table.layer.as_str(), table.name.as_str());
-    ctx.register_table(reference, provider).map_err(transient)?;
+    medallion_lake::register_delta(ctx, reference, &delta)
+        .await
+        .map_err(transient)?;
     Ok(())
 }

@@ -154,7 +154,10 @@ impl Plan<'_> {
             }
         }
         let mut df = source.select(exprs).map_err(|e| self.data_error(e))?;
-        if work.partitions > 1 && !self.spec.keys.is_empty() {
+        if work.partitions > 1 {
+            if self.spec.keys.is_empty() {
+                return Err(self.data_error("split into partitions but has no keys to split by"));
+            }
             let udf = ScalarUDF::from(KeyPartition::new(work.partitions));
             let keys = self
                 .spec

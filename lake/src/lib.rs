@@ -76,6 +76,18 @@ pub async fn open_version(uri: &str, opts: &StorageOptions, version: u64) -> Res
     Ok(table)
 }
 
+/// Registers a Delta table with a DataFusion session under `name`, together with the object
+/// store it lives in (the provider alone does not register the store).
+pub async fn register_delta(
+    ctx: &SessionContext,
+    name: impl Into<datafusion::common::TableReference>,
+    table: &DeltaTable,
+) -> Result<()> {
+    table.update_datafusion_session(&ctx.state())?;
+    ctx.register_table(name, table.table_provider().await?)?;
+    Ok(())
+}
+
 /// The Arrow schema of a Delta schema.
 pub fn arrow_schema(schema: &StructType) -> Result<SchemaRef> {
     let s: Schema = schema.try_into_arrow()?;

@@ -172,7 +172,8 @@ pub struct SilverSpec {
     pub columns: Vec<SilverColumn>,
     #[serde(default)]
     pub mode: WriteMode,
-    /// How many key-hash partitions the stage is split into (one task each).
+    /// How many key-hash partitions the stage is split into (one task each); a table
+    /// without keys is always one partition.
     #[serde(default = "default_partitions")]
     pub partitions: u32,
     #[serde(default)]

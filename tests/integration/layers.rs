@@ -240,3 +240,22 @@ fn gold_matches_hand_computed_values() {
     );
     assert_eq!(metric(&report, "gold.customer_360", "rows_written"), 2);
 }
+
+#[test]
+fn silver_without_keys_keeps_every_row_once() {
+    let ws = shop();
+    let spec = crate::fixture::SPEC.replace(
+        "gold:\n",
+        "  - name: order_lines\n    from: bronze.orders\n    partitions: 3\n    columns:\n      - { name: order_id, type: bigint }\n      - { name: source, expr: _source_file }\ngold:\n",
+    );
+    ws.write("pipeline.yaml", &spec);
+    let report = ws.run("pipeline.yaml").report();
+    assert_eq!(report["succeeded"], true, "{report:#}");
+    assert_eq!(table(&report, "silver.order_lines")["tasks"], 1);
+    let lines = ws.read_table("lake/silver/order_lines");
+    assert_eq!(lines["num_rows"], 8);
+    assert_eq!(
+        metric(&report, "silver.order_lines", "rows_deduplicated"),
+        0
+    );
+}

@@ -7,3 +7,4 @@ mod fixture;
 mod layers;
 mod quality;
 mod recovery;
+mod storage;

@@ -1,6 +1,8 @@
 """Reads Medallion's Delta tables with two readers that share no code with it.
 
-  delta_check.py read <table_dir>          both readers; rows canonical and sorted
+  delta_check.py read <table>              both readers; rows canonical and sorted. <table> is a
+                                           directory or an s3:// URL (then DELTA_STORAGE_OPTIONS
+                                           holds the storage options as JSON)
   delta_check.py gold-reference <data_dir> the example's gold tables computed by DuckDB
                                            straight from the raw files
 
@@ -15,6 +17,7 @@ import sys
 
 import duckdb
 import duckdb_extension_delta
+import duckdb_extension_httpfs
 from deltalake import DeltaTable
 
 
@@ -42,21 +45,34 @@ def canonical_rows(rows):
     return out
 
 
-def duckdb_connection():
-    ext = glob.glob(
-        os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "**/delta.duckdb_extension"),
-        recursive=True,
-    )[0]
+def duckdb_connection(storage_options=None):
     con = duckdb.connect()
-    con.execute(f"LOAD '{ext}'")
+    # DuckDB cannot download extensions here; load the ones shipped on PyPI by path.
+    for module, name in ((duckdb_extension_httpfs, "httpfs"), (duckdb_extension_delta, "delta")):
+        ext = glob.glob(
+            os.path.join(os.path.dirname(module.__file__), f"**/{name}.duckdb_extension"), recursive=True
+        )[0]
+        con.execute(f"LOAD '{ext}'")
     con.execute("SET TimeZone = 'UTC'")
+    if storage_options:
+        endpoint = storage_options["AWS_ENDPOINT_URL"]
+        quote = lambda v: "'" + str(v).replace("'", "''") + "'"
+        con.execute(
+            "CREATE SECRET (TYPE s3, URL_STYLE 'path', "
+            f"KEY_ID {quote(storage_options['AWS_ACCESS_KEY_ID'])}, "
+            f"SECRET {quote(storage_options['AWS_SECRET_ACCESS_KEY'])}, "
+            f"REGION {quote(storage_options.get('AWS_REGION', 'us-east-1'))}, "
+            f"ENDPOINT {quote(endpoint.split('://', 1)[-1])}, "
+            f"USE_SSL {str(endpoint.startswith('https')).lower()})"
+        )
     return con
 
 
 def read(path):
-    dt = DeltaTable(path)
+    storage_options = json.loads(os.environ.get("DELTA_STORAGE_OPTIONS", "{}")) or None
+    dt = DeltaTable(path, storage_options=storage_options)
     rows = canonical_rows(dt.to_pyarrow_table().to_pylist())
-    con = duckdb_connection()
+    con = duckdb_connection(storage_options)
     duck = canonical_rows(con.execute("SELECT * FROM delta_scan(?)", [path]).fetch_arrow_table().to_pylist())
     metadata = dt.metadata()
     return {

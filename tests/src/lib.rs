@@ -107,7 +107,7 @@ impl Workspace {
     /// Reads a table (relative to the workspace) with both independent readers.
     pub fn read_table(&self, rel: &str) -> Value {
         let table = self.path().join(rel);
-        python_json(&["read", table.to_str().expect("utf-8 path")])
+        read_delta(table.to_str().expect("utf-8 path"), None)
     }
 
     /// Whether a Delta table exists at `rel`.
@@ -116,14 +116,30 @@ impl Workspace {
     }
 }
 
+/// Reads a Delta table (a path, or a URL with its storage options) with both readers.
+pub fn read_delta(location: &str, storage_options: Option<&Value>) -> Value {
+    let mut command = delta_check(&["read", location]);
+    if let Some(options) = storage_options {
+        command.env("DELTA_STORAGE_OPTIONS", options.to_string());
+    }
+    json_output(command)
+}
+
 /// Runs `tests/py/delta_check.py` and parses its JSON output.
 pub fn python_json(args: &[&str]) -> Value {
+    json_output(delta_check(args))
+}
+
+fn delta_check(args: &[&str]) -> Command {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/delta_check.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
+    let mut command = Command::new(python());
+    command.arg(script).args(args);
+    command
+}
+
+fn json_output(mut command: Command) -> Value {
+    let out = command.output().expect("run python");
+    let args: Vec<_> = command.get_args().skip(1).collect();
     assert!(
         out.status.success(),
         "delta_check.py {args:?} failed:\n{}",
