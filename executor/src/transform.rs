@@ -112,6 +112,14 @@ impl Plan<'_> {
         TaskError::permanent(format!("{}: {e}", self.ctx.table))
     }
 
+    fn keys(&self) -> Vec<Expr> {
+        self.spec
+            .keys
+            .iter()
+            .map(|k| col(column_name(&k.value)))
+            .collect()
+    }
+
     fn parse(&self, df: &DataFrame, sql: &str, what: &str) -> Result<Expr, TaskError> {
         df.parse_sql_expr(sql)
             .map_err(|e| self.data_error(format!("{what} `{sql}`: {e}")))
@@ -159,15 +167,9 @@ impl Plan<'_> {
                 return Err(self.data_error("split into partitions but has no keys to split by"));
             }
             let udf = ScalarUDF::from(KeyPartition::new(work.partitions));
-            let keys = self
-                .spec
-                .keys
-                .iter()
-                .map(|k| col(column_name(&k.value)))
-                .collect();
             df = df
                 .filter(
-                    udf.call(keys)
+                    udf.call(self.keys())
                         .eq(lit(ScalarValue::UInt32(Some(work.partition)))),
                 )
                 .map_err(|e| self.data_error(e))?;
@@ -238,14 +240,8 @@ impl Plan<'_> {
             .filter(|c| has(c))
             .map(|c| col(c).sort(false, false))
             .collect();
-        let keys = self
-            .spec
-            .keys
-            .iter()
-            .map(|k| col(column_name(&k.value)))
-            .collect();
         let rn = row_number()
-            .partition_by(keys)
+            .partition_by(self.keys())
             .order_by(order)
             .build()
             .map_err(|e| self.data_error(e))?;

@@ -94,8 +94,8 @@ pub fn read_file(
 ) -> Result<Box<dyn Iterator<Item = Result<Chunk, SourceError>> + Send>, SourceError> {
     let out = with_rescued_column(data);
     Ok(match options.format {
-        SourceFormat::Json => Box::new(json::JsonReader::open(path, out)?),
-        SourceFormat::Csv => Box::new(csv::CsvReader::open(path, options, out)?),
+        SourceFormat::Json => Box::new(json::JsonLines::open(path, out)?),
+        SourceFormat::Csv => Box::new(csv::CsvRecords::open(path, options, out)?),
         SourceFormat::Parquet => Box::new(parquet::ParquetReader::open(path, out)?),
     })
 }

@@ -8,7 +8,64 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 
-use crate::Chunk;
+use crate::{BATCH_ROWS, Chunk, SourceError};
+
+/// A text format read record by record (JSON lines, CSV).
+pub(crate) trait RecordSource {
+    /// Pushes the next record into `batch` (or skips a line that holds none, like a CSV
+    /// header or a blank line); `Ok(false)` at the end of the file.
+    fn push_next(&mut self, batch: &mut TextBatch) -> Result<bool, SourceError>;
+}
+
+/// Reads a text format into batches of at most [`BATCH_ROWS`] rows.
+pub(crate) struct TextReader<S> {
+    source: S,
+    path: std::path::PathBuf,
+    batch: TextBatch,
+    done: bool,
+}
+
+impl<S: RecordSource> TextReader<S> {
+    pub(crate) fn new(source: S, path: &std::path::Path, schema: SchemaRef) -> Self {
+        Self {
+            source,
+            path: path.to_path_buf(),
+            batch: TextBatch::new(schema),
+            done: false,
+        }
+    }
+}
+
+impl<S: RecordSource> Iterator for TextReader<S> {
+    type Item = Result<Chunk, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        while self.batch.len() < BATCH_ROWS {
+            match self.source.push_next(&mut self.batch) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.done = true;
+                    break;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        if self.batch.len() == 0 {
+            return None;
+        }
+        Some(
+            self.batch
+                .finish()
+                .map_err(|e| SourceError::new(&self.path, e)),
+        )
+    }
+}
 
 /// Collects rows of raw text fields and turns them into a typed batch.
 pub(crate) struct TextBatch {

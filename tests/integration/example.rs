@@ -5,15 +5,7 @@ use medallion_tests::{Workspace, assert_rows_close, metric, python_json, table};
 
 #[test]
 fn example_pipeline_tables_agree_with_independent_readers_and_reference() {
-    let ws = Workspace::new();
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/ecommerce/pipeline.yaml"
-    ))
-    .unwrap();
-    ws.write("pipeline.yaml", &example);
-    let generated = ws.medallion(&["generate", "data", "--orders", "5000", "--files", "4"]);
-    assert_eq!(generated.code, 0, "{}", generated.stderr);
+    let (ws, _) = Workspace::example(5000, 4);
 
     let run = ws.run("pipeline.yaml");
     assert_eq!(run.code, 0, "{}", run.stderr);

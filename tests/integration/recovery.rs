@@ -8,22 +8,7 @@ use medallion_tests::{Workspace, medallion_bin};
 /// Kills runs at several points; after a final clean run every table holds each row once.
 #[test]
 fn killed_runs_neither_lose_nor_duplicate_rows() {
-    let ws = Workspace::new();
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/ecommerce/pipeline.yaml"
-    ))
-    .unwrap();
-    ws.write("pipeline.yaml", &example);
-    let generated = ws.medallion(&["generate", "data", "--orders", "60000", "--files", "12"]);
-    assert_eq!(generated.code, 0, "{}", generated.stderr);
-    let lines: u64 = generated
-        .stdout
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (ws, lines) = Workspace::example(60_000, 12);
 
     let mut interrupted = 0;
     for delay_ms in [400, 900, 1500, 2500] {

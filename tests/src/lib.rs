@@ -80,6 +80,28 @@ impl Workspace {
         self.dir.path()
     }
 
+    /// A workspace with the e-commerce example spec and `orders` generated orders in
+    /// `files` files; returns it with the number of order lines written.
+    pub fn example(orders: usize, files: usize) -> (Self, u64) {
+        let ws = Self::new();
+        let spec =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ecommerce/pipeline.yaml");
+        ws.write(
+            "pipeline.yaml",
+            &std::fs::read_to_string(spec).expect("example spec"),
+        );
+        let (orders, files) = (orders.to_string(), files.to_string());
+        let out = ws.medallion(&["generate", "data", "--orders", &orders, "--files", &files]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        // "wrote <lines> order lines in ..."
+        let lines = out
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok());
+        (ws, lines.expect("generator output names the line count"))
+    }
+
     /// Writes a file (creating its directories), relative to the workspace.
     pub fn write(&self, rel: &str, content: &str) -> PathBuf {
         let path = self.path().join(rel);
