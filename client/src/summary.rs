@@ -55,6 +55,13 @@ pub fn render(report: &RunReport) -> String {
             m.rows_inserted
         );
     }
+    for t in report.tables.iter().filter(|t| t.metrics.rows_rescued > 0) {
+        let _ = writeln!(
+            out,
+            "note: {} kept {} records that did not parse or fit its columns in _rescued_data",
+            t.table, t.metrics.rows_rescued
+        );
+    }
     let checks: Vec<_> = report
         .tables
         .iter()

@@ -28,3 +28,6 @@ pub mod meta {
     /// What could not be parsed into the table's columns, as JSON; NULL for clean rows.
     pub const RESCUED_DATA: &str = "_rescued_data";
 }
+
+#[cfg(test)]
+mod tests;
