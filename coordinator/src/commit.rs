@@ -16,7 +16,7 @@ use datafusion::object_store::ObjectStoreExt;
 use datafusion::prelude::{DataFrame, SessionContext, col};
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake::kernel::{Action, Add, MetadataExt, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::TryStreamExt;
@@ -94,6 +94,7 @@ impl CommitContext<'_> {
         let outcome = match (plan, existing) {
             (CommitPlan::Merge { keys, staging_uri }, Some(t)) => {
                 let r = self.merge(table, t, plan, keys, staging_uri, &staged).await;
+                // The merge wrote its own files into the table; the staged ones are done.
                 self.discard(table, plan, &staged).await;
                 r
             }
@@ -106,19 +107,14 @@ impl CommitContext<'_> {
                 .map(|v| (v, None)),
             (_, Some(t)) => self.write(table, t, plan, &staged).await.map(|v| (v, None)),
         };
-        match outcome {
-            Ok((version, merge)) => Ok(Committed {
-                version,
-                checks: results,
-                merge,
-            }),
-            Err(e) => {
-                if !matches!(plan, CommitPlan::Merge { .. }) {
-                    self.discard(table, plan, &staged).await;
-                }
-                Err(Rejected::Error(e))
-            }
-        }
+        // A commit that failed may still have landed (an error after the log write), so its
+        // files are not deleted here; VACUUM removes them if no version references them.
+        let (version, merge) = outcome?;
+        Ok(Committed {
+            version,
+            checks: results,
+            merge,
+        })
     }
 
     /// The table as it will be after the commit, checked.
@@ -203,8 +199,7 @@ impl CommitContext<'_> {
         plan: &CommitPlan,
         staged: &Staged,
     ) -> Result<u64> {
-        let schema: StructType =
-            medallion_lake::schema_from_json(&medallion_lake::schema_to_json(&staged.schema)?)?;
+        let schema = medallion_lake::delta_struct(&staged.schema)?;
         let created = CreateBuilder::new()
             .with_location(medallion_lake::table_url(uri)?.to_string())
             .with_storage_options(self.storage_options.clone())
@@ -226,11 +221,8 @@ impl CommitContext<'_> {
         plan: &CommitPlan,
         staged: &Staged,
     ) -> Result<u64> {
+        let app_version = next_app_version(&t, table).await?;
         let snapshot = t.snapshot()?;
-        let last = snapshot
-            .transaction_version(t.log_store().as_ref(), app_id(table))
-            .await?
-            .unwrap_or(0);
         let mut actions: Vec<Action> = Vec::new();
         let mode = match plan {
             CommitPlan::Append { .. } => SaveMode::Append,
@@ -245,9 +237,7 @@ impl CommitContext<'_> {
                         .iter()
                         .map(|f| Action::Remove(f.remove_action(true))),
                 );
-                let schema: StructType = medallion_lake::schema_from_json(
-                    &medallion_lake::schema_to_json(&staged.schema)?,
-                )?;
+                let schema = medallion_lake::delta_struct(&staged.schema)?;
                 if &schema != snapshot.schema().as_ref() {
                     actions.push(Action::Metadata(
                         snapshot.metadata().clone().with_schema(&schema)?,
@@ -258,7 +248,7 @@ impl CommitContext<'_> {
         };
         if let (SaveMode::Append, Some(bad)) = (
             mode,
-            self.schema_drift(snapshot.snapshot().arrow_schema(), &staged.schema),
+            schema_drift(&snapshot.snapshot().arrow_schema(), &staged.schema),
         ) {
             bail!("{table}: new data does not match the table's columns: {bad}");
         }
@@ -269,30 +259,12 @@ impl CommitContext<'_> {
                 .then(|| staged.partition_columns.clone()),
             predicate: None,
         };
-        let done = CommitBuilder::from(self.properties(table, plan, last + 1))
+        let done = CommitBuilder::from(self.properties(table, plan, app_version))
             .with_actions(actions)
             .build(Some(snapshot), t.log_store(), operation)
             .await
             .with_context(|| format!("committing {table}"))?;
         Ok(done.version())
-    }
-
-    /// Describes a difference between the table's columns and the staged files' columns.
-    fn schema_drift(&self, table: SchemaRef, staged: &SchemaRef) -> Option<String> {
-        let names = |s: &SchemaRef| {
-            s.fields()
-                .iter()
-                .map(|f| format!("{} {}", f.name(), f.data_type()))
-                .collect::<Vec<_>>()
-        };
-        let (a, b) = (names(&table), names(staged));
-        (a != b).then(|| {
-            format!(
-                "table has [{}], new files have [{}]",
-                a.join(", "),
-                b.join(", ")
-            )
-        })
     }
 
     /// Upserts the staged rows into the table on `keys` with one Delta MERGE.
@@ -305,11 +277,7 @@ impl CommitContext<'_> {
         staging_uri: &str,
         staged: &Staged,
     ) -> Result<(u64, Option<Metrics>)> {
-        let last = t
-            .snapshot()?
-            .transaction_version(t.log_store().as_ref(), app_id(table))
-            .await?
-            .unwrap_or(0);
+        let app_version = next_app_version(&t, table).await?;
         let ctx = SessionContext::new();
         let source = self.staged_rows(&ctx, staging_uri, staged)?;
         let qualified =
@@ -357,7 +325,7 @@ impl CommitContext<'_> {
                 }
                 i
             })?
-            .with_commit_properties(self.properties(table, plan, last + 1))
+            .with_commit_properties(self.properties(table, plan, app_version))
             .await
             .with_context(|| format!("merging into {table}"))?;
         let version = merged.version().context("merged table has no version")?;
@@ -408,6 +376,34 @@ fn ignore_missing(
         deltalake::ObjectStoreError::NotFound { .. } => Ok(()),
         e => Err(e),
     }
+}
+
+/// Describes a difference between the table's columns and the staged files' columns.
+fn schema_drift(table: &SchemaRef, staged: &SchemaRef) -> Option<String> {
+    let names = |s: &SchemaRef| {
+        s.fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (names(table), names(staged));
+    (a != b).then(|| {
+        format!(
+            "table has [{}], new files have [{}]",
+            a.join(", "),
+            b.join(", ")
+        )
+    })
+}
+
+/// The number the next commit of `table` gets under its Delta application id; two runs that
+/// race to commit the same table thus conflict instead of both landing.
+async fn next_app_version(t: &DeltaTable, table: &TableRef) -> Result<i64> {
+    let last = t
+        .snapshot()?
+        .transaction_version(t.log_store().as_ref(), app_id(table))
+        .await?;
+    Ok(last.unwrap_or(0) + 1)
 }
 
 /// The Delta application id under which a table's commits are numbered.

@@ -94,10 +94,14 @@ pub fn arrow_schema(schema: &StructType) -> Result<SchemaRef> {
     Ok(Arc::new(s))
 }
 
+/// The Delta schema of an Arrow schema.
+pub fn delta_struct(schema: &Schema) -> Result<StructType> {
+    Ok(schema.try_into_kernel()?)
+}
+
 /// The Delta schema of an Arrow schema, as the JSON that travels in tasks.
 pub fn schema_to_json(schema: &Schema) -> Result<String> {
-    let s: StructType = schema.try_into_kernel()?;
-    Ok(serde_json::to_string(&s)?)
+    Ok(serde_json::to_string(&delta_struct(schema)?)?)
 }
 
 /// Reads a Delta schema from task JSON.
