@@ -14,4 +14,4 @@ pub mod run;
 
 pub use dispatch::{RetryPolicy, TaskRunner};
 pub use report::{CheckResult, Metrics, RunReport, TableReport, TableStatus};
-pub use run::{Coordinator, Quiet, RunEvent, RunObserver};
+pub use run::{Coordinator, RunEvent, RunObserver};

@@ -17,12 +17,6 @@ pub struct RunReport {
     pub tables: Vec<TableReport>,
 }
 
-impl RunReport {
-    pub fn table(&self, name: &str) -> Option<&TableReport> {
-        self.tables.iter().find(|t| t.table == name)
-    }
-}
-
 /// What happened to one table.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

@@ -40,13 +40,6 @@ pub trait RunObserver: Send + Sync {
     fn on_event(&self, event: RunEvent);
 }
 
-/// Ignores events.
-pub struct Quiet;
-
-impl RunObserver for Quiet {
-    fn on_event(&self, _: RunEvent) {}
-}
-
 /// Runs pipelines: plans each table, dispatches its tasks and commits the result.
 pub struct Coordinator<'a> {
     runner: &'a dyn TaskRunner,
@@ -163,28 +156,20 @@ impl<'a> Coordinator<'a> {
         report
     }
 
-    async fn stage(
+    /// Runs a table's tasks at the same time, each with retries. Returns the results of the
+    /// tasks that succeeded, the first error of those that did not, and the number of retries.
+    async fn dispatch(
         &self,
         run: &RunContext<'_>,
         table: &TableRef,
-        report: &mut TableReport,
-    ) -> anyhow::Result<TableStatus> {
-        let plan = run.plan(table).await?;
-        report.tasks = plan.tasks.len();
-        self.observer.on_event(RunEvent::TablePlanned {
-            table: table.clone(),
-            tasks: plan.tasks.len(),
-        });
-        if plan.tasks.is_empty() {
-            return Ok(TableStatus::UpToDate);
-        }
-
+        tasks: Vec<medallion_proto::Task>,
+    ) -> (Vec<TaskResult>, Option<medallion_proto::TaskError>, usize) {
         let retries = &run.pipeline.spec.retries;
         let policy = RetryPolicy {
             max_attempts: retries.max_attempts,
             delay: Duration::from_secs(retries.delay_seconds),
         };
-        let attempts = plan.tasks.into_iter().map(|task| async move {
+        let attempts = tasks.into_iter().map(|task| async move {
             let task_id = task.task_id.clone();
             let (result, attempts) = run_with_retries(self.runner, task, policy, |t, e| {
                 tracing::warn!(task_id = t.task_id, attempt = t.attempt, error = %e, "task failed, retrying");
@@ -202,16 +187,37 @@ impl<'a> Coordinator<'a> {
             });
             (result, attempts)
         });
-        let outcomes = futures::future::join_all(attempts).await;
-        report.retries = outcomes.iter().map(|(_, a)| (*a - 1) as usize).sum();
-        let mut results: Vec<TaskResult> = Vec::new();
+        let mut results = Vec::new();
         let mut first_error = None;
-        for (result, _) in outcomes {
+        let mut retried = 0;
+        for (result, attempts) in futures::future::join_all(attempts).await {
+            retried += (attempts - 1) as usize;
             match result {
                 Ok(r) => results.push(r),
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
+        (results, first_error, retried)
+    }
+
+    async fn stage(
+        &self,
+        run: &RunContext<'_>,
+        table: &TableRef,
+        report: &mut TableReport,
+    ) -> anyhow::Result<TableStatus> {
+        let plan = run.plan(table).await?;
+        report.tasks = plan.tasks.len();
+        self.observer.on_event(RunEvent::TablePlanned {
+            table: table.clone(),
+            tasks: plan.tasks.len(),
+        });
+        if plan.tasks.is_empty() {
+            return Ok(TableStatus::UpToDate);
+        }
+
+        let (results, first_error, retries) = self.dispatch(run, table, plan.tasks).await;
+        report.retries = retries;
         let mut metrics = TaskMetrics::default();
         results
             .iter()
