@@ -22,15 +22,13 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         )
         .await?;
     }
-    let data_error =
-        |e: &dyn std::fmt::Display| TaskError::permanent(format!("{}: {e:#}", ctx.table));
     let df = session
         .sql(&spec.sql.value)
         .await
-        .map_err(|e| data_error(&e))?;
+        .map_err(|e| crate::query_error(&ctx.table, e.into()))?;
     let (adds, schema, rows_written) = crate::write_result(ctx, df, &[])
         .await
-        .map_err(|e| data_error(&e))?;
+        .map_err(|e| crate::query_error(&ctx.table, e))?;
     Ok(Output {
         adds,
         schema,

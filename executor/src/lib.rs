@@ -115,6 +115,26 @@ pub(crate) async fn write_result(
     Ok((adds, schema, rows.load(Ordering::Relaxed)))
 }
 
+/// Classifies an error of running a table's query or writing its files: storage and I/O
+/// failures may pass on another attempt; SQL, cast and data errors fail the same way again.
+pub(crate) fn query_error(table: &TableRef, e: anyhow::Error) -> TaskError {
+    use datafusion::error::DataFusionError;
+    let storage = e.chain().any(|cause| {
+        cause.is::<deltalake::DeltaTableError>()
+            || cause.is::<std::io::Error>()
+            || matches!(
+                cause.downcast_ref::<DataFusionError>(),
+                Some(DataFusionError::ObjectStore(_) | DataFusionError::IoError(_))
+            )
+    });
+    let message = format!("{table}: {e:#}");
+    if storage {
+        TaskError::transient(message)
+    } else {
+        TaskError::permanent(message)
+    }
+}
+
 /// Infrastructure errors (storage, I/O) may pass on another attempt.
 pub(crate) fn transient(e: impl std::fmt::Display) -> TaskError {
     TaskError::transient(format!("{e:#}"))

@@ -52,19 +52,12 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         .map_err(transient)?;
 
     let plan = Plan { ctx, spec };
-    let typed = plan
-        .typed(source, &work)?
-        .cache()
-        .await
-        .map_err(|e| plan.data_error(e))?;
+    let executed = |e: datafusion::error::DataFusionError| crate::query_error(&ctx.table, e.into());
+    let typed = plan.typed(source, &work)?.cache().await.map_err(executed)?;
     let rows_read = count(&typed).await?;
     plan.check_casts(&typed).await?;
 
-    let filtered = plan
-        .filtered(typed)?
-        .cache()
-        .await
-        .map_err(|e| plan.data_error(e))?;
+    let filtered = plan.filtered(typed)?.cache().await.map_err(executed)?;
     let rows_kept = count(&filtered).await?;
     let deduped = plan.deduplicated(filtered)?;
     let out = deduped
@@ -78,7 +71,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
 
     let (adds, schema, rows_written) = crate::write_result(ctx, out, &[])
         .await
-        .map_err(|e| plan.data_error(e))?;
+        .map_err(|e| crate::query_error(&ctx.table, e))?;
     Ok(Output {
         adds,
         schema,
