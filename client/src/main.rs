@@ -20,7 +20,12 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Log filter, e.g. `info` or `medallion_coordinator=debug`.
-    #[arg(long, global = true, env = "MEDALLION_LOG", default_value = "warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "MEDALLION_LOG",
+        default_value = "warn,deltalake_core=error,buoyant_kernel=error"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,

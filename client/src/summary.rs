@@ -20,7 +20,7 @@ pub fn render(report: &RunReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<26} {:<12} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
+        "{:<26} {:<14} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
         "TABLE",
         "STATUS",
         "FILES",
@@ -34,15 +34,15 @@ pub fn render(report: &RunReport) -> String {
     );
     for t in &report.tables {
         let status = match &t.status {
-            TableStatus::Committed { version } => format!("v{version}"),
-            TableStatus::UpToDate => "up-to-date".into(),
+            TableStatus::Committed { version } => format!("committed v{version}"),
+            TableStatus::UpToDate => "up to date".into(),
             TableStatus::Failed { .. } => "FAILED".into(),
             TableStatus::Skipped { .. } => "skipped".into(),
         };
         let m = &t.metrics;
         let _ = writeln!(
             out,
-            "{:<26} {:<12} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
+            "{:<26} {:<14} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
             t.table,
             status,
             m.files_read,

@@ -24,7 +24,7 @@ use medallion_lake::StagedFiles;
 use medallion_pipeline::spec::{CheckSpec, Severity};
 use medallion_pipeline::{Pipeline, TableRef};
 
-use crate::planner::CommitPlan;
+use crate::planner::{CommitPlan, INFO_INPUTS, INFO_SPEC, spec_fingerprint};
 use crate::quality;
 use crate::report::{CheckResult, Metrics};
 
@@ -37,7 +37,8 @@ pub struct Staged {
 
 /// What a commit did.
 pub struct Committed {
-    pub version: u64,
+    /// The new version; `None` when a merge found nothing to change and made no version.
+    pub version: Option<u64>,
     pub checks: Vec<CheckResult>,
     pub merge: Option<Metrics>,
 }
@@ -92,7 +93,12 @@ impl CommitContext<'_> {
             return Err(Rejected::Checks(results));
         }
         let outcome = match (plan, existing) {
-            (CommitPlan::Merge { keys, staging_uri }, Some(t)) => {
+            (
+                CommitPlan::Merge {
+                    keys, staging_uri, ..
+                },
+                Some(t),
+            ) => {
                 let r = self.merge(table, t, plan, keys, staging_uri, &staged).await;
                 // The merge wrote its own files into the table; the staged ones are done.
                 self.discard(table, plan, &staged).await;
@@ -104,8 +110,11 @@ impl CommitContext<'_> {
             (_, None) => self
                 .create(table, &uri, plan, &staged)
                 .await
-                .map(|v| (v, None)),
-            (_, Some(t)) => self.write(table, t, plan, &staged).await.map(|v| (v, None)),
+                .map(|v| (Some(v), None)),
+            (_, Some(t)) => self
+                .write(table, t, plan, &staged)
+                .await
+                .map(|v| (Some(v), None)),
         };
         // A commit that failed may still have landed (an error after the log write), so its
         // files are not deleted here; VACUUM removes them if no version references them.
@@ -183,8 +192,15 @@ impl CommitContext<'_> {
             ("medallion.run_id".to_string(), self.run_id.into()),
             ("medallion.table".to_string(), table.to_string().into()),
         ];
-        if let CommitPlan::Append { files } = plan {
-            info.push(("medallion.source_files".to_string(), files.clone().into()));
+        match plan {
+            CommitPlan::Append { files } => {
+                info.push(("medallion.source_files".to_string(), files.clone().into()));
+            }
+            CommitPlan::Overwrite { inputs } | CommitPlan::Merge { inputs, .. } => {
+                info.push((INFO_INPUTS.to_string(), serde_json::json!(inputs)));
+                let fingerprint = spec_fingerprint(self.pipeline);
+                info.push((INFO_SPEC.to_string(), fingerprint.into()));
+            }
         }
         CommitProperties::default()
             .with_metadata(info)
@@ -276,8 +292,9 @@ impl CommitContext<'_> {
         keys: &[String],
         staging_uri: &str,
         staged: &Staged,
-    ) -> Result<(u64, Option<Metrics>)> {
+    ) -> Result<(Option<u64>, Option<Metrics>)> {
         let app_version = next_app_version(&t, table).await?;
+        let before = t.version();
         let ctx = SessionContext::new();
         let source = self.staged_rows(&ctx, staging_uri, staged)?;
         let qualified =
@@ -328,7 +345,7 @@ impl CommitContext<'_> {
             .with_commit_properties(self.properties(table, plan, app_version))
             .await
             .with_context(|| format!("merging into {table}"))?;
-        let version = merged.version().context("merged table has no version")?;
+        let version = merged.version().filter(|v| Some(*v) != before);
         let metrics = Metrics {
             rows_updated: m.num_target_rows_updated as u64,
             rows_inserted: m.num_target_rows_inserted as u64,

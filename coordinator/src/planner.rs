@@ -4,13 +4,14 @@
 //! - silver: `partitions` key-hash partitions of one pinned version of the input;
 //! - gold: one task over pinned versions of the tables its SQL reads.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 use medallion_pipeline::spec::{SourceSpec, WriteMode};
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
@@ -20,16 +21,20 @@ use medallion_sources::ReadOptions;
 const INFERENCE_SAMPLE_ROWS: usize = 1000;
 
 /// How the files of a table's tasks become a Delta version.
+///
+/// `inputs` are the versions of the tables the tasks read (`layer.name` -> version), recorded
+/// with the commit so that a table whose inputs and spec did not change is not computed again.
 #[derive(Debug, Clone)]
 pub enum CommitPlan {
     /// Add the files (bronze); `files` are the source files they came from.
     Append { files: Vec<String> },
     /// Replace every row of the table with the files (or create the table with them).
-    Overwrite,
+    Overwrite { inputs: BTreeMap<String, u64> },
     /// Upsert the staged files into the table on `keys`.
     Merge {
         keys: Vec<String>,
         staging_uri: String,
+        inputs: BTreeMap<String, u64>,
     },
 }
 
@@ -41,12 +46,35 @@ pub struct StagePlan {
     pub partition_columns: Vec<String>,
 }
 
+impl StagePlan {
+    fn nothing_to_do(commit: CommitPlan) -> Self {
+        Self {
+            tasks: Vec::new(),
+            commit,
+            partition_columns: Vec::new(),
+        }
+    }
+}
+
+/// `commitInfo` keys of a commit: the versions of the tables it was computed from, and the
+/// spec it was computed with.
+pub const INFO_INPUTS: &str = "medallion.inputs";
+pub const INFO_SPEC: &str = "medallion.spec_fingerprint";
+
 /// What the planner knows about the run as a whole.
 pub struct RunContext<'a> {
     pub run_id: &'a str,
     pub pipeline: &'a Pipeline,
     pub storage_options: HashMap<String, String>,
     pub ingested_at_micros: i64,
+}
+
+/// A fingerprint of the pipeline spec: any change to it recomputes every table.
+pub fn spec_fingerprint(pipeline: &Pipeline) -> String {
+    format!(
+        "{:016x}",
+        twox_hash::XxHash64::oneshot(0, pipeline.yaml.as_bytes())
+    )
 }
 
 impl RunContext<'_> {
@@ -98,11 +126,9 @@ impl RunContext<'_> {
             .collect();
         let partition_columns = vec![meta::INGESTION_DATE.to_string()];
         if new_files.is_empty() {
-            return Ok(StagePlan {
-                tasks: Vec::new(),
-                commit: CommitPlan::Append { files: Vec::new() },
-                partition_columns,
-            });
+            return Ok(StagePlan::nothing_to_do(CommitPlan::Append {
+                files: Vec::new(),
+            }));
         }
         let data = match &existing {
             Some(t) => existing_data_columns(t)?,
@@ -162,18 +188,26 @@ impl RunContext<'_> {
             .context("no such silver table")?;
         let input: TableRef = spec.from.value.parse().map_err(anyhow::Error::msg)?;
         let input_version = self.version_of(&input).await?;
+        let inputs = BTreeMap::from([(input.to_string(), input_version)]);
         let uri = self.pipeline.table_uri(table);
-        let exists = medallion_lake::open_table(&uri, &self.storage_options)
-            .await?
-            .is_some();
+        let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
+        if self.computed_from(existing.as_ref(), &inputs).await? {
+            return Ok(StagePlan::nothing_to_do(CommitPlan::Overwrite { inputs }));
+        }
+        let exists = existing.is_some();
         // Merging into a table that does not exist yet is writing it.
         let (output_uri, commit) = match spec.mode {
             WriteMode::Merge if exists => {
                 let staging_uri = self.pipeline.staging_uri(self.run_id, table);
                 let keys = spec.keys.iter().map(|k| k.value.clone()).collect();
-                (staging_uri.clone(), CommitPlan::Merge { keys, staging_uri })
+                let commit = CommitPlan::Merge {
+                    keys,
+                    staging_uri: staging_uri.clone(),
+                    inputs,
+                };
+                (staging_uri, commit)
             }
-            _ => (uri, CommitPlan::Overwrite),
+            _ => (uri, CommitPlan::Overwrite { inputs }),
         };
         // Rows are partitioned by key hash; without a key the table is one partition.
         let partitions = if spec.keys.is_empty() {
@@ -199,16 +233,41 @@ impl RunContext<'_> {
     }
 
     async fn plan_gold(&self, table: &TableRef) -> Result<StagePlan> {
-        let mut input_versions = HashMap::new();
+        let mut inputs = BTreeMap::new();
         for input in self.pipeline.dag.deps(table) {
-            input_versions.insert(input.to_string(), self.version_of(input).await?);
+            inputs.insert(input.to_string(), self.version_of(input).await?);
         }
-        let work = Work::Aggregate(AggregateWork { input_versions });
+        let uri = self.pipeline.table_uri(table);
+        let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
+        if self.computed_from(existing.as_ref(), &inputs).await? {
+            return Ok(StagePlan::nothing_to_do(CommitPlan::Overwrite { inputs }));
+        }
+        let work = Work::Aggregate(AggregateWork {
+            input_versions: inputs.clone().into_iter().collect(),
+        });
         Ok(StagePlan {
-            tasks: vec![self.task(table, 0, self.pipeline.table_uri(table), work)],
-            commit: CommitPlan::Overwrite,
+            tasks: vec![self.task(table, 0, uri, work)],
+            commit: CommitPlan::Overwrite { inputs },
             partition_columns: Vec::new(),
         })
+    }
+
+    /// Whether the table's latest commit was computed from these input versions with this
+    /// spec, so computing it again would give the same rows.
+    async fn computed_from(
+        &self,
+        table: Option<&deltalake::DeltaTable>,
+        inputs: &BTreeMap<String, u64>,
+    ) -> Result<bool> {
+        let Some(table) = table else { return Ok(false) };
+        let Some(last) = table.history(Some(1)).next().await.transpose()? else {
+            return Ok(false);
+        };
+        let fingerprint = spec_fingerprint(self.pipeline);
+        Ok(
+            last.info.get(INFO_INPUTS) == Some(&serde_json::json!(inputs))
+                && last.info.get(INFO_SPEC) == Some(&serde_json::json!(fingerprint)),
+        )
     }
 
     /// The current version of an input table, which every task of the stage then reads.

@@ -23,7 +23,8 @@ pub struct RunReport {
 pub enum TableStatus {
     /// New data was committed as this Delta version.
     Committed { version: u64 },
-    /// Nothing new to ingest; the table was left as it was.
+    /// Nothing new to ingest, inputs and spec unchanged since the last commit, or a merge
+    /// that changed no row: the table was left as it was.
     UpToDate,
     /// The table failed; nothing was committed.
     Failed { error: String },

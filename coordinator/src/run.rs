@@ -246,10 +246,15 @@ impl<'a> Coordinator<'a> {
             }) => {
                 report.checks = checks;
                 if let Some(m) = merge {
+                    // A merge writes the rows it changes, not every row the tasks produced.
                     report.metrics.rows_updated = m.rows_updated;
                     report.metrics.rows_inserted = m.rows_inserted;
+                    report.metrics.rows_written = m.rows_updated + m.rows_inserted;
                 }
-                Ok(TableStatus::Committed { version })
+                Ok(match version {
+                    Some(version) => TableStatus::Committed { version },
+                    None => TableStatus::UpToDate,
+                })
             }
             Err(Rejected::Checks(checks)) => {
                 let failed: Vec<String> = checks

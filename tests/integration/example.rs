@@ -69,3 +69,35 @@ fn example_pipeline_tables_agree_with_independent_readers_and_reference() {
         reference["silver_orders_rows"]
     );
 }
+
+#[test]
+fn generator_is_deterministic() {
+    let ws = Workspace::new();
+    for dir in ["a", "b"] {
+        let out = ws.medallion(&[
+            "generate", dir, "--orders", "3000", "--files", "3", "--seed", "7",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let other = ws.medallion(&[
+        "generate", "c", "--orders", "3000", "--files", "3", "--seed", "8",
+    ]);
+    assert_eq!(other.code, 0);
+    let read = |dir: &str, file: &str| std::fs::read(ws.path().join(dir).join(file)).unwrap();
+    for file in [
+        "orders/orders_0001.jsonl",
+        "orders/orders_0003.jsonl",
+        "customers/customers.csv",
+        "products/products.parquet",
+    ] {
+        assert_eq!(
+            read("a", file),
+            read("b", file),
+            "{file} differs between two runs with one seed"
+        );
+    }
+    assert_ne!(
+        read("a", "orders/orders_0001.jsonl"),
+        read("c", "orders/orders_0001.jsonl")
+    );
+}

@@ -99,6 +99,11 @@ fn bronze_is_incremental_exactly_once() {
     let report = again.report();
     assert_eq!(table(&report, "bronze.orders")["status"], "up_to_date");
     assert_eq!(ws.read_table("lake/bronze/orders")["version"], v1);
+    // Nothing new anywhere: silver and gold are not computed again either.
+    for t in report["tables"].as_array().unwrap() {
+        assert_eq!(t["status"], "up_to_date", "{t:#}");
+    }
+    let gold_version = ws.read_table("lake/gold/customer_360")["version"].clone();
 
     ws.write("data/orders/orders_3.jsonl", ORDERS_3);
     let third = ws.run("pipeline.yaml").report();
@@ -119,6 +124,11 @@ fn bronze_is_incremental_exactly_once() {
     assert_eq!(
         ws.run("pipeline.yaml").report()["tables"][0]["status"],
         "up_to_date"
+    );
+    // New orders changed the gold table: a new version.
+    assert_ne!(
+        ws.read_table("lake/gold/customer_360")["version"],
+        gold_version
     );
 }
 
@@ -178,6 +188,7 @@ fn silver_merge_updates_and_inserts_by_key() {
     assert_eq!(report["succeeded"], true, "{report:#}");
     assert_eq!(metric(&report, "silver.orders", "rows_inserted"), 1);
     assert_eq!(metric(&report, "silver.orders", "rows_updated"), 1);
+    assert_eq!(metric(&report, "silver.orders", "rows_written"), 2);
 
     let silver = ws.read_table("lake/silver/orders");
     assert_eq!(silver["readers_agree"], true);

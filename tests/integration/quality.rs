@@ -84,8 +84,21 @@ fn warning_failure_is_reported_and_committed() {
     let unique = checks.iter().find(|c| c["name"] == "id_unique").unwrap();
     assert_eq!(unique["passed"], true);
     assert_eq!(ws.read_table("lake/silver/orders")["num_rows"], 3);
-    let text = ws.medallion(&["run", "pipeline.yaml"]);
-    assert!(text.stdout.contains("amount_small"), "{}", text.stdout);
+
+    // The same run as a person sees it.
+    let fresh = shop();
+    fresh.write("pipeline.yaml", &with_amount_check("warning"));
+    let text = fresh.medallion(&["run", "pipeline.yaml"]);
+    let line = text
+        .stdout
+        .lines()
+        .find(|l| l.contains("amount_small"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("warning") && line.contains("FAILED") && line.contains("1 of 3 rows"),
+        "{}",
+        text.stdout
+    );
 }
 
 /// Every file under `dir` (none if it does not exist).
