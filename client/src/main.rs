@@ -104,6 +104,7 @@ fn main() -> ExitCode {
                         p.spec.sources.len(),
                         p.dag.tables().count()
                     );
+                    print!("{}", summary::render_dag(&p));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -3,6 +3,30 @@
 use std::fmt::Write;
 
 use medallion_coordinator::{RunReport, TableStatus};
+use medallion_pipeline::{Layer, Pipeline};
+
+/// The tables in the order a run takes them, each with what it reads.
+pub fn render_dag(pipeline: &Pipeline) -> String {
+    let mut out = String::new();
+    for table in pipeline.dag.topological_order().unwrap_or_default() {
+        let reads: Vec<String> = match table.layer {
+            Layer::Bronze => pipeline
+                .bronze(&table.name)
+                .map(|b| format!("source {}", b.source.value))
+                .into_iter()
+                .collect(),
+            _ => pipeline
+                .dag
+                .deps(&table)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        };
+        let name = table.to_string();
+        let _ = writeln!(out, "  {name:<28} <- {}", reads.join(", "));
+    }
+    out
+}
 
 /// Renders a run report for a terminal.
 pub fn render(report: &RunReport) -> String {
