@@ -19,13 +19,9 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log filter, e.g. `info` or `medallion_coordinator=debug`.
-    #[arg(
-        long,
-        global = true,
-        env = "MEDALLION_LOG",
-        default_value = "warn,deltalake_core=error,buoyant_kernel=error"
-    )]
+    /// Log level of Medallion itself (`info`, `debug`, ...), or full tracing directives
+    /// such as `info,deltalake_core=debug`.
+    #[arg(long, global = true, env = "MEDALLION_LOG", default_value = "warn")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -164,9 +160,20 @@ fn main() -> ExitCode {
     })
 }
 
+/// Libraries' own logs only from warnings (errors for the chatty Delta ones), unless the
+/// filter names them.
+const LIBRARY_LOGS: &str = "warn,deltalake_core=error,buoyant_kernel=error";
+
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let directives = if filter.contains(['=', ',']) {
+        filter.to_string()
+    } else {
+        format!(
+            "{LIBRARY_LOGS},medallion_coordinator={filter},medallion_executor={filter},medallion_client={filter},medallion={filter}"
+        )
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LIBRARY_LOGS));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

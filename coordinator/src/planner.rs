@@ -132,7 +132,7 @@ impl RunContext<'_> {
         }
         let data = match &existing {
             Some(t) => existing_data_columns(t)?,
-            None => self.source_columns(source, &new_files)?,
+            None => self.source_columns(source, &new_files).await?,
         };
         let data_schema_json = medallion_lake::schema_to_json(&data)?;
         let tasks = new_files
@@ -155,7 +155,7 @@ impl RunContext<'_> {
     }
 
     /// The data columns of a new bronze table: declared, or inferred from its first files.
-    fn source_columns(&self, source: &SourceSpec, files: &[String]) -> Result<Schema> {
+    async fn source_columns(&self, source: &SourceSpec, files: &[String]) -> Result<Schema> {
         if let Some(declared) = &source.schema {
             let fields = declared
                 .value
@@ -168,9 +168,13 @@ impl RunContext<'_> {
                 .collect::<Result<Vec<_>>>()?;
             return Ok(Schema::new(fields));
         }
-        let paths: Vec<&Path> = files.iter().map(Path::new).collect();
         let options = ReadOptions::new(source.format, &source.options);
-        let inferred = medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)?;
+        let sample = files.to_vec();
+        let inferred = tokio::task::spawn_blocking(move || {
+            let paths: Vec<&Path> = sample.iter().map(Path::new).collect();
+            medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)
+        })
+        .await??;
         if inferred.fields().is_empty() {
             bail!(
                 "source '{}': no columns found in {} (empty files?)",
