@@ -37,7 +37,8 @@ pub struct Staged {
 
 /// What a commit did.
 pub struct Committed {
-    /// The new version; `None` when a merge found nothing to change and made no version.
+    /// The new version; `None` when there was nothing to change (no records to append, or
+    /// a merge that changed no row) and no version was made.
     pub version: Option<u64>,
     pub checks: Vec<CheckResult>,
     pub merge: Option<Metrics>,
@@ -72,6 +73,15 @@ impl CommitContext<'_> {
         staged: Staged,
         checks: &[CheckSpec],
     ) -> Result<Committed, Rejected> {
+        if matches!(plan, CommitPlan::Append { .. }) && staged.adds.is_empty() {
+            // The new files held no records (empty, or still being written): nothing to
+            // append, and they will be looked at again next run.
+            return Ok(Committed {
+                version: None,
+                checks: Vec::new(),
+                merge: None,
+            });
+        }
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, self.storage_options).await?;
         let staged_uri = self.staged_uri(table, plan);

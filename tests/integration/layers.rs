@@ -105,6 +105,17 @@ fn bronze_is_incremental_exactly_once() {
     }
     let gold_version = ws.read_table("lake/gold/customer_360")["version"].clone();
 
+    // A file with no records yet (empty, or being written) makes no version.
+    ws.write("data/orders/orders_empty.jsonl", "\n");
+    let empty = ws.run("pipeline.yaml").report();
+    assert_eq!(
+        table(&empty, "bronze.orders")["status"],
+        "up_to_date",
+        "{empty:#}"
+    );
+    assert_eq!(ws.read_table("lake/bronze/orders")["version"], v1);
+    std::fs::remove_file(ws.path().join("data/orders/orders_empty.jsonl")).unwrap();
+
     ws.write("data/orders/orders_3.jsonl", ORDERS_3);
     let third = ws.run("pipeline.yaml").report();
     assert_eq!(metric(&third, "bronze.orders", "files_read"), 1);
