@@ -124,7 +124,7 @@ impl RunContext<'_> {
             .map(|p| p.display().to_string())
             .filter(|f| !ingested.contains(f))
             .collect();
-        let partition_columns = vec![meta::INGESTION_DATE.to_string()];
+        let partition_columns = meta::bronze_partition_columns();
         if new_files.is_empty() {
             return Ok(StagePlan::nothing_to_do(CommitPlan::Append {
                 files: Vec::new(),
@@ -362,19 +362,8 @@ fn existing_data_columns(table: &deltalake::DeltaTable) -> Result<Schema> {
     let data = schema
         .fields()
         .iter()
-        .filter(|f| !is_medallion_column(f.name()))
+        .filter(|f| !meta::is_bronze_column(f.name()))
         .map(|f| f.as_ref().clone())
         .collect::<Vec<_>>();
     Ok(Schema::new(data))
-}
-
-fn is_medallion_column(name: &str) -> bool {
-    [
-        meta::INGESTED_AT,
-        meta::SOURCE_FILE,
-        meta::SOURCE_NAME,
-        meta::INGESTION_DATE,
-        meta::RESCUED_DATA,
-    ]
-    .contains(&name)
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::{Output, TaskContext, transient};
 
 /// The bronze table schema for the given data columns: data, `_rescued_data`, then metadata.
-pub fn bronze_schema(data: &Schema) -> SchemaRef {
+fn bronze_schema(data: &Schema) -> SchemaRef {
     let read = medallion_sources::with_rescued_column(data);
     let mut fields: Vec<Field> = read.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend([
@@ -29,11 +29,6 @@ pub fn bronze_schema(data: &Schema) -> SchemaRef {
         Field::new(meta::INGESTION_DATE, DataType::Date32, false),
     ]);
     Arc::new(Schema::new(fields))
-}
-
-/// Bronze tables are partitioned by ingestion date.
-pub fn bronze_partition_columns() -> Vec<String> {
-    vec![meta::INGESTION_DATE.to_string()]
 }
 
 pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, TaskError> {
@@ -68,7 +63,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
         &ctx.output_uri,
         &ctx.storage_options,
         schema.clone(),
-        &bronze_partition_columns(),
+        &meta::bronze_partition_columns(),
         Box::pin(batches),
     )
     .await;

@@ -27,6 +27,23 @@ pub mod meta {
     pub const INGESTION_DATE: &str = "_ingestion_date";
     /// What could not be parsed into the table's columns, as JSON; NULL for clean rows.
     pub const RESCUED_DATA: &str = "_rescued_data";
+
+    /// Whether a column is one Medallion adds to bronze rows (not source data).
+    pub fn is_bronze_column(name: &str) -> bool {
+        [
+            INGESTED_AT,
+            SOURCE_FILE,
+            SOURCE_NAME,
+            INGESTION_DATE,
+            RESCUED_DATA,
+        ]
+        .contains(&name)
+    }
+
+    /// Bronze tables are partitioned by ingestion date.
+    pub fn bronze_partition_columns() -> Vec<String> {
+        vec![INGESTION_DATE.to_string()]
+    }
 }
 
 #[cfg(test)]
