@@ -175,6 +175,15 @@ impl RunContext<'_> {
             medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)
         })
         .await??;
+        // A field named like a metadata column is not a column of its own; it is rescued.
+        let inferred = Schema::new(
+            inferred
+                .fields()
+                .iter()
+                .filter(|f| !meta::is_bronze_column(f.name()))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         if inferred.fields().is_empty() {
             bail!(
                 "source '{}': no columns found in {} (empty files?)",

@@ -339,6 +339,13 @@ fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
                     format!("duplicate column '{}'", c.name),
                 );
             }
+            if crate::meta::is_bronze_column(&c.name) {
+                errors.on(
+                    &c.data_type,
+                    &field,
+                    format!("'{}' is a column Medallion adds to bronze rows", c.name),
+                );
+            }
             if let Err(e) = types::parse_type(&c.data_type.value) {
                 errors.on(&c.data_type, format!("{field}.type"), e);
             }
