@@ -21,12 +21,24 @@ need_build_tools() {
   command -v cc >/dev/null || apt_install build-essential
 }
 
-# The independent Delta readers of the integration tests, in a virtualenv of their own.
-need_python_readers() {
+# A virtualenv of our own for the Python the tests and the benchmark use.
+python_venv() {
   local venv="${MEDALLION_VENV:-$HOME/.cache/medallion-venv}"
   if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
   fi
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/py/requirements.txt
   export MEDALLION_PYTHON="$venv/bin/python"
+}
+
+# The independent Delta readers of the integration tests.
+need_python_readers() {
+  python_venv
+  "$MEDALLION_PYTHON" -m pip install -q --disable-pip-version-check -r tests/py/requirements.txt
+}
+
+# The benchmark's peers (DuckDB, Polars, PySpark, which needs Java) and its plotting.
+need_bench_peers() {
+  python_venv
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  "$MEDALLION_PYTHON" -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 }

@@ -43,6 +43,8 @@ pub struct TableReport {
     pub retries: usize,
     pub metrics: Metrics,
     pub checks: Vec<CheckResult>,
+    /// When the table started, counted from the start of the run.
+    pub started_ms: u64,
     pub duration_ms: u64,
 }
 
@@ -55,6 +57,7 @@ impl TableReport {
             retries: 0,
             metrics: Metrics::default(),
             checks: Vec::new(),
+            started_ms: 0,
             duration_ms: 0,
         }
     }

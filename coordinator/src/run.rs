@@ -98,7 +98,7 @@ impl<'a> Coordinator<'a> {
                     finished.insert(table, report);
                 } else if deps.iter().all(|d| finished.contains_key(d)) {
                     running.push(async move {
-                        let report = self.run_table(run, &table).await;
+                        let report = self.run_table(run, &table, started).await;
                         (table, report)
                     });
                 } else {
@@ -135,9 +135,15 @@ impl<'a> Coordinator<'a> {
     }
 
     /// Plans, runs and commits one table.
-    async fn run_table(&self, run: &RunContext<'_>, table: &TableRef) -> TableReport {
+    async fn run_table(
+        &self,
+        run: &RunContext<'_>,
+        table: &TableRef,
+        run_started: Instant,
+    ) -> TableReport {
         let started = Instant::now();
         let mut report = TableReport::new(table, TableStatus::UpToDate);
+        report.started_ms = started.duration_since(run_started).as_millis() as u64;
         report.status = match self.stage(run, table, &mut report).await {
             Ok(status) => status,
             Err(e) => TableStatus::Failed {

@@ -2,6 +2,7 @@
 //! with independent readers. One test binary, a module per area.
 
 mod bad_input;
+mod bench;
 mod example;
 mod fixture;
 mod layers;

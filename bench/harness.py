@@ -1,0 +1,257 @@
+"""Runs the benchmark workloads on Medallion and its peers, checks they agree, writes a report.
+
+    bench/run [--scales 1000000,5000000] [--peers duckdb,polars,pyspark] [--smoke]
+
+Every engine gets the same files and the same number of threads; its wall time per stage and in
+total, rows per second and peak memory (the whole process tree, sampled) are measured in this
+run, and every peer's gold tables are compared with Medallion's before its time counts.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SPEC = os.path.join(ROOT, "examples", "ecommerce", "pipeline.yaml")
+GOLD_KEYS = {"customer_360": "customer_id", "product_performance": "product_id"}
+
+# (engine, script, format): the peers and what they write.
+PEERS = {
+    "duckdb": [("duckdb", "delta"), ("duckdb", "parquet")],
+    "polars": [("polars", "delta"), ("polars", "parquet")],
+    "pyspark": [("pyspark", "parquet")],
+}
+
+
+def measure(cmd, cwd=None, env=None):
+    """Runs a command; returns (stdout, seconds, peak RSS bytes of its whole process tree)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        parent = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                procs = [parent] + parent.children(recursive=True)
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    done.set()
+    sampler.join()
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-4000:]}")
+    return out, seconds, peak
+
+
+def generate(medallion, work, orders):
+    data = os.path.join(work, f"ecommerce-{orders}", "data")
+    if not os.path.isdir(data):
+        files = max(4, min(64, orders // 62_500))
+        subprocess.run([medallion, "generate", data, "--orders", str(orders), "--files", str(files)],
+                       check=True, stdout=subprocess.DEVNULL)
+    return data
+
+
+def run_medallion(medallion, data, out, threads):
+    """The example pipeline, embedded; stage time = first table start to last table end."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    spec = open(SPEC).read().replace("lake: ./lake", f"lake: {out}/lake").replace("path: data/", f"path: {data}/")
+    spec_path = os.path.join(out, "pipeline.yaml")
+    with open(spec_path, "w") as f:
+        f.write(spec)
+    stdout, seconds, peak = measure([medallion, "run", spec_path, "--output", "json", "--executors", str(threads)])
+    report = json.loads(stdout)
+    if not report["succeeded"]:
+        raise RuntimeError(f"medallion run failed: {json.dumps(report)[:4000]}")
+    stages = {}
+    for layer in ("bronze", "silver", "gold"):
+        tables = [t for t in report["tables"] if t["table"].startswith(layer + ".")]
+        begin = min(t["started_ms"] for t in tables)
+        end = max(t["started_ms"] + t["duration_ms"] for t in tables)
+        stages[layer] = round((end - begin) / 1000, 3)
+    gold = {name: os.path.join(out, "lake", "gold", name) for name in GOLD_KEYS}
+    return {"engine": "medallion", "format": "delta", "seconds": round(seconds, 3), "peak_bytes": peak,
+            "stages": stages, "gold": gold}
+
+
+def run_peer(python, engine, fmt, data, out, threads):
+    shutil.rmtree(out, ignore_errors=True)
+    script = os.path.join(HERE, "peers", f"{engine}_peer.py")
+    stdout, seconds, peak = measure([python, script, data, out, "--format", fmt, "--threads", str(threads)])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    gold = {name: os.path.join(out, name) for name in GOLD_KEYS}
+    return {"engine": engine, "format": fmt, "seconds": round(seconds, 3), "peak_bytes": peak,
+            "stages": result["stages"], "gold": gold}
+
+
+def read_table(path, fmt):
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+    if fmt == "delta":
+        return DeltaTable(path).to_pyarrow_table().to_pylist()
+    return ds.dataset(path, format="parquet").to_table().to_pylist()
+
+
+def canonical(v):
+    if isinstance(v, (datetime.date, datetime.datetime)):
+        return v.isoformat()[:10]
+    if hasattr(v, "is_finite") or isinstance(v, float):  # Decimal or float
+        return float(v)
+    return v
+
+
+def compare(reference, result):
+    """Differences between Medallion's gold tables and a peer's (empty when they agree)."""
+    problems = []
+    for name, key in GOLD_KEYS.items():
+        ours = {r[key]: r for r in read_table(reference["gold"][name], "delta")}
+        theirs = {r[key]: r for r in read_table(result["gold"][name], result["format"])}
+        if ours.keys() != theirs.keys():
+            problems.append(f"{name}: {len(ours)} vs {len(theirs)} rows, keys differ")
+            continue
+        for k, row in ours.items():
+            for col, v in row.items():
+                a, b = canonical(v), canonical(theirs[k].get(col))
+                same = abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1) if isinstance(a, float) and isinstance(b, (int, float)) else a == b
+                if not same:
+                    problems.append(f"{name}: {key}={k} {col}: {a!r} vs {b!r}")
+                    break
+            if len(problems) > 5:
+                return problems
+    return problems
+
+
+def machine():
+    mem = psutil.virtual_memory().total
+    versions = {"python": platform.python_version()}
+    for module in ("duckdb", "polars", "pyspark", "deltalake", "pyarrow"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    versions["medallion"] = rev
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cpus": os.cpu_count(), "memory_gib": round(mem / 2**30, 1), "system": platform.platform(),
+            "rustc": rustc, "versions": versions}
+
+
+def report(results, info, out_dir, stamp):
+    """Writes the markdown report and the chart; returns the report's path."""
+    os.makedirs(out_dir, exist_ok=True)
+    lines = [f"# Benchmark {stamp}", "",
+             f"Machine: {info['cpus']} CPUs, {info['memory_gib']} GiB, {info['system']}; {info['rustc']}.",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
+             "Every engine: 2 threads, the same files; times are wall clock of the whole command, "
+             "peak memory is the largest resident set of the process tree.", ""]
+    for workload, rows in results.items():
+        lines += [f"## {workload}", "",
+                  "| engine | writes | bronze s | silver s | gold s | total s | orders/s | peak MiB | vs Medallion | gold equal |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        base = next(r for r in rows if r["engine"] == "medallion")["seconds"]
+        for r in rows:
+            st = r["stages"]
+            ratio = r["seconds"] / base
+            lines.append(
+                f"| {r['engine']} | {r['format']} | {st.get('bronze', 0):.2f} | {st.get('silver', 0):.2f} | "
+                f"{st.get('gold', 0):.2f} | {r['seconds']:.2f} | {r['orders'] / r['seconds']:,.0f} | "
+                f"{r['peak_bytes'] / 2**20:,.0f} | {ratio:.2f}x | {r.get('agrees', 'reference')} |")
+        lines.append("")
+    lines.append("`vs Medallion`: the engine's total time divided by Medallion's (above 1: Medallion is faster).")
+    path = os.path.join(out_dir, f"{stamp}.md")
+    chart = os.path.join(out_dir, f"{stamp}.png")
+    draw(results, chart)
+    lines += ["", f"![total time per engine]({os.path.basename(chart)})", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(out_dir, f"{stamp}.json"), "w") as f:
+        json.dump({"machine": info, "results": results}, f, indent=1, default=str)
+    return path
+
+
+def draw(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    workloads = list(results)
+    fig, axes = plt.subplots(1, len(workloads), figsize=(6 * len(workloads), 4), squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        rows = results[workload]
+        labels = [f"{r['engine']}\n{r['format']}" for r in rows]
+        bottom = [0.0] * len(rows)
+        for stage, color in (("bronze", "#cd7f32"), ("silver", "#a8a9ad"), ("gold", "#d4af37")):
+            values = [r["stages"].get(stage, 0) for r in rows]
+            ax.bar(labels, values, bottom=bottom, color=color, label=stage)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_title(workload)
+        ax.set_ylabel("seconds (stages)")
+        ax.tick_params(axis="x", labelsize=7)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--medallion", required=True, help="the medallion binary (a release build)")
+    p.add_argument("--scales", default="1000000,5000000", help="orders per ecommerce run")
+    p.add_argument("--peers", default="duckdb,polars,pyspark")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default=os.path.expanduser("~/.cache/medallion-bench"), help="data and lakes")
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="where the report goes")
+    p.add_argument("--smoke", action="store_true", help="a tiny run to check the harness itself")
+    args = p.parse_args()
+    if args.smoke:
+        args.scales = "3000"
+        args.work = tempfile.mkdtemp(prefix="medallion-bench-")
+    info = machine()
+    results = {}
+    for orders in (int(s) for s in args.scales.split(",")):
+        data = generate(args.medallion, args.work, orders)
+        runs = os.path.join(args.work, f"ecommerce-{orders}", "runs")
+        workload = f"ecommerce, {orders:,} orders"
+        print(f"== {workload}", file=sys.stderr)
+        reference = run_medallion(args.medallion, data, os.path.join(runs, "medallion"), args.threads)
+        rows = [reference]
+        for peer in args.peers.split(","):
+            for engine, fmt in PEERS[peer]:
+                r = run_peer(sys.executable, engine, fmt, data, os.path.join(runs, f"{engine}-{fmt}"), args.threads)
+                problems = compare(reference, r)
+                r["agrees"] = "yes" if not problems else "NO: " + "; ".join(problems)
+                rows.append(r)
+        for r in rows:
+            r["orders"] = orders
+            print(f"   {r['engine']:<10} {r['format']:<8} {r['seconds']:8.2f} s  "
+                  f"{r['peak_bytes'] / 2**20:8.0f} MiB  {r.get('agrees', '')}", file=sys.stderr)
+        results[workload] = rows
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
+    path = report(results, info, args.out, "smoke" if args.smoke else stamp)
+    if args.smoke:
+        shutil.rmtree(args.work, ignore_errors=True)
+    print(path)
+    disagreeing = [r for rows in results.values() for r in rows if str(r.get("agrees", "yes")).startswith("NO")]
+    sys.exit(1 if disagreeing else 0)
+
+
+if __name__ == "__main__":
+    main()

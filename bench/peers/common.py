@@ -1,0 +1,63 @@
+"""What every peer shares: arguments, stage timing and the logic they all implement.
+
+The work is the ecommerce example pipeline (examples/ecommerce/pipeline.yaml), layer by layer,
+each layer written to storage and read back by the next, as a medallion pipeline does:
+
+  bronze  orders (JSON lines, every field as text), customers (CSV), products (Parquet), plus
+          _ingested_at, _source_file, _source_name, _ingestion_date (the partition column)
+  silver  orders: typed, email lower(trim), status coalesce 'unknown', order_date from
+          created_at, order_id not null and amount > 0, latest per order_id by updated_at
+          (ties: later file); customers: email lower(trim), customer_name trim; products: typed
+  gold    customer_360 and product_performance (the same SQL as the example)
+
+Every peer prints one JSON object: {"stages": {"bronze": s, "silver": s, "gold": s}, "rows": {...}}.
+"""
+import argparse
+import json
+import time
+
+CUSTOMER_360 = """
+    SELECT c.customer_id, c.customer_name, c.customer_segment, c.region,
+           count(o.order_id) AS total_orders, sum(o.amount) AS lifetime_value,
+           avg(o.amount) AS avg_order_value, max(o.order_date) AS last_order_date,
+           min(o.order_date) AS first_order_date,
+           date_diff('day', min(o.order_date), max(o.order_date)) AS customer_tenure_days
+    FROM silver_orders o JOIN silver_customers c ON o.customer_id = c.customer_id
+    GROUP BY c.customer_id, c.customer_name, c.customer_segment, c.region
+"""
+
+PRODUCT_PERFORMANCE = """
+    SELECT p.product_id, p.product_name, p.category, sum(o.quantity) AS units_sold,
+           sum(o.amount) AS revenue, count(DISTINCT o.customer_id) AS unique_customers
+    FROM silver_orders o JOIN silver_products p ON o.product_id = p.product_id
+    GROUP BY p.product_id, p.product_name, p.category
+"""
+
+ORDER_FIELDS = ["order_id", "customer_id", "product_id", "quantity", "amount", "status",
+                "email", "created_at", "updated_at"]
+
+
+def arguments():
+    p = argparse.ArgumentParser()
+    p.add_argument("data", help="directory with orders/, customers/, products/")
+    p.add_argument("out", help="directory for the lake this peer writes")
+    p.add_argument("--format", choices=["delta", "parquet"], default="delta")
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args()
+
+
+class Stages:
+    """Times the stages of one run."""
+
+    def __init__(self):
+        self.times = {}
+        self.rows = {}
+
+    def run(self, name, fn):
+        start = time.perf_counter()
+        result = fn()
+        self.times[name] = round(time.perf_counter() - start, 3)
+        return result
+
+    def report(self):
+        print(json.dumps({"stages": self.times, "rows": self.rows}))
