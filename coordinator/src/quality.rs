@@ -1,7 +1,10 @@
 //! Quality checks, evaluated on a table's next version before it is committed.
+//!
+//! Row checks (`not_null`, `range`, `expression`) are counted together in one scan; each
+//! `unique` check groups the rows once.
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::{DataFrame, SessionContext};
 use medallion_pipeline::spec::{Bound, CheckKind, CheckSpec};
 use medallion_pipeline::sql::{quote_ident, quote_literal};
@@ -21,12 +24,28 @@ pub async fn run_checks(
         return Ok(Vec::new());
     }
     ctx.register_table(VIEW, rows.into_view())?;
-    let total_rows = count(ctx, &format!("SELECT count(*) FROM {VIEW}")).await?;
+
+    // One scan: the row count, then a failing-row count per row check.
+    let mut sums = vec!["count(*)".to_string()];
+    sums.extend(
+        checks
+            .iter()
+            .filter_map(failing_row)
+            .map(|condition| format!("coalesce(sum(CASE WHEN {condition} THEN 1 ELSE 0 END), 0)")),
+    );
+    let scanned = counts(ctx, &format!("SELECT {} FROM {VIEW}", sums.join(", ")))
+        .await
+        .map_err(|e| anyhow::anyhow!("quality checks: {e:#}"))?;
+    let (total_rows, mut row_counts) = (scanned[0], scanned[1..].iter());
+
     let mut results = Vec::with_capacity(checks.len());
     for check in checks {
-        let failing_rows = count(ctx, &failing_rows_sql(check))
-            .await
-            .map_err(|e| anyhow::anyhow!("check '{}': {e:#}", check.name.value))?;
+        let failing_rows = match failing_row(check) {
+            Some(_) => *row_counts.next().expect("one count per row check"),
+            None => counts(ctx, &duplicates_sql(check))
+                .await
+                .map_err(|e| anyhow::anyhow!("check '{}': {e:#}", check.name.value))?[0],
+        };
         results.push(CheckResult {
             name: check.name.value.clone(),
             check: check.check,
@@ -39,28 +58,24 @@ pub async fn run_checks(
     Ok(results)
 }
 
-/// A query returning the number of rows that break `check`.
-fn failing_rows_sql(check: &CheckSpec) -> String {
-    let cols: Vec<String> = check
+fn columns(check: &CheckSpec) -> Vec<String> {
+    check
         .all_columns()
         .iter()
         .map(|c| quote_ident(&c.value))
-        .collect();
-    match check.check {
-        CheckKind::NotNull => {
-            let any_null: Vec<String> = cols.iter().map(|c| format!("{c} IS NULL")).collect();
-            format!(
-                "SELECT count(*) FROM {VIEW} WHERE {}",
-                any_null.join(" OR ")
-            )
-        }
-        CheckKind::Unique => {
-            let list = cols.join(", ");
-            format!(
-                "SELECT coalesce(sum(n - 1), 0) FROM \
-                 (SELECT count(*) AS n FROM {VIEW} GROUP BY {list} HAVING count(*) > 1)"
-            )
-        }
+        .collect()
+}
+
+/// The SQL condition a row breaking `check` meets; `None` for `unique`, which is about
+/// groups of rows.
+fn failing_row(check: &CheckSpec) -> Option<String> {
+    let cols = columns(check);
+    let condition = match check.check {
+        CheckKind::NotNull => cols
+            .iter()
+            .map(|c| format!("{c} IS NULL"))
+            .collect::<Vec<_>>()
+            .join(" OR "),
         CheckKind::Range => {
             let mut outside = Vec::new();
             for c in &cols {
@@ -71,17 +86,24 @@ fn failing_rows_sql(check: &CheckSpec) -> String {
                     outside.push(format!("{c} > {}", literal(max)));
                 }
             }
-            format!("SELECT count(*) FROM {VIEW} WHERE {}", outside.join(" OR "))
+            outside.join(" OR ")
         }
         CheckKind::Expression => {
-            let expr = check
-                .expr
-                .as_ref()
-                .map(|e| e.value.as_str())
-                .unwrap_or("true");
-            format!("SELECT count(*) FROM {VIEW} WHERE NOT coalesce(({expr}), false)")
+            let expr = check.expr.as_ref().map_or("true", |e| e.value.as_str());
+            format!("NOT coalesce(({expr}), false)")
         }
-    }
+        CheckKind::Unique => return None,
+    };
+    Some(format!("({condition})"))
+}
+
+/// Rows beyond the first of each value of the check's columns.
+fn duplicates_sql(check: &CheckSpec) -> String {
+    let list = columns(check).join(", ");
+    format!(
+        "SELECT coalesce(sum(n - 1), 0) FROM \
+         (SELECT count(*) AS n FROM {VIEW} GROUP BY {list} HAVING count(*) > 1)"
+    )
 }
 
 fn literal(bound: &Bound) -> String {
@@ -91,16 +113,20 @@ fn literal(bound: &Bound) -> String {
     }
 }
 
-async fn count(ctx: &SessionContext, sql: &str) -> anyhow::Result<u64> {
+/// The values of the single row `sql` returns, as counts.
+async fn counts(ctx: &SessionContext, sql: &str) -> anyhow::Result<Vec<u64>> {
     let batches = ctx.sql(sql).await?.collect().await?;
-    let batch = batches.iter().find(|b| b.num_rows() > 0);
-    let value = batch.map(|b| {
-        let c = datafusion::arrow::compute::cast(
-            b.column(0),
-            &datafusion::arrow::datatypes::DataType::Int64,
-        )?;
-        let a = c.as_primitive::<Int64Type>();
-        Ok::<_, datafusion::arrow::error::ArrowError>(if a.is_null(0) { 0 } else { a.value(0) })
-    });
-    Ok(value.transpose()?.unwrap_or(0) as u64)
+    let batch = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or_else(|| anyhow::anyhow!("no result from `{sql}`"))?;
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let c = datafusion::arrow::compute::cast(c, &DataType::Int64)?;
+            let a = c.as_primitive::<Int64Type>();
+            Ok(if a.is_null(0) { 0 } else { a.value(0) as u64 })
+        })
+        .collect()
 }
