@@ -152,3 +152,38 @@ fn parquet_extra_columns_and_bad_casts_are_rescued() {
     assert_eq!(r[1].as_deref(), Some(r#"{"_line":2,"when":"soon"}"#));
     assert!(batches[0].column_by_name("when").unwrap().is_null(1));
 }
+
+#[test]
+fn json_values_become_raw_text() {
+    let f = file(
+        "{\"i\\u0064\": 7, \"n\": {\"x\": [1, 2.5]}, \"b\": true, \"s\": \"a\\\"q\", \"f\": 2.50}\n[1]\n{\"id\": 1} x\n",
+    );
+    let schema = Schema::new(
+        ["id", "n", "b", "s", "f"]
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    );
+    let (batches, rescued) = read_all(f.path(), &opts(SourceFormat::Json), &schema);
+    let b = &batches[0];
+    assert_eq!(
+        strings(b, "id")[0].as_deref(),
+        Some("7"),
+        "escaped key names its column"
+    );
+    assert_eq!(strings(b, "n")[0].as_deref(), Some(r#"{"x":[1,2.5]}"#));
+    assert_eq!(strings(b, "b")[0].as_deref(), Some("true"));
+    assert_eq!(strings(b, "s")[0].as_deref(), Some("a\"q"));
+    assert_eq!(strings(b, "f")[0].as_deref(), Some("2.5"));
+    // Not an object, and trailing garbage: both kept whole as corrupt records.
+    assert_eq!(rescued, 2);
+    let r = strings(b, "_rescued_data");
+    assert_eq!(
+        r[1].as_deref(),
+        Some(r#"{"_corrupt_record":"[1]","_line":2}"#)
+    );
+    assert_eq!(
+        r[2].as_deref(),
+        Some(r#"{"_corrupt_record":"{\"id\": 1} x","_line":3}"#)
+    );
+}
