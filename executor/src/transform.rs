@@ -10,6 +10,7 @@
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
+use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{ExprFunctionExt, ScalarUDF, SortExpr, cast, try_cast, when};
 use datafusion::prelude::{DataFrame, Expr, col, lit};
@@ -52,15 +53,20 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         .map_err(transient)?;
 
     let plan = Plan { ctx, spec };
-    let executed = |e: datafusion::error::DataFusionError| crate::query_error(&ctx.table, e.into());
-    let typed = plan.typed(source, &work)?.cache().await.map_err(executed)?;
-    let rows_read = count(&typed).await?;
-    plan.check_casts(&typed).await?;
-
-    let filtered = plan.filtered(typed)?.cache().await.map_err(executed)?;
-    let rows_kept = count(&filtered).await?;
-    let deduped = plan.deduplicated(filtered)?;
-    let out = deduped
+    let typed = plan.typed(source, &work)?;
+    // One scan counts and checks; a second streams the rows out. Nothing is held in memory
+    // but what the dedupe sort needs.
+    let counts = plan.count(&typed).await?;
+    if let Some(column) = counts.first_bad_column() {
+        return Err(plan.cast_error(&typed, column).await);
+    }
+    let predicate = plan.predicate(&typed)?;
+    let kept = match predicate {
+        Some(p) => typed.filter(p).map_err(|e| plan.data_error(e))?,
+        None => typed,
+    };
+    let out = plan
+        .deduplicated(kept)?
         .select(
             spec.columns
                 .iter()
@@ -76,17 +82,28 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         adds,
         schema,
         metrics: TaskMetrics {
-            rows_read,
+            rows_read: counts.rows,
             rows_written,
-            rows_filtered: rows_read - rows_kept,
-            rows_deduplicated: rows_kept - rows_written,
+            rows_filtered: counts.rows - counts.kept,
+            rows_deduplicated: counts.kept - rows_written,
             ..Default::default()
         },
     })
 }
 
-async fn count(df: &DataFrame) -> Result<u64, TaskError> {
-    Ok(df.clone().count().await.map_err(transient)? as u64)
+/// What the counting scan found.
+struct Counts {
+    rows: u64,
+    /// Rows that pass every filter.
+    kept: u64,
+    /// Per output column: how many values did not cast to its declared type.
+    bad: Vec<(usize, u64)>,
+}
+
+impl Counts {
+    fn first_bad_column(&self) -> Option<usize> {
+        self.bad.iter().find(|(_, n)| *n > 0).map(|(i, _)| *i)
+    }
 }
 
 /// An identifier as DataFusion's `col()` takes it, so names keep their case.
@@ -170,56 +187,108 @@ impl Plan<'_> {
         Ok(df)
     }
 
-    /// Fails on the first value that did not cast to its column's declared type.
-    async fn check_casts(&self, typed: &DataFrame) -> Result<(), TaskError> {
-        for (i, c) in self.spec.columns.iter().enumerate() {
-            let Some(t) = &c.data_type else { continue };
-            let bad = bad_value_column(i);
-            let mut select = vec![col(column_name(&bad))];
-            if typed.schema().has_column_with_unqualified_name(FILE) {
-                select.push(col(FILE));
-            }
-            let rows = typed
-                .clone()
-                .filter(col(column_name(&bad)).is_not_null())
-                .and_then(|df| df.select(select))
-                .and_then(|df| df.limit(0, Some(1)))
-                .map_err(transient)?
-                .collect()
-                .await
-                .map_err(transient)?;
-            let Some(batch) = rows.iter().find(|b| b.num_rows() > 0) else {
-                continue;
-            };
-            let value = ScalarValue::try_from_array(batch.column(0), 0).map_err(transient)?;
-            let origin = match batch.num_columns() {
-                2 => format!(
-                    " (from {})",
-                    ScalarValue::try_from_array(batch.column(1), 0).map_err(transient)?
-                ),
-                _ => String::new(),
-            };
-            return Err(self.data_error(format!(
-                "column '{}': value '{value}' cannot be cast to {}{origin}",
-                c.name.value, t.value
-            )));
-        }
-        Ok(())
+    /// The typed columns (indices into the spec) that have a flag column for bad values.
+    fn typed_columns(&self) -> impl Iterator<Item = usize> + '_ {
+        self.spec
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.data_type.is_some())
+            .map(|(i, _)| i)
     }
 
-    fn filtered(&self, typed: DataFrame) -> Result<DataFrame, TaskError> {
+    /// All the filters as one predicate (rows where it is NULL are dropped, as in SQL).
+    fn predicate(&self, typed: &DataFrame) -> Result<Option<Expr>, TaskError> {
         let mut predicate: Option<Expr> = None;
         for f in &self.spec.filters {
-            let e = self.parse(&typed, &f.value, "filter")?;
+            let e = self.parse(typed, &f.value, "filter")?;
             predicate = Some(match predicate {
                 None => e,
                 Some(p) => p.and(e),
             });
         }
-        match predicate {
-            None => Ok(typed),
-            Some(p) => typed.filter(p).map_err(|e| self.data_error(e)),
+        Ok(predicate)
+    }
+
+    /// Counts, in one scan, the rows, the rows the filters keep and the values that did not
+    /// cast.
+    async fn count(&self, typed: &DataFrame) -> Result<Counts, TaskError> {
+        let passes = match self.predicate(typed)? {
+            Some(p) => when(p, lit(1i64)).otherwise(lit(0i64)),
+            None => Ok(lit(1i64)),
         }
+        .map_err(|e| self.data_error(e))?;
+        let typed_columns: Vec<usize> = self.typed_columns().collect();
+        let mut aggregates = vec![count(lit(1i64)), sum(passes)];
+        aggregates.extend(
+            typed_columns
+                .iter()
+                .map(|i| count(col(column_name(&bad_value_column(*i))))),
+        );
+        let batches = typed
+            .clone()
+            .aggregate(vec![], aggregates)
+            .map_err(|e| self.data_error(e))?
+            .collect()
+            .await
+            .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
+        let row = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| self.data_error("the counting scan returned nothing"))?;
+        let value = |c: usize| -> Result<u64, TaskError> {
+            let v = ScalarValue::try_from_array(row.column(c), 0).map_err(transient)?;
+            Ok(match v {
+                ScalarValue::Int64(Some(n)) => n as u64,
+                _ => 0,
+            })
+        };
+        Ok(Counts {
+            rows: value(0)?,
+            kept: value(1)?,
+            bad: typed_columns
+                .iter()
+                .enumerate()
+                .map(|(k, i)| Ok((*i, value(2 + k)?)))
+                .collect::<Result<_, TaskError>>()?,
+        })
+    }
+
+    /// The error for the first value of column `i` that did not cast to its declared type.
+    async fn cast_error(&self, typed: &DataFrame, i: usize) -> TaskError {
+        let c = &self.spec.columns[i];
+        let bad = bad_value_column(i);
+        let mut select = vec![col(column_name(&bad))];
+        if typed.schema().has_column_with_unqualified_name(FILE) {
+            select.push(col(FILE));
+        }
+        let found = typed
+            .clone()
+            .filter(col(column_name(&bad)).is_not_null())
+            .and_then(|df| df.select(select))
+            .and_then(|df| df.limit(0, Some(1)));
+        let rows = match found {
+            Ok(df) => df.collect().await,
+            Err(e) => Err(e),
+        };
+        let example = rows.ok().and_then(|rows| {
+            let batch = rows.into_iter().find(|b| b.num_rows() > 0)?;
+            let value = ScalarValue::try_from_array(batch.column(0), 0).ok()?;
+            let origin = match batch.num_columns() {
+                2 => format!(
+                    " (from {})",
+                    ScalarValue::try_from_array(batch.column(1), 0).ok()?
+                ),
+                _ => String::new(),
+            };
+            Some(format!("value '{value}'{origin}"))
+        });
+        let declared = c.data_type.as_ref().map_or("", |t| t.value.as_str());
+        self.data_error(format!(
+            "column '{}': {} cannot be cast to {declared}",
+            c.name.value,
+            example.unwrap_or_else(|| "a value".into()),
+        ))
     }
 
     /// Keeps the latest row per key.
