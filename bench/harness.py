@@ -203,8 +203,10 @@ def draw(results, path):
             values = [r["stages"].get(stage, 0) for r in rows]
             ax.bar(labels, values, bottom=bottom, color=color, label=stage)
             bottom = [b + v for b, v in zip(bottom, values)]
+        ax.scatter(labels, [r["seconds"] for r in rows], color="black", marker="_", s=400,
+                   label="total (with start-up)", zorder=3)
         ax.set_title(workload)
-        ax.set_ylabel("seconds (stages)")
+        ax.set_ylabel("seconds")
         ax.tick_params(axis="x", labelsize=7)
         ax.legend()
     fig.tight_layout()
