@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use medallion_coordinator::{Coordinator, RunObserver, RunReport, TaskRunner};
+use medallion_coordinator::TaskRunner;
 use medallion_executor::Executor;
-use medallion_pipeline::Pipeline;
 use medallion_proto::{Task, TaskError, TaskResult};
 use tokio::sync::Semaphore;
 
@@ -16,11 +15,12 @@ pub struct LocalExecutors {
 }
 
 impl LocalExecutors {
-    pub fn new(slots: usize) -> Self {
-        Self {
-            executor: Executor::new(),
+    /// `memory_limit` is shared by all tasks; queries spill to disk beyond it.
+    pub fn new(slots: usize, memory_limit: Option<usize>) -> anyhow::Result<Self> {
+        Ok(Self {
+            executor: Executor::new(memory_limit)?,
             slots: Arc::new(Semaphore::new(slots.max(1))),
-        }
+        })
     }
 }
 
@@ -37,10 +37,4 @@ impl TaskRunner for LocalExecutors {
             .await
             .unwrap_or_else(|e| Err(TaskError::transient(format!("executor task died: {e}"))))
     }
-}
-
-/// Runs `pipeline` once in this process with `slots` concurrent tasks.
-pub async fn run(pipeline: &Pipeline, slots: usize, observer: &dyn RunObserver) -> RunReport {
-    let executors = LocalExecutors::new(slots);
-    Coordinator::new(&executors, observer).run(pipeline).await
 }

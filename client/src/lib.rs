@@ -1,7 +1,7 @@
 //! The Medallion client library and the `medallion` command line.
 //!
-//! [`embedded`] runs a pipeline with the coordinator and executors in this process; the
-//! cluster client will submit the same spec to a remote coordinator.
+//! [`embedded::LocalExecutors`] runs tasks in this process, for a coordinator in this process;
+//! the cluster client will submit the same spec to a remote coordinator.
 
 pub mod embedded;
 pub mod generate;

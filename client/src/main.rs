@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use medallion_client::embedded::LocalExecutors;
 use medallion_client::generate::EcommerceData;
-use medallion_client::{embedded, progress::ProgressBars, summary};
+use medallion_client::{progress::ProgressBars, summary};
+use medallion_coordinator::Coordinator;
 use medallion_pipeline::Pipeline;
 
 #[derive(Parser)]
@@ -36,6 +38,10 @@ enum Command {
         /// Tasks run at the same time (default: the number of CPUs).
         #[arg(long)]
         executors: Option<usize>,
+        /// Memory the tasks' queries share (e.g. `2GiB`, `512MiB`); sorts, aggregates and
+        /// joins spill to disk beyond it. Unbounded when not given.
+        #[arg(long, value_parser = parse_size)]
+        memory_limit: Option<usize>,
         /// Print the run report as JSON on stdout instead of the summary.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -108,7 +114,12 @@ fn main() -> ExitCode {
                     ExitCode::from(BAD_INPUT)
                 }
             },
-            Command::Run { spec, executors, output } => {
+            Command::Run {
+                spec,
+                executors,
+                memory_limit,
+                output,
+            } => {
                 let pipeline = match Pipeline::load(&spec) {
                     Ok(p) => p,
                     Err(e) => {
@@ -119,7 +130,14 @@ fn main() -> ExitCode {
                 let slots = executors
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
                 let bars = ProgressBars::new(std::io::stderr().is_terminal());
-                let report = embedded::run(&pipeline, slots, &bars).await;
+                let executors = match LocalExecutors::new(slots, memory_limit) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::from(RUN_FAILED);
+                    }
+                };
+                let report = Coordinator::new(&executors, &bars).run(&pipeline).await;
                 match output {
                     Output::Json => match serde_json::to_string_pretty(&report) {
                         Ok(json) => println!("{json}"),
@@ -158,6 +176,31 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Parses a size such as `2GiB`, `512MiB`, `1G` or a number of bytes.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use KiB, MiB, GiB)"
+            ));
+        }
+    };
+    Ok((number * scale as f64) as usize)
 }
 
 /// Libraries' own logs only from warnings (errors for the chatty Delta ones), unless the

@@ -108,6 +108,10 @@ pub fn render(report: &RunReport) -> String {
     }
     for t in &report.tables {
         match &t.status {
+            // Executor errors already start with the table's name.
+            TableStatus::Failed { error } if error.starts_with(&t.table) => {
+                let _ = writeln!(out, "\nerror: {error}");
+            }
             TableStatus::Failed { error } => {
                 let _ = writeln!(out, "\nerror: {}: {error}", t.table);
             }

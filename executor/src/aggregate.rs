@@ -10,7 +10,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         .pipeline
         .gold(&ctx.table.name)
         .ok_or_else(|| TaskError::permanent(format!("no gold table '{}'", ctx.table.name)))?;
-    let session = session::new_session();
+    let session = session::new_session(&ctx.runtime);
     for (name, version) in &work.input_versions {
         let input: TableRef = name.parse().map_err(TaskError::permanent)?;
         session::register_table(

@@ -16,6 +16,10 @@ mod session;
 pub mod transform;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use deltalake::kernel::Add;
@@ -33,6 +37,7 @@ pub(crate) struct Output {
 
 /// What every task needs besides its work: the pipeline, the table and where to write.
 pub(crate) struct TaskContext {
+    pub runtime: Arc<RuntimeEnv>,
     pub pipeline: Pipeline,
     pub table: TableRef,
     pub output_uri: String,
@@ -40,12 +45,22 @@ pub(crate) struct TaskContext {
 }
 
 /// Runs tasks in this process. The cluster's executor service wraps the same type.
-#[derive(Debug, Default, Clone)]
-pub struct Executor {}
+#[derive(Debug, Clone)]
+pub struct Executor {
+    runtime: Arc<RuntimeEnv>,
+}
 
 impl Executor {
-    pub fn new() -> Self {
-        Self {}
+    /// An executor whose queries share `memory_limit` bytes and spill to disk beyond it
+    /// (sorts, aggregates, joins); without a limit, memory is not bounded.
+    pub fn new(memory_limit: Option<usize>) -> anyhow::Result<Self> {
+        let mut builder = RuntimeEnvBuilder::new();
+        if let Some(limit) = memory_limit {
+            builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
+        Ok(Self {
+            runtime: builder.build_arc()?,
+        })
     }
 
     /// Runs one task to completion.
@@ -57,6 +72,7 @@ impl Executor {
             .map_err(|e| TaskError::permanent(e.to_string()))?;
         let table: TableRef = task.table.parse().map_err(TaskError::permanent)?;
         let ctx = TaskContext {
+            runtime: self.runtime.clone(),
             storage_options: pipeline.storage_options.clone().into_iter().collect(),
             pipeline,
             table,

@@ -4,16 +4,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::catalog::MemorySchemaProvider;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use medallion_pipeline::{Layer, Pipeline, TableRef};
 use medallion_proto::TaskError;
 
 use crate::transient;
 
-/// A session whose catalog has a schema per layer, so SQL can say `silver.orders`.
-pub(crate) fn new_session() -> SessionContext {
+/// A session whose catalog has a schema per layer, so SQL can say `silver.orders`. Sessions
+/// share the executor's runtime, so all tasks draw on one memory pool.
+pub(crate) fn new_session(runtime: &Arc<RuntimeEnv>) -> SessionContext {
     let config = SessionConfig::new().with_information_schema(false);
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
     let catalog = ctx
         .catalog("datafusion")
         .expect("the default catalog exists");

@@ -35,7 +35,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         .silver(&ctx.table.name)
         .ok_or_else(|| TaskError::permanent(format!("no silver table '{}'", ctx.table.name)))?;
     let input: TableRef = spec.from.value.parse().map_err(TaskError::permanent)?;
-    let session = session::new_session();
+    let session = session::new_session(&ctx.runtime);
     session::register_table(
         &session,
         &ctx.pipeline,
