@@ -56,9 +56,9 @@ impl StagePlan {
     }
 }
 
-/// `commitInfo` keys of a commit: the versions of the tables it was computed from, and the
-/// spec it was computed with.
+/// `commitInfo` key: the versions of the tables a commit was computed from.
 pub const INFO_INPUTS: &str = "medallion.inputs";
+/// `commitInfo` key: the fingerprint of the spec a commit was computed with.
 pub const INFO_SPEC: &str = "medallion.spec_fingerprint";
 
 /// What the planner knows about the run as a whole.

@@ -26,7 +26,11 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         .sql(&spec.sql.value)
         .await
         .map_err(|e| crate::query_error(&ctx.table, e.into()))?;
-    let (adds, schema, rows_written) = crate::write_result(ctx, df, &[])
+    let rows = df
+        .execute_stream()
+        .await
+        .map_err(|e| crate::query_error(&ctx.table, e.into()))?;
+    let (adds, schema, rows_written) = crate::write_result(ctx, rows, &[])
         .await
         .map_err(|e| crate::query_error(&ctx.table, e))?;
     Ok(Output {

@@ -5,15 +5,16 @@
 //! between tasks, so any executor can run any task, and a retried task is harmless: files of a
 //! failed attempt are simply never committed.
 //!
-//! - [`ingest`]: bronze, source files to raw rows with ingestion metadata.
-//! - [`transform`]: silver, one key partition of a table typed, filtered and deduplicated.
-//! - [`aggregate`]: gold, the table's SQL over pinned versions of its inputs.
+//! - `ingest`: bronze, source files to raw rows with ingestion metadata.
+//! - `transform`: silver, one key partition of a table typed, filtered and deduplicated.
+//! - `aggregate`: gold, the table's SQL over pinned versions of its inputs.
 
-pub mod aggregate;
-pub mod ingest;
+mod aggregate;
+mod dedupe;
+mod ingest;
 mod partition;
 mod session;
-pub mod transform;
+mod transform;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,20 +103,20 @@ impl Executor {
     }
 }
 
-/// Executes a query and writes its rows as uncommitted files of the task's table.
+/// Writes a query's rows as uncommitted files of the task's table.
 ///
 /// Returns the files, the (Delta-compatible) schema they have and how many rows they hold.
 pub(crate) async fn write_result(
     ctx: &TaskContext,
-    df: datafusion::prelude::DataFrame,
+    rows: datafusion::execution::SendableRecordBatchStream,
     partition_columns: &[String],
 ) -> anyhow::Result<(Vec<Add>, SchemaRef, u64)> {
     use futures::StreamExt;
     use std::sync::atomic::{AtomicU64, Ordering};
-    let schema = medallion_lake::delta_schema(df.schema().as_arrow());
-    let rows = std::sync::Arc::new(AtomicU64::new(0));
-    let (counter, write_schema) = (rows.clone(), schema.clone());
-    let batches = df.execute_stream().await?.map(move |b| {
+    let schema = medallion_lake::delta_schema(&rows.schema());
+    let written = Arc::new(AtomicU64::new(0));
+    let (counter, write_schema) = (written.clone(), schema.clone());
+    let batches = rows.map(move |b| {
         let b = medallion_lake::cast_batch(&b?, &write_schema)?;
         counter.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
         Ok(b)
@@ -128,7 +129,7 @@ pub(crate) async fn write_result(
         Box::pin(batches),
     )
     .await?;
-    Ok((adds, schema, rows.load(Ordering::Relaxed)))
+    Ok((adds, schema, written.load(Ordering::Relaxed)))
 }
 
 /// Classifies an error of running a table's query or writing its files: storage and I/O

@@ -11,19 +11,19 @@
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::{ExprFunctionExt, ScalarUDF, SortExpr, cast, try_cast, when};
+use datafusion::logical_expr::{ScalarUDF, SortExpr, cast, try_cast, when};
 use datafusion::prelude::{DataFrame, Expr, col, lit};
 use medallion_pipeline::spec::SilverSpec;
 use medallion_pipeline::{TableRef, meta, types};
 use medallion_proto::{TaskError, TaskMetrics, TransformWork};
 
+use crate::dedupe::FirstPerKey;
 use crate::{KeyPartition, Output, TaskContext, session, transient};
+use datafusion::execution::SendableRecordBatchStream;
 
 const LATEST: &str = "__medallion_latest";
 const INGESTED: &str = "__medallion_ingested_at";
 const FILE: &str = "__medallion_source_file";
-const ROW_NUMBER: &str = "__medallion_row_number";
 
 fn bad_value_column(i: usize) -> String {
     format!("__medallion_bad_{i}")
@@ -65,17 +65,8 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         Some(p) => typed.filter(p).map_err(|e| plan.data_error(e))?,
         None => typed,
     };
-    let out = plan
-        .deduplicated(kept)?
-        .select(
-            spec.columns
-                .iter()
-                .map(|c| col(column_name(&c.name.value)))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| plan.data_error(e))?;
-
-    let (adds, schema, rows_written) = crate::write_result(ctx, out, &[])
+    let rows = plan.deduplicated(kept).await?;
+    let (adds, schema, rows_written) = crate::write_result(ctx, rows, &[])
         .await
         .map_err(|e| crate::query_error(&ctx.table, e))?;
     Ok(Output {
@@ -291,24 +282,50 @@ impl Plan<'_> {
         ))
     }
 
-    /// Keeps the latest row per key.
-    fn deduplicated(&self, df: DataFrame) -> Result<DataFrame, TaskError> {
+    /// The output columns, keeping only the latest row per key: sorted by key, then latest
+    /// first, and the first row of each key taken.
+    async fn deduplicated(&self, kept: DataFrame) -> Result<SendableRecordBatchStream, TaskError> {
+        let executed =
+            |e: datafusion::error::DataFusionError| crate::query_error(&self.ctx.table, e.into());
+        let output: Vec<Expr> = self
+            .spec
+            .columns
+            .iter()
+            .map(|c| col(column_name(&c.name.value)))
+            .collect();
         if self.spec.keys.is_empty() {
-            return Ok(df);
+            let df = kept.select(output).map_err(|e| self.data_error(e))?;
+            return df.execute_stream().await.map_err(executed);
         }
-        let has = |name: &str| df.schema().has_column_with_unqualified_name(name);
-        let order: Vec<SortExpr> = [LATEST, INGESTED, FILE]
+        let has = |name: &str| kept.schema().has_column_with_unqualified_name(name);
+        let latest_first = [LATEST, INGESTED, FILE]
             .into_iter()
             .filter(|c| has(c))
-            .map(|c| col(c).sort(false, false))
+            .map(|c| col(c).sort(false, false));
+        let order: Vec<SortExpr> = self
+            .keys()
+            .into_iter()
+            .map(|k| k.sort(true, true))
+            .chain(latest_first)
             .collect();
-        let rn = row_number()
-            .partition_by(self.keys())
-            .order_by(order)
-            .build()
+        let sorted = kept
+            .sort(order)
+            .and_then(|df| df.select(output))
             .map_err(|e| self.data_error(e))?;
-        df.with_column(ROW_NUMBER, rn)
-            .and_then(|df| df.filter(col(ROW_NUMBER).eq(lit(1u64))))
-            .map_err(|e| self.data_error(e))
+        let key_indices = self
+            .spec
+            .keys
+            .iter()
+            .map(|k| {
+                self.spec
+                    .columns
+                    .iter()
+                    .position(|c| c.name.value == k.value)
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| self.data_error("a key is not one of the columns"))?;
+        let stream = sorted.execute_stream().await.map_err(executed)?;
+        let first = FirstPerKey::new(stream, key_indices).map_err(executed)?;
+        Ok(Box::pin(first))
     }
 }
