@@ -10,10 +10,10 @@
 //! - `aggregate`: gold, the table's SQL over pinned versions of its inputs.
 
 mod aggregate;
-mod dedupe;
 mod ingest;
 mod partition;
 mod session;
+mod streams;
 mod transform;
 
 use std::collections::HashMap;

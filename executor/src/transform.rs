@@ -1,11 +1,13 @@
 //! Silver: one key partition of the input, typed, filtered and deduplicated.
 //!
 //! The steps, in order:
-//! 1. compute every output column from its SQL expression and cast it to its declared type
-//!    (a non-null value that does not cast fails the task, naming table, column and value);
+//! 1. compute every output column from its SQL expression and cast it to its declared type;
 //! 2. keep this task's key partition;
-//! 3. keep rows for which every filter is true;
-//! 4. keep, per key, the row with the greatest `latest_by` (ties: latest `_ingested_at`, then
+//! 3. keep rows for which every filter is true (a filter sees NULL for a value that did not
+//!    cast);
+//! 4. fail on a kept row with a non-null value that did not cast, naming table, column, value
+//!    and source file;
+//! 5. keep, per key, the row with the greatest `latest_by` (ties: latest `_ingested_at`, then
 //!    latest `_source_file`).
 
 use datafusion::arrow::datatypes::DataType;
@@ -17,7 +19,7 @@ use medallion_pipeline::spec::SilverSpec;
 use medallion_pipeline::{TableRef, meta, types};
 use medallion_proto::{TaskError, TaskMetrics, TransformWork};
 
-use crate::dedupe::FirstPerKey;
+use crate::streams::{CastChecked, CheckedColumn, FirstPerKey};
 use crate::{KeyPartition, Output, TaskContext, session, transient};
 use datafusion::execution::SendableRecordBatchStream;
 
@@ -54,12 +56,9 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
 
     let plan = Plan { ctx, spec };
     let typed = plan.typed(source, &work)?;
-    // One scan counts and checks; a second streams the rows out. Nothing is held in memory
-    // but what the dedupe sort needs.
+    // One light scan counts rows (it computes only what the filters need); a second streams
+    // the rows out. Nothing is held in memory but what the dedupe sort needs.
     let counts = plan.count(&typed).await?;
-    if let Some(column) = counts.first_bad_column() {
-        return Err(plan.cast_error(&typed, column).await);
-    }
     let predicate = plan.predicate(&typed)?;
     let kept = match predicate {
         Some(p) => typed.filter(p).map_err(|e| plan.data_error(e))?,
@@ -87,14 +86,6 @@ struct Counts {
     rows: u64,
     /// Rows that pass every filter.
     kept: u64,
-    /// Per output column: how many values did not cast to its declared type.
-    bad: Vec<(usize, u64)>,
-}
-
-impl Counts {
-    fn first_bad_column(&self) -> Option<usize> {
-        self.bad.iter().find(|(_, n)| *n > 0).map(|(i, _)| *i)
-    }
 }
 
 /// An identifier as DataFusion's `col()` takes it, so names keep their case.
@@ -178,16 +169,6 @@ impl Plan<'_> {
         Ok(df)
     }
 
-    /// The typed columns (indices into the spec) that have a flag column for bad values.
-    fn typed_columns(&self) -> impl Iterator<Item = usize> + '_ {
-        self.spec
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.data_type.is_some())
-            .map(|(i, _)| i)
-    }
-
     /// All the filters as one predicate (rows where it is NULL are dropped, as in SQL).
     fn predicate(&self, typed: &DataFrame) -> Result<Option<Expr>, TaskError> {
         let mut predicate: Option<Expr> = None;
@@ -201,24 +182,16 @@ impl Plan<'_> {
         Ok(predicate)
     }
 
-    /// Counts, in one scan, the rows, the rows the filters keep and the values that did not
-    /// cast.
+    /// Counts, in one scan, the rows and the rows the filters keep.
     async fn count(&self, typed: &DataFrame) -> Result<Counts, TaskError> {
         let passes = match self.predicate(typed)? {
             Some(p) => when(p, lit(1i64)).otherwise(lit(0i64)),
             None => Ok(lit(1i64)),
         }
         .map_err(|e| self.data_error(e))?;
-        let typed_columns: Vec<usize> = self.typed_columns().collect();
-        let mut aggregates = vec![count(lit(1i64)), sum(passes)];
-        aggregates.extend(
-            typed_columns
-                .iter()
-                .map(|i| count(col(column_name(&bad_value_column(*i))))),
-        );
         let batches = typed
             .clone()
-            .aggregate(vec![], aggregates)
+            .aggregate(vec![], vec![count(lit(1i64)), sum(passes)])
             .map_err(|e| self.data_error(e))?
             .collect()
             .await
@@ -237,81 +210,62 @@ impl Plan<'_> {
         Ok(Counts {
             rows: value(0)?,
             kept: value(1)?,
-            bad: typed_columns
-                .iter()
-                .enumerate()
-                .map(|(k, i)| Ok((*i, value(2 + k)?)))
-                .collect::<Result<_, TaskError>>()?,
         })
     }
 
-    /// The error for the first value of column `i` that did not cast to its declared type.
-    async fn cast_error(&self, typed: &DataFrame, i: usize) -> TaskError {
-        let c = &self.spec.columns[i];
-        let bad = bad_value_column(i);
-        let mut select = vec![col(column_name(&bad))];
-        if typed.schema().has_column_with_unqualified_name(FILE) {
-            select.push(col(FILE));
-        }
-        let found = typed
-            .clone()
-            .filter(col(column_name(&bad)).is_not_null())
-            .and_then(|df| df.select(select))
-            .and_then(|df| df.limit(0, Some(1)));
-        let rows = match found {
-            Ok(df) => df.collect().await,
-            Err(e) => Err(e),
-        };
-        let example = rows.ok().and_then(|rows| {
-            let batch = rows.into_iter().find(|b| b.num_rows() > 0)?;
-            let value = ScalarValue::try_from_array(batch.column(0), 0).ok()?;
-            let origin = match batch.num_columns() {
-                2 => format!(
-                    " (from {})",
-                    ScalarValue::try_from_array(batch.column(1), 0).ok()?
-                ),
-                _ => String::new(),
-            };
-            Some(format!("value '{value}'{origin}"))
-        });
-        let declared = c.data_type.as_ref().map_or("", |t| t.value.as_str());
-        self.data_error(format!(
-            "column '{}': {} cannot be cast to {declared}",
-            c.name.value,
-            example.unwrap_or_else(|| "a value".into()),
-        ))
-    }
-
-    /// The output columns, keeping only the latest row per key: sorted by key, then latest
-    /// first, and the first row of each key taken.
+    /// The output columns, every value checked against its declared type, and only the
+    /// latest row per key: sorted by key, then latest first, and the first row of each key
+    /// taken.
     async fn deduplicated(&self, kept: DataFrame) -> Result<SendableRecordBatchStream, TaskError> {
         let executed =
             |e: datafusion::error::DataFusionError| crate::query_error(&self.ctx.table, e.into());
-        let output: Vec<Expr> = self
+        let has = |name: &str| kept.schema().has_column_with_unqualified_name(name);
+        // The output columns, then what the cast check needs.
+        let mut select: Vec<Expr> = self
             .spec
             .columns
             .iter()
             .map(|c| col(column_name(&c.name.value)))
             .collect();
-        if self.spec.keys.is_empty() {
-            let df = kept.select(output).map_err(|e| self.data_error(e))?;
-            return df.execute_stream().await.map_err(executed);
+        let mut checked = Vec::new();
+        for (i, c) in self.spec.columns.iter().enumerate() {
+            if let Some(t) = &c.data_type {
+                checked.push(CheckedColumn {
+                    name: c.name.value.clone(),
+                    declared: t.value.clone(),
+                    bad: select.len(),
+                });
+                select.push(col(column_name(&bad_value_column(i))));
+            }
         }
-        let has = |name: &str| kept.schema().has_column_with_unqualified_name(name);
-        let latest_first = [LATEST, INGESTED, FILE]
-            .into_iter()
-            .filter(|c| has(c))
-            .map(|c| col(c).sort(false, false));
-        let order: Vec<SortExpr> = self
-            .keys()
-            .into_iter()
-            .map(|k| k.sort(true, true))
-            .chain(latest_first)
-            .collect();
-        let sorted = kept
-            .sort(order)
-            .and_then(|df| df.select(output))
-            .map_err(|e| self.data_error(e))?;
+        let file = has(FILE).then(|| {
+            select.push(col(FILE));
+            select.len() - 1
+        });
+        let stream = if self.spec.keys.is_empty() {
+            kept.select(select)
+        } else {
+            let latest_first = [LATEST, INGESTED, FILE]
+                .into_iter()
+                .filter(|c| has(c))
+                .map(|c| col(c).sort(false, false));
+            let order: Vec<SortExpr> = self
+                .keys()
+                .into_iter()
+                .map(|k| k.sort(true, true))
+                .chain(latest_first)
+                .collect();
+            kept.sort(order).and_then(|df| df.select(select))
+        }
+        .map_err(|e| self.data_error(e))?
+        .execute_stream()
+        .await
+        .map_err(executed)?;
+        let checked =
+            CastChecked::new(stream, self.spec.columns.len(), checked, file).map_err(executed)?;
+        if self.spec.keys.is_empty() {
+            return Ok(Box::pin(checked));
+        }
         let key_indices = self
             .spec
             .keys
@@ -324,8 +278,7 @@ impl Plan<'_> {
             })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| self.data_error("a key is not one of the columns"))?;
-        let stream = sorted.execute_stream().await.map_err(executed)?;
-        let first = FirstPerKey::new(stream, key_indices).map_err(executed)?;
+        let first = FirstPerKey::new(Box::pin(checked), key_indices).map_err(executed)?;
         Ok(Box::pin(first))
     }
 }

@@ -192,7 +192,8 @@ pub struct SilverColumn {
     /// SQL expression over the input row; defaults to the input column of the same name.
     #[serde(default)]
     pub expr: Option<Spanned<String>>,
-    /// Declared type; a non-null value that cannot be cast to it fails the run.
+    /// Declared type; a non-null value that cannot be cast to it, in a row that passes the
+    /// filters, fails the table.
     #[serde(default, rename = "type")]
     pub data_type: Option<Spanned<String>>,
 }
