@@ -40,6 +40,8 @@ const SEGMENTS: [&str; 3] = ["Consumer", "Corporate", "Home Office"];
 const REGIONS: [&str; 4] = ["North", "South", "East", "West"];
 const CATEGORIES: [&str; 5] = ["Books", "Electronics", "Garden", "Kitchen", "Toys"];
 const STATUSES: [&str; 4] = ["placed", "paid", "shipped", "delivered"];
+/// Two years of orders.
+const ORDER_WINDOW_MINUTES: u64 = 2 * 365 * 24 * 60;
 
 impl EcommerceData {
     pub fn customers(&self) -> usize {
@@ -145,7 +147,9 @@ impl EcommerceData {
             for _ in 0..per_file.min(self.orders + 1 - next_id) {
                 let id = next_id;
                 next_id += 1;
-                let created = start + Duration::minutes((id * 7) as i64 + rng.random_range(0..5));
+                // Orders spread over two years, however many there are.
+                let minute = (id as u64 * ORDER_WINDOW_MINUTES / self.orders.max(1) as u64) as i64;
+                let created = start + Duration::minutes(minute + rng.random_range(0..5));
                 let quantity = rng.random_range(1..=5);
                 let unit = f64::from(rng.random_range(199..=49_999)) / 100.0;
                 let roll = rng.random_range(0..1000);
