@@ -30,9 +30,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         .execute_stream()
         .await
         .map_err(|e| crate::query_error(&ctx.table, e.into()))?;
-    let (adds, schema, rows_written) = crate::write_result(ctx, rows, &[])
-        .await
-        .map_err(|e| crate::query_error(&ctx.table, e))?;
+    let (adds, schema, rows_written) = crate::write_result(ctx, rows).await?;
     Ok(Output {
         adds,
         schema,

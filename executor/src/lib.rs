@@ -103,14 +103,13 @@ impl Executor {
     }
 }
 
-/// Writes a query's rows as uncommitted files of the task's table.
+/// Writes a query's rows as uncommitted files of the task's (unpartitioned) table.
 ///
 /// Returns the files, the (Delta-compatible) schema they have and how many rows they hold.
 pub(crate) async fn write_result(
     ctx: &TaskContext,
     rows: datafusion::execution::SendableRecordBatchStream,
-    partition_columns: &[String],
-) -> anyhow::Result<(Vec<Add>, SchemaRef, u64)> {
+) -> Result<(Vec<Add>, SchemaRef, u64), TaskError> {
     use futures::StreamExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     let schema = medallion_lake::delta_schema(&rows.schema());
@@ -125,10 +124,11 @@ pub(crate) async fn write_result(
         &ctx.output_uri,
         &ctx.storage_options,
         schema.clone(),
-        partition_columns,
+        &[],
         Box::pin(batches),
     )
-    .await?;
+    .await
+    .map_err(|e| query_error(&ctx.table, e))?;
     Ok((adds, schema, written.load(Ordering::Relaxed)))
 }
 

@@ -65,9 +65,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         None => typed,
     };
     let rows = plan.deduplicated(kept).await?;
-    let (adds, schema, rows_written) = crate::write_result(ctx, rows, &[])
-        .await
-        .map_err(|e| crate::query_error(&ctx.table, e))?;
+    let (adds, schema, rows_written) = crate::write_result(ctx, rows).await?;
     Ok(Output {
         adds,
         schema,
