@@ -58,8 +58,8 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
     let typed = plan.typed(source, &work)?;
     // One light scan counts rows (it computes only what the filters need); a second streams
     // the rows out. Nothing is held in memory but what the dedupe sort needs.
-    let counts = plan.count(&typed).await?;
     let predicate = plan.predicate(&typed)?;
+    let counts = plan.count(&typed, predicate.as_ref()).await?;
     let kept = match predicate {
         Some(p) => typed.filter(p).map_err(|e| plan.data_error(e))?,
         None => typed,
@@ -181,9 +181,13 @@ impl Plan<'_> {
     }
 
     /// Counts, in one scan, the rows and the rows the filters keep.
-    async fn count(&self, typed: &DataFrame) -> Result<Counts, TaskError> {
-        let passes = match self.predicate(typed)? {
-            Some(p) => when(p, lit(1i64)).otherwise(lit(0i64)),
+    async fn count(
+        &self,
+        typed: &DataFrame,
+        predicate: Option<&Expr>,
+    ) -> Result<Counts, TaskError> {
+        let passes = match predicate {
+            Some(p) => when(p.clone(), lit(1i64)).otherwise(lit(0i64)),
             None => Ok(lit(1i64)),
         }
         .map_err(|e| self.data_error(e))?;
