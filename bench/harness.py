@@ -1,6 +1,7 @@
 """Runs the benchmark workloads on Medallion and its peers, checks they agree, writes a report.
 
-    bench/run [--scales 1000000,5000000] [--peers duckdb,polars,pyspark] [--smoke]
+    bench/run [--workloads ecommerce,tpch] [--scales 1000000,5000000] [--tpch-scales 1]
+              [--peers duckdb,polars,pyspark] [--smoke]
 
 Every engine gets the same files and the same number of threads; its wall time per stage and in
 total, rows per second and peak memory (the whole process tree, sampled) are measured in this
@@ -22,10 +23,8 @@ import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SPEC = os.path.join(ROOT, "examples", "ecommerce", "pipeline.yaml")
-GOLD_KEYS = {"customer_360": "customer_id", "product_performance": "product_id"}
 
-# (engine, script, format): the peers and what they write.
+# (engine, format): the peers and what they write.
 PEERS = {
     "duckdb": [("duckdb", "delta"), ("duckdb", "parquet")],
     "polars": [("polars", "delta"), ("polars", "parquet")],
@@ -62,17 +61,69 @@ def measure(cmd, cwd=None, env=None):
     return out, seconds, peak
 
 
-def generate(medallion, work, orders):
-    data = os.path.join(work, f"ecommerce-{orders}", "data")
-    if not os.path.isdir(data):
-        files = max(4, min(64, orders // 62_500))
-        subprocess.run([medallion, "generate", data, "--orders", str(orders), "--files", str(files)],
+class Ecommerce:
+    """The example pipeline on the generated shop data; scale = orders."""
+    name = "ecommerce"
+    spec = os.path.join(ROOT, "examples", "ecommerce", "pipeline.yaml")
+    gold = {"customer_360": ("customer_id",), "product_performance": ("product_id",)}
+    unit = "orders"
+
+    def __init__(self, orders):
+        self.scale = orders
+        self.label = f"ecommerce, {orders:,} orders"
+        self.dir = f"ecommerce-{orders}"
+
+    def generate(self, medallion, data):
+        files = max(4, min(64, self.scale // 62_500))
+        subprocess.run([medallion, "generate", data, "--orders", str(self.scale), "--files", str(files)],
                        check=True, stdout=subprocess.DEVNULL)
+
+    def units(self, data):
+        return self.scale
+
+    def peer(self, engine):
+        return [os.path.join(HERE, "peers", f"{engine}_peer.py")]
+
+
+class Tpch:
+    """examples/tpch on TPC-H data from tpchgen; scale = TPC-H scale factor."""
+    name = "tpch"
+    spec = os.path.join(ROOT, "examples", "tpch", "pipeline.yaml")
+    gold = {"q1_pricing_summary": ("l_returnflag", "l_linestatus"), "q3_shipping_priority": ("l_orderkey",),
+            "q5_local_supplier_volume": ("n_name",), "q6_forecast_revenue": (),
+            "q10_returned_items": ("c_custkey",)}
+    unit = "line items"
+
+    def __init__(self, scale):
+        self.scale = scale
+        self.label = f"tpch, scale factor {scale:g}"
+        self.dir = f"tpch-sf{scale:g}"
+
+    def generate(self, medallion, data):
+        files = max(2, min(64, round(8 * self.scale)))
+        subprocess.run([medallion, "generate", data, "--dataset", "tpch", "--scale", str(self.scale),
+                        "--files", str(files)], check=True, stdout=subprocess.DEVNULL)
+
+    def units(self, data):
+        import pyarrow.parquet as pq
+        lineitem = os.path.join(data, "lineitem")
+        return sum(pq.ParquetFile(os.path.join(lineitem, f)).metadata.num_rows for f in os.listdir(lineitem))
+
+    def peer(self, engine):
+        return [os.path.join(HERE, "peers", "tpch.py"), engine]
+
+
+def generate(medallion, work, workload):
+    """The workload's raw data, generated once per scale and kept under `work`."""
+    data = os.path.join(work, workload.dir, "data")
+    if not os.path.isdir(data):
+        workload.generate(medallion, data + ".partial")
+        os.rename(data + ".partial", data)
     return data
 
 
-def run_medallion(medallion, data, out, threads, memory):
-    """The example pipeline, embedded.
+def run_medallion(medallion, workload, data, out, threads, memory):
+    """The workload's pipeline, embedded.
 
     Medallion runs a table as soon as what it reads is committed, so layers overlap; a stage's
     time is its share of the critical path: from the end of the previous layer (or the start)
@@ -80,7 +131,7 @@ def run_medallion(medallion, data, out, threads, memory):
     """
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    spec = open(SPEC).read().replace("lake: ./lake", f"lake: {out}/lake").replace("path: data/", f"path: {data}/")
+    spec = open(workload.spec).read().replace("lake: ./lake", f"lake: {out}/lake").replace("path: data/", f"path: {data}/")
     spec_path = os.path.join(out, "pipeline.yaml")
     with open(spec_path, "w") as f:
         f.write(spec)
@@ -96,17 +147,17 @@ def run_medallion(medallion, data, out, threads, memory):
         end = max(t["started_ms"] + t["duration_ms"] for t in tables)
         stages[layer] = round((end - previous_end) / 1000, 3)
         previous_end = end
-    gold = {name: os.path.join(out, "lake", "gold", name) for name in GOLD_KEYS}
+    gold = {name: os.path.join(out, "lake", "gold", name) for name in workload.gold}
     return {"engine": "medallion", "format": "delta", "seconds": round(seconds, 3), "peak_bytes": peak,
             "stages": stages, "gold": gold}
 
 
-def run_peer(python, engine, fmt, data, out, threads):
+def run_peer(python, workload, engine, fmt, data, out, threads):
     shutil.rmtree(out, ignore_errors=True)
-    script = os.path.join(HERE, "peers", f"{engine}_peer.py")
-    stdout, seconds, peak = measure([python, script, data, out, "--format", fmt, "--threads", str(threads)])
+    stdout, seconds, peak = measure([python] + workload.peer(engine) + [data, out, "--format", fmt,
+                                                                        "--threads", str(threads)])
     result = json.loads(stdout.strip().splitlines()[-1])
-    gold = {name: os.path.join(out, name) for name in GOLD_KEYS}
+    gold = {name: os.path.join(out, name) for name in workload.gold}
     return {"engine": engine, "format": fmt, "seconds": round(seconds, 3), "peak_bytes": peak,
             "stages": result["stages"], "gold": gold}
 
@@ -127,21 +178,27 @@ def canonical(v):
     return v
 
 
-def compare(reference, result):
+def close(a, b):
+    """Within 1e-6 relative, or one unit of the sixth decimal place: engines round the
+    decimal(.., 6) of a decimal average differently (DataFusion truncates, Spark rounds)."""
+    return abs(a - b) <= max(1e-6 * max(abs(a), abs(b)), 1.01e-6)
+
+
+def compare(workload, reference, result):
     """Differences between Medallion's gold tables and a peer's (empty when they agree)."""
     problems = []
-    for name, key in GOLD_KEYS.items():
-        ours = {r[key]: r for r in read_table(reference["gold"][name], "delta")}
-        theirs = {r[key]: r for r in read_table(result["gold"][name], result["format"])}
+    for name, key in workload.gold.items():
+        ours = {tuple(r[k] for k in key): r for r in read_table(reference["gold"][name], "delta")}
+        theirs = {tuple(r[k] for k in key): r for r in read_table(result["gold"][name], result["format"])}
         if ours.keys() != theirs.keys():
             problems.append(f"{name}: {len(ours)} vs {len(theirs)} rows, keys differ")
             continue
         for k, row in ours.items():
             for col, v in row.items():
                 a, b = canonical(v), canonical(theirs[k].get(col))
-                same = abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1) if isinstance(a, float) and isinstance(b, (int, float)) else a == b
+                same = close(a, b) if isinstance(a, float) and isinstance(b, (int, float)) else a == b
                 if not same:
-                    problems.append(f"{name}: {key}={k} {col}: {a!r} vs {b!r}")
+                    problems.append(f"{name}: {dict(zip(key, k))} {col}: {a!r} vs {b!r}")
                     break
             if len(problems) > 5:
                 return problems
@@ -175,7 +232,7 @@ def report(results, info, out_dir, stamp, memory):
              "overlap, so its stage times are shares of the critical path.", ""]
     for workload, rows in results.items():
         lines += [f"## {workload}", "",
-                  "| engine | writes | bronze s | silver s | gold s | total s | orders/s | peak MiB | vs Medallion | gold equal |",
+                  f"| engine | writes | bronze s | silver s | gold s | total s | {rows[0]['unit']}/s | peak MiB | vs Medallion | gold equal |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         base = next(r for r in rows if r["engine"] == "medallion")["seconds"]
         for r in rows:
@@ -183,7 +240,7 @@ def report(results, info, out_dir, stamp, memory):
             ratio = r["seconds"] / base
             lines.append(
                 f"| {r['engine']} | {r['format']} | {st.get('bronze', 0):.2f} | {st.get('silver', 0):.2f} | "
-                f"{st.get('gold', 0):.2f} | {r['seconds']:.2f} | {r['orders'] / r['seconds']:,.0f} | "
+                f"{st.get('gold', 0):.2f} | {r['seconds']:.2f} | {r['units'] / r['seconds']:,.0f} | "
                 f"{r['peak_bytes'] / 2**20:,.0f} | {ratio:.2f}x | {r.get('agrees', 'reference')} |")
         lines.append("")
     lines.append("`vs Medallion`: the engine's total time divided by Medallion's (above 1: Medallion is faster).")
@@ -225,7 +282,9 @@ def draw(results, path):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--medallion", required=True, help="the medallion binary (a release build)")
+    p.add_argument("--workloads", default="ecommerce,tpch")
     p.add_argument("--scales", default="1000000,5000000", help="orders per ecommerce run")
+    p.add_argument("--tpch-scales", default="1", help="TPC-H scale factors")
     p.add_argument("--peers", default="duckdb,polars,pyspark")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--memory", default="1GiB", help="Medallion's --memory-limit (queries spill beyond it)")
@@ -234,28 +293,35 @@ def main():
     p.add_argument("--smoke", action="store_true", help="a tiny run to check the harness itself")
     args = p.parse_args()
     if args.smoke:
-        args.scales = "3000"
+        args.scales, args.tpch_scales = "3000", "0.01"
         args.work = tempfile.mkdtemp(prefix="medallion-bench-")
     info = machine()
+    workloads = []
+    if "ecommerce" in args.workloads.split(","):
+        workloads += [Ecommerce(int(s)) for s in args.scales.split(",")]
+    if "tpch" in args.workloads.split(","):
+        workloads += [Tpch(float(s)) for s in args.tpch_scales.split(",")]
     results = {}
-    for orders in (int(s) for s in args.scales.split(",")):
-        data = generate(args.medallion, args.work, orders)
-        runs = os.path.join(args.work, f"ecommerce-{orders}", "runs")
-        workload = f"ecommerce, {orders:,} orders"
-        print(f"== {workload}", file=sys.stderr)
-        reference = run_medallion(args.medallion, data, os.path.join(runs, "medallion"), args.threads, args.memory)
+    for workload in workloads:
+        data = generate(args.medallion, args.work, workload)
+        units = workload.units(data)
+        runs = os.path.join(args.work, workload.dir, "runs")
+        print(f"== {workload.label}", file=sys.stderr)
+        reference = run_medallion(args.medallion, workload, data, os.path.join(runs, "medallion"),
+                                  args.threads, args.memory)
         rows = [reference]
         for peer in args.peers.split(","):
             for engine, fmt in PEERS[peer]:
-                r = run_peer(sys.executable, engine, fmt, data, os.path.join(runs, f"{engine}-{fmt}"), args.threads)
-                problems = compare(reference, r)
+                r = run_peer(sys.executable, workload, engine, fmt, data,
+                             os.path.join(runs, f"{engine}-{fmt}"), args.threads)
+                problems = compare(workload, reference, r)
                 r["agrees"] = "yes" if not problems else "NO: " + "; ".join(problems)
                 rows.append(r)
         for r in rows:
-            r["orders"] = orders
+            r["units"], r["unit"] = units, workload.unit
             print(f"   {r['engine']:<10} {r['format']:<8} {r['seconds']:8.2f} s  "
                   f"{r['peak_bytes'] / 2**20:8.0f} MiB  {r.get('agrees', '')}", file=sys.stderr)
-        results[workload] = rows
+        results[workload.label] = rows
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
     path = report(results, info, args.out, "smoke" if args.smoke else stamp, args.memory)
     if args.smoke:

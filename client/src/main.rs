@@ -1,12 +1,12 @@
 //! `medallion`: run and validate pipelines, generate example data.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use medallion_client::embedded::LocalExecutors;
-use medallion_client::generate::EcommerceData;
+use medallion_client::generate::{EcommerceData, TpchData};
 use medallion_client::{progress::ProgressBars, summary};
 use medallion_coordinator::Coordinator;
 use medallion_pipeline::Pipeline;
@@ -51,19 +51,33 @@ enum Command {
         /// The pipeline spec (YAML).
         spec: PathBuf,
     },
-    /// Generate the e-commerce example's raw data (deterministic, dirty on purpose).
+    /// Generate raw data: the e-commerce example's (deterministic, dirty on purpose) or TPC-H's.
     Generate {
-        /// Directory to write orders/, customers/ and products/ into.
+        /// Directory to write the data set's source directories into.
         dir: PathBuf,
-        /// Number of orders.
+        #[arg(long, value_enum, default_value_t = Dataset::Ecommerce)]
+        dataset: Dataset,
+        /// Number of orders (ecommerce).
         #[arg(long, default_value_t = 20_000)]
         orders: usize,
-        /// Number of order files.
+        /// Number of order files (ecommerce), or of files per large table (tpch).
         #[arg(long, default_value_t = 8)]
         files: usize,
+        /// Random seed (ecommerce).
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// TPC-H scale factor (tpch): 1 is 6M line items.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Dataset {
+    /// orders/ (JSON lines), customers/ (CSV), products/ (Parquet) of examples/ecommerce.
+    Ecommerce,
+    /// The eight TPC-H tables as Parquet, for examples/tpch.
+    Tpch,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -151,23 +165,20 @@ fn main() -> ExitCode {
                     ExitCode::from(RUN_FAILED)
                 }
             }
-            Command::Generate { dir, orders, files, seed } => {
-                let data = EcommerceData {
-                    orders,
-                    order_files: files,
-                    seed,
+            Command::Generate {
+                dir,
+                dataset,
+                orders,
+                files,
+                seed,
+                scale,
+            } => {
+                let written = match dataset {
+                    Dataset::Ecommerce => generate_ecommerce(&dir, orders, files, seed),
+                    Dataset::Tpch => generate_tpch(&dir, scale, files),
                 };
-                match data.write(&dir) {
-                    Ok(g) => {
-                        println!(
-                            "wrote {} order lines in {files} files, {} customers, {} products to {}",
-                            g.order_lines,
-                            g.customers,
-                            g.products,
-                            dir.display()
-                        );
-                        ExitCode::SUCCESS
-                    }
+                match written {
+                    Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e:#}");
                         ExitCode::from(RUN_FAILED)
@@ -176,6 +187,36 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn generate_ecommerce(dir: &Path, orders: usize, files: usize, seed: u64) -> anyhow::Result<()> {
+    let data = EcommerceData {
+        orders,
+        order_files: files,
+        seed,
+    };
+    let g = data.write(dir)?;
+    println!(
+        "wrote {} order lines in {files} files, {} customers, {} products to {}",
+        g.order_lines,
+        g.customers,
+        g.products,
+        dir.display()
+    );
+    Ok(())
+}
+
+fn generate_tpch(dir: &Path, scale: f64, files: usize) -> anyhow::Result<()> {
+    let data = TpchData {
+        scale,
+        files: files.max(1),
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    for (table, rows) in data.write(dir)? {
+        println!("{:>10} {rows:>12} rows", table.name());
+    }
+    println!("wrote TPC-H scale factor {scale} to {}", dir.display());
+    Ok(())
 }
 
 /// Parses a size such as `2GiB`, `512MiB`, `1G` or a number of bytes.

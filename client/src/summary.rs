@@ -42,9 +42,17 @@ pub fn render(report: &RunReport) -> String {
         report.run_id,
         report.duration_ms as f64 / 1000.0
     );
+    // Wide enough for the longest table name, so the columns line up.
+    let w = report
+        .tables
+        .iter()
+        .map(|t| t.table.len())
+        .max()
+        .unwrap_or(0)
+        .max(26);
     let _ = writeln!(
         out,
-        "{:<26} {:<14} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
+        "{:<w$} {:<14} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
         "TABLE",
         "STATUS",
         "FILES",
@@ -66,7 +74,7 @@ pub fn render(report: &RunReport) -> String {
         let m = &t.metrics;
         let _ = writeln!(
             out,
-            "{:<26} {:<14} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
+            "{:<w$} {:<14} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
             t.table,
             status,
             m.files_read,
@@ -97,7 +105,7 @@ pub fn render(report: &RunReport) -> String {
             let verdict = if c.passed { "passed" } else { "FAILED" };
             let _ = writeln!(
                 out,
-                "  {:<26} {:<28} {:<9} {verdict:<7} {} of {} rows failing",
+                "  {:<w$} {:<28} {:<9} {verdict:<7} {} of {} rows failing",
                 t.table,
                 c.name,
                 format!("{:?}", c.severity).to_lowercase(),

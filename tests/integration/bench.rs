@@ -1,5 +1,5 @@
-//! The benchmark harness itself, at a tiny scale: every peer runs, agrees with Medallion's gold
-//! tables, and the report and chart are written. (The real runs are `bench/run`, not tests.)
+//! The benchmark harness itself, at a tiny scale: both workloads run on every peer, each peer
+//! agrees with Medallion's gold tables, and the report and chart are written. (The real runs are `bench/run`, not tests.)
 
 use std::process::Command;
 
@@ -28,14 +28,17 @@ fn benchmark_harness_smoke_run() {
         "| polars | parquet |",
         "| pyspark | parquet |",
     ] {
-        let line = report
-            .lines()
-            .find(|l| l.starts_with(engine))
-            .unwrap_or_else(|| panic!("{engine} missing:\n{report}"));
-        assert!(
-            line.ends_with("| yes |") || engine.contains("medallion"),
-            "{line}"
-        );
+        let lines: Vec<&str> = report.lines().filter(|l| l.starts_with(engine)).collect();
+        assert_eq!(lines.len(), 2, "{engine} once per workload:\n{report}");
+        for line in lines {
+            assert!(
+                line.ends_with("| yes |") || engine.contains("medallion"),
+                "{line}"
+            );
+        }
+    }
+    for workload in ["## ecommerce, 3,000 orders", "## tpch, scale factor 0.01"] {
+        assert!(report.contains(workload), "{workload} missing:\n{report}");
     }
     let png = std::fs::read(out_dir.path().join("smoke.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
