@@ -42,3 +42,8 @@ need_bench_peers() {
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   "$MEDALLION_PYTHON" -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 }
+
+# etcd for the cluster tests (they start their own, on free ports, with a temp data dir).
+need_etcd() {
+  command -v etcd >/dev/null || apt_install etcd-server
+}

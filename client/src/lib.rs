@@ -1,9 +1,10 @@
 //! The Medallion client library and the `medallion` command line.
 //!
 //! [`embedded::LocalExecutors`] runs tasks in this process, for a coordinator in this process;
-//! the cluster client will submit the same spec to a remote coordinator.
+//! [`remote::Remote`] submits the same spec to the leader coordinator of a cluster.
 
 pub mod embedded;
 pub mod generate;
 pub mod progress;
+pub mod remote;
 pub mod summary;

@@ -1,15 +1,21 @@
-//! `medallion`: run and validate pipelines, generate example data.
+//! `medallion`: run pipelines in this process or on a cluster, validate specs, generate data.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::{Result, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use medallion_client::embedded::LocalExecutors;
 use medallion_client::generate::{EcommerceData, TpchData};
+use medallion_client::remote::{self, Remote, ServerError};
 use medallion_client::{progress::ProgressBars, summary};
-use medallion_coordinator::Coordinator;
+use medallion_cluster::LogArgs;
+use medallion_cluster::size::parse_size;
+use medallion_coordinator::{Coordinator, RunReport, new_run_id};
 use medallion_pipeline::Pipeline;
+use medallion_proto::{RunInfo, RunState};
 
 #[derive(Parser)]
 #[command(
@@ -18,20 +24,24 @@ use medallion_pipeline::Pipeline;
     about = "Medallion data pipelines: bronze, silver and gold on Delta Lake"
 )]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Log level of Medallion itself (`info`, `debug`, ...), or full tracing directives
-    /// such as `info,deltalake_core=debug`.
-    #[arg(long, global = true, env = "MEDALLION_LOG", default_value = "warn")]
-    log: String,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Coordinator URLs, comma-separated (cluster commands); a standby points to the leader.
+    #[arg(
+        long,
+        global = true,
+        env = "MEDALLION_COORDINATOR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070"
+    )]
+    coordinator: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a pipeline once, in this process (embedded mode).
+    /// Run a pipeline once, in this process (embedded mode, no cluster needed).
     Run {
         /// The pipeline spec (YAML).
         spec: PathBuf,
@@ -50,6 +60,44 @@ enum Command {
     Validate {
         /// The pipeline spec (YAML).
         spec: PathBuf,
+    },
+    /// Submit a pipeline to the cluster; prints the run id.
+    Submit {
+        /// The pipeline spec (YAML); relative paths in it resolve from its directory, which
+        /// the coordinator and executors must see at the same path.
+        spec: PathBuf,
+        /// Follow the run to its end, like `watch`.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// List the cluster's runs, newest first.
+    Runs {
+        /// At most this many (0: all).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show a run: its state and, table by table, what it did.
+    Status {
+        run_id: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Follow a run with progress bars until it ends.
+    Watch {
+        run_id: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Cancel a running run: none of its tables commits after this returns.
+    Cancel { run_id: String },
+    /// List the live executors.
+    Executors {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Generate raw data: the e-commerce example's (deterministic, dirty on purpose) or TPC-H's.
     Generate {
@@ -80,25 +128,20 @@ enum Dataset {
     Tpch,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Output {
     Text,
     Json,
 }
 
-/// Exit codes: 0 success, 1 the run failed, 2 the spec or the command is wrong.
+/// Exit codes: 0 success, 1 the run failed (or the cluster could not be reached), 2 the spec,
+/// the command or the request is wrong.
 const RUN_FAILED: u8 = 1;
 const BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log);
+    cli.log.init("warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,62 +152,16 @@ fn main() -> ExitCode {
             return ExitCode::from(RUN_FAILED);
         }
     };
-    runtime.block_on(async move {
+    let urls = cli.coordinator;
+    let outcome = runtime.block_on(async move {
         match cli.command {
-            Command::Validate { spec } => match Pipeline::load(&spec) {
-                Ok(p) => {
-                    println!(
-                        "{}: pipeline '{}' is valid ({} sources, {} tables)",
-                        spec.display(),
-                        p.name(),
-                        p.spec.sources.len(),
-                        p.dag.tables().count()
-                    );
-                    print!("{}", summary::render_dag(&p));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprint!("{e}");
-                    ExitCode::from(BAD_INPUT)
-                }
-            },
+            Command::Validate { spec } => validate(&spec),
             Command::Run {
                 spec,
                 executors,
                 memory_limit,
                 output,
-            } => {
-                let pipeline = match Pipeline::load(&spec) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprint!("{e}");
-                        return ExitCode::from(BAD_INPUT);
-                    }
-                };
-                let slots = executors
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-                let bars = ProgressBars::new(std::io::stderr().is_terminal());
-                let executors = match LocalExecutors::new(slots, memory_limit) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        return ExitCode::from(RUN_FAILED);
-                    }
-                };
-                let report = Coordinator::new(&executors, &bars).run(&pipeline).await;
-                match output {
-                    Output::Json => match serde_json::to_string_pretty(&report) {
-                        Ok(json) => println!("{json}"),
-                        Err(e) => eprintln!("error: cannot render the report: {e}"),
-                    },
-                    Output::Text => print!("{}", summary::render(&report)),
-                }
-                if report.succeeded {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(RUN_FAILED)
-                }
-            }
+            } => run_embedded(&spec, executors, memory_limit, output).await,
             Command::Generate {
                 dir,
                 dataset,
@@ -172,24 +169,244 @@ fn main() -> ExitCode {
                 files,
                 seed,
                 scale,
-            } => {
-                let written = match dataset {
-                    Dataset::Ecommerce => generate_ecommerce(&dir, orders, files, seed),
-                    Dataset::Tpch => generate_tpch(&dir, scale, files),
-                };
-                match written {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        ExitCode::from(RUN_FAILED)
-                    }
+            } => match dataset {
+                Dataset::Ecommerce => generate_ecommerce(&dir, orders, files, seed),
+                Dataset::Tpch => generate_tpch(&dir, scale, files),
+            },
+            Command::Submit { spec, wait, output } => {
+                let info = Remote::connect(&urls).await?.submit(&spec).await?;
+                if !wait {
+                    println!("{}", info.run_id);
+                    return Ok(ExitCode::SUCCESS);
                 }
+                eprintln!("submitted run {}", info.run_id);
+                watch(&urls, &info.run_id, output).await
             }
+            Command::Watch { run_id, output } => watch(&urls, &run_id, output).await,
+            Command::Status { run_id, output } => {
+                let info = Remote::connect(&urls).await?.run(&run_id).await?;
+                print_run(&info, output);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Runs { limit, output } => {
+                let runs = Remote::connect(&urls).await?.runs(limit).await?;
+                print_runs(&runs, output);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Cancel { run_id } => {
+                let info = Remote::connect(&urls).await?.cancel(&run_id).await?;
+                println!("run {} {}", info.run_id, remote::state_name(&info));
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Executors { output } => {
+                let executors = Remote::connect(&urls).await?.executors().await?;
+                print_executors(&executors, output);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    });
+    outcome.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        match e.downcast_ref::<ServerError>() {
+            Some(s) if s.is_bad_request() => ExitCode::from(BAD_INPUT),
+            _ => ExitCode::from(RUN_FAILED),
         }
     })
 }
 
-fn generate_ecommerce(dir: &Path, orders: usize, files: usize, seed: u64) -> anyhow::Result<()> {
+/// A spec error, printed as the loader formats it (file:line:column, field).
+struct SpecError(String);
+
+fn load(spec: &Path) -> Result<Pipeline, SpecError> {
+    Pipeline::load(spec).map_err(|e| SpecError(e.to_string()))
+}
+
+fn validate(spec: &Path) -> Result<ExitCode> {
+    match load(spec) {
+        Ok(p) => {
+            println!(
+                "{}: pipeline '{}' is valid ({} sources, {} tables)",
+                spec.display(),
+                p.name(),
+                p.spec.sources.len(),
+                p.dag.tables().count()
+            );
+            print!("{}", summary::render_dag(&p));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(SpecError(e)) => {
+            eprint!("{e}");
+            Ok(ExitCode::from(BAD_INPUT))
+        }
+    }
+}
+
+async fn run_embedded(
+    spec: &Path,
+    executors: Option<usize>,
+    memory_limit: Option<usize>,
+    output: Output,
+) -> Result<ExitCode> {
+    let pipeline = match load(spec) {
+        Ok(p) => p,
+        Err(SpecError(e)) => {
+            eprint!("{e}");
+            return Ok(ExitCode::from(BAD_INPUT));
+        }
+    };
+    let slots =
+        executors.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let bars = ProgressBars::new(std::io::stderr().is_terminal());
+    let executors = LocalExecutors::new(slots, memory_limit)?;
+    let run_id = new_run_id(pipeline.name());
+    let report = Coordinator::new(&executors, &bars)
+        .run(&pipeline, &run_id)
+        .await;
+    print_report(&report, output);
+    Ok(if report.succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(RUN_FAILED)
+    })
+}
+
+fn print_report(report: &RunReport, output: Output) {
+    match output {
+        Output::Json => match serde_json::to_string_pretty(report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("error: cannot render the report: {e}"),
+        },
+        Output::Text => print!("{}", summary::render(report)),
+    }
+}
+
+/// Follows a run to its end with progress bars; if the leader changes on the way, follows
+/// the new one. Exits 0 only when the run succeeded.
+async fn watch(urls: &[String], run_id: &str, output: Output) -> Result<ExitCode> {
+    let bars = ProgressBars::new(std::io::stderr().is_terminal());
+    let mut failures = 0;
+    let info = loop {
+        let attempt = async { Remote::connect(urls).await?.watch(run_id, &bars).await };
+        match attempt.await {
+            Ok(info) => break info,
+            Err(e)
+                if e.downcast_ref::<ServerError>()
+                    .is_some_and(ServerError::is_bad_request) =>
+            {
+                return Err(e);
+            }
+            // The leader went away: a standby takes over within its lease TTL.
+            Err(e) if failures < 60 => {
+                failures += 1;
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "lost the coordinator; reconnecting"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    print_run(&info, output);
+    Ok(
+        if RunState::try_from(info.state) == Ok(RunState::Succeeded) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(RUN_FAILED)
+        },
+    )
+}
+
+fn run_json(info: &RunInfo) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": info.run_id,
+        "pipeline": info.pipeline,
+        "state": remote::state_name(info),
+        "submitted_ms": info.submitted_ms,
+        "ended_ms": info.ended_ms,
+        "message": info.message,
+        "report": serde_json::from_str::<serde_json::Value>(&info.report_json).unwrap_or_default(),
+    })
+}
+
+fn print_run(info: &RunInfo, output: Output) {
+    if output == Output::Json {
+        println!("{:#}", run_json(info));
+        return;
+    }
+    println!(
+        "run {} ({}) {}{}",
+        info.run_id,
+        info.pipeline,
+        remote::state_name(info),
+        if info.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", info.message)
+        }
+    );
+    if let Some(report) = remote::report(info) {
+        print!("{}", summary::render(&report));
+    }
+}
+
+fn print_runs(runs: &[RunInfo], output: Output) {
+    if output == Output::Json {
+        let runs: Vec<_> = runs.iter().map(run_json).collect();
+        println!("{:#}", serde_json::Value::Array(runs));
+        return;
+    }
+    println!(
+        "{:<48} {:<16} {:<10} {:<20} {:>9}",
+        "RUN", "PIPELINE", "STATE", "SUBMITTED", "SECONDS"
+    );
+    for run in runs {
+        let submitted = chrono::DateTime::from_timestamp_millis(run.submitted_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let seconds = if run.ended_ms > 0 {
+            format!("{:.1}", (run.ended_ms - run.submitted_ms) as f64 / 1000.0)
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:<48} {:<16} {:<10} {:<20} {:>9}",
+            run.run_id,
+            run.pipeline,
+            remote::state_name(run),
+            submitted,
+            seconds
+        );
+    }
+}
+
+fn print_executors(executors: &[medallion_proto::ExecutorStatus], output: Output) {
+    let rows = executors
+        .iter()
+        .filter_map(|e| e.info.as_ref().map(|i| (i, e.running)));
+    if output == Output::Json {
+        let list: Vec<_> = rows
+            .map(|(i, running)| {
+                serde_json::json!({ "id": i.id, "address": i.address, "slots": i.slots,
+                                    "running": running, "started_ms": i.started_ms })
+            })
+            .collect();
+        println!("{:#}", serde_json::Value::Array(list));
+        return;
+    }
+    println!(
+        "{:<32} {:<28} {:>5} {:>7}",
+        "EXECUTOR", "ADDRESS", "SLOTS", "RUNNING"
+    );
+    for (info, running) in rows {
+        println!(
+            "{:<32} {:<28} {:>5} {:>7}",
+            info.id, info.address, info.slots, running
+        );
+    }
+}
+
+fn generate_ecommerce(dir: &Path, orders: usize, files: usize, seed: u64) -> Result<ExitCode> {
     let data = EcommerceData {
         orders,
         order_files: files,
@@ -203,10 +420,13 @@ fn generate_ecommerce(dir: &Path, orders: usize, files: usize, seed: u64) -> any
         g.products,
         dir.display()
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-fn generate_tpch(dir: &Path, scale: f64, files: usize) -> anyhow::Result<()> {
+fn generate_tpch(dir: &Path, scale: f64, files: usize) -> Result<ExitCode> {
+    if scale.is_nan() || scale <= 0.0 {
+        return Err(anyhow!("--scale must be above 0, not {scale}"));
+    }
     let data = TpchData {
         scale,
         files: files.max(1),
@@ -216,53 +436,5 @@ fn generate_tpch(dir: &Path, scale: f64, files: usize) -> anyhow::Result<()> {
         println!("{:>10} {rows:>12} rows", table.name());
     }
     println!("wrote TPC-H scale factor {scale} to {}", dir.display());
-    Ok(())
-}
-
-/// Parses a size such as `2GiB`, `512MiB`, `1G` or a number of bytes.
-fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size"))?;
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1u64,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{text}' (use KiB, MiB, GiB)"
-            ));
-        }
-    };
-    Ok((number * scale as f64) as usize)
-}
-
-/// Libraries' own logs only from warnings (errors for the chatty Delta ones), unless the
-/// filter names them.
-const LIBRARY_LOGS: &str = "warn,deltalake_core=error,buoyant_kernel=error";
-
-fn init_logging(format: LogFormat, filter: &str) {
-    let directives = if filter.contains(['=', ',']) {
-        filter.to_string()
-    } else {
-        format!(
-            "{LIBRARY_LOGS},medallion_coordinator={filter},medallion_executor={filter},medallion_client={filter},medallion={filter}"
-        )
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LIBRARY_LOGS));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use medallion_proto::{Task, TaskError, TaskResult};
+use medallion_lake::StorageOptions;
+use medallion_proto::{Failure, Task, TaskError, TaskResult};
 
 /// Something that runs tasks: executors in this process (embedded mode) or over gRPC.
 #[async_trait]
@@ -18,27 +19,63 @@ pub struct RetryPolicy {
     pub delay: Duration,
 }
 
+impl RetryPolicy {
+    /// The wait after failed attempt `attempt` (1-based): the configured delay, doubled for
+    /// each further attempt, at most a minute.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        (self.delay * 2u32.saturating_pow(attempt.saturating_sub(1))).min(Duration::from_secs(60))
+    }
+}
+
+/// Executors lost under one task before a loss counts as a failed attempt: a task that kills
+/// every executor it lands on must not go round for ever.
+const MAX_LOST: u32 = 5;
+
 /// Runs a task until it succeeds, fails permanently or runs out of attempts.
 ///
-/// Returns the result and how many attempts it took. Each attempt writes its own files; only
-/// the successful attempt's files are ever committed.
+/// Returns the result and how many attempts it took. A lost executor does not use up an
+/// attempt (up to [`MAX_LOST`] times). Every dispatch writes into its own directory, and the
+/// directory of a dispatch that failed or was lost is deleted, so only the successful
+/// dispatch's files remain to be committed.
 pub async fn run_with_retries(
     runner: &dyn TaskRunner,
     mut task: Task,
     policy: RetryPolicy,
+    storage_options: &StorageOptions,
     on_retry: impl Fn(&Task, &TaskError),
 ) -> (Result<TaskResult, TaskError>, u32) {
     let max = policy.max_attempts.max(1);
-    let mut attempt = 1;
+    let (mut attempt, mut lost, mut dispatches) = (1, 0, 0);
     loop {
+        dispatches += 1;
         task.attempt = attempt;
-        match runner.run(task.clone()).await {
-            Err(e) if e.retryable && attempt < max => {
+        task.dispatch_dir = task.dispatch_dir(dispatches);
+        let result = runner.run(task.clone()).await;
+        if result.is_err() {
+            discard_dispatch(&task, storage_options).await;
+        }
+        match result {
+            Err(e) if e.kind == Failure::Lost && lost < MAX_LOST => {
                 on_retry(&task, &e);
-                tokio::time::sleep(policy.delay).await;
+                lost += 1;
+                tokio::time::sleep(Duration::from_millis(200) * lost).await;
+            }
+            Err(e) if e.retryable() && attempt < max => {
+                on_retry(&task, &e);
+                tokio::time::sleep(policy.backoff(attempt)).await;
                 attempt += 1;
             }
             result => return (result, attempt),
         }
+    }
+}
+
+/// Deletes what a failed or lost dispatch wrote (best effort: uncommitted files are invisible
+/// to readers either way, and `VACUUM` removes them too).
+async fn discard_dispatch(task: &Task, storage_options: &StorageOptions) {
+    if let Err(e) =
+        medallion_lake::delete_dir(&task.output_uri, &task.dispatch_dir, storage_options).await
+    {
+        tracing::warn!(task_id = task.task_id, dir = task.dispatch_dir, error = %e, "could not delete the files of a failed task");
     }
 }

@@ -1,17 +1,26 @@
 //! The Medallion coordinator: plans, dispatches and commits.
 //!
-//! A run walks the table DAG. For each table the [`planner`] decides the tasks, [`dispatch`]
-//! hands them to executors (retrying what may pass next time), and [`commit`] checks the
-//! result's quality and makes it one Delta version. The coordinator never reads source data
+//! A run walks the table DAG ([`run`]). For each table the [`planner`] decides the tasks,
+//! [`dispatch`] hands them to executors (retrying what may pass next time), and [`commit`]
+//! checks the result's quality and makes it one Delta version.
+//!
+//! In a cluster, tasks go to executors in other processes ([`remote`], following
+//! [`membership`] in etcd); [`runs`] keeps the leader's runs (state in etcd through [`store`],
+//! so a new leader resumes them) and [`service`] is the client API. The coordinator never reads source data
 //! itself, apart from sampling files to decide the columns of a new bronze table.
 
 pub mod commit;
 pub mod dispatch;
+pub mod membership;
 pub mod planner;
 pub mod quality;
+pub mod remote;
 pub mod report;
 pub mod run;
+pub mod runs;
+pub mod service;
+pub mod store;
 
 pub use dispatch::{RetryPolicy, TaskRunner};
 pub use report::{CheckResult, Metrics, RunReport, TableReport, TableStatus};
-pub use run::{Coordinator, RunEvent, RunObserver};
+pub use run::{Coordinator, RunEvent, RunObserver, new_run_id};

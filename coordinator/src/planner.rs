@@ -90,6 +90,8 @@ impl RunContext<'_> {
             }),
             table: table.to_string(),
             output_uri,
+            // Set for each dispatch by `dispatch::run_with_retries`.
+            dispatch_dir: String::new(),
             work: Some(work),
         }
     }

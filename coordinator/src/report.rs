@@ -3,10 +3,10 @@
 use medallion_pipeline::TableRef;
 use medallion_pipeline::spec::{CheckKind, Severity};
 use medallion_proto::TaskMetrics;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The outcome of one pipeline run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     pub run_id: String,
     pub pipeline: String,
@@ -18,7 +18,7 @@ pub struct RunReport {
 }
 
 /// What happened to one table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum TableStatus {
     /// New data was committed as this Delta version.
@@ -32,7 +32,7 @@ pub enum TableStatus {
     Skipped { reason: String },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableReport {
     /// `layer.name`
     pub table: String,
@@ -71,7 +71,7 @@ impl TableReport {
 }
 
 /// Row counters of one table in one run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Metrics {
     pub files_read: u64,
     pub rows_read: u64,
@@ -105,7 +105,7 @@ impl From<&TaskMetrics> for Metrics {
 }
 
 /// The result of one quality check on a table's next version.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckResult {
     pub name: String,
     pub check: CheckKind,

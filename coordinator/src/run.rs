@@ -35,6 +35,15 @@ pub enum RunEvent {
     },
 }
 
+/// A new run's id: the pipeline, the UTC time, and a random suffix.
+pub fn new_run_id(pipeline: &str) -> String {
+    format!(
+        "{pipeline}-{}-{}",
+        Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
 /// Receives run events as they happen.
 pub trait RunObserver: Send + Sync {
     fn on_event(&self, event: RunEvent);
@@ -53,18 +62,15 @@ impl<'a> Coordinator<'a> {
 
     /// Runs every table of `pipeline` once. A failed table fails the run and skips what
     /// reads it; tables that do not depend on it still run.
-    pub async fn run(&self, pipeline: &Pipeline) -> RunReport {
+    ///
+    /// Running the same `run_id` again (a new leader resuming it) is safe: bronze skips the
+    /// files already ingested, silver and gold skip tables whose inputs have not changed.
+    pub async fn run(&self, pipeline: &Pipeline, run_id: &str) -> RunReport {
         let started = Instant::now();
         let now = Utc::now();
-        let run_id = format!(
-            "{}-{}-{}",
-            pipeline.name(),
-            now.format("%Y%m%dT%H%M%SZ"),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
         tracing::info!(run_id, pipeline = pipeline.name(), "run started");
         let run = &RunContext {
-            run_id: &run_id,
+            run_id,
             pipeline,
             storage_options: pipeline.storage_options.clone().into_iter().collect(),
             ingested_at_micros: now.timestamp_micros(),
@@ -118,7 +124,7 @@ impl<'a> Coordinator<'a> {
         let tables: Vec<TableReport> = order.iter().filter_map(|t| finished.remove(t)).collect();
         let succeeded = tables.iter().all(TableReport::succeeded);
         let report = RunReport {
-            run_id: run_id.clone(),
+            run_id: run_id.to_string(),
             pipeline: pipeline.name().to_string(),
             started_at: now.to_rfc3339(),
             duration_ms: started.elapsed().as_millis() as u64,
@@ -177,7 +183,8 @@ impl<'a> Coordinator<'a> {
         };
         let attempts = tasks.into_iter().map(|task| async move {
             let task_id = task.task_id.clone();
-            let (result, attempts) = run_with_retries(self.runner, task, policy, |t, e| {
+            let options = &run.storage_options;
+            let (result, attempts) = run_with_retries(self.runner, task, policy, options, |t, e| {
                 tracing::warn!(task_id = t.task_id, attempt = t.attempt, error = %e, "task failed, retrying");
                 self.observer.on_event(RunEvent::TaskRetried {
                     table: table.clone(),

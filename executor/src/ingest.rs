@@ -61,6 +61,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
     let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let written = medallion_lake::write_data_files(
         &ctx.output_uri,
+        &ctx.dispatch_dir,
         &ctx.storage_options,
         schema.clone(),
         &meta::bronze_partition_columns(),

@@ -12,6 +12,7 @@
 mod aggregate;
 mod ingest;
 mod partition;
+mod service;
 mod session;
 mod streams;
 mod transform;
@@ -28,6 +29,7 @@ use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::{TaskError, TaskMetrics, TaskResult, task::Work};
 
 pub use partition::KeyPartition;
+pub use service::ExecutorService;
 
 /// What a task produced: uncommitted files, their schema and counters.
 pub(crate) struct Output {
@@ -42,6 +44,8 @@ pub(crate) struct TaskContext {
     pub pipeline: Pipeline,
     pub table: TableRef,
     pub output_uri: String,
+    /// Subdirectory of `output_uri` this dispatch writes into.
+    pub dispatch_dir: String,
     pub storage_options: HashMap<String, String>,
 }
 
@@ -78,6 +82,7 @@ impl Executor {
             pipeline,
             table,
             output_uri: task.output_uri,
+            dispatch_dir: task.dispatch_dir,
         };
         let out = match task.work {
             Some(Work::Ingest(w)) => ingest::run(&ctx, w).await?,
@@ -122,6 +127,7 @@ pub(crate) async fn write_result(
     });
     let adds = medallion_lake::write_data_files(
         &ctx.output_uri,
+        &ctx.dispatch_dir,
         &ctx.storage_options,
         schema.clone(),
         &[],

@@ -109,18 +109,20 @@ pub fn schema_from_json(json: &str) -> Result<StructType> {
     serde_json::from_str(json).context("invalid Delta schema JSON")
 }
 
-/// Writes batches as Parquet data files under `uri` without committing them.
+/// Writes batches as Parquet data files under `uri`/`subdir` without committing them.
 ///
-/// Returns one Delta `Add` per file, with paths relative to `uri`. Nothing is visible to
-/// readers until the coordinator commits these actions.
+/// Returns one Delta `Add` per file, with paths relative to `uri` (so starting with
+/// `subdir/`). Nothing is visible to readers until the coordinator commits these actions; if
+/// it never does, [`delete_dir`] removes the whole `subdir`.
 pub async fn write_data_files(
     uri: &str,
+    subdir: &str,
     opts: &StorageOptions,
     schema: SchemaRef,
     partition_columns: &[String],
     mut batches: impl Stream<Item = Result<RecordBatch>> + Unpin,
 ) -> Result<Vec<Add>> {
-    let url = table_url(uri)?;
+    let url = child_url(uri, subdir)?;
     let mut writer = RecordBatchWriter::try_new(
         url.as_str(),
         schema,
@@ -133,7 +135,43 @@ pub async fn write_data_files(
             writer.write(batch).await.context("writing data files")?;
         }
     }
-    Ok(writer.flush().await?)
+    let mut adds = writer.flush().await?;
+    for add in &mut adds {
+        add.path = format!("{subdir}/{}", add.path);
+    }
+    Ok(adds)
+}
+
+/// The directory `subdir` under the location `uri`.
+fn child_url(uri: &str, subdir: &str) -> Result<Url> {
+    let base = table_url(uri)?;
+    let url = format!("{}/{subdir}/", base.as_str().trim_end_matches('/'));
+    Url::parse(&url).with_context(|| format!("invalid location '{url}'"))
+}
+
+/// Deletes everything under `uri`/`subdir`: the files of a task dispatch that will never be
+/// committed. A directory that does not exist is fine.
+pub async fn delete_dir(uri: &str, subdir: &str, opts: &StorageOptions) -> Result<()> {
+    use datafusion::object_store::ObjectStoreExt;
+    use futures::TryStreamExt;
+    let store = table_handle(uri, opts)?.log_store().object_store(None);
+    let prefix = deltalake::Path::from(subdir);
+    let files: Vec<_> = match store.list(Some(&prefix)).try_collect::<Vec<_>>().await {
+        Ok(files) => files,
+        Err(deltalake::ObjectStoreError::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    for file in files {
+        match store.delete(&file.location).await {
+            Ok(()) | Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // A local store leaves the emptied directories behind.
+    if let Ok(dir) = child_url(uri, subdir)?.to_file_path() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
 }
 
 /// Uncommitted data files (Delta `Add`s under a directory), read as one table.

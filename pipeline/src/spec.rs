@@ -51,7 +51,7 @@ pub enum LakeSpec {
 pub struct RetrySpec {
     /// Attempts per task, the first one included.
     pub max_attempts: u32,
-    /// Pause between two attempts of the same task.
+    /// Pause after the first failed attempt of a task; it doubles with each further attempt.
     pub delay_seconds: u64,
 }
 

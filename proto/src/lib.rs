@@ -22,14 +22,24 @@ impl std::ops::AddAssign<&TaskMetrics> for TaskMetrics {
     }
 }
 
-/// Why a task failed, and whether running it again could help.
-///
-/// Bad input (a value that cannot be cast, a missing file) fails the same way every time, so
-/// the coordinator does not retry it; I/O and infrastructure errors are retried.
+/// How a task failed, which decides what the coordinator does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Bad input (a value that cannot be cast, a missing file): another attempt would fail
+    /// the same way, so the task is not retried.
+    Permanent,
+    /// I/O and infrastructure errors: retried, each attempt counted.
+    Transient,
+    /// The executor went away (killed, shutting down) before the task ended: sent to another
+    /// executor without counting as an attempt.
+    Lost,
+}
+
+/// Why a task failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
     pub message: String,
-    pub retryable: bool,
+    pub kind: Failure,
 }
 
 impl TaskError {
@@ -37,7 +47,7 @@ impl TaskError {
     pub fn permanent(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            retryable: false,
+            kind: Failure::Permanent,
         }
     }
 
@@ -45,7 +55,33 @@ impl TaskError {
     pub fn transient(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            retryable: true,
+            kind: Failure::Transient,
+        }
+    }
+
+    /// The executor was lost under the task.
+    pub fn lost(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            kind: Failure::Lost,
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        self.kind != Failure::Permanent
+    }
+
+    /// The task's error from an executor's answer: see the `Executor` service in the .proto.
+    /// A call that broke off (the executor died) or an executor shutting down means the
+    /// executor was lost, not that the task failed.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::FailedPrecondition => Self::permanent(status.message()),
+            tonic::Code::Aborted => Self::transient(status.message()),
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                Self::lost(format!("executor lost: {}", status.message()))
+            }
+            code => Self::transient(format!("{code:?}: {}", status.message())),
         }
     }
 }
@@ -57,3 +93,27 @@ impl std::fmt::Display for TaskError {
 }
 
 impl std::error::Error for TaskError {}
+
+impl From<TaskError> for tonic::Status {
+    /// How an executor reports a failed task: see the `Executor` service in the .proto.
+    fn from(e: TaskError) -> Self {
+        match e.kind {
+            Failure::Permanent => tonic::Status::failed_precondition(e.message),
+            Failure::Transient => tonic::Status::aborted(e.message),
+            Failure::Lost => tonic::Status::unavailable(e.message),
+        }
+    }
+}
+
+impl Task {
+    /// A directory name for one dispatch of this task (`n` counts dispatches): what it writes
+    /// goes there, so what a failed or lost dispatch wrote can be deleted as a whole.
+    pub fn dispatch_dir(&self, n: u32) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect()
+        };
+        format!("{}-{}-{n}", clean(&self.run_id), clean(&self.task_id))
+    }
+}

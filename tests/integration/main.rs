@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bench;
+mod cluster;
 mod example;
 mod fixture;
 mod layers;

@@ -5,6 +5,8 @@
                                            holds the storage options as JSON)
   delta_check.py gold-reference <data_dir> the example's gold tables computed by DuckDB
                                            straight from the raw files
+  delta_check.py orphans <table_dir>       data files on disk that no version of the table's
+                                           log has ever added
 
 Prints one JSON document on stdout.
 """
@@ -131,10 +133,29 @@ def gold_reference(data_dir):
     return out
 
 
+def orphans(table_dir):
+    """Files nobody committed: what failed or lost tasks left behind."""
+    from urllib.parse import unquote
+    added = set()
+    for log in glob.glob(os.path.join(table_dir, "_delta_log", "*.json")):
+        with open(log) as f:
+            for line in f:
+                action = json.loads(line)
+                if "add" in action:
+                    added.add(unquote(action["add"]["path"]))
+    on_disk = set()
+    for root, dirs, files in os.walk(table_dir):
+        dirs[:] = [d for d in dirs if d != "_delta_log"]
+        for name in files:
+            if name.endswith(".parquet"):
+                on_disk.add(os.path.relpath(os.path.join(root, name), table_dir))
+    return {"orphans": sorted(on_disk - added), "files": len(on_disk)}
+
+
 def main():
     command, arg = sys.argv[1], sys.argv[2]
-    result = read(arg) if command == "read" else gold_reference(arg)
-    json.dump(result, sys.stdout)
+    commands = {"read": read, "gold-reference": gold_reference, "orphans": orphans}
+    json.dump(commands[command](arg), sys.stdout)
 
 
 if __name__ == "__main__":

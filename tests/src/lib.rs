@@ -6,20 +6,27 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+pub mod cluster;
+
 /// The `medallion` binary next to the test binary (`scripts/test` builds it first).
 pub fn medallion_bin() -> PathBuf {
     if let Ok(p) = std::env::var("MEDALLION_BIN") {
         return PathBuf::from(p);
     }
+    binary("medallion")
+}
+
+/// A binary of the workspace next to the test binary (`scripts/test` builds them all).
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target profile directory");
-    let bin = dir.join("medallion");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build --bin medallion` (scripts/test does) or set MEDALLION_BIN",
+        "{} is missing: run `cargo build --bins` (scripts/test does)",
         bin.display()
     );
     bin

@@ -1,0 +1,197 @@
+//! The client side of a cluster: submit a pipeline to the leader coordinator, follow and
+//! manage its runs, list the executors.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use medallion_coordinator::service::LEADER_HEADER;
+use medallion_coordinator::{RunEvent, RunObserver, RunReport};
+use medallion_pipeline::Pipeline;
+use medallion_proto::coordinator_client::CoordinatorClient;
+use medallion_proto::run_event::Event;
+use medallion_proto::{
+    ExecutorStatus, GetRunRequest, ListExecutorsRequest, ListRunsRequest, PipelineSpec, RunInfo,
+    RunState, SubmitRequest,
+};
+use tonic::transport::Channel;
+
+/// A connection to the leader coordinator.
+pub struct Remote {
+    client: CoordinatorClient<Channel>,
+}
+
+/// An error the coordinator answered with, shown as its message and gRPC code.
+#[derive(Debug)]
+pub struct ServerError(pub tonic::Status);
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?})", self.0.message(), self.0.code())
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl ServerError {
+    /// The request was wrong (bad spec, unknown run, run already ended), not the cluster.
+    pub fn is_bad_request(&self) -> bool {
+        use tonic::Code;
+        matches!(
+            self.0.code(),
+            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition
+        )
+    }
+}
+
+fn server_error(status: tonic::Status) -> anyhow::Error {
+    ServerError(status).into()
+}
+
+impl Remote {
+    /// Connects to the first of `urls` that answers, following a standby to the leader.
+    pub async fn connect(urls: &[String]) -> Result<Self> {
+        let mut last = anyhow!("no coordinator address given");
+        for url in urls {
+            match Self::leader_at(url).await {
+                Ok(remote) => return Ok(remote),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn leader_at(url: &str) -> Result<Self> {
+        let mut remote = Self::at(url).await?;
+        match remote.client.list_executors(ListExecutorsRequest {}).await {
+            Ok(_) => Ok(remote),
+            Err(status) => {
+                let leader = status
+                    .metadata()
+                    .get(LEADER_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|l| *l != url);
+                match leader {
+                    Some(leader) => Self::at(leader).await,
+                    None => Err(server_error(status)).with_context(|| format!("coordinator {url}")),
+                }
+            }
+        }
+    }
+
+    async fn at(url: &str) -> Result<Self> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("'{url}' is not a coordinator URL"))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+        Ok(Self {
+            client: CoordinatorClient::new(channel),
+        })
+    }
+
+    /// Validates the spec here (errors name file, line and field), then submits it.
+    pub async fn submit(&mut self, spec: &Path) -> Result<RunInfo> {
+        let pipeline = Pipeline::load(spec).map_err(|e| anyhow!("{e}"))?;
+        let yaml =
+            std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
+        let request = SubmitRequest {
+            pipeline: Some(PipelineSpec {
+                yaml,
+                origin: spec.display().to_string(),
+                base_dir: pipeline.base_dir.display().to_string(),
+            }),
+        };
+        let info = self.client.submit(request).await.map_err(server_error)?;
+        Ok(info.into_inner())
+    }
+
+    pub async fn run(&mut self, run_id: &str) -> Result<RunInfo> {
+        let request = GetRunRequest {
+            run_id: run_id.to_string(),
+        };
+        Ok(self
+            .client
+            .get_run(request)
+            .await
+            .map_err(server_error)?
+            .into_inner())
+    }
+
+    pub async fn runs(&mut self, limit: u32) -> Result<Vec<RunInfo>> {
+        let runs = self.client.list_runs(ListRunsRequest { limit }).await;
+        Ok(runs.map_err(server_error)?.into_inner().runs)
+    }
+
+    pub async fn cancel(&mut self, run_id: &str) -> Result<RunInfo> {
+        let request = GetRunRequest {
+            run_id: run_id.to_string(),
+        };
+        Ok(self
+            .client
+            .cancel_run(request)
+            .await
+            .map_err(server_error)?
+            .into_inner())
+    }
+
+    pub async fn executors(&mut self) -> Result<Vec<ExecutorStatus>> {
+        let executors = self.client.list_executors(ListExecutorsRequest {}).await;
+        Ok(executors.map_err(server_error)?.into_inner().executors)
+    }
+
+    /// Follows a run to its end, telling `observer` what happens; returns the run as it ended.
+    pub async fn watch(&mut self, run_id: &str, observer: &dyn RunObserver) -> Result<RunInfo> {
+        let request = GetRunRequest {
+            run_id: run_id.to_string(),
+        };
+        let mut events = self
+            .client
+            .watch_run(request)
+            .await
+            .map_err(server_error)?
+            .into_inner();
+        while let Some(event) = events.message().await.map_err(server_error)? {
+            let event = match event.event {
+                Some(Event::TablePlanned(e)) => RunEvent::TablePlanned {
+                    table: e.table.parse().map_err(|e: String| anyhow!(e))?,
+                    tasks: e.tasks as usize,
+                },
+                Some(Event::TaskFinished(e)) => RunEvent::TaskFinished {
+                    table: e.table.parse().map_err(|e: String| anyhow!(e))?,
+                    task_id: e.task_id,
+                    ok: e.ok,
+                },
+                Some(Event::TaskRetried(e)) => RunEvent::TaskRetried {
+                    table: e.table.parse().map_err(|e: String| anyhow!(e))?,
+                    task_id: e.task_id,
+                    error: e.error,
+                },
+                Some(Event::TableFinishedJson(json)) => RunEvent::TableFinished {
+                    report: serde_json::from_str(&json).context("unreadable table report")?,
+                },
+                Some(Event::RunEnded(info)) => return Ok(info),
+                None => continue,
+            };
+            observer.on_event(event);
+        }
+        bail!("the coordinator stopped before run {run_id} ended; watch it again")
+    }
+}
+
+/// The run's state as a word.
+pub fn state_name(info: &RunInfo) -> &'static str {
+    match RunState::try_from(info.state).unwrap_or(RunState::Unspecified) {
+        RunState::Unspecified => "unknown",
+        RunState::Queued => "queued",
+        RunState::Running => "running",
+        RunState::Succeeded => "succeeded",
+        RunState::Failed => "failed",
+        RunState::Cancelled => "cancelled",
+    }
+}
+
+/// The full report of an ended run.
+pub fn report(info: &RunInfo) -> Option<RunReport> {
+    serde_json::from_str(&info.report_json).ok()
+}

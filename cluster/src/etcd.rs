@@ -1,0 +1,220 @@
+//! The cluster's state in etcd: key layout, connecting, leases kept alive across etcd restarts.
+//!
+//! Layout, under a prefix (`/medallion` by default) so that clusters can share an etcd:
+//!
+//! | key                              | value                              | lifetime            |
+//! |----------------------------------|------------------------------------|---------------------|
+//! | `<p>/executors/<id>`             | `ExecutorInfo` (protobuf)          | executor's lease    |
+//! | `<p>/leader/...`                 | leader's client address (election) | leader's lease      |
+//! | `<p>/runs/<run>`                 | `RunRecord` (protobuf)             | kept                |
+//! | `<p>/tables/<run>/<layer.table>` | the table's report (JSON)          | kept                |
+//! | `<p>/tasks/<run>/<task>`         | `TaskRecord` (protobuf)            | kept                |
+//!
+//! Values stay small: specs, states and counters, never data.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use etcd_client::{Client, ConnectOptions};
+use tokio_util::sync::CancellationToken;
+
+/// How the binaries reach etcd.
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long = "etcd",
+        env = "MEDALLION_ETCD",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Key prefix of this cluster's state in etcd.
+    #[arg(long, env = "MEDALLION_ETCD_PREFIX", default_value = "/medallion")]
+    pub etcd_prefix: String,
+}
+
+impl EtcdArgs {
+    pub fn keys(&self) -> Keys {
+        Keys {
+            prefix: self.etcd_prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Connects, waiting for etcd to answer: in a cluster the processes start in any order.
+    pub async fn connect(&self) -> Result<Client> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        let mut delay = Duration::from_millis(200);
+        let mut warned = false;
+        loop {
+            let attempt = async {
+                let mut client = Client::connect(&self.endpoints, Some(options.clone())).await?;
+                client.status().await?;
+                Ok::<_, etcd_client::Error>(client)
+            };
+            match attempt.await {
+                Ok(client) => return Ok(client),
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(endpoints = ?self.endpoints, error = %e, "waiting for etcd");
+                        warned = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(3));
+                }
+            }
+        }
+    }
+}
+
+/// Where each piece of cluster state lives (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn executors(&self) -> String {
+        format!("{}/executors/", self.prefix)
+    }
+    pub fn executor(&self, id: &str) -> String {
+        format!("{}/executors/{id}", self.prefix)
+    }
+    /// The election's name.
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.prefix)
+    }
+    pub fn runs(&self) -> String {
+        format!("{}/runs/", self.prefix)
+    }
+    pub fn run(&self, run_id: &str) -> String {
+        format!("{}/runs/{run_id}", self.prefix)
+    }
+    pub fn tables(&self, run_id: &str) -> String {
+        format!("{}/tables/{run_id}/", self.prefix)
+    }
+    pub fn table(&self, run_id: &str, table: &str) -> String {
+        format!("{}/tables/{run_id}/{table}", self.prefix)
+    }
+    pub fn task(&self, run_id: &str, task_id: &str) -> String {
+        format!("{}/tasks/{run_id}/{task_id}", self.prefix)
+    }
+}
+
+/// A lease kept alive in the background until dropped or revoked.
+///
+/// etcd outages are ridden out: the keep-alive stream is reopened until etcd answers again
+/// (a restarted etcd renews its leases). Only etcd saying the lease is gone (TTL 0) counts
+/// as losing it; [`KeptLease::lost`] then fires, and the owner must act (an executor registers
+/// again, a leader steps down).
+#[derive(Debug)]
+pub struct KeptLease {
+    id: i64,
+    lost: CancellationToken,
+    stop: CancellationToken,
+}
+
+impl KeptLease {
+    /// Grants a lease of `ttl` seconds and starts keeping it alive.
+    pub async fn grant(client: &Client, ttl: i64) -> Result<Self> {
+        let id = client
+            .clone()
+            .lease_grant(ttl, None)
+            .await
+            .context("granting an etcd lease")?
+            .id();
+        let lease = KeptLease {
+            id,
+            lost: CancellationToken::new(),
+            stop: CancellationToken::new(),
+        };
+        tokio::spawn(keep_alive(
+            client.clone(),
+            id,
+            ttl,
+            lease.lost.clone(),
+            lease.stop.clone(),
+        ));
+        Ok(lease)
+    }
+
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Cancelled when etcd says the lease is gone.
+    pub fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// Revokes the lease: the keys attached to it go at once (a graceful exit).
+    pub async fn revoke(self, client: &Client) -> Result<()> {
+        self.stop.cancel();
+        client.clone().lease_revoke(self.id).await?;
+        Ok(())
+    }
+}
+
+impl Drop for KeptLease {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn keep_alive(
+    mut client: Client,
+    id: i64,
+    ttl: i64,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) {
+    let period = Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).max(200));
+    let mut last_ack = Instant::now();
+    let mut warned = false;
+    loop {
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return,
+            opened = client.lease_keep_alive(id) => opened,
+        };
+        if let Ok((mut keeper, mut acks)) = opened {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(period, acks.message()).await {
+                    Ok(Ok(Some(ack))) if ack.ttl() > 0 => {
+                        if warned {
+                            tracing::info!(lease = id, "etcd answers again, lease kept");
+                            warned = false;
+                        }
+                        last_ack = Instant::now();
+                    }
+                    Ok(Ok(Some(_))) => {
+                        tracing::warn!(lease = id, "etcd lease expired");
+                        lost.cancel();
+                        return;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if !warned && last_ack.elapsed() > period * 2 {
+            tracing::warn!(
+                lease = id,
+                "etcd does not answer; keeping the lease when it does"
+            );
+            warned = true;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period / 2) => {}
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! The runs a leader coordinator is responsible for: submitted, resumed after a failover,
+//! cancelled and watched.
+//!
+//! Every run's record lives in etcd (`store`) before the run starts, and its end state is
+//! saved before watchers hear of it. A new leader resumes the runs still queued or running by
+//! running them again under the same id: tables are idempotent per run (bronze skips ingested
+//! files, silver and gold skip unchanged inputs), so nothing is doubled.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use medallion_pipeline::Pipeline;
+use medallion_proto::run_event::Event;
+use medallion_proto::{
+    self as pb, PipelineSpec, RunInfo, RunRecord, RunState, TaskRecord, TaskState,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::dispatch::TaskRunner;
+use crate::report::{RunReport, TableReport, TableStatus};
+use crate::run::{Coordinator, RunEvent, RunObserver, new_run_id};
+use crate::store::{RunStore, persist};
+
+/// The runs of this leader.
+pub struct Runs {
+    store: RunStore,
+    runner: Arc<dyn TaskRunner>,
+    active: Mutex<HashMap<String, Arc<ActiveRun>>>,
+}
+
+/// A run in progress: its record, what happened so far, and who listens.
+struct ActiveRun {
+    progress: Mutex<Progress>,
+    events: broadcast::Sender<pb::RunEvent>,
+    /// Aborts the run's tables.
+    abort: Mutex<Option<tokio::task::AbortHandle>>,
+    /// True once the end state is saved.
+    done: watch::Sender<bool>,
+}
+
+struct Progress {
+    record: RunRecord,
+    history: Vec<pb::RunEvent>,
+    tables: Vec<TableReport>,
+    ended: bool,
+}
+
+enum Ending {
+    Finished(RunReport),
+    Cancelled,
+}
+
+impl ActiveRun {
+    fn new(record: RunRecord) -> Self {
+        Self {
+            progress: Mutex::new(Progress {
+                record,
+                history: Vec::new(),
+                tables: Vec::new(),
+                ended: false,
+            }),
+            events: broadcast::channel(1024).0,
+            abort: Mutex::new(None),
+            done: watch::channel(false).0,
+        }
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().expect("run progress")
+    }
+
+    fn publish(&self, event: Event) {
+        let event = pb::RunEvent { event: Some(event) };
+        let mut progress = self.progress();
+        if let Some(Event::TableFinishedJson(json)) = &event.event
+            && let Ok(report) = serde_json::from_str(json)
+        {
+            progress.tables.push(report);
+        }
+        progress.history.push(event.clone());
+        let _ = self.events.send(event);
+    }
+
+    /// The run's info, with the tables finished so far while it runs.
+    fn info(&self) -> RunInfo {
+        let progress = self.progress();
+        let mut info = progress.record.info.clone().unwrap_or_default();
+        if info.report_json.is_empty() {
+            info.report_json = serde_json::json!({ "tables": progress.tables }).to_string();
+        }
+        info
+    }
+}
+
+/// Turns a run's events into watch events and etcd writes.
+struct Recorder {
+    run: Arc<ActiveRun>,
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+enum Write {
+    Table(TableReport),
+    Task(TaskRecord),
+}
+
+impl RunObserver for Recorder {
+    fn on_event(&self, event: RunEvent) {
+        let (event, write) = match event {
+            RunEvent::TablePlanned { table, tasks } => (
+                Event::TablePlanned(pb::TablePlanned {
+                    table: table.to_string(),
+                    tasks: tasks as u32,
+                }),
+                None,
+            ),
+            RunEvent::TaskFinished { table, task_id, ok } => {
+                let state = if ok {
+                    TaskState::Succeeded
+                } else {
+                    TaskState::Failed
+                };
+                let record = TaskRecord {
+                    task_id: task_id.clone(),
+                    table: table.to_string(),
+                    state: state as i32,
+                    error: String::new(),
+                };
+                let event = pb::TaskFinished {
+                    table: table.to_string(),
+                    task_id,
+                    ok,
+                };
+                (Event::TaskFinished(event), Some(Write::Task(record)))
+            }
+            RunEvent::TaskRetried {
+                table,
+                task_id,
+                error,
+            } => {
+                let record = TaskRecord {
+                    task_id: task_id.clone(),
+                    table: table.to_string(),
+                    state: TaskState::Retrying as i32,
+                    error: error.clone(),
+                };
+                let event = pb::TaskRetried {
+                    table: table.to_string(),
+                    task_id,
+                    error,
+                };
+                (Event::TaskRetried(event), Some(Write::Task(record)))
+            }
+            RunEvent::TableFinished { report } => (
+                Event::TableFinishedJson(serde_json::to_string(&report).unwrap_or_default()),
+                Some(Write::Table(report)),
+            ),
+        };
+        self.run.publish(event);
+        if let Some(write) = write {
+            let _ = self.writes.send(write);
+        }
+    }
+}
+
+fn not_found(run_id: &str) -> Status {
+    Status::not_found(format!("no run '{run_id}'"))
+}
+
+fn etcd_unavailable(e: anyhow::Error) -> Status {
+    Status::unavailable(format!("run state store (etcd) unavailable: {e:#}"))
+}
+
+fn ended(state: i32) -> bool {
+    matches!(
+        RunState::try_from(state),
+        Ok(RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+    )
+}
+
+impl Runs {
+    pub fn new(store: RunStore, runner: Arc<dyn TaskRunner>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            runner,
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn active(&self, run_id: &str) -> Option<Arc<ActiveRun>> {
+        self.active
+            .lock()
+            .expect("active runs")
+            .get(run_id)
+            .cloned()
+    }
+
+    /// Validates the spec, saves the run as queued and starts it.
+    pub async fn submit(self: &Arc<Self>, spec: PipelineSpec) -> Result<RunInfo, Status> {
+        let pipeline = Pipeline::parse(
+            spec.yaml.clone(),
+            spec.origin.clone(),
+            spec.base_dir.clone().into(),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let info = RunInfo {
+            run_id: new_run_id(pipeline.name()),
+            pipeline: pipeline.name().to_string(),
+            state: RunState::Queued as i32,
+            submitted_ms: Utc::now().timestamp_millis(),
+            ..Default::default()
+        };
+        let record = RunRecord {
+            info: Some(info.clone()),
+            pipeline: Some(spec),
+            starts: 0,
+        };
+        self.store
+            .put_run(&record)
+            .await
+            .map_err(etcd_unavailable)?;
+        tracing::info!(run_id = %info.run_id, pipeline = %info.pipeline, "run submitted");
+        self.start(record, pipeline, Vec::new());
+        Ok(info)
+    }
+
+    /// Starts again every run a previous leader left queued or running.
+    pub async fn resume(self: &Arc<Self>) -> anyhow::Result<()> {
+        for record in self.store.runs().await? {
+            let info = record.info.clone().unwrap_or_default();
+            if ended(info.state) || self.active(&info.run_id).is_some() {
+                continue;
+            }
+            let spec = record.pipeline.clone().unwrap_or_default();
+            match Pipeline::parse(spec.yaml, spec.origin, spec.base_dir.into()) {
+                Ok(pipeline) => {
+                    let earlier = self.store.tables(&info.run_id).await?;
+                    tracing::info!(run_id = %info.run_id, starts = record.starts, "resuming run");
+                    self.start(record, pipeline, earlier);
+                }
+                Err(e) => {
+                    let mut record = record;
+                    let info = record.info.get_or_insert_default();
+                    info.state = RunState::Failed as i32;
+                    info.message = format!("cannot resume: {e}");
+                    info.ended_ms = Utc::now().timestamp_millis();
+                    self.store.put_run(&record).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `pipeline` on its own task; `earlier` are the tables a previous leader finished.
+    fn start(
+        self: &Arc<Self>,
+        mut record: RunRecord,
+        pipeline: Pipeline,
+        earlier: Vec<TableReport>,
+    ) {
+        record.starts += 1;
+        let info = record.info.get_or_insert_default();
+        info.state = RunState::Running as i32;
+        let run_id = info.run_id.clone();
+        let run = Arc::new(ActiveRun::new(record.clone()));
+        let mut active = self.active.lock().expect("active runs");
+        active.insert(run_id.clone(), run.clone());
+
+        let (writes, mut pending) = mpsc::unbounded_channel::<Write>();
+        let recorder = Recorder {
+            run: run.clone(),
+            writes,
+        };
+        let runner = self.runner.clone();
+        let id = run_id.clone();
+        let tables = tokio::spawn(async move {
+            Coordinator::new(runner.as_ref(), &recorder)
+                .run(&pipeline, &id)
+                .await
+        });
+        *run.abort.lock().expect("abort handle") = Some(tables.abort_handle());
+        drop(active);
+
+        let this = self.clone();
+        tokio::spawn(async move {
+            persist("run state", || this.store.put_run(&record)).await;
+            let store = this.store.clone();
+            let writer_run = run_id.clone();
+            let writer = tokio::spawn(async move {
+                while let Some(write) = pending.recv().await {
+                    match write {
+                        Write::Table(report) => {
+                            persist("table report", || store.put_table(&writer_run, &report)).await
+                        }
+                        Write::Task(task) => {
+                            persist("task state", || store.put_task(&writer_run, &task)).await
+                        }
+                    }
+                }
+            });
+            let ending = match tables.await {
+                Ok(report) => Ending::Finished(merge_earlier(report, earlier)),
+                Err(e) if e.is_cancelled() => Ending::Cancelled,
+                Err(e) => {
+                    tracing::error!(run_id = %run_id, error = %e, "run task panicked");
+                    Ending::Cancelled
+                }
+            };
+            let _ = writer.await;
+            this.end(&run_id, &run, ending).await;
+        });
+    }
+
+    /// Saves the end state, then tells the watchers.
+    async fn end(&self, run_id: &str, run: &ActiveRun, ending: Ending) {
+        let record = {
+            let mut progress = run.progress();
+            if progress.ended {
+                return;
+            }
+            progress.ended = true;
+            let tables = progress.tables.clone();
+            let info = progress.record.info.get_or_insert_default();
+            info.ended_ms = Utc::now().timestamp_millis();
+            match ending {
+                Ending::Finished(report) => {
+                    let state = if report.succeeded {
+                        RunState::Succeeded
+                    } else {
+                        RunState::Failed
+                    };
+                    info.state = state as i32;
+                    info.message = report
+                        .tables
+                        .iter()
+                        .find_map(|t| match &t.status {
+                            TableStatus::Failed { error } => Some(format!("{}: {error}", t.table)),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    info.report_json = serde_json::to_string(&report).unwrap_or_default();
+                }
+                Ending::Cancelled => {
+                    info.state = RunState::Cancelled as i32;
+                    info.message = "cancelled".into();
+                    info.report_json = serde_json::json!({ "tables": tables }).to_string();
+                }
+            }
+            progress.record.clone()
+        };
+        persist("run state", || self.store.put_run(&record)).await;
+        let info = record.info.unwrap_or_default();
+        tracing::info!(run_id, state = ?RunState::try_from(info.state).unwrap_or(RunState::Unspecified), "run ended");
+        run.publish(Event::RunEnded(info));
+        self.active.lock().expect("active runs").remove(run_id);
+        run.done.send_replace(true);
+    }
+
+    pub async fn get(&self, run_id: &str) -> Result<RunInfo, Status> {
+        if let Some(run) = self.active(run_id) {
+            return Ok(run.info());
+        }
+        let record = self
+            .store
+            .run(run_id)
+            .await
+            .map_err(etcd_unavailable)?
+            .ok_or_else(|| not_found(run_id))?;
+        Ok(record.info.unwrap_or_default())
+    }
+
+    /// Newest first; at most `limit` (0: all).
+    pub async fn list(&self, limit: usize) -> Result<Vec<RunInfo>, Status> {
+        let mut runs: Vec<RunInfo> = self
+            .store
+            .runs()
+            .await
+            .map_err(etcd_unavailable)?
+            .into_iter()
+            .filter_map(|r| r.info)
+            .map(|info| match self.active(&info.run_id) {
+                Some(run) => run.info(),
+                None => info,
+            })
+            .collect();
+        runs.sort_by_key(|r| std::cmp::Reverse(r.submitted_ms));
+        if limit > 0 {
+            runs.truncate(limit);
+        }
+        Ok(runs)
+    }
+
+    /// Stops a running run: no table of it commits after this returns.
+    pub async fn cancel(&self, run_id: &str) -> Result<RunInfo, Status> {
+        let Some(run) = self.active(run_id) else {
+            let info = self.get(run_id).await?;
+            return Err(Status::failed_precondition(format!(
+                "run '{run_id}' has already ended ({:?})",
+                RunState::try_from(info.state).unwrap_or(RunState::Unspecified)
+            )));
+        };
+        if let Some(abort) = run.abort.lock().expect("abort handle").take() {
+            abort.abort();
+        }
+        let mut done = run.done.subscribe();
+        let _ = done.wait_for(|d| *d).await;
+        tracing::info!(run_id, "run cancelled");
+        Ok(run.info())
+    }
+
+    /// The run's events so far, then live ones until it ends.
+    pub async fn watch(
+        &self,
+        run_id: &str,
+    ) -> Result<ReceiverStream<Result<pb::RunEvent, Status>>, Status> {
+        if let Some(run) = self.active(run_id) {
+            let (tx, rx) = mpsc::channel(256);
+            let (history, mut live) = {
+                let progress = run.progress();
+                (progress.history.clone(), run.events.subscribe())
+            };
+            tokio::spawn(async move {
+                for event in history {
+                    let end = matches!(event.event, Some(Event::RunEnded(_)));
+                    if tx.send(Ok(event)).await.is_err() || end {
+                        return;
+                    }
+                }
+                loop {
+                    match live.recv().await {
+                        Ok(event) => {
+                            let end = matches!(event.event, Some(Event::RunEnded(_)));
+                            if tx.send(Ok(event)).await.is_err() || end {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+            return Ok(ReceiverStream::new(rx));
+        }
+        let info = self.get(run_id).await?;
+        let mut tables = self.store.tables(run_id).await.map_err(etcd_unavailable)?;
+        tables.sort_by_key(|t| t.started_ms);
+        let (tx, rx) = mpsc::channel(tables.len() + 1);
+        let events = tables
+            .into_iter()
+            .map(|t| Event::TableFinishedJson(serde_json::to_string(&t).unwrap_or_default()))
+            .chain([Event::RunEnded(info)]);
+        for event in events {
+            let _ = tx.try_send(Ok(pb::RunEvent { event: Some(event) }));
+        }
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+/// A resumed run reports what the previous leader committed for tables it now finds up to
+/// date, so the report covers the whole run.
+fn merge_earlier(mut report: RunReport, earlier: Vec<TableReport>) -> RunReport {
+    let earlier: HashMap<String, TableReport> = earlier
+        .into_iter()
+        .filter(|t| matches!(t.status, TableStatus::Committed { .. }))
+        .map(|t| (t.table.clone(), t))
+        .collect();
+    for table in &mut report.tables {
+        if matches!(table.status, TableStatus::UpToDate)
+            && let Some(before) = earlier.get(&table.table)
+        {
+            *table = before.clone();
+        }
+    }
+    report
+}

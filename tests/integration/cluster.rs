@@ -1,0 +1,289 @@
+//! The cluster: etcd, coordinators and executors as separate processes on loopback, the
+//! example pipeline submitted with the client, every table compared with an embedded run of
+//! the same spec on the same files. Fault tests kill processes mid-run; each ends with exactly
+//! the embedded run's tables.
+
+use std::time::Duration;
+
+use medallion_tests::cluster::{Cluster, LEASE_TTL_SECONDS, wait_for};
+use medallion_tests::{Workspace, assert_rows_close, python_json, read_delta};
+use serde_json::Value;
+
+const TABLES: [&str; 8] = [
+    "bronze/orders",
+    "bronze/customers",
+    "bronze/products",
+    "silver/orders",
+    "silver/customers",
+    "silver/products",
+    "gold/customer_360",
+    "gold/product_performance",
+];
+
+/// The example with `orders` orders, plus `embedded.yaml`: the same spec writing to
+/// `lake-embedded`, the reference every cluster run must equal.
+fn example(orders: usize, files: usize) -> Workspace {
+    let (ws, _) = Workspace::example(orders, files);
+    let spec = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
+    ws.write(
+        "embedded.yaml",
+        &spec.replace("lake: ./lake ", "lake: ./lake-embedded "),
+    );
+    ws
+}
+
+/// Rows without the ingestion time columns, which differ between two runs by design.
+fn rows_without_ingestion_time(table: &Value) -> Vec<String> {
+    let mut rows: Vec<String> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let mut r = r.as_object().unwrap().clone();
+            r.remove("_ingested_at");
+            r.remove("_ingestion_date");
+            Value::Object(r).to_string()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Runs the embedded reference and asserts every table of the cluster's lake equals it.
+fn assert_same_tables_as_embedded(ws: &Workspace, cluster: &Cluster) {
+    let embedded = ws.run("embedded.yaml");
+    assert_eq!(embedded.code, 0, "{}", embedded.stderr);
+    for table in TABLES {
+        let ours = read_delta(ws.path().join("lake").join(table).to_str().unwrap(), None);
+        let reference = read_delta(
+            ws.path()
+                .join("lake-embedded")
+                .join(table)
+                .to_str()
+                .unwrap(),
+            None,
+        );
+        assert_eq!(ours["readers_agree"], true, "{table}: readers disagree");
+        assert_eq!(
+            ours["num_rows"],
+            reference["num_rows"],
+            "{table}: row counts differ\n{}",
+            cluster.logs()
+        );
+        if let Some(key) = [
+            ("customer_360", "customer_id"),
+            ("product_performance", "product_id"),
+        ]
+        .iter()
+        .find(|(name, _)| table.ends_with(name))
+        .map(|(_, key)| *key)
+        {
+            assert_rows_close(&ours["rows"], &reference["rows"], key, table);
+        } else {
+            assert!(
+                rows_without_ingestion_time(&ours) == rows_without_ingestion_time(&reference),
+                "{table}: rows differ from the embedded run"
+            );
+        }
+    }
+}
+
+/// No table holds a data file that its log never added: the files of failed and lost task
+/// dispatches were deleted.
+fn assert_no_orphan_files(ws: &Workspace) {
+    for table in TABLES {
+        let dir = ws.path().join("lake").join(table);
+        let found = python_json(&["orphans", dir.to_str().unwrap()]);
+        assert_eq!(found["orphans"], Value::Array(vec![]), "{table}: {found}");
+    }
+}
+
+fn assert_succeeded(status: &Value, cluster: &Cluster) {
+    assert_eq!(
+        status["state"],
+        "succeeded",
+        "run did not succeed: {status:#}\n{}",
+        cluster.logs()
+    );
+}
+
+/// Waits until an executor's log shows a task of `table` running; returns that executor.
+fn executor_running(cluster: &Cluster, table: &str) -> usize {
+    let needle = format!("table={table}");
+    let mut found = None;
+    wait_for(
+        &format!("a task of {table}"),
+        Duration::from_secs(120),
+        || {
+            found = cluster.executors.iter().position(|e| {
+                e.log_text()
+                    .lines()
+                    .any(|l| l.contains("task started") && l.contains(&needle))
+            });
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+#[test]
+fn cluster_run_equals_embedded_run_and_lists_executors() {
+    let ws = example(20_000, 8);
+    let mut cluster = Cluster::start(&ws, 1, 3);
+
+    let mut ids = cluster.executor_ids(&ws);
+    ids.sort();
+    assert_eq!(ids, ["executor-0", "executor-1", "executor-2"]);
+
+    let out = cluster.client(
+        &ws,
+        &["submit", "pipeline.yaml", "--wait", "--output", "json"],
+    );
+    let status: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_succeeded(&status, &cluster);
+    let run_id = status["run_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        status["report"]["tables"].as_array().unwrap().len(),
+        TABLES.len()
+    );
+    assert_same_tables_as_embedded(&ws, &cluster);
+
+    // Every executor did some of the work.
+    for e in &cluster.executors {
+        assert!(
+            e.log_text().contains("task finished"),
+            "{} ran no task",
+            e.name
+        );
+    }
+    // The run is listed, and its status is kept.
+    let runs = cluster.client(&ws, &["runs", "--output", "json"]);
+    let runs: Value = serde_json::from_str(&runs.stdout).unwrap();
+    assert_eq!(runs[0]["run_id"], run_id.as_str());
+    assert_eq!(runs[0]["state"], "succeeded");
+
+    // A killed executor is gone within its lease TTL.
+    cluster.executors[1].kill();
+    wait_for(
+        "the killed executor to leave",
+        Duration::from_secs(LEASE_TTL_SECONDS * 3),
+        || cluster.executor_ids(&ws).len() == 2,
+    );
+    assert!(
+        !cluster
+            .executor_ids(&ws)
+            .contains(&"executor-1".to_string())
+    );
+    // A stopped one (SIGTERM) exits cleanly and leaves at once (revoked, not expired).
+    assert!(cluster.executors[2].terminate(Duration::from_secs(20)));
+    wait_for(
+        "the stopped executor to leave",
+        Duration::from_millis(1500),
+        || cluster.executor_ids(&ws) == ["executor-0"],
+    );
+    assert_no_orphan_files(&ws);
+}
+
+#[test]
+fn server_errors_are_clear() {
+    let ws = example(1_000, 2);
+    let cluster = Cluster::start(&ws, 1, 1);
+    let unknown = cluster.client(&ws, &["status", "no-such-run"]);
+    assert_eq!(unknown.code, 2);
+    assert!(
+        unknown.stderr.contains("no run 'no-such-run' (NotFound)"),
+        "{}",
+        unknown.stderr
+    );
+
+    // An invalid spec is refused before it reaches the cluster, naming file and line.
+    let bad = ws.write(
+        "bad.yaml",
+        "pipeline: bad\nlake: ./lake\nsources:\n  - { name: s, format: json, path: x.jsonl }\nbronze:\n  - { name: t, source: nope }\n",
+    );
+    let out = cluster.client(&ws, &["submit", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("bad.yaml:6"), "{}", out.stderr);
+
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    let status = cluster.wait(&ws, &run_id);
+    assert_succeeded(&status, &cluster);
+    let again = cluster.client(&ws, &["cancel", &run_id]);
+    assert_eq!(again.code, 2);
+    assert!(again.stderr.contains("already ended"), "{}", again.stderr);
+}
+
+/// kill -9 of an executor while it runs a bronze task, then of another while it runs a silver
+/// task; an executor started late joins and gets work.
+#[test]
+fn executors_killed_mid_bronze_and_mid_silver_lose_nothing() {
+    let ws = example(60_000, 12);
+    let mut cluster = Cluster::start(&ws, 1, 3);
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+
+    let victim = executor_running(&cluster, "bronze.orders");
+    cluster.executors[victim].kill();
+    cluster.add_executor(); // starts late, must get work
+    let victim = executor_running(&cluster, "silver.orders");
+    cluster.executors[victim].kill();
+
+    let status = cluster.wait(&ws, &run_id);
+    assert_succeeded(&status, &cluster);
+    let coordinator = cluster.coordinators[0].log_text();
+    assert!(
+        coordinator.contains("executor lost under a running task"),
+        "no task was running on a killed executor:\n{}",
+        cluster.logs()
+    );
+    let late = cluster.executors.last().unwrap();
+    assert!(
+        late.log_text().contains("task finished"),
+        "the late executor got no work"
+    );
+    assert_same_tables_as_embedded(&ws, &cluster);
+    assert_no_orphan_files(&ws);
+}
+
+/// kill -9 of the leader coordinator mid-run: the standby takes over and finishes the run.
+#[test]
+fn standby_coordinator_finishes_the_run_of_a_killed_leader() {
+    let ws = example(60_000, 12);
+    let mut cluster = Cluster::start(&ws, 2, 2);
+    assert_eq!(cluster.leader(), 0);
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    executor_running(&cluster, "bronze.orders");
+    cluster.coordinators[0].kill();
+
+    let status = cluster.wait(&ws, &run_id);
+    assert_succeeded(&status, &cluster);
+    let standby = cluster.coordinators[1].log_text();
+    assert!(standby.contains("elected leader"), "{}", cluster.logs());
+    assert!(standby.contains("resuming run"), "{}", cluster.logs());
+    assert_same_tables_as_embedded(&ws, &cluster);
+}
+
+/// etcd restarts mid-run: the run finishes, the executors are still listed.
+#[test]
+fn cluster_rides_out_an_etcd_restart() {
+    let ws = example(60_000, 12);
+    let mut cluster = Cluster::start(&ws, 1, 2);
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    executor_running(&cluster, "bronze.orders");
+    cluster.etcd.restart(Duration::from_millis(500));
+
+    let status = cluster.wait(&ws, &run_id);
+    assert_succeeded(&status, &cluster);
+    wait_for(
+        "executors after the restart",
+        Duration::from_secs(30),
+        || cluster.executor_ids(&ws).len() == 2,
+    );
+    assert!(
+        cluster.coordinators[0].alive(),
+        "the leader died:\n{}",
+        cluster.logs()
+    );
+    assert_same_tables_as_embedded(&ws, &cluster);
+}

@@ -1,0 +1,327 @@
+//! A real cluster on loopback for the tests: etcd (Debian's `etcd-server`), coordinators and
+//! executors as separate OS processes, each logging to a file in the workspace.
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Invocation, Workspace, binary, medallion_bin};
+
+/// Lease TTL of the test cluster: failover and executor loss show within seconds.
+pub const LEASE_TTL_SECONDS: u64 = 2;
+
+/// A free port on loopback (released for the process that takes it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Polls `ready` every 100 ms until it holds or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process of the cluster, killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &str, port: u16, log: PathBuf, command: &mut Command) -> Self {
+        let out = File::create(&log).expect("log file");
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            name: name.to_string(),
+            port,
+            log,
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no cleanup of any kind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn listening(&self) -> bool {
+        TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// etcd on a free port with its data in the workspace.
+pub struct Etcd {
+    pub proc: Proc,
+    peer_port: u16,
+    data: PathBuf,
+}
+
+impl Etcd {
+    pub fn start(dir: &Path) -> Self {
+        let data = dir.join("etcd-data");
+        let (port, peer_port) = (free_port(), free_port());
+        let proc = Self::spawn(dir, &data, port, peer_port);
+        Self {
+            proc,
+            peer_port,
+            data,
+        }
+    }
+
+    fn spawn(dir: &Path, data: &Path, port: u16, peer_port: u16) -> Proc {
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let proc = Proc::spawn(
+            "etcd",
+            port,
+            dir.join("etcd.log"),
+            Command::new("etcd")
+                .args(["--name", "test", "--data-dir"])
+                .arg(data)
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args(["--initial-cluster", &format!("test={peer}")]),
+        );
+        wait_for("etcd", Duration::from_secs(20), || proc.listening());
+        proc
+    }
+
+    pub fn url(&self) -> String {
+        self.proc.url()
+    }
+
+    /// Kills etcd and starts it again on the same ports and data.
+    pub fn restart(&mut self, down: Duration) {
+        self.proc.kill();
+        std::thread::sleep(down);
+        let dir = self.data.parent().expect("workspace").to_path_buf();
+        self.proc = Self::spawn(&dir, &self.data, self.proc.port, self.peer_port);
+    }
+}
+
+/// etcd, coordinators and executors of one test.
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub coordinators: Vec<Proc>,
+    pub executors: Vec<Proc>,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// Starts etcd, `coordinators` coordinators (the first one leads) and `executors`
+    /// executors, and waits until the leader sees every executor.
+    pub fn start(ws: &Workspace, coordinators: usize, executors: usize) -> Self {
+        let dir = ws.path().to_path_buf();
+        let mut cluster = Self {
+            etcd: Etcd::start(&dir),
+            coordinators: Vec::new(),
+            executors: Vec::new(),
+            dir,
+        };
+        for i in 0..coordinators {
+            cluster.add_coordinator();
+            if i == 0 {
+                wait_for("a leader", Duration::from_secs(30), || {
+                    cluster.coordinators[0]
+                        .log_text()
+                        .contains("elected leader")
+                });
+            }
+        }
+        for _ in 0..executors {
+            cluster.add_executor();
+        }
+        let expected = executors;
+        wait_for("executors to register", Duration::from_secs(30), || {
+            cluster.executor_ids(ws).len() == expected
+        });
+        cluster
+    }
+
+    pub fn add_coordinator(&mut self) {
+        let port = free_port();
+        let name = format!("coordinator-{}", self.coordinators.len());
+        let proc = Proc::spawn(
+            &name,
+            port,
+            self.dir.join(format!("{name}.log")),
+            Command::new(binary("medallion-coordinator"))
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--etcd", &self.etcd.url(), "--etcd-prefix", "/test"])
+                .args(["--lease-ttl", &LEASE_TTL_SECONDS.to_string()])
+                .env("MEDALLION_LOG", "info"),
+        );
+        wait_for(&name, Duration::from_secs(30), || proc.listening());
+        self.coordinators.push(proc);
+    }
+
+    pub fn add_executor(&mut self) {
+        let port = free_port();
+        let name = format!("executor-{}", self.executors.len());
+        let proc = Proc::spawn(
+            &name,
+            port,
+            self.dir.join(format!("{name}.log")),
+            Command::new(binary("medallion-executor"))
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--id", &name])
+                .args(["--etcd", &self.etcd.url(), "--etcd-prefix", "/test"])
+                .args([
+                    "--lease-ttl",
+                    &LEASE_TTL_SECONDS.to_string(),
+                    "--slots",
+                    "2",
+                ])
+                .env("MEDALLION_LOG", "info"),
+        );
+        self.executors.push(proc);
+    }
+
+    /// Every coordinator's URL, for `--coordinator`.
+    pub fn coordinator_urls(&self) -> String {
+        self.coordinators
+            .iter()
+            .map(Proc::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs the `medallion` client against this cluster, in the workspace.
+    pub fn client(&self, ws: &Workspace, args: &[&str]) -> Invocation {
+        let out = Command::new(medallion_bin())
+            .args(args)
+            .current_dir(ws.path())
+            .env("MEDALLION_COORDINATOR", self.coordinator_urls())
+            .env("MEDALLION_LOG", "warn")
+            .output()
+            .expect("run medallion");
+        Invocation::from(out)
+    }
+
+    /// The ids of the executors the leader lists.
+    pub fn executor_ids(&self, ws: &Workspace) -> Vec<String> {
+        let out = self.client(ws, &["executors", "--output", "json"]);
+        if out.code != 0 {
+            return Vec::new();
+        }
+        let listed: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        listed
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Submits a spec without waiting; returns the run id.
+    pub fn submit(&self, ws: &Workspace, spec: &str) -> String {
+        let out = self.client(ws, &["submit", spec]);
+        assert_eq!(out.code, 0, "submit failed: {}", out.stderr);
+        out.stdout.trim().to_string()
+    }
+
+    /// The run as `status --output json` shows it.
+    pub fn status(&self, ws: &Workspace, run_id: &str) -> serde_json::Value {
+        let out = self.client(ws, &["status", run_id, "--output", "json"]);
+        serde_json::from_str(&out.stdout).unwrap_or_default()
+    }
+
+    /// Follows the run to its end (`watch`, which follows a new leader); returns its status.
+    pub fn wait(&self, ws: &Workspace, run_id: &str) -> serde_json::Value {
+        let out = self.client(ws, &["watch", run_id, "--output", "json"]);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("watch gave no JSON ({e}): {}\n{}", out.stdout, out.stderr))
+    }
+
+    /// The index of the coordinator that leads now.
+    pub fn leader(&self) -> usize {
+        let newest = |p: &Proc| p.log_text().matches("elected leader").count();
+        self.coordinators
+            .iter()
+            .position(|p| newest(p) > 0 && p.child.is_some())
+            .expect("a leader")
+    }
+
+    /// Every process's log, for a failing assertion's message.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for p in self.coordinators.iter().chain(&self.executors) {
+            let text = p.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            all += &format!("--- {} (last lines)\n", p.name);
+            for line in tail.into_iter().rev() {
+                all += line;
+                all.push('\n');
+            }
+        }
+        all
+    }
+}
