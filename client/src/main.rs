@@ -174,7 +174,17 @@ fn main() -> ExitCode {
                 Dataset::Tpch => generate_tpch(&dir, scale, files),
             },
             Command::Submit { spec, wait, output } => {
-                let info = Remote::connect(&urls).await?.submit(&spec).await?;
+                let pipeline = match load(&spec) {
+                    Ok(p) => p,
+                    Err(SpecError(e)) => {
+                        eprint!("{e}");
+                        return Ok(ExitCode::from(BAD_INPUT));
+                    }
+                };
+                let info = Remote::connect(&urls)
+                    .await?
+                    .submit(&spec, &pipeline)
+                    .await?;
                 if !wait {
                     println!("{}", info.run_id);
                     return Ok(ExitCode::SUCCESS);

@@ -90,9 +90,8 @@ impl Remote {
         })
     }
 
-    /// Validates the spec here (errors name file, line and field), then submits it.
-    pub async fn submit(&mut self, spec: &Path) -> Result<RunInfo> {
-        let pipeline = Pipeline::load(spec).map_err(|e| anyhow!("{e}"))?;
+    /// Submits the spec at `spec`, already loaded (and so validated) as `pipeline`.
+    pub async fn submit(&mut self, spec: &Path, pipeline: &Pipeline) -> Result<RunInfo> {
         let yaml =
             std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
         let request = SubmitRequest {

@@ -1,5 +1,7 @@
 //! Logs on stderr: readable lines on a terminal, JSON lines for machines.
 
+use std::io::IsTerminal;
+
 use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -45,6 +47,7 @@ impl LogArgs {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LIBRARY_LOGS));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr);
         match self.log_format {
             LogFormat::Json => builder.json().init(),
