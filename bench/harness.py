@@ -1,7 +1,7 @@
 """Runs the benchmark workloads on Medallion and its peers, checks they agree, writes a report.
 
     bench/run [--workloads ecommerce,tpch] [--scales 1000000,5000000] [--tpch-scales 1]
-              [--peers duckdb,polars,pyspark] [--smoke]
+              [--peers duckdb,polars,pyspark] [--cluster 1,2] [--smoke]
 
 Every engine gets the same files and the same number of threads; its wall time per stage and in
 total, rows per second and peak memory (the whole process tree, sampled) are measured in this
@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,8 +33,9 @@ PEERS = {
 }
 
 
-def measure(cmd, cwd=None, env=None):
-    """Runs a command; returns (stdout, seconds, peak RSS bytes of its whole process tree)."""
+def measure(cmd, cwd=None, env=None, servers=()):
+    """Runs a command; returns (stdout, seconds, peak RSS bytes of its whole process tree and
+    of the `servers` it talks to)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -44,7 +46,7 @@ def measure(cmd, cwd=None, env=None):
         parent = psutil.Process(proc.pid)
         while not done.is_set():
             try:
-                procs = [parent] + parent.children(recursive=True)
+                procs = [parent] + parent.children(recursive=True) + [psutil.Process(p) for p in servers]
                 peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
             except psutil.Error:
                 pass
@@ -122,24 +124,24 @@ def generate(medallion, work, workload):
     return data
 
 
-def run_medallion(medallion, workload, data, out, threads, memory):
-    """The workload's pipeline, embedded.
-
-    Medallion runs a table as soon as what it reads is committed, so layers overlap; a stage's
-    time is its share of the critical path: from the end of the previous layer (or the start)
-    to the end of its last table.
-    """
+def spec_for(workload, data, out):
+    """The workload's spec, reading `data` and writing its lake under `out`."""
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     spec = open(workload.spec).read().replace("lake: ./lake", f"lake: {out}/lake").replace("path: data/", f"path: {data}/")
     spec_path = os.path.join(out, "pipeline.yaml")
     with open(spec_path, "w") as f:
         f.write(spec)
-    stdout, seconds, peak = measure([medallion, "run", spec_path, "--output", "json",
-                                     "--executors", str(threads), "--memory-limit", memory])
-    report = json.loads(stdout)
-    if not report["succeeded"]:
-        raise RuntimeError(f"medallion run failed: {json.dumps(report)[:4000]}")
+    return spec_path
+
+
+def medallion_result(engine, workload, report, out, seconds, peak):
+    """A Medallion row from its run report.
+
+    Medallion runs a table as soon as what it reads is committed, so layers overlap; a stage's
+    time is its share of the critical path: from the end of the previous layer (or the start)
+    to the end of its last table.
+    """
     stages = {}
     previous_end = 0
     for layer in ("bronze", "silver", "gold"):
@@ -148,8 +150,97 @@ def run_medallion(medallion, workload, data, out, threads, memory):
         stages[layer] = round((end - previous_end) / 1000, 3)
         previous_end = end
     gold = {name: os.path.join(out, "lake", "gold", name) for name in workload.gold}
-    return {"engine": "medallion", "format": "delta", "seconds": round(seconds, 3), "peak_bytes": peak,
+    return {"engine": engine, "format": "delta", "seconds": round(seconds, 3), "peak_bytes": peak,
             "stages": stages, "gold": gold}
+
+
+def run_medallion(medallion, workload, data, out, threads, memory):
+    """The workload's pipeline, embedded: one process."""
+    spec_path = spec_for(workload, data, out)
+    stdout, seconds, peak = measure([medallion, "run", spec_path, "--output", "json",
+                                     "--executors", str(threads), "--memory-limit", memory])
+    report = json.loads(stdout)
+    if not report["succeeded"]:
+        raise RuntimeError(f"medallion run failed: {json.dumps(report)[:4000]}")
+    return medallion_result("medallion", workload, report, out, seconds, peak)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """etcd, a coordinator and `executors` executors on loopback, sharing `threads` task slots
+    and `memory` between the executors as embedded mode shares them between its tasks."""
+
+    def __init__(self, medallion, executors, threads, memory_bytes, work):
+        bins = os.path.dirname(medallion)
+        self.dir = tempfile.mkdtemp(prefix="medallion-cluster-", dir=work)
+        self.procs = []
+        client, peer = free_port(), free_port()
+        self.etcd = self.spawn("etcd", [
+            "etcd", "--name", "bench", "--data-dir", os.path.join(self.dir, "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"bench=http://127.0.0.1:{peer}"])
+        etcd = ["--etcd", f"http://127.0.0.1:{client}"]
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.servers = [self.spawn("coordinator", [os.path.join(bins, "medallion-coordinator"),
+                                                   "--listen", f"127.0.0.1:{port}"] + etcd)]
+        slots = max(1, threads // executors)
+        for i in range(executors):
+            self.servers.append(self.spawn(f"executor-{i}", [
+                os.path.join(bins, "medallion-executor"), "--listen", f"127.0.0.1:{free_port()}", "--id", f"executor-{i}",
+                "--slots", str(slots), "--memory-limit", str(memory_bytes // executors)] + etcd))
+        deadline = time.time() + 60
+        while True:
+            listed = subprocess.run([medallion, "--coordinator", self.url, "executors", "--output", "json"],
+                                    capture_output=True, text=True)
+            if listed.returncode == 0 and len(json.loads(listed.stdout)) == executors:
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"the cluster did not come up: {listed.stderr}")
+            time.sleep(0.2)
+
+    def spawn(self, name, cmd):
+        log = open(os.path.join(self.dir, f"{name}.log"), "w")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_medallion_cluster(medallion, workload, data, out, executors, threads, memory, work):
+    """The workload's pipeline submitted to a local cluster; peak memory counts the client,
+    the coordinator and the executors (not etcd)."""
+    spec_path = spec_for(workload, data, out)
+    with LocalCluster(medallion, executors, threads, size_bytes(memory), work) as cluster:
+        stdout, seconds, peak = measure([medallion, "--coordinator", cluster.url, "submit", spec_path,
+                                         "--wait", "--output", "json"],
+                                        servers=[p.pid for p in cluster.servers])
+    status = json.loads(stdout)
+    if status["state"] != "succeeded":
+        raise RuntimeError(f"medallion cluster run failed: {json.dumps(status)[:4000]}")
+    return medallion_result(f"medallion cluster, {executors} executor{'s' if executors > 1 else ''}",
+                            workload, status["report"], out, seconds, peak)
+
+
+def size_bytes(text):
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "b": 1, "": 1}
+    number = text.rstrip("KMGiBkmgib")
+    return int(float(number) * units[text[len(number):].lower()])
 
 
 def run_peer(python, workload, engine, fmt, data, out, threads):
@@ -229,7 +320,11 @@ def report(results, info, out_dir, stamp, memory):
              "Every engine: 2 threads, the same files; times are wall clock of the whole command, "
              "peak memory is the largest resident set of the process tree. "
              f"Medallion runs embedded with `--executors 2 --memory-limit {memory}`; its layers "
-             "overlap, so its stage times are shares of the critical path.", ""]
+             "overlap, so its stage times are shares of the critical path. `medallion cluster, N "
+             "executors`: the same spec submitted (`medallion submit --wait`) to a coordinator and N "
+             "executors on this machine (etcd, gRPC on loopback), the 2 task slots and the memory "
+             "limit split between the executors; its time is the submit's, its memory that of the "
+             "client, coordinator and executors (not etcd).", ""]
     for workload, rows in results.items():
         lines += [f"## {workload}", "",
                   f"| engine | writes | bronze s | silver s | gold s | total s | {rows[0]['unit']}/s | peak MiB | vs Medallion | gold equal |",
@@ -286,6 +381,7 @@ def main():
     p.add_argument("--scales", default="1000000,5000000", help="orders per ecommerce run")
     p.add_argument("--tpch-scales", default="1", help="TPC-H scale factors")
     p.add_argument("--peers", default="duckdb,polars,pyspark")
+    p.add_argument("--cluster", default="1,2", help="Medallion local clusters: executors per cluster ('' for none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--memory", default="1GiB", help="Medallion's --memory-limit (queries spill beyond it)")
     p.add_argument("--work", default=os.path.expanduser("~/.cache/medallion-bench"), help="data and lakes")
@@ -310,6 +406,12 @@ def main():
         reference = run_medallion(args.medallion, workload, data, os.path.join(runs, "medallion"),
                                   args.threads, args.memory)
         rows = [reference]
+        for executors in (int(n) for n in args.cluster.split(",") if n):
+            r = run_medallion_cluster(args.medallion, workload, data, os.path.join(runs, f"cluster-{executors}"),
+                                      executors, args.threads, args.memory, args.work)
+            problems = compare(workload, reference, r)
+            r["agrees"] = "yes" if not problems else "NO: " + "; ".join(problems)
+            rows.append(r)
         for peer in args.peers.split(","):
             for engine, fmt in PEERS[peer]:
                 r = run_peer(sys.executable, workload, engine, fmt, data,

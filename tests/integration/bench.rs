@@ -1,5 +1,6 @@
-//! The benchmark harness itself, at a tiny scale: both workloads run on every peer, each peer
-//! agrees with Medallion's gold tables, and the report and chart are written. (The real runs are `bench/run`, not tests.)
+//! The benchmark harness itself, at a tiny scale: both workloads run on every peer and on
+//! Medallion embedded and as a local cluster, each agrees with Medallion's gold tables, and the
+//! report and chart are written. (The real runs are `bench/run`, not tests.)
 
 use std::process::Command;
 
@@ -22,6 +23,8 @@ fn benchmark_harness_smoke_run() {
     let report = std::fs::read_to_string(out_dir.path().join("smoke.md")).unwrap();
     for engine in [
         "| medallion | delta |",
+        "| medallion cluster, 1 executor | delta |",
+        "| medallion cluster, 2 executors | delta |",
         "| duckdb | delta |",
         "| duckdb | parquet |",
         "| polars | delta |",
