@@ -14,6 +14,7 @@ Every peer prints one JSON object: {"stages": {"bronze": s, "silver": s, "gold":
 """
 import argparse
 import json
+import os
 import time
 
 CUSTOMER_360 = """
@@ -37,13 +38,46 @@ ORDER_FIELDS = ["order_id", "customer_id", "product_id", "quantity", "amount", "
                 "email", "created_at", "updated_at"]
 
 
-def arguments():
+def arguments(engines=None, data_help="directory with orders/, customers/, products/"):
+    """The peers' command line; `engines`, when given, adds a first argument choosing one."""
     p = argparse.ArgumentParser()
-    p.add_argument("data", help="directory with orders/, customers/, products/")
+    if engines:
+        p.add_argument("engine", choices=engines)
+    p.add_argument("data", help=data_help)
     p.add_argument("out", help="directory for the lake this peer writes")
     p.add_argument("--format", choices=["delta", "parquet"], default="delta")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args()
+
+
+def polars_write(df, path, fmt, partition_by=None):
+    """Writes a Polars frame as a Delta table (through deltalake) or as Parquet files."""
+    if fmt == "delta":
+        options = {"partition_by": partition_by} if partition_by else None
+        df.write_delta(path, mode="overwrite", delta_write_options=options)
+    else:
+        os.makedirs(path, exist_ok=True)
+        if partition_by:
+            df.write_parquet(path, partition_by=partition_by)
+        else:
+            df.write_parquet(os.path.join(path, "data.parquet"))
+    return path
+
+
+def spark_session(threads, name):
+    """A local Spark with `threads` cores, UTC, quiet."""
+    from pyspark.sql import SparkSession
+    spark = (
+        SparkSession.builder.master(f"local[{threads}]")
+        .appName(name)
+        .config("spark.sql.shuffle.partitions", str(threads * 4))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "4g")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
 
 
 class Stages:

@@ -3,7 +3,7 @@ import datetime
 import glob
 import os
 
-from common import ORDER_FIELDS, Stages, arguments  # noqa: E402
+from common import ORDER_FIELDS, Stages, arguments, polars_write  # noqa: E402
 
 args = arguments()
 os.environ["POLARS_MAX_THREADS"] = str(args.threads)  # read when polars loads
@@ -13,17 +13,7 @@ stages = Stages()
 
 
 def write(df, name, partition_by=None):
-    path = os.path.join(args.out, name)
-    if args.format == "delta":
-        options = {"partition_by": partition_by} if partition_by else None
-        df.write_delta(path, mode="overwrite", delta_write_options=options)
-    else:
-        os.makedirs(path, exist_ok=True)
-        if partition_by:
-            df.write_parquet(path, partition_by=partition_by)
-        else:
-            df.write_parquet(os.path.join(path, "data.parquet"))
-    return path
+    return polars_write(df, os.path.join(args.out, name), args.format, partition_by)
 
 
 def read(path):

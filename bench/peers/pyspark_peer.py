@@ -1,26 +1,17 @@
 """The ecommerce pipeline in PySpark (local mode), writing Parquet (Delta's jars are not on PyPI)."""
 import os
 
-from common import CUSTOMER_360, ORDER_FIELDS, PRODUCT_PERFORMANCE, Stages, arguments
+from common import CUSTOMER_360, ORDER_FIELDS, PRODUCT_PERFORMANCE, Stages, arguments, spark_session
 
 args = arguments()
 if args.format != "parquet":
     raise SystemExit("pyspark_peer writes Parquet only: delta-spark needs jars from Maven")
 
-from pyspark.sql import SparkSession, Window  # noqa: E402
+from pyspark.sql import Window  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql.types import StringType, StructField, StructType  # noqa: E402
 
-spark = (
-    SparkSession.builder.master(f"local[{args.threads}]")
-    .appName("medallion-bench")
-    .config("spark.sql.shuffle.partitions", str(args.threads * 4))
-    .config("spark.sql.session.timeZone", "UTC")
-    .config("spark.ui.enabled", "false")
-    .config("spark.driver.memory", "4g")
-    .getOrCreate()
-)
-spark.sparkContext.setLogLevel("ERROR")
+spark = spark_session(args.threads, "medallion-bench")
 stages = Stages()
 
 

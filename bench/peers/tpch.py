@@ -8,26 +8,15 @@ every engine does the same work: bronze lands each table with the ingestion meta
 _ingested_at, then _source_file), gold runs each query and writes its answer. Each layer is
 written and read back by the next. Prints the same JSON line as the ecommerce peers.
 """
-import argparse
 import datetime
 import os
 import sys
 
 import yaml
 
-from common import Stages
+from common import Stages, arguments, polars_write, spark_session
 
 SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "tpch", "pipeline.yaml")
-
-
-def arguments():
-    p = argparse.ArgumentParser()
-    p.add_argument("engine", choices=["duckdb", "polars", "pyspark"])
-    p.add_argument("data", help="directory with one directory of Parquet files per TPC-H table")
-    p.add_argument("out", help="directory for the lake this peer writes")
-    p.add_argument("--format", choices=["delta", "parquet"], default="delta")
-    p.add_argument("--threads", type=int, default=2)
-    return p.parse_args()
 
 
 class DuckDB:
@@ -86,17 +75,7 @@ class Polars:
         self.args = args
 
     def write(self, df, name, partition_by=None):
-        path = os.path.join(self.args.out, name)
-        if self.args.format == "delta":
-            options = {"partition_by": partition_by} if partition_by else None
-            df.write_delta(path, mode="overwrite", delta_write_options=options)
-        else:
-            os.makedirs(path, exist_ok=True)
-            if partition_by:
-                df.write_parquet(path, partition_by=partition_by)
-            else:
-                df.write_parquet(os.path.join(path, "data.parquet"))
-        return path
+        return polars_write(df, os.path.join(self.args.out, name), self.args.format, partition_by)
 
     def read(self, path):
         if self.args.format == "delta":
@@ -128,20 +107,10 @@ class PySpark:
     def __init__(self, args):
         if args.format != "parquet":
             raise SystemExit("the pyspark peer writes Parquet only: delta-spark needs jars from Maven")
-        from pyspark.sql import SparkSession
         from pyspark.sql import functions as F
         self.F = F
         self.args = args
-        self.spark = (
-            SparkSession.builder.master(f"local[{args.threads}]")
-            .appName("medallion-bench-tpch")
-            .config("spark.sql.shuffle.partitions", str(args.threads * 4))
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.ui.enabled", "false")
-            .config("spark.driver.memory", "4g")
-            .getOrCreate()
-        )
-        self.spark.sparkContext.setLogLevel("ERROR")
+        self.spark = spark_session(args.threads, "medallion-bench-tpch")
 
     def write(self, df, name, partition_by=None):
         path = os.path.join(self.args.out, name)
@@ -176,7 +145,8 @@ class PySpark:
 
 
 def main():
-    args = arguments()
+    args = arguments(["duckdb", "polars", "pyspark"],
+                     data_help="directory with one directory of Parquet files per TPC-H table")
     spec = yaml.safe_load(open(SPEC))
     engine = {"duckdb": DuckDB, "polars": Polars, "pyspark": PySpark}[args.engine](args)
     stages = Stages()

@@ -1,5 +1,5 @@
 //! What the three Medallion binaries share: where the cluster keeps its state in etcd, leases
-//! that survive an etcd restart, logging and size flags.
+//! that survive an etcd restart, binding and exiting, logging and size flags.
 //!
 //! The coordinator and the executors meet only through etcd (membership, leadership, run
 //! state) and gRPC (`medallion-proto`); this crate keeps the etcd side in one place.
@@ -11,3 +11,33 @@ pub mod size;
 
 pub use etcd::{EtcdArgs, KeptLease, Keys};
 pub use logging::LogArgs;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+/// Binds a server's gRPC port; returns the listener and the URL others reach it at
+/// (`advertise`, or loopback with the bound port).
+pub async fn bind(
+    listen: SocketAddr,
+    advertise: Option<String>,
+) -> anyhow::Result<(tokio::net::TcpListener, String)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let port = listener.local_addr()?.port();
+    let url = advertise.unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
+    Ok((listener, url))
+}
+
+/// A server's exit: logs why it stopped, as the last line of its log.
+pub fn exit_code(server: &str, outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{server} stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

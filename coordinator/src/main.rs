@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use medallion_cluster::{EtcdArgs, KeptLease, LogArgs, signal};
 use medallion_coordinator::membership::Members;
@@ -52,24 +52,12 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init("info");
-    match serve(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "coordinator stopped");
-            ExitCode::FAILURE
-        }
-    }
+    medallion_cluster::exit_code("coordinator", serve(args).await)
 }
 
 async fn serve(args: Args) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let port = listener.local_addr()?.port();
-    let advertise = args
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
+    let (listener, advertise) =
+        medallion_cluster::bind(args.listen, args.advertise.clone()).await?;
     let etcd = args.etcd.connect().await?;
     let keys = args.etcd.keys();
 

@@ -57,13 +57,7 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init("info");
-    match serve(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "executor stopped");
-            ExitCode::FAILURE
-        }
-    }
+    medallion_cluster::exit_code("executor", serve(args).await)
 }
 
 async fn serve(args: Args) -> Result<()> {
@@ -71,16 +65,10 @@ async fn serve(args: Args) -> Result<()> {
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let service = ExecutorService::new(Executor::new(args.memory_limit)?, slots);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let port = listener.local_addr()?.port();
+    let (listener, address) = medallion_cluster::bind(args.listen, args.advertise.clone()).await?;
     let info = ExecutorInfo {
         id: args.id.clone().unwrap_or_else(default_id),
-        address: args
-            .advertise
-            .clone()
-            .unwrap_or_else(|| format!("http://127.0.0.1:{port}")),
+        address,
         slots: slots as u32,
         started_ms: chrono::Utc::now().timestamp_millis(),
     };

@@ -186,9 +186,10 @@ fn cluster_run_equals_embedded_run_and_lists_executors() {
     assert_no_orphan_files(&ws);
 }
 
+/// Unknown runs, invalid specs and cancelling: clear errors, right exit codes.
 #[test]
-fn server_errors_are_clear() {
-    let ws = example(1_000, 2);
+fn cancel_and_server_errors() {
+    let ws = example(20_000, 8);
     let cluster = Cluster::start(&ws, 1, 1);
     let unknown = cluster.client(&ws, &["status", "no-such-run"]);
     assert_eq!(unknown.code, 2);
@@ -207,12 +208,37 @@ fn server_errors_are_clear() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("bad.yaml:6"), "{}", out.stderr);
 
+    // Cancelled while its first tasks run: it ends cancelled, and says so when watched.
+    let cancelled = cluster.submit(&ws, "pipeline.yaml");
+    executor_running(&cluster, "bronze.orders");
+    let out = cluster.client(&ws, &["cancel", &cancelled]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("cancelled"), "{}", out.stdout);
+    let watched = cluster.client(&ws, &["watch", &cancelled, "--output", "json"]);
+    assert_eq!(watched.code, 1);
+    assert!(
+        watched.stdout.contains("\"state\": \"cancelled\""),
+        "{}",
+        watched.stdout
+    );
+
+    // The next run does the whole work, once.
     let run_id = cluster.submit(&ws, "pipeline.yaml");
     let status = cluster.wait(&ws, &run_id);
     assert_succeeded(&status, &cluster);
+    assert_same_tables_as_embedded(&ws, &cluster);
     let again = cluster.client(&ws, &["cancel", &run_id]);
     assert_eq!(again.code, 2);
     assert!(again.stderr.contains("already ended"), "{}", again.stderr);
+    let runs = cluster.client(&ws, &["runs", "--output", "json"]);
+    let runs: Value = serde_json::from_str(&runs.stdout).unwrap();
+    let states: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["succeeded", "cancelled"]);
 }
 
 /// kill -9 of an executor while it runs a bronze task, then of another while it runs a silver
