@@ -6,6 +6,7 @@
 //! |----------------------------------|------------------------------------|---------------------|
 //! | `<p>/executors/<id>`             | `ExecutorInfo` (protobuf)          | executor's lease    |
 //! | `<p>/leader/...`                 | leader's client address (election) | leader's lease      |
+//! | `<p>/ballista`                   | leader's Ballista scheduler address | leader's lease      |
 //! | `<p>/runs/<run>`                 | `RunRecord` (protobuf)             | kept                |
 //! | `<p>/tables/<run>/<layer.table>` | the table's report (JSON)          | kept                |
 //! | `<p>/tasks/<run>/<task>`         | `TaskRecord` (protobuf)            | kept                |
@@ -86,6 +87,10 @@ impl Keys {
     /// The election's name.
     pub fn leader(&self) -> String {
         format!("{}/leader", self.prefix)
+    }
+    /// The leader's Ballista scheduler, `host:port`, for the executors' Ballista executors.
+    pub fn ballista(&self) -> String {
+        format!("{}/ballista", self.prefix)
     }
     pub fn runs(&self) -> String {
         format!("{}/runs/", self.prefix)

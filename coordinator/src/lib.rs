@@ -22,5 +22,6 @@ pub mod service;
 pub mod store;
 
 pub use dispatch::{RetryPolicy, TaskRunner};
+pub use planner::BallistaTarget;
 pub use report::{CheckResult, Metrics, RunReport, TableReport, TableStatus};
 pub use run::{Coordinator, RunEvent, RunObserver, new_run_id};

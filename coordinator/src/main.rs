@@ -13,9 +13,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
+use medallion_cluster::size::parse_size;
 use medallion_cluster::{EtcdArgs, KeptLease, LogArgs, signal};
+use medallion_coordinator::BallistaTarget;
 use medallion_coordinator::membership::Members;
 use medallion_coordinator::remote::RemoteExecutors;
 use medallion_coordinator::runs::Runs;
@@ -42,6 +44,13 @@ struct Args {
     /// takes over at most this long after the leader dies.
     #[arg(long, env = "MEDALLION_LEASE_TTL", default_value_t = 10)]
     lease_ttl: i64,
+    /// Port of the Ballista scheduler gold queries run on across the executors; 0: no Ballista.
+    #[arg(long, env = "MEDALLION_BALLISTA_PORT", default_value_t = 50050)]
+    ballista_port: u16,
+    /// `engine: auto` gold tables run on Ballista when two or more executors are up and their
+    /// inputs hold at least this much data (e.g. `256MiB`).
+    #[arg(long, env = "MEDALLION_BALLISTA_MIN_INPUT", value_parser = parse_size, default_value = "256MiB")]
+    ballista_min_input: usize,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -62,9 +71,23 @@ async fn serve(args: Args) -> Result<()> {
     let keys = args.etcd.keys();
 
     let members = Arc::new(Members::default());
+    let ballista = match args.ballista_port {
+        0 => None,
+        port => Some(
+            start_ballista(
+                args.listen,
+                port,
+                &advertise,
+                &members,
+                args.ballista_min_input,
+            )
+            .await?,
+        ),
+    };
     let runs = Runs::new(
         RunStore::new(etcd.clone(), keys.clone()),
         Arc::new(RemoteExecutors::new(members.clone())),
+        ballista.clone(),
     );
     let role = Role::new(etcd.clone(), keys.clone());
     let service = CoordinatorService {
@@ -118,6 +141,15 @@ async fn serve(args: Args) -> Result<()> {
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
     tracing::info!(address = %advertise, lease = lease.id(), "elected leader");
+    if let Some(ballista) = &ballista {
+        // The executors' Ballista executors find the scheduler here.
+        let address = ballista.scheduler.trim_start_matches("df://").to_string();
+        let options = etcd_client::PutOptions::new().with_lease(lease.id());
+        etcd.clone()
+            .put(keys.ballista(), address, Some(options))
+            .await
+            .context("publishing the Ballista scheduler")?;
+    }
     let stop_members = CancellationToken::new();
     tokio::spawn(members.follow(etcd.clone(), keys.clone(), stop_members.clone()));
     while let Err(e) = runs.resume().await {
@@ -143,4 +175,48 @@ async fn serve(args: Args) -> Result<()> {
         }
         _ = lost.cancelled() => bail!("leadership lost: the etcd lease expired"),
     }
+}
+
+/// Starts the Ballista scheduler on its own port, next to our gRPC services.
+async fn start_ballista(
+    listen: SocketAddr,
+    port: u16,
+    advertise: &str,
+    members: &Arc<Members>,
+    min_input_bytes: usize,
+) -> Result<BallistaTarget> {
+    use ballista_core::config::TaskSchedulingPolicy;
+    use ballista_scheduler::cluster::BallistaCluster;
+    use ballista_scheduler::config::SchedulerConfig;
+    let host = url::Url::parse(advertise)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let config = Arc::new(SchedulerConfig {
+        bind_host: listen.ip().to_string(),
+        bind_port: port,
+        external_host: host.clone(),
+        // Executors poll for tasks: they need no address the scheduler can dial.
+        scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        override_logical_codec: Some(Arc::new(medallion_lake::ballista::LakeCodec::default())),
+        ..Default::default()
+    });
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("Ballista scheduler: {e}"))?;
+    let address = SocketAddr::new(listen.ip(), port);
+    tokio::spawn(async move {
+        if let Err(e) =
+            ballista_scheduler::scheduler_process::start_server(cluster, address, config).await
+        {
+            tracing::error!(error = %e, "the Ballista scheduler stopped");
+        }
+    });
+    tracing::info!(%address, "Ballista scheduler serving");
+    let members = members.clone();
+    Ok(BallistaTarget {
+        scheduler: format!("df://{host}:{port}"),
+        min_input_bytes: min_input_bytes as u64,
+        executors: Arc::new(move || members.list().len()),
+    })
 }

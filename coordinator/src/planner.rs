@@ -12,7 +12,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
-use medallion_pipeline::spec::{SourceSpec, WriteMode};
+use medallion_pipeline::spec::{GoldEngine, SourceSpec, WriteMode};
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
 use medallion_sources::ReadOptions;
@@ -44,6 +44,8 @@ pub struct StagePlan {
     pub tasks: Vec<Task>,
     pub commit: CommitPlan,
     pub partition_columns: Vec<String>,
+    /// Where a gold query runs: `local` or `ballista`.
+    pub engine: Option<&'static str>,
 }
 
 impl StagePlan {
@@ -52,8 +54,20 @@ impl StagePlan {
             tasks: Vec::new(),
             commit,
             partition_columns: Vec::new(),
+            engine: None,
         }
     }
+}
+
+/// A Ballista cluster gold queries may run on, and when they should.
+#[derive(Clone)]
+pub struct BallistaTarget {
+    /// The scheduler, `df://host:port`.
+    pub scheduler: String,
+    /// `auto` gold tables run on Ballista from this many bytes of input.
+    pub min_input_bytes: u64,
+    /// How many executors are up now (`auto` needs two).
+    pub executors: std::sync::Arc<dyn Fn() -> usize + Send + Sync>,
 }
 
 /// `commitInfo` key: the versions of the tables a commit was computed from.
@@ -67,6 +81,8 @@ pub struct RunContext<'a> {
     pub pipeline: &'a Pipeline,
     pub storage_options: HashMap<String, String>,
     pub ingested_at_micros: i64,
+    /// Set in a cluster with a Ballista scheduler.
+    pub ballista: Option<&'a BallistaTarget>,
 }
 
 /// A fingerprint of the pipeline spec: any change to it recomputes every table.
@@ -153,6 +169,7 @@ impl RunContext<'_> {
             tasks,
             commit: CommitPlan::Append { files: new_files },
             partition_columns,
+            engine: None,
         })
     }
 
@@ -244,6 +261,7 @@ impl RunContext<'_> {
             tasks,
             commit,
             partition_columns: Vec::new(),
+            engine: None,
         })
     }
 
@@ -257,14 +275,49 @@ impl RunContext<'_> {
         if self.computed_from(existing.as_ref(), &inputs).await? {
             return Ok(StagePlan::nothing_to_do(CommitPlan::Overwrite { inputs }));
         }
+        let scheduler = self.ballista_for(table, &inputs).await?;
+        let engine = if scheduler.is_some() {
+            "ballista"
+        } else {
+            "local"
+        };
         let work = Work::Aggregate(AggregateWork {
             input_versions: inputs.clone().into_iter().collect(),
+            ballista_scheduler: scheduler.unwrap_or_default(),
         });
         Ok(StagePlan {
             tasks: vec![self.task(table, 0, uri, work)],
             commit: CommitPlan::Overwrite { inputs },
             partition_columns: Vec::new(),
+            engine: Some(engine),
         })
+    }
+
+    /// The Ballista scheduler a gold table's query goes to, if any: see [`GoldEngine`].
+    async fn ballista_for(
+        &self,
+        table: &TableRef,
+        inputs: &BTreeMap<String, u64>,
+    ) -> Result<Option<String>> {
+        let (Some(ballista), Some(spec)) = (self.ballista, self.pipeline.gold(&table.name)) else {
+            return Ok(None);
+        };
+        let on = match spec.engine {
+            GoldEngine::Local => false,
+            GoldEngine::Ballista => true,
+            GoldEngine::Auto => {
+                let mut bytes = 0;
+                for (input, version) in inputs {
+                    let uri = self
+                        .pipeline
+                        .table_uri(&input.parse().map_err(anyhow::Error::msg)?);
+                    bytes +=
+                        medallion_lake::table_bytes(&uri, &self.storage_options, *version).await?;
+                }
+                (ballista.executors)() >= 2 && bytes >= ballista.min_input_bytes
+            }
+        };
+        Ok(on.then(|| ballista.scheduler.clone()))
     }
 
     /// Whether the table's latest commit was computed from these input versions with this

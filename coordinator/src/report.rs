@@ -39,6 +39,9 @@ pub struct TableReport {
     #[serde(flatten)]
     pub status: TableStatus,
     pub tasks: usize,
+    /// Where a gold query ran: `local` or `ballista`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
     /// Task attempts beyond the first.
     pub retries: usize,
     pub metrics: Metrics,
@@ -54,6 +57,7 @@ impl TableReport {
             table: table.to_string(),
             status,
             tasks: 0,
+            engine: None,
             retries: 0,
             metrics: Metrics::default(),
             checks: Vec::new(),

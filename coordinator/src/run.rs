@@ -10,7 +10,7 @@ use medallion_proto::{TaskMetrics, TaskResult};
 
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
 use crate::dispatch::{RetryPolicy, TaskRunner, run_with_retries};
-use crate::planner::RunContext;
+use crate::planner::{BallistaTarget, RunContext};
 use crate::report::{Metrics, RunReport, TableReport, TableStatus};
 
 /// Progress of a run, for a CLI or a UI to show.
@@ -53,11 +53,22 @@ pub trait RunObserver: Send + Sync {
 pub struct Coordinator<'a> {
     runner: &'a dyn TaskRunner,
     observer: &'a dyn RunObserver,
+    ballista: Option<BallistaTarget>,
 }
 
 impl<'a> Coordinator<'a> {
     pub fn new(runner: &'a dyn TaskRunner, observer: &'a dyn RunObserver) -> Self {
-        Self { runner, observer }
+        Self {
+            runner,
+            observer,
+            ballista: None,
+        }
+    }
+
+    /// Gold queries may run on this Ballista cluster (see `GoldEngine`).
+    pub fn with_ballista(mut self, ballista: Option<BallistaTarget>) -> Self {
+        self.ballista = ballista;
+        self
     }
 
     /// Runs every table of `pipeline` once. A failed table fails the run and skips what
@@ -74,6 +85,7 @@ impl<'a> Coordinator<'a> {
             pipeline,
             storage_options: pipeline.storage_options.clone().into_iter().collect(),
             ingested_at_micros: now.timestamp_micros(),
+            ballista: self.ballista.as_ref(),
         };
 
         let order = pipeline.dag.topological_order().unwrap_or_default();
@@ -221,6 +233,7 @@ impl<'a> Coordinator<'a> {
     ) -> anyhow::Result<TableStatus> {
         let plan = run.plan(table).await?;
         report.tasks = plan.tasks.len();
+        report.engine = plan.engine.map(str::to_string);
         self.observer.on_event(RunEvent::TablePlanned {
             table: table.clone(),
             tasks: plan.tasks.len(),

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::dispatch::TaskRunner;
+use crate::planner::BallistaTarget;
 use crate::report::{RunReport, TableReport, TableStatus};
 use crate::run::{Coordinator, RunEvent, RunObserver, new_run_id};
 use crate::store::{RunStore, persist};
@@ -28,6 +29,7 @@ use crate::store::{RunStore, persist};
 pub struct Runs {
     store: RunStore,
     runner: Arc<dyn TaskRunner>,
+    ballista: Option<BallistaTarget>,
     active: Mutex<HashMap<String, Arc<ActiveRun>>>,
 }
 
@@ -181,10 +183,15 @@ fn ended(state: i32) -> bool {
 }
 
 impl Runs {
-    pub fn new(store: RunStore, runner: Arc<dyn TaskRunner>) -> Arc<Self> {
+    pub fn new(
+        store: RunStore,
+        runner: Arc<dyn TaskRunner>,
+        ballista: Option<BallistaTarget>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runner,
+            ballista,
             active: Mutex::new(HashMap::new()),
         })
     }
@@ -274,9 +281,11 @@ impl Runs {
             writes,
         };
         let runner = self.runner.clone();
+        let ballista = self.ballista.clone();
         let id = run_id.clone();
         let tables = tokio::spawn(async move {
             Coordinator::new(runner.as_ref(), &recorder)
+                .with_ballista(ballista)
                 .run(&pipeline, &id)
                 .await
         });

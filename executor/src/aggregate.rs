@@ -1,4 +1,6 @@
-//! Gold: the table's SQL over pinned versions of the tables it reads.
+//! Gold: the table's SQL over pinned versions of the tables it reads, on this executor's
+//! DataFusion or, when the planner chose it, on Ballista across the cluster. Either way this
+//! executor writes the result's files and the coordinator commits them once.
 
 use medallion_pipeline::TableRef;
 use medallion_proto::{AggregateWork, TaskError, TaskMetrics};
@@ -10,17 +12,21 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         .pipeline
         .gold(&ctx.table.name)
         .ok_or_else(|| TaskError::permanent(format!("no gold table '{}'", ctx.table.name)))?;
-    let session = session::new_session(&ctx.runtime);
+    let ballista = !work.ballista_scheduler.is_empty();
+    let session = if ballista {
+        tracing::info!(scheduler = %work.ballista_scheduler, "gold query on Ballista");
+        session::ballista_session(&work.ballista_scheduler).await?
+    } else {
+        session::new_session(&ctx.runtime)
+    };
     for (name, version) in &work.input_versions {
         let input: TableRef = name.parse().map_err(TaskError::permanent)?;
-        session::register_table(
-            &session,
-            &ctx.pipeline,
-            &ctx.storage_options,
-            &input,
-            *version,
-        )
-        .await?;
+        let (pipeline, opts) = (&ctx.pipeline, &ctx.storage_options);
+        if ballista {
+            session::register_pinned(&session, pipeline, opts, &input, *version).await?;
+        } else {
+            session::register_table(&session, pipeline, opts, &input, *version).await?;
+        }
     }
     let df = session
         .sql(&spec.sql.value)

@@ -48,16 +48,49 @@ struct Args {
     #[arg(long, env = "MEDALLION_DRAIN_TIMEOUT", default_value_t = 120)]
     drain_timeout: u64,
     #[command(flatten)]
+    ballista: BallistaFlags,
+    #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
     log: LogArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The Ballista executor in this process, which runs its share of distributed gold queries.
+#[derive(clap::Args)]
+struct BallistaFlags {
+    /// Ballista scheduler, `host:port` [default: the one the leader coordinator publishes in
+    /// etcd].
+    #[arg(long, env = "MEDALLION_BALLISTA_SCHEDULER")]
+    ballista_scheduler: Option<String>,
+    /// Arrow Flight port of the Ballista executor (shuffle data and results).
+    #[arg(long, env = "MEDALLION_BALLISTA_PORT", default_value_t = 50051)]
+    ballista_port: u16,
+    /// gRPC port of the Ballista executor.
+    #[arg(long, env = "MEDALLION_BALLISTA_GRPC_PORT", default_value_t = 50052)]
+    ballista_grpc_port: u16,
+    /// Ballista task slots [default: --slots].
+    #[arg(long, env = "MEDALLION_BALLISTA_VCORES")]
+    ballista_vcores: Option<usize>,
+    /// Directory for Ballista's shuffle files [default: a temporary directory].
+    #[arg(long, env = "MEDALLION_BALLISTA_WORK_DIR")]
+    ballista_work_dir: Option<String>,
+    /// Run no Ballista executor in this process.
+    #[arg(long, env = "MEDALLION_NO_BALLISTA")]
+    no_ballista: bool,
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init("info");
-    medallion_cluster::exit_code("executor", serve(args).await)
+    // Ballista's plans recurse deeply: its own binaries run with large thread stacks too.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(32 << 20)
+        .build();
+    match runtime {
+        Ok(runtime) => medallion_cluster::exit_code("executor", runtime.block_on(serve(args))),
+        Err(e) => medallion_cluster::exit_code("executor", Err(e.into())),
+    }
 }
 
 async fn serve(args: Args) -> Result<()> {
@@ -92,6 +125,9 @@ async fn serve(args: Args) -> Result<()> {
 
     let etcd = args.etcd.connect().await?;
     let keys = args.etcd.keys();
+    if !args.ballista.no_ballista {
+        start_ballista(&args, &info, &etcd, &keys).await?;
+    }
     let shutdown = signal::shutdown();
     tokio::pin!(shutdown);
     // Registered until shutdown; registers again whenever etcd loses the lease.
@@ -147,4 +183,63 @@ fn default_id() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "executor".into());
     format!("{host}-{}", std::process::id())
+}
+
+/// Starts this process's Ballista executor against the leader's scheduler.
+async fn start_ballista(
+    args: &Args,
+    info: &ExecutorInfo,
+    etcd: &etcd_client::Client,
+    keys: &medallion_cluster::Keys,
+) -> Result<()> {
+    use ballista_core::config::TaskSchedulingPolicy;
+    use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+    let flags = &args.ballista;
+    let scheduler = match &flags.ballista_scheduler {
+        Some(s) => s.clone(),
+        None => loop {
+            let got = etcd.clone().get(keys.ballista(), None).await?;
+            if let Some(kv) = got.kvs().first() {
+                break kv.value_str()?.to_string();
+            }
+            tracing::info!("waiting for the leader to publish its Ballista scheduler");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        },
+    };
+    let (host, port) = scheduler
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .with_context(|| format!("Ballista scheduler '{scheduler}' is not host:port"))?;
+    let external = url::Url::parse(&info.address)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let config = ExecutorProcessConfig {
+        executor_id: info.id.clone(),
+        bind_host: args.listen.ip().to_string(),
+        external_host: Some(external),
+        port: flags.ballista_port,
+        grpc_port: flags.ballista_grpc_port,
+        scheduler_host: host,
+        scheduler_port: port,
+        scheduler_connect_timeout_seconds: 60,
+        vcores: flags.ballista_vcores.unwrap_or(info.slots as usize),
+        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        work_dir: flags.ballista_work_dir.clone(),
+        override_logical_codec: Some(std::sync::Arc::new(
+            medallion_lake::ballista::LakeCodec::default(),
+        )),
+        ..Default::default()
+    };
+    tracing::info!(
+        scheduler,
+        port = flags.ballista_port,
+        "starting the Ballista executor"
+    );
+    tokio::spawn(async move {
+        if let Err(e) = start_executor_process(std::sync::Arc::new(config)).await {
+            tracing::error!(error = %e, "the Ballista executor stopped");
+        }
+    });
+    Ok(())
 }

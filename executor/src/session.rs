@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::catalog::MemorySchemaProvider;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use medallion_pipeline::{Layer, Pipeline, TableRef};
@@ -15,7 +16,30 @@ use crate::transient;
 /// share the executor's runtime, so all tasks draw on one memory pool.
 pub(crate) fn new_session(runtime: &Arc<RuntimeEnv>) -> SessionContext {
     let config = SessionConfig::new().with_information_schema(false);
-    let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
+    with_layers(SessionContext::new_with_config_rt(config, runtime.clone()))
+}
+
+/// A session whose queries run on the Ballista scheduler at `scheduler` (`df://host:port`),
+/// across all its executors; tables go there as their data files ([`register_pinned`]).
+pub(crate) async fn ballista_session(scheduler: &str) -> Result<SessionContext, TaskError> {
+    use ballista::prelude::{SessionConfigExt, SessionContextExt};
+    let config = SessionConfig::new_with_ballista()
+        .with_information_schema(false)
+        .with_ballista_logical_extension_codec(Arc::new(
+            medallion_lake::ballista::LakeCodec::default(),
+        ));
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::remote_with_state(scheduler, state)
+        .await
+        .map_err(transient)?;
+    Ok(with_layers(ctx))
+}
+
+/// Adds a schema per layer to the session's catalog, so SQL can say `silver.orders`.
+fn with_layers(ctx: SessionContext) -> SessionContext {
     let catalog = ctx
         .catalog("datafusion")
         .expect("the default catalog exists");
@@ -24,6 +48,25 @@ pub(crate) fn new_session(runtime: &Arc<RuntimeEnv>) -> SessionContext {
         let _ = catalog.register_schema(layer.as_str(), Arc::new(MemorySchemaProvider::new()));
     }
     ctx
+}
+
+/// Registers `table` at `version` as its list of data files, which Ballista can ship.
+pub(crate) async fn register_pinned(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    opts: &HashMap<String, String>,
+    table: &TableRef,
+    version: u64,
+) -> Result<(), TaskError> {
+    let uri = pipeline.table_uri(table);
+    let files = medallion_lake::ballista::pinned_table(&uri, opts, version)
+        .await
+        .map_err(transient)?;
+    let reference =
+        datafusion::common::TableReference::partial(table.layer.as_str(), table.name.as_str());
+    ctx.register_table(reference, Arc::new(files))
+        .map_err(transient)?;
+    Ok(())
 }
 
 /// Registers `table` at `version` (pinned by the planner) under its `layer.name`.

@@ -4,6 +4,8 @@
 //! commits them. [`StagedFiles`] reads such uncommitted files back, so quality checks and merges
 //! can look at a table's next version before it exists.
 
+pub mod ballista;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -74,6 +76,17 @@ pub async fn open_version(uri: &str, opts: &StorageOptions, version: u64) -> Res
         .await
         .with_context(|| format!("cannot open Delta table {uri} at version {version}"))?;
     Ok(table)
+}
+
+/// The bytes of data files in one version of a table.
+pub async fn table_bytes(uri: &str, opts: &StorageOptions, version: u64) -> Result<u64> {
+    let table = open_version(uri, opts, version).await?;
+    Ok(table
+        .snapshot()?
+        .log_data()
+        .into_iter()
+        .map(|f| f.size().max(0) as u64)
+        .sum())
 }
 
 /// Registers a Delta table with a DataFusion session under `name`, together with the object

@@ -214,8 +214,26 @@ impl SilverColumn {
 pub struct GoldSpec {
     pub name: Spanned<String>,
     pub sql: Spanned<String>,
+    /// Where the query runs.
+    #[serde(default)]
+    pub engine: GoldEngine,
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+}
+
+/// Where a gold query runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GoldEngine {
+    /// Ballista on a cluster of two or more executors when the inputs are large (the
+    /// coordinator's `--ballista-min-input`), one executor's DataFusion otherwise.
+    #[default]
+    Auto,
+    /// One executor's DataFusion.
+    Local,
+    /// Ballista across the executors whenever a cluster runs the pipeline (embedded mode
+    /// runs it locally).
+    Ballista,
 }
 
 /// What a quality check asserts.

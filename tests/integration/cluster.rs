@@ -313,3 +313,38 @@ fn cluster_rides_out_an_etcd_restart() {
     );
     assert_same_tables_as_embedded(&ws, &cluster);
 }
+
+/// Gold on Ballista: both gold tables of the example forced onto Ballista run across the
+/// executors (each executor's Ballista executor ran some of the query's tasks) and equal the
+/// local DataFusion result of an embedded run.
+#[test]
+fn gold_on_ballista_equals_local_datafusion() {
+    let ws = example(20_000, 8);
+    let spec = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
+    let on_ballista = spec.replace(
+        "    checks:\n      - { name: one_row_per_",
+        "    engine: ballista\n    checks:\n      - { name: one_row_per_",
+    );
+    assert_eq!(on_ballista.matches("engine: ballista").count(), 2);
+    ws.write("pipeline.yaml", &on_ballista);
+    let cluster = Cluster::start(&ws, 1, 3);
+
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    let status = cluster.wait(&ws, &run_id);
+    assert_succeeded(&status, &cluster);
+    for gold in ["gold.customer_360", "gold.product_performance"] {
+        let report = medallion_tests::table(&status["report"], gold);
+        assert_eq!(report["engine"], "ballista", "{report:#}");
+    }
+    let ran_ballista_tasks = cluster
+        .executors
+        .iter()
+        .filter(|e| e.log_text().contains("Received task"))
+        .count();
+    assert!(
+        ran_ballista_tasks >= 2,
+        "Ballista tasks ran on {ran_ballista_tasks} executors:\n{}",
+        cluster.logs()
+    );
+    assert_same_tables_as_embedded(&ws, &cluster);
+}

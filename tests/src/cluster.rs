@@ -216,6 +216,7 @@ impl Cluster {
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--etcd", &self.etcd.url(), "--etcd-prefix", "/test"])
                 .args(["--lease-ttl", &LEASE_TTL_SECONDS.to_string()])
+                .args(["--ballista-port", &free_port().to_string()])
                 .env("MEDALLION_LOG", "info"),
         );
         wait_for(&name, Duration::from_secs(30), || proc.listening());
@@ -238,7 +239,13 @@ impl Cluster {
                     "--slots",
                     "2",
                 ])
-                .env("MEDALLION_LOG", "info"),
+                .args(["--ballista-port", &free_port().to_string()])
+                .args(["--ballista-grpc-port", &free_port().to_string()])
+                // Ballista's executor says which tasks of a distributed query it ran.
+                .env(
+                    "MEDALLION_LOG",
+                    "warn,medallion_executor=info,medallion_cluster=info,ballista_executor=info",
+                ),
         );
         self.executors.push(proc);
     }
