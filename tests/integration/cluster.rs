@@ -348,3 +348,62 @@ fn gold_on_ballista_equals_local_datafusion() {
     );
     assert_same_tables_as_embedded(&ws, &cluster);
 }
+
+/// TPC-H gold tables (Q1, Q3, Q5, Q6, Q10: aggregates and multi-way joins) on Ballista across
+/// three executors equal local DataFusion's in an embedded run.
+#[test]
+fn tpch_gold_on_ballista_equals_local_datafusion() {
+    let ws = Workspace::new();
+    let spec = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tpch/pipeline.yaml"),
+    )
+    .unwrap();
+    ws.write(
+        "pipeline.yaml",
+        &spec.replace("\n    sql: |", "\n    engine: ballista\n    sql: |"),
+    );
+    ws.write(
+        "embedded.yaml",
+        &spec.replace("lake: ./lake\n", "lake: ./lake-embedded\n"),
+    );
+    let generated = ws.medallion(&["generate", "data", "--dataset", "tpch", "--scale", "0.01"]);
+    assert_eq!(generated.code, 0, "{}", generated.stderr);
+    let cluster = Cluster::start(&ws, 1, 3);
+
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    let status = cluster.wait(&ws, &run_id);
+    assert_succeeded(&status, &cluster);
+    let embedded = ws.run("embedded.yaml");
+    assert_eq!(embedded.code, 0, "{}", embedded.stderr);
+    for gold in [
+        "q1_pricing_summary",
+        "q3_shipping_priority",
+        "q5_local_supplier_volume",
+        "q6_forecast_revenue",
+        "q10_returned_items",
+    ] {
+        let report = medallion_tests::table(&status["report"], &format!("gold.{gold}"));
+        assert_eq!(report["engine"], "ballista", "{report:#}");
+        let ours = ws.read_table(&format!("lake/gold/{gold}"));
+        let local = ws.read_table(&format!("lake-embedded/gold/{gold}"));
+        assert!(ours["num_rows"].as_u64().unwrap() > 0, "{gold} is empty");
+        assert_rows_equal_within(&ours["rows"], &local["rows"], gold);
+    }
+}
+
+/// Row lists (sorted the same way by the reader) equal, numbers to 1e-9 relative: a
+/// distributed aggregate adds its partial sums in another order.
+fn assert_rows_equal_within(ours: &Value, reference: &Value, what: &str) {
+    let (a, b) = (ours.as_array().unwrap(), reference.as_array().unwrap());
+    assert_eq!(a.len(), b.len(), "{what}: row counts differ");
+    for (x, y) in a.iter().zip(b) {
+        for (column, v) in x.as_object().unwrap() {
+            let w = &y[column];
+            let close = match (v.as_f64(), w.as_f64()) {
+                (Some(p), Some(q)) => (p - q).abs() <= 1e-9 * p.abs().max(q.abs()).max(1.0),
+                _ => v == w,
+            };
+            assert!(close, "{what}: column {column}: {v} vs {w}\n{x}\n{y}");
+        }
+    }
+}
