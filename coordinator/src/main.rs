@@ -198,6 +198,10 @@ async fn start_ballista(
         external_host: host.clone(),
         // Executors poll for tasks: they need no address the scheduler can dial.
         scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        // An executor silent for 15 s is dead and its tasks run elsewhere (the executors
+        // beat every 5 s); Ballista's default of 180 s stalls queries on a lost executor.
+        executor_timeout_seconds: 15,
+        expire_dead_executor_interval_seconds: 5,
         override_logical_codec: Some(Arc::new(medallion_lake::ballista::LakeCodec::default())),
         ..Default::default()
     });

@@ -225,6 +225,8 @@ async fn start_ballista(
         scheduler_connect_timeout_seconds: 60,
         vcores: flags.ballista_vcores.unwrap_or(info.slots as usize),
         task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        // The scheduler expires an executor after 15 s without a beat.
+        executor_heartbeat_interval_seconds: 5,
         work_dir: flags.ballista_work_dir.clone(),
         override_logical_codec: Some(std::sync::Arc::new(
             medallion_lake::ballista::LakeCodec::default(),

@@ -407,3 +407,37 @@ fn assert_rows_equal_within(ours: &Value, reference: &Value, what: &str) {
         }
     }
 }
+
+/// kill -9 of an executor while a Ballista gold query runs: the query or the gold task runs
+/// again, and the run ends with the embedded run's tables.
+#[test]
+fn executor_killed_during_a_ballista_query_loses_nothing() {
+    let ws = example(60_000, 12);
+    let spec = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
+    ws.write(
+        "pipeline.yaml",
+        &spec.replace(
+            "    checks:\n      - { name: one_row_per_",
+            "    engine: ballista\n    checks:\n      - { name: one_row_per_",
+        ),
+    );
+    let mut cluster = Cluster::start(&ws, 1, 3);
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    let mut victim = None;
+    wait_for("a Ballista task", Duration::from_secs(180), || {
+        victim = cluster
+            .executors
+            .iter()
+            .position(|e| e.log_text().contains("Received task"));
+        victim.is_some()
+    });
+    cluster.executors[victim.unwrap()].kill();
+
+    let status = cluster.wait(&ws, &run_id);
+    assert_succeeded(&status, &cluster);
+    for gold in ["gold.customer_360", "gold.product_performance"] {
+        let report = medallion_tests::table(&status["report"], gold);
+        assert_eq!(report["engine"], "ballista", "{report:#}");
+    }
+    assert_same_tables_as_embedded(&ws, &cluster);
+}
