@@ -440,4 +440,14 @@ fn executor_killed_during_a_ballista_query_loses_nothing() {
         assert_eq!(report["engine"], "ballista", "{report:#}");
     }
     assert_same_tables_as_embedded(&ws, &cluster);
+    // The scheduler did lose a Ballista executor (its tasks go to the others).
+    let killed = format!(
+        "ACTIVE executor executor-{} heartbeat timed out",
+        victim.unwrap()
+    );
+    wait_for(
+        "the scheduler to expire the killed executor",
+        Duration::from_secs(60),
+        || cluster.coordinators[0].log_text().contains(&killed),
+    );
 }
