@@ -5,6 +5,7 @@
 use medallion_pipeline::TableRef;
 use medallion_proto::{AggregateWork, TaskError, TaskMetrics};
 
+use crate::session::Read;
 use crate::{Output, TaskContext, session};
 
 pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output, TaskError> {
@@ -21,12 +22,9 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
     };
     for (name, version) in &work.input_versions {
         let input: TableRef = name.parse().map_err(TaskError::permanent)?;
+        let read = if ballista { Read::Files } else { Read::Delta };
         let (pipeline, opts) = (&ctx.pipeline, &ctx.storage_options);
-        if ballista {
-            session::register_pinned(&session, pipeline, opts, &input, *version).await?;
-        } else {
-            session::register_table(&session, pipeline, opts, &input, *version).await?;
-        }
+        session::register_table(&session, pipeline, opts, &input, *version, read).await?;
     }
     let df = session
         .sql(&spec.sql.value)

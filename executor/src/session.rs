@@ -20,7 +20,7 @@ pub(crate) fn new_session(runtime: &Arc<RuntimeEnv>) -> SessionContext {
 }
 
 /// A session whose queries run on the Ballista scheduler at `scheduler` (`df://host:port`),
-/// across all its executors; tables go there as their data files ([`register_pinned`]).
+/// across all its executors; tables go there as their data files ([`Read::Files`]).
 pub(crate) async fn ballista_session(scheduler: &str) -> Result<SessionContext, TaskError> {
     use ballista::prelude::{SessionConfigExt, SessionContextExt};
     let config = SessionConfig::new_with_ballista()
@@ -50,23 +50,12 @@ fn with_layers(ctx: SessionContext) -> SessionContext {
     ctx
 }
 
-/// Registers `table` at `version` as its list of data files, which Ballista can ship.
-pub(crate) async fn register_pinned(
-    ctx: &SessionContext,
-    pipeline: &Pipeline,
-    opts: &HashMap<String, String>,
-    table: &TableRef,
-    version: u64,
-) -> Result<(), TaskError> {
-    let uri = pipeline.table_uri(table);
-    let files = medallion_lake::ballista::pinned_table(&uri, opts, version)
-        .await
-        .map_err(transient)?;
-    let reference =
-        datafusion::common::TableReference::partial(table.layer.as_str(), table.name.as_str());
-    ctx.register_table(reference, Arc::new(files))
-        .map_err(transient)?;
-    Ok(())
+/// How a pinned input is read: through delta-rs (queries on this executor), or as its list of
+/// data files (Ballista, which cannot ship delta-rs's scan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    Delta,
+    Files,
 }
 
 /// Registers `table` at `version` (pinned by the planner) under its `layer.name`.
@@ -76,15 +65,23 @@ pub(crate) async fn register_table(
     opts: &HashMap<String, String>,
     table: &TableRef,
     version: u64,
+    read: Read,
 ) -> Result<(), TaskError> {
     let uri = pipeline.table_uri(table);
-    let delta = medallion_lake::open_version(&uri, opts, version)
-        .await
-        .map_err(transient)?;
     let reference =
         datafusion::common::TableReference::partial(table.layer.as_str(), table.name.as_str());
-    medallion_lake::register_delta(ctx, reference, &delta)
-        .await
-        .map_err(transient)?;
-    Ok(())
+    let registered = match read {
+        Read::Delta => match medallion_lake::open_version(&uri, opts, version).await {
+            Ok(delta) => medallion_lake::register_delta(ctx, reference, &delta).await,
+            Err(e) => Err(e),
+        },
+        Read::Files => match medallion_lake::ballista::pinned_table(&uri, opts, version).await {
+            Ok(files) => ctx
+                .register_table(reference, Arc::new(files))
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        },
+    };
+    registered.map_err(transient)
 }

@@ -44,6 +44,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         &ctx.storage_options,
         &input,
         work.input_version,
+        session::Read::Delta,
     )
     .await?;
     let source = session
