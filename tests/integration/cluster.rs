@@ -148,6 +148,11 @@ fn cluster_run_equals_embedded_run_and_lists_executors() {
         status["report"]["tables"].as_array().unwrap().len(),
         TABLES.len()
     );
+    // `auto` gold tables stay local below --ballista-min-input (256 MiB by default).
+    for gold in ["gold.customer_360", "gold.product_performance"] {
+        let report = medallion_tests::table(&status["report"], gold);
+        assert_eq!(report["engine"], "local", "{report:#}");
+    }
     assert_same_tables_as_embedded(&ws, &cluster);
 
     // Every executor did some of the work.
@@ -314,20 +319,21 @@ fn cluster_rides_out_an_etcd_restart() {
     assert_same_tables_as_embedded(&ws, &cluster);
 }
 
-/// Gold on Ballista: both gold tables of the example forced onto Ballista run across the
-/// executors (each executor's Ballista executor ran some of the query's tasks) and equal the
-/// local DataFusion result of an embedded run.
+/// Gold on Ballista: customer_360 forced onto Ballista, product_performance left to `auto`
+/// with a size threshold its inputs pass; both run across the executors (each executor's
+/// Ballista executor ran some of the queries' tasks) and equal the local DataFusion result of
+/// an embedded run.
 #[test]
 fn gold_on_ballista_equals_local_datafusion() {
     let ws = example(20_000, 8);
     let spec = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
     let on_ballista = spec.replace(
-        "    checks:\n      - { name: one_row_per_",
-        "    engine: ballista\n    checks:\n      - { name: one_row_per_",
+        "    checks:\n      - { name: one_row_per_customer",
+        "    engine: ballista\n    checks:\n      - { name: one_row_per_customer",
     );
-    assert_eq!(on_ballista.matches("engine: ballista").count(), 2);
+    assert_eq!(on_ballista.matches("engine: ballista").count(), 1);
     ws.write("pipeline.yaml", &on_ballista);
-    let cluster = Cluster::start(&ws, 1, 3);
+    let cluster = Cluster::start_with(&ws, 1, 3, &["--ballista-min-input", "1KiB"]);
 
     let run_id = cluster.submit(&ws, "pipeline.yaml");
     let status = cluster.wait(&ws, &run_id);

@@ -171,6 +171,7 @@ pub struct Cluster {
     pub etcd: Etcd,
     pub coordinators: Vec<Proc>,
     pub executors: Vec<Proc>,
+    coordinator_flags: Vec<String>,
     dir: PathBuf,
 }
 
@@ -178,11 +179,22 @@ impl Cluster {
     /// Starts etcd, `coordinators` coordinators (the first one leads) and `executors`
     /// executors, and waits until the leader sees every executor.
     pub fn start(ws: &Workspace, coordinators: usize, executors: usize) -> Self {
+        Self::start_with(ws, coordinators, executors, &[])
+    }
+
+    /// [`Cluster::start`], with extra flags for the coordinators.
+    pub fn start_with(
+        ws: &Workspace,
+        coordinators: usize,
+        executors: usize,
+        coordinator_flags: &[&str],
+    ) -> Self {
         let dir = ws.path().to_path_buf();
         let mut cluster = Self {
             etcd: Etcd::start(&dir),
             coordinators: Vec::new(),
             executors: Vec::new(),
+            coordinator_flags: coordinator_flags.iter().map(|f| f.to_string()).collect(),
             dir,
         };
         for i in 0..coordinators {
@@ -217,6 +229,7 @@ impl Cluster {
                 .args(["--etcd", &self.etcd.url(), "--etcd-prefix", "/test"])
                 .args(["--lease-ttl", &LEASE_TTL_SECONDS.to_string()])
                 .args(["--ballista-port", &free_port().to_string()])
+                .args(&self.coordinator_flags)
                 .env("MEDALLION_LOG", "info"),
         );
         wait_for(&name, Duration::from_secs(30), || proc.listening());
