@@ -181,10 +181,7 @@ fn main() -> ExitCode {
                         return Ok(ExitCode::from(BAD_INPUT));
                     }
                 };
-                let info = Remote::connect(&urls)
-                    .await?
-                    .submit(&spec, &pipeline)
-                    .await?;
+                let info = Remote::connect(&urls).await?.submit(&pipeline).await?;
                 if !wait {
                     println!("{}", info.run_id);
                     return Ok(ExitCode::SUCCESS);

@@ -1,8 +1,6 @@
 //! The client side of a cluster: submit a pipeline to the leader coordinator, follow and
 //! manage its runs, list the executors.
 
-use std::path::Path;
-
 use anyhow::{Context, Result, anyhow, bail};
 use medallion_coordinator::service::LEADER_HEADER;
 use medallion_coordinator::{RunEvent, RunObserver, RunReport};
@@ -90,14 +88,12 @@ impl Remote {
         })
     }
 
-    /// Submits the spec at `spec`, already loaded (and so validated) as `pipeline`.
-    pub async fn submit(&mut self, spec: &Path, pipeline: &Pipeline) -> Result<RunInfo> {
-        let yaml =
-            std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
+    /// Submits a spec already loaded (and so validated) as `pipeline`.
+    pub async fn submit(&mut self, pipeline: &Pipeline) -> Result<RunInfo> {
         let request = SubmitRequest {
             pipeline: Some(PipelineSpec {
-                yaml,
-                origin: spec.display().to_string(),
+                yaml: pipeline.yaml.clone(),
+                origin: pipeline.origin.clone(),
                 base_dir: pipeline.base_dir.display().to_string(),
             }),
         };

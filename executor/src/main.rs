@@ -18,7 +18,7 @@ use medallion_proto::executor_server::ExecutorServer;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Parser)]
+#[derive(Clone, Parser)]
 #[command(
     name = "medallion-executor",
     version,
@@ -56,7 +56,7 @@ struct Args {
 }
 
 /// The Ballista executor in this process, which runs its share of distributed gold queries.
-#[derive(clap::Args)]
+#[derive(Clone, clap::Args)]
 struct BallistaFlags {
     /// Ballista scheduler, `host:port` [default: the one the leader coordinator publishes in
     /// etcd].
@@ -126,7 +126,16 @@ async fn serve(args: Args) -> Result<()> {
     let etcd = args.etcd.connect().await?;
     let keys = args.etcd.keys();
     if !args.ballista.no_ballista {
-        start_ballista(&args, &info, &etcd, &keys).await?;
+        // In the background: waiting for the leader's scheduler must not hold up registration.
+        let (args, info, etcd, keys) = (args.clone(), info.clone(), etcd.clone(), keys.clone());
+        tokio::spawn(async move {
+            if let Err(e) = start_ballista(&args, &info, &etcd, &keys).await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "no Ballista executor in this process"
+                );
+            }
+        });
     }
     let shutdown = signal::shutdown();
     tokio::pin!(shutdown);
