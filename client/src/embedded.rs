@@ -32,9 +32,6 @@ impl TaskRunner for LocalExecutors {
             .acquire()
             .await
             .map_err(|e| TaskError::transient(e.to_string()))?;
-        let executor = self.executor.clone();
-        tokio::spawn(async move { executor.run(task).await })
-            .await
-            .unwrap_or_else(|e| Err(TaskError::transient(format!("executor task died: {e}"))))
+        self.executor.run(task).await
     }
 }

@@ -68,8 +68,17 @@ impl Executor {
         })
     }
 
-    /// Runs one task to completion.
+    /// Runs one task to completion. A panic in the task (a bug) fails the task, not the
+    /// process, so the other tasks of this executor keep running.
     pub async fn run(&self, task: medallion_proto::Task) -> Result<TaskResult, TaskError> {
+        let executor = self.clone();
+        let work = async move { executor.run_task(task).await };
+        tokio::spawn(tracing::Instrument::in_current_span(work))
+            .await
+            .unwrap_or_else(|e| Err(TaskError::transient(format!("task died: {e}"))))
+    }
+
+    async fn run_task(&self, task: medallion_proto::Task) -> Result<TaskResult, TaskError> {
         let spec = task
             .pipeline
             .ok_or_else(|| TaskError::permanent("task carries no pipeline spec"))?;

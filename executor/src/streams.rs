@@ -1,5 +1,8 @@
-//! The last steps of silver, on the stream of rows that passed the filters.
+//! The steps of silver that DataFusion does not do for us.
 //!
+//! - [`Filtered`] keeps the rows that pass the filters and counts, on the way, the rows it saw
+//!   and the rows it kept, so the metrics cost no second scan; [`Once`] hands such a stream back
+//!   to DataFusion as a table partition, for the dedupe sort.
 //! - [`CastChecked`] fails on the first value that did not cast to its declared type, naming
 //!   column, value and source file, and drops the columns that carried that information.
 //! - [`FirstPerKey`] keeps the latest row per key: silver sorts rows by key and then latest
@@ -9,6 +12,8 @@
 //!   state per key).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray};
@@ -17,8 +22,143 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use futures::{Stream, StreamExt};
+
+/// Rows seen and rows kept by the [`Filtered`] streams of one task.
+#[derive(Debug, Default)]
+pub(crate) struct FilterCounts {
+    rows: AtomicU64,
+    kept: AtomicU64,
+}
+
+impl FilterCounts {
+    /// Rows seen and rows kept; final once the streams have ended.
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.rows.load(Ordering::Relaxed),
+            self.kept.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Keeps the rows whose `pass` column is true and drops that column; counts rows in and out.
+pub(crate) struct Filtered {
+    input: SendableRecordBatchStream,
+    /// Index of the boolean column saying whether the row passes; `None` keeps every row.
+    pass: Option<usize>,
+    counts: Arc<FilterCounts>,
+    schema: SchemaRef,
+}
+
+impl Filtered {
+    pub(crate) fn new(
+        input: SendableRecordBatchStream,
+        pass: Option<usize>,
+        counts: Arc<FilterCounts>,
+    ) -> Self {
+        let input_schema = input.schema();
+        let schema = match pass {
+            Some(p) => {
+                let mut fields = input_schema.fields().to_vec();
+                fields.remove(p);
+                Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
+                    fields,
+                    input_schema.metadata().clone(),
+                ))
+            }
+            None => input_schema,
+        };
+        Self {
+            input,
+            pass,
+            counts,
+            schema,
+        }
+    }
+
+    fn keep_passing(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
+        self.counts
+            .rows
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        if let Some(p) = self.pass {
+            let pass = batch.remove_column(p);
+            let pass = pass.as_boolean_opt().ok_or_else(|| {
+                DataFusionError::Internal("the filter column is not boolean".into())
+            })?;
+            // NULL fails, as in SQL's WHERE (and in Arrow's filter).
+            batch = filter_record_batch(&batch, pass)?;
+        }
+        self.counts
+            .kept
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        Ok(batch)
+    }
+}
+
+impl Stream for Filtered {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.input.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(this.keep_passing(batch))),
+            other => other,
+        }
+    }
+}
+
+impl RecordBatchStream for Filtered {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+/// A stream that is already running, as a partition of a DataFusion table: the plan reading
+/// it may execute it once.
+pub(crate) struct Once {
+    schema: SchemaRef,
+    stream: Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl Once {
+    pub(crate) fn new(stream: SendableRecordBatchStream) -> Self {
+        Self {
+            schema: stream.schema(),
+            stream: Mutex::new(Some(stream)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Once {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Once")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+impl PartitionStream for Once {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.stream.lock().map(|mut s| s.take()).ok().flatten();
+        taken.unwrap_or_else(|| {
+            Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::once(async {
+                    Err(DataFusionError::Internal(
+                        "a one-shot partition was executed twice".into(),
+                    ))
+                }),
+            ))
+        })
+    }
+}
 
 /// Passes on the first row of each run of equal keys.
 pub(crate) struct FirstPerKey {

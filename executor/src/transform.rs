@@ -11,18 +11,21 @@
 //!    latest `_source_file`).
 
 use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::ScalarValue;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::logical_expr::{ScalarUDF, SortExpr, cast, try_cast, when};
-use datafusion::prelude::{DataFrame, Expr, col, lit};
+use datafusion::logical_expr::{ExprSchemable, ScalarUDF, SortExpr, cast, try_cast, when};
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 use medallion_pipeline::spec::SilverSpec;
 use medallion_pipeline::{TableRef, meta, types};
 use medallion_proto::{TaskError, TaskMetrics, TransformWork};
+use std::sync::Arc;
 
-use crate::streams::{CastChecked, CheckedColumn, FirstPerKey};
+use crate::streams::{CastChecked, CheckedColumn, FilterCounts, Filtered, FirstPerKey, Once};
 use crate::{KeyPartition, Output, TaskContext, session, transient};
 use datafusion::execution::SendableRecordBatchStream;
 
+const PASS: &str = "__medallion_pass";
 const LATEST: &str = "__medallion_latest";
 const INGESTED: &str = "__medallion_ingested_at";
 const FILE: &str = "__medallion_source_file";
@@ -57,34 +60,21 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
 
     let plan = Plan { ctx, spec };
     let typed = plan.typed(source, &work)?;
-    // One light scan counts rows (it computes only what the filters need); a second streams
-    // the rows out. Nothing is held in memory but what the dedupe sort needs.
-    let predicate = plan.predicate(&typed)?;
-    let counts = plan.count(&typed, predicate.as_ref()).await?;
-    let kept = match predicate {
-        Some(p) => typed.filter(p).map_err(|e| plan.data_error(e))?,
-        None => typed,
-    };
+    let (kept, counts) = plan.filtered(&session, typed).await?;
     let rows = plan.deduplicated(kept).await?;
     let (adds, schema, rows_written) = crate::write_result(ctx, rows).await?;
+    let (rows_read, rows_kept) = counts.get();
     Ok(Output {
         adds,
         schema,
         metrics: TaskMetrics {
-            rows_read: counts.rows,
+            rows_read,
             rows_written,
-            rows_filtered: counts.rows - counts.kept,
-            rows_deduplicated: counts.kept - rows_written,
+            rows_filtered: rows_read - rows_kept,
+            rows_deduplicated: rows_kept - rows_written,
             ..Default::default()
         },
     })
-}
-
-/// What the counting scan found.
-struct Counts {
-    rows: u64,
-    /// Rows that pass every filter.
-    kept: u64,
 }
 
 /// An identifier as DataFusion's `col()` takes it, so names keep their case.
@@ -173,6 +163,15 @@ impl Plan<'_> {
         let mut predicate: Option<Expr> = None;
         for f in &self.spec.filters {
             let e = self.parse(typed, &f.value, "filter")?;
+            let data_type = e
+                .get_type(typed.schema())
+                .map_err(|e| self.data_error(format!("filter `{}`: {e}", f.value)))?;
+            if !matches!(data_type, DataType::Boolean | DataType::Null) {
+                return Err(self.data_error(format!(
+                    "filter `{}` is {data_type}, not a boolean",
+                    f.value
+                )));
+            }
             predicate = Some(match predicate {
                 None => e,
                 Some(p) => p.and(e),
@@ -181,39 +180,43 @@ impl Plan<'_> {
         Ok(predicate)
     }
 
-    /// Counts, in one scan, the rows and the rows the filters keep.
-    async fn count(
+    /// The rows that pass every filter, counted on their way out of the one scan of the input:
+    /// each partition of `typed` runs through a [`Filtered`] stream, and the streams become the
+    /// partitions of the table the dedupe sort reads.
+    async fn filtered(
         &self,
-        typed: &DataFrame,
-        predicate: Option<&Expr>,
-    ) -> Result<Counts, TaskError> {
-        let passes = match predicate {
-            Some(p) => when(p.clone(), lit(1i64)).otherwise(lit(0i64)),
-            None => Ok(lit(1i64)),
-        }
-        .map_err(|e| self.data_error(e))?;
-        let batches = typed
-            .clone()
-            .aggregate(vec![], vec![count(lit(1i64)), sum(passes)])
-            .map_err(|e| self.data_error(e))?
-            .collect()
+        session: &SessionContext,
+        typed: DataFrame,
+    ) -> Result<(DataFrame, Arc<FilterCounts>), TaskError> {
+        let (typed, pass) = match self.predicate(&typed)? {
+            Some(p) => {
+                let pass = typed.schema().fields().len();
+                let typed = typed.with_column(PASS, p).map_err(|e| self.data_error(e))?;
+                (typed, Some(pass))
+            }
+            None => (typed, None),
+        };
+        let streams = typed
+            .execute_stream_partitioned()
             .await
             .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
-        let row = batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .ok_or_else(|| self.data_error("the counting scan returned nothing"))?;
-        let value = |c: usize| -> Result<u64, TaskError> {
-            let v = ScalarValue::try_from_array(row.column(c), 0).map_err(transient)?;
-            Ok(match v {
-                ScalarValue::Int64(Some(n)) => n as u64,
-                _ => 0,
+        let counts = Arc::new(FilterCounts::default());
+        let partitions: Vec<Arc<dyn PartitionStream>> = streams
+            .into_iter()
+            .map(|s| {
+                let filtered = Filtered::new(s, pass, counts.clone());
+                Arc::new(Once::new(Box::pin(filtered))) as Arc<dyn PartitionStream>
             })
-        };
-        Ok(Counts {
-            rows: value(0)?,
-            kept: value(1)?,
-        })
+            .collect();
+        let schema = partitions
+            .first()
+            .map(|p| p.schema().clone())
+            .ok_or_else(|| self.data_error("the input plan has no partitions"))?;
+        let table = StreamingTable::try_new(schema, partitions).map_err(transient)?;
+        let kept = session
+            .read_table(Arc::new(table))
+            .map_err(|e| self.data_error(e))?;
+        Ok((kept, counts))
     }
 
     /// The output columns, every value checked against its declared type, and only the

@@ -145,3 +145,25 @@ fn a_value_that_does_not_fit_its_type_names_table_column_and_value() {
         gold_before["version"]
     );
 }
+
+#[test]
+fn a_filter_that_is_not_a_boolean_is_named() {
+    let ws = shop();
+    ws.write(
+        "filter.yaml",
+        &SPEC.replace(r#""amount > 0""#, r#""amount + 1""#),
+    );
+    let out = ws.run("filter.yaml");
+    assert_eq!(out.code, 1);
+    assert_no_panic(&out.stderr);
+    let report = out.report();
+    let error = medallion_tests::table(&report, "silver.orders")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("silver.orders") && error.contains("filter `amount + 1` is Decimal"),
+        "{error}"
+    );
+    assert!(!ws.path().join("lake/silver/orders").exists());
+}
