@@ -26,6 +26,11 @@ use medallion_coordinator::store::RunStore;
 use medallion_proto::coordinator_server::CoordinatorServer;
 use tokio_util::sync::CancellationToken;
 
+/// DataFusion allocates and frees per batch, from many threads: mimalloc keeps that fast and
+/// returns memory to the OS, where glibc's arenas let the resident set grow.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "medallion-coordinator",

@@ -18,6 +18,11 @@ use medallion_proto::executor_server::ExecutorServer;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
+/// DataFusion allocates and frees per batch, from many threads: mimalloc keeps that fast and
+/// returns memory to the OS, where glibc's arenas let the resident set grow.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Clone, Parser)]
 #[command(
     name = "medallion-executor",
