@@ -15,9 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions};
 use tokio_util::sync::CancellationToken;
 
 /// How the binaries reach etcd.
@@ -220,6 +220,73 @@ async fn keep_alive(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(period / 2) => {}
+        }
+    }
+}
+
+/// What [`follow`] sees under its prefix.
+pub enum Change<'a> {
+    /// Every key there now: after the first read, and again after a broken watch.
+    All(&'a [KeyValue]),
+    Put(&'a KeyValue),
+    Deleted(&'a KeyValue),
+}
+
+/// Follows the keys under `prefix` until `stop` is cancelled: reads them, then watches from
+/// the next revision; when the watch breaks (etcd restarted, history compacted) reads again.
+/// `apply` sees every change in order, so a view built from it stays equal to etcd's.
+pub async fn follow(
+    etcd: Client,
+    prefix: String,
+    stop: CancellationToken,
+    mut apply: impl FnMut(Change<'_>),
+) {
+    loop {
+        if let Err(e) = follow_once(etcd.clone(), &prefix, &stop, &mut apply).await {
+            tracing::warn!(prefix, error = %e, "watch of etcd broke; reading again");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn follow_once(
+    mut etcd: Client,
+    prefix: &str,
+    stop: &CancellationToken,
+    apply: &mut impl FnMut(Change<'_>),
+) -> Result<()> {
+    let now = etcd
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = now.header().map_or(0, |h| h.revision());
+    apply(Change::All(now.kvs()));
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut watch = etcd.watch(prefix, Some(options)).await?;
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            m = watch.message() => m?,
+        };
+        let Some(response) = message else {
+            bail!("etcd ended the watch")
+        };
+        if response.canceled() {
+            bail!(
+                "etcd cancelled the watch (compacted at revision {})",
+                response.compact_revision()
+            );
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            apply(match event.event_type() {
+                EventType::Put => Change::Put(kv),
+                EventType::Delete => Change::Deleted(kv),
+            });
         }
     }
 }

@@ -1,8 +1,7 @@
 //! The live executors, as etcd knows them.
 //!
-//! Each executor keeps `<prefix>/executors/<id>` alive under its lease. The coordinator reads
-//! the prefix, then watches it from the next revision; when the watch breaks (etcd restarted,
-//! history compacted) it reads again. An executor whose key goes (lease expired or revoked)
+//! Each executor keeps `<prefix>/executors/<id>` alive under its lease. The coordinator
+//! follows that prefix ([`medallion_cluster::etcd::follow`]). An executor whose key goes (lease expired or revoked)
 //! is gone at once: its running calls are abandoned and their tasks rescheduled.
 
 use std::collections::HashMap;
@@ -10,9 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use anyhow::Result;
+use etcd_client::{Client, KeyValue};
 use medallion_cluster::Keys;
+use medallion_cluster::etcd::Change;
 use medallion_proto::ExecutorInfo;
 use medallion_proto::executor_client::ExecutorClient;
 use prost::Message;
@@ -161,70 +161,36 @@ impl Members {
 
     /// Follows the executors in etcd until `stop` is cancelled.
     pub async fn follow(self: Arc<Self>, etcd: Client, keys: Keys, stop: CancellationToken) {
-        loop {
-            if let Err(e) = self.sync(etcd.clone(), &keys, &stop).await {
-                tracing::warn!(error = %e, "watch of executors broke; reading them again");
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
-
-    /// Reads the executors, then applies changes from the next revision on.
-    async fn sync(&self, mut etcd: Client, keys: &Keys, stop: &CancellationToken) -> Result<()> {
         let prefix = keys.executors();
-        let now = etcd
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let revision = now.header().map_or(0, |h| h.revision());
-        let registered: HashMap<String, ExecutorInfo> = now
-            .kvs()
-            .iter()
-            .filter_map(|kv| ExecutorInfo::decode(kv.value()).ok())
-            .map(|info| (info.id.clone(), info))
-            .collect();
-        let known: Vec<String> = self.map.read().expect("members").keys().cloned().collect();
-        for id in known.iter().filter(|id| !registered.contains_key(*id)) {
-            self.remove(id);
-        }
-        for info in registered.into_values() {
-            self.upsert(info);
-        }
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut watch = etcd.watch(prefix.as_str(), Some(options)).await?;
-        loop {
-            let message = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                m = watch.message() => m?,
-            };
-            let Some(response) = message else {
-                bail!("etcd ended the watch")
-            };
-            if response.canceled() {
-                bail!(
-                    "etcd cancelled the watch (compacted at revision {})",
-                    response.compact_revision()
-                );
-            }
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                let id = String::from_utf8_lossy(kv.key())
-                    .trim_start_matches(prefix.as_str())
-                    .to_string();
-                match event.event_type() {
-                    EventType::Put => match ExecutorInfo::decode(kv.value()) {
-                        Ok(info) => self.upsert(info),
-                        Err(e) => {
-                            tracing::warn!(key = %id, error = %e, "unreadable executor registration")
-                        }
-                    },
-                    EventType::Delete => self.remove(&id),
+        let id = |kv: &KeyValue| {
+            String::from_utf8_lossy(kv.key())
+                .trim_start_matches(prefix.as_str())
+                .to_string()
+        };
+        medallion_cluster::etcd::follow(etcd, prefix.clone(), stop, |change| match change {
+            Change::All(kvs) => {
+                let registered: HashMap<String, ExecutorInfo> = kvs
+                    .iter()
+                    .filter_map(|kv| ExecutorInfo::decode(kv.value()).ok())
+                    .map(|info| (info.id.clone(), info))
+                    .collect();
+                let known: Vec<String> =
+                    self.map.read().expect("members").keys().cloned().collect();
+                for id in known.iter().filter(|id| !registered.contains_key(*id)) {
+                    self.remove(id);
+                }
+                for info in registered.into_values() {
+                    self.upsert(info);
                 }
             }
-        }
+            Change::Put(kv) => match ExecutorInfo::decode(kv.value()) {
+                Ok(info) => self.upsert(info),
+                Err(e) => {
+                    tracing::warn!(key = %id(kv), error = %e, "unreadable executor registration")
+                }
+            },
+            Change::Deleted(kv) => self.remove(&id(kv)),
+        })
+        .await
     }
 }

@@ -18,6 +18,8 @@ use medallion_proto::executor_server::ExecutorServer;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
+mod scheduler_link;
+
 /// DataFusion allocates and frees per batch, from many threads: mimalloc keeps that fast and
 /// returns memory to the OS, where glibc's arenas let the resident set grow.
 #[global_allocator]
@@ -133,8 +135,9 @@ async fn serve(args: Args) -> Result<()> {
     if !args.ballista.no_ballista {
         // In the background: waiting for the leader's scheduler must not hold up registration.
         let (args, info, etcd, keys) = (args.clone(), info.clone(), etcd.clone(), keys.clone());
+        let stop = stop_server.clone();
         tokio::spawn(async move {
-            if let Err(e) = start_ballista(&args, &info, &etcd, &keys).await {
+            if let Err(e) = start_ballista(&args, &info, &etcd, &keys, stop).await {
                 tracing::error!(
                     error = format!("{e:#}"),
                     "no Ballista executor in this process"
@@ -199,31 +202,39 @@ fn default_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Starts this process's Ballista executor against the leader's scheduler.
+/// Starts this process's Ballista executor against `--ballista-scheduler`, or else the
+/// scheduler of whichever coordinator leads ([`scheduler_link`]).
 async fn start_ballista(
     args: &Args,
     info: &ExecutorInfo,
     etcd: &etcd_client::Client,
     keys: &medallion_cluster::Keys,
+    stop: CancellationToken,
 ) -> Result<()> {
     use ballista_core::config::TaskSchedulingPolicy;
     use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
     let flags = &args.ballista;
-    let scheduler = match &flags.ballista_scheduler {
-        Some(s) => s.clone(),
-        None => loop {
-            let got = etcd.clone().get(keys.ballista(), None).await?;
-            if let Some(kv) = got.kvs().first() {
-                break kv.value_str()?.to_string();
+    let (host, port) = match &flags.ballista_scheduler {
+        Some(scheduler) => scheduler
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .with_context(|| format!("Ballista scheduler '{scheduler}' is not host:port"))?,
+        None => {
+            // Ballista gives up on a scheduler it cannot reach at start: wait for a leader.
+            while etcd
+                .clone()
+                .get(keys.ballista(), None)
+                .await?
+                .kvs()
+                .is_empty()
+            {
+                tracing::info!("waiting for the leader to publish its Ballista scheduler");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            tracing::info!("waiting for the leader to publish its Ballista scheduler");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        },
+            let link = scheduler_link::start(etcd.clone(), keys.ballista(), stop).await?;
+            (link.ip().to_string(), link.port())
+        }
     };
-    let (host, port) = scheduler
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-        .with_context(|| format!("Ballista scheduler '{scheduler}' is not host:port"))?;
     let external = url::Url::parse(&info.address)
         .ok()
         .and_then(|u| u.host_str().map(str::to_string))
@@ -248,7 +259,10 @@ async fn start_ballista(
         ..Default::default()
     };
     tracing::info!(
-        scheduler,
+        scheduler = flags
+            .ballista_scheduler
+            .as_deref()
+            .unwrap_or("the leader's"),
         port = flags.ballista_port,
         "starting the Ballista executor"
     );

@@ -457,3 +457,49 @@ fn executor_killed_during_a_ballista_query_loses_nothing() {
         || cluster.coordinators[0].log_text().contains(&killed),
     );
 }
+
+/// The Ballista scheduler lives in the leader: after the leader is killed, the executors'
+/// Ballista executors reach the new leader's scheduler, and the next run's gold tables run on
+/// Ballista across them again.
+#[test]
+fn ballista_follows_a_new_leader() {
+    let ws = example(20_000, 8);
+    let mut cluster = Cluster::start_with(&ws, 2, 2, &["--ballista-min-input", "1KiB"]);
+    let first = cluster.submit(&ws, "pipeline.yaml");
+    assert_succeeded(&cluster.wait(&ws, &first), &cluster);
+    let ballista_tasks = |cluster: &Cluster| -> usize {
+        cluster
+            .executors
+            .iter()
+            .map(|e| e.log_text().matches("Received task").count())
+            .sum()
+    };
+    let before = ballista_tasks(&cluster);
+    assert!(before > 0, "{}", cluster.logs());
+
+    cluster.coordinators[0].kill();
+    wait_for("the standby to lead", Duration::from_secs(60), || {
+        cluster.coordinators[1]
+            .log_text()
+            .contains("elected leader")
+    });
+    // New orders, so that silver and gold have work to do.
+    ws.write(
+        "data/orders/late.jsonl",
+        r#"{"order_id": 99000001, "customer_id": 10, "product_id": 5, "quantity": 2, "amount": 30.5, "status": "paid", "email": "Late@X.com", "created_at": "2024-03-01T10:00:00Z", "updated_at": "2024-03-01T10:00:00Z"}
+"#,
+    );
+    let second = cluster.submit(&ws, "pipeline.yaml");
+    let status = cluster.wait(&ws, &second);
+    assert_succeeded(&status, &cluster);
+    for gold in ["gold.customer_360", "gold.product_performance"] {
+        let report = medallion_tests::table(&status["report"], gold);
+        assert_eq!(report["engine"], "ballista", "{report:#}");
+    }
+    assert!(
+        ballista_tasks(&cluster) > before,
+        "no Ballista task ran after the failover:\n{}",
+        cluster.logs()
+    );
+    assert_same_tables_as_embedded(&ws, &cluster);
+}
