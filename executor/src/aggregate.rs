@@ -34,14 +34,14 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         .execute_stream()
         .await
         .map_err(|e| crate::query_error(&ctx.table, e.into()))?;
-    let (adds, schema, rows_written) = match crate::write_result(ctx, rows).await {
+    let (written, schema, rows_written) = match crate::write_result(ctx, rows).await {
         // The SQL planned, so a distributed run that fails met the cluster (a lost executor,
         // lost shuffle data): another attempt may pass.
         Err(e) if ballista => return Err(TaskError::transient(format!("on Ballista: {e}"))),
         written => written?,
     };
     Ok(Output {
-        adds,
+        written,
         schema,
         metrics: TaskMetrics {
             rows_written,

@@ -72,9 +72,8 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
         .await
         .map_err(transient)?
         .map_err(|e| TaskError::permanent(format!("bronze.{}: {e}", ctx.table.name)))?;
-    let adds = written.map_err(transient)?;
     Ok(Output {
-        adds,
+        written: written.map_err(transient)?,
         schema,
         metrics,
     })

@@ -24,7 +24,7 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 
 use datafusion::arrow::datatypes::SchemaRef;
-use deltalake::kernel::Add;
+use medallion_lake::Written;
 use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::{TaskError, TaskMetrics, TaskResult, task::Work};
 
@@ -33,7 +33,7 @@ pub use service::ExecutorService;
 
 /// What a task produced: uncommitted files, their schema and counters.
 pub(crate) struct Output {
-    pub adds: Vec<Add>,
+    pub written: Written,
     pub schema: SchemaRef,
     pub metrics: TaskMetrics,
 }
@@ -100,6 +100,7 @@ impl Executor {
             None => return Err(TaskError::permanent("task carries no work")),
         };
         let add_actions_json = out
+            .written
             .adds
             .iter()
             .map(serde_json::to_string)
@@ -110,7 +111,8 @@ impl Executor {
             add_actions_json,
             schema_json: medallion_lake::schema_to_json(&out.schema).map_err(transient)?,
             metrics: Some(TaskMetrics {
-                bytes_written: out.adds.iter().map(|a| a.size as u64).sum(),
+                bytes_written: out.written.adds.iter().map(|a| a.size as u64).sum(),
+                write_ms: out.written.write_time.as_millis() as u64,
                 ..out.metrics
             }),
         })
@@ -123,7 +125,7 @@ impl Executor {
 pub(crate) async fn write_result(
     ctx: &TaskContext,
     rows: datafusion::execution::SendableRecordBatchStream,
-) -> Result<(Vec<Add>, SchemaRef, u64), TaskError> {
+) -> Result<(Written, SchemaRef, u64), TaskError> {
     use futures::StreamExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     let schema = medallion_lake::delta_schema(&rows.schema());
@@ -134,7 +136,7 @@ pub(crate) async fn write_result(
         counter.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
         Ok(b)
     });
-    let adds = medallion_lake::write_data_files(
+    let written_files = medallion_lake::write_data_files(
         &ctx.output_uri,
         &ctx.dispatch_dir,
         &ctx.storage_options,
@@ -144,7 +146,7 @@ pub(crate) async fn write_result(
     )
     .await
     .map_err(|e| query_error(&ctx.table, e))?;
-    Ok((adds, schema, written.load(Ordering::Relaxed)))
+    Ok((written_files, schema, written.load(Ordering::Relaxed)))
 }
 
 /// Classifies an error of running a table's query or writing its files: storage and I/O

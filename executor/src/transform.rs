@@ -62,10 +62,10 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
     let typed = plan.typed(source, &work)?;
     let (kept, counts) = plan.filtered(&session, typed).await?;
     let rows = plan.deduplicated(kept).await?;
-    let (adds, schema, rows_written) = crate::write_result(ctx, rows).await?;
+    let (written, schema, rows_written) = crate::write_result(ctx, rows).await?;
     let (rows_read, rows_kept) = counts.get();
     Ok(Output {
-        adds,
+        written,
         schema,
         metrics: TaskMetrics {
             rows_read,

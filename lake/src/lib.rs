@@ -127,6 +127,14 @@ pub fn schema_from_json(json: &str) -> Result<StructType> {
 /// Returns one Delta `Add` per file, with paths relative to `uri` (so starting with
 /// `subdir/`). Nothing is visible to readers until the coordinator commits these actions; if
 /// it never does, [`delete_dir`] removes the whole `subdir`.
+/// Files [`write_data_files`] wrote, and the time it spent encoding and writing them (the
+/// rest of a task's time went to reading and computing the rows).
+#[derive(Debug, Default)]
+pub struct Written {
+    pub adds: Vec<Add>,
+    pub write_time: std::time::Duration,
+}
+
 pub async fn write_data_files(
     uri: &str,
     subdir: &str,
@@ -134,7 +142,7 @@ pub async fn write_data_files(
     schema: SchemaRef,
     partition_columns: &[String],
     mut batches: impl Stream<Item = Result<RecordBatch>> + Unpin,
-) -> Result<Vec<Add>> {
+) -> Result<Written> {
     let url = child_url(uri, subdir)?;
     let mut writer = RecordBatchWriter::try_new(
         url.as_str(),
@@ -142,17 +150,22 @@ pub async fn write_data_files(
         (!partition_columns.is_empty()).then(|| partition_columns.to_vec()),
         Some(opts.clone()),
     )?;
+    let mut write_time = std::time::Duration::ZERO;
     while let Some(batch) = batches.next().await {
         let batch = batch?;
         if batch.num_rows() > 0 {
+            let started = std::time::Instant::now();
             writer.write(batch).await.context("writing data files")?;
+            write_time += started.elapsed();
         }
     }
+    let started = std::time::Instant::now();
     let mut adds = writer.flush().await?;
+    write_time += started.elapsed();
     for add in &mut adds {
         add.path = format!("{subdir}/{}", add.path);
     }
-    Ok(adds)
+    Ok(Written { adds, write_time })
 }
 
 /// The directory `subdir` under the location `uri`.

@@ -19,6 +19,7 @@ impl std::ops::AddAssign<&TaskMetrics> for TaskMetrics {
         self.rows_deduplicated += o.rows_deduplicated;
         self.files_read += o.files_read;
         self.bytes_written += o.bytes_written;
+        self.write_ms += o.write_ms;
     }
 }
 
