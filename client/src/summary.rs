@@ -103,14 +103,16 @@ pub fn render(report: &RunReport) -> String {
         let _ = writeln!(out, "\nquality checks:");
         for (t, c) in checks {
             let verdict = if c.passed { "passed" } else { "FAILED" };
+            let finding = match &c.detail {
+                Some(detail) => detail.clone(),
+                None => format!("{} of {} rows failing", c.failing_rows, c.total_rows),
+            };
             let _ = writeln!(
                 out,
-                "  {:<w$} {:<28} {:<9} {verdict:<7} {} of {} rows failing",
+                "  {:<w$} {:<28} {:<9} {verdict:<7} {finding}",
                 t.table,
                 c.name,
                 format!("{:?}", c.severity).to_lowercase(),
-                c.failing_rows,
-                c.total_rows
             );
         }
     }

@@ -21,7 +21,7 @@ use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::TryStreamExt;
 use medallion_lake::StagedFiles;
-use medallion_pipeline::spec::{CheckSpec, Severity};
+use medallion_pipeline::spec::{CheckKind, CheckSpec, Severity};
 use medallion_pipeline::{Pipeline, TableRef};
 
 use crate::planner::{CommitPlan, INFO_INPUTS, INFO_SPEC, spec_fingerprint};
@@ -136,6 +136,24 @@ impl CommitContext<'_> {
         })
     }
 
+    /// Registers the tables `foreign_key` checks reference, at their latest version (they are
+    /// dependencies, so this run has already written them).
+    async fn register_references(&self, ctx: &SessionContext, checks: &[CheckSpec]) -> Result<()> {
+        for check in checks.iter().filter(|c| c.check == CheckKind::ForeignKey) {
+            let (table, _) = check.reference().map_err(anyhow::Error::msg)?;
+            let view = quality::reference_view(&table);
+            if ctx.table_exist(view.as_str())? {
+                continue;
+            }
+            let uri = self.pipeline.table_uri(&table);
+            match medallion_lake::open_table(&uri, self.storage_options).await? {
+                Some(t) => medallion_lake::register_delta(ctx, &view, &t).await?,
+                None => anyhow::bail!("check '{}': {table} does not exist yet", check.name.value),
+            }
+        }
+        Ok(())
+    }
+
     /// The table as it will be after the commit, checked.
     async fn check(
         &self,
@@ -149,6 +167,7 @@ impl CommitContext<'_> {
             return Ok(Vec::new());
         }
         let ctx = SessionContext::new();
+        self.register_references(&ctx, checks).await?;
         let new_rows = self.staged_rows(&ctx, staged_uri, staged)?;
         let next = match (plan, existing) {
             (CommitPlan::Merge { keys, .. }, Some(t)) => {

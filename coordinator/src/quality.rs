@@ -1,11 +1,14 @@
 //! Quality checks, evaluated on a table's next version before it is committed.
 //!
-//! Row checks (`not_null`, `range`, `expression`) are counted together in one scan; each
-//! `unique` check groups the rows once.
+//! Row checks (`not_null`, `range`, `expression`, `accepted_values`, `regex`) are counted
+//! together in one scan; `unique` groups the rows, `foreign_key` anti-joins the referenced
+//! table (registered by the caller as [`reference_view`]), `row_count` and `freshness` judge
+//! the table as a whole.
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampNanosecondType};
 use datafusion::prelude::{DataFrame, SessionContext};
+use medallion_pipeline::TableRef;
 use medallion_pipeline::spec::{Bound, CheckKind, CheckSpec};
 use medallion_pipeline::sql::{quote_ident, quote_literal};
 
@@ -13,8 +16,13 @@ use crate::report::CheckResult;
 
 const VIEW: &str = "__medallion_next_version";
 
+/// The name a table referenced by a `foreign_key` check has in the checks' session.
+pub fn reference_view(table: &TableRef) -> String {
+    format!("__medallion_ref_{}_{}", table.layer, table.name)
+}
+
 /// Runs every check on `rows` (the table as it will be after the commit), in `ctx`, the
-/// session `rows` was made in (it knows the object stores).
+/// session `rows` was made in (it knows the object stores and the referenced tables).
 pub async fn run_checks(
     ctx: &SessionContext,
     rows: DataFrame,
@@ -40,22 +48,130 @@ pub async fn run_checks(
 
     let mut results = Vec::with_capacity(checks.len());
     for check in checks {
-        let failing_rows = match failing_row(check) {
-            Some(_) => *row_counts.next().expect("one count per row check"),
-            None => counts(ctx, &duplicates_sql(check))
-                .await
-                .map_err(|e| anyhow::anyhow!("check '{}': {e:#}", check.name.value))?[0],
-        };
+        let judged = match failing_row(check) {
+            Some(_) => Ok(Judged::rows(
+                *row_counts.next().expect("one count per row check"),
+            )),
+            None => judge(ctx, check, total_rows).await,
+        }
+        .map_err(|e| anyhow::anyhow!("check '{}': {e:#}", check.name.value))?;
         results.push(CheckResult {
             name: check.name.value.clone(),
             check: check.check,
             severity: check.severity,
-            passed: failing_rows == 0,
-            failing_rows,
+            passed: judged.passed,
+            failing_rows: judged.failing_rows,
             total_rows,
+            detail: judged.detail,
         });
     }
     Ok(results)
+}
+
+/// The verdict of one check.
+struct Judged {
+    passed: bool,
+    failing_rows: u64,
+    /// Why a table-level check failed, in words.
+    detail: Option<String>,
+}
+
+impl Judged {
+    fn rows(failing_rows: u64) -> Self {
+        Self {
+            passed: failing_rows == 0,
+            failing_rows,
+            detail: None,
+        }
+    }
+
+    fn table(passed: bool, detail: String) -> Self {
+        Self {
+            passed,
+            failing_rows: 0,
+            detail: (!passed).then_some(detail),
+        }
+    }
+}
+
+/// The checks that need their own query.
+async fn judge(ctx: &SessionContext, check: &CheckSpec, total_rows: u64) -> anyhow::Result<Judged> {
+    Ok(match check.check {
+        CheckKind::Unique => Judged::rows(counts(ctx, &duplicates_sql(check)).await?[0]),
+        CheckKind::ForeignKey => {
+            let (table, column) = check.reference().map_err(anyhow::Error::msg)?;
+            let ours = &columns(check)[0];
+            let sql = format!(
+                "SELECT count(*) FROM {VIEW} v LEFT ANTI JOIN {} r ON v.{ours} = r.{} \
+                 WHERE v.{ours} IS NOT NULL",
+                reference_view(&table),
+                quote_ident(&column)
+            );
+            Judged::rows(counts(ctx, &sql).await?[0])
+        }
+        CheckKind::RowCount => {
+            let bound = |b: &Option<Bound>| match b {
+                Some(Bound::Number(n)) => Some(*n),
+                _ => None,
+            };
+            let (min, max) = (bound(&check.min), bound(&check.max));
+            let n = total_rows as f64;
+            let passed = min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m);
+            let expected = match (min, max) {
+                (Some(a), Some(b)) => format!("between {a} and {b}"),
+                (Some(a), None) => format!("at least {a}"),
+                (None, Some(b)) => format!("at most {b}"),
+                (None, None) => "any number".into(),
+            };
+            Judged::table(passed, format!("{total_rows} rows, expected {expected}"))
+        }
+        CheckKind::Freshness => {
+            let max_age = check.max_age().map_err(anyhow::Error::msg)?;
+            let column = &columns(check)[0];
+            let newest = newest(ctx, column).await?;
+            let now = chrono::Utc::now().naive_utc();
+            match newest {
+                None => Judged::table(false, format!("{column} has no value")),
+                Some(newest) => {
+                    let age = (now - newest).to_std().unwrap_or_default();
+                    Judged::table(
+                        age <= max_age,
+                        format!(
+                            "newest {column} is {newest}, {} old; at most {} allowed",
+                            humantime::format_duration(std::time::Duration::from_secs(
+                                age.as_secs()
+                            )),
+                            humantime::format_duration(max_age)
+                        ),
+                    )
+                }
+            }
+        }
+        CheckKind::NotNull
+        | CheckKind::Range
+        | CheckKind::Expression
+        | CheckKind::AcceptedValues
+        | CheckKind::Regex => unreachable!("row checks are counted in the scan"),
+    })
+}
+
+/// The newest value of a timestamp column, in UTC.
+async fn newest(
+    ctx: &SessionContext,
+    column: &str,
+) -> anyhow::Result<Option<chrono::NaiveDateTime>> {
+    let sql = format!("SELECT max(CAST({column} AS TIMESTAMP)) FROM {VIEW}");
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let values = datafusion::arrow::compute::cast(
+        batch.column(0),
+        &DataType::Timestamp(TimeUnit::Nanosecond, None),
+    )?;
+    let values = values.as_primitive::<TimestampNanosecondType>();
+    Ok((!values.is_null(0))
+        .then(|| chrono::DateTime::from_timestamp_nanos(values.value(0)).naive_utc()))
 }
 
 fn columns(check: &CheckSpec) -> Vec<String> {
@@ -66,8 +182,8 @@ fn columns(check: &CheckSpec) -> Vec<String> {
         .collect()
 }
 
-/// The SQL condition a row breaking `check` meets; `None` for `unique`, which is about
-/// groups of rows.
+/// The SQL condition a row breaking `check` meets; `None` for the checks that need a query
+/// of their own.
 fn failing_row(check: &CheckSpec) -> Option<String> {
     let cols = columns(check);
     let condition = match check.check {
@@ -92,7 +208,28 @@ fn failing_row(check: &CheckSpec) -> Option<String> {
             let expr = check.expr.as_ref().map_or("true", |e| e.value.as_str());
             format!("NOT coalesce(({expr}), false)")
         }
-        CheckKind::Unique => return None,
+        CheckKind::AcceptedValues => {
+            let values: Vec<String> = check.values.iter().map(literal).collect();
+            cols.iter()
+                .map(|c| format!("({c} IS NOT NULL AND {c} NOT IN ({}))", values.join(", ")))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        }
+        CheckKind::Regex => {
+            let pattern = check.pattern.as_ref().map_or("", |p| p.value.as_str());
+            cols.iter()
+                .map(|c| {
+                    format!(
+                        "({c} IS NOT NULL AND NOT regexp_like(CAST({c} AS VARCHAR), {}))",
+                        quote_literal(pattern)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        }
+        CheckKind::Unique | CheckKind::ForeignKey | CheckKind::RowCount | CheckKind::Freshness => {
+            return None;
+        }
     };
     Some(format!("({condition})"))
 }

@@ -122,4 +122,7 @@ pub struct CheckResult {
     /// Rows that break the check (for `unique`: rows beyond the first of each value).
     pub failing_rows: u64,
     pub total_rows: u64,
+    /// Why a check of the whole table (`row_count`, `freshness`) failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

@@ -263,8 +263,8 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
                 "must be at least 1",
             );
         }
-        validate_checks(errors, &format!("bronze[{i}]"), &t.checks, None);
-        dag.add(TableRef::new(Layer::Bronze, &t.name.value), BTreeSet::new());
+        let deps = validate_checks(errors, &format!("bronze[{i}]"), &t.checks, None, &known);
+        dag.add(TableRef::new(Layer::Bronze, &t.name.value), deps);
     }
     for (i, t) in spec.silver.iter().enumerate() {
         let deps = validate_silver(errors, i, t, &known);
@@ -287,7 +287,13 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
                 }
             }
         }
-        validate_checks(errors, &format!("gold[{i}]"), &t.checks, None);
+        deps.extend(validate_checks(
+            errors,
+            &format!("gold[{i}]"),
+            &t.checks,
+            None,
+            &known,
+        ));
         dag.add(TableRef::new(Layer::Gold, &t.name.value), deps);
     }
 
@@ -443,17 +449,26 @@ fn validate_silver(
             );
         }
     }
-    validate_checks(errors, &format!("silver[{i}]"), &t.checks, Some(&names));
+    deps.extend(validate_checks(
+        errors,
+        &format!("silver[{i}]"),
+        &t.checks,
+        Some(&names),
+        known,
+    ));
     deps
 }
 
 /// Checks each quality check has what its kind needs; `columns` is known for silver tables.
+/// Returns the tables foreign keys reference: the table is checked after they are written.
 fn validate_checks(
     errors: &mut Errors,
     table: &str,
     checks: &[CheckSpec],
     columns: Option<&HashSet<&str>>,
-) {
+    known: &BTreeSet<TableRef>,
+) -> BTreeSet<TableRef> {
+    let mut referenced = BTreeSet::new();
     let mut seen = HashSet::new();
     for (j, c) in checks.iter().enumerate() {
         let field = format!("{table}.checks[{j}]");
@@ -465,9 +480,59 @@ fn validate_checks(
             );
         }
         let cols = c.all_columns();
+        let needs_columns = !matches!(c.check, CheckKind::Expression | CheckKind::RowCount);
+        let one_column = matches!(c.check, CheckKind::Freshness | CheckKind::ForeignKey);
         match c.check {
-            CheckKind::NotNull | CheckKind::Unique | CheckKind::Range if cols.is_empty() => {
+            _ if needs_columns && cols.is_empty() => {
                 errors.on(&c.name, &field, "this check needs 'column' or 'columns'")
+            }
+            _ if one_column && cols.len() != 1 => {
+                errors.on(&c.name, &field, "this check takes one 'column'")
+            }
+            CheckKind::RowCount if c.min.is_none() && c.max.is_none() => errors.on(
+                &c.name,
+                &field,
+                "a row_count check needs 'min', 'max' or both",
+            ),
+            CheckKind::RowCount
+                if [&c.min, &c.max]
+                    .iter()
+                    .any(|b| matches!(b, Some(Bound::Text(_)))) =>
+            {
+                errors.on(&c.name, &field, "row_count bounds are numbers")
+            }
+            CheckKind::AcceptedValues if c.values.is_empty() => errors.on(
+                &c.name,
+                &field,
+                "an accepted_values check needs a list of 'values'",
+            ),
+            CheckKind::Regex => match &c.pattern {
+                None => errors.on(&c.name, &field, "a regex check needs 'pattern'"),
+                Some(p) => {
+                    if let Err(e) = regex::Regex::new(&p.value) {
+                        errors.on(p, format!("{field}.pattern"), format!("invalid regex: {e}"));
+                    }
+                }
+            },
+            CheckKind::Freshness => {
+                if let Err(msg) = c.max_age() {
+                    let at = c.max_age.as_ref().unwrap_or(&c.name);
+                    errors.on(at, format!("{field}.max_age"), msg);
+                }
+            }
+            CheckKind::ForeignKey => {
+                let at = c.references.as_ref().unwrap_or(&c.name);
+                match c.reference() {
+                    Err(msg) => errors.on(at, format!("{field}.references"), msg),
+                    Ok((r, _)) if !known.contains(&r) => errors.on(
+                        at,
+                        format!("{field}.references"),
+                        format!("unknown table '{r}'"),
+                    ),
+                    Ok((r, _)) => {
+                        referenced.insert(r);
+                    }
+                }
             }
             CheckKind::Range if c.min.is_none() && c.max.is_none() => {
                 errors.on(&c.name, &field, "a range check needs 'min', 'max' or both")
@@ -498,4 +563,5 @@ fn validate_checks(
             }
         }
     }
+    referenced
 }

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::TableRef;
 pub use serde_saphyr::Spanned;
 
 /// One pipeline: where its tables live, what it reads and the three layers it builds.
@@ -248,6 +250,25 @@ pub enum CheckKind {
     Range,
     /// Every row satisfies the SQL predicate `expr`.
     Expression,
+    /// Every non-null value of the column(s) is one of `values`.
+    AcceptedValues,
+    /// Every non-null value of the column(s), as text, matches the regular expression
+    /// `pattern` (unanchored: write `^...$` to match the whole value).
+    Regex,
+    /// The table has between `min` and `max` rows.
+    RowCount,
+    /// The newest value of the timestamp `column` is at most `max_age` old.
+    Freshness,
+    /// Every non-null value of `column` exists in `references` (`layer.table.column`).
+    ForeignKey,
+}
+
+impl CheckKind {
+    /// Whether the check judges each row on its own (and so counts failing rows), rather
+    /// than the table as a whole.
+    pub fn is_row_check(self) -> bool {
+        !matches!(self, Self::Unique | Self::RowCount | Self::Freshness)
+    }
 }
 
 /// What happens when a check fails.
@@ -286,6 +307,18 @@ pub struct CheckSpec {
     pub max: Option<Bound>,
     #[serde(default)]
     pub expr: Option<Spanned<String>>,
+    /// `accepted_values`: the values allowed.
+    #[serde(default)]
+    pub values: Vec<Bound>,
+    /// `regex`: the pattern values match.
+    #[serde(default)]
+    pub pattern: Option<Spanned<String>>,
+    /// `freshness`: how old the newest value may be, e.g. `6h`, `2days`.
+    #[serde(default)]
+    pub max_age: Option<Spanned<String>>,
+    /// `foreign_key`: the column values must exist in, `layer.table.column`.
+    #[serde(default)]
+    pub references: Option<Spanned<String>>,
     pub severity: Severity,
 }
 
@@ -293,5 +326,28 @@ impl CheckSpec {
     /// The columns the check is about (`column` and `columns` together).
     pub fn all_columns(&self) -> Vec<&Spanned<String>> {
         self.column.iter().chain(self.columns.iter()).collect()
+    }
+
+    /// `max_age` of a freshness check.
+    pub fn max_age(&self) -> Result<std::time::Duration, String> {
+        let age = self
+            .max_age
+            .as_ref()
+            .ok_or("a freshness check needs 'max_age'")?;
+        humantime::parse_duration(&age.value)
+            .map_err(|e| format!("'{}' is not a duration such as 6h or 2days: {e}", age.value))
+    }
+
+    /// The table and column a foreign key check references.
+    pub fn reference(&self) -> Result<(TableRef, String), String> {
+        let target = self
+            .references
+            .as_ref()
+            .ok_or("a foreign_key check needs 'references: layer.table.column'")?;
+        let (table, column) = target
+            .value
+            .rsplit_once('.')
+            .ok_or_else(|| format!("'{}' is not layer.table.column", target.value))?;
+        Ok((table.parse()?, column.to_string()))
     }
 }

@@ -111,3 +111,125 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .flat_map(|p| if p.is_dir() { walk(&p) } else { vec![p] })
         .collect()
 }
+
+/// The shop spec with `checks` (YAML flow mappings) added to silver orders.
+fn with_order_checks(checks: &[&str]) -> String {
+    let unique = "      - { name: id_unique, check: unique, column: order_id, severity: critical }";
+    let mut lines = vec![unique.to_string()];
+    lines.extend(checks.iter().map(|c| format!("      - {c}")));
+    SPEC.replace(unique, &lines.join("\n"))
+}
+
+/// Every check type on the shop's 3 silver orders (1 paid, 1 unknown, 1 shipped; emails
+/// ann@x.com twice and bob@y.com; order dates in January 2024; customers 10 and 11).
+#[test]
+fn every_check_type_counts_what_fails() {
+    let ws = shop();
+    ws.write(
+        "pipeline.yaml",
+        &with_order_checks(&[
+            "{ name: known_status, check: accepted_values, column: status, values: [paid, shipped], severity: warning }",
+            "{ name: x_emails, check: regex, column: email, pattern: '^[a-z]+@x\\.com$', severity: warning }",
+            "{ name: at_least_5, check: row_count, min: 5, severity: warning }",
+            "{ name: one_to_ten, check: row_count, min: 1, max: 10, severity: info }",
+            "{ name: fresh_day, check: freshness, column: order_date, max_age: 1day, severity: warning }",
+            "{ name: fresh_ages, check: freshness, column: order_date, max_age: 100000days, severity: info }",
+            "{ name: known_customer, check: foreign_key, column: customer_id, references: silver.customers.customer_id, severity: critical }",
+            "{ name: product_as_customer, check: foreign_key, column: product_id, references: silver.customers.customer_id, severity: warning }",
+        ]),
+    );
+    let run = ws.run("pipeline.yaml");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.report();
+    let silver = table(&report, "silver.orders");
+    assert_eq!(silver["status"], "committed", "{silver:#}");
+    let check = |name: &str| {
+        silver["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {silver:#}"))
+            .clone()
+    };
+    for (name, passed, failing) in [
+        ("known_status", false, 1),
+        ("x_emails", false, 1),
+        ("at_least_5", false, 0),
+        ("one_to_ten", true, 0),
+        ("fresh_day", false, 0),
+        ("fresh_ages", true, 0),
+        ("known_customer", true, 0),
+        ("product_as_customer", false, 3),
+    ] {
+        let c = check(name);
+        assert_eq!(
+            (c["passed"].as_bool(), c["failing_rows"].as_u64()),
+            (Some(passed), Some(failing)),
+            "{c:#}"
+        );
+        assert_eq!(c["total_rows"], 3, "{c:#}");
+    }
+    assert_eq!(check("at_least_5")["detail"], "3 rows, expected at least 5");
+    let fresh = check("fresh_day")["detail"].as_str().unwrap().to_string();
+    assert!(
+        fresh.starts_with("newest \"order_date\" is 2024-01-05 00:00:00,")
+            && fresh.ends_with("old; at most 1day allowed"),
+        "{fresh}"
+    );
+    // The foreign keys made silver.orders wait for silver.customers.
+    let customers = table(&report, "silver.customers");
+    let ended =
+        customers["started_ms"].as_u64().unwrap() + customers["duration_ms"].as_u64().unwrap();
+    assert!(
+        silver["started_ms"].as_u64().unwrap() >= ended,
+        "{report:#}"
+    );
+
+    // A critical foreign key that fails stops the commit.
+    let strict = shop();
+    strict.write(
+        "pipeline.yaml",
+        &with_order_checks(&[
+            "{ name: product_as_customer, check: foreign_key, column: product_id, references: silver.customers.customer_id, severity: critical }",
+        ]),
+    );
+    assert_eq!(strict.run("pipeline.yaml").code, 1);
+    assert!(!strict.has_table("lake/silver/orders"));
+}
+
+#[test]
+fn check_options_are_validated_with_their_line() {
+    let ws = shop();
+    for (check, message) in [
+        (
+            "{ name: c, check: regex, column: email, pattern: '([a-z', severity: info }",
+            "checks[1].pattern: invalid regex",
+        ),
+        (
+            "{ name: c, check: freshness, column: order_date, max_age: soon, severity: info }",
+            "checks[1].max_age: 'soon' is not a duration",
+        ),
+        (
+            "{ name: c, check: foreign_key, column: customer_id, references: silver.clients.id, severity: info }",
+            "checks[1].references: unknown table 'silver.clients'",
+        ),
+        (
+            "{ name: c, check: accepted_values, column: status, severity: info }",
+            "checks[1]: an accepted_values check needs a list of 'values'",
+        ),
+        (
+            "{ name: c, check: row_count, severity: info }",
+            "checks[1]: a row_count check needs 'min', 'max' or both",
+        ),
+    ] {
+        ws.write("bad.yaml", &with_order_checks(&[check]));
+        let out = ws.medallion(&["validate", "bad.yaml"]);
+        assert_eq!(out.code, 2, "{check}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("bad.yaml:38:") && out.stderr.contains(message),
+            "{check}: {}",
+            out.stderr
+        );
+    }
+}
