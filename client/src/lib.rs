@@ -3,6 +3,7 @@
 //! [`embedded::LocalExecutors`] runs tasks in this process, for a coordinator in this process;
 //! [`remote::Remote`] submits the same spec to the leader coordinator of a cluster.
 
+pub mod checks;
 pub mod embedded;
 pub mod generate;
 pub mod progress;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
 use medallion_client::embedded::LocalExecutors;
 use medallion_client::generate::{EcommerceData, TpchData};
 use medallion_client::remote::{self, Remote, ServerError};
@@ -94,6 +96,16 @@ enum Command {
     /// Follow a run with progress bars until it ends.
     Watch {
         run_id: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show a run's quality check results, from the pipeline's check results table
+    /// (`<lake>/_medallion/check_results`, a Delta table to query for the history).
+    Checks {
+        run_id: String,
+        /// The pipeline spec whose lake holds the results.
+        #[arg(long, default_value = "pipeline.yaml")]
+        pipeline: PathBuf,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -210,6 +222,29 @@ fn main() -> ExitCode {
                 println!("run {} {}", info.run_id, remote::state_name(&info));
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Checks {
+                run_id,
+                pipeline,
+                output,
+            } => {
+                let pipeline = match load(&pipeline) {
+                    Ok(p) => p,
+                    Err(SpecError(e)) => {
+                        eprint!("{e}");
+                        return Ok(ExitCode::from(BAD_INPUT));
+                    }
+                };
+                match medallion_client::checks::of_run(&pipeline, &run_id).await {
+                    Ok(batches) => {
+                        print_batches(&batches, output)?;
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        Ok(ExitCode::from(BAD_INPUT))
+                    }
+                }
+            }
             Command::Executors { output } => {
                 let executors = Remote::connect(&urls).await?.executors().await?;
                 print_executors(&executors, output);
@@ -224,6 +259,22 @@ fn main() -> ExitCode {
             _ => ExitCode::from(RUN_FAILED),
         }
     })
+}
+
+/// Rows as a table for people, or as a JSON array of objects.
+fn print_batches(batches: &[RecordBatch], output: Output) -> Result<()> {
+    match output {
+        Output::Text => println!("{}", pretty_format_batches(batches)?),
+        Output::Json => {
+            let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            println!("{}", String::from_utf8(writer.into_inner())?);
+        }
+    }
+    Ok(())
 }
 
 /// A spec error, printed as the loader formats it (file:line:column, field).

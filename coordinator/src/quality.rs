@@ -8,11 +8,11 @@
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampNanosecondType};
 use datafusion::prelude::{DataFrame, SessionContext};
-use medallion_pipeline::TableRef;
 use medallion_pipeline::spec::{Bound, CheckKind, CheckSpec};
 use medallion_pipeline::sql::{quote_ident, quote_literal};
+use medallion_pipeline::{Pipeline, TableRef};
 
-use crate::report::CheckResult;
+use crate::report::{CheckResult, RunReport};
 
 const VIEW: &str = "__medallion_next_version";
 
@@ -92,6 +92,98 @@ impl Judged {
             detail: (!passed).then_some(detail),
         }
     }
+}
+
+/// Appends the run's check results to the pipeline's check results table
+/// ([`Pipeline::check_results_uri`]) in one commit: one row per check of every table, with
+/// when the table's checks finished. A run without checks writes nothing.
+pub async fn record_results(
+    pipeline: &Pipeline,
+    report: &RunReport,
+    run_started: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    use datafusion::arrow::array::{
+        ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray, UInt64Array,
+    };
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+
+    let rows: Vec<_> = report
+        .tables
+        .iter()
+        .flat_map(|t| t.checks.iter().map(move |c| (t, c)))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let text = |f: &dyn Fn(&(&_, &CheckResult)) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let checked_at = rows.iter().map(|(t, _)| {
+        let finished = t.started_ms + t.duration_ms;
+        run_started.timestamp_micros() + finished as i64 * 1000
+    });
+    let columns: Vec<(&str, ArrayRef, bool)> = vec![
+        ("run_id", text(&|_| report.run_id.clone()), false),
+        ("pipeline", text(&|_| report.pipeline.clone()), false),
+        ("table", text(&|(t, _)| t.table.clone()), false),
+        ("check", text(&|(_, c)| c.name.clone()), false),
+        ("check_type", text(&|(_, c)| spec_name(c.check)), false),
+        ("severity", text(&|(_, c)| spec_name(c.severity)), false),
+        (
+            "rows_checked",
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|(_, c)| c.total_rows),
+            )),
+            false,
+        ),
+        (
+            "rows_failed",
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|(_, c)| c.failing_rows),
+            )),
+            false,
+        ),
+        (
+            "passed",
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|(_, c)| Some(c.passed)),
+            )),
+            false,
+        ),
+        (
+            "detail",
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|(_, c)| c.detail.clone()),
+            )),
+            true,
+        ),
+        (
+            "checked_at",
+            Arc::new(TimestampMicrosecondArray::from_iter_values(checked_at).with_timezone("UTC")),
+            false,
+        ),
+    ];
+    let schema = Schema::new(
+        columns
+            .iter()
+            .map(|(name, array, nullable)| Field::new(*name, array.data_type().clone(), *nullable))
+            .collect::<Vec<_>>(),
+    );
+    let arrays = columns.into_iter().map(|(_, array, _)| array).collect();
+    let batch = RecordBatch::try_new(Arc::new(schema), arrays)?;
+    let opts = pipeline.storage_options.clone().into_iter().collect();
+    medallion_lake::append(&pipeline.check_results_uri(), &opts, batch).await?;
+    Ok(())
+}
+
+/// A check kind or severity as the spec spells it (`accepted_values`, `critical`).
+fn spec_name(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The checks that need their own query.

@@ -11,6 +11,7 @@ use medallion_proto::{TaskMetrics, TaskResult};
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
 use crate::dispatch::{RetryPolicy, TaskRunner, run_with_retries};
 use crate::planner::{BallistaTarget, RunContext};
+use crate::quality;
 use crate::report::{Metrics, RunReport, TableReport, TableStatus};
 
 /// Progress of a run, for a CLI or a UI to show.
@@ -135,14 +136,23 @@ impl<'a> Coordinator<'a> {
 
         let tables: Vec<TableReport> = order.iter().filter_map(|t| finished.remove(t)).collect();
         let succeeded = tables.iter().all(TableReport::succeeded);
-        let report = RunReport {
+        let mut report = RunReport {
             run_id: run_id.to_string(),
             pipeline: pipeline.name().to_string(),
             started_at: now.to_rfc3339(),
-            duration_ms: started.elapsed().as_millis() as u64,
+            duration_ms: 0,
             succeeded,
             tables,
         };
+        if let Err(e) = quality::record_results(pipeline, &report, now).await {
+            // The tables are committed whatever happens here; the history misses this run.
+            tracing::error!(
+                run_id,
+                error = format!("{e:#}"),
+                "cannot record the check results"
+            );
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
         tracing::info!(
             run_id,
             succeeded,

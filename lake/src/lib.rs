@@ -68,6 +68,29 @@ pub async fn open_table(uri: &str, opts: &StorageOptions) -> Result<Option<Delta
     }
 }
 
+/// Appends `batch` to the table at `uri` in one commit, creating the table on first use;
+/// for small tables the coordinator keeps itself (check results). Returns the new version.
+pub async fn append(uri: &str, opts: &StorageOptions, batch: RecordBatch) -> Result<u64> {
+    let attempt = || async {
+        let table = match open_table(uri, opts).await? {
+            Some(table) => table,
+            None => table_handle(uri, opts)?,
+        };
+        let table = table
+            .write(vec![batch.clone()])
+            .with_save_mode(deltalake::protocol::SaveMode::Append)
+            .await?;
+        anyhow::Ok(table.version().unwrap_or_default())
+    };
+    // Two runs creating the table at once: one creates it, the other appends on a retry.
+    match attempt().await {
+        Ok(version) => Ok(version),
+        Err(_) => attempt()
+            .await
+            .with_context(|| format!("appending to Delta table {uri}")),
+    }
+}
+
 /// Opens a table at a given version.
 pub async fn open_version(uri: &str, opts: &StorageOptions, version: u64) -> Result<DeltaTable> {
     let mut table = table_handle(uri, opts)?;

@@ -98,6 +98,14 @@ impl Pipeline {
         )
     }
 
+    /// The Delta table every run appends its quality check results to, for users to query.
+    pub fn check_results_uri(&self) -> String {
+        format!(
+            "{}/_medallion/check_results",
+            self.lake_root.trim_end_matches('/')
+        )
+    }
+
     /// Scratch space for staged files that are not table data yet (merge sources).
     pub fn staging_uri(&self, run_id: &str, table: &TableRef) -> String {
         format!(

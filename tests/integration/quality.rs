@@ -1,6 +1,7 @@
 //! Quality check severities: critical stops the commit, warning and info are reported.
 
 use medallion_tests::table;
+use serde_json::Value;
 
 use crate::fixture::{SPEC, shop};
 
@@ -232,4 +233,66 @@ fn check_options_are_validated_with_their_line() {
             out.stderr
         );
     }
+}
+
+/// Each run appends its check results to `lake/_medallion/check_results`, a Delta table
+/// the independent readers read, and `medallion checks <run>` prints that run's rows.
+#[test]
+fn check_results_are_kept_per_run_in_a_delta_table() {
+    let ws = shop();
+    ws.write("pipeline.yaml", &with_amount_check("warning"));
+    let first = ws.run("pipeline.yaml");
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    ws.write("data/orders/orders_3.jsonl", crate::fixture::ORDERS_3);
+    let second = ws.run("pipeline.yaml");
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let run_id =
+        |inv: &medallion_tests::Invocation| inv.report()["run_id"].as_str().unwrap().to_string();
+    let (first_id, second_id) = (run_id(&first), run_id(&second));
+
+    let history = ws.read_table("lake/_medallion/check_results");
+    let rows = history["rows"].as_array().unwrap();
+    // Both runs check silver.orders (the spec's two checks on it; no other table has any).
+    let of = |run: &str| -> Vec<&Value> { rows.iter().filter(|r| r["run_id"] == run).collect() };
+    for run in [&first_id, &second_id] {
+        let checks = of(run);
+        assert_eq!(checks.len(), 2, "{run}: {rows:#?}");
+        let amount = checks
+            .iter()
+            .find(|r| r["check"] == "amount_small")
+            .unwrap();
+        assert_eq!(amount["table"], "silver.orders");
+        assert_eq!(amount["check_type"], "range");
+        assert_eq!(amount["severity"], "warning");
+        assert_eq!(amount["passed"], false);
+        assert_eq!(amount["rows_failed"], 1);
+        assert_eq!(amount["pipeline"], "shop");
+    }
+    // The second run merged order 6 in: 4 rows checked.
+    let second_amount = of(&second_id)
+        .into_iter()
+        .find(|r| r["check"] == "amount_small")
+        .unwrap()
+        .clone();
+    assert_eq!(second_amount["rows_checked"], 4);
+
+    let shown = ws.medallion(&["checks", &second_id, "--output", "json"]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let shown: Value = serde_json::from_str(&shown.stdout).unwrap();
+    let shown = shown.as_array().unwrap();
+    assert_eq!(shown.len(), 2);
+    assert!(
+        shown
+            .iter()
+            .any(|r| r["check"] == "amount_small" && r["rows_checked"] == 4)
+    );
+    let unknown = ws.medallion(&["checks", "no-such-run"]);
+    assert_eq!(unknown.code, 2);
+    assert!(
+        unknown
+            .stderr
+            .contains("no check results for run 'no-such-run'"),
+        "{}",
+        unknown.stderr
+    );
 }
