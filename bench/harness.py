@@ -188,13 +188,16 @@ class LocalCluster:
         etcd = ["--etcd", f"http://127.0.0.1:{client}"]
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        # Every port its own: metrics on any free port, Ballista on free ports.
+        ports = lambda *flags: [x for f in flags for x in (f, str(free_port()))] + ["--metrics-listen", "127.0.0.1:0"]
         self.servers = [self.spawn("coordinator", [os.path.join(bins, "medallion-coordinator"),
-                                                   "--listen", f"127.0.0.1:{port}"] + etcd)]
+                                                   "--listen", f"127.0.0.1:{port}"] + ports("--ballista-port") + etcd)]
         slots = max(1, threads // executors)
         for i in range(executors):
             self.servers.append(self.spawn(f"executor-{i}", [
                 os.path.join(bins, "medallion-executor"), "--listen", f"127.0.0.1:{free_port()}", "--id", f"executor-{i}",
-                "--slots", str(slots), "--memory-limit", str(memory_bytes // executors)] + etcd))
+                "--slots", str(slots), "--memory-limit", str(memory_bytes // executors)]
+                + ports("--ballista-port", "--ballista-grpc-port") + etcd))
         deadline = time.time() + 60
         while True:
             listed = subprocess.run([medallion, "--coordinator", self.url, "executors", "--output", "json"],

@@ -47,3 +47,10 @@ need_bench_peers() {
 need_etcd() {
   command -v etcd >/dev/null || apt_install etcd-server
 }
+
+# Prometheus, which the metrics test runs to scrape the cluster (not as a service).
+need_prometheus() {
+  command -v prometheus >/dev/null || apt_install prometheus
+  # Debian's package starts a system service; the test runs its own on free ports.
+  if command -v systemctl >/dev/null; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+}

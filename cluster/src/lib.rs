@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod logging;
+pub mod metrics;
 pub mod signal;
 pub mod size;
 

@@ -51,8 +51,11 @@ pub async fn run_with_retries(
         task.attempt = attempt;
         task.dispatch_dir = task.dispatch_dir(dispatches);
         let result = runner.run(task.clone()).await;
-        if result.is_err() {
+        if let Err(e) = &result {
             discard_dispatch(&task, storage_options).await;
+            let retried =
+                (e.kind == Failure::Lost && lost < MAX_LOST) || (e.retryable() && attempt < max);
+            crate::metrics::task_failed(e.kind, retried);
         }
         match result {
             Err(e) if e.kind == Failure::Lost && lost < MAX_LOST => {

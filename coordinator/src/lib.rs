@@ -12,6 +12,7 @@
 pub mod commit;
 pub mod dispatch;
 pub mod membership;
+pub mod metrics;
 pub mod planner;
 pub mod quality;
 pub mod remote;

@@ -56,6 +56,9 @@ struct Args {
     /// inputs hold at least this much data (e.g. `256MiB`).
     #[arg(long, env = "MEDALLION_BALLISTA_MIN_INPUT", value_parser = parse_size, default_value = "256MiB")]
     ballista_min_input: usize,
+    /// Address to serve Prometheus metrics on, at `/metrics`.
+    #[arg(long, env = "MEDALLION_METRICS_LISTEN", default_value = "0.0.0.0:9470")]
+    metrics_listen: SocketAddr,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -105,6 +108,8 @@ async fn serve(args: Args) -> Result<()> {
         .set_not_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
     let stop_server = CancellationToken::new();
+    medallion_coordinator::metrics::init();
+    medallion_cluster::metrics::serve(args.metrics_listen, stop_server.clone()).await?;
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)

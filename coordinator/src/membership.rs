@@ -142,6 +142,7 @@ impl Members {
             Ok(member) => {
                 tracing::info!(executor = %info.id, address = %info.address, slots = info.slots, "executor joined");
                 map.insert(info.id.clone(), Arc::new(member));
+                crate::metrics::executors_alive(map.len());
             }
             Err(e) => {
                 tracing::warn!(executor = %info.id, address = %info.address, error = %e, "executor has an unusable address")
@@ -152,7 +153,11 @@ impl Members {
     }
 
     fn remove(&self, id: &str) {
-        if let Some(member) = self.map.write().expect("members").remove(id) {
+        let mut map = self.map.write().expect("members");
+        let removed = map.remove(id);
+        crate::metrics::executors_alive(map.len());
+        drop(map);
+        if let Some(member) = removed {
             tracing::warn!(executor = id, running = member.running(), "executor left");
             member.gone.cancel();
         }

@@ -15,6 +15,7 @@ use tonic::Code;
 
 use crate::dispatch::TaskRunner;
 use crate::membership::Members;
+use crate::metrics;
 
 /// The cluster's executors as a [`TaskRunner`].
 pub struct RemoteExecutors {
@@ -38,7 +39,10 @@ impl TaskRunner for RemoteExecutors {
         let key = format!("{}/{}", task.run_id, task.task_id);
         loop {
             let avoid = self.last.lock().expect("last executors").get(&key).cloned();
+            let queued = metrics::TaskState::enter("queued");
             let slot = self.members.take_slot(avoid.as_deref()).await;
+            drop(queued);
+            let _running = metrics::TaskState::enter("running");
             let member = slot.member.clone();
             self.last
                 .lock()

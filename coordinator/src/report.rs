@@ -91,6 +91,9 @@ pub struct Metrics {
     /// Rows inserted by a silver merge.
     pub rows_inserted: u64,
     pub bytes_written: u64,
+    /// Bytes of source files or input table versions the table's tasks read.
+    #[serde(default)]
+    pub bytes_read: u64,
     /// Task time spent encoding and writing data files, summed over the table's tasks.
     #[serde(default)]
     pub write_ms: u64,
@@ -107,6 +110,7 @@ impl From<&TaskMetrics> for Metrics {
             rows_deduplicated: m.rows_deduplicated,
             bytes_written: m.bytes_written,
             write_ms: m.write_ms,
+            bytes_read: m.bytes_read,
             ..Default::default()
         }
     }

@@ -11,8 +11,8 @@ use medallion_proto::{TaskMetrics, TaskResult};
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
 use crate::dispatch::{RetryPolicy, TaskRunner, run_with_retries};
 use crate::planner::{BallistaTarget, RunContext};
-use crate::quality;
 use crate::report::{Metrics, RunReport, TableReport, TableStatus};
+use crate::{metrics, quality};
 
 /// Progress of a run, for a CLI or a UI to show.
 #[derive(Debug, Clone)]
@@ -153,6 +153,7 @@ impl<'a> Coordinator<'a> {
             );
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
+        metrics::run_ended(if succeeded { "succeeded" } else { "failed" });
         tracing::info!(
             run_id,
             succeeded,
@@ -179,6 +180,7 @@ impl<'a> Coordinator<'a> {
             },
         };
         report.duration_ms = started.elapsed().as_millis() as u64;
+        metrics::table_finished(run.pipeline, table, &report);
         match &report.status {
             TableStatus::Failed { error } => {
                 tracing::error!(run_id = run.run_id, %table, error, "table failed")

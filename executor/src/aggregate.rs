@@ -20,11 +20,13 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
     } else {
         session::new_session(&ctx.runtime)
     };
+    let mut bytes_read = 0;
     for (name, version) in &work.input_versions {
         let input: TableRef = name.parse().map_err(TaskError::permanent)?;
         let read = if ballista { Read::Files } else { Read::Delta };
         let (pipeline, opts) = (&ctx.pipeline, &ctx.storage_options);
-        session::register_table(&session, pipeline, opts, &input, *version, read).await?;
+        bytes_read +=
+            session::register_table(&session, pipeline, opts, &input, *version, read).await?;
     }
     let df = session
         .sql(&spec.sql.value)
@@ -45,6 +47,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         schema,
         metrics: TaskMetrics {
             rows_written,
+            bytes_read,
             ..Default::default()
         },
     })

@@ -111,6 +111,7 @@ impl FileIngest {
                 }
             }
             metrics.files_read += 1;
+            metrics.bytes_read += std::fs::metadata(path).map_or(0, |m| m.len());
         }
         Ok(metrics)
     }

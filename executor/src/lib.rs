@@ -11,6 +11,7 @@
 
 mod aggregate;
 mod ingest;
+pub mod metrics;
 mod partition;
 mod service;
 mod session;
@@ -71,11 +72,16 @@ impl Executor {
     /// Runs one task to completion. A panic in the task (a bug) fails the task, not the
     /// process, so the other tasks of this executor keep running.
     pub async fn run(&self, task: medallion_proto::Task) -> Result<TaskResult, TaskError> {
+        let _running = metrics::Running::start();
+        let started = std::time::Instant::now();
+        let layer = task.table.split('.').next().unwrap_or_default().to_string();
         let executor = self.clone();
         let work = async move { executor.run_task(task).await };
-        tokio::spawn(tracing::Instrument::in_current_span(work))
+        let result = tokio::spawn(tracing::Instrument::in_current_span(work))
             .await
-            .unwrap_or_else(|e| Err(TaskError::transient(format!("task died: {e}"))))
+            .unwrap_or_else(|e| Err(TaskError::transient(format!("task died: {e}"))));
+        metrics::task_ended(&layer, started.elapsed(), &result);
+        result
     }
 
     async fn run_task(&self, task: medallion_proto::Task) -> Result<TaskResult, TaskError> {

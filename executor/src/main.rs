@@ -54,6 +54,9 @@ struct Args {
     /// Seconds to let running tasks finish after SIGTERM.
     #[arg(long, env = "MEDALLION_DRAIN_TIMEOUT", default_value_t = 120)]
     drain_timeout: u64,
+    /// Address to serve Prometheus metrics on, at `/metrics`.
+    #[arg(long, env = "MEDALLION_METRICS_LISTEN", default_value = "0.0.0.0:9471")]
+    metrics_listen: SocketAddr,
     #[command(flatten)]
     ballista: BallistaFlags,
     #[command(flatten)]
@@ -118,6 +121,8 @@ async fn serve(args: Args) -> Result<()> {
         .set_serving::<ExecutorServer<ExecutorService>>()
         .await;
     let stop_server = CancellationToken::new();
+    medallion_executor::metrics::init();
+    medallion_cluster::metrics::serve(args.metrics_listen, stop_server.clone()).await?;
     let server = tokio::spawn({
         let stop = stop_server.clone();
         tonic::transport::Server::builder()

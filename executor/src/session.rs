@@ -58,7 +58,8 @@ pub(crate) enum Read {
     Files,
 }
 
-/// Registers `table` at `version` (pinned by the planner) under its `layer.name`.
+/// Registers `table` at `version` (pinned by the planner) under its `layer.name`; returns
+/// the bytes of its data files.
 pub(crate) async fn register_table(
     ctx: &SessionContext,
     pipeline: &Pipeline,
@@ -66,20 +67,22 @@ pub(crate) async fn register_table(
     table: &TableRef,
     version: u64,
     read: Read,
-) -> Result<(), TaskError> {
+) -> Result<u64, TaskError> {
     let uri = pipeline.table_uri(table);
     let reference =
         datafusion::common::TableReference::partial(table.layer.as_str(), table.name.as_str());
     let registered = match read {
         Read::Delta => match medallion_lake::open_version(&uri, opts, version).await {
-            Ok(delta) => medallion_lake::register_delta(ctx, reference, &delta).await,
+            Ok(delta) => medallion_lake::register_delta(ctx, reference, &delta)
+                .await
+                .and_then(|()| medallion_lake::data_bytes(&delta)),
             Err(e) => Err(e),
         },
         Read::Files => match medallion_lake::ballista::pinned_table(&uri, opts, version).await {
-            Ok(files) => ctx
-                .register_table(reference, Arc::new(files))
-                .map(|_| ())
-                .map_err(anyhow::Error::from),
+            Ok(files) => match ctx.register_table(reference, Arc::new(files)) {
+                Ok(_) => medallion_lake::table_bytes(&uri, opts, version).await,
+                Err(e) => Err(e.into()),
+            },
             Err(e) => Err(e),
         },
     };

@@ -41,7 +41,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         .ok_or_else(|| TaskError::permanent(format!("no silver table '{}'", ctx.table.name)))?;
     let input: TableRef = spec.from.value.parse().map_err(TaskError::permanent)?;
     let session = session::new_session(&ctx.runtime);
-    session::register_table(
+    let bytes_read = session::register_table(
         &session,
         &ctx.pipeline,
         &ctx.storage_options,
@@ -72,6 +72,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
             rows_written,
             rows_filtered: rows_read - rows_kept,
             rows_deduplicated: rows_kept - rows_written,
+            bytes_read,
             ..Default::default()
         },
     })

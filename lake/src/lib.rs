@@ -103,7 +103,11 @@ pub async fn open_version(uri: &str, opts: &StorageOptions, version: u64) -> Res
 
 /// The bytes of data files in one version of a table.
 pub async fn table_bytes(uri: &str, opts: &StorageOptions, version: u64) -> Result<u64> {
-    let table = open_version(uri, opts, version).await?;
+    data_bytes(&open_version(uri, opts, version).await?)
+}
+
+/// The bytes of data files in the loaded version of `table`.
+pub fn data_bytes(table: &DeltaTable) -> Result<u64> {
     Ok(table
         .snapshot()?
         .log_data()

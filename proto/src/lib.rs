@@ -20,6 +20,7 @@ impl std::ops::AddAssign<&TaskMetrics> for TaskMetrics {
         self.files_read += o.files_read;
         self.bytes_written += o.bytes_written;
         self.write_ms += o.write_ms;
+        self.bytes_read += o.bytes_read;
     }
 }
 

@@ -33,12 +33,14 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
 pub struct Proc {
     pub name: String,
     pub port: u16,
+    /// Where it serves Prometheus metrics (coordinators and executors).
+    pub metrics_port: u16,
     pub log: PathBuf,
     child: Option<Child>,
 }
 
 impl Proc {
-    fn spawn(name: &str, port: u16, log: PathBuf, command: &mut Command) -> Self {
+    pub fn spawn(name: &str, port: u16, log: PathBuf, command: &mut Command) -> Self {
         let out = File::create(&log).expect("log file");
         let child = command
             .stdout(Stdio::null())
@@ -48,6 +50,7 @@ impl Proc {
         Self {
             name: name.to_string(),
             port,
+            metrics_port: 0,
             log,
             child: Some(child),
         }
@@ -95,7 +98,7 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn listening(&self) -> bool {
+    pub fn listening(&self) -> bool {
         TcpStream::connect(("127.0.0.1", self.port)).is_ok()
     }
 }
@@ -219,8 +222,9 @@ impl Cluster {
 
     pub fn add_coordinator(&mut self) {
         let port = free_port();
+        let metrics_port = free_port();
         let name = format!("coordinator-{}", self.coordinators.len());
-        let proc = Proc::spawn(
+        let mut proc = Proc::spawn(
             &name,
             port,
             self.dir.join(format!("{name}.log")),
@@ -229,17 +233,20 @@ impl Cluster {
                 .args(["--etcd", &self.etcd.url(), "--etcd-prefix", "/test"])
                 .args(["--lease-ttl", &LEASE_TTL_SECONDS.to_string()])
                 .args(["--ballista-port", &free_port().to_string()])
+                .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
                 .args(&self.coordinator_flags)
                 .env("MEDALLION_LOG", "info"),
         );
+        proc.metrics_port = metrics_port;
         wait_for(&name, Duration::from_secs(30), || proc.listening());
         self.coordinators.push(proc);
     }
 
     pub fn add_executor(&mut self) {
         let port = free_port();
+        let metrics_port = free_port();
         let name = format!("executor-{}", self.executors.len());
-        let proc = Proc::spawn(
+        let mut proc = Proc::spawn(
             &name,
             port,
             self.dir.join(format!("{name}.log")),
@@ -254,12 +261,14 @@ impl Cluster {
                 ])
                 .args(["--ballista-port", &free_port().to_string()])
                 .args(["--ballista-grpc-port", &free_port().to_string()])
+                .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
                 // Ballista's executor says which tasks of a distributed query it ran.
                 .env(
                     "MEDALLION_LOG",
                     "warn,medallion_executor=info,medallion_cluster=info,ballista_executor=info",
                 ),
         );
+        proc.metrics_port = metrics_port;
         self.executors.push(proc);
     }
 

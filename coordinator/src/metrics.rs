@@ -1,0 +1,221 @@
+//! The coordinator's Prometheus metrics (served by `medallion-coordinator` on
+//! `--metrics-listen`). Table metrics are labelled by pipeline, layer and source: a bronze
+//! table's source is the source it ingests, a silver or gold table's is its own name.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::SystemTime;
+
+use medallion_pipeline::{Layer, Pipeline, TableRef};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    exponential_buckets, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec,
+};
+
+use crate::report::{TableReport, TableStatus};
+
+const TABLE_LABELS: [&str; 3] = ["pipeline", "layer", "source"];
+
+static RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "pipeline_records_processed_total",
+        "Rows committed to tables (merges: rows updated plus inserted).",
+        &TABLE_LABELS
+    )
+    .expect("metric")
+});
+
+static PROCESSING: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "pipeline_processing_seconds",
+        "Time to plan, run, check and commit a table.",
+        &TABLE_LABELS,
+        exponential_buckets(0.05, 2.0, 16).expect("buckets")
+    )
+    .expect("metric")
+});
+
+static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "pipeline_bytes_total",
+        "Bytes tables' tasks read (source files, input table versions) and wrote.",
+        &["pipeline", "layer", "source", "direction"]
+    )
+    .expect("metric")
+});
+
+static CHECK_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "pipeline_quality_check_failures_total",
+        "Quality checks that failed, by severity.",
+        &["pipeline", "layer", "severity"]
+    )
+    .expect("metric")
+});
+
+static RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "medallion_runs_total",
+        "Runs that ended, by status (succeeded, failed, cancelled).",
+        &["status"]
+    )
+    .expect("metric")
+});
+
+static TASKS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "medallion_tasks",
+        "Tasks now waiting for an executor slot (queued) or on an executor (running).",
+        &["state"]
+    )
+    .expect("metric")
+});
+
+static TASK_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "medallion_task_failures_total",
+        "Task attempts that failed, by kind (permanent, transient, lost).",
+        &["kind"]
+    )
+    .expect("metric")
+});
+
+static TASK_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "medallion_task_retries_total",
+        "Task attempts sent again after a failure or a lost executor."
+    )
+    .expect("metric")
+});
+
+static EXECUTORS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("medallion_executors_alive", "Executors registered in etcd.")
+        .expect("metric")
+});
+
+/// Seconds since each table's last successful commit, computed when scraped.
+static FRESHNESS: LazyLock<&'static Freshness> = LazyLock::new(|| {
+    let freshness: &'static Freshness = Box::leak(Box::new(Freshness::new()));
+    prometheus::register(Box::new(freshness)).expect("metric");
+    freshness
+});
+
+struct Freshness {
+    committed: Mutex<HashMap<[String; 3], SystemTime>>,
+    gauge: GaugeVec,
+}
+
+impl Freshness {
+    fn new() -> Self {
+        let opts = Opts::new(
+            "pipeline_data_freshness_seconds",
+            "Seconds since the table's last successful commit.",
+        );
+        Self {
+            committed: Mutex::new(HashMap::new()),
+            gauge: GaugeVec::new(opts, &TABLE_LABELS).expect("metric"),
+        }
+    }
+}
+
+impl Collector for &'static Freshness {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = SystemTime::now();
+        if let Ok(committed) = self.committed.lock() {
+            for (labels, at) in committed.iter() {
+                let age = now.duration_since(*at).unwrap_or_default().as_secs_f64();
+                self.gauge.with_label_values(labels).set(age);
+            }
+        }
+        self.gauge.collect()
+    }
+}
+
+/// Registers every metric, so a scrape shows them before anything has happened.
+pub fn init() {
+    LazyLock::force(&RECORDS);
+    LazyLock::force(&PROCESSING);
+    LazyLock::force(&BYTES);
+    LazyLock::force(&CHECK_FAILURES);
+    LazyLock::force(&RUNS);
+    LazyLock::force(&TASKS);
+    LazyLock::force(&TASK_FAILURES);
+    LazyLock::force(&TASK_RETRIES);
+    LazyLock::force(&EXECUTORS);
+    LazyLock::force(&FRESHNESS);
+}
+
+fn labels(pipeline: &Pipeline, table: &TableRef) -> [String; 3] {
+    let source = match table.layer {
+        Layer::Bronze => pipeline
+            .bronze(&table.name)
+            .map_or_else(|| table.name.clone(), |b| b.source.value.clone()),
+        Layer::Silver | Layer::Gold => table.name.clone(),
+    };
+    [pipeline.name().to_string(), table.layer.to_string(), source]
+}
+
+/// A table of a run finished.
+pub(crate) fn table_finished(pipeline: &Pipeline, table: &TableRef, report: &TableReport) {
+    let labels = labels(pipeline, table);
+    for check in report.checks.iter().filter(|c| !c.passed) {
+        let severity = format!("{:?}", check.severity).to_lowercase();
+        CHECK_FAILURES
+            .with_label_values(&[&labels[0], &labels[1], &severity])
+            .inc();
+    }
+    let m = &report.metrics;
+    for (direction, bytes) in [("read", m.bytes_read), ("written", m.bytes_written)] {
+        BYTES
+            .with_label_values(&[&labels[0], &labels[1], &labels[2], direction])
+            .inc_by(bytes);
+    }
+    if let TableStatus::Committed { .. } = report.status {
+        RECORDS.with_label_values(&labels).inc_by(m.rows_written);
+        PROCESSING
+            .with_label_values(&labels)
+            .observe(report.duration_ms as f64 / 1000.0);
+        if let Ok(mut committed) = FRESHNESS.committed.lock() {
+            committed.insert(labels, SystemTime::now());
+        }
+    }
+}
+
+pub(crate) fn run_ended(status: &str) {
+    RUNS.with_label_values(&[status]).inc();
+}
+
+/// Counts a task in `state` while the guard lives.
+pub(crate) struct TaskState(&'static str);
+
+impl TaskState {
+    pub(crate) fn enter(state: &'static str) -> Self {
+        TASKS.with_label_values(&[state]).inc();
+        Self(state)
+    }
+}
+
+impl Drop for TaskState {
+    fn drop(&mut self) {
+        TASKS.with_label_values(&[self.0]).dec();
+    }
+}
+
+pub(crate) fn task_failed(kind: medallion_proto::Failure, retried: bool) {
+    let kind = format!("{kind:?}").to_lowercase();
+    TASK_FAILURES.with_label_values(&[&kind]).inc();
+    if retried {
+        TASK_RETRIES.inc();
+    }
+}
+
+pub(crate) fn executors_alive(n: usize) {
+    EXECUTORS.set(n as i64);
+}
