@@ -8,8 +8,8 @@ use medallion_pipeline::Pipeline;
 use medallion_proto::coordinator_client::CoordinatorClient;
 use medallion_proto::run_event::Event;
 use medallion_proto::{
-    ExecutorStatus, GetRunRequest, ListExecutorsRequest, ListRunsRequest, PipelineSpec, RunInfo,
-    RunState, SubmitRequest,
+    ExecutorStatus, GetRunRequest, ListExecutorsRequest, ListRunsRequest, RunInfo, RunState,
+    SubmitRequest,
 };
 use tonic::transport::Channel;
 
@@ -91,11 +91,7 @@ impl Remote {
     /// Submits a spec already loaded (and so validated) as `pipeline`.
     pub async fn submit(&mut self, pipeline: &Pipeline) -> Result<RunInfo> {
         let request = SubmitRequest {
-            pipeline: Some(PipelineSpec {
-                yaml: pipeline.yaml.clone(),
-                origin: pipeline.origin.clone(),
-                base_dir: pipeline.base_dir.display().to_string(),
-            }),
+            pipeline: Some(medallion_coordinator::planner::pipeline_spec(pipeline)),
         };
         let info = self.client.submit(request).await.map_err(server_error)?;
         Ok(info.into_inner())

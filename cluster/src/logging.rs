@@ -1,4 +1,6 @@
-//! Logs on stderr: readable lines on a terminal, JSON lines for machines.
+//! Logs on stderr: readable lines on a terminal, JSON lines for machines (log collectors,
+//! `kubectl logs`). Every line of work carries its spans' fields: run id and pipeline, stage
+//! and table, task id and attempt.
 
 use std::io::IsTerminal;
 
@@ -6,6 +8,8 @@ use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
     Text,
     Json,
 }
@@ -14,7 +18,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MEDALLION_LOG_FORMAT")]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "MEDALLION_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Log level of Medallion itself (`info`, `debug`, ...), or full tracing directives such as
     /// `info,deltalake_core=debug` [default: `warn` for the client, `info` for the servers].
@@ -49,9 +53,15 @@ impl LogArgs {
             .with_env_filter(filter)
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr);
-        match self.log_format {
-            LogFormat::Json => builder.json().init(),
-            LogFormat::Text => builder.init(),
+        let json = match self.log_format {
+            LogFormat::Auto => !std::io::stderr().is_terminal(),
+            LogFormat::Text => false,
+            LogFormat::Json => true,
+        };
+        if json {
+            builder.json().init()
+        } else {
+            builder.init()
         }
     }
 }

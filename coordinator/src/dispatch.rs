@@ -39,6 +39,18 @@ const MAX_LOST: u32 = 5;
 /// dispatch's files remain to be committed.
 pub async fn run_with_retries(
     runner: &dyn TaskRunner,
+    task: Task,
+    policy: RetryPolicy,
+    storage_options: &StorageOptions,
+    on_retry: impl Fn(&Task, &TaskError),
+) -> (Result<TaskResult, TaskError>, u32) {
+    let span = tracing::info_span!("task", task_id = %task.task_id);
+    let retried = retry(runner, task, policy, storage_options, on_retry);
+    tracing::Instrument::instrument(retried, span).await
+}
+
+async fn retry(
+    runner: &dyn TaskRunner,
     mut task: Task,
     policy: RetryPolicy,
     storage_options: &StorageOptions,

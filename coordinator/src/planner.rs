@@ -99,11 +99,7 @@ impl RunContext<'_> {
             run_id: self.run_id.to_string(),
             task_id: format!("{table}#{n}"),
             attempt: 1,
-            pipeline: Some(medallion_proto::PipelineSpec {
-                yaml: self.pipeline.yaml.clone(),
-                origin: self.pipeline.origin.clone(),
-                base_dir: self.pipeline.base_dir.display().to_string(),
-            }),
+            pipeline: Some(pipeline_spec(self.pipeline)),
             table: table.to_string(),
             output_uri,
             // Set for each dispatch by `dispatch::run_with_retries`.
@@ -430,4 +426,14 @@ fn existing_data_columns(table: &deltalake::DeltaTable) -> Result<Schema> {
         .map(|f| f.as_ref().clone())
         .collect::<Vec<_>>();
     Ok(Schema::new(data))
+}
+
+/// The spec as it travels over gRPC (to executors in tasks, to the coordinator on submit).
+pub fn pipeline_spec(pipeline: &Pipeline) -> medallion_proto::PipelineSpec {
+    medallion_proto::PipelineSpec {
+        yaml: pipeline.yaml.clone(),
+        origin: pipeline.origin.clone(),
+        base_dir: pipeline.base_dir.display().to_string(),
+        name: pipeline.name().to_string(),
+    }
 }

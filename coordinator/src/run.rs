@@ -78,6 +78,12 @@ impl<'a> Coordinator<'a> {
     /// Running the same `run_id` again (a new leader resuming it) is safe: bronze skips the
     /// files already ingested, silver and gold skip tables whose inputs have not changed.
     pub async fn run(&self, pipeline: &Pipeline, run_id: &str) -> RunReport {
+        // Every line of the run's work carries its run id and pipeline.
+        let span = tracing::info_span!("run", run_id, pipeline = pipeline.name());
+        tracing::Instrument::instrument(self.run_in_span(pipeline, run_id), span).await
+    }
+
+    async fn run_in_span(&self, pipeline: &Pipeline, run_id: &str) -> RunReport {
         let started = Instant::now();
         let now = Utc::now();
         tracing::info!(run_id, pipeline = pipeline.name(), "run started");
@@ -116,10 +122,14 @@ impl<'a> Coordinator<'a> {
                     });
                     finished.insert(table, report);
                 } else if deps.iter().all(|d| finished.contains_key(d)) {
-                    running.push(async move {
-                        let report = self.run_table(run, &table, started).await;
-                        (table, report)
-                    });
+                    let span = tracing::info_span!("table", stage = %table.layer, table = %table);
+                    running.push(tracing::Instrument::instrument(
+                        async move {
+                            let report = self.run_table(run, &table, started).await;
+                            (table, report)
+                        },
+                        span,
+                    ));
                 } else {
                     still_pending.push(table);
                 }

@@ -8,7 +8,6 @@ use medallion_proto::{Task, TaskResult};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::Executor;
 
@@ -55,32 +54,7 @@ impl ExecutorRpc for ExecutorService {
                 "every slot of this executor is busy",
             ));
         };
-        let task = request.into_inner();
-        let span = tracing::info_span!(
-            "task",
-            run_id = %task.run_id,
-            task_id = %task.task_id,
-            attempt = task.attempt,
-            table = %task.table,
-        );
-        async move {
-            tracing::info!("task started");
-            match self.executor.run(task).await {
-                Ok(result) => {
-                    tracing::info!(
-                        rows = result.metrics.as_ref().map_or(0, |m| m.rows_written),
-                        files = result.add_actions_json.len(),
-                        "task finished"
-                    );
-                    Ok(Response::new(result))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, kind = ?e.kind, "task failed");
-                    Err(e.into())
-                }
-            }
-        }
-        .instrument(span)
-        .await
+        let result = self.executor.run(request.into_inner()).await?;
+        Ok(Response::new(result))
     }
 }

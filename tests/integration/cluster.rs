@@ -109,7 +109,8 @@ fn assert_succeeded(status: &Value, cluster: &Cluster) {
 
 /// Waits until an executor's log shows a task of `table` running; returns that executor.
 fn executor_running(cluster: &Cluster, table: &str) -> usize {
-    let needle = format!("table={table}");
+    // Executors log JSON lines (their stderr is not a terminal).
+    let needle = format!("\"table\":\"{table}\"");
     let mut found = None;
     wait_for(
         &format!("a task of {table}"),

@@ -7,7 +7,7 @@ mod cluster;
 mod example;
 mod fixture;
 mod layers;
-mod metrics;
+mod observability;
 mod quality;
 mod recovery;
 mod storage;

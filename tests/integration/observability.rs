@@ -1,12 +1,14 @@
-//! Metrics: a real Prometheus scrapes a running coordinator and its executors while the
-//! example pipeline runs; what it stored must equal what the run wrote.
+//! Observability: a real Prometheus scrapes a running coordinator and its executors while the
+//! example pipeline runs, and what it stored must equal what the run wrote; JSON log lines
+//! carry the run, pipeline, stage, table and task they are about.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use medallion_tests::Workspace;
 use medallion_tests::cluster::{Cluster, wait_for};
 use medallion_tests::prometheus::{Prometheus, http_get};
+use serde_json::Value;
 
 #[test]
 fn prometheus_counts_the_rows_written_per_layer() {
@@ -100,4 +102,81 @@ fn prometheus_counts_the_rows_written_per_layer() {
         text.contains("# TYPE pipeline_records_processed_total counter"),
         "{text}"
     );
+    // The executors log JSON (stderr is not a terminal): every task line names its run.
+    let lines: Vec<String> = cluster
+        .executors
+        .iter()
+        .flat_map(|e| e.log_text().lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let tables = assert_task_lines_name_the_run(&lines, &run_id);
+    assert_eq!(tables.len(), 8, "{tables:?}");
+}
+
+/// Checks every log line inside a task span carries the run id, pipeline, stage, table and
+/// task id; returns the tables those lines are about.
+fn assert_task_lines_name_the_run(lines: &[String], run_id: &str) -> BTreeSet<String> {
+    let mut tables = BTreeSet::new();
+    for line in lines {
+        let Ok(parsed) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let Some(task) = parsed["spans"].as_array().and_then(|spans| {
+            spans
+                .iter()
+                .rev()
+                .find(|s| s["name"] == "task" && s.get("table").is_some())
+        }) else {
+            continue;
+        };
+        assert_eq!(task["run_id"], run_id, "{line}");
+        assert_eq!(task["pipeline"], "ecommerce", "{line}");
+        let table = task["table"].as_str().unwrap();
+        assert_eq!(task["stage"], table.split('.').next().unwrap(), "{line}");
+        assert!(
+            task["task_id"].as_str().unwrap().starts_with(table),
+            "{line}"
+        );
+        tables.insert(table.to_string());
+    }
+    tables
+}
+
+/// An embedded run with `--log-format json`: every line of a task's work, the coordinator's
+/// and the executor's (one process), carries the run id.
+#[test]
+fn json_log_lines_name_run_and_task() {
+    let (ws, _) = Workspace::example(2_000, 4);
+    let out = std::process::Command::new(medallion_tests::medallion_bin())
+        .args([
+            "run",
+            "pipeline.yaml",
+            "--output",
+            "json",
+            "--log-format",
+            "json",
+        ])
+        .current_dir(ws.path())
+        .env("MEDALLION_LOG", "info")
+        .output()
+        .expect("run medallion");
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run_id = report["run_id"].as_str().unwrap();
+    // Log lines, not the client's live progress lines that share stderr.
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(str::to_string)
+        .collect();
+    assert!(lines.len() > 20, "{lines:#?}");
+    for line in &lines {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        // Inside the run, the run id is on the line through its span.
+        if let Some(spans) = parsed["spans"].as_array().filter(|s| !s.is_empty()) {
+            assert_eq!(spans[0]["run_id"], run_id, "{line}");
+        }
+    }
+    let tables = assert_task_lines_name_the_run(&lines, run_id);
+    assert_eq!(tables.len(), 8, "{tables:?}");
 }
