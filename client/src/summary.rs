@@ -94,6 +94,16 @@ pub fn render(report: &RunReport) -> String {
             t.table, t.metrics.rows_rescued
         );
     }
+    for t in &report.tables {
+        let m = &t.metrics;
+        if m.rows_dropped + m.rows_quarantined > 0 {
+            let _ = writeln!(
+                out,
+                "note: {}: checks dropped {} rows and quarantined {} in {}__quarantine",
+                t.table, m.rows_dropped, m.rows_quarantined, t.table
+            );
+        }
+    }
     let checks: Vec<_> = report
         .tables
         .iter()

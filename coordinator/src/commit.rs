@@ -21,8 +21,9 @@ use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::TryStreamExt;
 use medallion_lake::StagedFiles;
-use medallion_pipeline::spec::{CheckKind, CheckSpec, Severity};
+use medallion_pipeline::spec::{self, CheckKind, CheckSpec};
 use medallion_pipeline::{Pipeline, TableRef};
+use medallion_proto::TaskMetrics;
 
 use crate::planner::{CommitPlan, INFO_INPUTS, INFO_SPEC, spec_fingerprint};
 use crate::quality;
@@ -33,6 +34,8 @@ pub struct Staged {
     pub adds: Vec<Add>,
     pub schema: SchemaRef,
     pub partition_columns: Vec<String>,
+    /// Rows `quarantine` checks took out, for `<table>__quarantine`.
+    pub quarantine: Option<Box<Staged>>,
 }
 
 /// What a commit did.
@@ -66,12 +69,54 @@ pub struct CommitContext<'a> {
 
 impl CommitContext<'_> {
     /// Checks the next version of `table` and commits it, or discards the staged files.
+    ///
+    /// `screened` holds what the tasks' `drop` and `quarantine` checks took out; quarantined
+    /// rows are committed to `<table>__quarantine` once the table's own commit has landed.
     pub async fn commit(
+        &self,
+        table: &TableRef,
+        plan: &CommitPlan,
+        mut staged: Staged,
+        checks: &[CheckSpec],
+        screened: &TaskMetrics,
+    ) -> Result<Committed, Rejected> {
+        let quarantine = staged.quarantine.take();
+        let committed = self
+            .commit_table(table, plan, staged, checks, screened)
+            .await;
+        let Some(quarantine) = quarantine else {
+            return committed;
+        };
+        let quarantine_table = self
+            .pipeline
+            .quarantine_table(table)
+            .ok_or_else(|| anyhow::anyhow!("{table} has no quarantine check"))?;
+        let append = CommitPlan::Append { files: Vec::new() };
+        if committed.is_err() {
+            self.discard(&quarantine_table, &append, &quarantine).await;
+            return committed;
+        }
+        // Delta has no transaction across tables: the table's commit landed, this one follows.
+        let uri = self.pipeline.table_uri(&quarantine_table);
+        let existing = medallion_lake::open_table(&uri, self.storage_options).await?;
+        match existing {
+            None => {
+                self.create(&quarantine_table, &uri, &append, &quarantine)
+                    .await
+            }
+            Some(t) => self.write(&quarantine_table, t, &append, &quarantine).await,
+        }
+        .with_context(|| format!("{table} is committed, but its quarantined rows are not"))?;
+        committed
+    }
+
+    async fn commit_table(
         &self,
         table: &TableRef,
         plan: &CommitPlan,
         staged: Staged,
         checks: &[CheckSpec],
+        screened: &TaskMetrics,
     ) -> Result<Committed, Rejected> {
         if matches!(plan, CommitPlan::Append { .. }) && staged.adds.is_empty() {
             // The new files held no records (empty, or still being written): nothing to
@@ -85,11 +130,18 @@ impl CommitContext<'_> {
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, self.storage_options).await?;
         let staged_uri = self.staged_uri(table, plan);
+        let (screening, judged): (Vec<_>, Vec<_>) = checks
+            .iter()
+            .cloned()
+            .partition(|c| c.action().screens_rows());
         let results = match self
-            .check(&staged_uri, &staged, plan, existing.as_ref(), checks)
+            .check(&staged_uri, &staged, plan, existing.as_ref(), &judged)
             .await
         {
-            Ok(r) => r,
+            Ok(mut r) => {
+                r.extend(quality::screened_results(&screening, screened));
+                r
+            }
             Err(e) => {
                 self.discard(table, plan, &staged).await;
                 return Err(Rejected::Error(e));
@@ -97,7 +149,7 @@ impl CommitContext<'_> {
         };
         if results
             .iter()
-            .any(|r| !r.passed && r.severity == Severity::Critical)
+            .any(|r| !r.passed && r.action == spec::Action::Fail)
         {
             self.discard(table, plan, &staged).await;
             return Err(Rejected::Checks(results));

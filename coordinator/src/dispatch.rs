@@ -88,9 +88,12 @@ async fn retry(
 /// Deletes what a failed or lost dispatch wrote (best effort: uncommitted files are invisible
 /// to readers either way, and `VACUUM` removes them too).
 async fn discard_dispatch(task: &Task, storage_options: &StorageOptions) {
-    if let Err(e) =
-        medallion_lake::delete_dir(&task.output_uri, &task.dispatch_dir, storage_options).await
-    {
-        tracing::warn!(task_id = task.task_id, dir = task.dispatch_dir, error = %e, "could not delete the files of a failed task");
+    for uri in [&task.output_uri, &task.quarantine_uri] {
+        if uri.is_empty() {
+            continue;
+        }
+        if let Err(e) = medallion_lake::delete_dir(uri, &task.dispatch_dir, storage_options).await {
+            tracing::warn!(task_id = task.task_id, dir = task.dispatch_dir, error = %e, "could not delete the files of a failed task");
+        }
     }
 }

@@ -102,6 +102,11 @@ impl RunContext<'_> {
             pipeline: Some(pipeline_spec(self.pipeline)),
             table: table.to_string(),
             output_uri,
+            quarantine_uri: self
+                .pipeline
+                .quarantine_table(table)
+                .map(|q| self.pipeline.table_uri(&q))
+                .unwrap_or_default(),
             // Set for each dispatch by `dispatch::run_with_retries`.
             dispatch_dir: String::new(),
             work: Some(work),

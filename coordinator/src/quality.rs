@@ -8,9 +8,12 @@
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampNanosecondType};
 use datafusion::prelude::{DataFrame, SessionContext};
+use medallion_pipeline::checks::{columns, failing_row};
 use medallion_pipeline::spec::{Bound, CheckKind, CheckSpec};
-use medallion_pipeline::sql::{quote_ident, quote_literal};
+use medallion_pipeline::sql::quote_ident;
 use medallion_pipeline::{Pipeline, TableRef};
+
+use medallion_proto::TaskMetrics;
 
 use crate::report::{CheckResult, RunReport};
 
@@ -59,6 +62,7 @@ pub async fn run_checks(
             name: check.name.value.clone(),
             check: check.check,
             severity: check.severity,
+            action: check.action(),
             passed: judged.passed,
             failing_rows: judged.failing_rows,
             total_rows,
@@ -131,6 +135,7 @@ pub async fn record_results(
         ("check", text(&|(_, c)| c.name.clone()), false),
         ("check_type", text(&|(_, c)| spec_name(c.check)), false),
         ("severity", text(&|(_, c)| spec_name(c.severity)), false),
+        ("action", text(&|(_, c)| spec_name(c.action)), false),
         (
             "rows_checked",
             Arc::new(UInt64Array::from_iter_values(
@@ -184,6 +189,32 @@ fn spec_name(value: impl serde::Serialize) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// The results of `drop` and `quarantine` checks, which the tasks applied as they wrote:
+/// every row they saw was checked, and the failing ones were taken out.
+pub fn screened_results(checks: &[CheckSpec], screened: &TaskMetrics) -> Vec<CheckResult> {
+    let seen = screened.rows_written + screened.rows_dropped + screened.rows_quarantined;
+    checks
+        .iter()
+        .map(|check| {
+            let failing_rows = screened
+                .check_failures
+                .get(&check.name.value)
+                .copied()
+                .unwrap_or_default();
+            CheckResult {
+                name: check.name.value.clone(),
+                check: check.check,
+                severity: check.severity,
+                action: check.action(),
+                passed: failing_rows == 0,
+                failing_rows,
+                total_rows: seen,
+                detail: None,
+            }
+        })
+        .collect()
 }
 
 /// The checks that need their own query.
@@ -266,66 +297,6 @@ async fn newest(
         .then(|| chrono::DateTime::from_timestamp_nanos(values.value(0)).naive_utc()))
 }
 
-fn columns(check: &CheckSpec) -> Vec<String> {
-    check
-        .all_columns()
-        .iter()
-        .map(|c| quote_ident(&c.value))
-        .collect()
-}
-
-/// The SQL condition a row breaking `check` meets; `None` for the checks that need a query
-/// of their own.
-fn failing_row(check: &CheckSpec) -> Option<String> {
-    let cols = columns(check);
-    let condition = match check.check {
-        CheckKind::NotNull => cols
-            .iter()
-            .map(|c| format!("{c} IS NULL"))
-            .collect::<Vec<_>>()
-            .join(" OR "),
-        CheckKind::Range => {
-            let mut outside = Vec::new();
-            for c in &cols {
-                if let Some(min) = &check.min {
-                    outside.push(format!("{c} < {}", literal(min)));
-                }
-                if let Some(max) = &check.max {
-                    outside.push(format!("{c} > {}", literal(max)));
-                }
-            }
-            outside.join(" OR ")
-        }
-        CheckKind::Expression => {
-            let expr = check.expr.as_ref().map_or("true", |e| e.value.as_str());
-            format!("NOT coalesce(({expr}), false)")
-        }
-        CheckKind::AcceptedValues => {
-            let values: Vec<String> = check.values.iter().map(literal).collect();
-            cols.iter()
-                .map(|c| format!("({c} IS NOT NULL AND {c} NOT IN ({}))", values.join(", ")))
-                .collect::<Vec<_>>()
-                .join(" OR ")
-        }
-        CheckKind::Regex => {
-            let pattern = check.pattern.as_ref().map_or("", |p| p.value.as_str());
-            cols.iter()
-                .map(|c| {
-                    format!(
-                        "({c} IS NOT NULL AND NOT regexp_like(CAST({c} AS VARCHAR), {}))",
-                        quote_literal(pattern)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" OR ")
-        }
-        CheckKind::Unique | CheckKind::ForeignKey | CheckKind::RowCount | CheckKind::Freshness => {
-            return None;
-        }
-    };
-    Some(format!("({condition})"))
-}
-
 /// Rows beyond the first of each value of the check's columns.
 fn duplicates_sql(check: &CheckSpec) -> String {
     let list = columns(check).join(", ");
@@ -333,13 +304,6 @@ fn duplicates_sql(check: &CheckSpec) -> String {
         "SELECT coalesce(sum(n - 1), 0) FROM \
          (SELECT count(*) AS n FROM {VIEW} GROUP BY {list} HAVING count(*) > 1)"
     )
-}
-
-fn literal(bound: &Bound) -> String {
-    match bound {
-        Bound::Number(n) => n.to_string(),
-        Bound::Text(t) => quote_literal(t),
-    }
 }
 
 /// The values of the single row `sql` returns, as counts.

@@ -1,7 +1,7 @@
 //! What a run did, table by table: counters, quality checks and commits.
 
 use medallion_pipeline::TableRef;
-use medallion_pipeline::spec::{CheckKind, Severity};
+use medallion_pipeline::spec::{Action, CheckKind, Severity};
 use medallion_proto::TaskMetrics;
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +91,12 @@ pub struct Metrics {
     /// Rows inserted by a silver merge.
     pub rows_inserted: u64,
     pub bytes_written: u64,
+    /// Rows removed by `drop` checks.
+    #[serde(default)]
+    pub rows_dropped: u64,
+    /// Rows moved to `<table>__quarantine` by `quarantine` checks.
+    #[serde(default)]
+    pub rows_quarantined: u64,
     /// Bytes of source files or input table versions the table's tasks read.
     #[serde(default)]
     pub bytes_read: u64,
@@ -111,6 +117,8 @@ impl From<&TaskMetrics> for Metrics {
             bytes_written: m.bytes_written,
             write_ms: m.write_ms,
             bytes_read: m.bytes_read,
+            rows_dropped: m.rows_dropped,
+            rows_quarantined: m.rows_quarantined,
             ..Default::default()
         }
     }
@@ -122,6 +130,7 @@ pub struct CheckResult {
     pub name: String,
     pub check: CheckKind,
     pub severity: Severity,
+    pub action: Action,
     pub passed: bool,
     /// Rows that break the check (for `unique`: rows beyond the first of each value).
     pub failing_rows: u64,

@@ -286,7 +286,10 @@ impl<'a> Coordinator<'a> {
         }
         let staged = staged_output(&results, plan.partition_columns)?;
         let checks = run.pipeline.checks(table);
-        match commits.commit(table, &plan.commit, staged, checks).await {
+        match commits
+            .commit(table, &plan.commit, staged, checks, &metrics)
+            .await
+        {
             Ok(Committed {
                 version,
                 checks,
@@ -307,15 +310,13 @@ impl<'a> Coordinator<'a> {
             Err(Rejected::Checks(checks)) => {
                 let failed: Vec<String> = checks
                     .iter()
-                    .filter(|c| {
-                        !c.passed && c.severity == medallion_pipeline::spec::Severity::Critical
-                    })
+                    .filter(|c| !c.passed && c.action == medallion_pipeline::spec::Action::Fail)
                     .map(|c| format!("{} ({} rows)", c.name, c.failing_rows))
                     .collect();
                 report.checks = checks;
                 Ok(TableStatus::Failed {
                     error: format!(
-                        "critical quality checks failed: {}; nothing committed",
+                        "quality checks failed: {}; nothing committed",
                         failed.join(", ")
                     ),
                 })
@@ -371,24 +372,50 @@ fn preflight(pipeline: &Pipeline, order: &[TableRef]) -> HashMap<TableRef, Table
 
 /// Gathers the files of all tasks of a table; they must agree on the schema.
 fn staged_output(results: &[TaskResult], partition_columns: Vec<String>) -> anyhow::Result<Staged> {
+    let main = staged_files(
+        results
+            .iter()
+            .map(|r| (&r.add_actions_json, &r.schema_json)),
+        partition_columns,
+    )?
+    .ok_or_else(|| anyhow::anyhow!("no task produced a result"))?;
+    let quarantine = staged_files(
+        results
+            .iter()
+            .filter(|r| !r.quarantine_schema_json.is_empty())
+            .map(|r| (&r.quarantine_add_actions_json, &r.quarantine_schema_json)),
+        Vec::new(),
+    )?;
+    Ok(Staged {
+        quarantine: quarantine.filter(|q| !q.adds.is_empty()).map(Box::new),
+        ..main
+    })
+}
+
+/// The files of one table the tasks wrote, if any task said what it wrote.
+fn staged_files<'a>(
+    outputs: impl Iterator<Item = (&'a Vec<String>, &'a String)>,
+    partition_columns: Vec<String>,
+) -> anyhow::Result<Option<Staged>> {
     let mut adds = Vec::new();
     let mut schemas = BTreeSet::new();
-    for r in results {
-        for a in &r.add_actions_json {
+    for (files, schema) in outputs {
+        for a in files {
             adds.push(serde_json::from_str(a)?);
         }
-        schemas.insert(r.schema_json.clone());
+        schemas.insert(schema.clone());
     }
     let Some(schema_json) = schemas.first() else {
-        anyhow::bail!("no task produced a result");
+        return Ok(None);
     };
     if schemas.len() > 1 {
         anyhow::bail!("tasks produced different schemas: {schemas:?}");
     }
     let schema = medallion_lake::arrow_schema(&medallion_lake::schema_from_json(schema_json)?)?;
-    Ok(Staged {
+    Ok(Some(Staged {
         adds,
         schema,
         partition_columns,
-    })
+        quarantine: None,
+    }))
 }

@@ -36,19 +36,14 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         .execute_stream()
         .await
         .map_err(|e| crate::query_error(&ctx.table, e.into()))?;
-    let (written, schema, rows_written) = match crate::write_result(ctx, rows).await {
+    let metrics = TaskMetrics {
+        bytes_read,
+        ..Default::default()
+    };
+    match crate::write_result(ctx, rows, metrics).await {
         // The SQL planned, so a distributed run that fails met the cluster (a lost executor,
         // lost shuffle data): another attempt may pass.
-        Err(e) if ballista => return Err(TaskError::transient(format!("on Ballista: {e}"))),
-        written => written?,
-    };
-    Ok(Output {
-        written,
-        schema,
-        metrics: TaskMetrics {
-            rows_written,
-            bytes_read,
-            ..Default::default()
-        },
-    })
+        Err(e) if ballista => Err(TaskError::transient(format!("on Ballista: {e}"))),
+        written => written,
+    }
 }

@@ -73,6 +73,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
         .map_err(transient)?
         .map_err(|e| TaskError::permanent(format!("bronze.{}: {e}", ctx.table.name)))?;
     Ok(Output {
+        quarantine: None,
         written: written.map_err(transient)?,
         schema,
         metrics,

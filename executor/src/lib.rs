@@ -13,6 +13,7 @@ mod aggregate;
 mod ingest;
 pub mod metrics;
 mod partition;
+mod screen;
 mod service;
 mod session;
 mod streams;
@@ -37,6 +38,8 @@ pub(crate) struct Output {
     pub written: Written,
     pub schema: SchemaRef,
     pub metrics: TaskMetrics,
+    /// Rows quarantined by checks: their files and schema.
+    pub quarantine: Option<(Written, SchemaRef)>,
 }
 
 /// What every task needs besides its work: the pipeline, the table and where to write.
@@ -47,6 +50,9 @@ pub(crate) struct TaskContext {
     pub output_uri: String,
     /// Subdirectory of `output_uri` this dispatch writes into.
     pub dispatch_dir: String,
+    /// Where quarantined rows go (`<table>__quarantine`), if any check quarantines.
+    pub quarantine_uri: String,
+    pub run_id: String,
     pub storage_options: HashMap<String, String>,
 }
 
@@ -120,6 +126,8 @@ impl Executor {
             table,
             output_uri: task.output_uri,
             dispatch_dir: task.dispatch_dir,
+            quarantine_uri: task.quarantine_uri,
+            run_id: task.run_id,
         };
         let out = match task.work {
             Some(Work::Ingest(w)) => ingest::run(&ctx, w).await?,
@@ -127,54 +135,109 @@ impl Executor {
             Some(Work::Aggregate(w)) => aggregate::run(&ctx, w).await?,
             None => return Err(TaskError::permanent("task carries no work")),
         };
-        let add_actions_json = out
-            .written
-            .adds
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<_, _>>()
-            .map_err(|e| TaskError::permanent(e.to_string()))?;
+        let (quarantine_add_actions_json, quarantine_schema_json) = match &out.quarantine {
+            Some((files, schema)) => (
+                adds_json(files)?,
+                medallion_lake::schema_to_json(schema).map_err(transient)?,
+            ),
+            None => Default::default(),
+        };
         Ok(TaskResult {
             task_id: task.task_id,
-            add_actions_json,
+            add_actions_json: adds_json(&out.written)?,
             schema_json: medallion_lake::schema_to_json(&out.schema).map_err(transient)?,
             metrics: Some(TaskMetrics {
                 bytes_written: out.written.adds.iter().map(|a| a.size as u64).sum(),
                 write_ms: out.written.write_time.as_millis() as u64,
                 ..out.metrics
             }),
+            quarantine_add_actions_json,
+            quarantine_schema_json,
         })
     }
 }
 
-/// Writes a query's rows as uncommitted files of the task's (unpartitioned) table.
+fn adds_json(written: &Written) -> Result<Vec<String>, TaskError> {
+    written
+        .adds
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TaskError::permanent(e.to_string()))
+}
+
+/// Writes a query's rows as uncommitted files of the task's (unpartitioned) table, leaving
+/// out the rows its `drop` and `quarantine` checks fail ([`screen`]); quarantined rows are
+/// written, at the same time, as files of the quarantine table.
 ///
-/// Returns the files, the (Delta-compatible) schema they have and how many rows they hold.
+/// Returns the output: files, their (Delta-compatible) schema, the rows written and screened.
 pub(crate) async fn write_result(
     ctx: &TaskContext,
     rows: datafusion::execution::SendableRecordBatchStream,
-) -> Result<(Written, SchemaRef, u64), TaskError> {
+    mut metrics: TaskMetrics,
+) -> Result<Output, TaskError> {
     use futures::StreamExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     let schema = medallion_lake::delta_schema(&rows.schema());
+    let mut screen = screen::Screen::new(ctx.pipeline.checks(&ctx.table), &schema, &ctx.table)?;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let quarantine_schema = screen::quarantine_schema(&schema);
+    if let Some(screen) = screen.as_mut().filter(|_| !ctx.quarantine_uri.is_empty()) {
+        let now = chrono::Utc::now().timestamp_micros();
+        screen.quarantine_to(sender, &ctx.run_id, now, &schema);
+    }
+    let screened = screen.as_ref().map(screen::Screen::screened);
     let written = Arc::new(AtomicU64::new(0));
     let (counter, write_schema) = (written.clone(), schema.clone());
     let batches = rows.map(move |b| {
-        let b = medallion_lake::cast_batch(&b?, &write_schema)?;
+        let mut b = medallion_lake::cast_batch(&b?, &write_schema)?;
+        if let Some(screen) = &screen {
+            b = screen.keep(b)?;
+        }
         counter.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
         Ok(b)
     });
-    let written_files = medallion_lake::write_data_files(
+    let main = medallion_lake::write_data_files(
         &ctx.output_uri,
         &ctx.dispatch_dir,
         &ctx.storage_options,
         schema.clone(),
         &[],
         Box::pin(batches),
-    )
-    .await
-    .map_err(|e| query_error(&ctx.table, e))?;
-    Ok((written_files, schema, written.load(Ordering::Relaxed)))
+    );
+    let quarantined = async {
+        if ctx.quarantine_uri.is_empty() {
+            return Ok(None);
+        }
+        let rows = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver)
+            .map(|b| b.map_err(anyhow::Error::from));
+        let files = medallion_lake::write_data_files(
+            &ctx.quarantine_uri,
+            &ctx.dispatch_dir,
+            &ctx.storage_options,
+            quarantine_schema.clone(),
+            &[],
+            Box::pin(rows),
+        )
+        .await?;
+        anyhow::Ok(Some((files, quarantine_schema.clone())))
+    };
+    let (main, quarantine) = tokio::join!(main, quarantined);
+    let written_files = main.map_err(|e| query_error(&ctx.table, e))?;
+    let quarantine = quarantine.map_err(|e| query_error(&ctx.table, e))?;
+    metrics.rows_written = written.load(Ordering::Relaxed);
+    if let Some(screened) = screened {
+        let screened = screened.lock().expect("screen counts").clone();
+        metrics.check_failures = screened.failures;
+        metrics.rows_dropped = screened.dropped;
+        metrics.rows_quarantined = screened.quarantined;
+    }
+    Ok(Output {
+        written: written_files,
+        schema,
+        metrics,
+        quarantine,
+    })
 }
 
 /// Classifies an error of running a table's query or writing its files: storage and I/O

@@ -62,20 +62,19 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
     let typed = plan.typed(source, &work)?;
     let (kept, counts) = plan.filtered(&session, typed).await?;
     let rows = plan.deduplicated(kept).await?;
-    let (written, schema, rows_written) = crate::write_result(ctx, rows).await?;
+    // Filled as the rows stream out; read once the output is written.
+    let mut out = crate::write_result(ctx, rows, TaskMetrics::default()).await?;
     let (rows_read, rows_kept) = counts.get();
-    Ok(Output {
-        written,
-        schema,
-        metrics: TaskMetrics {
-            rows_read,
-            rows_written,
-            rows_filtered: rows_read - rows_kept,
-            rows_deduplicated: rows_kept - rows_written,
-            bytes_read,
-            ..Default::default()
-        },
-    })
+    let rows_written = out.metrics.rows_written;
+    let screened = out.metrics.rows_dropped + out.metrics.rows_quarantined;
+    out.metrics = TaskMetrics {
+        rows_read,
+        rows_filtered: rows_read - rows_kept,
+        rows_deduplicated: rows_kept - rows_written - screened,
+        bytes_read,
+        ..out.metrics
+    };
+    Ok(out)
 }
 
 /// An identifier as DataFusion's `col()` takes it, so names keep their case.

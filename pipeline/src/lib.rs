@@ -4,6 +4,7 @@
 //! every reference and builds the table [`Dag`]. Coordinator and executors share this crate so
 //! both read a spec exactly the same way.
 
+pub mod checks;
 pub mod dag;
 pub mod error;
 mod pipeline;

@@ -98,6 +98,16 @@ impl Pipeline {
         )
     }
 
+    /// Where rows failing a table's `quarantine` checks are kept: `<table>__quarantine`, next
+    /// to the table; `None` when no check of the table quarantines.
+    pub fn quarantine_table(&self, table: &TableRef) -> Option<TableRef> {
+        let quarantines = self
+            .checks(table)
+            .iter()
+            .any(|c| c.action() == crate::spec::Action::Quarantine);
+        quarantines.then(|| TableRef::new(table.layer, format!("{}__quarantine", table.name)))
+    }
+
     /// The Delta table every run appends its quality check results to, for users to query.
     pub fn check_results_uri(&self) -> String {
         format!(
@@ -488,6 +498,23 @@ fn validate_checks(
             );
         }
         let cols = c.all_columns();
+        if c.action().screens_rows() {
+            let at = format!("{field}.action");
+            if table.starts_with("bronze") {
+                errors.on(
+                    &c.name,
+                    at,
+                    "bronze keeps every raw row: drop and quarantine apply to silver and gold checks",
+                );
+            } else if crate::checks::failing_row(c).is_none() {
+                errors.on(
+                    &c.name,
+                    at,
+                    "drop and quarantine apply to checks of single rows: not_null, range, \
+                     accepted_values, regex, expression",
+                );
+            }
+        }
         let needs_columns = !matches!(c.check, CheckKind::Expression | CheckKind::RowCount);
         let one_column = matches!(c.check, CheckKind::Freshness | CheckKind::ForeignKey);
         match c.check {

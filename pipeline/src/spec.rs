@@ -283,6 +283,28 @@ pub enum Severity {
     Info,
 }
 
+/// What happens to a table whose check fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// The table's commit does not happen and the run fails (default for `critical`).
+    Fail,
+    /// Failing rows are removed and counted (row checks of silver and gold tables).
+    Drop,
+    /// Failing rows go to the Delta table `<table>__quarantine`, with the run id, the names of
+    /// the checks they failed and when (row checks of silver and gold tables).
+    Quarantine,
+    /// Rows are kept and the failure reported (default for `warning` and `info`).
+    Warn,
+}
+
+impl Action {
+    /// Whether rows failing the check are taken out of the table as it is written.
+    pub fn screens_rows(self) -> bool {
+        matches!(self, Self::Drop | Self::Quarantine)
+    }
+}
+
 /// A bound of a range check: a number, or text such as a date.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
@@ -320,12 +342,23 @@ pub struct CheckSpec {
     #[serde(default)]
     pub references: Option<Spanned<String>>,
     pub severity: Severity,
+    /// What a failure does [default: `fail` for critical checks, `warn` for the others].
+    #[serde(default)]
+    pub action: Option<Action>,
 }
 
 impl CheckSpec {
     /// The columns the check is about (`column` and `columns` together).
     pub fn all_columns(&self) -> Vec<&Spanned<String>> {
         self.column.iter().chain(self.columns.iter()).collect()
+    }
+
+    /// The action, explicit or by severity.
+    pub fn action(&self) -> Action {
+        self.action.unwrap_or(match self.severity {
+            Severity::Critical => Action::Fail,
+            Severity::Warning | Severity::Info => Action::Warn,
+        })
     }
 
     /// `max_age` of a freshness check.

@@ -21,6 +21,11 @@ impl std::ops::AddAssign<&TaskMetrics> for TaskMetrics {
         self.bytes_written += o.bytes_written;
         self.write_ms += o.write_ms;
         self.bytes_read += o.bytes_read;
+        self.rows_dropped += o.rows_dropped;
+        self.rows_quarantined += o.rows_quarantined;
+        for (check, n) in &o.check_failures {
+            *self.check_failures.entry(check.clone()).or_default() += n;
+        }
     }
 }
 

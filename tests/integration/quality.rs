@@ -296,3 +296,143 @@ fn check_results_are_kept_per_run_in_a_delta_table() {
         unknown.stderr
     );
 }
+
+/// `drop` and `quarantine` take failing rows out of silver as it is written: order 2
+/// (status unknown) is dropped, order 4 (amount 30) goes to `silver/orders__quarantine` with
+/// the run id and the check it failed; only order 1 is committed, and gold follows.
+#[test]
+fn drop_and_quarantine_take_failing_rows_out() {
+    let ws = shop();
+    ws.write(
+        "pipeline.yaml",
+        &with_order_checks(&[
+            "{ name: amount_small, check: range, column: amount, max: 25, severity: warning, action: quarantine }",
+            "{ name: status_known, check: accepted_values, column: status, values: [paid, shipped], severity: info, action: drop }",
+        ]),
+    );
+    let run = ws.run("pipeline.yaml");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let silver = table(&report, "silver.orders");
+    assert_eq!(silver["status"], "committed", "{silver:#}");
+    assert_eq!(silver["metrics"]["rows_written"], 1);
+    assert_eq!(silver["metrics"]["rows_dropped"], 1);
+    assert_eq!(silver["metrics"]["rows_quarantined"], 1);
+    for name in ["amount_small", "status_known"] {
+        let c = silver["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        assert_eq!(
+            (
+                c["passed"].as_bool(),
+                c["failing_rows"].as_u64(),
+                c["total_rows"].as_u64()
+            ),
+            (Some(false), Some(1), Some(3)),
+            "{c:#}"
+        );
+    }
+    let orders = ws.read_table("lake/silver/orders");
+    let ids: Vec<&Value> = orders["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["order_id"])
+        .collect();
+    assert_eq!(ids, [1]);
+
+    let quarantine = ws.read_table("lake/silver/orders__quarantine");
+    let rows = quarantine["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{quarantine:#}");
+    assert_eq!(rows[0]["order_id"], 4);
+    assert_eq!(rows[0]["amount"], 30.0);
+    assert_eq!(rows[0]["_quarantine_run_id"], run_id);
+    // Both readers agree on the list; canonical form is its Python repr.
+    assert_eq!(rows[0]["_failed_checks"], "['amount_small']");
+    assert!(
+        rows[0]["_quarantined_at"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "{rows:#?}"
+    );
+
+    // Gold sees only what silver kept: Ann's one order of 20.00.
+    let gold = ws.read_table("lake/gold/customer_360");
+    let ann = gold["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["customer_id"] == 10)
+        .unwrap();
+    assert_eq!(ann["total_orders"], 1);
+    assert!(
+        !gold["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["customer_id"] == 11)
+    );
+
+    // The check history says what each check did.
+    let history = ws.read_table("lake/_medallion/check_results");
+    let actions: Vec<(String, String)> = history["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["table"] == "silver.orders")
+        .map(|r| {
+            (
+                r["check"].as_str().unwrap().to_string(),
+                r["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("amount_small".to_string(), "quarantine".to_string()),
+            ("id_unique".to_string(), "fail".to_string()),
+            ("status_known".to_string(), "drop".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn drop_and_quarantine_need_row_checks_of_silver_or_gold() {
+    let ws = shop();
+    ws.write(
+        "bad.yaml",
+        &with_order_checks(&[
+            "{ name: c, check: unique, column: email, severity: info, action: drop }",
+        ]),
+    );
+    let out = ws.medallion(&["validate", "bad.yaml"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("checks[1].action: drop and quarantine apply to checks of single rows"),
+        "{}",
+        out.stderr
+    );
+    ws.write(
+        "bad.yaml",
+        &SPEC.replace(
+            "  - { name: orders, source: api, files_per_task: 1 }",
+            "  - name: orders\n    source: api\n    checks:\n      - { name: c, check: not_null, column: order_id, severity: info, action: quarantine }",
+        ),
+    );
+    let out = ws.medallion(&["validate", "bad.yaml"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("bronze[0].checks[0].action: bronze keeps every raw row"),
+        "{}",
+        out.stderr
+    );
+}
