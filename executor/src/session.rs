@@ -19,6 +19,15 @@ pub(crate) fn new_session(runtime: &Arc<RuntimeEnv>) -> SessionContext {
     with_layers(SessionContext::new_with_config_rt(config, runtime.clone()))
 }
 
+/// A session whose plans run in one partition (no repartitioning, no merge of sorted
+/// partitions), on the executor's runtime.
+pub(crate) fn single_partition_session(runtime: &Arc<RuntimeEnv>) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_target_partitions(1);
+    SessionContext::new_with_config_rt(config, runtime.clone())
+}
+
 /// A session whose queries run on the Ballista scheduler at `scheduler` (`df://host:port`),
 /// across all its executors; tables go there as their data files ([`Read::Files`]).
 pub(crate) async fn ballista_session(scheduler: &str) -> Result<SessionContext, TaskError> {

@@ -15,7 +15,7 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{ExprSchemable, ScalarUDF, SortExpr, cast, try_cast, when};
 use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
+use datafusion::prelude::{DataFrame, Expr, col, lit};
 use medallion_pipeline::spec::SilverSpec;
 use medallion_pipeline::{TableRef, meta, types};
 use medallion_proto::{TaskError, TaskMetrics, TransformWork};
@@ -60,7 +60,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
 
     let plan = Plan { ctx, spec };
     let typed = plan.typed(source, &work)?;
-    let (kept, counts) = plan.filtered(&session, typed).await?;
+    let (kept, counts) = plan.filtered(typed).await?;
     let rows = plan.deduplicated(kept).await?;
     // Filled as the rows stream out; read once the output is written.
     let mut out = crate::write_result(ctx, rows, TaskMetrics::default()).await?;
@@ -181,11 +181,12 @@ impl Plan<'_> {
     }
 
     /// The rows that pass every filter, counted on their way out of the one scan of the input:
-    /// each partition of `typed` runs through a [`Filtered`] stream, and the streams become the
-    /// partitions of the table the dedupe sort reads.
+    /// they run through a [`Filtered`] stream, which becomes the one partition of the table
+    /// the dedupe sort reads. One partition makes one sort, whose spill files merge within the
+    /// memory pool; sorted partitions would need a merge above them that cannot spill, which
+    /// is what ran out of memory at 50M orders under a 1 GiB pool.
     async fn filtered(
         &self,
-        session: &SessionContext,
         typed: DataFrame,
     ) -> Result<(DataFrame, Arc<FilterCounts>), TaskError> {
         let (typed, pass) = match self.predicate(&typed)? {
@@ -196,24 +197,17 @@ impl Plan<'_> {
             }
             None => (typed, None),
         };
-        let streams = typed
-            .execute_stream_partitioned()
+        // The scan's partitions still run in parallel, into one stream.
+        let stream = typed
+            .execute_stream()
             .await
             .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
         let counts = Arc::new(FilterCounts::default());
-        let partitions: Vec<Arc<dyn PartitionStream>> = streams
-            .into_iter()
-            .map(|s| {
-                let filtered = Filtered::new(s, pass, counts.clone());
-                Arc::new(Once::new(Box::pin(filtered))) as Arc<dyn PartitionStream>
-            })
-            .collect();
-        let schema = partitions
-            .first()
-            .map(|p| p.schema().clone())
-            .ok_or_else(|| self.data_error("the input plan has no partitions"))?;
+        let filtered = Once::new(Box::pin(Filtered::new(stream, pass, counts.clone())));
+        let schema = filtered.schema().clone();
+        let partitions: Vec<Arc<dyn PartitionStream>> = vec![Arc::new(filtered)];
         let table = StreamingTable::try_new(schema, partitions).map_err(transient)?;
-        let kept = session
+        let kept = session::single_partition_session(&self.ctx.runtime)
             .read_table(Arc::new(table))
             .map_err(|e| self.data_error(e))?;
         Ok((kept, counts))
