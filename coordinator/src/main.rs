@@ -54,7 +54,7 @@ struct Args {
     ballista_port: u16,
     /// `engine: auto` gold tables run on Ballista when two or more executors are up and their
     /// inputs hold at least this much data (e.g. `256MiB`).
-    #[arg(long, env = "MEDALLION_BALLISTA_MIN_INPUT", value_parser = parse_size, default_value = "256MiB")]
+    #[arg(long, env = "MEDALLION_BALLISTA_MIN_INPUT", value_parser = parse_size, default_value = "4GiB")]
     ballista_min_input: usize,
     /// Address to serve Prometheus metrics on, at `/metrics`.
     #[arg(long, env = "MEDALLION_METRICS_LISTEN", default_value = "0.0.0.0:9470")]
