@@ -15,6 +15,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
 use datafusion::error::Result;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use medallion_pipeline::checks::failing_row;
@@ -60,6 +62,12 @@ impl Screen {
         let session = SessionContext::new();
         let df_schema = DFSchema::try_from(schema.as_ref().clone())
             .map_err(|e| TaskError::permanent(e.to_string()))?;
+        // Functions such as coalesce exist only in simplified form for execution.
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(df_schema.clone()))
+                .build(),
+        );
         let mut compiled = Vec::new();
         for check in checks.iter().filter(|c| c.action().screens_rows()) {
             let sql = failing_row(check).ok_or_else(|| {
@@ -69,6 +77,10 @@ impl Screen {
                 TaskError::permanent(format!("{table}: check '{}': {e}", check.name.value))
             };
             let expr = session.parse_sql_expr(&sql, &df_schema).map_err(error)?;
+            let expr = simplifier
+                .coerce(expr, &df_schema)
+                .and_then(|e| simplifier.simplify(e))
+                .map_err(error)?;
             let failing = session
                 .create_physical_expr(expr, &df_schema)
                 .map_err(error)?;

@@ -20,11 +20,22 @@ const TABLES: [&str; 8] = [
     "gold/product_performance",
 ];
 
+/// Where the example's orders of an unknown status go: its `status_known` check quarantines
+/// them here in every cluster test, so that quarantine is compared with embedded mode too.
+const QUARANTINE: &str = "silver/orders__quarantine";
+
 /// The example with `orders` orders, plus `embedded.yaml`: the same spec writing to
 /// `lake-embedded`, the reference every cluster run must equal.
 fn example(orders: usize, files: usize) -> Workspace {
     let (ws, _) = Workspace::example(orders, files);
     let spec = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
+    let status_known = "'shipped', 'delivered')\", severity: info }";
+    assert!(spec.contains(status_known));
+    let spec = spec.replace(
+        status_known,
+        "'shipped', 'delivered')\", severity: info, action: quarantine }",
+    );
+    ws.write("pipeline.yaml", &spec);
     ws.write(
         "embedded.yaml",
         &spec.replace("lake: ./lake ", "lake: ./lake-embedded "),
@@ -32,16 +43,23 @@ fn example(orders: usize, files: usize) -> Workspace {
     ws
 }
 
-/// Rows without the ingestion time columns, which differ between two runs by design.
-fn rows_without_ingestion_time(table: &Value) -> Vec<String> {
+/// Rows without the columns that differ between two runs by design (ingestion and quarantine
+/// times, the run id).
+fn rows_without_run_columns(table: &Value) -> Vec<String> {
     let mut rows: Vec<String> = table["rows"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| {
             let mut r = r.as_object().unwrap().clone();
-            r.remove("_ingested_at");
-            r.remove("_ingestion_date");
+            for differs in [
+                "_ingested_at",
+                "_ingestion_date",
+                "_quarantine_run_id",
+                "_quarantined_at",
+            ] {
+                r.remove(differs);
+            }
             Value::Object(r).to_string()
         })
         .collect();
@@ -53,7 +71,7 @@ fn rows_without_ingestion_time(table: &Value) -> Vec<String> {
 fn assert_same_tables_as_embedded(ws: &Workspace, cluster: &Cluster) {
     let embedded = ws.run("embedded.yaml");
     assert_eq!(embedded.code, 0, "{}", embedded.stderr);
-    for table in TABLES {
+    for table in TABLES.iter().chain([&QUARANTINE]) {
         let ours = read_delta(ws.path().join("lake").join(table).to_str().unwrap(), None);
         let reference = read_delta(
             ws.path()
@@ -64,6 +82,20 @@ fn assert_same_tables_as_embedded(ws: &Workspace, cluster: &Cluster) {
             None,
         );
         assert_eq!(ours["readers_agree"], true, "{table}: readers disagree");
+        if *table == QUARANTINE {
+            // Every run quarantines what it processed, under its own run id, and silver
+            // processes all of bronze each run: compare the distinct rows.
+            let distinct = |t: &Value| {
+                let mut rows = rows_without_run_columns(t);
+                rows.dedup();
+                rows
+            };
+            assert!(
+                distinct(&ours) == distinct(&reference),
+                "{table}: quarantined rows differ from the embedded run"
+            );
+            continue;
+        }
         assert_eq!(
             ours["num_rows"],
             reference["num_rows"],
@@ -81,7 +113,7 @@ fn assert_same_tables_as_embedded(ws: &Workspace, cluster: &Cluster) {
             assert_rows_close(&ours["rows"], &reference["rows"], key, table);
         } else {
             assert!(
-                rows_without_ingestion_time(&ours) == rows_without_ingestion_time(&reference),
+                rows_without_run_columns(&ours) == rows_without_run_columns(&reference),
                 "{table}: rows differ from the embedded run"
             );
         }
@@ -91,7 +123,7 @@ fn assert_same_tables_as_embedded(ws: &Workspace, cluster: &Cluster) {
 /// No table holds a data file that its log never added: the files of failed and lost task
 /// dispatches were deleted.
 fn assert_no_orphan_files(ws: &Workspace) {
-    for table in TABLES {
+    for table in TABLES.iter().chain([&QUARANTINE]) {
         let dir = ws.path().join("lake").join(table);
         let found = python_json(&["orphans", dir.to_str().unwrap()]);
         assert_eq!(found["orphans"], Value::Array(vec![]), "{table}: {found}");
