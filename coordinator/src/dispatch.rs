@@ -63,22 +63,25 @@ async fn retry(
         task.attempt = attempt;
         task.dispatch_dir = task.dispatch_dir(dispatches);
         let result = runner.run(task.clone()).await;
-        if let Err(e) = &result {
+        if result.is_err() {
             discard_dispatch(&task, storage_options).await;
-            let retried =
-                (e.kind == Failure::Lost && lost < MAX_LOST) || (e.retryable() && attempt < max);
-            crate::metrics::task_failed(e.kind, retried);
         }
         match result {
             Err(e) if e.kind == Failure::Lost && lost < MAX_LOST => {
+                crate::metrics::task_failed(e.kind, true);
                 on_retry(&task, &e);
                 lost += 1;
                 tokio::time::sleep(Duration::from_millis(200) * lost).await;
             }
             Err(e) if e.retryable() && attempt < max => {
+                crate::metrics::task_failed(e.kind, true);
                 on_retry(&task, &e);
                 tokio::time::sleep(policy.backoff(attempt)).await;
                 attempt += 1;
+            }
+            Err(e) => {
+                crate::metrics::task_failed(e.kind, false);
+                return (Err(e), attempt);
             }
             result => return (result, attempt),
         }

@@ -78,29 +78,33 @@ impl Executor {
     /// Runs one task to completion. A panic in the task (a bug) fails the task, not the
     /// process, so the other tasks of this executor keep running.
     pub async fn run(&self, task: medallion_proto::Task) -> Result<TaskResult, TaskError> {
+        let layer = task.table.split('.').next().unwrap_or_default().to_string();
         let span = tracing::info_span!(
             "task",
             run_id = %task.run_id,
             pipeline = task.pipeline.as_ref().map_or("", |p| p.name.as_str()),
-            stage = task.table.split('.').next().unwrap_or_default(),
+            stage = layer.as_str(),
             table = %task.table,
             task_id = %task.task_id,
             attempt = task.attempt,
         );
-        tracing::Instrument::instrument(self.run_in_span(task), span).await
+        tracing::Instrument::instrument(self.run_in_span(task, &layer), span).await
     }
 
-    async fn run_in_span(&self, task: medallion_proto::Task) -> Result<TaskResult, TaskError> {
+    async fn run_in_span(
+        &self,
+        task: medallion_proto::Task,
+        layer: &str,
+    ) -> Result<TaskResult, TaskError> {
         tracing::info!("task started");
         let _running = metrics::Running::start();
         let started = std::time::Instant::now();
-        let layer = task.table.split('.').next().unwrap_or_default().to_string();
         let executor = self.clone();
         let work = async move { executor.run_task(task).await };
         let result = tokio::spawn(tracing::Instrument::in_current_span(work))
             .await
             .unwrap_or_else(|e| Err(TaskError::transient(format!("task died: {e}"))));
-        metrics::task_ended(&layer, started.elapsed(), &result);
+        metrics::task_ended(layer, started.elapsed(), &result);
         match &result {
             Ok(r) => tracing::info!(
                 rows = r.metrics.as_ref().map_or(0, |m| m.rows_written),

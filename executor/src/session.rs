@@ -88,10 +88,12 @@ pub(crate) async fn register_table(
             Err(e) => Err(e),
         },
         Read::Files => match medallion_lake::ballista::pinned_table(&uri, opts, version).await {
-            Ok(files) => match ctx.register_table(reference, Arc::new(files)) {
-                Ok(_) => medallion_lake::table_bytes(&uri, opts, version).await,
-                Err(e) => Err(e.into()),
-            },
+            Ok(files) => {
+                let bytes = files.bytes();
+                ctx.register_table(reference, Arc::new(files))
+                    .map(|_| bytes)
+                    .map_err(anyhow::Error::from)
+            }
             Err(e) => Err(e),
         },
     };

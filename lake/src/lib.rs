@@ -240,6 +240,11 @@ pub struct StagedFiles {
 }
 
 impl StagedFiles {
+    /// The bytes of its data files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size.max(0) as u64).sum()
+    }
+
     /// `schema` lists every column, partition columns included, in any order.
     pub fn new(
         uri: &str,
