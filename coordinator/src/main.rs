@@ -21,7 +21,7 @@ use medallion_coordinator::BallistaTarget;
 use medallion_coordinator::membership::Members;
 use medallion_coordinator::remote::RemoteExecutors;
 use medallion_coordinator::runs::Runs;
-use medallion_coordinator::service::{CoordinatorService, Role};
+use medallion_coordinator::service::{CoordinatorService, ForwardToLeader, Role};
 use medallion_coordinator::store::RunStore;
 use medallion_proto::coordinator_server::CoordinatorServer;
 use tokio_util::sync::CancellationToken;
@@ -97,7 +97,7 @@ async fn serve(args: Args) -> Result<()> {
         Arc::new(RemoteExecutors::new(members.clone())),
         ballista.clone(),
     );
-    let role = Role::new(etcd.clone(), keys.clone());
+    let role = Role::new(etcd.clone(), keys.clone(), advertise.clone());
     let service = CoordinatorService {
         role: role.clone(),
         runs: runs.clone(),
@@ -113,7 +113,10 @@ async fn serve(args: Args) -> Result<()> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(CoordinatorServer::new(service))
+            .add_service(ForwardToLeader::new(
+                CoordinatorServer::new(service),
+                role.clone(),
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 stop_server.clone().cancelled_owned(),

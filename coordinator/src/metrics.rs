@@ -96,6 +96,15 @@ static EXECUTORS: LazyLock<IntGauge> = LazyLock::new(|| {
         .expect("metric")
 });
 
+static FORWARDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "medallion_client_calls_forwarded_total",
+        "Client calls this coordinator, a standby, forwarded to the leader, by outcome.",
+        &["outcome"]
+    )
+    .expect("metric")
+});
+
 /// Seconds since each table's last successful commit, computed when scraped.
 static FRESHNESS: LazyLock<&'static Freshness> = LazyLock::new(|| {
     let freshness: &'static Freshness = Box::leak(Box::new(Freshness::new()));
@@ -149,7 +158,18 @@ pub fn init() {
     LazyLock::force(&TASK_FAILURES);
     LazyLock::force(&TASK_RETRIES);
     LazyLock::force(&EXECUTORS);
+    LazyLock::force(&FORWARDED);
     LazyLock::force(&FRESHNESS);
+}
+
+/// A standby forwarded a client call to the leader (`reached`: whether the leader answered).
+pub(crate) fn call_forwarded(reached: bool) {
+    let outcome = if reached {
+        "forwarded"
+    } else {
+        "leader_unreachable"
+    };
+    FORWARDED.with_label_values(&[outcome]).inc();
 }
 
 fn labels(pipeline: &Pipeline, table: &TableRef) -> [String; 3] {

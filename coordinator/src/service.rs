@@ -1,10 +1,15 @@
 //! The coordinator's client API (`medallion.v1.Coordinator`), served by every coordinator;
-//! only the leader answers it, a standby points to the leader.
+//! only the leader answers it. A standby forwards each call to the leader ([`ForwardToLeader`]),
+//! so a client (or a Kubernetes Service) may reach any coordinator; when the leader cannot be
+//! reached, a standby answers UNAVAILABLE with the leader's address.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use etcd_client::Client;
+use futures::future::BoxFuture;
 use medallion_cluster::Keys;
 use medallion_proto::coordinator_server::Coordinator as CoordinatorRpc;
 use medallion_proto::{
@@ -12,7 +17,11 @@ use medallion_proto::{
     ListRunsResponse, RunInfo, SubmitRequest,
 };
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+use tower::{Service, ServiceExt};
 
 use crate::membership::Members;
 use crate::runs::Runs;
@@ -20,19 +29,29 @@ use crate::runs::Runs;
 /// Response metadata naming the leader's address in a standby's UNAVAILABLE answer.
 pub const LEADER_HEADER: &str = "x-medallion-leader";
 
+/// Request metadata marking a call a standby forwarded: it is never forwarded again, so two
+/// coordinators with stale views of the leader cannot pass a call back and forth.
+const FORWARDED_HEADER: &str = "x-medallion-forwarded";
+
 /// Whether this coordinator leads, and how a standby finds who does.
 pub struct Role {
     leading: AtomicBool,
     etcd: Client,
     keys: Keys,
+    /// This coordinator's own address, never a forwarding target.
+    advertise: String,
+    /// The channel to the last leader forwarded to, reused while it leads.
+    leader_channel: tokio::sync::Mutex<Option<(String, Channel)>>,
 }
 
 impl Role {
-    pub fn new(etcd: Client, keys: Keys) -> Arc<Self> {
+    pub fn new(etcd: Client, keys: Keys, advertise: String) -> Arc<Self> {
         Arc::new(Self {
             leading: AtomicBool::new(false),
             etcd,
             keys,
+            advertise,
+            leader_channel: Default::default(),
         })
     }
 
@@ -40,13 +59,13 @@ impl Role {
         self.leading.store(true, Ordering::SeqCst);
     }
 
-    /// Ok on the leader; on a standby, UNAVAILABLE with the leader's address.
-    async fn lead(&self) -> Result<(), Status> {
-        if self.leading.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let leader = self
-            .etcd
+    fn leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    /// The elected leader's address, as it advertises itself.
+    async fn leader(&self) -> Option<String> {
+        self.etcd
             .clone()
             .leader(self.keys.leader())
             .await
@@ -54,7 +73,31 @@ impl Role {
             .and_then(|r| {
                 r.kv()
                     .and_then(|kv| kv.value_str().ok().map(str::to_string))
-            });
+            })
+    }
+
+    /// A channel to the leader, when there is one other than this coordinator.
+    async fn channel_to_leader(&self) -> Option<(String, Channel)> {
+        let leader = self.leader().await.filter(|l| *l != self.advertise)?;
+        let mut cached = self.leader_channel.lock().await;
+        match &*cached {
+            Some((address, channel)) if *address == leader => {
+                Some((address.clone(), channel.clone()))
+            }
+            _ => {
+                let channel = Endpoint::from_shared(leader.clone()).ok()?.connect_lazy();
+                *cached = Some((leader.clone(), channel.clone()));
+                Some((leader, channel))
+            }
+        }
+    }
+
+    /// Ok on the leader; on a standby, UNAVAILABLE with the leader's address.
+    async fn lead(&self) -> Result<(), Status> {
+        if self.leading() {
+            return Ok(());
+        }
+        let leader = self.leader().await;
         let mut status = Status::unavailable(match &leader {
             Some(address) => format!("this coordinator is a standby; the leader is {address}"),
             None => "this coordinator is a standby and no leader is elected yet".to_string(),
@@ -63,6 +106,80 @@ impl Role {
             status.metadata_mut().insert(LEADER_HEADER, address);
         }
         Err(status)
+    }
+}
+
+/// The client API as served: the leader answers calls itself, a standby forwards them to the
+/// leader unchanged (streams included) and relays the answer.
+#[derive(Clone)]
+pub struct ForwardToLeader<S> {
+    inner: S,
+    role: Arc<Role>,
+}
+
+impl<S> ForwardToLeader<S> {
+    pub fn new(inner: S, role: Arc<Role>) -> Self {
+        Self { inner, role }
+    }
+}
+
+impl<S: NamedService> NamedService for ForwardToLeader<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for ForwardToLeader<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let role = self.role.clone();
+        // The clone serves the next call; this one, ready, serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let forwardable = !role.leading() && !request.headers().contains_key(FORWARDED_HEADER);
+            let leader = match forwardable {
+                true => role.channel_to_leader().await,
+                false => None,
+            };
+            // The leader, a call forwarded once already, or no leader elected: the service
+            // answers (on a standby, UNAVAILABLE naming the leader).
+            let Some((address, mut channel)) = leader else {
+                return inner.call(request).await;
+            };
+            request
+                .headers_mut()
+                .insert(FORWARDED_HEADER, http::HeaderValue::from_static("1"));
+            let forwarded = match channel.ready().await {
+                Ok(ready) => ready.call(request).await,
+                Err(e) => Err(e),
+            };
+            crate::metrics::call_forwarded(forwarded.is_ok());
+            match forwarded {
+                Ok(response) => Ok(response),
+                Err(e) => {
+                    let mut status = Status::unavailable(format!(
+                        "this coordinator is a standby and cannot reach the leader {address}: {e}"
+                    ));
+                    if let Ok(value) = address.parse() {
+                        status.metadata_mut().insert(LEADER_HEADER, value);
+                    }
+                    Ok(status.into_http())
+                }
+            }
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use medallion_tests::cluster::{Cluster, LEASE_TTL_SECONDS, wait_for};
+use medallion_tests::prometheus::http_get;
 use medallion_tests::{Workspace, assert_rows_close, python_json, read_delta};
 use serde_json::Value;
 
@@ -325,6 +326,66 @@ fn standby_coordinator_finishes_the_run_of_a_killed_leader() {
     let standby = cluster.coordinators[1].log_text();
     assert!(standby.contains("elected leader"), "{}", cluster.logs());
     assert!(standby.contains("resuming run"), "{}", cluster.logs());
+    assert_same_tables_as_embedded(&ws, &cluster);
+}
+
+/// A client that reaches only the standby (as through a Kubernetes Service or port-forward)
+/// gets the leader's answers: the standby forwards unary calls and the `watch` stream.
+#[test]
+fn standby_forwards_client_calls_to_the_leader() {
+    let ws = example(2_000, 2);
+    let cluster = Cluster::start(&ws, 2, 1);
+    assert_eq!(cluster.leader(), 0);
+    let standby = cluster.coordinators[1].url();
+
+    let listed = cluster.client_at(&standby, &ws, &["executors", "--output", "json"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    let submitted = cluster.client_at(
+        &standby,
+        &ws,
+        &["submit", "pipeline.yaml", "--wait", "--output", "json"],
+    );
+    assert_eq!(
+        submitted.code,
+        0,
+        "{}\n{}",
+        submitted.stderr,
+        cluster.logs()
+    );
+    let status: serde_json::Value = serde_json::from_str(&submitted.stdout).unwrap();
+    assert_succeeded(&status, &cluster);
+    let run_id = status["run_id"].as_str().expect("a run id");
+    assert!(
+        cluster.coordinators[0].log_text().contains(run_id),
+        "{}",
+        cluster.logs()
+    );
+    assert!(
+        !cluster.coordinators[1].log_text().contains(run_id),
+        "{}",
+        cluster.logs()
+    );
+
+    let runs = cluster.client_at(&standby, &ws, &["runs"]);
+    assert!(
+        runs.stdout.contains(run_id),
+        "{}{}",
+        runs.stdout,
+        runs.stderr
+    );
+    // The standby answered by forwarding (the client did not go to the leader itself):
+    // executors, submit, watch, runs.
+    let metrics = http_get(cluster.coordinators[1].metrics_port, "/metrics");
+    let forwarded = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("medallion_client_calls_forwarded_total{outcome=\"forwarded\"} ")
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(forwarded >= Some(4.0), "{metrics}");
     assert_same_tables_as_embedded(&ws, &cluster);
 }
 

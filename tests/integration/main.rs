@@ -6,6 +6,7 @@ mod bench;
 mod cluster;
 mod example;
 mod fixture;
+mod k8s;
 mod layers;
 mod observability;
 mod quality;

@@ -283,10 +283,15 @@ impl Cluster {
 
     /// Runs the `medallion` client against this cluster, in the workspace.
     pub fn client(&self, ws: &Workspace, args: &[&str]) -> Invocation {
+        self.client_at(&self.coordinator_urls(), ws, args)
+    }
+
+    /// Runs the `medallion` client against the coordinators at `urls` only.
+    pub fn client_at(&self, urls: &str, ws: &Workspace, args: &[&str]) -> Invocation {
         let out = Command::new(medallion_bin())
             .args(args)
             .current_dir(ws.path())
-            .env("MEDALLION_COORDINATOR", self.coordinator_urls())
+            .env("MEDALLION_COORDINATOR", urls)
             .env("MEDALLION_LOG", "warn")
             .output()
             .expect("run medallion");

@@ -1,0 +1,180 @@
+{{/* The chart's name, for the app.kubernetes.io/name label. */}}
+{{- define "medallion.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's full name, the prefix of every object's name. */}}
+{{- define "medallion.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A component's object name: <fullname>-<component>, within the 63 characters of a label. */}}
+{{- define "medallion.componentName" -}}
+{{- printf "%s-%s" (include "medallion.fullname" .root | trunc (int (sub 62 (len .component))) | trimSuffix "-") .component }}
+{{- end }}
+
+{{- define "medallion.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "medallion.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: medallion
+{{- end }}
+
+{{- define "medallion.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "medallion.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of one component's objects; `dict "root" $ "component" "executor"`. */}}
+{{- define "medallion.componentLabels" -}}
+{{ include "medallion.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Selector of one component's pods. */}}
+{{- define "medallion.componentSelector" -}}
+{{ include "medallion.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "medallion.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "medallion.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "medallion.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The etcd client endpoints: the vendored subchart's Service, or the external cluster. */}}
+{{- define "medallion.etcdEndpoints" -}}
+{{- if .Values.etcd.enabled }}
+{{- $etcd := printf "%s-etcd" .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- printf "http://%s.%s.svc:%d" $etcd .Release.Namespace (int (default 2379 .Values.etcd.clientPort)) }}
+{{- else }}
+{{- required "externalEtcd.endpoints is required when etcd.enabled is false" (join "," .Values.externalEtcd.endpoints) }}
+{{- end }}
+{{- end }}
+
+{{- define "medallion.objectStorageSecret" -}}
+{{- default (include "medallion.componentName" (dict "root" . "component" "storage")) .Values.objectStorage.existingSecret }}
+{{- end }}
+
+{{/* Environment every Medallion container gets: its pod's address, object-storage settings. */}}
+{{- define "medallion.commonEnv" -}}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- with .Values.objectStorage }}
+{{- if .enabled }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "medallion.objectStorageSecret" $ }}
+      key: {{ .accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "medallion.objectStorageSecret" $ }}
+      key: {{ .secretAccessKeyKey }}
+{{- with .region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with .endpoint }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- if .forcePathStyle }}
+- name: AWS_FORCE_PATH_STYLE
+  value: "true"
+{{- end }}
+{{- if .allowHttp }}
+- name: AWS_ALLOW_HTTP
+  value: "true"
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes every Medallion pod mounts: scratch space (the root filesystem is read-only), the lake. */}}
+{{- define "medallion.volumeMounts" -}}
+- name: scratch
+  mountPath: /tmp
+{{- if .Values.lakeVolume.enabled }}
+- name: lake
+  mountPath: {{ .Values.lakeVolume.mountPath }}
+{{- end }}
+{{- end }}
+
+{{- define "medallion.volumes" -}}
+- name: scratch
+  emptyDir:
+    sizeLimit: {{ .sizeLimit }}
+{{- if .root.Values.lakeVolume.enabled }}
+- name: lake
+  persistentVolumeClaim:
+    claimName: {{ required "lakeVolume.existingClaim is required when lakeVolume.enabled" .root.Values.lakeVolume.existingClaim }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level settings both Deployments share. */}}
+{{- define "medallion.podSpecCommon" -}}
+serviceAccountName: {{ include "medallion.serviceAccountName" .root }}
+automountServiceAccountToken: {{ .root.Values.serviceAccount.automountToken }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .values.affinity }}
+affinity:
+  {{- toYaml .values.affinity | nindent 2 }}
+{{- else }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "medallion.componentSelector" . | nindent 14 }}
+{{- end }}
+{{- end }}
+
+{{/* NetworkPolicy peers: the ones given, or any pod of the namespace. */}}
+{{- define "medallion.peersFrom" -}}
+{{- if . }}
+{{- toYaml . }}
+{{- else }}
+- podSelector: {}
+{{- end }}
+{{- end }}
