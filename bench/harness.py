@@ -124,6 +124,17 @@ def generate(medallion, work, workload):
     return data
 
 
+def warm_cache(data):
+    """Reads every input file once, so each engine starts with its input in the page cache:
+    otherwise the first engine after the data was generated or evicted pays the disk reads
+    for everyone after it."""
+    for root, _, files in os.walk(data):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
 def spec_for(workload, data, out):
     """The workload's spec, reading `data` and writing its lake under `out`."""
     shutil.rmtree(out, ignore_errors=True)
@@ -157,6 +168,7 @@ def medallion_result(engine, workload, report, out, seconds, peak):
 def run_medallion(medallion, workload, data, out, threads, memory):
     """The workload's pipeline, embedded: one process."""
     spec_path = spec_for(workload, data, out)
+    warm_cache(data)
     stdout, seconds, peak = measure([medallion, "run", spec_path, "--output", "json",
                                      "--executors", str(threads), "--memory-limit", memory])
     report = json.loads(stdout)
@@ -230,6 +242,7 @@ def run_medallion_cluster(medallion, workload, data, out, executors, threads, me
     the coordinator and the executors (not etcd)."""
     spec_path = spec_for(workload, data, out)
     with LocalCluster(medallion, executors, threads, size_bytes(memory), work) as cluster:
+        warm_cache(data)
         stdout, seconds, peak = measure([medallion, "--coordinator", cluster.url, "submit", spec_path,
                                          "--wait", "--output", "json"],
                                         servers=[p.pid for p in cluster.servers])
@@ -248,6 +261,7 @@ def size_bytes(text):
 
 def run_peer(python, workload, engine, fmt, data, out, threads):
     shutil.rmtree(out, ignore_errors=True)
+    warm_cache(data)
     stdout, seconds, peak = measure([python] + workload.peer(engine) + [data, out, "--format", fmt,
                                                                         "--threads", str(threads)])
     result = json.loads(stdout.strip().splitlines()[-1])
