@@ -26,6 +26,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use deltalake::kernel::{Add, StructType};
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use futures::{Stream, StreamExt};
@@ -176,7 +178,8 @@ pub async fn write_data_files(
         schema,
         (!partition_columns.is_empty()).then(|| partition_columns.to_vec()),
         Some(opts.clone()),
-    )?;
+    )?
+    .with_writer_properties(writer_properties());
     let mut write_time = std::time::Duration::ZERO;
     while let Some(batch) = batches.next().await {
         let batch = batch?;
@@ -193,6 +196,19 @@ pub async fn write_data_files(
         add.path = format!("{subdir}/{}", add.path);
     }
     Ok(Written { adds, write_time })
+}
+
+/// How data files are encoded: Snappy, and dictionaries only for columns with few distinct
+/// values. parquet's default dictionary page of 1 MiB makes every unique-ish column (ids, emails,
+/// timestamps as text) intern tens of thousands of values per row group before it falls back
+/// to plain encoding; a 64 KiB dictionary falls back after a few thousand, and still holds a
+/// status, a category or a few thousand product ids. Measured on bronze.orders at 5M orders:
+/// encoding time 9.7 -> 6.4 s of task time, files 7% smaller (bench/results/PROFILE.md).
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_dictionary_page_size_limit(64 << 10)
+        .build()
 }
 
 /// The directory `subdir` under the location `uri`.
