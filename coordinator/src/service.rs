@@ -150,9 +150,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let forwardable = !role.leading() && !request.headers().contains_key(FORWARDED_HEADER);
-            let leader = match forwardable {
-                true => role.channel_to_leader().await,
-                false => None,
+            let leader = if forwardable {
+                role.channel_to_leader().await
+            } else {
+                None
             };
             // The leader, a call forwarded once already, or no leader elected: the service
             // answers (on a standby, UNAVAILABLE naming the leader).
