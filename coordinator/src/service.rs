@@ -98,15 +98,21 @@ impl Role {
             return Ok(());
         }
         let leader = self.leader().await;
-        let mut status = Status::unavailable(match &leader {
+        let message = match &leader {
             Some(address) => format!("this coordinator is a standby; the leader is {address}"),
             None => "this coordinator is a standby and no leader is elected yet".to_string(),
-        });
-        if let Some(address) = leader.and_then(|a| a.parse().ok()) {
-            status.metadata_mut().insert(LEADER_HEADER, address);
-        }
-        Err(status)
+        };
+        Err(standby_unavailable(message, leader.as_deref()))
     }
+}
+
+/// A standby's UNAVAILABLE answer, naming the leader (when known) for the client to follow.
+fn standby_unavailable(message: String, leader: Option<&str>) -> Status {
+    let mut status = Status::unavailable(message);
+    if let Some(address) = leader.and_then(|a| a.parse().ok()) {
+        status.metadata_mut().insert(LEADER_HEADER, address);
+    }
+    status
 }
 
 /// The client API as served: the leader answers calls itself, a standby forwards them to the
@@ -170,15 +176,13 @@ where
             crate::metrics::call_forwarded(forwarded.is_ok());
             match forwarded {
                 Ok(response) => Ok(response),
-                Err(e) => {
-                    let mut status = Status::unavailable(format!(
+                Err(e) => Ok(standby_unavailable(
+                    format!(
                         "this coordinator is a standby and cannot reach the leader {address}: {e}"
-                    ));
-                    if let Ok(value) = address.parse() {
-                        status.metadata_mut().insert(LEADER_HEADER, value);
-                    }
-                    Ok(status.into_http())
-                }
+                    ),
+                    Some(&address),
+                )
+                .into_http()),
             }
         })
     }

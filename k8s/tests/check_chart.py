@@ -19,6 +19,7 @@ check catches its break. `--write-manifests` re-renders k8s/manifests.
 """
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -95,6 +96,22 @@ def schema_dir(kube):
     return path
 
 
+@functools.lru_cache(maxsize=None)
+def definitions_registry(kube):
+    """The shared definitions every schema of a Kubernetes version refers to (read once)."""
+    with open(os.path.join(schema_dir(kube), "_definitions.json")) as f:
+        definitions = json.load(f)
+    return referencing.Registry().with_resource(
+        "/api/_definitions.json", referencing.Resource.from_contents(definitions, default_specification=referencing.jsonschema.DRAFT202012))
+
+
+@functools.lru_cache(maxsize=None)
+def validator_for(path, kube):
+    with open(path) as f:
+        schema = json.load(f)
+    return jsonschema.Draft202012Validator(schema, registry=definitions_registry(kube))
+
+
 def schema_errors(doc, kube):
     """Every schema error of one object; a kind without a schema is an error."""
     kind, api = doc.get("kind", "?"), doc.get("apiVersion", "?")
@@ -105,13 +122,7 @@ def schema_errors(doc, kube):
     path = local if os.path.exists(local) else os.path.join(schema_dir(kube), name)
     if not os.path.exists(path):
         return [f"{where}: no schema for {api} {kind} in Kubernetes {kube} (unknown kind or removed API version)"]
-    with open(path) as f:
-        schema = json.load(f)
-    with open(os.path.join(schema_dir(kube), "_definitions.json")) as f:
-        definitions = json.load(f)
-    registry = referencing.Registry().with_resource(
-        "/api/_definitions.json", referencing.Resource.from_contents(definitions, default_specification=referencing.jsonschema.DRAFT202012))
-    validator = jsonschema.Draft202012Validator(schema, registry=registry)
+    validator = validator_for(path, kube)
     return [f"{where}: schema ({kube}): at /{'/'.join(map(str, e.absolute_path))}: {e.message}"
             for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
 
@@ -351,8 +362,10 @@ def cross_object_errors(docs):
 
 # ---- the binaries' flags ---------------------------------------------------------------
 
-def help_of(tools, binary):
-    out = tools.run([binary, "--help"])
+@functools.lru_cache(maxsize=None)
+def help_of(binary):
+    """The flags and MEDALLION_* variables a binary's `--help` lists (asked once per binary)."""
+    out = subprocess.run([binary, "--help"], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{binary} --help failed: {out.stderr}")
     flags = set(re.findall(r"^\s+(?:-\w, )?(--[a-z0-9-]+)", out.stdout, re.M))
@@ -377,7 +390,7 @@ def flag_errors(tools, docs):
                 continue
             where = f"{w['kind']} {name_of(w)!r} container {c['name']!r}"
             binary = tools.binaries[command]
-            flags, env_names = help_of(tools, binary)
+            flags, env_names = help_of(binary)
             env, samples = {}, {"status.podIP": "10.1.2.3", "metadata.name": "pod-0"}
             for source in c.get("envFrom") or []:
                 ref = source.get("configMapRef")
