@@ -14,7 +14,8 @@ use medallion_client::generate::{EcommerceData, TpchData};
 use medallion_client::remote::{self, Remote, ServerError};
 use medallion_client::{progress::ProgressBars, summary};
 use medallion_cluster::LogArgs;
-use medallion_cluster::size::parse_size;
+use medallion_cluster::size::parse_memory_limit;
+use medallion_coordinator::lease::{LeaseHeld, RunLease};
 use medallion_coordinator::{Coordinator, RunReport, new_run_id};
 use medallion_pipeline::Pipeline;
 use medallion_proto::{RunInfo, RunState};
@@ -57,11 +58,15 @@ enum Command {
         executors: Option<usize>,
         /// Memory the tasks' queries share (e.g. `2GiB`, `512MiB`); sorts, aggregates and
         /// joins spill to disk beyond it. Unbounded when not given.
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_memory_limit)]
         memory_limit: Option<usize>,
         /// Print the run report as JSON on stdout instead of the summary.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// When another run of the pipeline holds the lake's run lease, wait for it to end
+        /// instead of exiting with code 3.
+        #[arg(long)]
+        wait: bool,
     },
     /// Check a pipeline spec without running it.
     Validate {
@@ -152,9 +157,10 @@ enum Output {
 }
 
 /// Exit codes: 0 success, 1 the run failed (or the cluster could not be reached), 2 the spec,
-/// the command or the request is wrong.
+/// the command or the request is wrong, 3 another run of the pipeline holds the lake.
 const RUN_FAILED: u8 = 1;
 const BAD_INPUT: u8 = 2;
+const BUSY: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -178,7 +184,8 @@ fn main() -> ExitCode {
                 executors,
                 memory_limit,
                 output,
-            } => run_embedded(&spec, executors, memory_limit, output).await,
+                wait,
+            } => run_embedded(&spec, executors, memory_limit, output, wait).await,
             Command::Generate {
                 dir,
                 dataset,
@@ -309,6 +316,7 @@ async fn run_embedded(
     executors: Option<usize>,
     memory_limit: Option<usize>,
     output: Output,
+    wait: bool,
 ) -> Result<ExitCode> {
     let pipeline = match load(spec) {
         Ok(p) => p,
@@ -322,6 +330,14 @@ async fn run_embedded(
     let bars = ProgressBars::new(std::io::stderr().is_terminal());
     let executors = LocalExecutors::new(slots, memory_limit)?;
     let run_id = new_run_id(pipeline.name());
+    let _lease = match RunLease::acquire(&pipeline, &run_id, wait).await {
+        Ok(lease) => lease,
+        Err(e) if e.is::<LeaseHeld>() => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(BUSY));
+        }
+        Err(e) => return Err(e),
+    };
     let report = Coordinator::new(&executors, &bars)
         .run(&pipeline, &run_id)
         .await;

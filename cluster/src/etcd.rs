@@ -10,6 +10,7 @@
 //! | `<p>/runs/<run>`                 | `RunRecord` (protobuf)             | kept                |
 //! | `<p>/tables/<run>/<layer.table>` | the table's report (JSON)          | kept                |
 //! | `<p>/tasks/<run>/<task>`         | `TaskRecord` (protobuf)            | kept                |
+//! | `<p>/locks/<pipeline>@<lake>/...`| a pipeline's run lock (etcd lock)  | the run's own lease |
 //!
 //! Values stay small: specs, states and counters, never data.
 
@@ -106,6 +107,11 @@ impl Keys {
     }
     pub fn task(&self, run_id: &str, task_id: &str) -> String {
         format!("{}/tasks/{run_id}/{task_id}", self.prefix)
+    }
+    /// The lock one run at a time of a pipeline on a lake holds (`lake` hashed, as it is a URL).
+    pub fn run_lock(&self, pipeline: &str, lake: &str) -> String {
+        let lake = twox_hash::XxHash64::oneshot(0, lake.as_bytes());
+        format!("{}/locks/{pipeline}@{lake:016x}", self.prefix)
     }
 }
 

@@ -25,9 +25,23 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     Ok((number * scale as f64) as usize)
 }
 
+/// The smallest memory limit accepted: below it no query can hold a batch.
+const MIN_MEMORY_LIMIT: usize = 16 << 20;
+
+/// Parses a memory limit: a size of at least 16 MiB.
+pub fn parse_memory_limit(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    if size < MIN_MEMORY_LIMIT {
+        return Err(format!(
+            "'{text}' is too small for a memory limit: at least 16MiB"
+        ));
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_memory_limit, parse_size};
 
     #[test]
     fn sizes() {
@@ -37,5 +51,11 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("2 parsecs").unwrap_err().contains("parsecs"));
         assert!(parse_size("GiB").is_err());
+        assert!(
+            parse_memory_limit("0")
+                .unwrap_err()
+                .contains("at least 16MiB")
+        );
+        assert_eq!(parse_memory_limit("64MiB"), Ok(64 << 20));
     }
 }

@@ -25,7 +25,9 @@ use medallion_pipeline::spec::{self, CheckKind, CheckSpec};
 use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::TaskMetrics;
 
-use crate::planner::{CommitPlan, INFO_INPUTS, INFO_SPEC, spec_fingerprint};
+use crate::planner::{
+    CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, spec_fingerprint,
+};
 use crate::quality;
 use crate::report::{CheckResult, Metrics};
 
@@ -45,12 +47,18 @@ pub struct Committed {
     pub version: Option<u64>,
     pub checks: Vec<CheckResult>,
     pub merge: Option<Metrics>,
+    /// The commit's id (`medallion.commit_id` in its `commitInfo`).
+    pub commit_id: String,
 }
 
 /// Why a table was not committed.
 pub enum Rejected {
     /// Critical checks failed; their results are in the list.
     Checks(Vec<CheckResult>),
+    /// Another writer committed to the table after this run read it (a concurrent run, or a
+    /// second coordinator). Nothing of this attempt was committed; planning the table again
+    /// sees the other writer's rows, so nothing is doubled.
+    Conflict(anyhow::Error),
     Error(anyhow::Error),
 }
 
@@ -72,41 +80,68 @@ impl CommitContext<'_> {
     ///
     /// `screened` holds what the tasks' `drop` and `quarantine` checks took out; quarantined
     /// rows are committed to `<table>__quarantine` once the table's own commit has landed.
+    ///
+    /// Delta has no transaction across tables, so the table's commit records that it has
+    /// quarantined rows, and the quarantine table's commit names the table's commit: a table
+    /// whose quarantine commit is missing is not up to date (`planner::RunContext`), and the
+    /// next run computes both again.
     pub async fn commit(
         &self,
         table: &TableRef,
         plan: &CommitPlan,
-        mut staged: Staged,
+        staged: Staged,
         checks: &[CheckSpec],
         screened: &TaskMetrics,
     ) -> Result<Committed, Rejected> {
-        let quarantine = staged.quarantine.take();
         let committed = self
-            .commit_table(table, plan, staged, checks, screened)
+            .commit_table(table, plan, &staged, checks, screened)
             .await;
-        let Some(quarantine) = quarantine else {
+        let Some(quarantine) = staged.quarantine else {
             return committed;
         };
         let quarantine_table = self
             .pipeline
             .quarantine_table(table)
             .ok_or_else(|| anyhow::anyhow!("{table} has no quarantine check"))?;
-        let append = CommitPlan::Append { files: Vec::new() };
+        let append = CommitPlan::Append {
+            files: Vec::new(),
+            ledger_version: None,
+        };
         if committed.is_err() {
             self.discard(&quarantine_table, &append, &quarantine).await;
             return committed;
         }
-        // Delta has no transaction across tables: the table's commit landed, this one follows.
+        let Ok(done) = &committed else {
+            return committed;
+        };
+        let commit_id = quarantine_commit_id(&done.commit_id);
         let uri = self.pipeline.table_uri(&quarantine_table);
         let existing = medallion_lake::open_table(&uri, self.storage_options).await?;
         match existing {
             None => {
-                self.create(&quarantine_table, &uri, &append, &quarantine)
+                self.create(&quarantine_table, &uri, &append, &commit_id, &quarantine)
                     .await
             }
-            Some(t) => self.write(&quarantine_table, t, &append, &quarantine).await,
+            Some(t) => {
+                let columns = t.snapshot().map_err(anyhow::Error::from)?;
+                let plan = match schema_drift(&columns.snapshot().arrow_schema(), &quarantine.schema) {
+                    None => append,
+                    // The table's columns changed: the quarantine table takes them too, in a
+                    // new version; rows quarantined before stay readable at the versions before.
+                    Some(drift) => {
+                        tracing::warn!(table = %quarantine_table, %drift, "the quarantine table's columns change; earlier rows stay in its earlier versions");
+                        CommitPlan::Overwrite {
+                            inputs: Default::default(),
+                        }
+                    }
+                };
+                self.write(&quarantine_table, t, &plan, &commit_id, &quarantine)
+                    .await
+            }
         }
-        .with_context(|| format!("{table} is committed, but its quarantined rows are not"))?;
+        .with_context(|| {
+            format!("{table} is committed, but its quarantined rows are not; the next run writes both again")
+        })?;
         committed
     }
 
@@ -114,7 +149,7 @@ impl CommitContext<'_> {
         &self,
         table: &TableRef,
         plan: &CommitPlan,
-        staged: Staged,
+        staged: &Staged,
         checks: &[CheckSpec],
         screened: &TaskMetrics,
     ) -> Result<Committed, Rejected> {
@@ -125,17 +160,31 @@ impl CommitContext<'_> {
                 version: None,
                 checks: Vec::new(),
                 merge: None,
+                commit_id: String::new(),
             });
         }
         let uri = self.pipeline.table_uri(table);
-        let existing = medallion_lake::open_table(&uri, self.storage_options).await?;
+        let existing = match plan {
+            // Bronze commits on the version its ledger was read at (see `CommitPlan::Append`).
+            CommitPlan::Append {
+                ledger_version: Some(v),
+                ..
+            } => Some(medallion_lake::open_version(&uri, self.storage_options, *v).await?),
+            CommitPlan::Append {
+                ledger_version: None,
+                ..
+            } => None,
+            _ => medallion_lake::open_table(&uri, self.storage_options).await?,
+        };
+        let base_version = existing.as_ref().and_then(DeltaTable::version);
+        let commit_id = uuid::Uuid::new_v4().simple().to_string();
         let staged_uri = self.staged_uri(table, plan);
         let (screening, judged): (Vec<_>, Vec<_>) = checks
             .iter()
             .cloned()
             .partition(|c| c.action().screens_rows());
         let results = match self
-            .check(&staged_uri, &staged, plan, existing.as_ref(), &judged)
+            .check(&staged_uri, staged, plan, existing.as_ref(), &judged)
             .await
         {
             Ok(mut r) => {
@@ -143,7 +192,7 @@ impl CommitContext<'_> {
                 r
             }
             Err(e) => {
-                self.discard(table, plan, &staged).await;
+                self.discard(table, plan, staged).await;
                 return Err(Rejected::Error(e));
             }
         };
@@ -151,7 +200,7 @@ impl CommitContext<'_> {
             .iter()
             .any(|r| !r.passed && r.action == spec::Action::Fail)
         {
-            self.discard(table, plan, &staged).await;
+            self.discard(table, plan, staged).await;
             return Err(Rejected::Checks(results));
         }
         let outcome = match (plan, existing) {
@@ -161,31 +210,54 @@ impl CommitContext<'_> {
                 },
                 Some(t),
             ) => {
-                let r = self.merge(table, t, plan, keys, staging_uri, &staged).await;
+                let r = self
+                    .merge(table, t, plan, &commit_id, keys, staging_uri, staged)
+                    .await;
                 // The merge wrote its own files into the table; the staged ones are done.
-                self.discard(table, plan, &staged).await;
+                self.discard(table, plan, staged).await;
                 r
             }
             (CommitPlan::Merge { .. }, None) => Err(anyhow::anyhow!(
                 "{table} disappeared while the run merged into it"
             )),
             (_, None) => self
-                .create(table, &uri, plan, &staged)
+                .create(table, &uri, plan, &commit_id, staged)
                 .await
                 .map(|v| (Some(v), None)),
             (_, Some(t)) => self
-                .write(table, t, plan, &staged)
+                .write(table, t, plan, &commit_id, staged)
                 .await
                 .map(|v| (Some(v), None)),
         };
-        // A commit that failed may still have landed (an error after the log write), so its
-        // files are not deleted here; VACUUM removes them if no version references them.
-        let (version, merge) = outcome?;
-        Ok(Committed {
-            version,
-            checks: results,
-            merge,
-        })
+        let error = match outcome {
+            Ok((version, merge)) => {
+                return Ok(Committed {
+                    version,
+                    checks: results,
+                    merge,
+                    commit_id,
+                });
+            }
+            Err(e) => e,
+        };
+        // A failed commit may still have landed (an error after the log write), and another
+        // writer may have committed in between: the log says which.
+        match find_commit(&uri, self.storage_options, base_version, &commit_id).await {
+            Ok(Some(Landed::Ours(version))) => Ok(Committed {
+                version: Some(version),
+                checks: results,
+                merge: None,
+                commit_id,
+            }),
+            Ok(Some(Landed::Others)) => {
+                if !matches!(plan, CommitPlan::Merge { .. }) {
+                    self.discard(table, plan, staged).await;
+                }
+                Err(Rejected::Conflict(error))
+            }
+            // Unchanged, or unreadable: the files stay for VACUUM, in case they landed.
+            _ => Err(Rejected::Error(error)),
+        }
     }
 
     /// Registers the tables `foreign_key` checks reference, at their latest version (they are
@@ -263,7 +335,9 @@ impl CommitContext<'_> {
         &self,
         table: &TableRef,
         plan: &CommitPlan,
+        commit_id: &str,
         app_version: i64,
+        staged: &Staged,
     ) -> CommitProperties {
         let mut info = vec![
             (
@@ -272,9 +346,13 @@ impl CommitContext<'_> {
             ),
             ("medallion.run_id".to_string(), self.run_id.into()),
             ("medallion.table".to_string(), table.to_string().into()),
+            (INFO_COMMIT_ID.to_string(), commit_id.into()),
         ];
+        if staged.quarantine.is_some() {
+            info.push((INFO_QUARANTINED.to_string(), true.into()));
+        }
         match plan {
-            CommitPlan::Append { files } => {
+            CommitPlan::Append { files, .. } => {
                 info.push(("medallion.source_files".to_string(), files.clone().into()));
             }
             CommitPlan::Overwrite { inputs } | CommitPlan::Merge { inputs, .. } => {
@@ -294,6 +372,7 @@ impl CommitContext<'_> {
         table: &TableRef,
         uri: &str,
         plan: &CommitPlan,
+        commit_id: &str,
         staged: &Staged,
     ) -> Result<u64> {
         let schema = medallion_lake::delta_struct(&staged.schema)?;
@@ -304,7 +383,12 @@ impl CommitContext<'_> {
             .with_columns(schema.fields().cloned())
             .with_partition_columns(staged.partition_columns.clone())
             .with_actions(staged.adds.iter().cloned().map(Action::Add))
-            .with_commit_properties(self.properties(table, plan, 1))
+            // Not retried on top of a table another writer created meanwhile: that would add
+            // these rows to theirs. The conflict makes the run plan the table again.
+            .with_commit_properties(
+                self.properties(table, plan, commit_id, 1, staged)
+                    .with_max_retries(0),
+            )
             .await
             .with_context(|| format!("creating {table}"))?;
         created.version().context("created table has no version")
@@ -316,6 +400,7 @@ impl CommitContext<'_> {
         table: &TableRef,
         t: DeltaTable,
         plan: &CommitPlan,
+        commit_id: &str,
         staged: &Staged,
     ) -> Result<u64> {
         let app_version = next_app_version(&t, table).await?;
@@ -356,11 +441,12 @@ impl CommitContext<'_> {
                 .then(|| staged.partition_columns.clone()),
             predicate: None,
         };
-        let done = CommitBuilder::from(self.properties(table, plan, app_version))
-            .with_actions(actions)
-            .build(Some(snapshot), t.log_store(), operation)
-            .await
-            .with_context(|| format!("committing {table}"))?;
+        let done =
+            CommitBuilder::from(self.properties(table, plan, commit_id, app_version, staged))
+                .with_actions(actions)
+                .build(Some(snapshot), t.log_store(), operation)
+                .await
+                .with_context(|| format!("committing {table}"))?;
         Ok(done.version())
     }
 
@@ -370,6 +456,7 @@ impl CommitContext<'_> {
         table: &TableRef,
         t: DeltaTable,
         plan: &CommitPlan,
+        commit_id: &str,
         keys: &[String],
         staging_uri: &str,
         staged: &Staged,
@@ -423,7 +510,7 @@ impl CommitContext<'_> {
                 }
                 i
             })?
-            .with_commit_properties(self.properties(table, plan, app_version))
+            .with_commit_properties(self.properties(table, plan, commit_id, app_version, staged))
             .await
             .with_context(|| format!("merging into {table}"))?;
         let version = merged.version().filter(|v| Some(*v) != before);
@@ -502,6 +589,47 @@ async fn next_app_version(t: &DeltaTable, table: &TableRef) -> Result<i64> {
         .transaction_version(t.log_store().as_ref(), app_id(table))
         .await?;
     Ok(last.unwrap_or(0) + 1)
+}
+
+/// What the log holds past the version a failed commit was built on.
+enum Landed {
+    /// The commit did land, as this version.
+    Ours(u64),
+    /// Other writers' commits only.
+    Others,
+}
+
+/// Looks for the commit `commit_id` among the versions after `base` (`None`: the table did not
+/// exist); `None` when the table has no version past `base`.
+async fn find_commit(
+    uri: &str,
+    options: &HashMap<String, String>,
+    base: Option<u64>,
+    commit_id: &str,
+) -> Result<Option<Landed>> {
+    let Some(table) = medallion_lake::open_table(uri, options).await? else {
+        return Ok(None);
+    };
+    let latest = table.version().context("table has no version")?;
+    let newer = match base {
+        Some(b) if latest <= b => return Ok(None),
+        Some(b) => latest - b,
+        None => latest + 1,
+    };
+    let history: Vec<_> = table.history(Some(newer as usize)).try_collect().await?;
+    // Newest first: entry `i` is version `latest - i`.
+    let ours = history
+        .iter()
+        .position(|c| c.info.get(INFO_COMMIT_ID) == Some(&serde_json::json!(commit_id)));
+    Ok(Some(match ours {
+        Some(i) => Landed::Ours(latest - i as u64),
+        None => Landed::Others,
+    }))
+}
+
+/// The id of the quarantine table's commit that goes with the table's commit `commit_id`.
+pub fn quarantine_commit_id(commit_id: &str) -> String {
+    format!("{commit_id}{}", medallion_pipeline::QUARANTINE_SUFFIX)
 }
 
 /// The Delta application id under which a table's commits are numbered.

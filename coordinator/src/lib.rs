@@ -11,6 +11,8 @@
 
 pub mod commit;
 pub mod dispatch;
+pub mod lease;
+pub mod listing;
 pub mod membership;
 pub mod metrics;
 pub mod planner;

@@ -96,6 +96,7 @@ async fn serve(args: Args) -> Result<()> {
         RunStore::new(etcd.clone(), keys.clone()),
         Arc::new(RemoteExecutors::new(members.clone())),
         ballista.clone(),
+        args.lease_ttl,
     );
     let role = Role::new(etcd.clone(), keys.clone(), advertise.clone());
     let service = CoordinatorService {

@@ -11,14 +11,20 @@ use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use medallion_pipeline::spec::{GoldEngine, SourceSpec, WriteMode};
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
 use medallion_sources::ReadOptions;
 
+use crate::listing::{self, SourceFile, list_source_files};
+
 /// Records per file read to decide the columns of a source without a declared schema.
 const INFERENCE_SAMPLE_ROWS: usize = 1000;
+
+/// How many of a quarantine table's latest commits are searched for the one that goes with
+/// its table's latest commit (normally the latest; more when runs overlapped).
+const QUARANTINE_LOOKBACK: usize = 10;
 
 /// How the files of a table's tasks become a Delta version.
 ///
@@ -27,7 +33,14 @@ const INFERENCE_SAMPLE_ROWS: usize = 1000;
 #[derive(Debug, Clone)]
 pub enum CommitPlan {
     /// Add the files (bronze); `files` are the source files they came from.
-    Append { files: Vec<String> },
+    ///
+    /// `ledger_version` is the version whose rows said which files were already ingested
+    /// (`None`: the table did not exist). The commit is made on that version, so a concurrent
+    /// ingest of the same files conflicts instead of doubling rows.
+    Append {
+        files: Vec<String>,
+        ledger_version: Option<u64>,
+    },
     /// Replace every row of the table with the files (or create the table with them).
     Overwrite { inputs: BTreeMap<String, u64> },
     /// Upsert the staged files into the table on `keys`.
@@ -74,6 +87,11 @@ pub struct BallistaTarget {
 pub const INFO_INPUTS: &str = "medallion.inputs";
 /// `commitInfo` key: the fingerprint of the spec a commit was computed with.
 pub const INFO_SPEC: &str = "medallion.spec_fingerprint";
+/// `commitInfo` key: a commit's own id, to tell after an error whether it landed, and which
+/// quarantine commit goes with it.
+pub const INFO_COMMIT_ID: &str = "medallion.commit_id";
+/// `commitInfo` key: the commit took rows out into its quarantine table.
+pub const INFO_QUARANTINED: &str = "medallion.quarantined";
 
 /// What the planner knows about the run as a whole.
 pub struct RunContext<'a> {
@@ -134,19 +152,25 @@ impl RunContext<'_> {
         let listed = list_source_files(self.pipeline, source)?;
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
-        let ingested = match &existing {
-            Some(t) => ingested_files(t).await?,
+        let ingested: BTreeSet<String> = match &existing {
+            Some(t) => ingested_files(t)
+                .await?
+                .into_iter()
+                .map(|f| listing::legacy_id(&listed.root, &f).unwrap_or(f))
+                .collect(),
             None => BTreeSet::new(),
         };
-        let new_files: Vec<String> = listed
-            .iter()
-            .map(|p| p.display().to_string())
-            .filter(|f| !ingested.contains(f))
+        let ledger_version = existing.as_ref().and_then(|t| t.version());
+        let new_files: Vec<SourceFile> = listed
+            .files
+            .into_iter()
+            .filter(|f| !ingested.contains(&f.id))
             .collect();
         let partition_columns = meta::bronze_partition_columns();
         if new_files.is_empty() {
             return Ok(StagePlan::nothing_to_do(CommitPlan::Append {
                 files: Vec::new(),
+                ledger_version,
             }));
         }
         let data = match &existing {
@@ -159,7 +183,13 @@ impl RunContext<'_> {
             .enumerate()
             .map(|(n, files)| {
                 let work = Work::Ingest(IngestWork {
-                    files: files.to_vec(),
+                    files: files
+                        .iter()
+                        .map(|f| medallion_proto::SourceFile {
+                            path: f.path.display().to_string(),
+                            id: f.id.clone(),
+                        })
+                        .collect(),
                     ingested_at_micros: self.ingested_at_micros,
                     data_schema_json: data_schema_json.clone(),
                 });
@@ -168,14 +198,17 @@ impl RunContext<'_> {
             .collect();
         Ok(StagePlan {
             tasks,
-            commit: CommitPlan::Append { files: new_files },
+            commit: CommitPlan::Append {
+                files: new_files.into_iter().map(|f| f.id).collect(),
+                ledger_version,
+            },
             partition_columns,
             engine: None,
         })
     }
 
     /// The data columns of a new bronze table: declared, or inferred from its first files.
-    async fn source_columns(&self, source: &SourceSpec, files: &[String]) -> Result<Schema> {
+    async fn source_columns(&self, source: &SourceSpec, files: &[SourceFile]) -> Result<Schema> {
         if let Some(declared) = &source.schema {
             let fields = declared
                 .value
@@ -189,9 +222,9 @@ impl RunContext<'_> {
             return Ok(Schema::new(fields));
         }
         let options = ReadOptions::new(source.format, &source.options);
-        let sample = files.to_vec();
+        let sample: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
         let inferred = tokio::task::spawn_blocking(move || {
-            let paths: Vec<&Path> = sample.iter().map(Path::new).collect();
+            let paths: Vec<&Path> = sample.iter().map(PathBuf::as_path).collect();
             medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)
         })
         .await??;
@@ -205,10 +238,11 @@ impl RunContext<'_> {
                 .collect::<Vec<_>>(),
         );
         if inferred.fields().is_empty() {
+            let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
             bail!(
                 "source '{}': no columns found in {} (empty files?)",
                 source.name.value,
-                files.join(", ")
+                names.join(", ")
             );
         }
         Ok(medallion_lake::delta_schema(&inferred).as_ref().clone())
@@ -224,7 +258,10 @@ impl RunContext<'_> {
         let inputs = BTreeMap::from([(input.to_string(), input_version)]);
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
-        if self.computed_from(existing.as_ref(), &inputs).await? {
+        if self
+            .computed_from(table, existing.as_ref(), &inputs)
+            .await?
+        {
             return Ok(StagePlan::nothing_to_do(CommitPlan::Overwrite { inputs }));
         }
         let exists = existing.is_some();
@@ -273,7 +310,10 @@ impl RunContext<'_> {
         }
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
-        if self.computed_from(existing.as_ref(), &inputs).await? {
+        if self
+            .computed_from(table, existing.as_ref(), &inputs)
+            .await?
+        {
             return Ok(StagePlan::nothing_to_do(CommitPlan::Overwrite { inputs }));
         }
         let scheduler = self.ballista_for(table, &inputs).await?;
@@ -325,18 +365,38 @@ impl RunContext<'_> {
     /// spec, so computing it again would give the same rows.
     async fn computed_from(
         &self,
-        table: Option<&deltalake::DeltaTable>,
+        table: &TableRef,
+        existing: Option<&deltalake::DeltaTable>,
         inputs: &BTreeMap<String, u64>,
     ) -> Result<bool> {
-        let Some(table) = table else { return Ok(false) };
-        let Some(last) = table.history(Some(1)).next().await.transpose()? else {
+        let Some(existing) = existing else {
+            return Ok(false);
+        };
+        let Some(last) = existing.history(Some(1)).next().await.transpose()? else {
             return Ok(false);
         };
         let fingerprint = spec_fingerprint(self.pipeline);
-        Ok(
-            last.info.get(INFO_INPUTS) == Some(&serde_json::json!(inputs))
-                && last.info.get(INFO_SPEC) == Some(&serde_json::json!(fingerprint)),
-        )
+        let same = last.info.get(INFO_INPUTS) == Some(&serde_json::json!(inputs))
+            && last.info.get(INFO_SPEC) == Some(&serde_json::json!(fingerprint));
+        if !same || last.info.get(INFO_QUARANTINED) != Some(&serde_json::json!(true)) {
+            return Ok(same);
+        }
+        // Its quarantined rows must have landed too (see `CommitContext::commit`).
+        let Some(id) = last.info.get(INFO_COMMIT_ID).and_then(|v| v.as_str()) else {
+            return Ok(false);
+        };
+        let Some(quarantine) = self.pipeline.quarantine_table(table) else {
+            return Ok(true);
+        };
+        let uri = self.pipeline.table_uri(&quarantine);
+        let Some(q) = medallion_lake::open_table(&uri, &self.storage_options).await? else {
+            return Ok(false);
+        };
+        let expected = serde_json::json!(crate::commit::quarantine_commit_id(id));
+        let recent: Vec<_> = q.history(Some(QUARANTINE_LOOKBACK)).try_collect().await?;
+        Ok(recent
+            .iter()
+            .any(|c| c.info.get(INFO_COMMIT_ID) == Some(&expected)))
     }
 
     /// The current version of an input table, which every task of the stage then reads.
@@ -348,53 +408,6 @@ impl RunContext<'_> {
         t.version()
             .with_context(|| format!("input table {table} has no version"))
     }
-}
-
-/// The files a source's path names: a file, every file in a directory, or a glob's matches.
-pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Vec<PathBuf>> {
-    let location = pipeline.source_location(source);
-    let name = &source.name.value;
-    if location.contains("://") {
-        bail!("source '{name}': only local files are supported so far, not '{location}'");
-    }
-    let is_glob = location.contains(['*', '?', '[']);
-    let mut files = if is_glob {
-        let prefix: PathBuf = Path::new(&location)
-            .components()
-            .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
-            .collect();
-        if !prefix.is_dir() {
-            bail!(
-                "source '{name}': directory '{}' does not exist",
-                prefix.display()
-            );
-        }
-        glob::glob(&location)
-            .with_context(|| format!("source '{name}': invalid glob '{location}'"))?
-            .filter_map(|entry| entry.ok())
-            .filter(|p| p.is_file())
-            .collect::<Vec<_>>()
-    } else {
-        let path = PathBuf::from(&location);
-        if path.is_dir() {
-            std::fs::read_dir(&path)
-                .with_context(|| format!("source '{name}': cannot list '{location}'"))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && !is_hidden(p))
-                .collect()
-        } else if path.is_file() {
-            vec![path]
-        } else {
-            bail!("source '{name}': path '{location}' does not exist");
-        }
-    };
-    files.sort();
-    Ok(files)
-}
-
-fn is_hidden(p: &Path) -> bool {
-    p.file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
 }
 
 /// The source files a bronze table already holds rows of.

@@ -247,12 +247,53 @@ impl<'a> Coordinator<'a> {
         (results, first_error, retried)
     }
 
+    /// Plans, dispatches and commits a table; when another writer commits to it meanwhile,
+    /// plans it again from what that writer left.
     async fn stage(
         &self,
         run: &RunContext<'_>,
         table: &TableRef,
         report: &mut TableReport,
     ) -> anyhow::Result<TableStatus> {
+        let mut conflicts = 0;
+        loop {
+            match self.stage_once(run, table, report).await {
+                Err(Rejected::Conflict(e)) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    tracing::warn!(%table, error = format!("{e:#}"), "another writer committed to the table meanwhile; planning it again");
+                }
+                Err(Rejected::Conflict(e)) => {
+                    return Err(e.context(format!(
+                        "{table}: other writers committed to it {} times while this run wrote it",
+                        conflicts + 1
+                    )));
+                }
+                Err(Rejected::Checks(checks)) => {
+                    let failed: Vec<String> = checks
+                        .iter()
+                        .filter(|c| !c.passed && c.action == medallion_pipeline::spec::Action::Fail)
+                        .map(|c| format!("{} ({} rows)", c.name, c.failing_rows))
+                        .collect();
+                    report.checks = checks;
+                    return Ok(TableStatus::Failed {
+                        error: format!(
+                            "quality checks failed: {}; nothing committed",
+                            failed.join(", ")
+                        ),
+                    });
+                }
+                Err(Rejected::Error(e)) => return Err(e),
+                Ok(status) => return Ok(status),
+            }
+        }
+    }
+
+    async fn stage_once(
+        &self,
+        run: &RunContext<'_>,
+        table: &TableRef,
+        report: &mut TableReport,
+    ) -> Result<TableStatus, Rejected> {
         let plan = run.plan(table).await?;
         report.tasks = plan.tasks.len();
         report.engine = plan.engine.map(str::to_string);
@@ -282,7 +323,7 @@ impl<'a> Coordinator<'a> {
             if let Ok(staged) = staged_output(&results, plan.partition_columns) {
                 commits.discard(table, &plan.commit, &staged).await;
             }
-            anyhow::bail!("{e}");
+            return Err(anyhow::anyhow!("{e}").into());
         }
         let staged = staged_output(&results, plan.partition_columns)?;
         let checks = run.pipeline.checks(table);
@@ -294,6 +335,7 @@ impl<'a> Coordinator<'a> {
                 version,
                 checks,
                 merge,
+                ..
             }) => {
                 report.checks = checks;
                 if let Some(m) = merge {
@@ -307,24 +349,14 @@ impl<'a> Coordinator<'a> {
                     None => TableStatus::UpToDate,
                 })
             }
-            Err(Rejected::Checks(checks)) => {
-                let failed: Vec<String> = checks
-                    .iter()
-                    .filter(|c| !c.passed && c.action == medallion_pipeline::spec::Action::Fail)
-                    .map(|c| format!("{} ({} rows)", c.name, c.failing_rows))
-                    .collect();
-                report.checks = checks;
-                Ok(TableStatus::Failed {
-                    error: format!(
-                        "quality checks failed: {}; nothing committed",
-                        failed.join(", ")
-                    ),
-                })
-            }
-            Err(Rejected::Error(e)) => Err(e),
+            Err(rejected) => Err(rejected),
         }
     }
 }
+
+/// How many times a table is planned again after other writers' commits before the run
+/// gives up on it.
+const MAX_CONFLICTS: usize = 3;
 
 /// Checks every source can be listed before anything is written, so a missing path stops
 /// the run with all tables as they were. Returns the reports of a stopped run, or nothing.
@@ -337,7 +369,7 @@ fn preflight(pipeline: &Pipeline, order: &[TableRef]) -> HashMap<TableRef, Table
         let listed = pipeline
             .bronze(&table.name)
             .and_then(|b| pipeline.source(&b.source.value))
-            .map(|s| crate::planner::list_source_files(pipeline, s));
+            .map(|s| crate::listing::list_source_files(pipeline, s));
         if let Some(Err(e)) = listed {
             failures.insert(
                 table.clone(),

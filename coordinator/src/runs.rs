@@ -20,16 +20,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::dispatch::TaskRunner;
+use crate::lease::RunLease;
 use crate::planner::BallistaTarget;
 use crate::report::{RunReport, TableReport, TableStatus};
 use crate::run::{Coordinator, RunEvent, RunObserver, new_run_id};
-use crate::store::{RunStore, persist};
+use crate::store::{PipelineLock, RunStore, persist};
 
 /// The runs of this leader.
 pub struct Runs {
     store: RunStore,
     runner: Arc<dyn TaskRunner>,
     ballista: Option<BallistaTarget>,
+    /// Seconds a dead leader's run locks outlive it.
+    lock_ttl: i64,
     active: Mutex<HashMap<String, Arc<ActiveRun>>>,
 }
 
@@ -187,11 +190,13 @@ impl Runs {
         store: RunStore,
         runner: Arc<dyn TaskRunner>,
         ballista: Option<BallistaTarget>,
+        lock_ttl: i64,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runner,
             ballista,
+            lock_ttl,
             active: Mutex::new(HashMap::new()),
         })
     }
@@ -283,7 +288,9 @@ impl Runs {
         let runner = self.runner.clone();
         let ballista = self.ballista.clone();
         let id = run_id.clone();
+        let (store, lock_ttl) = (self.store.clone(), self.lock_ttl);
         let tables = tokio::spawn(async move {
+            let _locks = hold_run_locks(&store, &pipeline, &id, lock_ttl).await;
             Coordinator::new(runner.as_ref(), &recorder)
                 .with_ballista(ballista)
                 .run(&pipeline, &id)
@@ -465,6 +472,40 @@ impl Runs {
         }
         Ok(ReceiverStream::new(rx))
     }
+}
+
+/// Waits until this run may touch the pipeline's lake: the pipeline's etcd lock (other runs
+/// on this cluster, including a previous leader's) and the lake's run lease (embedded runs on
+/// a shared volume). Both are released when the returned value is dropped.
+async fn hold_run_locks(
+    store: &RunStore,
+    pipeline: &Pipeline,
+    run_id: &str,
+    ttl: i64,
+) -> (PipelineLock, Option<RunLease>) {
+    let lock = loop {
+        match store
+            .lock_pipeline(pipeline.name(), &pipeline.lake_root, ttl)
+            .await
+        {
+            Ok(lock) => break lock,
+            Err(e) => {
+                tracing::warn!(
+                    run_id,
+                    error = format!("{e:#}"),
+                    "cannot take the run lock; retrying"
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let lease = RunLease::acquire(pipeline, run_id, true)
+        .await
+        .inspect_err(|e| {
+            tracing::warn!(run_id, error = format!("{e:#}"), "no run lease on the lake")
+        })
+        .ok();
+    (lock, lease)
 }
 
 /// A resumed run reports what the previous leader committed for tables it now finds up to

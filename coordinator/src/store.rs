@@ -4,12 +4,28 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use etcd_client::{Client, GetOptions};
-use medallion_cluster::Keys;
+use etcd_client::{Client, GetOptions, LockOptions};
+use medallion_cluster::{KeptLease, Keys};
 use medallion_proto::{RunRecord, TaskRecord};
 use prost::Message;
 
 use crate::report::TableReport;
+
+/// A pipeline's run lock in etcd, released when dropped (see [`RunStore::lock_pipeline`]).
+pub struct PipelineLock {
+    etcd: Client,
+    lease: Option<KeptLease>,
+}
+
+impl Drop for PipelineLock {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let etcd = self.etcd.clone();
+            // Revoking deletes the lock key now; if it fails, the lease expires on its own.
+            tokio::spawn(async move { lease.revoke(&etcd).await });
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct RunStore {
@@ -20,6 +36,32 @@ pub struct RunStore {
 impl RunStore {
     pub fn new(etcd: Client, keys: Keys) -> Self {
         Self { etcd, keys }
+    }
+
+    /// Waits for the run lock of `pipeline` on `lake` and takes it: across the cluster, one
+    /// run at a time per pipeline and lake. The lock lives under a lease of its own (`ttl`
+    /// seconds), so a leader that dies releases it when the lease runs out.
+    pub async fn lock_pipeline(
+        &self,
+        pipeline: &str,
+        lake: &str,
+        ttl: i64,
+    ) -> Result<PipelineLock> {
+        let lease = KeptLease::grant(&self.etcd, ttl).await?;
+        let lock = PipelineLock {
+            etcd: self.etcd.clone(),
+            lease: Some(lease),
+        };
+        let id = lock.lease.as_ref().map_or(0, KeptLease::id);
+        self.etcd
+            .clone()
+            .lock(
+                self.keys.run_lock(pipeline, lake),
+                Some(LockOptions::new().with_lease(id)),
+            )
+            .await
+            .with_context(|| format!("taking the run lock of pipeline '{pipeline}' in etcd"))?;
+        Ok(lock)
     }
 
     pub async fn put_run(&self, record: &RunRecord) -> Result<()> {

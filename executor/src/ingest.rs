@@ -1,6 +1,6 @@
 //! Bronze: source files to raw rows plus ingestion metadata.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -8,7 +8,7 @@ use datafusion::arrow::array::{ArrayRef, Date32Array, StringArray, TimestampMicr
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use medallion_pipeline::meta;
-use medallion_proto::{IngestWork, TaskError, TaskMetrics};
+use medallion_proto::{IngestWork, SourceFile, TaskError, TaskMetrics};
 use medallion_sources::{ReadOptions, SourceError};
 use tokio::sync::mpsc;
 
@@ -56,7 +56,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
 
     // Files are read on a blocking thread and written as they come, a few batches at a time.
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<RecordBatch>>(4);
-    let files: Vec<PathBuf> = work.files.iter().map(PathBuf::from).collect();
+    let files = work.files;
     let reading = tokio::task::spawn_blocking(move || reader.read_all(&files, &tx));
     let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let written = medallion_lake::write_data_files(
@@ -92,16 +92,17 @@ struct FileIngest {
 impl FileIngest {
     fn read_all(
         &self,
-        files: &[PathBuf],
+        files: &[SourceFile],
         tx: &mpsc::Sender<anyhow::Result<RecordBatch>>,
     ) -> Result<TaskMetrics, SourceError> {
         let mut metrics = TaskMetrics::default();
-        for path in files {
+        for file in files {
+            let path = Path::new(&file.path);
             for chunk in medallion_sources::read_file(path, &self.options, &self.data)? {
                 let chunk = chunk?;
                 let rows = chunk.batch.num_rows();
                 let batch = self
-                    .with_metadata(chunk.batch, &path.display().to_string())
+                    .with_metadata(chunk.batch, &file.id)
                     .map_err(|e| SourceError::new(path, e))?;
                 metrics.rows_read += rows as u64;
                 metrics.rows_written += rows as u64;

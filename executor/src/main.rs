@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use medallion_cluster::size::parse_size;
+use medallion_cluster::size::parse_memory_limit;
 use medallion_cluster::{EtcdArgs, KeptLease, LogArgs, signal};
 use medallion_executor::{Executor, ExecutorService};
 use medallion_proto::ExecutorInfo;
@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, env = "MEDALLION_SLOTS")]
     slots: Option<usize>,
     /// Memory the running tasks' queries share (e.g. `2GiB`); they spill to disk beyond it.
-    #[arg(long, env = "MEDALLION_MEMORY_LIMIT", value_parser = parse_size)]
+    #[arg(long, env = "MEDALLION_MEMORY_LIMIT", value_parser = parse_memory_limit)]
     memory_limit: Option<usize>,
     /// Seconds etcd keeps this executor registered without hearing from it.
     #[arg(long, env = "MEDALLION_LEASE_TTL", default_value_t = 10)]

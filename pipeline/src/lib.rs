@@ -14,7 +14,7 @@ pub mod types;
 
 pub use dag::{Dag, Layer, TableRef};
 pub use error::{SpecError, SpecErrors};
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, QUARANTINE_SUFFIX};
 
 /// Bronze metadata columns, added to every raw row.
 pub mod meta {

@@ -105,7 +105,8 @@ impl Pipeline {
             .checks(table)
             .iter()
             .any(|c| c.action() == crate::spec::Action::Quarantine);
-        quarantines.then(|| TableRef::new(table.layer, format!("{}__quarantine", table.name)))
+        quarantines
+            .then(|| TableRef::new(table.layer, format!("{}{QUARANTINE_SUFFIX}", table.name)))
     }
 
     /// The Delta table every run appends its quality check results to, for users to query.
@@ -191,12 +192,47 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()
 }
 
-const NAME_RULE: &str = "must start with a letter or '_' and use only letters, digits and '_'";
+const NAME_RULE: &str = "must start with a letter or '_', use only letters, digits and '_', \
+                         and be at most 128 characters long";
+
+/// Names become directory and file names (tables, run ids, leases): this keeps them well
+/// within every file system's limit of 255 bytes per name.
+const MAX_NAME_LEN: usize = 128;
+
+/// The suffix of the tables `quarantine` checks fill; no declared table may use it.
+pub const QUARANTINE_SUFFIX: &str = "__quarantine";
+
+/// The longest pause a spec may ask for between attempts of a task.
+const MAX_RETRY_DELAY_SECONDS: u64 = 3600;
+/// The most attempts a spec may ask for per task.
+const MAX_ATTEMPTS: u32 = 100;
 
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+    name.len() <= MAX_NAME_LEN
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks table names: well-formed, unique, and not a quarantine table's.
+fn check_table_names<'a>(
+    errors: &mut Errors,
+    kind: &str,
+    names: impl Iterator<Item = &'a Spanned<String>> + Clone,
+) {
+    check_names(errors, kind, names.clone());
+    for (i, n) in names.enumerate() {
+        if n.value.ends_with(QUARANTINE_SUFFIX) {
+            errors.on(
+                n,
+                format!("{kind}[{i}].name"),
+                format!(
+                    "'{}': names ending in '{QUARANTINE_SUFFIX}' are kept for the tables quarantine checks fill",
+                    n.value
+                ),
+            );
+        }
+    }
 }
 
 /// Checks names unique and well-formed within one list.
@@ -232,11 +268,21 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
     {
         errors.on(s, "schedule", format!("invalid cron expression: {e}"));
     }
-    if spec.retries.max_attempts == 0 {
+    if !(1..=MAX_ATTEMPTS).contains(&spec.retries.max_attempts) {
         errors.at(
             serde_saphyr::Location::UNKNOWN,
             "retries.max_attempts",
-            "must be at least 1",
+            format!("must be between 1 and {MAX_ATTEMPTS}"),
+        );
+    }
+    if spec.retries.delay_seconds > MAX_RETRY_DELAY_SECONDS {
+        errors.at(
+            serde_saphyr::Location::UNKNOWN,
+            "retries.delay_seconds",
+            format!(
+                "{} is too long: at most {MAX_RETRY_DELAY_SECONDS} (an hour)",
+                spec.retries.delay_seconds
+            ),
         );
     }
     let root = match &spec.lake {
@@ -250,9 +296,9 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
     for (i, s) in spec.sources.iter().enumerate() {
         validate_source(errors, i, s);
     }
-    check_names(errors, "bronze", spec.bronze.iter().map(|t| &t.name));
-    check_names(errors, "silver", spec.silver.iter().map(|t| &t.name));
-    check_names(errors, "gold", spec.gold.iter().map(|t| &t.name));
+    check_table_names(errors, "bronze", spec.bronze.iter().map(|t| &t.name));
+    check_table_names(errors, "silver", spec.silver.iter().map(|t| &t.name));
+    check_table_names(errors, "gold", spec.gold.iter().map(|t| &t.name));
 
     let mut known: BTreeSet<TableRef> = BTreeSet::new();
     for t in &spec.bronze {
@@ -343,6 +389,15 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
 fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
     if s.path.value.trim().is_empty() {
         errors.on(&s.path, format!("sources[{i}].path"), "must not be empty");
+    } else if s.path.value.contains("://") {
+        errors.on(
+            &s.path,
+            format!("sources[{i}].path"),
+            format!(
+                "'{}': sources on object storage are not supported yet; use a local path",
+                s.path.value
+            ),
+        );
     }
     let d = &s.options.delimiter;
     if d.value.len() != 1 || !d.value.is_ascii() {

@@ -10,6 +10,7 @@ use medallion_pipeline::spec::SourceFormat;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::de::IgnoredAny;
 
+use crate::text::open_text;
 use crate::{ReadOptions, SourceError};
 
 /// The columns of `files`, from the first `sample_rows` records of each.
@@ -31,8 +32,7 @@ pub fn infer_schema(
     for path in files {
         match options.format {
             SourceFormat::Json => {
-                let file = File::open(path).map_err(|e| SourceError::new(path, e))?;
-                for line in BufReader::new(file).lines().take(sample_rows) {
+                for line in BufReader::new(open_text(path)?).lines().take(sample_rows) {
                     let Ok(line) = line else { break };
                     // An IndexMap keeps the keys in the order the record has them.
                     if let Ok(object) = serde_json::from_str::<IndexMap<String, IgnoredAny>>(&line)
@@ -46,8 +46,7 @@ pub fn infer_schema(
                     .has_headers(false)
                     .flexible(true)
                     .delimiter(options.delimiter)
-                    .from_path(path)
-                    .map_err(|e| SourceError::new(path, e))?;
+                    .from_reader(open_text(path)?);
                 for record in reader.byte_records().take(sample_rows.max(1)) {
                     let record = record.map_err(|e| SourceError::new(path, e))?;
                     if options.header {

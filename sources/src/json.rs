@@ -1,30 +1,29 @@
 //! JSON lines: one object per line.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use std::fmt;
 
 use arrow::datatypes::SchemaRef;
-use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::SourceError;
-use crate::text::{RecordSource, TextBatch, TextReader};
+use crate::text::{RecordSource, Rescued, TextBatch, TextReader, open_text};
 
 pub(crate) struct JsonLines {
     path: PathBuf,
-    lines: std::io::Lines<BufReader<File>>,
+    lines: std::io::Lines<BufReader<Box<dyn Read + Send>>>,
     line_no: u64,
 }
 
 impl JsonLines {
     pub(crate) fn open(path: &Path, schema: SchemaRef) -> Result<TextReader<Self>, SourceError> {
-        let file = File::open(path).map_err(|e| SourceError::new(path, e))?;
+        let text: Box<dyn Read + Send> = Box::new(open_text(path)?);
         let source = Self {
             path: path.to_path_buf(),
-            lines: BufReader::new(file).lines(),
+            lines: BufReader::new(text).lines(),
             line_no: 0,
         };
         Ok(TextReader::new(source, path, schema))
@@ -58,7 +57,7 @@ impl RecordSource for JsonLines {
 /// Adds one JSON line: its fields to their columns, other fields to `_rescued_data`.
 fn push_object(batch: &mut TextBatch, line_no: u64, line: &str) {
     let mut fields = vec![None; batch.data_columns()];
-    let mut rescued = Map::new();
+    let mut rescued = Rescued::new();
     let record = Record {
         batch,
         fields: &mut fields,
@@ -76,7 +75,7 @@ fn push_object(batch: &mut TextBatch, line_no: u64, line: &str) {
 struct Record<'a> {
     batch: &'a TextBatch,
     fields: &'a mut Vec<Option<String>>,
-    rescued: &'a mut Map<String, Value>,
+    rescued: &'a mut Rescued,
 }
 
 impl<'de> Visitor<'de> for Record<'_> {
@@ -88,11 +87,13 @@ impl<'de> Visitor<'de> for Record<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key_seed(KeySeed(self.batch))? {
+            let value: &RawValue = map.next_value()?;
             match key {
-                Key::Column(i) => self.fields[i] = map.next_value::<RawText>()?.0,
+                Key::Column(i) => {
+                    self.fields[i] = raw_text(value).map_err(de::Error::custom)?;
+                }
                 Key::Other(name) => {
-                    let value: Value = map.next_value()?;
-                    self.rescued.insert(name, value);
+                    self.rescued.insert(name, value.to_owned());
                 }
             }
         }
@@ -131,60 +132,14 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 }
 
-/// The text of a JSON value as a raw column holds it: strings unquoted, numbers and booleans
-/// as written by JSON, nested values as JSON, null as NULL.
-struct RawText(Option<String>);
-
-impl<'de> Deserialize<'de> for RawText {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(RawTextVisitor)
-    }
-}
-
-struct RawTextVisitor;
-
-impl<'de> Visitor<'de> for RawTextVisitor {
-    type Value = RawText;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<RawText, E> {
-        Ok(RawText(Some(v.to_owned())))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<RawText, E> {
-        Ok(RawText(Some(v)))
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawText, E> {
-        Ok(RawText(Some(v.to_string())))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawText, E> {
-        Ok(RawText(Some(v.to_string())))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawText, E> {
-        Ok(RawText(Some(v.to_string())))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawText, E> {
-        Ok(RawText(Some(Value::from(v).to_string())))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<RawText, E> {
-        Ok(RawText(None))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawText, A::Error> {
-        let value = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(RawText(Some(value.to_string())))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawText, A::Error> {
-        let value = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(RawText(Some(value.to_string())))
+/// The text of a JSON value as a raw column holds it: strings unquoted, null as NULL, and
+/// everything else as written in the file. Numbers keep their digits (money must never pass
+/// through a float: `12345678901234567.89` stays exact), nested values are their JSON text.
+fn raw_text(value: &RawValue) -> Result<Option<String>, serde_json::Error> {
+    let text = value.get();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(text).map(Some),
+        Some(b'n') => Ok(None),
+        _ => Ok(Some(text.to_string())),
     }
 }

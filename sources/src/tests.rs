@@ -171,10 +171,11 @@ fn json_values_become_raw_text() {
         Some("7"),
         "escaped key names its column"
     );
-    assert_eq!(strings(b, "n")[0].as_deref(), Some(r#"{"x":[1,2.5]}"#));
+    // Nested values and numbers as written: no float ever rounds them.
+    assert_eq!(strings(b, "n")[0].as_deref(), Some(r#"{"x": [1, 2.5]}"#));
     assert_eq!(strings(b, "b")[0].as_deref(), Some("true"));
     assert_eq!(strings(b, "s")[0].as_deref(), Some("a\"q"));
-    assert_eq!(strings(b, "f")[0].as_deref(), Some("2.5"));
+    assert_eq!(strings(b, "f")[0].as_deref(), Some("2.50"));
     // Not an object, and trailing garbage: both kept whole as corrupt records.
     assert_eq!(rescued, 2);
     let r = strings(b, "_rescued_data");
@@ -186,4 +187,129 @@ fn json_values_become_raw_text() {
         r[2].as_deref(),
         Some(r#"{"_corrupt_record":"{\"id\": 1} x","_line":3}"#)
     );
+}
+
+fn bytes_file(content: &[u8]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(content).unwrap();
+    f
+}
+
+fn text_schema(names: &[&str]) -> Schema {
+    Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[test]
+fn json_numbers_keep_their_digits_in_columns_and_rescued_data() {
+    let f = file(
+        "{\"amount\": 12345678901234567.89, \"big\": 99999999999999999999, \"x\": 0.10000000000000000001}\n",
+    );
+    let (batches, rescued) = read_all(
+        f.path(),
+        &opts(SourceFormat::Json),
+        &text_schema(&["amount", "big"]),
+    );
+    let b = &batches[0];
+    assert_eq!(
+        strings(b, "amount")[0].as_deref(),
+        Some("12345678901234567.89")
+    );
+    assert_eq!(
+        strings(b, "big")[0].as_deref(),
+        Some("99999999999999999999")
+    );
+    assert_eq!(rescued, 1);
+    assert_eq!(
+        strings(b, "_rescued_data")[0].as_deref(),
+        Some(r#"{"_line":1,"x":0.10000000000000000001}"#)
+    );
+}
+
+#[test]
+fn csv_repeated_header_names_are_rescued_not_overwritten() {
+    let f = file("id,v,v\n1,a,b\n");
+    let (batches, rescued) = read_all(
+        f.path(),
+        &opts(SourceFormat::Csv),
+        &text_schema(&["id", "v"]),
+    );
+    let b = &batches[0];
+    assert_eq!(strings(b, "v")[0].as_deref(), Some("a"));
+    assert_eq!(rescued, 1);
+    assert_eq!(
+        strings(b, "_rescued_data")[0].as_deref(),
+        Some(r#"{"_c2":"b","_line":2}"#)
+    );
+}
+
+#[test]
+fn csv_quote_left_open_at_the_end_is_a_corrupt_record() {
+    let f = file("id,v\n1,\"abc\n2,def\n3,ghi\n");
+    let (batches, rescued) = read_all(
+        f.path(),
+        &opts(SourceFormat::Csv),
+        &text_schema(&["id", "v"]),
+    );
+    let b = &batches[0];
+    assert_eq!(b.num_rows(), 1);
+    assert_eq!(rescued, 1);
+    assert_eq!(strings(b, "id")[0], None);
+    assert_eq!(
+        strings(b, "_rescued_data")[0].as_deref(),
+        Some(r#"{"_corrupt_record":"1,abc\n2,def\n3,ghi\n","_line":2}"#)
+    );
+    // A quoted field with a line break that is closed is data, not corruption.
+    let ok = file("id,v\n1,\"abc\ndef\"\n");
+    let (batches, rescued) = read_all(
+        ok.path(),
+        &opts(SourceFormat::Csv),
+        &text_schema(&["id", "v"]),
+    );
+    assert_eq!(rescued, 0);
+    assert_eq!(strings(&batches[0], "v")[0].as_deref(), Some("abc\ndef"));
+}
+
+#[test]
+fn byte_order_marks_are_honoured_and_utf16_without_one_is_refused() {
+    let utf8_bom = bytes_file(b"\xEF\xBB\xBFid,v\n1,a\n");
+    let (batches, _) = read_all(
+        utf8_bom.path(),
+        &opts(SourceFormat::Csv),
+        &text_schema(&["id", "v"]),
+    );
+    assert_eq!(strings(&batches[0], "id")[0].as_deref(), Some("1"));
+
+    let text = "id,v\n1,\u{e9}t\u{e9}\n";
+    let mut utf16 = vec![0xFF, 0xFE];
+    utf16.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    let f = bytes_file(&utf16);
+    let inferred = infer_schema(&[f.path()], &opts(SourceFormat::Csv), 10).unwrap();
+    assert_eq!(inferred, text_schema(&["id", "v"]));
+    let (batches, rescued) = read_all(
+        f.path(),
+        &opts(SourceFormat::Csv),
+        &text_schema(&["id", "v"]),
+    );
+    assert_eq!(rescued, 0);
+    assert_eq!(
+        strings(&batches[0], "v")[0].as_deref(),
+        Some("\u{e9}t\u{e9}")
+    );
+
+    let no_bom = bytes_file(&utf16[2..]);
+    let err = infer_schema(&[no_bom.path()], &opts(SourceFormat::Csv), 10).unwrap_err();
+    assert!(err.to_string().contains("NUL bytes"), "{err}");
+    let err = read_file(
+        no_bom.path(),
+        &opts(SourceFormat::Json),
+        &text_schema(&["id"]),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("save it as UTF-8"), "{err}");
 }

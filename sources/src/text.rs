@@ -1,12 +1,15 @@
 //! Building typed batches from text fields, shared by the JSON and CSV readers.
 
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use crate::{BATCH_ROWS, Chunk, SourceError};
 
@@ -67,12 +70,50 @@ impl<S: RecordSource> Iterator for TextReader<S> {
     }
 }
 
+/// How far into a text file [`open_text`] looks for NUL bytes.
+const SNIFF_BYTES: usize = 4096;
+
+/// Opens a text file (JSON lines, CSV) as UTF-8: a UTF-8 byte order mark is skipped, UTF-16
+/// with a byte order mark is converted, and a file with NUL bytes at its start (UTF-16
+/// without a byte order mark, or not text at all) is refused, before its bytes could become
+/// a table's column names.
+pub(crate) fn open_text(path: &Path) -> Result<impl Read + Send + use<>, SourceError> {
+    let mut file = File::open(path).map_err(|e| SourceError::new(path, e))?;
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    (&mut file)
+        .take(SNIFF_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| SourceError::new(path, e))?;
+    let utf16_bom = head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]);
+    if !utf16_bom && head.contains(&0) {
+        return Err(SourceError::new(
+            path,
+            "not a UTF-8 text file: NUL bytes in its first 4 KiB (UTF-16 without a byte order \
+             mark, or binary data); save it as UTF-8",
+        ));
+    }
+    file.rewind().map_err(|e| SourceError::new(path, e))?;
+    Ok(encoding_rs_io::DecodeReaderBytesBuilder::new()
+        .utf8_passthru(true)
+        .strip_bom(true)
+        .build(file))
+}
+
+/// What a record keeps in `_rescued_data`: field name to the field's JSON, exactly as read.
+pub(crate) type Rescued = std::collections::BTreeMap<String, Box<RawValue>>;
+
+/// `text` as a JSON string.
+pub(crate) fn json_string(text: &str) -> Box<RawValue> {
+    let quoted = serde_json::to_string(text).expect("a string serializes");
+    RawValue::from_string(quoted).expect("a serialized string is JSON")
+}
+
 /// Collects rows of raw text fields and turns them into a typed batch.
 pub(crate) struct TextBatch {
     schema: SchemaRef,
     /// One builder per data column (all but the last, `_rescued_data`).
     columns: Vec<StringBuilder>,
-    rescued: Vec<Option<Map<String, Value>>>,
+    rescued: Vec<Option<Rescued>>,
     lines: Vec<u64>,
 }
 
@@ -105,12 +146,7 @@ impl TextBatch {
     }
 
     /// Adds a row; `fields[i]` is the raw text of data column `i`.
-    pub(crate) fn push(
-        &mut self,
-        line: u64,
-        fields: Vec<Option<String>>,
-        rescued: Map<String, Value>,
-    ) {
+    pub(crate) fn push(&mut self, line: u64, fields: Vec<Option<String>>, rescued: Rescued) {
         for (b, f) in self.columns.iter_mut().zip(fields) {
             b.append_option(f);
         }
@@ -120,8 +156,8 @@ impl TextBatch {
 
     /// Adds a record that could not be parsed at all.
     pub(crate) fn push_corrupt(&mut self, line: u64, raw: &str) {
-        let mut rescued = Map::new();
-        rescued.insert("_corrupt_record".into(), Value::String(raw.to_string()));
+        let mut rescued = Rescued::new();
+        rescued.insert("_corrupt_record".into(), json_string(raw));
         self.push(line, vec![None; self.columns.len()], rescued);
     }
 
@@ -142,10 +178,9 @@ impl TextBatch {
             let typed = cast_with_options(&text, field.data_type(), &safe)?;
             for row in 0..text.len() {
                 if text.is_valid(row) && typed.is_null(row) {
-                    self.rescued[row].get_or_insert_with(Map::new).insert(
-                        field.name().clone(),
-                        Value::String(text.value(row).to_string()),
-                    );
+                    self.rescued[row]
+                        .get_or_insert_with(Rescued::new)
+                        .insert(field.name().clone(), json_string(text.value(row)));
                 }
             }
             arrays.push(typed);
@@ -158,8 +193,9 @@ impl TextBatch {
             .map(|(r, line)| {
                 r.map(|mut m| {
                     rescued_count += 1;
-                    m.insert("_line".into(), Value::from(line));
-                    Value::Object(m).to_string()
+                    let line = RawValue::from_string(line.to_string()).expect("a number is JSON");
+                    m.insert("_line".into(), line);
+                    serde_json::to_string(&m).expect("raw JSON values serialize")
                 })
             })
             .collect();

@@ -60,12 +60,8 @@ fn bronze_keeps_raw_rows_with_metadata_partitions_and_rescued_records() {
     assert_eq!(first["amount"], "20.00");
     assert_eq!(first["email"], "  ANN@X.COM ");
     assert_eq!(first["_source_name"], "api");
-    assert!(
-        first["_source_file"]
-            .as_str()
-            .unwrap()
-            .ends_with("data/orders/orders_1.jsonl")
-    );
+    // Relative to the source's root (`data/orders`), so the lake can move with its data.
+    assert_eq!(first["_source_file"], "orders_1.jsonl");
     assert_eq!(first["_ingestion_date"].as_str().unwrap().len(), 10);
     let rescued: Vec<&Value> = rows(&bronze)
         .iter()

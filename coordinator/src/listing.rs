@@ -1,0 +1,169 @@
+//! The files a source names, and how bronze tells them apart.
+//!
+//! A file's identity (`_source_file` in bronze) is its path relative to the source's root:
+//! the directory the source's path names, or, for a glob, the part before the first wildcard.
+//! So a lake moved together with its data (another checkout, a volume mounted elsewhere)
+//! still knows which files it holds. Symbolic links are followed, but each real file is
+//! listed once (a link loop cannot repeat files), and nothing under the lake itself ever
+//! matches a source, so a glob that covers the lake does not ingest its data files.
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use medallion_pipeline::Pipeline;
+use medallion_pipeline::spec::SourceSpec;
+
+/// One file of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Where to read it.
+    pub path: PathBuf,
+    /// Its identity: the path relative to the source's root, `/`-separated.
+    pub id: String,
+}
+
+/// What a source's path names.
+#[derive(Debug)]
+pub struct SourceListing {
+    /// The directory identities are relative to.
+    pub root: PathBuf,
+    /// Sorted by identity.
+    pub files: Vec<SourceFile>,
+}
+
+/// The files a source's path names: a file, every file in a directory, or a glob's matches
+/// (`**` crosses directories).
+pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<SourceListing> {
+    let location = pipeline.source_location(source);
+    let name = &source.name.value;
+    if location.contains("://") {
+        bail!(
+            "source '{name}': path '{location}': only local files are supported so far (object storage sources are not)"
+        );
+    }
+    let lake = lake_dir(pipeline);
+    let mut listing = Listing {
+        seen: HashSet::new(),
+        lake: lake.as_deref(),
+        files: Vec::new(),
+    };
+    let root = if location.contains(['*', '?', '[']) {
+        let pattern = glob::Pattern::new(&location)
+            .with_context(|| format!("source '{name}': invalid glob '{location}'"))?;
+        let root: PathBuf = Path::new(&location)
+            .components()
+            .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+            .collect();
+        if !root.is_dir() {
+            bail!(
+                "source '{name}': directory '{}' does not exist",
+                root.display()
+            );
+        }
+        // Without `**`, a match lies exactly as deep as the pattern.
+        let depth = if location.contains("**") {
+            usize::MAX
+        } else {
+            Path::new(&location).components().count() - root.components().count()
+        };
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        let walk = walkdir::WalkDir::new(&root)
+            .follow_links(true)
+            .max_depth(depth)
+            .sort_by_file_name();
+        for entry in walk {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if e.loop_ancestor().is_some() => continue,
+                Err(e) => bail!("source '{name}': cannot list '{}': {e}", root.display()),
+            };
+            if entry.file_type().is_file() && pattern.matches_path_with(entry.path(), options) {
+                listing.add(&root, entry.path())?;
+            }
+        }
+        root
+    } else {
+        let path = PathBuf::from(&location);
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
+                .with_context(|| format!("source '{name}': cannot list '{location}'"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && !is_hidden(p))
+                .collect();
+            entries.sort();
+            for entry in entries {
+                listing.add(&path, &entry)?;
+            }
+            path
+        } else if path.is_file() {
+            let root = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            listing.add(&root, &path)?;
+            root
+        } else if path.exists() {
+            bail!("source '{name}': '{location}' is not a regular file or a directory");
+        } else {
+            bail!("source '{name}': path '{location}' does not exist");
+        }
+    };
+    let mut files = listing.files;
+    files.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(SourceListing { root, files })
+}
+
+/// Files found so far, each real file once.
+struct Listing<'a> {
+    seen: HashSet<PathBuf>,
+    lake: Option<&'a Path>,
+    files: Vec<SourceFile>,
+}
+
+impl Listing<'_> {
+    fn add(&mut self, root: &Path, path: &Path) -> Result<()> {
+        let real = std::fs::canonicalize(path)
+            .with_context(|| format!("cannot resolve '{}'", path.display()))?;
+        if self.lake.is_some_and(|lake| real.starts_with(lake)) || !self.seen.insert(real) {
+            return Ok(());
+        }
+        self.files.push(SourceFile {
+            path: path.to_path_buf(),
+            id: relative_id(root, path),
+        });
+        Ok(())
+    }
+}
+
+/// `path` relative to `root`, `/`-separated.
+fn relative_id(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The lake's directory, resolved, when the lake is local and exists.
+fn lake_dir(pipeline: &Pipeline) -> Option<PathBuf> {
+    let url = medallion_lake::table_url(&pipeline.lake_root).ok()?;
+    std::fs::canonicalize(url.to_file_path().ok()?).ok()
+}
+
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
+}
+
+/// A file's identity as an older version recorded it (its absolute path), made relative to
+/// `root` when it lies under it, so tables ingested before identities were relative do not
+/// ingest their files again.
+pub fn legacy_id(root: &Path, recorded: &str) -> Option<String> {
+    let path = Path::new(recorded);
+    (path.is_absolute() && path.starts_with(root)).then(|| relative_id(root, path))
+}
