@@ -7,6 +7,7 @@ use medallion_coordinator::TaskRunner;
 use medallion_executor::Executor;
 use medallion_proto::{Task, TaskError, TaskResult};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 /// Executors in this process: each task runs on its own tokio task, at most `slots` at once.
 pub struct LocalExecutors {
@@ -22,6 +23,11 @@ impl LocalExecutors {
             slots: Arc::new(Semaphore::new(slots.max(1))),
         })
     }
+
+    /// Deletes the spill files of the run's queries (see `Executor::remove_spill_files`).
+    pub fn remove_spill_files(&self) {
+        self.executor.remove_spill_files();
+    }
 }
 
 #[async_trait]
@@ -32,6 +38,7 @@ impl TaskRunner for LocalExecutors {
             .acquire()
             .await
             .map_err(|e| TaskError::transient(e.to_string()))?;
-        self.executor.run(task).await
+        // Nothing else runs this task while the run goes on: it is never abandoned.
+        self.executor.run(task, &CancellationToken::new()).await
     }
 }

@@ -157,10 +157,13 @@ enum Output {
 }
 
 /// Exit codes: 0 success, 1 the run failed (or the cluster could not be reached), 2 the spec,
-/// the command or the request is wrong, 3 another run of the pipeline holds the lake.
+/// the command or the request is wrong, 3 another run of the pipeline holds the lake, 130
+/// interrupted by SIGINT or SIGTERM.
 const RUN_FAILED: u8 = 1;
 const BAD_INPUT: u8 = 2;
 const BUSY: u8 = 3;
+/// 128 + SIGINT, as shells report a process stopped by Ctrl-C.
+const INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -338,9 +341,17 @@ async fn run_embedded(
         }
         Err(e) => return Err(e),
     };
-    let report = Coordinator::new(&executors, &bars)
-        .run(&pipeline, &run_id)
-        .await;
+    let coordinator = Coordinator::new(&executors, &bars);
+    let run = coordinator.run(&pipeline, &run_id);
+    let report = tokio::select! {
+        report = run => report,
+        () = medallion_cluster::signal::shutdown() => {
+            // Tables commit atomically: each is either committed already or left as it was.
+            executors.remove_spill_files();
+            eprintln!("error: run {run_id} interrupted; the tables it had not committed are unchanged");
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+    };
     print_report(&report, output);
     Ok(if report.succeeded {
         ExitCode::SUCCESS

@@ -116,30 +116,30 @@ impl CommitContext<'_> {
         };
         let commit_id = quarantine_commit_id(&done.commit_id);
         let uri = self.pipeline.table_uri(&quarantine_table);
-        let existing = medallion_lake::open_table(&uri, self.storage_options).await?;
-        match existing {
-            None => {
-                self.create(&quarantine_table, &uri, &append, &commit_id, &quarantine)
-                    .await
-            }
-            Some(t) => {
-                let columns = t.snapshot().map_err(anyhow::Error::from)?;
-                let plan = match schema_drift(&columns.snapshot().arrow_schema(), &quarantine.schema) {
-                    None => append,
-                    // The table's columns changed: the quarantine table takes them too, in a
-                    // new version; rows quarantined before stay readable at the versions before.
-                    Some(drift) => {
-                        tracing::warn!(table = %quarantine_table, %drift, "the quarantine table's columns change; earlier rows stay in its earlier versions");
-                        CommitPlan::Overwrite {
-                            inputs: Default::default(),
-                        }
+        let quarantined = async {
+            let Some(t) = medallion_lake::open_table(&uri, self.storage_options).await? else {
+                return self
+                    .create(&quarantine_table, &uri, &append, &commit_id, &quarantine)
+                    .await;
+            };
+            let plan = match schema_drift(
+                &t.snapshot()?.snapshot().arrow_schema(),
+                &quarantine.schema,
+            ) {
+                None => append,
+                // The table's columns changed: the quarantine table takes them too, in a
+                // new version; rows quarantined before stay readable at the versions before.
+                Some(drift) => {
+                    tracing::warn!(table = %quarantine_table, %drift, "the quarantine table's columns change; earlier rows stay in its earlier versions");
+                    CommitPlan::Overwrite {
+                        inputs: Default::default(),
                     }
-                };
-                self.write(&quarantine_table, t, &plan, &commit_id, &quarantine)
-                    .await
-            }
-        }
-        .with_context(|| {
+                }
+            };
+            self.write(&quarantine_table, t, &plan, &commit_id, &quarantine)
+                .await
+        };
+        quarantined.await.with_context(|| {
             format!("{table} is committed, but its quarantined rows are not; the next run writes both again")
         })?;
         committed
@@ -204,15 +204,8 @@ impl CommitContext<'_> {
             return Err(Rejected::Checks(results));
         }
         let outcome = match (plan, existing) {
-            (
-                CommitPlan::Merge {
-                    keys, staging_uri, ..
-                },
-                Some(t),
-            ) => {
-                let r = self
-                    .merge(table, t, plan, &commit_id, keys, staging_uri, staged)
-                    .await;
+            (CommitPlan::Merge { .. }, Some(t)) => {
+                let r = self.merge(table, t, plan, &commit_id, staged).await;
                 // The merge wrote its own files into the table; the staged ones are done.
                 self.discard(table, plan, staged).await;
                 r
@@ -457,10 +450,14 @@ impl CommitContext<'_> {
         t: DeltaTable,
         plan: &CommitPlan,
         commit_id: &str,
-        keys: &[String],
-        staging_uri: &str,
         staged: &Staged,
     ) -> Result<(Option<u64>, Option<Metrics>)> {
+        let CommitPlan::Merge {
+            keys, staging_uri, ..
+        } = plan
+        else {
+            bail!("{table}: merging needs a merge plan");
+        };
         let app_version = next_app_version(&t, table).await?;
         let before = t.version();
         let ctx = SessionContext::new();

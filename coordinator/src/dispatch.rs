@@ -17,6 +17,8 @@ pub trait TaskRunner: Send + Sync {
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub delay: Duration,
+    /// How long one attempt may run; one that runs out fails for good (it would again).
+    pub timeout: Duration,
 }
 
 impl RetryPolicy {
@@ -62,7 +64,15 @@ async fn retry(
         dispatches += 1;
         task.attempt = attempt;
         task.dispatch_dir = task.dispatch_dir(dispatches);
-        let result = runner.run(task.clone()).await;
+        let result = tokio::time::timeout(policy.timeout, runner.run(task.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(TaskError::permanent(format!(
+                    "{}: timed out after {} (timeouts.task)",
+                    task.task_id,
+                    humantime::format_duration(policy.timeout)
+                )))
+            });
         if result.is_err() {
             discard_dispatch(&task, storage_options).await;
         }
@@ -91,12 +101,8 @@ async fn retry(
 /// Deletes what a failed or lost dispatch wrote (best effort: uncommitted files are invisible
 /// to readers either way, and `VACUUM` removes them too).
 async fn discard_dispatch(task: &Task, storage_options: &StorageOptions) {
-    for uri in [&task.output_uri, &task.quarantine_uri] {
-        if uri.is_empty() {
-            continue;
-        }
-        if let Err(e) = medallion_lake::delete_dir(uri, &task.dispatch_dir, storage_options).await {
-            tracing::warn!(task_id = task.task_id, dir = task.dispatch_dir, error = %e, "could not delete the files of a failed task");
-        }
+    let uris = [task.output_uri.as_str(), task.quarantine_uri.as_str()];
+    if let Err(e) = medallion_lake::delete_dirs(&uris, &task.dispatch_dir, storage_options).await {
+        tracing::warn!(task_id = task.task_id, dir = task.dispatch_dir, error = %e, "could not delete the files of a failed task");
     }
 }

@@ -7,7 +7,7 @@
 //! listed once (a link loop cannot repeat files), and nothing under the lake itself ever
 //! matches a source, so a glob that covers the lake does not ingest its data files.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -44,7 +44,7 @@ pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Sou
     }
     let lake = lake_dir(pipeline);
     let mut listing = Listing {
-        seen: HashSet::new(),
+        seen: HashMap::new(),
         lake: lake.as_deref(),
         files: Vec::new(),
     };
@@ -117,22 +117,35 @@ pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Sou
 
 /// Files found so far, each real file once.
 struct Listing<'a> {
-    seen: HashSet<PathBuf>,
+    /// Real path to the index of its file.
+    seen: HashMap<PathBuf, usize>,
     lake: Option<&'a Path>,
     files: Vec<SourceFile>,
 }
 
 impl Listing<'_> {
+    /// Adds a file found under `root`. A real file found again through a link keeps the
+    /// identity of the path without links, so renaming a link changes nothing.
     fn add(&mut self, root: &Path, path: &Path) -> Result<()> {
         let real = std::fs::canonicalize(path)
             .with_context(|| format!("cannot resolve '{}'", path.display()))?;
-        if self.lake.is_some_and(|lake| real.starts_with(lake)) || !self.seen.insert(real) {
+        if self.lake.is_some_and(|lake| real.starts_with(lake)) {
             return Ok(());
         }
-        self.files.push(SourceFile {
+        let file = SourceFile {
             path: path.to_path_buf(),
             id: relative_id(root, path),
-        });
+        };
+        let direct = std::fs::canonicalize(root)
+            .is_ok_and(|r| real.strip_prefix(r).ok() == path.strip_prefix(root).ok());
+        match self.seen.get(&real) {
+            Some(&i) if direct => self.files[i] = file,
+            Some(_) => {}
+            None => {
+                self.seen.insert(real, self.files.len());
+                self.files.push(file);
+            }
+        }
         Ok(())
     }
 }

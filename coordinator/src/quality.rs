@@ -44,9 +44,10 @@ pub async fn run_checks(
             .filter_map(failing_row)
             .map(|condition| format!("coalesce(sum(CASE WHEN {condition} THEN 1 ELSE 0 END), 0)")),
     );
-    let scanned = counts(ctx, &format!("SELECT {} FROM {VIEW}", sums.join(", ")))
-        .await
-        .map_err(|e| anyhow::anyhow!("quality checks: {e:#}"))?;
+    let scanned = match counts(ctx, &format!("SELECT {} FROM {VIEW}", sums.join(", "))).await {
+        Ok(scanned) => scanned,
+        Err(e) => return Err(row_check_at_fault(ctx, checks).await.unwrap_or(e)),
+    };
     let (total_rows, mut row_counts) = (scanned[0], scanned[1..].iter());
 
     let mut results = Vec::with_capacity(checks.len());
@@ -70,6 +71,48 @@ pub async fn run_checks(
         });
     }
     Ok(results)
+}
+
+/// Names the row check that makes the shared scan fail (a bound that does not compare with
+/// the column, an expression that does not compute), by running each on its own.
+async fn row_check_at_fault(ctx: &SessionContext, checks: &[CheckSpec]) -> Option<anyhow::Error> {
+    for check in checks {
+        let Some(condition) = failing_row(check) else {
+            continue;
+        };
+        let sql = format!("SELECT count(*) FROM {VIEW} WHERE {condition}");
+        if let Err(e) = counts(ctx, &sql).await {
+            let columns = check.all_columns();
+            let on = match columns.as_slice() {
+                [] => String::new(),
+                cols => format!(
+                    " on column {}",
+                    cols.iter()
+                        .map(|c| c.value.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Some(anyhow::anyhow!(
+                "check '{}' ({}{on}) cannot be evaluated: {}",
+                check.name.value,
+                serde_json::json!(check.check).as_str().unwrap_or_default(),
+                first_cause(&e)
+            ));
+        }
+    }
+    None
+}
+
+/// The innermost message of an error chain, in the user's terms: columns without the name
+/// of the view the checks query.
+fn first_cause(e: &anyhow::Error) -> String {
+    let message = e
+        .chain()
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    message.replace(&format!("{VIEW}."), "")
 }
 
 /// The verdict of one check.

@@ -183,12 +183,22 @@ impl<'a> Coordinator<'a> {
         let started = Instant::now();
         let mut report = TableReport::new(table, TableStatus::UpToDate);
         report.started_ms = started.duration_since(run_started).as_millis() as u64;
-        report.status = match self.stage(run, table, &mut report).await {
-            Ok(status) => status,
-            Err(e) => TableStatus::Failed {
-                error: format!("{e:#}"),
-            },
-        };
+        // Whatever the table has not committed when the run's time is up stays uncommitted.
+        let limit = run.pipeline.spec.timeouts.run();
+        let deadline = tokio::time::Instant::from_std(run_started + limit);
+        report.status =
+            match tokio::time::timeout_at(deadline, self.stage(run, table, &mut report)).await {
+                Ok(Ok(status)) => status,
+                Ok(Err(e)) => TableStatus::Failed {
+                    error: format!("{e:#}"),
+                },
+                Err(_) => TableStatus::Failed {
+                    error: format!(
+                        "the run's time ran out after {} (timeouts.run)",
+                        humantime::format_duration(limit)
+                    ),
+                },
+            };
         report.duration_ms = started.elapsed().as_millis() as u64;
         metrics::table_finished(run.pipeline, table, &report);
         match &report.status {
@@ -214,6 +224,7 @@ impl<'a> Coordinator<'a> {
         let policy = RetryPolicy {
             max_attempts: retries.max_attempts,
             delay: Duration::from_secs(retries.delay_seconds),
+            timeout: run.pipeline.spec.timeouts.task(),
         };
         let attempts = tasks.into_iter().map(|task| async move {
             let task_id = task.task_id.clone();

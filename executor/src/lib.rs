@@ -16,6 +16,7 @@ mod partition;
 mod screen;
 mod service;
 mod session;
+mod spill;
 mod streams;
 mod transform;
 
@@ -29,6 +30,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use medallion_lake::Written;
 use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::{TaskError, TaskMetrics, TaskResult, task::Work};
+use tokio_util::sync::CancellationToken;
 
 pub use partition::KeyPartition;
 pub use service::ExecutorService;
@@ -60,24 +62,39 @@ pub(crate) struct TaskContext {
 #[derive(Debug, Clone)]
 pub struct Executor {
     runtime: Arc<RuntimeEnv>,
+    spill: Arc<spill::SpillDir>,
 }
 
 impl Executor {
     /// An executor whose queries share `memory_limit` bytes and spill to disk beyond it
     /// (sorts, aggregates, joins); without a limit, memory is not bounded.
     pub fn new(memory_limit: Option<usize>) -> anyhow::Result<Self> {
-        let mut builder = RuntimeEnvBuilder::new();
+        let spill = spill::SpillDir::create()?;
+        let mut builder = RuntimeEnvBuilder::new().with_temp_file_path(spill.path());
         if let Some(limit) = memory_limit {
             builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
         }
         Ok(Self {
             runtime: builder.build_arc()?,
+            spill: Arc::new(spill),
         })
     }
 
-    /// Runs one task to completion. A panic in the task (a bug) fails the task, not the
-    /// process, so the other tasks of this executor keep running.
-    pub async fn run(&self, task: medallion_proto::Task) -> Result<TaskResult, TaskError> {
+    /// Deletes this process's spill files: for a process about to exit on a signal, which
+    /// drops nothing that would delete them.
+    pub fn remove_spill_files(&self) {
+        self.spill.remove();
+    }
+
+    /// Runs one task to completion, or until `abandon` fires (the coordinator has given the
+    /// task to another executor): then the task stops writing and what it wrote is deleted.
+    /// A panic in the task (a bug) fails the task, not the process, so the other tasks of
+    /// this executor keep running.
+    pub async fn run(
+        &self,
+        task: medallion_proto::Task,
+        abandon: &CancellationToken,
+    ) -> Result<TaskResult, TaskError> {
         let layer = task.table.split('.').next().unwrap_or_default().to_string();
         let span = tracing::info_span!(
             "task",
@@ -88,22 +105,35 @@ impl Executor {
             task_id = %task.task_id,
             attempt = task.attempt,
         );
-        tracing::Instrument::instrument(self.run_in_span(task, &layer), span).await
+        tracing::Instrument::instrument(self.run_in_span(task, &layer, abandon), span).await
     }
 
     async fn run_in_span(
         &self,
         task: medallion_proto::Task,
         layer: &str,
+        abandon: &CancellationToken,
     ) -> Result<TaskResult, TaskError> {
         tracing::info!("task started");
         let _running = metrics::Running::start();
         let started = std::time::Instant::now();
         let executor = self.clone();
+        let written = task.clone();
         let work = async move { executor.run_task(task).await };
-        let result = tokio::spawn(tracing::Instrument::in_current_span(work))
-            .await
-            .unwrap_or_else(|e| Err(TaskError::transient(format!("task died: {e}"))));
+        let mut handle = tokio::spawn(tracing::Instrument::in_current_span(work));
+        // A caller that stops waiting (a call timed out or cancelled) stops the task too.
+        let _stop = AbortOnDrop(handle.abort_handle());
+        let result = tokio::select! {
+            joined = &mut handle => {
+                joined.unwrap_or_else(|e| Err(TaskError::transient(format!("task died: {e}"))))
+            }
+            _ = abandon.cancelled() => {
+                handle.abort();
+                let _ = handle.await;
+                discard(&written).await;
+                Err(TaskError::lost("abandoned: the task was given to another executor"))
+            }
+        };
         metrics::task_ended(layer, started.elapsed(), &result);
         match &result {
             Ok(r) => tracing::info!(
@@ -158,6 +188,35 @@ impl Executor {
             quarantine_add_actions_json,
             quarantine_schema_json,
         })
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Deletes what an abandoned dispatch of `task` wrote.
+async fn discard(task: &medallion_proto::Task) {
+    let options = task
+        .pipeline
+        .as_ref()
+        .and_then(|p| {
+            Pipeline::parse(p.yaml.clone(), p.origin.clone(), p.base_dir.clone().into()).ok()
+        })
+        .map(|p| p.storage_options.into_iter().collect())
+        .unwrap_or_default();
+    let uris = [task.output_uri.as_str(), task.quarantine_uri.as_str()];
+    if let Err(e) = medallion_lake::delete_dirs(&uris, &task.dispatch_dir, &options).await {
+        tracing::warn!(
+            dir = task.dispatch_dir,
+            error = format!("{e:#}"),
+            "cannot delete the files of an abandoned task"
+        );
     }
 }
 

@@ -171,7 +171,10 @@ async fn serve(args: Args) -> Result<()> {
         let lost = lease.lost();
         tokio::select! {
             _ = &mut shutdown => break lease,
-            _ = lost.cancelled() => tracing::warn!("registration lost; registering again"),
+            _ = lost.cancelled() => {
+                tracing::warn!(running = service.running(), "registration lost; abandoning the running tasks and registering again");
+                service.abandon_running();
+            }
         }
     };
 
@@ -196,6 +199,7 @@ async fn serve(args: Args) -> Result<()> {
     }
     stop_server.cancel();
     server.await??;
+    service.remove_spill_files();
     tracing::info!("executor stopped");
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The executor's gRPC service: tasks pushed by the leader coordinator, run on this process's
 //! slots, with a drain for graceful shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use medallion_proto::executor_server::Executor as ExecutorRpc;
 use medallion_proto::{Task, TaskResult};
@@ -18,6 +18,8 @@ pub struct ExecutorService {
     slots: Arc<Semaphore>,
     total: u32,
     draining: CancellationToken,
+    /// Fires for the tasks running when the registration was lost (see [`Self::abandon_running`]).
+    abandon: Arc<Mutex<CancellationToken>>,
 }
 
 impl ExecutorService {
@@ -28,7 +30,21 @@ impl ExecutorService {
             slots: Arc::new(Semaphore::new(total as usize)),
             total,
             draining: CancellationToken::new(),
+            abandon: Arc::default(),
         }
+    }
+
+    /// Stops the tasks running now and deletes what they wrote. For an executor whose etcd
+    /// registration expired: the leader has declared it lost and given its tasks to others,
+    /// so going on would only write files nobody commits.
+    pub fn abandon_running(&self) {
+        let running = std::mem::take(&mut *self.abandon.lock().unwrap_or_else(|e| e.into_inner()));
+        running.cancel();
+    }
+
+    /// Deletes this process's spill files (see [`Executor::remove_spill_files`]).
+    pub fn remove_spill_files(&self) {
+        self.executor.remove_spill_files();
     }
 
     /// Stops taking tasks and resolves once the running ones have finished.
@@ -54,7 +70,12 @@ impl ExecutorRpc for ExecutorService {
                 "every slot of this executor is busy",
             ));
         };
-        let result = self.executor.run(request.into_inner()).await?;
+        let abandon = self
+            .abandon
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let result = self.executor.run(request.into_inner(), &abandon).await?;
         Ok(Response::new(result))
     }
 }

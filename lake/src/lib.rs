@@ -243,6 +243,15 @@ pub async fn delete_dir(uri: &str, subdir: &str, opts: &StorageOptions) -> Resul
     Ok(())
 }
 
+/// Deletes `subdir` under each of `uris` (empty ones skipped): the files of one task
+/// dispatch, in its table and its quarantine table.
+pub async fn delete_dirs(uris: &[&str], subdir: &str, opts: &StorageOptions) -> Result<()> {
+    for uri in uris.iter().filter(|u| !u.is_empty()) {
+        delete_dir(uri, subdir, opts).await?;
+    }
+    Ok(())
+}
+
 /// Uncommitted data files (Delta `Add`s under a directory), read as one table.
 ///
 /// Partition values come from the `Add` actions, as Delta does not store them in the files.

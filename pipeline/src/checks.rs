@@ -38,7 +38,8 @@ pub fn failing_row(check: &CheckSpec) -> Option<String> {
         }
         CheckKind::Expression => {
             let expr = check.expr.as_ref().map_or("true", |e| e.value.as_str());
-            format!("NOT coalesce(({expr}), false)")
+            // On lines of its own: a `-- comment` ending the user's text ends with its line.
+            format!("NOT coalesce((\n{expr}\n), false)")
         }
         CheckKind::AcceptedValues => {
             let values: Vec<String> = check.values.iter().map(literal).collect();

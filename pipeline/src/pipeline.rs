@@ -31,13 +31,13 @@ impl Pipeline {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Pipeline, SpecErrors> {
         let origin = path.display().to_string();
-        let yaml = std::fs::read_to_string(path).map_err(|e| {
+        let yaml = read_spec(path).map_err(|message| {
             SpecErrors(vec![SpecError {
                 file: origin.clone(),
                 line: 0,
                 column: 0,
                 field: String::new(),
-                message: format!("cannot read the spec: {e}"),
+                message,
             }])
         })?;
         let base = match path.parent() {
@@ -157,6 +157,30 @@ impl Pipeline {
     pub fn source_location(&self, source: &SourceSpec) -> String {
         resolve_location(&self.base_dir, &source.path.value)
     }
+}
+
+/// The largest spec file read: specs are a few KiB, and a device or a huge file given by
+/// mistake must not be read without end.
+const MAX_SPEC_BYTES: u64 = 4 << 20;
+
+/// Reads a spec file: a regular file of UTF-8 text, at most [`MAX_SPEC_BYTES`].
+fn read_spec(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the spec: {e}"))?;
+    if !meta.is_file() {
+        return Err("cannot read the spec: not a regular file".into());
+    }
+    if meta.len() > MAX_SPEC_BYTES {
+        return Err(format!(
+            "cannot read the spec: {} bytes is too large for a spec (at most 4 MiB)",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SPEC_BYTES).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read the spec: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| format!("cannot read the spec: not UTF-8 text ({e})"))
 }
 
 /// Turns a spec location into an absolute path or URL; URLs pass through unchanged.
@@ -284,6 +308,23 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
                 spec.retries.delay_seconds
             ),
         );
+    }
+    for (field, value) in [
+        ("timeouts.task", &spec.timeouts.task),
+        ("timeouts.run", &spec.timeouts.run),
+    ] {
+        if let Some(v) = value
+            && parse_timeout(Some(v)).is_none()
+        {
+            errors.on(
+                v,
+                field,
+                format!(
+                    "'{}' is not a duration between 1s and 7days (such as 30m or 4h)",
+                    v.value
+                ),
+            );
+        }
     }
     let root = match &spec.lake {
         LakeSpec::Root(r) | LakeSpec::Detailed { root: r, .. } => r,
@@ -590,6 +631,19 @@ fn validate_checks(
                     .any(|b| matches!(b, Some(Bound::Text(_)))) =>
             {
                 errors.on(&c.name, &field, "row_count bounds are numbers")
+            }
+            _ if c
+                .min
+                .iter()
+                .chain(&c.max)
+                .chain(&c.values)
+                .any(|b| !b.is_finite()) =>
+            {
+                errors.on(
+                    &c.name,
+                    &field,
+                    "bounds and values must be finite numbers (not .nan or .inf) or text",
+                )
             }
             CheckKind::AcceptedValues if c.values.is_empty() => errors.on(
                 &c.name,

@@ -25,6 +25,8 @@ pub struct PipelineSpec {
     pub schedule: Option<Spanned<String>>,
     #[serde(default)]
     pub retries: RetrySpec,
+    #[serde(default)]
+    pub timeouts: TimeoutSpec,
     pub sources: Vec<SourceSpec>,
     #[serde(default)]
     pub bronze: Vec<BronzeSpec>,
@@ -64,6 +66,40 @@ impl Default for RetrySpec {
             delay_seconds: 2,
         }
     }
+}
+
+/// How long work may take before it is stopped: a runaway query (a cartesian join, say)
+/// must not hold the pipeline for ever.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSpec {
+    /// One attempt of one task (`4h` when not given); a task that runs out fails its table.
+    #[serde(default)]
+    pub task: Option<Spanned<String>>,
+    /// The whole run (`24h` when not given); tables not finished by then fail.
+    #[serde(default)]
+    pub run: Option<Spanned<String>>,
+}
+
+impl TimeoutSpec {
+    pub const DEFAULT_TASK: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+    pub const DEFAULT_RUN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    /// The task timeout (validated, so parsing cannot fail on a loaded pipeline).
+    pub fn task(&self) -> std::time::Duration {
+        parse_timeout(self.task.as_ref()).unwrap_or(Self::DEFAULT_TASK)
+    }
+
+    /// The run timeout.
+    pub fn run(&self) -> std::time::Duration {
+        parse_timeout(self.run.as_ref()).unwrap_or(Self::DEFAULT_RUN)
+    }
+}
+
+/// A timeout as written (`30m`, `2h`), between a second and a week.
+pub fn parse_timeout(value: Option<&Spanned<String>>) -> Option<std::time::Duration> {
+    let d = humantime::parse_duration(&value?.value).ok()?;
+    (1..=7 * 24 * 3600).contains(&d.as_secs()).then_some(d)
 }
 
 /// File formats a source can be read from.
@@ -311,6 +347,23 @@ impl Action {
 pub enum Bound {
     Number(f64),
     Text(String),
+}
+
+impl Bound {
+    /// False for NaN and infinities, as numbers or as YAML writes them (`.nan`, `-.inf`),
+    /// which no column can be compared with.
+    pub fn is_finite(&self) -> bool {
+        match self {
+            Bound::Number(n) => n.is_finite(),
+            Bound::Text(t) => {
+                let t = t
+                    .trim()
+                    .trim_start_matches(['+', '-'])
+                    .trim_start_matches('.');
+                !["nan", "inf", "infinity"].contains(&t.to_ascii_lowercase().as_str())
+            }
+        }
+    }
 }
 
 /// A data quality check on a table's rows as they would be after the commit.

@@ -101,9 +101,9 @@ fn missing_source_path_fails_before_any_table_changes() {
         error.contains("source 'crm'") && error.contains("data/crm/customers.csv"),
         "{error}"
     );
-    assert!(
-        !ws.path().join("lake").exists()
-            || std::fs::read_dir(ws.path().join("lake")).unwrap().count() == 0,
+    assert_eq!(
+        ws.lake_files("lake"),
+        Default::default(),
         "no table may be written when a source is missing"
     );
 }

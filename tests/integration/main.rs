@@ -6,6 +6,8 @@ mod bench;
 mod cluster;
 mod example;
 mod fixture;
+mod hostile;
+mod integrity;
 mod k8s;
 mod layers;
 mod observability;

@@ -7,6 +7,7 @@
                                            straight from the raw files
   delta_check.py orphans <table_dir>       data files on disk that no version of the table's
                                            log has ever added
+  delta_check.py sql <table> <query>       DuckDB's answer to <query> over the table, as `t`
 
 Prints one JSON document on stdout.
 """
@@ -152,10 +153,23 @@ def orphans(table_dir):
     return {"orphans": sorted(on_disk - added), "files": len(on_disk)}
 
 
+def sql(path, query):
+    """DuckDB's own answer to a query over one table (values as DuckDB gives them, as text
+    where they are not JSON numbers, so decimals keep every digit)."""
+    con = duckdb_connection()
+    con.execute("CREATE VIEW t AS SELECT * FROM delta_scan('" + path.replace("'", "''") + "')")
+    cursor = con.execute(query)
+    names = [d[0] for d in cursor.description]
+    return [
+        {n: v if v is None or isinstance(v, (bool, int, str)) else str(v) for n, v in zip(names, row)}
+        for row in cursor.fetchall()
+    ]
+
+
 def main():
-    command, arg = sys.argv[1], sys.argv[2]
-    commands = {"read": read, "gold-reference": gold_reference, "orphans": orphans}
-    json.dump(commands[command](arg), sys.stdout)
+    command, args = sys.argv[1], sys.argv[2:]
+    commands = {"read": read, "gold-reference": gold_reference, "orphans": orphans, "sql": sql}
+    json.dump(commands[command](*args), sys.stdout)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,34 @@ impl Workspace {
         read_delta(table.to_str().expect("utf-8 path"), None)
     }
 
+    /// Every file under the lake directory `rel` with its size, except run leases (taken by
+    /// every run, whatever it then does): equal before and after means nothing changed.
+    pub fn lake_files(&self, rel: &str) -> std::collections::BTreeMap<String, u64> {
+        let root = self.path().join(rel);
+        let mut files = std::collections::BTreeMap::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let rel = path.strip_prefix(&root).unwrap().display().to_string();
+                if rel.starts_with("_medallion/leases") {
+                    continue;
+                }
+                match entry.metadata() {
+                    Ok(m) if m.is_dir() => dirs.push(path),
+                    Ok(m) => {
+                        files.insert(rel, m.len());
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        files
+    }
+
     /// Whether a Delta table exists at `rel`.
     pub fn has_table(&self, rel: &str) -> bool {
         self.path().join(rel).join("_delta_log").is_dir()
