@@ -118,19 +118,18 @@ impl Executor {
         let _running = metrics::Running::start();
         let started = std::time::Instant::now();
         let executor = self.clone();
-        let written = task.clone();
+        let dispatch = task.clone();
         let work = async move { executor.run_task(task).await };
-        let mut handle = tokio::spawn(tracing::Instrument::in_current_span(work));
-        // A caller that stops waiting (a call timed out or cancelled) stops the task too.
-        let _stop = AbortOnDrop(handle.abort_handle());
+        // Until it finishes, a task whose caller stops waiting (a call timed out, cancelled, or
+        // cut when the coordinator declared this executor lost) or that is abandoned is stopped,
+        // and what it wrote is deleted.
+        let mut running = Running {
+            handle: Some(tokio::spawn(tracing::Instrument::in_current_span(work))),
+            dispatch,
+        };
         let result = tokio::select! {
-            joined = &mut handle => {
-                joined.unwrap_or_else(|e| Err(TaskError::transient(format!("task died: {e}"))))
-            }
+            joined = running.join() => joined,
             _ = abandon.cancelled() => {
-                handle.abort();
-                let _ = handle.await;
-                discard(&written).await;
                 Err(TaskError::lost("abandoned: the task was given to another executor"))
             }
         };
@@ -191,16 +190,45 @@ impl Executor {
     }
 }
 
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
+/// A task's work, spawned; dropped before it finished, it stops the work and deletes the
+/// files of the dispatch.
+struct Running {
+    handle: Option<tokio::task::JoinHandle<Result<TaskResult, TaskError>>>,
+    dispatch: medallion_proto::Task,
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Running {
+    /// Waits for the work to end; its files then belong to whoever commits them.
+    async fn join(&mut self) -> Result<TaskResult, TaskError> {
+        let Some(handle) = self.handle.as_mut() else {
+            return Err(TaskError::transient("task already ended"));
+        };
+        let joined = handle.await;
+        self.handle = None;
+        joined.unwrap_or_else(|e| Err(TaskError::transient(format!("task died: {e}"))))
     }
 }
 
-/// Deletes what an abandoned dispatch of `task` wrote.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        handle.abort();
+        let dispatch = self.dispatch.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = handle.await;
+                // Local writes finish on blocking threads that aborting does not stop: give
+                // them a moment to land before deleting the directory they write into.
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                discard(&dispatch).await;
+            });
+        }
+    }
+}
+
+/// Deletes what a stopped dispatch of `task` wrote.
 async fn discard(task: &medallion_proto::Task) {
     let options = task
         .pipeline
@@ -215,7 +243,7 @@ async fn discard(task: &medallion_proto::Task) {
         tracing::warn!(
             dir = task.dispatch_dir,
             error = format!("{e:#}"),
-            "cannot delete the files of an abandoned task"
+            "cannot delete the files of a stopped task"
         );
     }
 }

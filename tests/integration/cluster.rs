@@ -311,6 +311,61 @@ fn executors_killed_mid_bronze_and_mid_silver_lose_nothing() {
     assert_no_orphan_files(&ws);
 }
 
+/// An executor frozen past its lease (a loaded machine) is declared lost while still alive:
+/// its tasks go to the other executor, and when it wakes it stops them and deletes what they
+/// wrote, so nothing is orphaned and nothing doubled.
+#[test]
+fn an_executor_declared_lost_while_alive_stops_writing_and_cleans_up() {
+    let ws = example(60_000, 12);
+    let cluster = Cluster::start(&ws, 1, 2);
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    let victim = executor_running(&cluster, "bronze.orders");
+    cluster.executors[victim].signal("STOP");
+    wait_for(
+        "the frozen executor to be declared lost",
+        Duration::from_secs(60),
+        || {
+            cluster.coordinators[0]
+                .log_text()
+                .contains("executor lost under a running task")
+        },
+    );
+    cluster.executors[victim].signal("CONT");
+    let status = cluster.wait(&ws, &run_id);
+    assert_succeeded(&status, &cluster);
+    wait_for(
+        "the woken executor to notice",
+        Duration::from_secs(60),
+        || {
+            cluster.executors[victim]
+                .log_text()
+                .contains("abandoning the running tasks")
+        },
+    );
+    // Its stopped tasks delete their files a moment after they stop.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_same_tables_as_embedded(&ws, &cluster);
+    assert_no_orphan_files(&ws);
+}
+
+/// Two submits of one pipeline at once: the second run waits for the first's lock in etcd,
+/// then finds every file ingested; nothing is doubled.
+#[test]
+fn two_runs_of_one_pipeline_on_a_cluster_take_turns() {
+    let ws = example(20_000, 8);
+    let cluster = Cluster::start(&ws, 1, 2);
+    let first = cluster.submit(&ws, "pipeline.yaml");
+    let second = cluster.submit(&ws, "pipeline.yaml");
+    for run_id in [&first, &second] {
+        let status = cluster.wait(&ws, run_id);
+        assert_succeeded(&status, &cluster);
+    }
+    let second = cluster.status(&ws, &second);
+    let bronze = medallion_tests::table(&second["report"], "bronze.orders");
+    assert_eq!(bronze["status"], "up_to_date", "{second:#}");
+    assert_same_tables_as_embedded(&ws, &cluster);
+}
+
 /// kill -9 of the leader coordinator mid-run: the standby takes over and finishes the run.
 #[test]
 fn standby_coordinator_finishes_the_run_of_a_killed_leader() {

@@ -60,6 +60,19 @@ impl Proc {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Sends a signal by name: `STOP` freezes the process (it misses its etcd keep-alives
+    /// while still alive), `CONT` wakes it.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let sent = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(child.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(sent.success(), "kill -{name} {}", self.name);
+        }
+    }
+
     /// SIGKILL: no cleanup of any kind.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
