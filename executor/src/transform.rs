@@ -59,11 +59,17 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         .map_err(transient)?;
 
     let plan = Plan { ctx, spec };
-    let typed = plan.typed(source, &work)?;
+    let typed = plan.typed(source.clone(), &work)?;
     let (kept, counts) = plan.filtered(typed).await?;
     let rows = plan.deduplicated(kept).await?;
     // Filled as the rows stream out; read once the output is written.
-    let mut out = crate::write_result(ctx, rows, TaskMetrics::default()).await?;
+    let mut out = match crate::write_result(ctx, rows, TaskMetrics::default()).await {
+        Ok(out) => out,
+        Err(e) if e.kind == medallion_proto::Failure::Permanent => {
+            return Err(plan.column_at_fault(&source).await.unwrap_or(e));
+        }
+        Err(e) => return Err(e),
+    };
     let (rows_read, rows_kept) = counts.get();
     let rows_written = out.metrics.rows_written;
     let screened = out.metrics.rows_dropped + out.metrics.rows_quarantined;
@@ -91,6 +97,28 @@ impl Plan<'_> {
     /// A SQL or data error in this table: the user's to fix, so not retried.
     fn data_error(&self, e: impl std::fmt::Display) -> TaskError {
         TaskError::permanent(format!("{}: {e}", self.ctx.table))
+    }
+
+    /// Names the column whose expression cannot be computed on the input (a function given
+    /// a value it cannot take, such as a timestamp of year 99999), by computing each column on
+    /// its own: the query that failed mixes them all, and its error names none.
+    async fn column_at_fault(&self, source: &DataFrame) -> Option<TaskError> {
+        for c in &self.spec.columns {
+            let sql = c.expr_sql();
+            let Ok(e) = source.parse_sql_expr(&sql) else {
+                continue;
+            };
+            let Ok(one) = source.clone().select(vec![e]) else {
+                continue;
+            };
+            if let Err(e) = one.collect().await {
+                return Some(self.data_error(format!(
+                    "column '{}' (`{sql}`) cannot be computed: {e}",
+                    c.name.value
+                )));
+            }
+        }
+        None
     }
 
     fn keys(&self) -> Vec<Expr> {

@@ -50,13 +50,22 @@ impl Pipeline {
 
     /// Parses and validates spec text; `origin` names it in errors.
     pub fn parse(yaml: String, origin: String, base_dir: PathBuf) -> Result<Pipeline, SpecErrors> {
-        let spec: PipelineSpec = serde_saphyr::from_str(&yaml).map_err(|e| {
+        // The path of the field being read when parsing fails (`retries.max_attempts`), so an
+        // error names it even when the YAML parser's message does not.
+        let mut field = String::new();
+        let parsed = serde_saphyr::with_deserializer_from_str(&yaml, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                field = e.path().to_string();
+                e.into_inner()
+            })
+        });
+        let spec: PipelineSpec = parsed.map_err(|e| {
             let loc = e.location().unwrap_or(serde_saphyr::Location::UNKNOWN);
             SpecErrors(vec![SpecError {
                 file: origin.clone(),
                 line: loc.line(),
                 column: loc.column(),
-                field: String::new(),
+                field: if field == "." { String::new() } else { field },
                 message: first_line(&e.to_string()),
             }])
         })?;

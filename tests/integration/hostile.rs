@@ -99,6 +99,7 @@ fn cases() -> Vec<Case> {
         refused("empty lake", spec("lake: lake", "lake: \"\""), &["lake.root", "must not be empty"]),
         refused("duplicate table", spec("name: customer_360", "name: product_performance"), &["duplicate gold name 'product_performance'"]),
         refused("unknown table in SQL", spec("FROM silver.orders o JOIN silver.customers", "FROM silver.nope o JOIN silver.customers"), &["gold[0].sql", "unknown table 'silver.nope'"]),
+        refused("negative count", Setup::Append("retries: { max_attempts: -1 }\n".into()), &["retries.max_attempts", "invalid u32"]),
         refused("alias bomb", Setup::File("pipeline.yaml", bomb.as_bytes().to_vec()), &["pipeline.yaml"]),
         refused("empty spec", Setup::File("pipeline.yaml", Vec::new()), &["pipeline.yaml"]),
         refused("spec not UTF-8", Setup::File("pipeline.yaml", b"pipeline: \xff\xfe\n".to_vec()), &["pipeline.yaml", "not UTF-8"]),
@@ -125,6 +126,7 @@ fn cases() -> Vec<Case> {
         Case { name: "CSV quote left open", setup: Setup::File("data/crm/more.csv", b"customer_id,customer_name\n12,\"Eve\n13,Mallory\n".to_vec()), args: RUN, code: 0, says: &["\"rows_rescued\": 1"], never: &[], unchanged: false },
         // SQL the user wrote, reported as written.
         Case { name: "range bound a column cannot take", setup: spec("check: unique, column: order_id, severity: critical }", "check: range, column: amount, min: soon, severity: critical }"), args: RUN, code: 1, says: &["check 'id_unique' (range on column amount) cannot be evaluated", "soon"], never: &[], unchanged: false },
+        Case { name: "timestamp past year 9999", setup: Setup::File("data/orders/future.jsonl", br#"{"order_id": 9, "customer_id": 10, "product_id": 100, "quantity": 1, "amount": 1, "created_at": "99999-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"}"#.to_vec()), args: RUN, code: 1, says: &["column 'order_date' (`CAST(to_timestamp(created_at) AS DATE)`) cannot be computed"], never: &[], unchanged: false },
         Case { name: "gold check on a missing column", setup: Setup::Append("    checks:\n      - { name: has_ids, check: not_null, column: nope, severity: critical }\n".into()), args: RUN, code: 1, says: &["check 'has_ids' (not_null on column nope)", "Valid fields are product_id"], never: &["__medallion"], unchanged: false },
         Case { name: "check expression ending in a comment", setup: spec("check: unique, column: order_id, severity: critical }", "check: expression, expr: \"amount > 0 -- positive\", severity: critical }"), args: RUN, code: 0, says: &["\"succeeded\": true"], never: &[], unchanged: false },
     ]
