@@ -3,7 +3,10 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{Query, Statement, Visit, Visitor};
+use sqlparser::ast::{
+    BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Query,
+    Statement, UnaryOperator, Value, Visit, Visitor,
+};
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
@@ -19,14 +22,108 @@ pub fn quote_literal(value: &str) -> String {
 
 /// Checks that `sql` is a single SQL expression.
 pub fn check_expr(sql: &str) -> Result<(), String> {
-    Parser::new(&GenericDialect {})
+    let expr = Parser::new(&GenericDialect {})
         .try_with_sql(sql)
         .and_then(|mut p| {
-            p.parse_expr()?;
-            p.expect_token(&sqlparser::tokenizer::Token::EOF)
-                .map(|_| ())
+            let expr = p.parse_expr()?;
+            p.expect_token(&sqlparser::tokenizer::Token::EOF)?;
+            Ok(expr)
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    check_generators(&expr)
+}
+
+/// The most values a generating function may build from constant arguments.
+const MAX_GENERATED: f64 = 16_777_216.0;
+
+/// Refuses calls such as `range(1, 400000000)` or `repeat('x', 2147483647)`: these functions
+/// build their whole result as one value, outside the memory pool that bounds sorts, joins
+/// and aggregates, so a large constant would take the machine's memory whatever the limit.
+/// (Table functions, `FROM range(...)`, stream their rows and are not concerned.)
+fn check_generators(v: &impl Visit) -> Result<(), String> {
+    let found = sqlparser::ast::visit_expressions(v, |e| match e {
+        Expr::Function(f) => match generated(f) {
+            Some(n) if n > MAX_GENERATED => ControlFlow::Break(format!(
+                "`{f}` builds {n:.0} values at once, outside the memory limit; at most {MAX_GENERATED:.0} \
+                 (a table function such as `FROM range(...)` streams its rows instead)"
+            )),
+            _ => ControlFlow::Continue(()),
+        },
+        _ => ControlFlow::Continue(()),
+    });
+    match found {
+        ControlFlow::Break(message) => Err(message),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// How many values (list elements, characters) a generating function call builds, when its
+/// arguments are constants.
+fn generated(f: &Function) -> Option<f64> {
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let args: Vec<Option<f64>> = list
+        .args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => constant(e),
+            _ => None,
+        })
+        .collect();
+    let name = f.name.to_string().to_ascii_lowercase();
+    match (name.as_str(), args.as_slice()) {
+        ("range" | "generate_series", [Some(end)]) => Some(end.abs()),
+        ("range" | "generate_series", [Some(start), Some(end)]) => Some((end - start).abs()),
+        ("range" | "generate_series", [Some(start), Some(end), Some(step)]) if *step != 0.0 => {
+            Some(((end - start) / step).abs())
+        }
+        ("repeat" | "array_repeat" | "lpad" | "rpad", [_, Some(n), ..]) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The value of a constant numeric expression (`2147483647`, `power(2, 31) - 1`).
+fn constant(e: &Expr) -> Option<f64> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        Expr::Nested(e) | Expr::Cast { expr: e, .. } => constant(e),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => constant(expr).map(|n| -n),
+        Expr::BinaryOp { left, op, right } => {
+            let (a, b) = (constant(left)?, constant(right)?);
+            match op {
+                BinaryOperator::Plus => Some(a + b),
+                BinaryOperator::Minus => Some(a - b),
+                BinaryOperator::Multiply => Some(a * b),
+                BinaryOperator::Divide if b != 0.0 => Some(a / b),
+                _ => None,
+            }
+        }
+        Expr::Function(f)
+            if matches!(
+                f.name.to_string().to_ascii_lowercase().as_str(),
+                "power" | "pow"
+            ) =>
+        {
+            let FunctionArguments::List(list) = &f.args else {
+                return None;
+            };
+            match list.args.as_slice() {
+                [
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(a)),
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(b)),
+                ] => Some(constant(a)?.powf(constant(b)?)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// The tables a query reads, as written (`silver.orders`), without its CTE names.
@@ -43,6 +140,7 @@ pub fn query_tables(sql: &str) -> Result<BTreeSet<String>, String> {
     }
     let mut ctes = BTreeSet::new();
     let _ = statement.visit(&mut CteNames(&mut ctes));
+    check_generators(statement)?;
     let mut tables = BTreeSet::new();
     let _ = sqlparser::ast::visit_relations(statement, |name| {
         let written = name.to_string();
@@ -93,5 +191,19 @@ mod tests {
         assert!(check_expr("amount > 0").is_ok());
         assert!(check_expr("amount > > 0").is_err());
         assert!(check_expr("a > 0 b").is_err());
+    }
+
+    #[test]
+    fn refuses_huge_constant_generators_only() {
+        let err =
+            query_tables("SELECT count(*) FROM (SELECT unnest(range(1, 400000000)))").unwrap_err();
+        assert!(err.contains("builds 399999999 values"), "{err}");
+        assert!(check_expr("length(repeat('x', power(2, 31) - 1))").is_err());
+        assert!(check_expr("lpad(name, 100000000)").is_err());
+        // Small constants, column-driven sizes and streaming table functions are fine.
+        assert!(check_expr("repeat('-', 10)").is_ok());
+        assert!(check_expr("repeat(name, n)").is_ok());
+        assert!(query_tables("SELECT * FROM range(1, 400000000)").is_ok());
+        assert!(query_tables("SELECT unnest(range(0, 1000))").is_ok());
     }
 }

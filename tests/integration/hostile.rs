@@ -100,6 +100,8 @@ fn cases() -> Vec<Case> {
         refused("duplicate table", spec("name: customer_360", "name: product_performance"), &["duplicate gold name 'product_performance'"]),
         refused("unknown table in SQL", spec("FROM silver.orders o JOIN silver.customers", "FROM silver.nope o JOIN silver.customers"), &["gold[0].sql", "unknown table 'silver.nope'"]),
         refused("negative count", Setup::Append("retries: { max_attempts: -1 }\n".into()), &["retries.max_attempts", "invalid u32"]),
+        refused("list of 400M values", Setup::Append("  - name: big\n    sql: SELECT count(*) AS n FROM (SELECT unnest(range(1, 400000000)))\n".into()), &["gold[2].sql", "builds 399999999 values at once"]),
+        refused("string of 2 GiB", spec("{ name: email, expr: lower(trim(email)) }", "{ name: email, expr: \"repeat('x', power(2, 31) - 1)\" }"), &["silver[0].columns[6].expr", "outside the memory limit"]),
         refused("alias bomb", Setup::File("pipeline.yaml", bomb.as_bytes().to_vec()), &["pipeline.yaml"]),
         refused("empty spec", Setup::File("pipeline.yaml", Vec::new()), &["pipeline.yaml"]),
         refused("spec not UTF-8", Setup::File("pipeline.yaml", b"pipeline: \xff\xfe\n".to_vec()), &["pipeline.yaml", "not UTF-8"]),
