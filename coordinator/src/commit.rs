@@ -107,14 +107,13 @@ impl CommitContext<'_> {
             files: Vec::new(),
             ledger_version: None,
         };
-        if committed.is_err() {
-            self.discard(&quarantine_table, &append, &quarantine).await;
-            return committed;
-        }
-        let Ok(done) = &committed else {
-            return committed;
+        let commit_id = match &committed {
+            Ok(done) => quarantine_commit_id(&done.commit_id),
+            Err(_) => {
+                self.discard(&quarantine_table, &append, &quarantine).await;
+                return committed;
+            }
         };
-        let commit_id = quarantine_commit_id(&done.commit_id);
         let uri = self.pipeline.table_uri(&quarantine_table);
         let quarantined = async {
             let Some(t) = medallion_lake::open_table(&uri, self.storage_options).await? else {

@@ -338,30 +338,25 @@ impl<'a> Coordinator<'a> {
         }
         let staged = staged_output(&results, plan.partition_columns)?;
         let checks = run.pipeline.checks(table);
-        match commits
+        let Committed {
+            version,
+            checks,
+            merge,
+            ..
+        } = commits
             .commit(table, &plan.commit, staged, checks, &metrics)
-            .await
-        {
-            Ok(Committed {
-                version,
-                checks,
-                merge,
-                ..
-            }) => {
-                report.checks = checks;
-                if let Some(m) = merge {
-                    // A merge writes the rows it changes, not every row the tasks produced.
-                    report.metrics.rows_updated = m.rows_updated;
-                    report.metrics.rows_inserted = m.rows_inserted;
-                    report.metrics.rows_written = m.rows_updated + m.rows_inserted;
-                }
-                Ok(match version {
-                    Some(version) => TableStatus::Committed { version },
-                    None => TableStatus::UpToDate,
-                })
-            }
-            Err(rejected) => Err(rejected),
+            .await?;
+        report.checks = checks;
+        if let Some(m) = merge {
+            // A merge writes the rows it changes, not every row the tasks produced.
+            report.metrics.rows_updated = m.rows_updated;
+            report.metrics.rows_inserted = m.rows_inserted;
+            report.metrics.rows_written = m.rows_updated + m.rows_inserted;
         }
+        Ok(match version {
+            Some(version) => TableStatus::Committed { version },
+            None => TableStatus::UpToDate,
+        })
     }
 }
 

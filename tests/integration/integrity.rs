@@ -340,3 +340,120 @@ silver:
     ]);
     assert_eq!(exact[0]["a"], "12345678901234567.89");
 }
+
+/// A pipeline whose gold query never ends in practice (2 x 10^10 rows of a cross join).
+fn runaway(timeouts: &str) -> String {
+    format!(
+        r#"
+pipeline: runaway
+lake: lake
+timeouts: {timeouts}
+sources:
+  - {{ name: api, format: json, path: data }}
+bronze:
+  - {{ name: orders, source: api }}
+gold:
+  - name: endless
+    sql: |
+      SELECT count(*) AS n FROM bronze.orders,
+        (SELECT unnest(range(1, 100000)) AS a) x, (SELECT unnest(range(1, 100000)) AS b) y
+"#
+    )
+}
+
+/// Item 9: a runaway query held the run for ever. A task that runs out of `timeouts.task`
+/// fails its table; tables still running when `timeouts.run` is up fail too.
+#[test]
+fn timeouts_stop_runaway_queries() {
+    let ws = Workspace::new();
+    ws.write("data/a.jsonl", ORDERS_3);
+    for (timeouts, says) in [
+        ("{ task: 3s }", "timed out after 3s (timeouts.task)"),
+        (
+            "{ run: 5s }",
+            "the run's time ran out after 5s (timeouts.run)",
+        ),
+    ] {
+        ws.write("pipeline.yaml", &runaway(timeouts));
+        let started = std::time::Instant::now();
+        let out = ws.run("pipeline.yaml");
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "took {:?}",
+            started.elapsed()
+        );
+        let gold = table(&out.report(), "gold.endless").clone();
+        assert!(
+            gold["error"].as_str().unwrap_or_default().contains(says),
+            "{gold:#}"
+        );
+        assert!(!ws.has_table("lake/gold/endless"));
+    }
+}
+
+/// Item 9: Ctrl-C during a spilling query left its spill files in the temp directory.
+#[test]
+fn an_interrupted_run_removes_its_spill_files() {
+    let ws = Workspace::new();
+    ws.write("data/a.jsonl", ORDERS_3);
+    ws.write(
+        "pipeline.yaml",
+        r#"
+pipeline: spills
+lake: lake
+sources:
+  - { name: api, format: json, path: data }
+bronze:
+  - { name: orders, source: api }
+gold:
+  - name: ranked
+    sql: |
+      SELECT max(r) AS n FROM (
+        SELECT row_number() OVER (ORDER BY a * b DESC) AS r
+        FROM (SELECT unnest(range(1, 10000)) AS a) x, (SELECT unnest(range(1, 10000)) AS b) y)
+"#,
+    );
+    let tmp = ws.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let child = Command::new(medallion_bin())
+        .args(["run", "pipeline.yaml", "--memory-limit", "16MiB"])
+        .current_dir(ws.path())
+        .env("TMPDIR", &tmp)
+        .env("MEDALLION_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let spill = tmp.join(format!("medallion-spill-{}", child.id()));
+    let has_files = |dir: &std::path::Path| walk(dir).into_iter().any(|p| p.is_file());
+    medallion_tests::cluster::wait_for("spill files", std::time::Duration::from_secs(120), || {
+        has_files(&spill)
+    });
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (code, stderr) = finish(child);
+    assert_eq!(code, 130, "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!spill.exists(), "spill files left: {:?}", walk(&spill));
+    assert!(!ws.has_table("lake/gold/ranked"));
+}
+
+/// Every path under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out
+}
