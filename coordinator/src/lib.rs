@@ -1,6 +1,7 @@
 //! The Medallion coordinator: plans, dispatches and commits.
 //!
-//! A run walks the table DAG ([`run`]). For each table the [`planner`] decides the tasks,
+//! A run walks the table DAG ([`run`]) while it holds the pipeline's [`lease`] on its lake.
+//! For each table the [`planner`] decides the tasks (bronze's files come from [`listing`]),
 //! [`dispatch`] hands them to executors (retrying what may pass next time), and [`commit`]
 //! checks the result's quality and makes it one Delta version.
 //!

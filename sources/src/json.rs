@@ -138,6 +138,8 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 fn raw_text(value: &RawValue) -> Result<Option<String>, serde_json::Error> {
     let text = value.get();
     match text.as_bytes().first() {
+        // Most strings have no escapes: their text is what lies between the quotes.
+        Some(b'"') if !text.contains('\\') => Ok(Some(text[1..text.len() - 1].to_string())),
         Some(b'"') => serde_json::from_str::<String>(text).map(Some),
         Some(b'n') => Ok(None),
         _ => Ok(Some(text.to_string())),
