@@ -56,8 +56,9 @@ bronze:
 "#;
 
 /// Item 1: two runs at once doubled bronze. Each round adds a file and starts three runs at
-/// the same moment: the pipeline twice (once waiting for the lease, once not) and a second
-/// pipeline on the same lake and tables, which no lease keeps apart; bronze's commit check must.
+/// the same moment: the pipeline twice (each waiting its turn for the lease) and a second
+/// pipeline on the same lake and tables, which no lease keeps apart: bronze's commit check
+/// must. Then the lease itself: a run finding it held is refused, or waits with `--wait`.
 #[test]
 fn runs_at_the_same_time_never_double_rows() {
     let ws = Workspace::new();
@@ -66,32 +67,19 @@ fn runs_at_the_same_time_never_double_rows() {
     ws.write("data/customers.csv", crate::fixture::CUSTOMERS);
     let batches = [ORDERS_1, ORDERS_2, ORDERS_3];
     let mut expected = BTreeMap::new();
-    let mut refused = 0;
     for round in 0..20 {
         let batch = batches[round % batches.len()];
         let name = format!("orders_{round:02}.jsonl");
         ws.write(&format!("data/orders/{name}"), batch);
         expected.insert(name, batch.lines().count());
         let runs = [
-            spawn(&ws, &["run", "p.yaml"]),
+            spawn(&ws, &["run", "p.yaml", "--wait"]),
             spawn(&ws, &["run", "p.yaml", "--wait"]),
             spawn(&ws, &["run", "q.yaml"]),
         ];
-        let outcomes: Vec<(i32, String)> = runs.into_iter().map(finish).collect();
-        for (i, (code, stderr)) in outcomes.iter().enumerate() {
+        for (i, (code, stderr)) in runs.into_iter().map(finish).enumerate() {
             assert!(!stderr.contains("panicked"), "round {round}: {stderr}");
-            let allowed: &[i32] = if i == 0 { &[0, 3] } else { &[0] };
-            assert!(
-                allowed.contains(code),
-                "round {round}, run {i}: exit {code}\n{stderr}"
-            );
-            if *code == 3 {
-                refused += 1;
-                assert!(
-                    stderr.contains("pipeline 'ingest' is already running on lake"),
-                    "{stderr}"
-                );
-            }
+            assert_eq!(code, 0, "round {round}, run {i}:\n{stderr}");
         }
         let orders = ws.read_table("lake/bronze/orders");
         assert_eq!(orders["readers_agree"], true);
@@ -99,11 +87,29 @@ fn runs_at_the_same_time_never_double_rows() {
         let customers = ws.read_table("lake/bronze/customers");
         assert_eq!(customers["num_rows"], 2, "round {round}");
     }
-    // The lease did refuse some runs: they overlapped.
+
+    // Held by someone else (here, this test): refused with code 3, or waited for.
+    let lease = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(ws.path().join("lake/_medallion/leases/ingest.lock"))
+        .unwrap();
+    lease.lock().unwrap();
+    let refused = ws.medallion(&["run", "p.yaml"]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
     assert!(
-        refused > 0,
-        "no run was ever refused: the runs did not overlap"
+        refused
+            .stderr
+            .contains("pipeline 'ingest' is already running on lake"),
+        "{}",
+        refused.stderr
     );
+    let mut waiting = spawn(&ws, &["run", "p.yaml", "--wait"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(waiting.try_wait().unwrap().is_none(), "it did not wait");
+    lease.unlock().unwrap();
+    let (code, stderr) = finish(waiting);
+    assert_eq!(code, 0, "{stderr}");
 }
 
 /// Item 2: a lake copied together with its data (another directory, another mount point)
@@ -417,7 +423,7 @@ gold:
     let tmp = ws.path().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let child = Command::new(medallion_bin())
-        .args(["run", "pipeline.yaml", "--memory-limit", "16MiB"])
+        .args(["run", "pipeline.yaml", "--memory-limit", "64MiB"])
         .current_dir(ws.path())
         .env("TMPDIR", &tmp)
         .env("MEDALLION_LOG", "warn")
@@ -425,11 +431,18 @@ gold:
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = child;
     let spill = tmp.join(format!("medallion-spill-{}", child.id()));
     let has_files = |dir: &std::path::Path| walk(dir).into_iter().any(|p| p.is_file());
-    medallion_tests::cluster::wait_for("spill files", std::time::Duration::from_secs(120), || {
-        has_files(&spill)
+    let mut ended = None;
+    medallion_tests::cluster::wait_for("spill files", std::time::Duration::from_secs(300), || {
+        ended = child.try_wait().unwrap();
+        has_files(&spill) || ended.is_some()
     });
+    if ended.is_some() {
+        let (code, stderr) = finish(child);
+        panic!("the run ended (exit {code}) before it spilled:\n{stderr}");
+    }
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
