@@ -32,6 +32,13 @@ pub async fn bind(
     Ok((listener, url))
 }
 
+/// This machine's name, as `/etc/hostname` gives it (a pod's name on Kubernetes).
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+}
+
 /// A server's exit: logs why it stopped, as the last line of its log.
 pub fn exit_code(server: &str, outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {

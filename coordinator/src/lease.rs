@@ -128,8 +128,7 @@ impl RunLease {
 
 /// `<lake>/_medallion/leases/<pipeline>.lock` for a local lake.
 fn lease_path(pipeline: &Pipeline) -> Option<PathBuf> {
-    let url = medallion_lake::table_url(&pipeline.lake_root).ok()?;
-    let root = url.to_file_path().ok()?;
+    let root = medallion_lake::local_dir(&pipeline.lake_root)?;
     Some(
         root.join("_medallion")
             .join("leases")
@@ -163,9 +162,7 @@ fn try_lock(path: &std::path::Path, run_id: &str) -> Result<Result<File, Option<
     }
     let holder = Holder {
         run_id: run_id.to_string(),
-        host: std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default(),
+        host: medallion_cluster::hostname().unwrap_or_default(),
         pid: std::process::id(),
         since: Utc::now().to_rfc3339(),
     };

@@ -35,58 +35,11 @@ pub struct SourceListing {
 /// The files a source's path names: a file, every file in a directory, or a glob's matches
 /// (`**` crosses directories).
 pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<SourceListing> {
+    // Validation refuses object storage paths, so the location is a local path.
     let location = pipeline.source_location(source);
     let name = &source.name.value;
-    if location.contains("://") {
-        bail!(
-            "source '{name}': path '{location}': only local files are supported so far (object storage sources are not)"
-        );
-    }
-    let lake = lake_dir(pipeline);
-    let mut listing = Listing {
-        seen: HashMap::new(),
-        lake: lake.as_deref(),
-        files: Vec::new(),
-    };
-    let root = if location.contains(['*', '?', '[']) {
-        let pattern = glob::Pattern::new(&location)
-            .with_context(|| format!("source '{name}': invalid glob '{location}'"))?;
-        let root: PathBuf = Path::new(&location)
-            .components()
-            .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
-            .collect();
-        if !root.is_dir() {
-            bail!(
-                "source '{name}': directory '{}' does not exist",
-                root.display()
-            );
-        }
-        // Without `**`, a match lies exactly as deep as the pattern.
-        let depth = if location.contains("**") {
-            usize::MAX
-        } else {
-            Path::new(&location).components().count() - root.components().count()
-        };
-        let options = glob::MatchOptions {
-            case_sensitive: true,
-            require_literal_separator: true,
-            require_literal_leading_dot: false,
-        };
-        let walk = walkdir::WalkDir::new(&root)
-            .follow_links(true)
-            .max_depth(depth)
-            .sort_by_file_name();
-        for entry in walk {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) if e.loop_ancestor().is_some() => continue,
-                Err(e) => bail!("source '{name}': cannot list '{}': {e}", root.display()),
-            };
-            if entry.file_type().is_file() && pattern.matches_path_with(entry.path(), options) {
-                listing.add(&root, entry.path())?;
-            }
-        }
-        root
+    let (root, candidates) = if location.contains(['*', '?', '[']) {
+        glob_matches(name, &location)?
     } else {
         let path = PathBuf::from(&location);
         if path.is_dir() {
@@ -96,58 +49,90 @@ pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Sou
                 .filter(|p| p.is_file() && !is_hidden(p))
                 .collect();
             entries.sort();
-            for entry in entries {
-                listing.add(&path, &entry)?;
-            }
-            path
+            (path, entries)
         } else if path.is_file() {
             let root = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-            listing.add(&root, &path)?;
-            root
+            (root, vec![path])
         } else if path.exists() {
             bail!("source '{name}': '{location}' is not a regular file or a directory");
         } else {
             bail!("source '{name}': path '{location}' does not exist");
         }
     };
-    let mut files = listing.files;
+    let real_root = std::fs::canonicalize(&root)
+        .with_context(|| format!("source '{name}': cannot resolve '{}'", root.display()))?;
+    let lake = medallion_lake::local_dir(&pipeline.lake_root)
+        .and_then(|dir| std::fs::canonicalize(dir).ok());
+    // Real path to the index of its file: each real file once.
+    let mut seen: HashMap<PathBuf, usize> = HashMap::new();
+    let mut files: Vec<SourceFile> = Vec::new();
+    for path in candidates {
+        let real = std::fs::canonicalize(&path)
+            .with_context(|| format!("cannot resolve '{}'", path.display()))?;
+        if lake.as_ref().is_some_and(|lake| real.starts_with(lake)) {
+            continue;
+        }
+        // A real file found again through a link keeps the identity of its path without
+        // links, so renaming a link changes nothing.
+        let direct = real.strip_prefix(&real_root).ok() == path.strip_prefix(&root).ok();
+        let file = SourceFile {
+            id: relative_id(&root, &path),
+            path,
+        };
+        match seen.get(&real) {
+            Some(&i) if direct => files[i] = file,
+            Some(_) => {}
+            None => {
+                seen.insert(real, files.len());
+                files.push(file);
+            }
+        }
+    }
     files.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(SourceListing { root, files })
 }
 
-/// Files found so far, each real file once.
-struct Listing<'a> {
-    /// Real path to the index of its file.
-    seen: HashMap<PathBuf, usize>,
-    lake: Option<&'a Path>,
-    files: Vec<SourceFile>,
-}
-
-impl Listing<'_> {
-    /// Adds a file found under `root`. A real file found again through a link keeps the
-    /// identity of the path without links, so renaming a link changes nothing.
-    fn add(&mut self, root: &Path, path: &Path) -> Result<()> {
-        let real = std::fs::canonicalize(path)
-            .with_context(|| format!("cannot resolve '{}'", path.display()))?;
-        if self.lake.is_some_and(|lake| real.starts_with(lake)) {
-            return Ok(());
-        }
-        let file = SourceFile {
-            path: path.to_path_buf(),
-            id: relative_id(root, path),
-        };
-        let direct = std::fs::canonicalize(root)
-            .is_ok_and(|r| real.strip_prefix(r).ok() == path.strip_prefix(root).ok());
-        match self.seen.get(&real) {
-            Some(&i) if direct => self.files[i] = file,
-            Some(_) => {}
-            None => {
-                self.seen.insert(real, self.files.len());
-                self.files.push(file);
-            }
-        }
-        Ok(())
+/// A glob's root (the part before its first wildcard) and the files under it that match.
+fn glob_matches(name: &str, location: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let pattern = glob::Pattern::new(location)
+        .with_context(|| format!("source '{name}': invalid glob '{location}'"))?;
+    let root: PathBuf = Path::new(location)
+        .components()
+        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+        .collect();
+    if !root.is_dir() {
+        bail!(
+            "source '{name}': directory '{}' does not exist",
+            root.display()
+        );
     }
+    // Without `**`, a match lies exactly as deep as the pattern.
+    let depth = if location.contains("**") {
+        usize::MAX
+    } else {
+        Path::new(location).components().count() - root.components().count()
+    };
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let walk = walkdir::WalkDir::new(&root)
+        .follow_links(true)
+        .max_depth(depth)
+        .sort_by_file_name();
+    let mut matches = Vec::new();
+    for entry in walk {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.loop_ancestor().is_some() => continue,
+            Err(e) => bail!("source '{name}': cannot list '{}': {e}", root.display()),
+        };
+        if entry.file_type().is_file() && pattern.matches_path_with(entry.path(), options) {
+            matches.push(entry.into_path());
+        }
+    }
+    Ok((root, matches))
 }
 
 /// `path` relative to `root`, `/`-separated.
@@ -160,12 +145,6 @@ fn relative_id(root: &Path, path: &Path) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
-}
-
-/// The lake's directory, resolved, when the lake is local and exists.
-fn lake_dir(pipeline: &Pipeline) -> Option<PathBuf> {
-    let url = medallion_lake::table_url(&pipeline.lake_root).ok()?;
-    std::fs::canonicalize(url.to_file_path().ok()?).ok()
 }
 
 fn is_hidden(p: &Path) -> bool {

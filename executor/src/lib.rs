@@ -117,21 +117,25 @@ impl Executor {
         tracing::info!("task started");
         let _running = metrics::Running::start();
         let started = std::time::Instant::now();
-        let executor = self.clone();
-        let dispatch = task.clone();
-        let work = async move { executor.run_task(task).await };
-        // Until it finishes, a task whose caller stops waiting (a call timed out, cancelled, or
-        // cut when the coordinator declared this executor lost) or that is abandoned is stopped,
-        // and what it wrote is deleted.
-        let mut running = Running {
-            handle: Some(tokio::spawn(tracing::Instrument::in_current_span(work))),
-            dispatch,
-        };
-        let result = tokio::select! {
-            joined = running.join() => joined,
-            _ = abandon.cancelled() => {
-                Err(TaskError::lost("abandoned: the task was given to another executor"))
+        let result = match self.context(task) {
+            Ok((ctx, task_id, work)) => {
+                // Until it finishes, a task whose caller stops waiting (a call timed out,
+                // cancelled, or cut when the coordinator declared this executor lost) or that is
+                // abandoned is stopped, and what it wrote is deleted.
+                let mut running = Running {
+                    files: DispatchFiles::of(&ctx),
+                    handle: Some(tokio::spawn(tracing::Instrument::in_current_span(
+                        run_work(ctx, task_id, work),
+                    ))),
+                };
+                tokio::select! {
+                    joined = running.join() => joined,
+                    _ = abandon.cancelled() => {
+                        Err(TaskError::lost("abandoned: the task was given to another executor"))
+                    }
+                }
             }
+            Err(e) => Err(e),
         };
         metrics::task_ended(layer, started.elapsed(), &result);
         match &result {
@@ -145,7 +149,11 @@ impl Executor {
         result
     }
 
-    async fn run_task(&self, task: medallion_proto::Task) -> Result<TaskResult, TaskError> {
+    /// What the task needs to run, from its spec; with its id and its work.
+    fn context(
+        &self,
+        task: medallion_proto::Task,
+    ) -> Result<(TaskContext, String, Option<Work>), TaskError> {
         let spec = task
             .pipeline
             .ok_or_else(|| TaskError::permanent("task carries no pipeline spec"))?;
@@ -162,31 +170,69 @@ impl Executor {
             quarantine_uri: task.quarantine_uri,
             run_id: task.run_id,
         };
-        let out = match task.work {
-            Some(Work::Ingest(w)) => ingest::run(&ctx, w).await?,
-            Some(Work::Transform(w)) => transform::run(&ctx, w).await?,
-            Some(Work::Aggregate(w)) => aggregate::run(&ctx, w).await?,
-            None => return Err(TaskError::permanent("task carries no work")),
-        };
-        let (quarantine_add_actions_json, quarantine_schema_json) = match &out.quarantine {
-            Some((files, schema)) => (
-                adds_json(files)?,
-                medallion_lake::schema_to_json(schema).map_err(transient)?,
-            ),
-            None => Default::default(),
-        };
-        Ok(TaskResult {
-            task_id: task.task_id,
-            add_actions_json: adds_json(&out.written)?,
-            schema_json: medallion_lake::schema_to_json(&out.schema).map_err(transient)?,
-            metrics: Some(TaskMetrics {
-                bytes_written: out.written.adds.iter().map(|a| a.size as u64).sum(),
-                write_ms: out.written.write_time.as_millis() as u64,
-                ..out.metrics
-            }),
-            quarantine_add_actions_json,
-            quarantine_schema_json,
-        })
+        Ok((ctx, task.task_id, task.work))
+    }
+}
+
+/// Runs a task's work; returns the files it wrote, uncommitted.
+async fn run_work(
+    ctx: TaskContext,
+    task_id: String,
+    work: Option<Work>,
+) -> Result<TaskResult, TaskError> {
+    let out = match work {
+        Some(Work::Ingest(w)) => ingest::run(&ctx, w).await?,
+        Some(Work::Transform(w)) => transform::run(&ctx, w).await?,
+        Some(Work::Aggregate(w)) => aggregate::run(&ctx, w).await?,
+        None => return Err(TaskError::permanent("task carries no work")),
+    };
+    let (quarantine_add_actions_json, quarantine_schema_json) = match &out.quarantine {
+        Some((files, schema)) => (
+            adds_json(files)?,
+            medallion_lake::schema_to_json(schema).map_err(transient)?,
+        ),
+        None => Default::default(),
+    };
+    Ok(TaskResult {
+        task_id,
+        add_actions_json: adds_json(&out.written)?,
+        schema_json: medallion_lake::schema_to_json(&out.schema).map_err(transient)?,
+        metrics: Some(TaskMetrics {
+            bytes_written: out.written.adds.iter().map(|a| a.size as u64).sum(),
+            write_ms: out.written.write_time.as_millis() as u64,
+            ..out.metrics
+        }),
+        quarantine_add_actions_json,
+        quarantine_schema_json,
+    })
+}
+
+/// Where one dispatch of a task writes, to delete it all when the dispatch is stopped.
+#[derive(Default)]
+struct DispatchFiles {
+    uris: [String; 2],
+    dir: String,
+    storage_options: HashMap<String, String>,
+}
+
+impl DispatchFiles {
+    fn of(ctx: &TaskContext) -> Self {
+        Self {
+            uris: [ctx.output_uri.clone(), ctx.quarantine_uri.clone()],
+            dir: ctx.dispatch_dir.clone(),
+            storage_options: ctx.storage_options.clone(),
+        }
+    }
+
+    async fn delete(&self) {
+        let uris = self.uris.each_ref().map(String::as_str);
+        if let Err(e) = medallion_lake::delete_dirs(&uris, &self.dir, &self.storage_options).await {
+            tracing::warn!(
+                dir = self.dir,
+                error = format!("{e:#}"),
+                "cannot delete the files of a stopped task"
+            );
+        }
     }
 }
 
@@ -194,7 +240,7 @@ impl Executor {
 /// files of the dispatch.
 struct Running {
     handle: Option<tokio::task::JoinHandle<Result<TaskResult, TaskError>>>,
-    dispatch: medallion_proto::Task,
+    files: DispatchFiles,
 }
 
 impl Running {
@@ -215,36 +261,16 @@ impl Drop for Running {
             return;
         };
         handle.abort();
-        let dispatch = self.dispatch.clone();
+        let files = std::mem::take(&mut self.files);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = handle.await;
                 // Local writes finish on blocking threads that aborting does not stop: give
                 // them a moment to land before deleting the directory they write into.
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                discard(&dispatch).await;
+                files.delete().await;
             });
         }
-    }
-}
-
-/// Deletes what a stopped dispatch of `task` wrote.
-async fn discard(task: &medallion_proto::Task) {
-    let options = task
-        .pipeline
-        .as_ref()
-        .and_then(|p| {
-            Pipeline::parse(p.yaml.clone(), p.origin.clone(), p.base_dir.clone().into()).ok()
-        })
-        .map(|p| p.storage_options.into_iter().collect())
-        .unwrap_or_default();
-    let uris = [task.output_uri.as_str(), task.quarantine_uri.as_str()];
-    if let Err(e) = medallion_lake::delete_dirs(&uris, &task.dispatch_dir, &options).await {
-        tracing::warn!(
-            dir = task.dispatch_dir,
-            error = format!("{e:#}"),
-            "cannot delete the files of a stopped task"
-        );
     }
 }
 

@@ -205,9 +205,7 @@ async fn serve(args: Args) -> Result<()> {
 }
 
 fn default_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "executor".into());
+    let host = medallion_cluster::hostname().unwrap_or_else(|| "executor".into());
     format!("{host}-{}", std::process::id())
 }
 

@@ -46,6 +46,14 @@ pub fn table_url(uri: &str) -> Result<Url> {
     }
 }
 
+/// The directory of a location on the local file system; `None` for object storage.
+pub fn local_dir(uri: &str) -> Option<std::path::PathBuf> {
+    let url = table_url(uri).ok()?;
+    (url.scheme() == "file")
+        .then(|| url.to_file_path().ok())
+        .flatten()
+}
+
 /// A table handle that may not have a Delta log yet.
 pub fn table_handle(uri: &str, opts: &StorageOptions) -> Result<DeltaTable> {
     Ok(DeltaTableBuilder::from_url(table_url(uri)?)?
@@ -55,11 +63,7 @@ pub fn table_handle(uri: &str, opts: &StorageOptions) -> Result<DeltaTable> {
 
 /// Opens a table at its latest version; `None` when nothing was ever committed there.
 pub async fn open_table(uri: &str, opts: &StorageOptions) -> Result<Option<DeltaTable>> {
-    let url = table_url(uri)?;
-    if url.scheme() == "file"
-        && let Ok(dir) = url.to_file_path()
-        && !dir.join("_delta_log").is_dir()
-    {
+    if local_dir(uri).is_some_and(|dir| !dir.join("_delta_log").is_dir()) {
         return Ok(None);
     }
     let mut table = table_handle(uri, opts)?;
