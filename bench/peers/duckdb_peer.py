@@ -4,7 +4,7 @@ import os
 import duckdb
 from deltalake import write_deltalake
 
-from common import CUSTOMER_360, ORDER_FIELDS, PRODUCT_PERFORMANCE, Stages, arguments
+from common import CUSTOMER_360, ORDER_FIELDS, PRODUCT_PERFORMANCE, Stages, arguments, exit_now
 
 args = arguments()
 con = duckdb.connect()
@@ -96,3 +96,4 @@ bronze_paths = stages.run("bronze", bronze)
 silver_paths = stages.run("silver", lambda: silver(bronze_paths))
 stages.run("gold", lambda: gold(silver_paths))
 stages.report()
+exit_now()

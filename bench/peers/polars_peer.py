@@ -3,7 +3,7 @@ import datetime
 import glob
 import os
 
-from common import ORDER_FIELDS, Stages, arguments, polars_write  # noqa: E402
+from common import ORDER_FIELDS, Stages, arguments, exit_now, polars_write  # noqa: E402
 
 args = arguments()
 os.environ["POLARS_MAX_THREADS"] = str(args.threads)  # read when polars loads
@@ -129,3 +129,4 @@ bronze_paths = stages.run("bronze", bronze)
 silver_paths = stages.run("silver", lambda: silver(bronze_paths))
 stages.run("gold", lambda: gold(silver_paths))
 stages.report()
+exit_now()

@@ -14,7 +14,7 @@ import sys
 
 import yaml
 
-from common import Stages, arguments, polars_write, spark_session
+from common import Stages, arguments, exit_now, polars_write, spark_session
 
 SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "tpch", "pipeline.yaml")
 
@@ -170,3 +170,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    exit_now()
