@@ -384,8 +384,10 @@ fn timeouts_stop_runaway_queries() {
         let started = std::time::Instant::now();
         let out = ws.run("pipeline.yaml");
         assert_eq!(out.code, 1, "{}", out.stderr);
+        // The query would run for hours; a loaded machine may still take a while to start
+        // the run and to stop it.
         assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
+            started.elapsed() < std::time::Duration::from_secs(300),
             "took {:?}",
             started.elapsed()
         );
