@@ -374,29 +374,23 @@ fn print_report(report: &RunReport, output: Output) {
 /// the new one. Exits 0 only when the run succeeded.
 async fn watch(urls: &[String], run_id: &str, output: Output) -> Result<ExitCode> {
     let bars = ProgressBars::new(std::io::stderr().is_terminal());
-    let mut failures = 0;
-    let info = loop {
-        let attempt = async { Remote::connect(urls).await?.watch(run_id, &bars).await };
-        match attempt.await {
-            Ok(info) => break info,
-            Err(e)
-                if e.downcast_ref::<ServerError>()
-                    .is_some_and(ServerError::is_bad_request) =>
-            {
-                return Err(e);
-            }
-            // The leader went away: a standby takes over within its lease TTL.
-            Err(e) if failures < 60 => {
-                failures += 1;
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "lost the coordinator; reconnecting"
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e),
+    // The leader went away: a standby takes over within its lease TTL.
+    let reconnect =
+        medallion_cluster::retry::limited(Duration::from_secs(1), Duration::from_secs(1), 60);
+    let attempt = || async { Remote::connect(urls).await?.watch(run_id, &bars).await };
+    let info = medallion_cluster::retry::with_first_error(reconnect, attempt, |e| {
+        let bad_request = e
+            .downcast_ref::<ServerError>()
+            .is_some_and(ServerError::is_bad_request);
+        if !bad_request {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "lost the coordinator; reconnecting"
+            );
         }
-    };
+        !bad_request
+    })
+    .await?;
     print_run(&info, output);
     Ok(
         if RunState::try_from(info.state) == Ok(RunState::Succeeded) {

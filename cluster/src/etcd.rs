@@ -49,26 +49,14 @@ impl EtcdArgs {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
-        let mut delay = Duration::from_millis(200);
-        let mut warned = false;
-        loop {
-            let attempt = async {
-                let mut client = Client::connect(&self.endpoints, Some(options.clone())).await?;
-                client.status().await?;
-                Ok::<_, etcd_client::Error>(client)
-            };
-            match attempt.await {
-                Ok(client) => return Ok(client),
-                Err(e) => {
-                    if !warned {
-                        tracing::warn!(endpoints = ?self.endpoints, error = %e, "waiting for etcd");
-                        warned = true;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(3));
-                }
-            }
-        }
+        let connect = || async {
+            let mut client = Client::connect(&self.endpoints, Some(options.clone())).await?;
+            client.status().await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        let what = format!("connecting to etcd at {}", self.endpoints.join(","));
+        let backoff = crate::retry::forever(Duration::from_millis(200), Duration::from_secs(3));
+        Ok(crate::retry::until_ok(&what, backoff, connect).await)
     }
 }
 

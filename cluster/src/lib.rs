@@ -7,6 +7,7 @@
 pub mod etcd;
 pub mod logging;
 pub mod metrics;
+pub mod retry;
 pub mod signal;
 pub mod size;
 

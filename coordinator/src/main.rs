@@ -22,7 +22,7 @@ use medallion_coordinator::membership::Members;
 use medallion_coordinator::remote::RemoteExecutors;
 use medallion_coordinator::runs::Runs;
 use medallion_coordinator::service::{CoordinatorService, ForwardToLeader, Role};
-use medallion_coordinator::store::RunStore;
+use medallion_coordinator::store::EtcdRunStore;
 use medallion_proto::coordinator_server::CoordinatorServer;
 use tokio_util::sync::CancellationToken;
 
@@ -93,10 +93,13 @@ async fn serve(args: Args) -> Result<()> {
         ),
     };
     let runs = Runs::new(
-        RunStore::new(etcd.clone(), keys.clone()),
+        Arc::new(EtcdRunStore::new(
+            etcd.clone(),
+            keys.clone(),
+            args.lease_ttl,
+        )),
         Arc::new(RemoteExecutors::new(members.clone())),
         ballista.clone(),
-        args.lease_ttl,
     );
     let role = Role::new(etcd.clone(), keys.clone(), advertise.clone());
     let service = CoordinatorService {

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use medallion_pipeline::Pipeline;
@@ -28,11 +29,9 @@ use crate::store::{PipelineLock, RunStore, persist};
 
 /// The runs of this leader.
 pub struct Runs {
-    store: RunStore,
+    store: Arc<dyn RunStore>,
     runner: Arc<dyn TaskRunner>,
     ballista: Option<BallistaTarget>,
-    /// Seconds a dead leader's run locks outlive it.
-    lock_ttl: i64,
     active: Mutex<HashMap<String, Arc<ActiveRun>>>,
 }
 
@@ -187,16 +186,14 @@ fn ended(state: i32) -> bool {
 
 impl Runs {
     pub fn new(
-        store: RunStore,
+        store: Arc<dyn RunStore>,
         runner: Arc<dyn TaskRunner>,
         ballista: Option<BallistaTarget>,
-        lock_ttl: i64,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runner,
             ballista,
-            lock_ttl,
             active: Mutex::new(HashMap::new()),
         })
     }
@@ -288,9 +285,9 @@ impl Runs {
         let runner = self.runner.clone();
         let ballista = self.ballista.clone();
         let id = run_id.clone();
-        let (store, lock_ttl) = (self.store.clone(), self.lock_ttl);
+        let store = self.store.clone();
         let tables = tokio::spawn(async move {
-            let _locks = hold_run_locks(&store, &pipeline, &id, lock_ttl).await;
+            let _locks = hold_run_locks(store.as_ref(), &pipeline, &id).await;
             Coordinator::new(runner.as_ref(), &recorder)
                 .with_ballista(ballista)
                 .run(&pipeline, &id)
@@ -478,27 +475,17 @@ impl Runs {
 /// on this cluster, including a previous leader's) and the lake's run lease (embedded runs on
 /// a shared volume). Both are released when the returned value is dropped.
 async fn hold_run_locks(
-    store: &RunStore,
+    store: &dyn RunStore,
     pipeline: &Pipeline,
     run_id: &str,
-    ttl: i64,
 ) -> (PipelineLock, Option<RunLease>) {
-    let lock = loop {
-        match store
-            .lock_pipeline(pipeline.name(), &pipeline.lake_root, ttl)
-            .await
-        {
-            Ok(lock) => break lock,
-            Err(e) => {
-                tracing::warn!(
-                    run_id,
-                    error = format!("{e:#}"),
-                    "cannot take the run lock; retrying"
-                );
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let what = format!("taking the run lock of {run_id}");
+    let backoff =
+        medallion_cluster::retry::forever(Duration::from_millis(200), Duration::from_secs(2));
+    let lock = medallion_cluster::retry::until_ok(&what, backoff, || {
+        store.lock_pipeline(pipeline.name(), &pipeline.lake_root)
+    })
+    .await;
     let lease = RunLease::acquire(pipeline, run_id, true)
         .await
         .inspect_err(|e| {

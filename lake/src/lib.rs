@@ -89,12 +89,13 @@ pub async fn append(uri: &str, opts: &StorageOptions, batch: RecordBatch) -> Res
         anyhow::Ok(table.version().unwrap_or_default())
     };
     // Two runs creating the table at once: one creates it, the other appends on a retry.
-    match attempt().await {
-        Ok(version) => Ok(version),
-        Err(_) => attempt()
+    let outcome = match attempt().await {
+        Err(first) => attempt()
             .await
-            .with_context(|| format!("appending to Delta table {uri}")),
-    }
+            .map_err(|last| last.context(format!("(a first attempt failed with: {first:#})"))),
+        done => done,
+    };
+    outcome.with_context(|| format!("appending to Delta table {uri}"))
 }
 
 /// Opens a table at a given version.

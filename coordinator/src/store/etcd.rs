@@ -1,23 +1,23 @@
-//! Run state in etcd: what a new leader needs to resume the runs of the old one, and what
-//! `medallion runs` / `status` show. Layout: `medallion_cluster::etcd`.
-
-use std::time::Duration;
+//! Run state in etcd, shared by every coordinator of a cluster. Layout:
+//! `medallion_cluster::etcd`.
 
 use anyhow::{Context, Result};
+use async_trait::async_trait;
 use etcd_client::{Client, GetOptions, LockOptions};
 use medallion_cluster::{KeptLease, Keys};
 use medallion_proto::{RunRecord, TaskRecord};
 use prost::Message;
 
+use super::{PipelineLock, RunStore};
 use crate::report::TableReport;
 
-/// A pipeline's run lock in etcd, released when dropped (see [`RunStore::lock_pipeline`]).
-pub struct PipelineLock {
+/// A pipeline's run lock in etcd: the lock key lives under a lease of its own.
+struct EtcdLock {
     etcd: Client,
     lease: Option<KeptLease>,
 }
 
-impl Drop for PipelineLock {
+impl Drop for EtcdLock {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
             let etcd = self.etcd.clone();
@@ -27,28 +27,31 @@ impl Drop for PipelineLock {
     }
 }
 
-#[derive(Clone)]
-pub struct RunStore {
+/// Run state in etcd.
+pub struct EtcdRunStore {
     etcd: Client,
     keys: Keys,
+    /// Seconds a dead leader's run locks outlive it.
+    lock_ttl: i64,
 }
 
-impl RunStore {
-    pub fn new(etcd: Client, keys: Keys) -> Self {
-        Self { etcd, keys }
+impl EtcdRunStore {
+    pub fn new(etcd: Client, keys: Keys, lock_ttl: i64) -> Self {
+        Self {
+            etcd,
+            keys,
+            lock_ttl,
+        }
     }
+}
 
-    /// Waits for the run lock of `pipeline` on `lake` and takes it: across the cluster, one
-    /// run at a time per pipeline and lake. The lock lives under a lease of its own (`ttl`
-    /// seconds), so a leader that dies releases it when the lease runs out.
-    pub async fn lock_pipeline(
-        &self,
-        pipeline: &str,
-        lake: &str,
-        ttl: i64,
-    ) -> Result<PipelineLock> {
-        let lease = KeptLease::grant(&self.etcd, ttl).await?;
-        let lock = PipelineLock {
+#[async_trait]
+impl RunStore for EtcdRunStore {
+    /// The lock lives under a lease of its own, so a leader that dies releases it when the
+    /// lease runs out.
+    async fn lock_pipeline(&self, pipeline: &str, lake: &str) -> Result<PipelineLock> {
+        let lease = KeptLease::grant(&self.etcd, self.lock_ttl).await?;
+        let lock = EtcdLock {
             etcd: self.etcd.clone(),
             lease: Some(lease),
         };
@@ -61,10 +64,10 @@ impl RunStore {
             )
             .await
             .with_context(|| format!("taking the run lock of pipeline '{pipeline}' in etcd"))?;
-        Ok(lock)
+        Ok(PipelineLock::new(lock))
     }
 
-    pub async fn put_run(&self, record: &RunRecord) -> Result<()> {
+    async fn put_run(&self, record: &RunRecord) -> Result<()> {
         let id = record.info.as_ref().map_or("", |i| i.run_id.as_str());
         self.etcd
             .clone()
@@ -74,7 +77,7 @@ impl RunStore {
         Ok(())
     }
 
-    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
         let got = self.etcd.clone().get(self.keys.run(run_id), None).await?;
         got.kvs()
             .first()
@@ -82,7 +85,7 @@ impl RunStore {
             .transpose()
     }
 
-    pub async fn runs(&self) -> Result<Vec<RunRecord>> {
+    async fn runs(&self) -> Result<Vec<RunRecord>> {
         let got = self
             .etcd
             .clone()
@@ -95,7 +98,7 @@ impl RunStore {
             .collect())
     }
 
-    pub async fn put_table(&self, run_id: &str, report: &TableReport) -> Result<()> {
+    async fn put_table(&self, run_id: &str, report: &TableReport) -> Result<()> {
         self.etcd
             .clone()
             .put(
@@ -107,8 +110,7 @@ impl RunStore {
         Ok(())
     }
 
-    /// The table reports saved for a run, in no particular order.
-    pub async fn tables(&self, run_id: &str) -> Result<Vec<TableReport>> {
+    async fn tables(&self, run_id: &str) -> Result<Vec<TableReport>> {
         let got = self
             .etcd
             .clone()
@@ -124,7 +126,7 @@ impl RunStore {
             .collect())
     }
 
-    pub async fn put_task(&self, run_id: &str, record: &TaskRecord) -> Result<()> {
+    async fn put_task(&self, run_id: &str, record: &TaskRecord) -> Result<()> {
         self.etcd
             .clone()
             .put(
@@ -134,37 +136,5 @@ impl RunStore {
             )
             .await?;
         Ok(())
-    }
-}
-
-/// Retries a write until etcd takes it: run state must not be lost to an etcd restart.
-pub async fn persist<F, Fut>(what: &str, write: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let mut warned = false;
-    loop {
-        match write().await {
-            Ok(()) => {
-                if warned {
-                    tracing::info!(what, "saved in etcd after all");
-                }
-                return;
-            }
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(
-                        what,
-                        error = format!("{e:#}"),
-                        "cannot save in etcd; retrying"
-                    );
-                    warned = true;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
     }
 }
