@@ -24,6 +24,8 @@ pub mod run;
 pub mod runs;
 pub mod service;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 pub use dispatch::{RetryPolicy, TaskRunner};
 pub use planner::BallistaTarget;

@@ -18,7 +18,6 @@ use medallion_proto::{
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 
 use crate::dispatch::TaskRunner;
 use crate::lease::RunLease;
@@ -169,12 +168,18 @@ impl RunObserver for Recorder {
     }
 }
 
-fn not_found(run_id: &str) -> Status {
-    Status::not_found(format!("no run '{run_id}'"))
-}
-
-fn etcd_unavailable(e: anyhow::Error) -> Status {
-    Status::unavailable(format!("run state store (etcd) unavailable: {e:#}"))
+/// Why a request about runs was refused (mapped to gRPC codes in `service`).
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    /// The spec does not validate; the message names file, line, column and field.
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("no run '{0}'")]
+    NotFound(String),
+    #[error("run '{run_id}' has already ended ({state:?})")]
+    Ended { run_id: String, state: RunState },
+    #[error("run state store (etcd) unavailable: {0:#}")]
+    Store(anyhow::Error),
 }
 
 fn ended(state: i32) -> bool {
@@ -207,13 +212,13 @@ impl Runs {
     }
 
     /// Validates the spec, saves the run as queued and starts it.
-    pub async fn submit(self: &Arc<Self>, spec: PipelineSpec) -> Result<RunInfo, Status> {
+    pub async fn submit(self: &Arc<Self>, spec: PipelineSpec) -> Result<RunInfo, RunsError> {
         let pipeline = Pipeline::parse(
             spec.yaml.clone(),
             spec.origin.clone(),
             spec.base_dir.clone().into(),
         )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| RunsError::InvalidSpec(e.to_string()))?;
         let info = RunInfo {
             run_id: new_run_id(pipeline.name()),
             pipeline: pipeline.name().to_string(),
@@ -229,7 +234,7 @@ impl Runs {
         self.store
             .put_run(&record)
             .await
-            .map_err(etcd_unavailable)?;
+            .map_err(RunsError::Store)?;
         tracing::info!(run_id = %info.run_id, pipeline = %info.pipeline, "run submitted");
         self.start(record, pipeline, Vec::new());
         Ok(info)
@@ -371,7 +376,7 @@ impl Runs {
         run.done.send_replace(true);
     }
 
-    pub async fn get(&self, run_id: &str) -> Result<RunInfo, Status> {
+    pub async fn get(&self, run_id: &str) -> Result<RunInfo, RunsError> {
         if let Some(run) = self.active(run_id) {
             return Ok(run.info());
         }
@@ -379,18 +384,18 @@ impl Runs {
             .store
             .run(run_id)
             .await
-            .map_err(etcd_unavailable)?
-            .ok_or_else(|| not_found(run_id))?;
+            .map_err(RunsError::Store)?
+            .ok_or_else(|| RunsError::NotFound(run_id.to_string()))?;
         Ok(record.info.unwrap_or_default())
     }
 
     /// Newest first; at most `limit` (0: all).
-    pub async fn list(&self, limit: usize) -> Result<Vec<RunInfo>, Status> {
+    pub async fn list(&self, limit: usize) -> Result<Vec<RunInfo>, RunsError> {
         let mut runs: Vec<RunInfo> = self
             .store
             .runs()
             .await
-            .map_err(etcd_unavailable)?
+            .map_err(RunsError::Store)?
             .into_iter()
             .filter_map(|r| r.info)
             .map(|info| match self.active(&info.run_id) {
@@ -406,13 +411,13 @@ impl Runs {
     }
 
     /// Stops a running run: no table of it commits after this returns.
-    pub async fn cancel(&self, run_id: &str) -> Result<RunInfo, Status> {
+    pub async fn cancel(&self, run_id: &str) -> Result<RunInfo, RunsError> {
         let Some(run) = self.active(run_id) else {
             let info = self.get(run_id).await?;
-            return Err(Status::failed_precondition(format!(
-                "run '{run_id}' has already ended ({:?})",
-                RunState::try_from(info.state).unwrap_or(RunState::Unspecified)
-            )));
+            return Err(RunsError::Ended {
+                run_id: run_id.to_string(),
+                state: RunState::try_from(info.state).unwrap_or(RunState::Unspecified),
+            });
         };
         if let Some(abort) = run.abort.lock().expect("abort handle").take() {
             abort.abort();
@@ -424,10 +429,7 @@ impl Runs {
     }
 
     /// The run's events so far, then live ones until it ends.
-    pub async fn watch(
-        &self,
-        run_id: &str,
-    ) -> Result<ReceiverStream<Result<pb::RunEvent, Status>>, Status> {
+    pub async fn watch(&self, run_id: &str) -> Result<ReceiverStream<pb::RunEvent>, RunsError> {
         if let Some(run) = self.active(run_id) {
             let (tx, rx) = mpsc::channel(256);
             let (history, mut live) = {
@@ -437,7 +439,7 @@ impl Runs {
             tokio::spawn(async move {
                 for event in history {
                     let end = matches!(event.event, Some(Event::RunEnded(_)));
-                    if tx.send(Ok(event)).await.is_err() || end {
+                    if tx.send(event).await.is_err() || end {
                         return;
                     }
                 }
@@ -445,7 +447,7 @@ impl Runs {
                     match live.recv().await {
                         Ok(event) => {
                             let end = matches!(event.event, Some(Event::RunEnded(_)));
-                            if tx.send(Ok(event)).await.is_err() || end {
+                            if tx.send(event).await.is_err() || end {
                                 return;
                             }
                         }
@@ -457,7 +459,7 @@ impl Runs {
             return Ok(ReceiverStream::new(rx));
         }
         let info = self.get(run_id).await?;
-        let mut tables = self.store.tables(run_id).await.map_err(etcd_unavailable)?;
+        let mut tables = self.store.tables(run_id).await.map_err(RunsError::Store)?;
         tables.sort_by_key(|t| t.started_ms);
         let (tx, rx) = mpsc::channel(tables.len() + 1);
         let events = tables
@@ -465,7 +467,7 @@ impl Runs {
             .map(|t| Event::TableFinishedJson(serde_json::to_string(&t).unwrap_or_default()))
             .chain([Event::RunEnded(info)]);
         for event in events {
-            let _ = tx.try_send(Ok(pb::RunEvent { event: Some(event) }));
+            let _ = tx.try_send(pb::RunEvent { event: Some(event) });
         }
         Ok(ReceiverStream::new(rx))
     }
@@ -512,3 +514,6 @@ fn merge_earlier(mut report: RunReport, earlier: Vec<TableReport>) -> RunReport 
     }
     report
 }
+
+#[cfg(test)]
+mod tests;

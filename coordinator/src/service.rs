@@ -10,13 +10,13 @@ use std::task::{Context, Poll};
 
 use etcd_client::Client;
 use futures::future::BoxFuture;
+use futures::stream::{BoxStream, StreamExt};
 use medallion_cluster::Keys;
 use medallion_proto::coordinator_server::Coordinator as CoordinatorRpc;
 use medallion_proto::{
     ExecutorStatus, GetRunRequest, ListExecutorsRequest, ListExecutorsResponse, ListRunsRequest,
     ListRunsResponse, RunInfo, SubmitRequest,
 };
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::{Channel, Endpoint};
@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 use tower::{Service, ServiceExt};
 
 use crate::membership::Members;
-use crate::runs::Runs;
+use crate::runs::{Runs, RunsError};
 
 /// Response metadata naming the leader's address in a standby's UNAVAILABLE answer.
 pub const LEADER_HEADER: &str = "x-medallion-leader";
@@ -188,6 +188,19 @@ where
     }
 }
 
+/// The one place run errors become gRPC codes (see the `Coordinator` service in the .proto).
+impl From<RunsError> for Status {
+    fn from(e: RunsError) -> Self {
+        let message = e.to_string();
+        match e {
+            RunsError::InvalidSpec(_) => Status::invalid_argument(message),
+            RunsError::NotFound(_) => Status::not_found(message),
+            RunsError::Ended { .. } => Status::failed_precondition(message),
+            RunsError::Store(_) => Status::unavailable(message),
+        }
+    }
+}
+
 pub struct CoordinatorService {
     pub role: Arc<Role>,
     pub runs: Arc<Runs>,
@@ -221,16 +234,15 @@ impl CoordinatorRpc for CoordinatorService {
         Ok(Response::new(ListRunsResponse { runs }))
     }
 
-    type WatchRunStream = ReceiverStream<Result<medallion_proto::RunEvent, Status>>;
+    type WatchRunStream = BoxStream<'static, Result<medallion_proto::RunEvent, Status>>;
 
     async fn watch_run(
         &self,
         request: Request<GetRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         self.role.lead().await?;
-        Ok(Response::new(
-            self.runs.watch(&request.into_inner().run_id).await?,
-        ))
+        let events = self.runs.watch(&request.into_inner().run_id).await?;
+        Ok(Response::new(events.map(Ok).boxed()))
     }
 
     async fn cancel_run(
