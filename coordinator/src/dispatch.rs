@@ -106,3 +106,157 @@ async fn discard_dispatch(task: &Task, storage_options: &StorageOptions) {
         tracing::warn!(task_id = task.task_id, dir = task.dispatch_dir, error = %e, "could not delete the files of a failed task");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use medallion_proto::{Failure, Task, TaskError};
+
+    use super::{MAX_LOST, RetryPolicy, run_with_retries};
+    use crate::testing::{FakeRunner, empty_result};
+
+    fn policy(max_attempts: u32, timeout: Duration) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            delay: Duration::from_millis(1),
+            timeout,
+        }
+    }
+
+    fn task(dir: &std::path::Path) -> Task {
+        Task {
+            run_id: "r".into(),
+            task_id: "silver.t#3".into(),
+            output_uri: dir.display().to_string(),
+            ..Default::default()
+        }
+    }
+
+    async fn run(runner: &FakeRunner, policy: RetryPolicy) -> (Result<(), TaskError>, u32, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let retried = std::sync::Mutex::new(0);
+        let (result, attempts) = run_with_retries(
+            runner,
+            task(dir.path()),
+            policy,
+            &Default::default(),
+            |_, _| *retried.lock().unwrap() += 1,
+        )
+        .await;
+        let retried = *retried.lock().unwrap();
+        (result.map(|_| ()), attempts, retried)
+    }
+
+    #[test]
+    fn retry_delays_double_and_stop_at_a_minute() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+        };
+        let secs: Vec<u64> = (1..=6).map(|a| p.backoff(a).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(p.backoff(1000).as_secs(), 60);
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_retried_and_counted() {
+        let runner = FakeRunner::answering(|t, n| match n {
+            1 | 2 => Err(TaskError::transient("connection reset")),
+            _ => Ok(empty_result(t)),
+        });
+        let (result, attempts, retried) = run(&runner, policy(3, Duration::from_secs(60))).await;
+        assert!(result.is_ok());
+        assert_eq!((attempts, retried), (3, 2));
+        let seen: Vec<u32> = runner.calls().iter().map(|t| t.attempt).collect();
+        assert_eq!(seen, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn attempts_run_out() {
+        let runner = FakeRunner::answering(|_, _| Err(TaskError::transient("still down")));
+        let (result, attempts, _) = run(&runner, policy(3, Duration::from_secs(60))).await;
+        assert_eq!(result.unwrap_err().kind, Failure::Transient);
+        assert_eq!((attempts, runner.calls().len()), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_not_retried() {
+        let runner = FakeRunner::answering(|_, _| Err(TaskError::permanent("cannot cast 'x'")));
+        let (result, attempts, retried) = run(&runner, policy(5, Duration::from_secs(60))).await;
+        assert_eq!(result.unwrap_err().kind, Failure::Permanent);
+        assert_eq!((attempts, retried, runner.calls().len()), (1, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_lost_executor_does_not_use_up_an_attempt() {
+        let runner = FakeRunner::answering(|t, n| match n {
+            1 | 2 => Err(TaskError::lost("executor killed")),
+            _ => Ok(empty_result(t)),
+        });
+        let (result, attempts, retried) = run(&runner, policy(1, Duration::from_secs(60))).await;
+        assert!(result.is_ok());
+        assert_eq!((attempts, retried), (1, 2));
+        let seen: Vec<u32> = runner.calls().iter().map(|t| t.attempt).collect();
+        assert_eq!(seen, [1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_loses_every_executor_fails_in_the_end() {
+        let runner = FakeRunner::answering(|_, _| Err(TaskError::lost("executor killed")));
+        let (result, attempts, _) = run(&runner, policy(1, Duration::from_secs(60))).await;
+        assert_eq!(result.unwrap_err().kind, Failure::Lost);
+        assert_eq!((attempts, runner.calls().len()), (1, MAX_LOST as usize + 1));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_runs_out_of_time_fails_for_good() {
+        let runner = FakeRunner::gated();
+        let (result, attempts, _) = run(&runner, policy(3, Duration::from_millis(50))).await;
+        let e = result.unwrap_err();
+        assert_eq!((e.kind, attempts), (Failure::Permanent, 1));
+        assert!(e.message.contains("timeouts.task"), "{}", e.message);
+        assert_eq!(
+            runner.abandoned.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn each_dispatch_writes_its_own_directory_and_a_failed_ones_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().to_path_buf();
+        let runner = FakeRunner::answering(move |t, n| {
+            // What the dispatch wrote before it failed (or succeeded).
+            let written = out.join(&t.dispatch_dir);
+            std::fs::create_dir_all(&written).unwrap();
+            std::fs::write(written.join("part-0.parquet"), b"x").unwrap();
+            match n {
+                1 => Err(TaskError::transient("crashed after writing")),
+                _ => Ok(empty_result(t)),
+            }
+        });
+        let (result, _) = run_with_retries(
+            runner.as_ref(),
+            task(dir.path()),
+            policy(2, Duration::from_secs(60)),
+            &Default::default(),
+            |_, _| {},
+        )
+        .await;
+        assert!(result.is_ok());
+        let dirs: Vec<String> = runner
+            .calls()
+            .iter()
+            .map(|t| t.dispatch_dir.clone())
+            .collect();
+        assert_eq!(dirs.len(), 2);
+        assert_ne!(dirs[0], dirs[1]);
+        assert!(
+            !dir.path().join(&dirs[0]).exists(),
+            "the failed dispatch's files are deleted"
+        );
+        assert!(dir.path().join(&dirs[1]).join("part-0.parquet").exists());
+    }
+}

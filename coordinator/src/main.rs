@@ -78,7 +78,7 @@ async fn serve(args: Args) -> Result<()> {
     let etcd = args.etcd.connect().await?;
     let keys = args.etcd.keys();
 
-    let members = Arc::new(Members::default());
+    let members = Members::grpc();
     let ballista = match args.ballista_port {
         0 => None,
         port => Some(

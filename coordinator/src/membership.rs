@@ -1,8 +1,10 @@
-//! The live executors, as etcd knows them.
+//! The live executors and their free slots.
 //!
-//! Each executor keeps `<prefix>/executors/<id>` alive under its lease. The coordinator
-//! follows that prefix ([`medallion_cluster::etcd::follow`]). An executor whose key goes (lease expired or revoked)
-//! is gone at once: its running calls are abandoned and their tasks rescheduled.
+//! [`Members`] is the coordinator's view; what feeds it is separate: in a cluster,
+//! [`Members::follow`] tracks `<prefix>/executors/<id>`, which each executor keeps alive under
+//! its lease; unit tests call [`Members::join`] and [`Members::leave`]. An executor whose key
+//! goes (lease expired or revoked) is gone at once: its running calls are abandoned and their
+//! tasks rescheduled. How a member is called is an [`ExecutorLink`]: gRPC, or a fake.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,11 +12,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Result;
+use async_trait::async_trait;
 use etcd_client::{Client, KeyValue};
 use medallion_cluster::Keys;
 use medallion_cluster::etcd::Change;
-use medallion_proto::ExecutorInfo;
 use medallion_proto::executor_client::ExecutorClient;
+use medallion_proto::{ExecutorInfo, Task, TaskResult};
 use prost::Message;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -23,11 +26,46 @@ use tonic::transport::{Channel, Endpoint};
 /// Task results list every file written; far below this in practice.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// How the coordinator calls one executor (see the `Executor` service in the .proto for what
+/// its answers mean).
+#[async_trait]
+pub trait ExecutorLink: Send + Sync {
+    async fn run_task(&self, task: Task) -> Result<TaskResult, tonic::Status>;
+}
+
+/// Makes the link to a newly registered executor.
+pub type Connect = dyn Fn(&ExecutorInfo) -> Result<Arc<dyn ExecutorLink>> + Send + Sync;
+
+/// An executor reached over gRPC at its registered address.
+struct GrpcLink(ExecutorClient<Channel>);
+
+impl GrpcLink {
+    fn connect(info: &ExecutorInfo) -> Result<Arc<dyn ExecutorLink>> {
+        let channel = Endpoint::from_shared(info.address.clone())?
+            .connect_timeout(Duration::from_secs(3))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Arc::new(Self(
+            ExecutorClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )))
+    }
+}
+
+#[async_trait]
+impl ExecutorLink for GrpcLink {
+    async fn run_task(&self, task: Task) -> Result<TaskResult, tonic::Status> {
+        Ok(self.0.clone().run_task(task).await?.into_inner())
+    }
+}
+
 /// One registered executor and the coordinator's view of its slots.
-#[derive(Debug)]
 pub struct Member {
     pub info: ExecutorInfo,
-    pub(crate) client: ExecutorClient<Channel>,
+    pub(crate) link: Arc<dyn ExecutorLink>,
     slots: Arc<Semaphore>,
     /// Cancelled when the executor leaves the cluster.
     pub(crate) gone: CancellationToken,
@@ -35,22 +73,14 @@ pub struct Member {
 }
 
 impl Member {
-    fn new(info: ExecutorInfo) -> Result<Self> {
-        let channel = Endpoint::from_shared(info.address.clone())?
-            .connect_timeout(Duration::from_secs(3))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        Ok(Self {
-            client: ExecutorClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    fn new(info: ExecutorInfo, link: Arc<dyn ExecutorLink>) -> Self {
+        Self {
+            link,
             slots: Arc::new(Semaphore::new(info.slots.max(1) as usize)),
             gone: CancellationToken::new(),
             running: AtomicU32::new(0),
             info,
-        })
+        }
     }
 
     /// Tasks this coordinator runs on it now.
@@ -74,13 +104,29 @@ impl Drop for Slot {
 }
 
 /// The executors currently registered.
-#[derive(Debug, Default)]
 pub struct Members {
     map: RwLock<HashMap<String, Arc<Member>>>,
     changed: Notify,
+    connect: Box<Connect>,
 }
 
 impl Members {
+    /// Members called over gRPC.
+    pub fn grpc() -> Arc<Self> {
+        Self::with_links(GrpcLink::connect)
+    }
+
+    /// Members called through the links `connect` makes.
+    pub fn with_links(
+        connect: impl Fn(&ExecutorInfo) -> Result<Arc<dyn ExecutorLink>> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            map: RwLock::default(),
+            changed: Notify::new(),
+            connect: Box::new(connect),
+        })
+    }
+
     /// Sorted by id.
     pub fn list(&self) -> Vec<Arc<Member>> {
         let mut members: Vec<_> = self
@@ -130,7 +176,8 @@ impl Members {
         }
     }
 
-    fn upsert(&self, info: ExecutorInfo) {
+    /// An executor registered, or changed its registration (a restart at a new address).
+    pub fn join(&self, info: ExecutorInfo) {
         let mut map = self.map.write().expect("members");
         if let Some(old) = map.get(&info.id) {
             if old.info == info {
@@ -138,10 +185,10 @@ impl Members {
             }
             old.gone.cancel();
         }
-        match Member::new(info.clone()) {
-            Ok(member) => {
+        match (self.connect)(&info) {
+            Ok(link) => {
                 tracing::info!(executor = %info.id, address = %info.address, slots = info.slots, "executor joined");
-                map.insert(info.id.clone(), Arc::new(member));
+                map.insert(info.id.clone(), Arc::new(Member::new(info.clone(), link)));
                 crate::metrics::executors_alive(map.len());
             }
             Err(e) => {
@@ -152,7 +199,8 @@ impl Members {
         self.changed.notify_waiters();
     }
 
-    fn remove(&self, id: &str) {
+    /// An executor left the cluster: calls running on it are abandoned.
+    pub fn leave(&self, id: &str) {
         let mut map = self.map.write().expect("members");
         let removed = map.remove(id);
         crate::metrics::executors_alive(map.len());
@@ -182,19 +230,19 @@ impl Members {
                 let known: Vec<String> =
                     self.map.read().expect("members").keys().cloned().collect();
                 for id in known.iter().filter(|id| !registered.contains_key(*id)) {
-                    self.remove(id);
+                    self.leave(id);
                 }
                 for info in registered.into_values() {
-                    self.upsert(info);
+                    self.join(info);
                 }
             }
             Change::Put(kv) => match ExecutorInfo::decode(kv.value()) {
-                Ok(info) => self.upsert(info),
+                Ok(info) => self.join(info),
                 Err(e) => {
                     tracing::warn!(key = %id(kv), error = %e, "unreadable executor registration")
                 }
             },
-            Change::Deleted(kv) => self.remove(&id(kv)),
+            Change::Deleted(kv) => self.leave(&id(kv)),
         })
         .await
     }
