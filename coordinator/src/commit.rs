@@ -26,16 +26,16 @@ use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::TaskMetrics;
 
 use crate::planner::{
-    CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, spec_fingerprint,
+    CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, Target, spec_fingerprint,
 };
 use crate::quality;
 use crate::report::{CheckResult, Metrics};
 
-/// Data files written by a table's tasks, not yet part of the table.
+/// Data files written by a table's tasks (under its target's `staged_uri`), not yet part of
+/// the table.
 pub struct Staged {
     pub adds: Vec<Add>,
     pub schema: SchemaRef,
-    pub partition_columns: Vec<String>,
     /// Rows `quarantine` checks took out, for `<table>__quarantine`.
     pub quarantine: Option<Box<Staged>>,
 }
@@ -87,21 +87,22 @@ impl CommitContext<'_> {
     /// next run computes both again.
     pub async fn commit(
         &self,
-        table: &TableRef,
+        target: &Target,
         plan: &CommitPlan,
         staged: Staged,
         checks: &[CheckSpec],
         screened: &TaskMetrics,
     ) -> Result<Committed, Rejected> {
         let committed = self
-            .commit_table(table, plan, &staged, checks, screened)
+            .commit_table(target, plan, &staged, checks, screened)
             .await;
         let Some(quarantine) = staged.quarantine else {
             return committed;
         };
-        let quarantine_table = self
-            .pipeline
-            .quarantine_table(table)
+        let table = &target.table;
+        let quarantine_target = target
+            .quarantine
+            .as_deref()
             .ok_or_else(|| anyhow::anyhow!("{table} has no quarantine check"))?;
         let append = CommitPlan::Append {
             files: Vec::new(),
@@ -110,15 +111,15 @@ impl CommitContext<'_> {
         let commit_id = match &committed {
             Ok(done) => quarantine_commit_id(&done.commit_id),
             Err(_) => {
-                self.discard(&quarantine_table, &append, &quarantine).await;
+                self.discard(quarantine_target, &quarantine).await;
                 return committed;
             }
         };
-        let uri = self.pipeline.table_uri(&quarantine_table);
         let quarantined = async {
-            let Some(t) = medallion_lake::open_table(&uri, self.storage_options).await? else {
+            let opened = medallion_lake::open_table(&quarantine_target.uri, self.storage_options);
+            let Some(t) = opened.await? else {
                 return self
-                    .create(&quarantine_table, &uri, &append, &commit_id, &quarantine)
+                    .create(quarantine_target, &append, &commit_id, &quarantine)
                     .await;
             };
             let plan = match schema_drift(
@@ -129,13 +130,13 @@ impl CommitContext<'_> {
                 // The table's columns changed: the quarantine table takes them too, in a
                 // new version; rows quarantined before stay readable at the versions before.
                 Some(drift) => {
-                    tracing::warn!(table = %quarantine_table, %drift, "the quarantine table's columns change; earlier rows stay in its earlier versions");
+                    tracing::warn!(table = %quarantine_target.table, %drift, "the quarantine table's columns change; earlier rows stay in its earlier versions");
                     CommitPlan::Overwrite {
                         inputs: Default::default(),
                     }
                 }
             };
-            self.write(&quarantine_table, t, &plan, &commit_id, &quarantine)
+            self.write(quarantine_target, t, &plan, &commit_id, &quarantine)
                 .await
         };
         quarantined.await.with_context(|| {
@@ -146,7 +147,7 @@ impl CommitContext<'_> {
 
     async fn commit_table(
         &self,
-        table: &TableRef,
+        target: &Target,
         plan: &CommitPlan,
         staged: &Staged,
         checks: &[CheckSpec],
@@ -162,28 +163,27 @@ impl CommitContext<'_> {
                 commit_id: String::new(),
             });
         }
-        let uri = self.pipeline.table_uri(table);
+        let (table, uri) = (&target.table, &target.uri);
         let existing = match plan {
             // Bronze commits on the version its ledger was read at (see `CommitPlan::Append`).
             CommitPlan::Append {
                 ledger_version: Some(v),
                 ..
-            } => Some(medallion_lake::open_version(&uri, self.storage_options, *v).await?),
+            } => Some(medallion_lake::open_version(uri, self.storage_options, *v).await?),
             CommitPlan::Append {
                 ledger_version: None,
                 ..
             } => None,
-            _ => medallion_lake::open_table(&uri, self.storage_options).await?,
+            _ => medallion_lake::open_table(uri, self.storage_options).await?,
         };
         let base_version = existing.as_ref().and_then(DeltaTable::version);
         let commit_id = uuid::Uuid::new_v4().simple().to_string();
-        let staged_uri = self.staged_uri(table, plan);
         let (screening, judged): (Vec<_>, Vec<_>) = checks
             .iter()
             .cloned()
             .partition(|c| c.action().screens_rows());
         let results = match self
-            .check(&staged_uri, staged, plan, existing.as_ref(), &judged)
+            .check(target, staged, plan, existing.as_ref(), &judged)
             .await
         {
             Ok(mut r) => {
@@ -191,7 +191,7 @@ impl CommitContext<'_> {
                 r
             }
             Err(e) => {
-                self.discard(table, plan, staged).await;
+                self.discard(target, staged).await;
                 return Err(Rejected::Error(e));
             }
         };
@@ -199,25 +199,25 @@ impl CommitContext<'_> {
             .iter()
             .any(|r| !r.passed && r.action == spec::Action::Fail)
         {
-            self.discard(table, plan, staged).await;
+            self.discard(target, staged).await;
             return Err(Rejected::Checks(results));
         }
         let outcome = match (plan, existing) {
             (CommitPlan::Merge { .. }, Some(t)) => {
-                let r = self.merge(table, t, plan, &commit_id, staged).await;
+                let r = self.merge(target, t, plan, &commit_id, staged).await;
                 // The merge wrote its own files into the table; the staged ones are done.
-                self.discard(table, plan, staged).await;
+                self.discard(target, staged).await;
                 r
             }
             (CommitPlan::Merge { .. }, None) => Err(anyhow::anyhow!(
                 "{table} disappeared while the run merged into it"
             )),
             (_, None) => self
-                .create(table, &uri, plan, &commit_id, staged)
+                .create(target, plan, &commit_id, staged)
                 .await
                 .map(|v| (Some(v), None)),
             (_, Some(t)) => self
-                .write(table, t, plan, &commit_id, staged)
+                .write(target, t, plan, &commit_id, staged)
                 .await
                 .map(|v| (Some(v), None)),
         };
@@ -234,7 +234,7 @@ impl CommitContext<'_> {
         };
         // A failed commit may still have landed (an error after the log write), and another
         // writer may have committed in between: the log says which.
-        match find_commit(&uri, self.storage_options, base_version, &commit_id).await {
+        match find_commit(uri, self.storage_options, base_version, &commit_id).await {
             Ok(Some(Landed::Ours(version))) => Ok(Committed {
                 version: Some(version),
                 checks: results,
@@ -243,7 +243,7 @@ impl CommitContext<'_> {
             }),
             Ok(Some(Landed::Others)) => {
                 if !matches!(plan, CommitPlan::Merge { .. }) {
-                    self.discard(table, plan, staged).await;
+                    self.discard(target, staged).await;
                 }
                 Err(Rejected::Conflict(error))
             }
@@ -273,7 +273,7 @@ impl CommitContext<'_> {
     /// The table as it will be after the commit, checked.
     async fn check(
         &self,
-        staged_uri: &str,
+        target: &Target,
         staged: &Staged,
         plan: &CommitPlan,
         existing: Option<&DeltaTable>,
@@ -284,7 +284,7 @@ impl CommitContext<'_> {
         }
         let ctx = SessionContext::new();
         self.register_references(&ctx, checks).await?;
-        let new_rows = self.staged_rows(&ctx, staged_uri, staged)?;
+        let new_rows = self.staged_rows(&ctx, target, staged)?;
         let next = match (plan, existing) {
             (CommitPlan::Merge { keys, .. }, Some(t)) => {
                 // Rows whose key is not in the new data stay; the rest are replaced.
@@ -312,11 +312,16 @@ impl CommitContext<'_> {
         quality::run_checks(&ctx, next, checks).await
     }
 
-    fn staged_rows(&self, ctx: &SessionContext, uri: &str, staged: &Staged) -> Result<DataFrame> {
+    fn staged_rows(
+        &self,
+        ctx: &SessionContext,
+        target: &Target,
+        staged: &Staged,
+    ) -> Result<DataFrame> {
         let files = StagedFiles::new(
-            uri,
+            &target.staged_uri,
             &staged.schema,
-            &staged.partition_columns,
+            &target.partition_columns,
             staged.adds.clone(),
         )?;
         files.register_store(ctx, self.storage_options)?;
@@ -361,19 +366,19 @@ impl CommitContext<'_> {
     /// Creates the table with the staged files as its first version.
     async fn create(
         &self,
-        table: &TableRef,
-        uri: &str,
+        target: &Target,
         plan: &CommitPlan,
         commit_id: &str,
         staged: &Staged,
     ) -> Result<u64> {
+        let table = &target.table;
         let schema = medallion_lake::delta_struct(&staged.schema)?;
         let created = CreateBuilder::new()
-            .with_location(medallion_lake::table_url(uri)?.to_string())
+            .with_location(medallion_lake::table_url(&target.uri)?.to_string())
             .with_storage_options(self.storage_options.clone())
             .with_table_name(&table.name)
             .with_columns(schema.fields().cloned())
-            .with_partition_columns(staged.partition_columns.clone())
+            .with_partition_columns(target.partition_columns.clone())
             .with_actions(staged.adds.iter().cloned().map(Action::Add))
             // Not retried on top of a table another writer created meanwhile: that would add
             // these rows to theirs. The conflict makes the run plan the table again.
@@ -389,12 +394,13 @@ impl CommitContext<'_> {
     /// Appends or overwrites with the staged files in one commit.
     async fn write(
         &self,
-        table: &TableRef,
+        target: &Target,
         t: DeltaTable,
         plan: &CommitPlan,
         commit_id: &str,
         staged: &Staged,
     ) -> Result<u64> {
+        let table = &target.table;
         let app_version = next_app_version(&t, table).await?;
         let snapshot = t.snapshot()?;
         let mut actions: Vec<Action> = Vec::new();
@@ -429,8 +435,8 @@ impl CommitContext<'_> {
         actions.extend(staged.adds.iter().cloned().map(Action::Add));
         let operation = DeltaOperation::Write {
             mode,
-            partition_by: (!staged.partition_columns.is_empty())
-                .then(|| staged.partition_columns.clone()),
+            partition_by: (!target.partition_columns.is_empty())
+                .then(|| target.partition_columns.clone()),
             predicate: None,
         };
         let done =
@@ -445,22 +451,20 @@ impl CommitContext<'_> {
     /// Upserts the staged rows into the table on `keys` with one Delta MERGE.
     async fn merge(
         &self,
-        table: &TableRef,
+        target: &Target,
         t: DeltaTable,
         plan: &CommitPlan,
         commit_id: &str,
         staged: &Staged,
     ) -> Result<(Option<u64>, Option<Metrics>)> {
-        let CommitPlan::Merge {
-            keys, staging_uri, ..
-        } = plan
-        else {
+        let table = &target.table;
+        let CommitPlan::Merge { keys, .. } = plan else {
             bail!("{table}: merging needs a merge plan");
         };
         let app_version = next_app_version(&t, table).await?;
         let before = t.version();
         let ctx = SessionContext::new();
-        let source = self.staged_rows(&ctx, staging_uri, staged)?;
+        let source = self.staged_rows(&ctx, target, staged)?;
         let qualified =
             |alias: &str, name: &str| col(Column::new(Some(TableReference::bare(alias)), name));
         let predicate = keys
@@ -518,18 +522,10 @@ impl CommitContext<'_> {
         Ok((version, Some(metrics)))
     }
 
-    /// Where the staged files of `table` are.
-    fn staged_uri(&self, table: &TableRef, plan: &CommitPlan) -> String {
-        match plan {
-            CommitPlan::Merge { staging_uri, .. } => staging_uri.clone(),
-            _ => self.pipeline.table_uri(table),
-        }
-    }
-
     /// Deletes staged files that will not be committed (best effort: they are invisible to
     /// readers either way, and `VACUUM` would remove them too).
-    pub async fn discard(&self, table: &TableRef, plan: &CommitPlan, staged: &Staged) {
-        let uri = &self.staged_uri(table, plan);
+    pub async fn discard(&self, target: &Target, staged: &Staged) {
+        let uri = &target.staged_uri;
         let result: Result<()> = async {
             let handle = medallion_lake::table_handle(uri, self.storage_options)?;
             let store = handle.log_store().object_store(None);
@@ -538,7 +534,7 @@ impl CommitContext<'_> {
                 store.delete(&path).await.or_else(ignore_missing)?;
             }
             // A local staging directory is the run's own; remove what the files leave behind.
-            if matches!(plan, CommitPlan::Merge { .. }) && !uri.contains("://") {
+            if target.is_staged_apart() && !uri.contains("://") {
                 let _ = std::fs::remove_dir_all(uri);
             }
             Ok(())

@@ -46,9 +46,39 @@ pub enum CommitPlan {
     /// Upsert the staged files into the table on `keys`.
     Merge {
         keys: Vec<String>,
-        staging_uri: String,
         inputs: BTreeMap<String, u64>,
     },
+}
+
+/// Where a table's output goes: decided here, used as is by the tasks and the commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub table: TableRef,
+    /// The Delta table's location.
+    pub uri: String,
+    /// Where the tasks write their files: the table's location, or a staging directory of
+    /// the run's own when the commit merges them into the table.
+    pub staged_uri: String,
+    pub partition_columns: Vec<String>,
+    /// `<table>__quarantine`, when a check of the table quarantines rows.
+    pub quarantine: Option<Box<Target>>,
+}
+
+impl Target {
+    /// Whether the tasks write into a staging directory rather than the table.
+    pub fn is_staged_apart(&self) -> bool {
+        self.staged_uri != self.uri
+    }
+}
+
+/// Where a gold table's query ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// In the task's executor.
+    Local,
+    /// On the Ballista scheduler, across the executors.
+    Ballista,
 }
 
 /// A table's work in one run.
@@ -56,17 +86,17 @@ pub enum CommitPlan {
 pub struct StagePlan {
     pub tasks: Vec<Task>,
     pub commit: CommitPlan,
-    pub partition_columns: Vec<String>,
-    /// Where a gold query runs: `local` or `ballista`.
-    pub engine: Option<&'static str>,
+    pub target: Target,
+    /// Where a gold query runs.
+    pub engine: Option<Engine>,
 }
 
 impl StagePlan {
-    fn nothing_to_do(commit: CommitPlan) -> Self {
+    fn nothing_to_do(commit: CommitPlan, target: Target) -> Self {
         Self {
             tasks: Vec::new(),
             commit,
-            partition_columns: Vec::new(),
+            target,
             engine: None,
         }
     }
@@ -112,19 +142,46 @@ pub fn spec_fingerprint(pipeline: &Pipeline) -> String {
 }
 
 impl RunContext<'_> {
-    fn task(&self, table: &TableRef, n: usize, output_uri: String, work: Work) -> Task {
+    /// The target of `table` when its tasks write into `staged_uri` (`None`: the table).
+    fn target(&self, table: &TableRef, staged_uri: Option<String>) -> Target {
+        let uri = self.pipeline.table_uri(table);
+        let quarantine = self.pipeline.quarantine_table(table).map(|q| {
+            let uri = self.pipeline.table_uri(&q);
+            Box::new(Target {
+                table: q,
+                staged_uri: uri.clone(),
+                uri,
+                partition_columns: Vec::new(),
+                quarantine: None,
+            })
+        });
+        let partition_columns = match table.layer {
+            Layer::Bronze => meta::bronze_partition_columns(),
+            _ => Vec::new(),
+        };
+        Target {
+            table: table.clone(),
+            staged_uri: staged_uri.unwrap_or_else(|| uri.clone()),
+            uri,
+            partition_columns,
+            quarantine,
+        }
+    }
+
+    fn task(&self, target: &Target, n: usize, work: Work) -> Task {
         Task {
             run_id: self.run_id.to_string(),
-            task_id: format!("{table}#{n}"),
+            task_id: format!("{}#{n}", target.table),
             attempt: 1,
             pipeline: Some(pipeline_spec(self.pipeline)),
-            table: table.to_string(),
-            output_uri,
-            quarantine_uri: self
-                .pipeline
-                .quarantine_table(table)
-                .map(|q| self.pipeline.table_uri(&q))
+            table: target.table.to_string(),
+            output_uri: target.staged_uri.clone(),
+            quarantine_uri: target
+                .quarantine
+                .as_ref()
+                .map(|q| q.staged_uri.clone())
                 .unwrap_or_default(),
+            partition_columns: target.partition_columns.clone(),
             // Set for each dispatch by `dispatch::run_with_retries`.
             dispatch_dir: String::new(),
             work: Some(work),
@@ -150,8 +207,8 @@ impl RunContext<'_> {
             .source(&spec.source.value)
             .context("no such source")?;
         let listed = list_source_files(self.pipeline, source)?;
-        let uri = self.pipeline.table_uri(table);
-        let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
+        let target = self.target(table, None);
+        let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
         let ingested: BTreeSet<String> = match &existing {
             Some(t) => ingested_files(t)
                 .await?
@@ -166,12 +223,12 @@ impl RunContext<'_> {
             .into_iter()
             .filter(|f| !ingested.contains(&f.id))
             .collect();
-        let partition_columns = meta::bronze_partition_columns();
         if new_files.is_empty() {
-            return Ok(StagePlan::nothing_to_do(CommitPlan::Append {
+            let commit = CommitPlan::Append {
                 files: Vec::new(),
                 ledger_version,
-            }));
+            };
+            return Ok(StagePlan::nothing_to_do(commit, target));
         }
         let data = match &existing {
             Some(t) => existing_data_columns(t)?,
@@ -193,7 +250,7 @@ impl RunContext<'_> {
                     ingested_at_micros: self.ingested_at_micros,
                     data_schema_json: data_schema_json.clone(),
                 });
-                self.task(table, n, uri.clone(), work)
+                self.task(&target, n, work)
             })
             .collect();
         Ok(StagePlan {
@@ -202,7 +259,7 @@ impl RunContext<'_> {
                 files: new_files.into_iter().map(|f| f.id).collect(),
                 ledger_version,
             },
-            partition_columns,
+            target,
             engine: None,
         })
     }
@@ -262,22 +319,19 @@ impl RunContext<'_> {
             .computed_from(table, existing.as_ref(), &inputs)
             .await?
         {
-            return Ok(StagePlan::nothing_to_do(CommitPlan::Overwrite { inputs }));
+            let commit = CommitPlan::Overwrite { inputs };
+            return Ok(StagePlan::nothing_to_do(commit, self.target(table, None)));
         }
         let exists = existing.is_some();
         // Merging into a table that does not exist yet is writing it.
-        let (output_uri, commit) = match spec.mode {
+        let (target, commit) = match spec.mode {
             WriteMode::Merge if exists => {
                 let staging_uri = self.pipeline.staging_uri(self.run_id, table);
                 let keys = spec.keys.iter().map(|k| k.value.clone()).collect();
-                let commit = CommitPlan::Merge {
-                    keys,
-                    staging_uri: staging_uri.clone(),
-                    inputs,
-                };
-                (staging_uri, commit)
+                let commit = CommitPlan::Merge { keys, inputs };
+                (self.target(table, Some(staging_uri)), commit)
             }
-            _ => (uri, CommitPlan::Overwrite { inputs }),
+            _ => (self.target(table, None), CommitPlan::Overwrite { inputs }),
         };
         // Rows are partitioned by key hash; without a key the table is one partition.
         let partitions = if spec.keys.is_empty() {
@@ -292,13 +346,13 @@ impl RunContext<'_> {
                     partitions,
                     input_version,
                 });
-                self.task(table, p as usize, output_uri.clone(), work)
+                self.task(&target, p as usize, work)
             })
             .collect();
         Ok(StagePlan {
             tasks,
             commit,
-            partition_columns: Vec::new(),
+            target,
             engine: None,
         })
     }
@@ -308,28 +362,31 @@ impl RunContext<'_> {
         for input in self.pipeline.dag.deps(table) {
             inputs.insert(input.to_string(), self.version_of(input).await?);
         }
-        let uri = self.pipeline.table_uri(table);
-        let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
+        let target = self.target(table, None);
+        let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
         if self
             .computed_from(table, existing.as_ref(), &inputs)
             .await?
         {
-            return Ok(StagePlan::nothing_to_do(CommitPlan::Overwrite { inputs }));
+            return Ok(StagePlan::nothing_to_do(
+                CommitPlan::Overwrite { inputs },
+                target,
+            ));
         }
         let scheduler = self.ballista_for(table, &inputs).await?;
         let engine = if scheduler.is_some() {
-            "ballista"
+            Engine::Ballista
         } else {
-            "local"
+            Engine::Local
         };
         let work = Work::Aggregate(AggregateWork {
             input_versions: inputs.clone().into_iter().collect(),
             ballista_scheduler: scheduler.unwrap_or_default(),
         });
         Ok(StagePlan {
-            tasks: vec![self.task(table, 0, uri, work)],
+            tasks: vec![self.task(&target, 0, work)],
             commit: CommitPlan::Overwrite { inputs },
-            partition_columns: Vec::new(),
+            target,
             engine: Some(engine),
         })
     }
@@ -455,3 +512,6 @@ pub fn pipeline_spec(pipeline: &Pipeline) -> medallion_proto::PipelineSpec {
         name: pipeline.name().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

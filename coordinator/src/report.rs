@@ -3,6 +3,8 @@
 use medallion_pipeline::TableRef;
 use medallion_pipeline::spec::{Action, CheckKind, Severity};
 use medallion_proto::TaskMetrics;
+
+pub use crate::planner::Engine;
 use serde::{Deserialize, Serialize};
 
 /// The outcome of one pipeline run.
@@ -39,9 +41,9 @@ pub struct TableReport {
     #[serde(flatten)]
     pub status: TableStatus,
     pub tasks: usize,
-    /// Where a gold query ran: `local` or `ballista`.
+    /// Where a gold query ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub engine: Option<String>,
+    pub engine: Option<Engine>,
     /// Task attempts beyond the first.
     pub retries: usize,
     pub metrics: Metrics,

@@ -307,7 +307,7 @@ impl<'a> Coordinator<'a> {
     ) -> Result<TableStatus, Rejected> {
         let plan = run.plan(table).await?;
         report.tasks = plan.tasks.len();
-        report.engine = plan.engine.map(str::to_string);
+        report.engine = plan.engine;
         self.observer.on_event(RunEvent::TablePlanned {
             table: table.clone(),
             tasks: plan.tasks.len(),
@@ -331,12 +331,12 @@ impl<'a> Coordinator<'a> {
         };
         if let Some(e) = first_error {
             // Files of the tasks that did succeed are never committed.
-            if let Ok(staged) = staged_output(&results, plan.partition_columns) {
-                commits.discard(table, &plan.commit, &staged).await;
+            if let Ok(staged) = staged_output(&results) {
+                commits.discard(&plan.target, &staged).await;
             }
             return Err(anyhow::anyhow!("{e}").into());
         }
-        let staged = staged_output(&results, plan.partition_columns)?;
+        let staged = staged_output(&results)?;
         let checks = run.pipeline.checks(table);
         let Committed {
             version,
@@ -344,7 +344,7 @@ impl<'a> Coordinator<'a> {
             merge,
             ..
         } = commits
-            .commit(table, &plan.commit, staged, checks, &metrics)
+            .commit(&plan.target, &plan.commit, staged, checks, &metrics)
             .await?;
         report.checks = checks;
         if let Some(m) = merge {
@@ -409,12 +409,11 @@ fn preflight(pipeline: &Pipeline, order: &[TableRef]) -> HashMap<TableRef, Table
 }
 
 /// Gathers the files of all tasks of a table; they must agree on the schema.
-fn staged_output(results: &[TaskResult], partition_columns: Vec<String>) -> anyhow::Result<Staged> {
+fn staged_output(results: &[TaskResult]) -> anyhow::Result<Staged> {
     let main = staged_files(
         results
             .iter()
             .map(|r| (&r.add_actions_json, &r.schema_json)),
-        partition_columns,
     )?
     .ok_or_else(|| anyhow::anyhow!("no task produced a result"))?;
     let quarantine = staged_files(
@@ -422,7 +421,6 @@ fn staged_output(results: &[TaskResult], partition_columns: Vec<String>) -> anyh
             .iter()
             .filter(|r| !r.quarantine_schema_json.is_empty())
             .map(|r| (&r.quarantine_add_actions_json, &r.quarantine_schema_json)),
-        Vec::new(),
     )?;
     Ok(Staged {
         quarantine: quarantine.filter(|q| !q.adds.is_empty()).map(Box::new),
@@ -433,7 +431,6 @@ fn staged_output(results: &[TaskResult], partition_columns: Vec<String>) -> anyh
 /// The files of one table the tasks wrote, if any task said what it wrote.
 fn staged_files<'a>(
     outputs: impl Iterator<Item = (&'a Vec<String>, &'a String)>,
-    partition_columns: Vec<String>,
 ) -> anyhow::Result<Option<Staged>> {
     let mut adds = Vec::new();
     let mut schemas = BTreeSet::new();
@@ -453,7 +450,6 @@ fn staged_files<'a>(
     Ok(Some(Staged {
         adds,
         schema,
-        partition_columns,
         quarantine: None,
     }))
 }

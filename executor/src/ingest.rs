@@ -64,7 +64,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
         &ctx.dispatch_dir,
         &ctx.storage_options,
         schema.clone(),
-        &meta::bronze_partition_columns(),
+        &ctx.partition_columns,
         Box::pin(batches),
     )
     .await;

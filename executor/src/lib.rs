@@ -54,6 +54,8 @@ pub(crate) struct TaskContext {
     pub dispatch_dir: String,
     /// Where quarantined rows go (`<table>__quarantine`), if any check quarantines.
     pub quarantine_uri: String,
+    /// Columns the planner partitions the table's files by.
+    pub partition_columns: Vec<String>,
     pub run_id: String,
     pub storage_options: HashMap<String, String>,
 }
@@ -168,6 +170,7 @@ impl Executor {
             output_uri: task.output_uri,
             dispatch_dir: task.dispatch_dir,
             quarantine_uri: task.quarantine_uri,
+            partition_columns: task.partition_columns,
             run_id: task.run_id,
         };
         Ok((ctx, task.task_id, task.work))

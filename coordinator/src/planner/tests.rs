@@ -1,0 +1,304 @@
+//! What the planner decides for each kind of table, on real Delta tables in a scratch lake:
+//! which files and versions are read, where the tasks write, and how the commit goes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::CommitProperties;
+use medallion_pipeline::{Layer, Pipeline, TableRef};
+use medallion_proto::task::Work;
+use tempfile::TempDir;
+
+use super::{
+    CommitPlan, Engine, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, RunContext, spec_fingerprint,
+};
+use crate::testing::pipeline;
+
+const SILVER: &str = "silver:\n  - name: orders\n    from: bronze.orders\n    keys: [id]\n    partitions: 3\n    mode: MODE\n    columns:\n      - { name: id, type: bigint }\n";
+const GOLD: &str = "gold:\n  - name: totals\n    sql: SELECT count(*) AS n FROM silver.orders\n";
+
+fn bronze() -> TableRef {
+    TableRef::new(Layer::Bronze, "orders")
+}
+
+fn silver() -> TableRef {
+    TableRef::new(Layer::Silver, "orders")
+}
+
+fn context(pipeline: &Pipeline) -> RunContext<'_> {
+    RunContext {
+        run_id: "r1",
+        pipeline,
+        storage_options: Default::default(),
+        ingested_at_micros: 1,
+        ballista: None,
+    }
+}
+
+/// Commits rows with these ids and `_source_file`s to `table`, with `info` in the commit.
+async fn commit_rows(
+    p: &Pipeline,
+    table: &TableRef,
+    files: &[&str],
+    info: Vec<(String, serde_json::Value)>,
+) -> u64 {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("_source_file", DataType::Utf8, true),
+    ]));
+    let ids: Vec<i64> = (0..files.len() as i64).collect();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(StringArray::from(files.to_vec())),
+        ],
+    )
+    .unwrap();
+    let uri = p.table_uri(table);
+    let handle = match medallion_lake::open_table(&uri, &Default::default())
+        .await
+        .unwrap()
+    {
+        Some(t) => t,
+        None => medallion_lake::table_handle(&uri, &Default::default()).unwrap(),
+    };
+    let written = handle
+        .write(vec![batch])
+        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_commit_properties(CommitProperties::default().with_metadata(info))
+        .await
+        .unwrap();
+    written.version().unwrap()
+}
+
+/// The commit info of a table computed from `inputs` with the pipeline's spec.
+fn computed_info(p: &Pipeline, inputs: &BTreeMap<String, u64>) -> Vec<(String, serde_json::Value)> {
+    vec![
+        (INFO_INPUTS.to_string(), serde_json::json!(inputs)),
+        (
+            INFO_SPEC.to_string(),
+            serde_json::json!(spec_fingerprint(p)),
+        ),
+    ]
+}
+
+fn scratch(more: &str) -> (TempDir, Pipeline) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), more);
+    (dir, p)
+}
+
+#[tokio::test]
+async fn a_new_bronze_table_appends_every_file_partitioned_by_ingestion_date() {
+    let (_dir, p) = scratch("");
+    let plan = context(&p).plan(&bronze()).await.unwrap();
+    match &plan.commit {
+        CommitPlan::Append {
+            files,
+            ledger_version,
+        } => {
+            assert_eq!(
+                (files.as_slice(), *ledger_version),
+                (["a.jsonl".to_string()].as_slice(), None)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(plan.target.partition_columns, ["_ingestion_date"]);
+    assert!(!plan.target.is_staged_apart());
+    let task = &plan.tasks[0];
+    assert_eq!(plan.tasks.len(), 1);
+    assert_eq!(
+        (task.output_uri.as_str(), task.table.as_str()),
+        (plan.target.uri.as_str(), "bronze.orders")
+    );
+    assert_eq!(task.partition_columns, plan.target.partition_columns);
+    let Some(Work::Ingest(work)) = &task.work else {
+        panic!("{task:?}")
+    };
+    assert_eq!(
+        (work.files[0].id.as_str(), work.ingested_at_micros),
+        ("a.jsonl", 1)
+    );
+    assert!(
+        work.data_schema_json.contains("\"id\""),
+        "{}",
+        work.data_schema_json
+    );
+}
+
+#[tokio::test]
+async fn bronze_reads_only_the_files_its_rows_do_not_hold_and_commits_on_that_version() {
+    let (dir, p) = scratch("");
+    let version = commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    let plan = context(&p).plan(&bronze()).await.unwrap();
+    assert!(plan.tasks.is_empty(), "a.jsonl is in the table already");
+
+    std::fs::write(dir.path().join("in/b.jsonl"), "{\"id\": 2}\n").unwrap();
+    let plan = context(&p).plan(&bronze()).await.unwrap();
+    match &plan.commit {
+        CommitPlan::Append {
+            files,
+            ledger_version,
+        } => {
+            assert_eq!(files, &["b.jsonl".to_string()]);
+            assert_eq!(*ledger_version, Some(version));
+        }
+        other => panic!("{other:?}"),
+    }
+    let Some(Work::Ingest(work)) = &plan.tasks[0].work else {
+        panic!()
+    };
+    assert_eq!(work.files.len(), 1);
+}
+
+#[tokio::test]
+async fn silver_overwrites_from_one_pinned_input_version_in_key_partitions() {
+    let (_dir, p) = scratch(&SILVER.replace("MODE", "overwrite"));
+    let version = commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    let plan = context(&p).plan(&silver()).await.unwrap();
+    let inputs = BTreeMap::from([("bronze.orders".to_string(), version)]);
+    assert!(matches!(&plan.commit, CommitPlan::Overwrite { inputs: i } if *i == inputs));
+    assert_eq!(plan.tasks.len(), 3);
+    for (n, task) in plan.tasks.iter().enumerate() {
+        let Some(Work::Transform(w)) = &task.work else {
+            panic!()
+        };
+        assert_eq!(
+            (w.partition, w.partitions, w.input_version),
+            (n as u32, 3, version)
+        );
+        assert_eq!(task.output_uri, plan.target.uri);
+        assert!(task.quarantine_uri.is_empty());
+    }
+    assert!(plan.target.partition_columns.is_empty());
+}
+
+#[tokio::test]
+async fn merging_into_a_table_that_does_not_exist_writes_it() {
+    let (_dir, p) = scratch(&SILVER.replace("MODE", "merge"));
+    commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    let plan = context(&p).plan(&silver()).await.unwrap();
+    assert!(
+        matches!(plan.commit, CommitPlan::Overwrite { .. }),
+        "{:?}",
+        plan.commit
+    );
+    assert!(!plan.target.is_staged_apart());
+}
+
+#[tokio::test]
+async fn merging_into_a_table_stages_the_files_apart_for_the_run() {
+    let (_dir, p) = scratch(&SILVER.replace("MODE", "merge"));
+    commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    commit_rows(&p, &silver(), &["x"], Vec::new()).await;
+    let plan = context(&p).plan(&silver()).await.unwrap();
+    match &plan.commit {
+        CommitPlan::Merge { keys, .. } => assert_eq!(keys, &["id".to_string()]),
+        other => panic!("{other:?}"),
+    }
+    assert!(plan.target.is_staged_apart());
+    assert!(
+        plan.target.staged_uri.contains("r1"),
+        "{}",
+        plan.target.staged_uri
+    );
+    assert!(
+        plan.tasks
+            .iter()
+            .all(|t| t.output_uri == plan.target.staged_uri)
+    );
+}
+
+#[tokio::test]
+async fn a_quarantine_check_gives_the_table_a_quarantine_target() {
+    let spec = SILVER.replace("MODE", "overwrite")
+        + "    checks:\n      - { name: small, check: expression, expr: \"id < 5\", severity: warning, action: quarantine }\n";
+    let (_dir, p) = scratch(&spec);
+    commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    let plan = context(&p).plan(&silver()).await.unwrap();
+    let q = plan
+        .target
+        .quarantine
+        .as_deref()
+        .expect("a quarantine target");
+    assert_eq!(q.table.to_string(), "silver.orders__quarantine");
+    assert!(plan.tasks.iter().all(|t| t.quarantine_uri == q.uri));
+}
+
+#[tokio::test]
+async fn a_table_computed_from_the_same_inputs_and_spec_is_up_to_date() {
+    let (_dir, p) = scratch(&SILVER.replace("MODE", "overwrite"));
+    let version = commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    let inputs = BTreeMap::from([("bronze.orders".to_string(), version)]);
+    commit_rows(&p, &silver(), &["x"], computed_info(&p, &inputs)).await;
+    let plan = context(&p).plan(&silver()).await.unwrap();
+    assert!(plan.tasks.is_empty());
+
+    // New input rows: computed again.
+    commit_rows(&p, &bronze(), &["b.jsonl"], Vec::new()).await;
+    assert_eq!(context(&p).plan(&silver()).await.unwrap().tasks.len(), 3);
+}
+
+#[tokio::test]
+async fn a_changed_spec_computes_the_table_again() {
+    let (dir, p) = scratch(&SILVER.replace("MODE", "overwrite"));
+    let version = commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    let inputs = BTreeMap::from([("bronze.orders".to_string(), version)]);
+    commit_rows(&p, &silver(), &["x"], computed_info(&p, &inputs)).await;
+    let changed = pipeline(
+        dir.path(),
+        &SILVER
+            .replace("MODE", "overwrite")
+            .replace("partitions: 3", "partitions: 4"),
+    );
+    assert_eq!(
+        context(&changed).plan(&silver()).await.unwrap().tasks.len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn a_table_whose_quarantined_rows_did_not_land_is_computed_again() {
+    let (_dir, p) = scratch(&SILVER.replace("MODE", "overwrite"));
+    let version = commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    let inputs = BTreeMap::from([("bronze.orders".to_string(), version)]);
+    let mut info = computed_info(&p, &inputs);
+    info.push((INFO_QUARANTINED.to_string(), serde_json::json!(true)));
+    commit_rows(&p, &silver(), &["x"], info).await;
+    assert_eq!(context(&p).plan(&silver()).await.unwrap().tasks.len(), 3);
+}
+
+#[tokio::test]
+async fn gold_runs_one_local_task_over_pinned_versions_of_what_it_reads() {
+    let (_dir, p) = scratch(&(SILVER.replace("MODE", "overwrite") + GOLD));
+    commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    commit_rows(&p, &silver(), &["x"], Vec::new()).await;
+    let version = commit_rows(&p, &silver(), &["y"], Vec::new()).await;
+    let plan = context(&p)
+        .plan(&TableRef::new(Layer::Gold, "totals"))
+        .await
+        .unwrap();
+    assert_eq!(plan.engine, Some(Engine::Local));
+    let inputs = BTreeMap::from([("silver.orders".to_string(), version)]);
+    assert!(matches!(&plan.commit, CommitPlan::Overwrite { inputs: i } if *i == inputs));
+    let Some(Work::Aggregate(work)) = &plan.tasks[0].work else {
+        panic!()
+    };
+    assert_eq!(work.input_versions.get("silver.orders"), Some(&version));
+    assert!(work.ballista_scheduler.is_empty());
+}
+
+#[tokio::test]
+async fn an_input_table_without_data_is_an_error_naming_it() {
+    let (_dir, p) = scratch(&SILVER.replace("MODE", "overwrite"));
+    let e = context(&p).plan(&silver()).await.unwrap_err();
+    assert!(
+        format!("{e:#}").contains("input table bronze.orders has no data yet"),
+        "{e:#}"
+    );
+}
