@@ -201,9 +201,9 @@ fn main() -> ExitCode {
                 Dataset::Tpch => generate_tpch(&dir, scale, files),
             },
             Command::Submit { spec, wait, output } => {
-                let pipeline = match load(&spec) {
+                let pipeline = match Pipeline::load(&spec) {
                     Ok(p) => p,
-                    Err(SpecError(e)) => {
+                    Err(e) => {
                         eprint!("{e}");
                         return Ok(ExitCode::from(BAD_INPUT));
                     }
@@ -237,9 +237,9 @@ fn main() -> ExitCode {
                 pipeline,
                 output,
             } => {
-                let pipeline = match load(&pipeline) {
+                let pipeline = match Pipeline::load(&pipeline) {
                     Ok(p) => p,
-                    Err(SpecError(e)) => {
+                    Err(e) => {
                         eprint!("{e}");
                         return Ok(ExitCode::from(BAD_INPUT));
                     }
@@ -287,15 +287,8 @@ fn print_batches(batches: &[RecordBatch], output: Output) -> Result<()> {
     Ok(())
 }
 
-/// A spec error, printed as the loader formats it (file:line:column, field).
-struct SpecError(String);
-
-fn load(spec: &Path) -> Result<Pipeline, SpecError> {
-    Pipeline::load(spec).map_err(|e| SpecError(e.to_string()))
-}
-
 fn validate(spec: &Path) -> Result<ExitCode> {
-    match load(spec) {
+    match Pipeline::load(spec) {
         Ok(p) => {
             println!(
                 "{}: pipeline '{}' is valid ({} sources, {} tables)",
@@ -307,7 +300,7 @@ fn validate(spec: &Path) -> Result<ExitCode> {
             print!("{}", summary::render_dag(&p));
             Ok(ExitCode::SUCCESS)
         }
-        Err(SpecError(e)) => {
+        Err(e) => {
             eprint!("{e}");
             Ok(ExitCode::from(BAD_INPUT))
         }
@@ -321,9 +314,9 @@ async fn run_embedded(
     output: Output,
     wait: bool,
 ) -> Result<ExitCode> {
-    let pipeline = match load(spec) {
+    let pipeline = match Pipeline::load(spec) {
         Ok(p) => p,
-        Err(SpecError(e)) => {
+        Err(e) => {
             eprint!("{e}");
             return Ok(ExitCode::from(BAD_INPUT));
         }

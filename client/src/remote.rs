@@ -172,14 +172,9 @@ impl Remote {
 
 /// The run's state as a word.
 pub fn state_name(info: &RunInfo) -> &'static str {
-    match RunState::try_from(info.state).unwrap_or(RunState::Unspecified) {
-        RunState::Unspecified => "unknown",
-        RunState::Queued => "queued",
-        RunState::Running => "running",
-        RunState::Succeeded => "succeeded",
-        RunState::Failed => "failed",
-        RunState::Cancelled => "cancelled",
-    }
+    RunState::try_from(info.state)
+        .unwrap_or(RunState::Unspecified)
+        .name()
 }
 
 /// The full report of an ended run.

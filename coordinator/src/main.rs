@@ -160,7 +160,7 @@ async fn serve(args: Args) -> Result<()> {
     tracing::info!(address = %advertise, lease = lease.id(), "elected leader");
     if let Some(ballista) = &ballista {
         // The executors' Ballista executors find the scheduler here.
-        let address = ballista.scheduler.trim_start_matches("df://").to_string();
+        let address = ballista.scheduler.clone();
         let options = etcd_client::PutOptions::new().with_lease(lease.id());
         etcd.clone()
             .put(keys.ballista(), address, Some(options))
@@ -236,7 +236,7 @@ async fn start_ballista(
     tracing::info!(%address, "Ballista scheduler serving");
     let members = members.clone();
     Ok(BallistaTarget {
-        scheduler: format!("df://{host}:{port}"),
+        scheduler: format!("{host}:{port}"),
         min_input_bytes: min_input_bytes as u64,
         executors: Arc::new(move || members.list().len()),
     })

@@ -186,9 +186,8 @@ fn labels(pipeline: &Pipeline, table: &TableRef) -> [String; 3] {
 pub(crate) fn table_finished(pipeline: &Pipeline, table: &TableRef, report: &TableReport) {
     let labels = labels(pipeline, table);
     for check in report.checks.iter().filter(|c| !c.passed) {
-        let severity = format!("{:?}", check.severity).to_lowercase();
         CHECK_FAILURES
-            .with_label_values(&[&labels[0], &labels[1], &severity])
+            .with_label_values(&[&labels[0], &labels[1], check.severity.name()])
             .inc();
     }
     let m = &report.metrics;
@@ -208,29 +207,43 @@ pub(crate) fn table_finished(pipeline: &Pipeline, table: &TableRef, report: &Tab
     }
 }
 
-pub(crate) fn run_ended(status: &str) {
-    RUNS.with_label_values(&[status]).inc();
+pub(crate) fn run_ended(state: medallion_proto::RunState) {
+    RUNS.with_label_values(&[state.name()]).inc();
 }
 
-/// Counts a task in `state` while the guard lives.
-pub(crate) struct TaskState(&'static str);
+/// Where a dispatched task is: waiting for an executor's slot, or running on one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TaskPhase {
+    Queued,
+    Running,
+}
 
-impl TaskState {
-    pub(crate) fn enter(state: &'static str) -> Self {
-        TASKS.with_label_values(&[state]).inc();
-        Self(state)
+impl TaskPhase {
+    fn name(self) -> &'static str {
+        match self {
+            TaskPhase::Queued => "queued",
+            TaskPhase::Running => "running",
+        }
+    }
+
+    /// Counts a task in this phase while the guard lives.
+    pub(crate) fn enter(self) -> InPhase {
+        TASKS.with_label_values(&[self.name()]).inc();
+        InPhase(self)
     }
 }
 
-impl Drop for TaskState {
+/// A task counted in a phase (see [`TaskPhase::enter`]).
+pub(crate) struct InPhase(TaskPhase);
+
+impl Drop for InPhase {
     fn drop(&mut self) {
-        TASKS.with_label_values(&[self.0]).dec();
+        TASKS.with_label_values(&[self.0.name()]).dec();
     }
 }
 
 pub(crate) fn task_failed(kind: medallion_proto::Failure, retried: bool) {
-    let kind = format!("{kind:?}").to_lowercase();
-    TASK_FAILURES.with_label_values(&[&kind]).inc();
+    TASK_FAILURES.with_label_values(&[kind.name()]).inc();
     if retried {
         TASK_RETRIES.inc();
     }

@@ -105,7 +105,7 @@ impl StagePlan {
 /// A Ballista cluster gold queries may run on, and when they should.
 #[derive(Clone)]
 pub struct BallistaTarget {
-    /// The scheduler, `df://host:port`.
+    /// The scheduler's `host:port`, as executors and queries reach it.
     pub scheduler: String,
     /// `auto` gold tables run on Ballista from this many bytes of input.
     pub min_input_bytes: u64,
@@ -415,7 +415,7 @@ impl RunContext<'_> {
                 (ballista.executors)() >= 2 && bytes >= ballista.min_input_bytes
             }
         };
-        Ok(on.then(|| ballista.scheduler.clone()))
+        Ok(on.then(|| format!("df://{}", ballista.scheduler)))
     }
 
     /// Whether the table's latest commit was computed from these input versions with this

@@ -39,10 +39,10 @@ impl TaskRunner for RemoteExecutors {
         let key = format!("{}/{}", task.run_id, task.task_id);
         loop {
             let avoid = self.last.lock().expect("last executors").get(&key).cloned();
-            let queued = metrics::TaskState::enter("queued");
+            let queued = metrics::TaskPhase::Queued.enter();
             let slot = self.members.take_slot(avoid.as_deref()).await;
             drop(queued);
-            let _running = metrics::TaskState::enter("running");
+            let _running = metrics::TaskPhase::Running.enter();
             let member = slot.member.clone();
             self.last
                 .lock()

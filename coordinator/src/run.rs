@@ -163,7 +163,11 @@ impl<'a> Coordinator<'a> {
             );
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
-        metrics::run_ended(if succeeded { "succeeded" } else { "failed" });
+        metrics::run_ended(if succeeded {
+            medallion_proto::RunState::Succeeded
+        } else {
+            medallion_proto::RunState::Failed
+        });
         tracing::info!(
             run_id,
             succeeded,

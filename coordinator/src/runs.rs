@@ -361,6 +361,7 @@ impl Runs {
                     info.report_json = serde_json::to_string(&report).unwrap_or_default();
                 }
                 Ending::Cancelled => {
+                    crate::metrics::run_ended(RunState::Cancelled);
                     info.state = RunState::Cancelled as i32;
                     info.message = "cancelled".into();
                     info.report_json = serde_json::json!({ "tables": tables }).to_string();

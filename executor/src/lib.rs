@@ -1,4 +1,4 @@
-//! The Medallion executor: runs one task at a time and never commits.
+//! The Medallion executor: runs tasks (as many at a time as it has slots) and never commits.
 //!
 //! A task reads its inputs, writes Parquet data files for its table and returns the Delta
 //! `Add` actions of those files; the coordinator commits them. An executor keeps no state

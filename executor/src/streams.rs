@@ -27,6 +27,36 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use futures::{Stream, StreamExt};
 
+/// One step of a batch stream: each input batch becomes one output batch.
+pub(crate) trait BatchStep: Send + Unpin {
+    fn schema(&self) -> SchemaRef;
+    fn step(&mut self, batch: RecordBatch) -> Result<RecordBatch>;
+}
+
+/// A stream of batches through a [`BatchStep`]; errors pass through unchanged.
+pub(crate) struct Stepped<S> {
+    input: SendableRecordBatchStream,
+    step: S,
+}
+
+impl<S: BatchStep> Stream for Stepped<S> {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.input.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(this.step.step(batch))),
+            other => other,
+        }
+    }
+}
+
+impl<S: BatchStep> RecordBatchStream for Stepped<S> {
+    fn schema(&self) -> SchemaRef {
+        self.step.schema()
+    }
+}
+
 /// Rows seen and rows kept by the [`Filtered`] streams of one task.
 #[derive(Debug, Default)]
 pub(crate) struct FilterCounts {
@@ -46,7 +76,6 @@ impl FilterCounts {
 
 /// Keeps the rows whose `pass` column is true and drops that column; counts rows in and out.
 pub(crate) struct Filtered {
-    input: SendableRecordBatchStream,
     /// Index of the boolean column saying whether the row passes; `None` keeps every row.
     pass: Option<usize>,
     counts: Arc<FilterCounts>,
@@ -58,7 +87,7 @@ impl Filtered {
         input: SendableRecordBatchStream,
         pass: Option<usize>,
         counts: Arc<FilterCounts>,
-    ) -> Self {
+    ) -> Stepped<Self> {
         let input_schema = input.schema();
         let schema = match pass {
             Some(p) => {
@@ -71,15 +100,21 @@ impl Filtered {
             }
             None => input_schema,
         };
-        Self {
-            input,
+        let step = Self {
             pass,
             counts,
             schema,
-        }
+        };
+        Stepped { input, step }
+    }
+}
+
+impl BatchStep for Filtered {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn keep_passing(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
+    fn step(&mut self, mut batch: RecordBatch) -> Result<RecordBatch> {
         self.counts
             .rows
             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -95,24 +130,6 @@ impl Filtered {
             .kept
             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         Ok(batch)
-    }
-}
-
-impl Stream for Filtered {
-    type Item = Result<RecordBatch>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        match this.input.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(this.keep_passing(batch))),
-            other => other,
-        }
-    }
-}
-
-impl RecordBatchStream for Filtered {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
     }
 }
 
@@ -162,7 +179,7 @@ impl PartitionStream for Once {
 
 /// Passes on the first row of each run of equal keys.
 pub(crate) struct FirstPerKey {
-    input: SendableRecordBatchStream,
+    schema: SchemaRef,
     keys: Vec<usize>,
     converter: RowConverter,
     /// The key of the last row seen, carried from one batch to the next.
@@ -171,21 +188,28 @@ pub(crate) struct FirstPerKey {
 
 impl FirstPerKey {
     /// `keys` are the indices of the key columns in the input's schema.
-    pub(crate) fn new(input: SendableRecordBatchStream, keys: Vec<usize>) -> Result<Self> {
+    pub(crate) fn new(input: SendableRecordBatchStream, keys: Vec<usize>) -> Result<Stepped<Self>> {
         let schema = input.schema();
         let fields = keys
             .iter()
             .map(|i| SortField::new(schema.field(*i).data_type().clone()))
             .collect();
-        Ok(Self {
+        let step = Self {
             converter: RowConverter::new(fields)?,
-            input,
+            schema,
             keys,
             last: None,
-        })
+        };
+        Ok(Stepped { input, step })
+    }
+}
+
+impl BatchStep for FirstPerKey {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn first_rows(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+    fn step(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let columns: Vec<_> = self.keys.iter().map(|i| batch.column(*i).clone()).collect();
         let rows = self.converter.convert_columns(&columns)?;
         let mut previous = self.last.as_ref().map(|r| r.row());
@@ -200,25 +224,7 @@ impl FirstPerKey {
         if let Some(last) = rows.iter().next_back() {
             self.last = Some(last.owned());
         }
-        Ok(filter_record_batch(batch, &keep)?)
-    }
-}
-
-impl Stream for FirstPerKey {
-    type Item = Result<RecordBatch>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        match this.input.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(this.first_rows(&batch))),
-            other => other,
-        }
-    }
-}
-
-impl RecordBatchStream for FirstPerKey {
-    fn schema(&self) -> SchemaRef {
-        self.input.schema()
+        Ok(filter_record_batch(&batch, &keep)?)
     }
 }
 
@@ -233,7 +239,6 @@ pub(crate) struct CheckedColumn {
 
 /// Fails on the first value that did not cast; passes on the first `output` columns.
 pub(crate) struct CastChecked {
-    input: SendableRecordBatchStream,
     columns: Vec<CheckedColumn>,
     /// Index of the source file column, to name the file in the error.
     file: Option<usize>,
@@ -246,17 +251,23 @@ impl CastChecked {
         output: usize,
         columns: Vec<CheckedColumn>,
         file: Option<usize>,
-    ) -> Result<Self> {
+    ) -> Result<Stepped<Self>> {
         let schema = std::sync::Arc::new(input.schema().project(&(0..output).collect::<Vec<_>>())?);
-        Ok(Self {
-            input,
+        let step = Self {
             columns,
             file,
             schema,
-        })
+        };
+        Ok(Stepped { input, step })
+    }
+}
+
+impl BatchStep for CastChecked {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
-    fn check(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+    fn step(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         for c in &self.columns {
             let bad = batch.column(c.bad);
             if bad.null_count() == bad.len() {
@@ -290,23 +301,5 @@ impl CastChecked {
             )));
         }
         Ok(batch.project(&(0..self.schema.fields().len()).collect::<Vec<_>>())?)
-    }
-}
-
-impl Stream for CastChecked {
-    type Item = Result<RecordBatch>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        match this.input.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(this.check(&batch))),
-            other => other,
-        }
-    }
-}
-
-impl RecordBatchStream for CastChecked {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
     }
 }

@@ -299,14 +299,6 @@ pub enum CheckKind {
     ForeignKey,
 }
 
-impl CheckKind {
-    /// Whether the check judges each row on its own (and so counts failing rows), rather
-    /// than the table as a whole.
-    pub fn is_row_check(self) -> bool {
-        !matches!(self, Self::Unique | Self::RowCount | Self::Freshness)
-    }
-}
-
 /// What happens when a check fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -317,6 +309,17 @@ pub enum Severity {
     Warning,
     /// Recorded and reported; the commit happens.
     Info,
+}
+
+impl Severity {
+    /// As written in a spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
 }
 
 /// What happens to a table whose check fails.

@@ -29,6 +29,20 @@ impl std::ops::AddAssign<&TaskMetrics> for TaskMetrics {
     }
 }
 
+impl RunState {
+    /// The state as a word, for people and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Unspecified => "unknown",
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// How a task failed, which decides what the coordinator does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -47,6 +61,17 @@ pub enum Failure {
 pub struct TaskError {
     pub message: String,
     pub kind: Failure,
+}
+
+impl Failure {
+    /// The kind as a word, for metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::Permanent => "permanent",
+            Failure::Transient => "transient",
+            Failure::Lost => "lost",
+        }
+    }
 }
 
 impl TaskError {
