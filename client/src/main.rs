@@ -422,7 +422,7 @@ fn print_run(info: &RunInfo, output: Output) {
             format!(": {}", info.message)
         }
     );
-    if let Some(report) = remote::report(info) {
+    if let Some(report) = info.report() {
         print!("{}", summary::render(&report));
     }
 }

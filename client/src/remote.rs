@@ -2,11 +2,11 @@
 //! manage its runs, list the executors.
 
 use anyhow::{Context, Result, anyhow, bail};
+use medallion_coordinator::RunObserver;
 use medallion_coordinator::service::LEADER_HEADER;
-use medallion_coordinator::{RunEvent, RunObserver, RunReport};
 use medallion_pipeline::Pipeline;
+use medallion_proto::convert::Watched;
 use medallion_proto::coordinator_client::CoordinatorClient;
-use medallion_proto::run_event::Event;
 use medallion_proto::{
     ExecutorStatus, GetRunRequest, ListExecutorsRequest, ListRunsRequest, RunInfo, RunState,
     SubmitRequest,
@@ -91,7 +91,7 @@ impl Remote {
     /// Submits a spec already loaded (and so validated) as `pipeline`.
     pub async fn submit(&mut self, pipeline: &Pipeline) -> Result<RunInfo> {
         let request = SubmitRequest {
-            pipeline: Some(medallion_coordinator::planner::pipeline_spec(pipeline)),
+            pipeline: Some(pipeline.into()),
         };
         let info = self.client.submit(request).await.map_err(server_error)?;
         Ok(info.into_inner())
@@ -143,28 +143,10 @@ impl Remote {
             .map_err(server_error)?
             .into_inner();
         while let Some(event) = events.message().await.map_err(server_error)? {
-            let event = match event.event {
-                Some(Event::TablePlanned(e)) => RunEvent::TablePlanned {
-                    table: e.table.parse().map_err(|e: String| anyhow!(e))?,
-                    tasks: e.tasks as usize,
-                },
-                Some(Event::TaskFinished(e)) => RunEvent::TaskFinished {
-                    table: e.table.parse().map_err(|e: String| anyhow!(e))?,
-                    task_id: e.task_id,
-                    ok: e.ok,
-                },
-                Some(Event::TaskRetried(e)) => RunEvent::TaskRetried {
-                    table: e.table.parse().map_err(|e: String| anyhow!(e))?,
-                    task_id: e.task_id,
-                    error: e.error,
-                },
-                Some(Event::TableFinishedJson(json)) => RunEvent::TableFinished {
-                    report: serde_json::from_str(&json).context("unreadable table report")?,
-                },
-                Some(Event::RunEnded(info)) => return Ok(info),
-                None => continue,
-            };
-            observer.on_event(event);
+            match Watched::try_from(event).map_err(|e| anyhow!(e))? {
+                Watched::Progress(event) => observer.on_event(event),
+                Watched::Ended(info) => return Ok(info),
+            }
         }
         bail!("the coordinator stopped before run {run_id} ended; watch it again")
     }
@@ -175,9 +157,4 @@ pub fn state_name(info: &RunInfo) -> &'static str {
     RunState::try_from(info.state)
         .unwrap_or(RunState::Unspecified)
         .name()
-}
-
-/// The full report of an ended run.
-pub fn report(info: &RunInfo) -> Option<RunReport> {
-    serde_json::from_str(&info.report_json).ok()
 }

@@ -29,7 +29,7 @@ use crate::planner::{
     CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, Target, spec_fingerprint,
 };
 use crate::quality;
-use crate::report::{CheckResult, Metrics};
+use medallion_pipeline::report::{CheckResult, Metrics};
 
 /// Data files written by a table's tasks (under its target's `staged_uri`), not yet part of
 /// the table.

@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod planner;
 pub mod quality;
 pub mod remote;
-pub mod report;
 pub mod run;
 pub mod runs;
 pub mod service;
@@ -28,6 +27,8 @@ pub mod store;
 mod testing;
 
 pub use dispatch::{RetryPolicy, TaskRunner};
+pub use medallion_pipeline::report::{
+    CheckResult, Metrics, RunEvent, RunReport, TableReport, TableStatus,
+};
 pub use planner::BallistaTarget;
-pub use report::{CheckResult, Metrics, RunReport, TableReport, TableStatus};
-pub use run::{Coordinator, RunEvent, RunObserver, new_run_id};
+pub use run::{Coordinator, RunObserver, new_run_id};

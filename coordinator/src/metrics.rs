@@ -15,7 +15,7 @@ use prometheus::{
     register_int_gauge, register_int_gauge_vec,
 };
 
-use crate::report::{TableReport, TableStatus};
+use medallion_pipeline::report::{TableReport, TableStatus};
 
 const TABLE_LABELS: [&str; 3] = ["pipeline", "layer", "source"];
 

@@ -12,6 +12,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
+use medallion_pipeline::report::Engine;
 use medallion_pipeline::spec::{GoldEngine, SourceSpec, WriteMode};
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
@@ -69,16 +70,6 @@ impl Target {
     pub fn is_staged_apart(&self) -> bool {
         self.staged_uri != self.uri
     }
-}
-
-/// Where a gold table's query ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Engine {
-    /// In the task's executor.
-    Local,
-    /// On the Ballista scheduler, across the executors.
-    Ballista,
 }
 
 /// A table's work in one run.
@@ -173,7 +164,7 @@ impl RunContext<'_> {
             run_id: self.run_id.to_string(),
             task_id: format!("{}#{n}", target.table),
             attempt: 1,
-            pipeline: Some(pipeline_spec(self.pipeline)),
+            pipeline: Some(self.pipeline.into()),
             table: target.table.to_string(),
             output_uri: target.staged_uri.clone(),
             quarantine_uri: target
@@ -501,16 +492,6 @@ fn existing_data_columns(table: &deltalake::DeltaTable) -> Result<Schema> {
         .map(|f| f.as_ref().clone())
         .collect::<Vec<_>>();
     Ok(Schema::new(data))
-}
-
-/// The spec as it travels over gRPC (to executors in tasks, to the coordinator on submit).
-pub fn pipeline_spec(pipeline: &Pipeline) -> medallion_proto::PipelineSpec {
-    medallion_proto::PipelineSpec {
-        yaml: pipeline.yaml.clone(),
-        origin: pipeline.origin.clone(),
-        base_dir: pipeline.base_dir.display().to_string(),
-        name: pipeline.name().to_string(),
-    }
 }
 
 #[cfg(test)]

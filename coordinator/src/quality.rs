@@ -15,7 +15,7 @@ use medallion_pipeline::{Pipeline, TableRef};
 
 use medallion_proto::TaskMetrics;
 
-use crate::report::{CheckResult, RunReport};
+use medallion_pipeline::report::{CheckResult, RunReport};
 
 const VIEW: &str = "__medallion_next_version";
 

@@ -11,30 +11,8 @@ use medallion_proto::{TaskMetrics, TaskResult};
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
 use crate::dispatch::{RetryPolicy, TaskRunner, run_with_retries};
 use crate::planner::{BallistaTarget, RunContext};
-use crate::report::{Metrics, RunReport, TableReport, TableStatus};
 use crate::{metrics, quality};
-
-/// Progress of a run, for a CLI or a UI to show.
-#[derive(Debug, Clone)]
-pub enum RunEvent {
-    TablePlanned {
-        table: TableRef,
-        tasks: usize,
-    },
-    TaskFinished {
-        table: TableRef,
-        task_id: String,
-        ok: bool,
-    },
-    TaskRetried {
-        table: TableRef,
-        task_id: String,
-        error: String,
-    },
-    TableFinished {
-        report: TableReport,
-    },
-}
+use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport, TableStatus};
 
 /// A new run's id: the pipeline, the UTC time, and a random suffix.
 pub fn new_run_id(pipeline: &str) -> String {

@@ -13,17 +13,16 @@ use std::time::Duration;
 use chrono::Utc;
 use medallion_pipeline::Pipeline;
 use medallion_proto::run_event::Event;
-use medallion_proto::{
-    self as pb, PipelineSpec, RunInfo, RunRecord, RunState, TaskRecord, TaskState,
-};
+use medallion_proto::{self as pb, RunInfo, RunRecord, RunState, SpecText, TaskRecord};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::dispatch::TaskRunner;
 use crate::lease::RunLease;
 use crate::planner::BallistaTarget;
-use crate::report::{RunReport, TableReport, TableStatus};
-use crate::run::{Coordinator, RunEvent, RunObserver, new_run_id};
+use medallion_pipeline::report::{RunEvent, RunReport, TableReport, TableStatus};
+
+use crate::run::{Coordinator, RunObserver, new_run_id};
 use crate::store::{PipelineLock, RunStore, persist};
 
 /// The runs of this leader.
@@ -75,15 +74,8 @@ impl ActiveRun {
         self.progress.lock().expect("run progress")
     }
 
-    fn publish(&self, event: Event) {
-        let event = pb::RunEvent { event: Some(event) };
-        let mut progress = self.progress();
-        if let Some(Event::TableFinishedJson(json)) = &event.event
-            && let Ok(report) = serde_json::from_str(json)
-        {
-            progress.tables.push(report);
-        }
-        progress.history.push(event.clone());
+    fn publish(&self, event: pb::RunEvent) {
+        self.progress().history.push(event.clone());
         let _ = self.events.send(event);
     }
 
@@ -92,7 +84,7 @@ impl ActiveRun {
         let progress = self.progress();
         let mut info = progress.record.info.clone().unwrap_or_default();
         if info.report_json.is_empty() {
-            info.report_json = serde_json::json!({ "tables": progress.tables }).to_string();
+            info.set_tables(&progress.tables);
         }
         info
     }
@@ -111,57 +103,15 @@ enum Write {
 
 impl RunObserver for Recorder {
     fn on_event(&self, event: RunEvent) {
-        let (event, write) = match event {
-            RunEvent::TablePlanned { table, tasks } => (
-                Event::TablePlanned(pb::TablePlanned {
-                    table: table.to_string(),
-                    tasks: tasks as u32,
-                }),
-                None,
-            ),
-            RunEvent::TaskFinished { table, task_id, ok } => {
-                let state = if ok {
-                    TaskState::Succeeded
-                } else {
-                    TaskState::Failed
-                };
-                let record = TaskRecord {
-                    task_id: task_id.clone(),
-                    table: table.to_string(),
-                    state: state as i32,
-                    error: String::new(),
-                };
-                let event = pb::TaskFinished {
-                    table: table.to_string(),
-                    task_id,
-                    ok,
-                };
-                (Event::TaskFinished(event), Some(Write::Task(record)))
+        let wire = pb::RunEvent::from(&event);
+        let write = match event {
+            RunEvent::TableFinished { report } => {
+                self.run.progress().tables.push(report.clone());
+                Some(Write::Table(report))
             }
-            RunEvent::TaskRetried {
-                table,
-                task_id,
-                error,
-            } => {
-                let record = TaskRecord {
-                    task_id: task_id.clone(),
-                    table: table.to_string(),
-                    state: TaskState::Retrying as i32,
-                    error: error.clone(),
-                };
-                let event = pb::TaskRetried {
-                    table: table.to_string(),
-                    task_id,
-                    error,
-                };
-                (Event::TaskRetried(event), Some(Write::Task(record)))
-            }
-            RunEvent::TableFinished { report } => (
-                Event::TableFinishedJson(serde_json::to_string(&report).unwrap_or_default()),
-                Some(Write::Table(report)),
-            ),
+            event => TaskRecord::of(&event).map(Write::Task),
         };
-        self.run.publish(event);
+        self.run.publish(wire);
         if let Some(write) = write {
             let _ = self.writes.send(write);
         }
@@ -212,13 +162,10 @@ impl Runs {
     }
 
     /// Validates the spec, saves the run as queued and starts it.
-    pub async fn submit(self: &Arc<Self>, spec: PipelineSpec) -> Result<RunInfo, RunsError> {
-        let pipeline = Pipeline::parse(
-            spec.yaml.clone(),
-            spec.origin.clone(),
-            spec.base_dir.clone().into(),
-        )
-        .map_err(|e| RunsError::InvalidSpec(e.to_string()))?;
+    pub async fn submit(self: &Arc<Self>, spec: SpecText) -> Result<RunInfo, RunsError> {
+        let pipeline = spec
+            .parse()
+            .map_err(|e| RunsError::InvalidSpec(e.to_string()))?;
         let info = RunInfo {
             run_id: new_run_id(pipeline.name()),
             pipeline: pipeline.name().to_string(),
@@ -248,7 +195,7 @@ impl Runs {
                 continue;
             }
             let spec = record.pipeline.clone().unwrap_or_default();
-            match Pipeline::parse(spec.yaml, spec.origin, spec.base_dir.into()) {
+            match spec.parse() {
                 Ok(pipeline) => {
                     let earlier = self.store.tables(&info.run_id).await?;
                     tracing::info!(run_id = %info.run_id, starts = record.starts, "resuming run");
@@ -358,13 +305,13 @@ impl Runs {
                             _ => None,
                         })
                         .unwrap_or_default();
-                    info.report_json = serde_json::to_string(&report).unwrap_or_default();
+                    info.set_report(&report);
                 }
                 Ending::Cancelled => {
                     crate::metrics::run_ended(RunState::Cancelled);
                     info.state = RunState::Cancelled as i32;
                     info.message = "cancelled".into();
-                    info.report_json = serde_json::json!({ "tables": tables }).to_string();
+                    info.set_tables(&tables);
                 }
             }
             progress.record.clone()
@@ -372,7 +319,7 @@ impl Runs {
         persist("run state", || self.store.put_run(&record)).await;
         let info = record.info.unwrap_or_default();
         tracing::info!(run_id, state = ?RunState::try_from(info.state).unwrap_or(RunState::Unspecified), "run ended");
-        run.publish(Event::RunEnded(info));
+        run.publish(info.into());
         self.active.lock().expect("active runs").remove(run_id);
         run.done.send_replace(true);
     }
@@ -465,10 +412,10 @@ impl Runs {
         let (tx, rx) = mpsc::channel(tables.len() + 1);
         let events = tables
             .into_iter()
-            .map(|t| Event::TableFinishedJson(serde_json::to_string(&t).unwrap_or_default()))
-            .chain([Event::RunEnded(info)]);
+            .map(|report| pb::RunEvent::from(&RunEvent::TableFinished { report }))
+            .chain([info.into()]);
         for event in events {
-            let _ = tx.try_send(pb::RunEvent { event: Some(event) });
+            let _ = tx.try_send(event);
         }
         Ok(ReceiverStream::new(rx))
     }

@@ -20,8 +20,8 @@ mod spill;
 mod streams;
 mod transform;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -29,7 +29,7 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::arrow::datatypes::SchemaRef;
 use medallion_lake::Written;
 use medallion_pipeline::{Pipeline, TableRef};
-use medallion_proto::{TaskError, TaskMetrics, TaskResult, task::Work};
+use medallion_proto::{SpecText, TaskError, TaskMetrics, TaskResult, task::Work};
 use tokio_util::sync::CancellationToken;
 
 pub use partition::KeyPartition;
@@ -47,7 +47,7 @@ pub(crate) struct Output {
 /// What every task needs besides its work: the pipeline, the table and where to write.
 pub(crate) struct TaskContext {
     pub runtime: Arc<RuntimeEnv>,
-    pub pipeline: Pipeline,
+    pub pipeline: Arc<Pipeline>,
     pub table: TableRef,
     pub output_uri: String,
     /// Subdirectory of `output_uri` this dispatch writes into.
@@ -60,11 +60,35 @@ pub(crate) struct TaskContext {
     pub storage_options: HashMap<String, String>,
 }
 
+/// Specs this executor has parsed, newest first: the tasks of a run share one parse.
+#[derive(Default)]
+struct Specs(Mutex<VecDeque<(SpecText, Arc<Pipeline>)>>);
+
+/// How many specs [`Specs`] keeps (runs of different pipelines at the same time).
+const SPECS_KEPT: usize = 8;
+
+impl Specs {
+    fn parse(&self, spec: &SpecText) -> Result<Arc<Pipeline>, TaskError> {
+        let mut kept = self.0.lock().expect("parsed specs");
+        if let Some((_, pipeline)) = kept.iter().find(|(text, _)| text == spec) {
+            return Ok(pipeline.clone());
+        }
+        let pipeline = Arc::new(
+            spec.parse()
+                .map_err(|e| TaskError::permanent(e.to_string()))?,
+        );
+        kept.push_front((spec.clone(), pipeline.clone()));
+        kept.truncate(SPECS_KEPT);
+        Ok(pipeline)
+    }
+}
+
 /// Runs tasks in this process. The cluster's executor service wraps the same type.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Executor {
     runtime: Arc<RuntimeEnv>,
     spill: Arc<spill::SpillDir>,
+    specs: Arc<Specs>,
 }
 
 impl Executor {
@@ -79,6 +103,7 @@ impl Executor {
         Ok(Self {
             runtime: builder.build_arc()?,
             spill: Arc::new(spill),
+            specs: Arc::default(),
         })
     }
 
@@ -158,10 +183,10 @@ impl Executor {
     ) -> Result<(TaskContext, String, Option<Work>), TaskError> {
         let spec = task
             .pipeline
+            .as_ref()
             .ok_or_else(|| TaskError::permanent("task carries no pipeline spec"))?;
-        let pipeline = Pipeline::parse(spec.yaml, spec.origin, spec.base_dir.into())
-            .map_err(|e| TaskError::permanent(e.to_string()))?;
-        let table: TableRef = task.table.parse().map_err(TaskError::permanent)?;
+        let pipeline = self.specs.parse(spec)?;
+        let table = task.table_ref().map_err(TaskError::permanent)?;
         let ctx = TaskContext {
             runtime: self.runtime.clone(),
             storage_options: pipeline.storage_options.clone().into_iter().collect(),

@@ -1,7 +1,7 @@
 //! The gRPC contract shared by the Medallion coordinator, executors and client.
 //!
 //! Generated from `proto/medallion.proto` with tonic-prost-build; see that file for what each
-//! message means.
+//! message means. [`convert`] turns domain types into messages and back.
 
 #[allow(clippy::all, missing_docs)]
 mod generated {
@@ -9,6 +9,8 @@ mod generated {
 }
 
 pub use generated::*;
+
+pub mod convert;
 
 impl std::ops::AddAssign<&TaskMetrics> for TaskMetrics {
     fn add_assign(&mut self, o: &TaskMetrics) {

@@ -12,9 +12,9 @@ use medallion_pipeline::{Layer, Pipeline, TableRef};
 use medallion_proto::task::Work;
 use tempfile::TempDir;
 
-use super::{
-    CommitPlan, Engine, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, RunContext, spec_fingerprint,
-};
+use medallion_pipeline::report::Engine;
+
+use super::{CommitPlan, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, RunContext, spec_fingerprint};
 use crate::testing::pipeline;
 
 const SILVER: &str = "silver:\n  - name: orders\n    from: bronze.orders\n    keys: [id]\n    partitions: 3\n    mode: MODE\n    columns:\n      - { name: id, type: bigint }\n";

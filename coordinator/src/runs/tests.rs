@@ -11,10 +11,9 @@ use medallion_proto::{RunInfo, RunRecord, RunState};
 use tempfile::TempDir;
 
 use super::{Runs, RunsError};
-use crate::planner::pipeline_spec;
-use crate::report::{TableReport, TableStatus};
 use crate::store::{MemoryRunStore, RunStore};
 use crate::testing::{FakeRunner, pipeline};
+use medallion_pipeline::report::{TableReport, TableStatus};
 
 struct Fixture {
     dir: TempDir,
@@ -35,8 +34,8 @@ fn fixture(runner: Arc<FakeRunner>) -> Fixture {
 }
 
 impl Fixture {
-    fn spec(&self) -> medallion_proto::PipelineSpec {
-        pipeline_spec(&pipeline(self.dir.path(), ""))
+    fn spec(&self) -> medallion_proto::SpecText {
+        (&pipeline(self.dir.path(), "")).into()
     }
 
     /// A run record as a previous leader left it.
@@ -166,9 +165,11 @@ async fn resume_runs_a_running_run_again_and_reports_what_the_old_leader_committ
     assert_eq!(state(&ended), RunState::Succeeded);
     assert_eq!(f.stored("t-running").await.starts, 2);
     // This leader found the table up to date; the report keeps the old leader's commit.
-    let report: serde_json::Value = serde_json::from_str(&ended.report_json).unwrap();
-    assert_eq!(report["tables"][0]["status"], "committed");
-    assert_eq!(report["tables"][0]["version"], 7);
+    let report = ended.report().expect("the run's report");
+    assert!(matches!(
+        report.tables[0].status,
+        TableStatus::Committed { version: 7 }
+    ));
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use medallion_proto::{RunRecord, TaskRecord};
 use prost::Message;
 
 use super::{PipelineLock, RunStore};
-use crate::report::TableReport;
+use medallion_pipeline::report::TableReport;
 
 /// A pipeline's run lock in etcd: the lock key lives under a lease of its own.
 struct EtcdLock {

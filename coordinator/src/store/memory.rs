@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use medallion_proto::{RunRecord, TaskRecord};
 
 use super::{PipelineLock, RunStore};
-use crate::report::TableReport;
+use medallion_pipeline::report::TableReport;
 
 /// Run state in memory. [`MemoryRunStore::fail_writes`] makes writes fail, as an etcd that is
 /// down does.

@@ -17,7 +17,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 use medallion_proto::{RunRecord, TaskRecord};
 
-use crate::report::TableReport;
+use medallion_pipeline::report::TableReport;
 
 /// Where the runs of a cluster are kept.
 ///

@@ -1,11 +1,43 @@
-//! What a run did, table by table: counters, quality checks and commits.
+//! What a run did, table by table (counters, quality checks and commits), and its progress
+//! as it goes: shared by the coordinator, which makes them, and the clients that show them.
+//! Their wire form is in `medallion-proto`'s `convert` module.
 
-use medallion_pipeline::TableRef;
-use medallion_pipeline::spec::{Action, CheckKind, Severity};
-use medallion_proto::TaskMetrics;
-
-pub use crate::planner::Engine;
 use serde::{Deserialize, Serialize};
+
+use crate::TableRef;
+use crate::spec::{Action, CheckKind, Severity};
+
+/// Progress of a run, for a CLI or a UI to show.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    TablePlanned {
+        table: TableRef,
+        tasks: usize,
+    },
+    TaskFinished {
+        table: TableRef,
+        task_id: String,
+        ok: bool,
+    },
+    TaskRetried {
+        table: TableRef,
+        task_id: String,
+        error: String,
+    },
+    TableFinished {
+        report: TableReport,
+    },
+}
+
+/// Where a gold table's query ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// In the task's executor.
+    Local,
+    /// On the Ballista scheduler, across the executors.
+    Ballista,
+}
 
 /// The outcome of one pipeline run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,7 +86,7 @@ pub struct TableReport {
 }
 
 impl TableReport {
-    pub(crate) fn new(table: &TableRef, status: TableStatus) -> Self {
+    pub fn new(table: &TableRef, status: TableStatus) -> Self {
         Self {
             table: table.to_string(),
             status,
@@ -105,25 +137,6 @@ pub struct Metrics {
     /// Task time spent encoding and writing data files, summed over the table's tasks.
     #[serde(default)]
     pub write_ms: u64,
-}
-
-impl From<&TaskMetrics> for Metrics {
-    fn from(m: &TaskMetrics) -> Self {
-        Self {
-            files_read: m.files_read,
-            rows_read: m.rows_read,
-            rows_written: m.rows_written,
-            rows_rescued: m.rows_rescued,
-            rows_filtered: m.rows_filtered,
-            rows_deduplicated: m.rows_deduplicated,
-            bytes_written: m.bytes_written,
-            write_ms: m.write_ms,
-            bytes_read: m.bytes_read,
-            rows_dropped: m.rows_dropped,
-            rows_quarantined: m.rows_quarantined,
-            ..Default::default()
-        }
-    }
 }
 
 /// The result of one quality check on a table's next version.
