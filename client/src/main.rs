@@ -20,11 +20,6 @@ use medallion_coordinator::{Coordinator, RunReport, new_run_id};
 use medallion_pipeline::Pipeline;
 use medallion_proto::{RunInfo, RunState};
 
-/// DataFusion allocates and frees per batch, from many threads: mimalloc keeps that fast and
-/// returns memory to the OS, where glibc's arenas let the resident set grow.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "medallion",

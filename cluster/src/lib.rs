@@ -19,6 +19,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+/// The allocator of every Medallion binary (they all link this crate). DataFusion allocates
+/// and frees per batch, from many threads: mimalloc keeps that fast and returns memory to the
+/// OS, where glibc's arenas let the resident set grow.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Binds a server's gRPC port; returns the listener and the URL others reach it at
 /// (`advertise`, or loopback with the bound port).
 pub async fn bind(

@@ -17,6 +17,7 @@ pub mod listing;
 pub mod membership;
 pub mod metrics;
 pub mod planner;
+pub mod process;
 pub mod quality;
 pub mod remote;
 pub mod run;

@@ -13,6 +13,8 @@ mod aggregate;
 mod ingest;
 pub mod metrics;
 mod partition;
+pub mod process;
+mod scheduler_link;
 mod screen;
 mod service;
 mod session;
