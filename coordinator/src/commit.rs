@@ -26,7 +26,8 @@ use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::TaskMetrics;
 
 use crate::planner::{
-    CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, Target, spec_fingerprint,
+    CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, Target, inputs_info,
+    spec_fingerprint,
 };
 use crate::quality;
 use medallion_pipeline::report::{CheckResult, Metrics};
@@ -353,7 +354,7 @@ impl CommitContext<'_> {
                 info.push(("medallion.source_files".to_string(), files.clone().into()));
             }
             CommitPlan::Overwrite { inputs } | CommitPlan::Merge { inputs, .. } => {
-                info.push((INFO_INPUTS.to_string(), serde_json::json!(inputs)));
+                info.push((INFO_INPUTS.to_string(), inputs_info(inputs)));
                 let fingerprint = spec_fingerprint(self.pipeline);
                 info.push((INFO_SPEC.to_string(), fingerprint.into()));
             }

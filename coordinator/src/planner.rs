@@ -29,8 +29,8 @@ const QUARANTINE_LOOKBACK: usize = 10;
 
 /// How the files of a table's tasks become a Delta version.
 ///
-/// `inputs` are the versions of the tables the tasks read (`layer.name` -> version), recorded
-/// with the commit so that a table whose inputs and spec did not change is not computed again.
+/// `inputs` are the versions of the tables the tasks read, recorded with the commit so that a
+/// table whose inputs and spec did not change is not computed again.
 #[derive(Debug, Clone)]
 pub enum CommitPlan {
     /// Add the files (bronze); `files` are the source files they came from.
@@ -43,12 +43,21 @@ pub enum CommitPlan {
         ledger_version: Option<u64>,
     },
     /// Replace every row of the table with the files (or create the table with them).
-    Overwrite { inputs: BTreeMap<String, u64> },
+    Overwrite { inputs: Inputs },
     /// Upsert the staged files into the table on `keys`.
-    Merge {
-        keys: Vec<String>,
-        inputs: BTreeMap<String, u64>,
-    },
+    Merge { keys: Vec<String>, inputs: Inputs },
+}
+
+/// The versions of the tables a table's tasks read.
+pub type Inputs = BTreeMap<TableRef, u64>;
+
+/// Inputs as a commit records them: `{"layer.name": version}`.
+pub fn inputs_info(inputs: &Inputs) -> serde_json::Value {
+    inputs
+        .iter()
+        .map(|(table, version)| (table.to_string(), (*version).into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// Where a table's output goes: decided here, used as is by the tasks and the commit.
@@ -303,7 +312,7 @@ impl RunContext<'_> {
             .context("no such silver table")?;
         let input: TableRef = spec.from.value.parse().map_err(anyhow::Error::msg)?;
         let input_version = self.version_of(&input).await?;
-        let inputs = BTreeMap::from([(input.to_string(), input_version)]);
+        let inputs = Inputs::from([(input, input_version)]);
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
         if self
@@ -351,7 +360,7 @@ impl RunContext<'_> {
     async fn plan_gold(&self, table: &TableRef) -> Result<StagePlan> {
         let mut inputs = BTreeMap::new();
         for input in self.pipeline.dag.deps(table) {
-            inputs.insert(input.to_string(), self.version_of(input).await?);
+            inputs.insert(input.clone(), self.version_of(input).await?);
         }
         let target = self.target(table, None);
         let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
@@ -370,10 +379,7 @@ impl RunContext<'_> {
         } else {
             Engine::Local
         };
-        let work = Work::Aggregate(AggregateWork {
-            input_versions: inputs.clone().into_iter().collect(),
-            ballista_scheduler: scheduler.unwrap_or_default(),
-        });
+        let work = Work::Aggregate(AggregateWork::new(&inputs, scheduler));
         Ok(StagePlan {
             tasks: vec![self.task(&target, 0, work)],
             commit: CommitPlan::Overwrite { inputs },
@@ -383,11 +389,7 @@ impl RunContext<'_> {
     }
 
     /// The Ballista scheduler a gold table's query goes to, if any: see [`GoldEngine`].
-    async fn ballista_for(
-        &self,
-        table: &TableRef,
-        inputs: &BTreeMap<String, u64>,
-    ) -> Result<Option<String>> {
+    async fn ballista_for(&self, table: &TableRef, inputs: &Inputs) -> Result<Option<String>> {
         let (Some(ballista), Some(spec)) = (self.ballista, self.pipeline.gold(&table.name)) else {
             return Ok(None);
         };
@@ -397,9 +399,7 @@ impl RunContext<'_> {
             GoldEngine::Auto => {
                 let mut bytes = 0;
                 for (input, version) in inputs {
-                    let uri = self
-                        .pipeline
-                        .table_uri(&input.parse().map_err(anyhow::Error::msg)?);
+                    let uri = self.pipeline.table_uri(input);
                     bytes +=
                         medallion_lake::table_bytes(&uri, &self.storage_options, *version).await?;
                 }
@@ -415,7 +415,7 @@ impl RunContext<'_> {
         &self,
         table: &TableRef,
         existing: Option<&deltalake::DeltaTable>,
-        inputs: &BTreeMap<String, u64>,
+        inputs: &Inputs,
     ) -> Result<bool> {
         let Some(existing) = existing else {
             return Ok(false);
@@ -424,7 +424,7 @@ impl RunContext<'_> {
             return Ok(false);
         };
         let fingerprint = spec_fingerprint(self.pipeline);
-        let same = last.info.get(INFO_INPUTS) == Some(&serde_json::json!(inputs))
+        let same = last.info.get(INFO_INPUTS) == Some(&inputs_info(inputs))
             && last.info.get(INFO_SPEC) == Some(&serde_json::json!(fingerprint));
         if !same || last.info.get(INFO_QUARANTINED) != Some(&serde_json::json!(true)) {
             return Ok(same);

@@ -1,12 +1,13 @@
 //! One pipeline run: every table in dependency order, independent tables at the same time.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::stream::{FuturesUnordered, StreamExt};
+use medallion_lake::TableFiles;
 use medallion_pipeline::{Pipeline, TableRef};
-use medallion_proto::{TaskMetrics, TaskResult};
+use medallion_proto::{StagedFiles, TaskMetrics, TaskResult};
 
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
 use crate::dispatch::{RetryPolicy, TaskRunner, run_with_retries};
@@ -392,46 +393,38 @@ fn preflight(pipeline: &Pipeline, order: &[TableRef]) -> HashMap<TableRef, Table
 
 /// Gathers the files of all tasks of a table; they must agree on the schema.
 fn staged_output(results: &[TaskResult]) -> anyhow::Result<Staged> {
-    let main = staged_files(
-        results
-            .iter()
-            .map(|r| (&r.add_actions_json, &r.schema_json)),
-    )?
-    .ok_or_else(|| anyhow::anyhow!("no task produced a result"))?;
-    let quarantine = staged_files(
-        results
-            .iter()
-            .filter(|r| !r.quarantine_schema_json.is_empty())
-            .map(|r| (&r.quarantine_add_actions_json, &r.quarantine_schema_json)),
-    )?;
+    let main = staged_files(results.iter().filter_map(|r| r.output.as_ref()))?
+        .ok_or_else(|| anyhow::anyhow!("no task produced a result"))?;
+    let quarantine = staged_files(results.iter().filter_map(|r| r.quarantine.as_ref()))?;
     Ok(Staged {
-        quarantine: quarantine.filter(|q| !q.adds.is_empty()).map(Box::new),
-        ..main
+        adds: main.adds,
+        schema: main.schema,
+        quarantine: quarantine.filter(|q| !q.adds.is_empty()).map(|q| {
+            Box::new(Staged {
+                adds: q.adds,
+                schema: q.schema,
+                quarantine: None,
+            })
+        }),
     })
 }
 
 /// The files of one table the tasks wrote, if any task said what it wrote.
 fn staged_files<'a>(
-    outputs: impl Iterator<Item = (&'a Vec<String>, &'a String)>,
-) -> anyhow::Result<Option<Staged>> {
-    let mut adds = Vec::new();
-    let mut schemas = BTreeSet::new();
-    for (files, schema) in outputs {
-        for a in files {
-            adds.push(serde_json::from_str(a)?);
+    outputs: impl Iterator<Item = &'a StagedFiles>,
+) -> anyhow::Result<Option<TableFiles>> {
+    let mut all: Option<TableFiles> = None;
+    for output in outputs {
+        let files = TableFiles::try_from(output)?;
+        match &mut all {
+            None => all = Some(files),
+            Some(all) if all.schema == files.schema => all.adds.extend(files.adds),
+            Some(all) => anyhow::bail!(
+                "tasks produced different schemas: {:?} and {:?}",
+                all.schema,
+                files.schema
+            ),
         }
-        schemas.insert(schema.clone());
     }
-    let Some(schema_json) = schemas.first() else {
-        return Ok(None);
-    };
-    if schemas.len() > 1 {
-        anyhow::bail!("tasks produced different schemas: {schemas:?}");
-    }
-    let schema = medallion_lake::arrow_schema(&medallion_lake::schema_from_json(schema_json)?)?;
-    Ok(Some(Staged {
-        adds,
-        schema,
-        quarantine: None,
-    }))
+    Ok(all)
 }

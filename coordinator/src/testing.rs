@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use medallion_lake::TableFiles;
 use medallion_pipeline::Pipeline;
-use medallion_proto::{Task, TaskError, TaskMetrics, TaskResult, task::Work};
+use medallion_proto::{StagedFiles, Task, TaskError, TaskMetrics, TaskResult, task::Work};
 use tokio::sync::Semaphore;
 
 use crate::dispatch::TaskRunner;
@@ -28,15 +29,16 @@ pub fn pipeline(dir: &Path, more: &str) -> Pipeline {
 /// What a task that wrote no rows answers: no files, the schema it was given.
 pub fn empty_result(task: &Task) -> TaskResult {
     let schema = match &task.work {
-        Some(Work::Ingest(work)) => work.data_schema_json.clone(),
-        _ => {
-            let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
-            medallion_lake::schema_to_json(&schema).unwrap()
-        }
+        Some(Work::Ingest(work)) => work.data_schema().unwrap(),
+        _ => Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)])),
+    };
+    let files = TableFiles {
+        adds: Vec::new(),
+        schema,
     };
     TaskResult {
         task_id: task.task_id.clone(),
-        schema_json: schema,
+        output: Some(StagedFiles::try_from(&files).unwrap()),
         metrics: Some(TaskMetrics::default()),
         ..Default::default()
     }

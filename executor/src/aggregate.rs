@@ -2,7 +2,6 @@
 //! DataFusion or, when the planner chose it, on Ballista across the cluster. Either way this
 //! executor writes the result's files and the coordinator commits them once.
 
-use medallion_pipeline::TableRef;
 use medallion_proto::{AggregateWork, TaskError, TaskMetrics};
 
 use crate::session::Read;
@@ -21,12 +20,11 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         session::new_session(&ctx.runtime)
     };
     let mut bytes_read = 0;
-    for (name, version) in &work.input_versions {
-        let input: TableRef = name.parse().map_err(TaskError::permanent)?;
+    for (input, version) in work.inputs().map_err(TaskError::permanent)? {
         let read = if ballista { Read::Files } else { Read::Delta };
         let (pipeline, opts) = (&ctx.pipeline, &ctx.storage_options);
         bytes_read +=
-            session::register_table(&session, pipeline, opts, &input, *version, read).await?;
+            session::register_table(&session, pipeline, opts, &input, version, read).await?;
     }
     let df = session
         .sql(&spec.sql.value)

@@ -40,8 +40,8 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
         .pipeline
         .source(&bronze.source.value)
         .ok_or_else(|| TaskError::permanent(format!("no source '{}'", bronze.source.value)))?;
-    let data = medallion_lake::schema_from_json(&work.data_schema_json)
-        .and_then(|s| medallion_lake::arrow_schema(&s))
+    let data = work
+        .data_schema()
         .map_err(|e| TaskError::permanent(format!("{e:#}")))?;
     let schema = bronze_schema(&data);
     let ingested_at = DateTime::<Utc>::from_timestamp_micros(work.ingested_at_micros)
@@ -72,12 +72,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
         .await
         .map_err(transient)?
         .map_err(|e| TaskError::permanent(format!("bronze.{}: {e}", ctx.table.name)))?;
-    Ok(Output {
-        quarantine: None,
-        written: written.map_err(transient)?,
-        schema,
-        metrics,
-    })
+    Ok(Output::new(written.map_err(transient)?, schema, metrics))
 }
 
 /// Reads files into bronze batches.

@@ -29,9 +29,9 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 
 use datafusion::arrow::datatypes::SchemaRef;
-use medallion_lake::Written;
+use medallion_lake::{TableFiles, Written};
 use medallion_pipeline::{Pipeline, TableRef};
-use medallion_proto::{SpecText, TaskError, TaskMetrics, TaskResult, task::Work};
+use medallion_proto::{SpecText, StagedFiles, TaskError, TaskMetrics, TaskResult, task::Work};
 use tokio_util::sync::CancellationToken;
 
 pub use partition::KeyPartition;
@@ -39,11 +39,27 @@ pub use service::ExecutorService;
 
 /// What a task produced: uncommitted files, their schema and counters.
 pub(crate) struct Output {
-    pub written: Written,
-    pub schema: SchemaRef,
+    pub files: TableFiles,
+    /// Time spent encoding and writing the files.
+    pub write_time: std::time::Duration,
     pub metrics: TaskMetrics,
-    /// Rows quarantined by checks: their files and schema.
-    pub quarantine: Option<(Written, SchemaRef)>,
+    /// Rows quarantined by checks, for the quarantine table.
+    pub quarantine: Option<TableFiles>,
+}
+
+impl Output {
+    /// The output of a task that wrote `written` with rows of `schema`.
+    pub fn new(written: Written, schema: SchemaRef, metrics: TaskMetrics) -> Self {
+        Self {
+            files: TableFiles {
+                adds: written.adds,
+                schema,
+            },
+            write_time: written.write_time,
+            metrics,
+            quarantine: None,
+        }
+    }
 }
 
 /// What every task needs besides its work: the pipeline, the table and where to write.
@@ -170,7 +186,7 @@ impl Executor {
         match &result {
             Ok(r) => tracing::info!(
                 rows = r.metrics.as_ref().map_or(0, |m| m.rows_written),
-                files = r.add_actions_json.len(),
+                files = r.output.as_ref().map_or(0, |o| o.add_actions_json.len()),
                 "task finished"
             ),
             Err(e) => tracing::warn!(error = %e, kind = ?e.kind, "task failed"),
@@ -216,24 +232,18 @@ async fn run_work(
         Some(Work::Aggregate(w)) => aggregate::run(&ctx, w).await?,
         None => return Err(TaskError::permanent("task carries no work")),
     };
-    let (quarantine_add_actions_json, quarantine_schema_json) = match &out.quarantine {
-        Some((files, schema)) => (
-            adds_json(files)?,
-            medallion_lake::schema_to_json(schema).map_err(transient)?,
-        ),
-        None => Default::default(),
+    let staged = |files: &TableFiles| {
+        StagedFiles::try_from(files).map_err(|e| TaskError::permanent(format!("{e:#}")))
     };
     Ok(TaskResult {
         task_id,
-        add_actions_json: adds_json(&out.written)?,
-        schema_json: medallion_lake::schema_to_json(&out.schema).map_err(transient)?,
+        output: Some(staged(&out.files)?),
+        quarantine: out.quarantine.as_ref().map(staged).transpose()?,
         metrics: Some(TaskMetrics {
-            bytes_written: out.written.adds.iter().map(|a| a.size as u64).sum(),
-            write_ms: out.written.write_time.as_millis() as u64,
+            bytes_written: out.files.adds.iter().map(|a| a.size as u64).sum(),
+            write_ms: out.write_time.as_millis() as u64,
             ..out.metrics
         }),
-        quarantine_add_actions_json,
-        quarantine_schema_json,
     })
 }
 
@@ -304,15 +314,6 @@ impl Drop for Running {
     }
 }
 
-fn adds_json(written: &Written) -> Result<Vec<String>, TaskError> {
-    written
-        .adds
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TaskError::permanent(e.to_string()))
-}
-
 /// Writes a query's rows as uncommitted files of the task's (unpartitioned) table, leaving
 /// out the rows its `drop` and `quarantine` checks fail ([`screen`]); quarantined rows are
 /// written, at the same time, as files of the quarantine table.
@@ -367,7 +368,10 @@ pub(crate) async fn write_result(
             Box::pin(rows),
         )
         .await?;
-        anyhow::Ok(Some((files, quarantine_schema.clone())))
+        anyhow::Ok(Some(TableFiles {
+            adds: files.adds,
+            schema: quarantine_schema.clone(),
+        }))
     };
     let (main, quarantine) = tokio::join!(main, quarantined);
     let written_files = main.map_err(|e| query_error(&ctx.table, e))?;
@@ -380,10 +384,8 @@ pub(crate) async fn write_result(
         metrics.rows_quarantined = screened.quarantined;
     }
     Ok(Output {
-        written: written_files,
-        schema,
-        metrics,
         quarantine,
+        ..Output::new(written_files, schema, metrics)
     })
 }
 

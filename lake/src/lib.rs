@@ -151,16 +151,21 @@ pub fn schema_to_json(schema: &Schema) -> Result<String> {
     Ok(serde_json::to_string(&delta_struct(schema)?)?)
 }
 
-/// Reads a Delta schema from task JSON.
-pub fn schema_from_json(json: &str) -> Result<StructType> {
-    serde_json::from_str(json).context("invalid Delta schema JSON")
+/// The Arrow schema of a Delta schema's JSON, as tasks carry it.
+pub fn schema_from_json(json: &str) -> Result<SchemaRef> {
+    let schema: StructType = serde_json::from_str(json).context("invalid Delta schema JSON")?;
+    arrow_schema(&schema)
 }
 
-/// Writes batches as Parquet data files under `uri`/`subdir` without committing them.
-///
-/// Returns one Delta `Add` per file, with paths relative to `uri` (so starting with
-/// `subdir/`). Nothing is visible to readers until the coordinator commits these actions; if
-/// it never does, [`delete_dir`] removes the whole `subdir`.
+/// Files written for one table and not committed yet, with the schema of their rows: what a
+/// task hands the coordinator, for the table and for its quarantine table.
+#[derive(Debug, Clone)]
+pub struct TableFiles {
+    /// Paths relative to the table's location.
+    pub adds: Vec<Add>,
+    pub schema: SchemaRef,
+}
+
 /// Files [`write_data_files`] wrote, and the time it spent encoding and writing them (the
 /// rest of a task's time went to reading and computing the rows).
 #[derive(Debug, Default)]
@@ -169,6 +174,11 @@ pub struct Written {
     pub write_time: std::time::Duration,
 }
 
+/// Writes batches as Parquet data files under `uri`/`subdir` without committing them.
+///
+/// Returns one Delta `Add` per file, with paths relative to `uri` (so starting with
+/// `subdir/`). Nothing is visible to readers until the coordinator commits these actions; if
+/// it never does, [`delete_dir`] removes the whole `subdir`.
 pub async fn write_data_files(
     uri: &str,
     subdir: &str,

@@ -32,6 +32,18 @@ impl fmt::Display for Layer {
 }
 
 /// A table of the pipeline, written `layer.name` (e.g. `silver.orders`).
+///
+/// ```
+/// use medallion_pipeline::{Layer, TableRef};
+///
+/// let t: TableRef = "silver.orders".parse().unwrap();
+/// assert_eq!(t, TableRef::new(Layer::Silver, "orders"));
+/// assert_eq!(t.to_string(), "silver.orders");
+/// // SQL may quote the parts.
+/// assert_eq!("\"gold\".\"totals\"".parse::<TableRef>().unwrap().name, "totals");
+/// assert!("orders".parse::<TableRef>().unwrap_err().contains("<layer>.<name>"));
+/// assert!("platinum.x".parse::<TableRef>().unwrap_err().contains("unknown layer"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TableRef {
     pub layer: Layer,

@@ -48,7 +48,54 @@ impl Pipeline {
         Pipeline::parse(yaml, origin, base)
     }
 
-    /// Parses and validates spec text; `origin` names it in errors.
+    /// Parses and validates spec text; `origin` names it in errors, and relative paths in the
+    /// spec are resolved against `base_dir`.
+    ///
+    /// ```
+    /// use medallion_pipeline::{Layer, Pipeline, TableRef};
+    ///
+    /// let yaml = r#"
+    /// pipeline: shop
+    /// lake: lake
+    /// sources:
+    ///   - { name: api, format: json, path: raw/*.jsonl }
+    /// bronze:
+    ///   - { name: orders, source: api }
+    /// silver:
+    ///   - name: orders
+    ///     from: bronze.orders
+    ///     keys: [order_id]
+    ///     columns: [{ name: order_id, type: bigint }, { name: status }]
+    /// "#;
+    /// let p = Pipeline::parse(yaml.into(), "shop.yaml".into(), "/data".into()).unwrap();
+    /// assert_eq!(p.name(), "shop");
+    /// let silver = TableRef::new(Layer::Silver, "orders");
+    /// let bronze = TableRef::new(Layer::Bronze, "orders");
+    /// assert!(p.dag.deps(&silver).contains(&bronze));
+    /// assert_eq!(p.table_uri(&silver), "/data/lake/silver/orders");
+    /// ```
+    ///
+    /// Every problem is reported at once, each with its file, line and field:
+    ///
+    /// ```
+    /// use medallion_pipeline::Pipeline;
+    ///
+    /// let yaml = r#"
+    /// pipeline: shop
+    /// lake: lake
+    /// sources:
+    ///   - { name: api, format: json, path: raw/*.jsonl }
+    /// bronze:
+    ///   - { name: orders, source: nowhere }
+    ///   - { name: orders, source: api }
+    /// "#;
+    /// let errors = Pipeline::parse(yaml.into(), "shop.yaml".into(), "/data".into()).unwrap_err();
+    /// assert_eq!(errors.0.len(), 2, "{errors}");
+    /// let unknown = errors.0.iter().find(|e| e.field == "bronze[0].source").unwrap();
+    /// assert_eq!((unknown.file.as_str(), unknown.line), ("shop.yaml", 7));
+    /// assert!(unknown.message.contains("nowhere"), "{unknown}");
+    /// assert!(errors.to_string().contains("shop.yaml:8"), "{errors}");
+    /// ```
     pub fn parse(yaml: String, origin: String, base_dir: PathBuf) -> Result<Pipeline, SpecErrors> {
         // The path of the field being read when parsing fails (`retries.max_attempts`), so an
         // error names it even when the YAML parser's message does not.

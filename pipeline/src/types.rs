@@ -5,6 +5,21 @@ use arrow_schema::{DataType, TimeUnit};
 /// Parses a spec type name (`bigint`, `double`, `decimal(12,2)`, `timestamp`, ...).
 ///
 /// The names follow Spark SQL, which is what data engineers write in Delta schemas.
+///
+/// ```
+/// use arrow_schema::{DataType, TimeUnit};
+/// use medallion_pipeline::types::parse_type;
+///
+/// assert_eq!(parse_type("BIGINT"), Ok(DataType::Int64));
+/// assert_eq!(parse_type("decimal(12, 2)"), Ok(DataType::Decimal128(12, 2)));
+/// // `timestamp` is an instant (UTC); `timestamp_ntz` a wall-clock time.
+/// assert_eq!(
+///     parse_type("timestamp"),
+///     Ok(DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))
+/// );
+/// assert!(parse_type("decimal(40,2)").is_err());
+/// assert!(parse_type("varchar2").unwrap_err().contains("varchar2"));
+/// ```
 pub fn parse_type(name: &str) -> Result<DataType, String> {
     let lower = name.trim().to_ascii_lowercase();
     let t = match lower.as_str() {

@@ -1,11 +1,15 @@
-//! The one place domain types become wire types and back: the spec, table references, task
-//! counters, run events and reports. Everything else passes domain types around.
+//! The one place domain types become wire types and back: the spec, table references, staged
+//! files, task counters, run events and reports. Everything else passes domain types around.
 
 use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport};
+use std::collections::BTreeMap;
+
+use arrow_schema::SchemaRef;
+use medallion_lake::TableFiles;
 use medallion_pipeline::{Pipeline, SpecErrors, TableRef};
 
 use crate::run_event::Event;
-use crate::{RunInfo, SpecText, Task, TaskMetrics};
+use crate::{AggregateWork, IngestWork, RunInfo, SpecText, StagedFiles, Task, TaskMetrics};
 
 impl From<&Pipeline> for SpecText {
     fn from(pipeline: &Pipeline) -> Self {
@@ -33,6 +37,62 @@ impl Task {
     /// The table the task writes.
     pub fn table_ref(&self) -> Result<TableRef, String> {
         self.table.parse()
+    }
+}
+
+impl IngestWork {
+    /// The data columns every task of the stage reads into.
+    pub fn data_schema(&self) -> anyhow::Result<SchemaRef> {
+        medallion_lake::schema_from_json(&self.data_schema_json)
+    }
+}
+
+impl AggregateWork {
+    /// Work that reads `inputs` at their versions, on the Ballista scheduler at `ballista`
+    /// (`df://host:port`) when one is given.
+    pub fn new(inputs: &BTreeMap<TableRef, u64>, ballista: Option<String>) -> Self {
+        Self {
+            input_versions: inputs.iter().map(|(t, v)| (t.to_string(), *v)).collect(),
+            ballista_scheduler: ballista.unwrap_or_default(),
+        }
+    }
+
+    /// The tables the query reads, at their pinned versions.
+    pub fn inputs(&self) -> Result<Vec<(TableRef, u64)>, String> {
+        self.input_versions
+            .iter()
+            .map(|(t, v)| Ok((t.parse()?, *v)))
+            .collect()
+    }
+}
+
+impl TryFrom<&TableFiles> for StagedFiles {
+    type Error = anyhow::Error;
+
+    fn try_from(files: &TableFiles) -> anyhow::Result<Self> {
+        Ok(Self {
+            add_actions_json: files
+                .adds
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<_, _>>()?,
+            schema_json: medallion_lake::schema_to_json(&files.schema)?,
+        })
+    }
+}
+
+impl TryFrom<&StagedFiles> for TableFiles {
+    type Error = anyhow::Error;
+
+    fn try_from(files: &StagedFiles) -> anyhow::Result<Self> {
+        Ok(Self {
+            adds: files
+                .add_actions_json
+                .iter()
+                .map(|a| serde_json::from_str(a))
+                .collect::<Result<_, _>>()?,
+            schema: medallion_lake::schema_from_json(&files.schema_json)?,
+        })
     }
 }
 
@@ -247,5 +307,57 @@ mod tests {
             (back.yaml, back.lake_root, back.base_dir),
             (pipeline.yaml, pipeline.lake_root, pipeline.base_dir)
         );
+    }
+
+    #[test]
+    fn staged_files_survive_the_wire_with_null_partitions_and_nested_types() {
+        use arrow_schema::{DataType, Field, Schema, TimeUnit};
+        let add = serde_json::json!({
+            "path": "day=__HIVE_DEFAULT_PARTITION__/part-0.parquet",
+            "partitionValues": {"day": null},
+            "size": 10, "modificationTime": 1, "dataChange": true,
+            "stats": "{\"numRecords\":3}"
+        });
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new(
+                "address",
+                DataType::Struct(vec![Field::new("city", DataType::Utf8, true)].into()),
+                true,
+            ),
+            Field::new("day", DataType::Utf8, true),
+        ]);
+        let files = TableFiles {
+            adds: vec![serde_json::from_value(add.clone()).unwrap()],
+            schema: std::sync::Arc::new(schema),
+        };
+        let wire = StagedFiles::try_from(&files).unwrap();
+        let bytes = prost::Message::encode_to_vec(&wire);
+        let decoded: StagedFiles = prost::Message::decode(bytes.as_slice()).unwrap();
+        let back = TableFiles::try_from(&decoded).unwrap();
+        assert_eq!(back.schema, files.schema);
+        let back_add = serde_json::to_value(&back.adds[0]).unwrap();
+        assert_eq!(
+            (
+                &back_add["path"],
+                &back_add["partitionValues"],
+                &back_add["stats"]
+            ),
+            (&add["path"], &add["partitionValues"], &add["stats"])
+        );
+    }
+
+    #[test]
+    fn a_staged_file_that_is_not_an_add_action_is_an_error() {
+        let wire = StagedFiles {
+            add_actions_json: vec!["{\"remove\": {}}".into()],
+            schema_json: String::new(),
+        };
+        assert!(TableFiles::try_from(&wire).is_err());
     }
 }
