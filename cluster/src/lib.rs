@@ -1,5 +1,5 @@
 //! What the three Medallion binaries share: where the cluster keeps its state in etcd, leases
-//! that survive an etcd restart, binding and exiting, logging and size flags.
+//! that survive an etcd restart, server flags and start-up, exiting, logging and size flags.
 //!
 //! The coordinator and the executors meet only through etcd (membership, leadership, run
 //! state) and gRPC (`medallion-proto`); this crate keeps the etcd side in one place.
@@ -8,36 +8,21 @@ pub mod etcd;
 pub mod logging;
 pub mod metrics;
 pub mod retry;
+pub mod server;
 pub mod signal;
 pub mod size;
 
 pub use etcd::{EtcdArgs, KeptLease, Keys};
 pub use logging::LogArgs;
+pub use server::ServerArgs;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
-
-use anyhow::Context;
 
 /// The allocator of every Medallion binary (they all link this crate). DataFusion allocates
 /// and frees per batch, from many threads: mimalloc keeps that fast and returns memory to the
 /// OS, where glibc's arenas let the resident set grow.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Binds a server's gRPC port; returns the listener and the URL others reach it at
-/// (`advertise`, or loopback with the bound port).
-pub async fn bind(
-    listen: SocketAddr,
-    advertise: Option<String>,
-) -> anyhow::Result<(tokio::net::TcpListener, String)> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let port = listener.local_addr()?.port();
-    let url = advertise.unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
-    Ok((listener, url))
-}
 
 /// This machine's name, as `/etc/hostname` gives it (a pod's name on Kubernetes).
 pub fn hostname() -> Option<String> {

@@ -164,38 +164,83 @@ impl CommitContext<'_> {
                 commit_id: String::new(),
             });
         }
-        let (table, uri) = (&target.table, &target.uri);
-        let existing = match plan {
-            // Bronze commits on the version its ledger was read at (see `CommitPlan::Append`).
+        let existing = self.base(target, plan).await?;
+        let base_version = existing.as_ref().and_then(DeltaTable::version);
+        let commit_id = uuid::Uuid::new_v4().simple().to_string();
+        let checks = self
+            .judge(target, plan, staged, existing.as_ref(), checks, screened)
+            .await?;
+        match self.apply(target, plan, existing, &commit_id, staged).await {
+            Ok((version, merge)) => Ok(Committed {
+                version,
+                checks,
+                merge,
+                commit_id,
+            }),
+            Err(error) => {
+                // A failed commit may still have landed (an error after the log write), and
+                // another writer may have committed in between: the log says which.
+                let (uri, opts) = (&target.uri, self.storage_options);
+                match find_commit(uri, opts, base_version, &commit_id).await {
+                    Ok(Some(Landed::Ours(version))) => Ok(Committed {
+                        version: Some(version),
+                        checks,
+                        merge: None,
+                        commit_id,
+                    }),
+                    Ok(Some(Landed::Others)) => {
+                        if !matches!(plan, CommitPlan::Merge { .. }) {
+                            self.discard(target, staged).await;
+                        }
+                        Err(Rejected::Conflict(error))
+                    }
+                    // Unchanged, or unreadable: the files stay for VACUUM, in case they landed.
+                    _ => Err(Rejected::Error(error)),
+                }
+            }
+        }
+    }
+
+    /// The version the commit builds on: for bronze, the version its ledger was read at (see
+    /// `CommitPlan::Append`); otherwise the latest.
+    async fn base(&self, target: &Target, plan: &CommitPlan) -> Result<Option<DeltaTable>> {
+        let (uri, opts) = (&target.uri, self.storage_options);
+        Ok(match plan {
             CommitPlan::Append {
                 ledger_version: Some(v),
                 ..
-            } => Some(medallion_lake::open_version(uri, self.storage_options, *v).await?),
+            } => Some(medallion_lake::open_version(uri, opts, *v).await?),
             CommitPlan::Append {
                 ledger_version: None,
                 ..
             } => None,
-            _ => medallion_lake::open_table(uri, self.storage_options).await?,
-        };
-        let base_version = existing.as_ref().and_then(DeltaTable::version);
-        let commit_id = uuid::Uuid::new_v4().simple().to_string();
+            _ => medallion_lake::open_table(uri, opts).await?,
+        })
+    }
+
+    /// Runs the table's checks on the staged rows and adds what screening found; a failed
+    /// `fail` check rejects the commit and discards the staged files.
+    async fn judge(
+        &self,
+        target: &Target,
+        plan: &CommitPlan,
+        staged: &Staged,
+        existing: Option<&DeltaTable>,
+        checks: &[CheckSpec],
+        screened: &TaskMetrics,
+    ) -> Result<Vec<CheckResult>, Rejected> {
         let (screening, judged): (Vec<_>, Vec<_>) = checks
             .iter()
             .cloned()
             .partition(|c| c.action().screens_rows());
-        let results = match self
-            .check(target, staged, plan, existing.as_ref(), &judged)
-            .await
-        {
-            Ok(mut r) => {
-                r.extend(quality::screened_results(&screening, screened));
-                r
-            }
+        let mut results = match self.check(target, staged, plan, existing, &judged).await {
+            Ok(r) => r,
             Err(e) => {
                 self.discard(target, staged).await;
                 return Err(Rejected::Error(e));
             }
         };
+        results.extend(quality::screened_results(&screening, screened));
         if results
             .iter()
             .any(|r| !r.passed && r.action == spec::Action::Fail)
@@ -203,53 +248,37 @@ impl CommitContext<'_> {
             self.discard(target, staged).await;
             return Err(Rejected::Checks(results));
         }
-        let outcome = match (plan, existing) {
+        Ok(results)
+    }
+
+    /// Makes the commit the plan says; returns the new version and what a merge changed.
+    async fn apply(
+        &self,
+        target: &Target,
+        plan: &CommitPlan,
+        existing: Option<DeltaTable>,
+        commit_id: &str,
+        staged: &Staged,
+    ) -> Result<(Option<u64>, Option<Metrics>)> {
+        match (plan, existing) {
             (CommitPlan::Merge { .. }, Some(t)) => {
-                let r = self.merge(target, t, plan, &commit_id, staged).await;
+                let r = self.merge(target, t, plan, commit_id, staged).await;
                 // The merge wrote its own files into the table; the staged ones are done.
                 self.discard(target, staged).await;
                 r
             }
             (CommitPlan::Merge { .. }, None) => Err(anyhow::anyhow!(
-                "{table} disappeared while the run merged into it"
+                "{} disappeared while the run merged into it",
+                target.table
             )),
             (_, None) => self
-                .create(target, plan, &commit_id, staged)
+                .create(target, plan, commit_id, staged)
                 .await
                 .map(|v| (Some(v), None)),
             (_, Some(t)) => self
-                .write(target, t, plan, &commit_id, staged)
+                .write(target, t, plan, commit_id, staged)
                 .await
                 .map(|v| (Some(v), None)),
-        };
-        let error = match outcome {
-            Ok((version, merge)) => {
-                return Ok(Committed {
-                    version,
-                    checks: results,
-                    merge,
-                    commit_id,
-                });
-            }
-            Err(e) => e,
-        };
-        // A failed commit may still have landed (an error after the log write), and another
-        // writer may have committed in between: the log says which.
-        match find_commit(uri, self.storage_options, base_version, &commit_id).await {
-            Ok(Some(Landed::Ours(version))) => Ok(Committed {
-                version: Some(version),
-                checks: results,
-                merge: None,
-                commit_id,
-            }),
-            Ok(Some(Landed::Others)) => {
-                if !matches!(plan, CommitPlan::Merge { .. }) {
-                    self.discard(target, staged).await;
-                }
-                Err(Rejected::Conflict(error))
-            }
-            // Unchanged, or unreadable: the files stay for VACUUM, in case they landed.
-            _ => Err(Rejected::Error(error)),
         }
     }
 

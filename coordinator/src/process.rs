@@ -15,11 +15,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use etcd_client::Client;
+use medallion_cluster::server::Serving;
 use medallion_cluster::size::parse_size;
-use medallion_cluster::{EtcdArgs, KeptLease, Keys, LogArgs, signal};
+use medallion_cluster::{EtcdArgs, KeptLease, Keys, LogArgs, ServerArgs, signal};
 use medallion_proto::coordinator_server::CoordinatorServer;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 
 use crate::BallistaTarget;
 use crate::membership::Members;
@@ -35,17 +36,8 @@ use crate::store::EtcdRunStore;
     about = "Medallion coordinator: plans pipeline runs, hands tasks to executors, commits to Delta"
 )]
 pub struct CoordinatorArgs {
-    /// Address to serve gRPC (client API and health) on.
-    #[arg(long, env = "MEDALLION_LISTEN", default_value = "0.0.0.0:7070")]
-    listen: SocketAddr,
-    /// URL clients use to reach this coordinator when it leads, as a standby tells them
-    /// [default: http://127.0.0.1:<listen port>].
-    #[arg(long, env = "MEDALLION_ADVERTISE")]
-    advertise: Option<String>,
-    /// Seconds etcd keeps this coordinator's leadership without hearing from it; a standby
-    /// takes over at most this long after the leader dies.
-    #[arg(long, env = "MEDALLION_LEASE_TTL", default_value_t = 10)]
-    lease_ttl: i64,
+    #[command(flatten)]
+    server: ServerArgs<7070, 9470>,
     /// Port of the Ballista scheduler gold queries run on across the executors; 0: no Ballista.
     #[arg(long, env = "MEDALLION_BALLISTA_PORT", default_value_t = 50050)]
     ballista_port: u16,
@@ -53,9 +45,6 @@ pub struct CoordinatorArgs {
     /// inputs hold at least this much data (e.g. `256MiB`).
     #[arg(long, env = "MEDALLION_BALLISTA_MIN_INPUT", value_parser = parse_size, default_value = "4GiB")]
     ballista_min_input: usize,
-    /// Address to serve Prometheus metrics on, at `/metrics`.
-    #[arg(long, env = "MEDALLION_METRICS_LISTEN", default_value = "0.0.0.0:9470")]
-    metrics_listen: SocketAddr,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -71,9 +60,7 @@ struct Services {
     runs: Arc<Runs>,
     role: Arc<Role>,
     ballista: Option<BallistaTarget>,
-    health: tonic_health::server::HealthReporter,
-    stop_server: CancellationToken,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: Serving,
 }
 
 /// Serves until SIGTERM or until its etcd lease is lost: see the module docs.
@@ -81,12 +68,12 @@ pub async fn serve(args: CoordinatorArgs) -> Result<()> {
     let services = start_services(&args).await?;
     let shutdown = signal::shutdown();
     tokio::pin!(shutdown);
-    let lease = KeptLease::grant(&services.etcd, args.lease_ttl).await?;
+    let lease = KeptLease::grant(&services.etcd, args.server.lease_ttl).await?;
     let lost = lease.lost();
     tokio::select! {
         _ = &mut shutdown => {
             let _ = lease.revoke(&services.etcd).await;
-            return services.stop().await;
+            return services.server.stop().await;
         }
         _ = lost.cancelled() => bail!("etcd lease expired while standing by"),
         () = campaign(&services, &lease) => {}
@@ -96,11 +83,11 @@ pub async fn serve(args: CoordinatorArgs) -> Result<()> {
         _ = &mut shutdown => {
             // Runs stay "running" in etcd: the next leader resumes them.
             stop_members.cancel();
-            services.health.set_not_serving::<CoordinatorServer<CoordinatorService>>().await;
+            services.server.health.set_not_serving::<CoordinatorServer<CoordinatorService>>().await;
             if let Err(e) = lease.revoke(&services.etcd).await {
                 tracing::warn!(error = %e, "could not step down; the standby takes over when the lease expires");
             }
-            services.stop().await?;
+            services.server.stop().await?;
             tracing::info!("coordinator stopped");
             Ok(())
         }
@@ -110,8 +97,8 @@ pub async fn serve(args: CoordinatorArgs) -> Result<()> {
 
 /// Binds and serves the client API (a standby answers it too), health and metrics.
 async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
-    let (listener, advertise) =
-        medallion_cluster::bind(args.listen, args.advertise.clone()).await?;
+    let bound = args.server.bind().await?;
+    let advertise = bound.advertise.clone();
     let etcd = args.etcd.connect().await?;
     let keys = args.etcd.keys();
     let members = Members::grpc();
@@ -119,7 +106,7 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         0 => None,
         port => Some(
             start_ballista(
-                args.listen,
+                args.server.listen,
                 port,
                 &advertise,
                 &members,
@@ -132,7 +119,7 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         Arc::new(EtcdRunStore::new(
             etcd.clone(),
             keys.clone(),
-            args.lease_ttl,
+            args.server.lease_ttl,
         )),
         Arc::new(RemoteExecutors::new(members.clone())),
         ballista.clone(),
@@ -143,25 +130,13 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         runs: runs.clone(),
         members: members.clone(),
     };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
+    crate::metrics::init();
+    let api = ForwardToLeader::new(CoordinatorServer::new(service), role.clone());
+    let server = bound.serve(Routes::new(api)).await?;
+    server
+        .health
         .set_not_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
-    let stop_server = CancellationToken::new();
-    crate::metrics::init();
-    medallion_cluster::metrics::serve(args.metrics_listen, stop_server.clone()).await?;
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(ForwardToLeader::new(
-                CoordinatorServer::new(service),
-                role.clone(),
-            ))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop_server.clone().cancelled_owned(),
-            ),
-    );
     tracing::info!(address = %advertise, "coordinator serving; campaigning for leadership");
     Ok(Services {
         etcd,
@@ -171,18 +146,8 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         runs,
         role,
         ballista,
-        health,
-        stop_server,
         server,
     })
-}
-
-impl Services {
-    async fn stop(self) -> Result<()> {
-        self.stop_server.cancel();
-        self.server.await??;
-        Ok(())
-    }
 }
 
 /// Waits until this coordinator is elected leader.
@@ -201,6 +166,7 @@ async fn campaign(services: &Services, lease: &KeptLease) {
 async fn lead(services: &Services, lease: &KeptLease) -> Result<CancellationToken> {
     services.role.set_leading();
     services
+        .server
         .health
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;

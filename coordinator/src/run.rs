@@ -76,51 +76,9 @@ impl<'a> Coordinator<'a> {
 
         let order = pipeline.dag.topological_order().unwrap_or_default();
         let mut finished = preflight(pipeline, &order);
-        let mut pending: Vec<TableRef> = if finished.is_empty() {
-            order.clone()
-        } else {
-            Vec::new()
-        };
-        let mut running = FuturesUnordered::new();
-        loop {
-            let mut still_pending = Vec::new();
-            for table in pending {
-                let deps = pipeline.dag.deps(&table);
-                if let Some(failed) = deps
-                    .iter()
-                    .find(|d| finished.get(*d).is_some_and(|r| !r.succeeded()))
-                {
-                    let report = TableReport::new(
-                        &table,
-                        TableStatus::Skipped {
-                            reason: format!("{failed} did not succeed"),
-                        },
-                    );
-                    self.observer.on_event(RunEvent::TableFinished {
-                        report: report.clone(),
-                    });
-                    finished.insert(table, report);
-                } else if deps.iter().all(|d| finished.contains_key(d)) {
-                    let span = tracing::info_span!("table", stage = %table.layer, table = %table);
-                    running.push(tracing::Instrument::instrument(
-                        async move {
-                            let report = self.run_table(run, &table, started).await;
-                            (table, report)
-                        },
-                        span,
-                    ));
-                } else {
-                    still_pending.push(table);
-                }
-            }
-            pending = still_pending;
-            let Some((table, report)) = running.next().await else {
-                break;
-            };
-            self.observer.on_event(RunEvent::TableFinished {
-                report: report.clone(),
-            });
-            finished.insert(table, report);
+        if finished.is_empty() {
+            self.run_tables(run, order.clone(), &mut finished, started)
+                .await;
         }
 
         let tables: Vec<TableReport> = order.iter().filter_map(|t| finished.remove(t)).collect();
@@ -154,6 +112,55 @@ impl<'a> Coordinator<'a> {
             "run finished"
         );
         report
+    }
+
+    /// Runs each table as soon as the tables it reads have finished, as many at a time as are
+    /// ready; a table that reads one that did not succeed is skipped.
+    async fn run_tables(
+        &self,
+        run: &RunContext<'_>,
+        mut pending: Vec<TableRef>,
+        finished: &mut HashMap<TableRef, TableReport>,
+        started: Instant,
+    ) {
+        let dag = &run.pipeline.dag;
+        let mut running = FuturesUnordered::new();
+        loop {
+            let mut still_pending = Vec::new();
+            for table in pending {
+                let deps = dag.deps(&table);
+                if let Some(failed) = deps
+                    .iter()
+                    .find(|d| finished.get(*d).is_some_and(|r| !r.succeeded()))
+                {
+                    let reason = format!("{failed} did not succeed");
+                    let report = TableReport::new(&table, TableStatus::Skipped { reason });
+                    self.observer.on_event(RunEvent::TableFinished {
+                        report: report.clone(),
+                    });
+                    finished.insert(table, report);
+                } else if deps.iter().all(|d| finished.contains_key(d)) {
+                    let span = tracing::info_span!("table", stage = %table.layer, table = %table);
+                    running.push(tracing::Instrument::instrument(
+                        async move {
+                            let report = self.run_table(run, &table, started).await;
+                            (table, report)
+                        },
+                        span,
+                    ));
+                } else {
+                    still_pending.push(table);
+                }
+            }
+            pending = still_pending;
+            let Some((table, report)) = running.next().await else {
+                break;
+            };
+            self.observer.on_event(RunEvent::TableFinished {
+                report: report.clone(),
+            });
+            finished.insert(table, report);
+        }
     }
 
     /// Plans, runs and commits one table.

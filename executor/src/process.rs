@@ -4,17 +4,17 @@
 //! etcd under a lease (re-registering if the lease is ever lost), and on SIGTERM stops taking
 //! tasks, finishes the running ones and revokes its lease so the coordinator forgets it at once.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use medallion_cluster::size::parse_memory_limit;
-use medallion_cluster::{EtcdArgs, KeptLease, LogArgs, signal};
+use medallion_cluster::{EtcdArgs, KeptLease, LogArgs, ServerArgs, signal};
 use medallion_proto::ExecutorInfo;
 use medallion_proto::executor_server::ExecutorServer;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 
 use crate::{Executor, ExecutorService};
 
@@ -25,13 +25,8 @@ use crate::{Executor, ExecutorService};
     about = "Medallion executor: runs the tasks of pipeline runs for the leader coordinator"
 )]
 pub struct ExecutorArgs {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "MEDALLION_LISTEN", default_value = "0.0.0.0:7071")]
-    listen: SocketAddr,
-    /// URL the coordinator calls this executor at [default: http://127.0.0.1:<listen port>];
-    /// in Kubernetes, the pod's IP.
-    #[arg(long, env = "MEDALLION_ADVERTISE")]
-    advertise: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs<7071, 9471>,
     /// This executor's name in the cluster [default: <hostname>-<pid>].
     #[arg(long, env = "MEDALLION_EXECUTOR_ID")]
     id: Option<String>,
@@ -41,15 +36,9 @@ pub struct ExecutorArgs {
     /// Memory the running tasks' queries share (e.g. `2GiB`); they spill to disk beyond it.
     #[arg(long, env = "MEDALLION_MEMORY_LIMIT", value_parser = parse_memory_limit)]
     memory_limit: Option<usize>,
-    /// Seconds etcd keeps this executor registered without hearing from it.
-    #[arg(long, env = "MEDALLION_LEASE_TTL", default_value_t = 10)]
-    lease_ttl: i64,
     /// Seconds to let running tasks finish after SIGTERM.
     #[arg(long, env = "MEDALLION_DRAIN_TIMEOUT", default_value_t = 120)]
     drain_timeout: u64,
-    /// Address to serve Prometheus metrics on, at `/metrics`.
-    #[arg(long, env = "MEDALLION_METRICS_LISTEN", default_value = "0.0.0.0:9471")]
-    metrics_listen: SocketAddr,
     #[command(flatten)]
     ballista: BallistaFlags,
     #[command(flatten)]
@@ -88,31 +77,21 @@ pub async fn serve(args: ExecutorArgs) -> Result<()> {
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let service = ExecutorService::new(Executor::new(args.memory_limit)?, slots);
-    let (listener, address) = medallion_cluster::bind(args.listen, args.advertise.clone()).await?;
+    let bound = args.server.bind().await?;
     let info = ExecutorInfo {
         id: args.id.clone().unwrap_or_else(default_id),
-        address,
+        address: bound.advertise.clone(),
         slots: slots as u32,
         started_ms: chrono::Utc::now().timestamp_millis(),
     };
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
+    crate::metrics::init();
+    let server = bound
+        .serve(Routes::new(ExecutorServer::new(service.clone())))
+        .await?;
+    server
+        .health
         .set_serving::<ExecutorServer<ExecutorService>>()
         .await;
-    let stop_server = CancellationToken::new();
-    crate::metrics::init();
-    medallion_cluster::metrics::serve(args.metrics_listen, stop_server.clone()).await?;
-    let server = tokio::spawn({
-        let stop = stop_server.clone();
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(ExecutorServer::new(service.clone()))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop.cancelled_owned(),
-            )
-    });
     tracing::info!(id = %info.id, address = %info.address, slots, "executor serving");
 
     let etcd = args.etcd.connect().await?;
@@ -120,7 +99,7 @@ pub async fn serve(args: ExecutorArgs) -> Result<()> {
     if !args.ballista.no_ballista {
         // In the background: waiting for the leader's scheduler must not hold up registration.
         let (args, info, etcd, keys) = (args.clone(), info.clone(), etcd.clone(), keys.clone());
-        let stop = stop_server.clone();
+        let stop = server.stopping();
         tokio::spawn(async move {
             if let Err(e) = start_ballista(&args, &info, &etcd, &keys, stop).await {
                 tracing::error!(
@@ -130,8 +109,10 @@ pub async fn serve(args: ExecutorArgs) -> Result<()> {
             }
         });
     }
-    let lease = register_until_shutdown(&etcd, &keys, &info, args.lease_ttl, &service).await?;
-    health
+    let ttl = args.server.lease_ttl;
+    let lease = register_until_shutdown(&etcd, &keys, &info, ttl, &service).await?;
+    server
+        .health
         .set_not_serving::<ExecutorServer<ExecutorService>>()
         .await;
     tracing::info!(
@@ -150,8 +131,7 @@ pub async fn serve(args: ExecutorArgs) -> Result<()> {
     if let Err(e) = lease.revoke(&etcd).await {
         tracing::warn!(error = %e, "could not revoke the lease; it expires by itself");
     }
-    stop_server.cancel();
-    server.await??;
+    server.stop().await?;
     service.remove_spill_files();
     tracing::info!("executor stopped");
     Ok(())
@@ -235,7 +215,7 @@ async fn start_ballista(
         .unwrap_or_else(|| "127.0.0.1".into());
     let config = ExecutorProcessConfig {
         executor_id: info.id.clone(),
-        bind_host: args.listen.ip().to_string(),
+        bind_host: args.server.listen.ip().to_string(),
         external_host: Some(external),
         port: flags.ballista_port,
         grpc_port: flags.ballista_grpc_port,

@@ -334,6 +334,45 @@ fn check_names<'a>(
 }
 
 fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
+    validate_settings(spec, errors);
+    let sources = check_names(errors, "sources", spec.sources.iter().map(|s| &s.name));
+    for (i, s) in spec.sources.iter().enumerate() {
+        validate_source(errors, i, s);
+    }
+    check_table_names(errors, "bronze", spec.bronze.iter().map(|t| &t.name));
+    check_table_names(errors, "silver", spec.silver.iter().map(|t| &t.name));
+    check_table_names(errors, "gold", spec.gold.iter().map(|t| &t.name));
+
+    let mut known: BTreeSet<TableRef> = BTreeSet::new();
+    for t in &spec.bronze {
+        known.insert(TableRef::new(Layer::Bronze, &t.name.value));
+    }
+    for t in &spec.silver {
+        known.insert(TableRef::new(Layer::Silver, &t.name.value));
+    }
+    for t in &spec.gold {
+        known.insert(TableRef::new(Layer::Gold, &t.name.value));
+    }
+
+    let mut dag = Dag::default();
+    for (i, t) in spec.bronze.iter().enumerate() {
+        let deps = validate_bronze(errors, i, t, &sources, &known);
+        dag.add(TableRef::new(Layer::Bronze, &t.name.value), deps);
+    }
+    for (i, t) in spec.silver.iter().enumerate() {
+        let deps = validate_silver(errors, i, t, &known);
+        dag.add(TableRef::new(Layer::Silver, &t.name.value), deps);
+    }
+    for (i, t) in spec.gold.iter().enumerate() {
+        let deps = validate_gold(errors, i, t, &known);
+        dag.add(TableRef::new(Layer::Gold, &t.name.value), deps);
+    }
+    check_cycles(spec, &dag, errors);
+    dag
+}
+
+/// The pipeline-wide settings: name, schedule, retries, timeouts and lake.
+fn validate_settings(spec: &PipelineSpec, errors: &mut Errors) {
     if !valid_name(&spec.pipeline.value) {
         errors.on(
             &spec.pipeline,
@@ -388,76 +427,70 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
     if root.value.trim().is_empty() {
         errors.on(root, "lake.root", "must not be empty");
     }
+}
 
-    let sources = check_names(errors, "sources", spec.sources.iter().map(|s| &s.name));
-    for (i, s) in spec.sources.iter().enumerate() {
-        validate_source(errors, i, s);
+/// A bronze table: its source exists, its batching and its checks; returns what the checks
+/// reference.
+fn validate_bronze(
+    errors: &mut Errors,
+    i: usize,
+    t: &BronzeSpec,
+    sources: &HashSet<String>,
+    known: &BTreeSet<TableRef>,
+) -> BTreeSet<TableRef> {
+    if !sources.contains(&t.source.value) {
+        errors.on(
+            &t.source,
+            format!("bronze[{i}].source"),
+            format!("unknown source '{}'", t.source.value),
+        );
     }
-    check_table_names(errors, "bronze", spec.bronze.iter().map(|t| &t.name));
-    check_table_names(errors, "silver", spec.silver.iter().map(|t| &t.name));
-    check_table_names(errors, "gold", spec.gold.iter().map(|t| &t.name));
+    if t.files_per_task == 0 {
+        errors.on(
+            &t.name,
+            format!("bronze[{i}].files_per_task"),
+            "must be at least 1",
+        );
+    }
+    validate_checks(errors, &format!("bronze[{i}]"), &t.checks, None, known)
+}
 
-    let mut known: BTreeSet<TableRef> = BTreeSet::new();
-    for t in &spec.bronze {
-        known.insert(TableRef::new(Layer::Bronze, &t.name.value));
-    }
-    for t in &spec.silver {
-        known.insert(TableRef::new(Layer::Silver, &t.name.value));
-    }
-    for t in &spec.gold {
-        known.insert(TableRef::new(Layer::Gold, &t.name.value));
-    }
-
-    let mut dag = Dag::default();
-    for (i, t) in spec.bronze.iter().enumerate() {
-        if !sources.contains(&t.source.value) {
-            errors.on(
-                &t.source,
-                format!("bronze[{i}].source"),
-                format!("unknown source '{}'", t.source.value),
-            );
-        }
-        if t.files_per_task == 0 {
-            errors.on(
-                &t.name,
-                format!("bronze[{i}].files_per_task"),
-                "must be at least 1",
-            );
-        }
-        let deps = validate_checks(errors, &format!("bronze[{i}]"), &t.checks, None, &known);
-        dag.add(TableRef::new(Layer::Bronze, &t.name.value), deps);
-    }
-    for (i, t) in spec.silver.iter().enumerate() {
-        let deps = validate_silver(errors, i, t, &known);
-        dag.add(TableRef::new(Layer::Silver, &t.name.value), deps);
-    }
-    for (i, t) in spec.gold.iter().enumerate() {
-        let field = format!("gold[{i}].sql");
-        let mut deps = BTreeSet::new();
-        match sql::query_tables(&t.sql.value) {
-            Err(e) => errors.on(&t.sql, &field, format!("invalid SQL: {e}")),
-            Ok(tables) => {
-                for written in tables {
-                    match written.parse::<TableRef>() {
-                        Ok(r) if known.contains(&r) => {
-                            deps.insert(r);
-                        }
-                        Ok(r) => errors.on(&t.sql, &field, format!("unknown table '{r}'")),
-                        Err(e) => errors.on(&t.sql, &field, e),
+/// A gold table: its SQL parses and reads known tables, and its checks; returns the tables it
+/// reads.
+fn validate_gold(
+    errors: &mut Errors,
+    i: usize,
+    t: &GoldSpec,
+    known: &BTreeSet<TableRef>,
+) -> BTreeSet<TableRef> {
+    let field = format!("gold[{i}].sql");
+    let mut deps = BTreeSet::new();
+    match sql::query_tables(&t.sql.value) {
+        Err(e) => errors.on(&t.sql, &field, format!("invalid SQL: {e}")),
+        Ok(tables) => {
+            for written in tables {
+                match written.parse::<TableRef>() {
+                    Ok(r) if known.contains(&r) => {
+                        deps.insert(r);
                     }
+                    Ok(r) => errors.on(&t.sql, &field, format!("unknown table '{r}'")),
+                    Err(e) => errors.on(&t.sql, &field, e),
                 }
             }
         }
-        deps.extend(validate_checks(
-            errors,
-            &format!("gold[{i}]"),
-            &t.checks,
-            None,
-            &known,
-        ));
-        dag.add(TableRef::new(Layer::Gold, &t.name.value), deps);
     }
+    deps.extend(validate_checks(
+        errors,
+        &format!("gold[{i}]"),
+        &t.checks,
+        None,
+        known,
+    ));
+    deps
+}
 
+/// Reports a dependency cycle at the table that starts it.
+fn check_cycles(spec: &PipelineSpec, dag: &Dag, errors: &mut Errors) {
     if let Err(cycle) = dag.topological_order() {
         let path: Vec<String> = cycle.iter().map(ToString::to_string).collect();
         let first = &cycle[0];
@@ -480,7 +513,6 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
             format!("dependency cycle: {}", path.join(" -> ")),
         );
     }
-    dag
 }
 
 fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
@@ -556,36 +588,7 @@ fn validate_silver(
             "a silver table declares at least one column",
         );
     }
-    let mut names = HashSet::new();
-    for (j, c) in t.columns.iter().enumerate() {
-        if !valid_name(&c.name.value) {
-            errors.on(
-                &c.name,
-                at(&format!("columns[{j}].name")),
-                format!("'{}' {NAME_RULE}", c.name.value),
-            );
-        } else if !names.insert(c.name.value.as_str()) {
-            errors.on(
-                &c.name,
-                at(&format!("columns[{j}].name")),
-                format!("duplicate column '{}'", c.name.value),
-            );
-        }
-        if let Some(e) = &c.expr
-            && let Err(msg) = sql::check_expr(&e.value)
-        {
-            errors.on(
-                e,
-                at(&format!("columns[{j}].expr")),
-                format!("invalid SQL expression: {msg}"),
-            );
-        }
-        if let Some(ty) = &c.data_type
-            && let Err(msg) = types::parse_type(&ty.value)
-        {
-            errors.on(ty, at(&format!("columns[{j}].type")), msg);
-        }
-    }
+    let names = validate_columns(errors, i, &t.columns);
     for (j, k) in t.keys.iter().enumerate() {
         if !names.contains(k.value.as_str()) {
             errors.on(
@@ -629,6 +632,47 @@ fn validate_silver(
     deps
 }
 
+/// A silver table's columns: well-formed unique names, valid expressions and types; returns
+/// their names.
+fn validate_columns<'a>(
+    errors: &mut Errors,
+    i: usize,
+    columns: &'a [SilverColumn],
+) -> HashSet<&'a str> {
+    let at = |f: &str| format!("silver[{i}].{f}");
+    let mut names = HashSet::new();
+    for (j, c) in columns.iter().enumerate() {
+        if !valid_name(&c.name.value) {
+            errors.on(
+                &c.name,
+                at(&format!("columns[{j}].name")),
+                format!("'{}' {NAME_RULE}", c.name.value),
+            );
+        } else if !names.insert(c.name.value.as_str()) {
+            errors.on(
+                &c.name,
+                at(&format!("columns[{j}].name")),
+                format!("duplicate column '{}'", c.name.value),
+            );
+        }
+        if let Some(e) = &c.expr
+            && let Err(msg) = sql::check_expr(&e.value)
+        {
+            errors.on(
+                e,
+                at(&format!("columns[{j}].expr")),
+                format!("invalid SQL expression: {msg}"),
+            );
+        }
+        if let Some(ty) = &c.data_type
+            && let Err(msg) = types::parse_type(&ty.value)
+        {
+            errors.on(ty, at(&format!("columns[{j}].type")), msg);
+        }
+    }
+    names
+}
+
 /// Checks each quality check has what its kind needs; `columns` is known for silver tables.
 /// Returns the tables foreign keys reference: the table is checked after they are written.
 fn validate_checks(
@@ -649,119 +693,132 @@ fn validate_checks(
                 format!("duplicate check name '{}'", c.name.value),
             );
         }
-        let cols = c.all_columns();
-        if c.action().screens_rows() {
-            let at = format!("{field}.action");
-            if table.starts_with("bronze") {
-                errors.on(
-                    &c.name,
-                    at,
-                    "bronze keeps every raw row: drop and quarantine apply to silver and gold checks",
-                );
-            } else if crate::checks::failing_row(c).is_none() {
-                errors.on(
-                    &c.name,
-                    at,
-                    "drop and quarantine apply to checks of single rows: not_null, range, \
-                     accepted_values, regex, expression",
-                );
-            }
-        }
-        let needs_columns = !matches!(c.check, CheckKind::Expression | CheckKind::RowCount);
-        let one_column = matches!(c.check, CheckKind::Freshness | CheckKind::ForeignKey);
-        match c.check {
-            _ if needs_columns && cols.is_empty() => {
-                errors.on(&c.name, &field, "this check needs 'column' or 'columns'")
-            }
-            _ if one_column && cols.len() != 1 => {
-                errors.on(&c.name, &field, "this check takes one 'column'")
-            }
-            CheckKind::RowCount if c.min.is_none() && c.max.is_none() => errors.on(
+        validate_check(errors, table, &field, c, columns, known, &mut referenced);
+    }
+    referenced
+}
+
+/// One quality check of `table`, at `field`; adds the table a foreign key references.
+fn validate_check(
+    errors: &mut Errors,
+    table: &str,
+    field: &str,
+    c: &CheckSpec,
+    columns: Option<&HashSet<&str>>,
+    known: &BTreeSet<TableRef>,
+    referenced: &mut BTreeSet<TableRef>,
+) {
+    let cols = c.all_columns();
+    if c.action().screens_rows() {
+        let at = format!("{field}.action");
+        if table.starts_with("bronze") {
+            errors.on(
                 &c.name,
-                &field,
-                "a row_count check needs 'min', 'max' or both",
-            ),
-            CheckKind::RowCount
-                if [&c.min, &c.max]
-                    .iter()
-                    .any(|b| matches!(b, Some(Bound::Text(_)))) =>
-            {
-                errors.on(&c.name, &field, "row_count bounds are numbers")
-            }
-            _ if c
-                .min
+                at,
+                "bronze keeps every raw row: drop and quarantine apply to silver and gold checks",
+            );
+        } else if crate::checks::failing_row(c).is_none() {
+            errors.on(
+                &c.name,
+                at,
+                "drop and quarantine apply to checks of single rows: not_null, range, \
+                 accepted_values, regex, expression",
+            );
+        }
+    }
+    let needs_columns = !matches!(c.check, CheckKind::Expression | CheckKind::RowCount);
+    let one_column = matches!(c.check, CheckKind::Freshness | CheckKind::ForeignKey);
+    match c.check {
+        _ if needs_columns && cols.is_empty() => {
+            errors.on(&c.name, field, "this check needs 'column' or 'columns'")
+        }
+        _ if one_column && cols.len() != 1 => {
+            errors.on(&c.name, field, "this check takes one 'column'")
+        }
+        CheckKind::RowCount if c.min.is_none() && c.max.is_none() => errors.on(
+            &c.name,
+            field,
+            "a row_count check needs 'min', 'max' or both",
+        ),
+        CheckKind::RowCount
+            if [&c.min, &c.max]
                 .iter()
-                .chain(&c.max)
-                .chain(&c.values)
-                .any(|b| !b.is_finite()) =>
-            {
-                errors.on(
-                    &c.name,
-                    &field,
-                    "bounds and values must be finite numbers (not .nan or .inf) or text",
-                )
-            }
-            CheckKind::AcceptedValues if c.values.is_empty() => errors.on(
-                &c.name,
-                &field,
-                "an accepted_values check needs a list of 'values'",
-            ),
-            CheckKind::Regex => match &c.pattern {
-                None => errors.on(&c.name, &field, "a regex check needs 'pattern'"),
-                Some(p) => {
-                    if let Err(e) = regex::Regex::new(&p.value) {
-                        errors.on(p, format!("{field}.pattern"), format!("invalid regex: {e}"));
-                    }
-                }
-            },
-            CheckKind::Freshness => {
-                if let Err(msg) = c.max_age() {
-                    let at = c.max_age.as_ref().unwrap_or(&c.name);
-                    errors.on(at, format!("{field}.max_age"), msg);
-                }
-            }
-            CheckKind::ForeignKey => {
-                let at = c.references.as_ref().unwrap_or(&c.name);
-                match c.reference() {
-                    Err(msg) => errors.on(at, format!("{field}.references"), msg),
-                    Ok((r, _)) if !known.contains(&r) => errors.on(
-                        at,
-                        format!("{field}.references"),
-                        format!("unknown table '{r}'"),
-                    ),
-                    Ok((r, _)) => {
-                        referenced.insert(r);
-                    }
-                }
-            }
-            CheckKind::Range if c.min.is_none() && c.max.is_none() => {
-                errors.on(&c.name, &field, "a range check needs 'min', 'max' or both")
-            }
-            CheckKind::Expression => match &c.expr {
-                None => errors.on(&c.name, &field, "an expression check needs 'expr'"),
-                Some(e) => {
-                    if let Err(msg) = sql::check_expr(&e.value) {
-                        errors.on(
-                            e,
-                            format!("{field}.expr"),
-                            format!("invalid SQL expression: {msg}"),
-                        );
-                    }
-                }
-            },
-            _ => {}
+                .any(|b| matches!(b, Some(Bound::Text(_)))) =>
+        {
+            errors.on(&c.name, field, "row_count bounds are numbers")
         }
-        if let Some(known) = columns {
-            for col in cols {
-                if !known.contains(col.value.as_str()) {
+        _ if c
+            .min
+            .iter()
+            .chain(&c.max)
+            .chain(&c.values)
+            .any(|b| !b.is_finite()) =>
+        {
+            errors.on(
+                &c.name,
+                field,
+                "bounds and values must be finite numbers (not .nan or .inf) or text",
+            )
+        }
+        CheckKind::AcceptedValues if c.values.is_empty() => errors.on(
+            &c.name,
+            field,
+            "an accepted_values check needs a list of 'values'",
+        ),
+        CheckKind::Regex => match &c.pattern {
+            None => errors.on(&c.name, field, "a regex check needs 'pattern'"),
+            Some(p) => {
+                if let Err(e) = regex::Regex::new(&p.value) {
+                    errors.on(p, format!("{field}.pattern"), format!("invalid regex: {e}"));
+                }
+            }
+        },
+        CheckKind::Freshness => {
+            if let Err(msg) = c.max_age() {
+                let at = c.max_age.as_ref().unwrap_or(&c.name);
+                errors.on(at, format!("{field}.max_age"), msg);
+            }
+        }
+        CheckKind::ForeignKey => {
+            let at = c.references.as_ref().unwrap_or(&c.name);
+            match c.reference() {
+                Err(msg) => errors.on(at, format!("{field}.references"), msg),
+                Ok((r, _)) if !known.contains(&r) => errors.on(
+                    at,
+                    format!("{field}.references"),
+                    format!("unknown table '{r}'"),
+                ),
+                Ok((r, _)) => {
+                    referenced.insert(r);
+                }
+            }
+        }
+        CheckKind::Range if c.min.is_none() && c.max.is_none() => {
+            errors.on(&c.name, field, "a range check needs 'min', 'max' or both")
+        }
+        CheckKind::Expression => match &c.expr {
+            None => errors.on(&c.name, field, "an expression check needs 'expr'"),
+            Some(e) => {
+                if let Err(msg) = sql::check_expr(&e.value) {
                     errors.on(
-                        col,
-                        format!("{field}.column"),
-                        format!("unknown column '{}'", col.value),
+                        e,
+                        format!("{field}.expr"),
+                        format!("invalid SQL expression: {msg}"),
                     );
                 }
             }
+        },
+        _ => {}
+    }
+    if let Some(known) = columns {
+        for col in cols {
+            if !known.contains(col.value.as_str()) {
+                errors.on(
+                    col,
+                    format!("{field}.column"),
+                    format!("unknown column '{}'", col.value),
+                );
+            }
         }
     }
-    referenced
 }
