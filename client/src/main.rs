@@ -62,6 +62,10 @@ enum Command {
         /// instead of exiting with code 3.
         #[arg(long)]
         wait: bool,
+        /// Compute silver tables from all their input rows, not only those committed since
+        /// their last run.
+        #[arg(long)]
+        full_refresh: bool,
     },
     /// Check a pipeline spec without running it.
     Validate {
@@ -183,7 +187,17 @@ fn main() -> ExitCode {
                 memory_limit,
                 output,
                 wait,
-            } => run_embedded(&spec, executors, memory_limit, output, wait).await,
+                full_refresh,
+            } => {
+                let options = RunOptions {
+                    executors,
+                    memory_limit,
+                    output,
+                    wait,
+                    full_refresh,
+                };
+                run_embedded(&spec, options).await
+            }
             Command::Generate {
                 dir,
                 dataset,
@@ -302,13 +316,23 @@ fn validate(spec: &Path) -> Result<ExitCode> {
     }
 }
 
-async fn run_embedded(
-    spec: &Path,
+/// How `medallion run` runs a pipeline.
+struct RunOptions {
     executors: Option<usize>,
     memory_limit: Option<usize>,
     output: Output,
     wait: bool,
-) -> Result<ExitCode> {
+    full_refresh: bool,
+}
+
+async fn run_embedded(spec: &Path, options: RunOptions) -> Result<ExitCode> {
+    let RunOptions {
+        executors,
+        memory_limit,
+        output,
+        wait,
+        full_refresh,
+    } = options;
     let pipeline = match Pipeline::load(spec) {
         Ok(p) => p,
         Err(e) => {
@@ -329,7 +353,7 @@ async fn run_embedded(
         }
         Err(e) => return Err(e),
     };
-    let coordinator = Coordinator::new(&executors, &bars);
+    let coordinator = Coordinator::new(&executors, &bars).with_full_refresh(full_refresh);
     let run = coordinator.run(&pipeline, &run_id);
     let report = tokio::select! {
         report = run => report,

@@ -94,6 +94,20 @@ pub fn render(report: &RunReport) -> String {
             t.table, t.metrics.rows_rescued
         );
     }
+    for t in report
+        .tables
+        .iter()
+        .filter(|t| !matches!(t.status, TableStatus::UpToDate))
+    {
+        if let Some(refresh) = &t.refresh {
+            let _ = writeln!(
+                out,
+                "note: {}: {}",
+                t.table,
+                refresh.describe(t.metrics.rows_read)
+            );
+        }
+    }
     for t in &report.tables {
         let m = &t.metrics;
         if m.rows_dropped + m.rows_quarantined > 0 {

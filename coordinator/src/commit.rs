@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{Column, JoinType, TableReference};
-use datafusion::logical_expr::{Operator, binary_expr};
+use datafusion::logical_expr::{Expr, Operator, binary_expr};
 use datafusion::object_store::ObjectStoreExt;
 use datafusion::prelude::{DataFrame, SessionContext, col};
 use deltalake::DeltaTable;
@@ -123,18 +123,23 @@ impl CommitContext<'_> {
                     .create(quarantine_target, &append, &commit_id, &quarantine)
                     .await;
             };
+            let replace = CommitPlan::Overwrite {
+                inputs: Default::default(),
+            };
             let plan = match schema_drift(
                 &t.snapshot()?.snapshot().arrow_schema(),
                 &quarantine.schema,
             ) {
-                None => append,
+                // Only new rows were screened: their failures join the earlier ones.
+                None if plan.is_incremental() => append,
+                // Every row was screened again: its failures replace the earlier ones, so
+                // each failing row is there once.
+                None => replace,
                 // The table's columns changed: the quarantine table takes them too, in a
                 // new version; rows quarantined before stay readable at the versions before.
                 Some(drift) => {
                     tracing::warn!(table = %quarantine_target.table, %drift, "the quarantine table's columns change; earlier rows stay in its earlier versions");
-                    CommitPlan::Overwrite {
-                        inputs: Default::default(),
-                    }
+                    replace
                 }
             };
             self.write(quarantine_target, t, &plan, &commit_id, &quarantine)
@@ -316,25 +321,15 @@ impl CommitContext<'_> {
         self.register_references(&ctx, checks).await?;
         let new_rows = self.staged_rows(&ctx, target, staged)?;
         let next = match (plan, existing) {
-            (CommitPlan::Merge { keys, .. }, Some(t)) => {
-                // Rows whose key is not in the new data stay; the rest are replaced.
+            (CommitPlan::Merge { keys, latest, .. }, Some(t)) => {
                 medallion_lake::register_delta(&ctx, "__medallion_target", t).await?;
                 let target = ctx.table("__medallion_target").await?;
-                let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                let kept = target.join(
-                    new_rows.clone(),
-                    JoinType::LeftAnti,
-                    &key_refs,
-                    &key_refs,
-                    None,
-                )?;
-                let columns: Vec<_> = new_rows
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| col(Column::new_unqualified(f.name())))
-                    .collect();
-                kept.select(columns)?.union(new_rows)?
+                merged_rows(target, new_rows, keys, latest.as_deref())?
+            }
+            (CommitPlan::Insert { .. }, Some(t)) => {
+                medallion_lake::register_delta(&ctx, "__medallion_target", t).await?;
+                let target = ctx.table("__medallion_target").await?;
+                target.select(columns_of(&new_rows))?.union(new_rows)?
             }
             // Bronze checks look at the batch being appended.
             _ => new_rows,
@@ -378,15 +373,16 @@ impl CommitContext<'_> {
         if staged.quarantine.is_some() {
             info.push((INFO_QUARANTINED.to_string(), true.into()));
         }
-        match plan {
-            CommitPlan::Append { files, .. } => {
-                info.push(("medallion.source_files".to_string(), files.clone().into()));
-            }
-            CommitPlan::Overwrite { inputs } | CommitPlan::Merge { inputs, .. } => {
+        match (plan, plan.inputs()) {
+            (_, Some(inputs)) => {
                 info.push((INFO_INPUTS.to_string(), inputs_info(inputs)));
                 let fingerprint = spec_fingerprint(self.pipeline);
                 info.push((INFO_SPEC.to_string(), fingerprint.into()));
             }
+            (CommitPlan::Append { files, .. }, None) => {
+                info.push(("medallion.source_files".to_string(), files.clone().into()));
+            }
+            (_, None) => {}
         }
         CommitProperties::default()
             .with_metadata(info)
@@ -435,7 +431,7 @@ impl CommitContext<'_> {
         let snapshot = t.snapshot()?;
         let mut actions: Vec<Action> = Vec::new();
         let mode = match plan {
-            CommitPlan::Append { .. } => SaveMode::Append,
+            CommitPlan::Append { .. } | CommitPlan::Insert { .. } => SaveMode::Append,
             _ => {
                 let current: Vec<_> = snapshot
                     .snapshot()
@@ -488,7 +484,7 @@ impl CommitContext<'_> {
         staged: &Staged,
     ) -> Result<(Option<u64>, Option<Metrics>)> {
         let table = &target.table;
-        let CommitPlan::Merge { keys, .. } = plan else {
+        let CommitPlan::Merge { keys, latest, .. } = plan else {
             bail!("{table}: merging needs a merge plan");
         };
         let app_version = next_app_version(&t, table).await?;
@@ -509,7 +505,7 @@ impl CommitContext<'_> {
             .map(|f| f.name().clone())
             .collect();
         // Only rows that actually changed are updated, so `rows_updated` means something.
-        let changed = columns
+        let mut changed = columns
             .iter()
             .map(|c| {
                 binary_expr(
@@ -520,6 +516,12 @@ impl CommitContext<'_> {
             })
             .reduce(|a, b| a.or(b))
             .context("a table has columns")?;
+        if let Some(latest) = latest {
+            changed = changed.and(not_older(
+                qualified("source", latest),
+                qualified("target", latest),
+            ));
+        }
         let update_columns = columns.clone();
         let (merged, m) = t
             .merge(source, predicate)
@@ -657,4 +659,71 @@ pub fn quarantine_commit_id(commit_id: &str) -> String {
 /// The Delta application id under which a table's commits are numbered.
 fn app_id(table: &TableRef) -> String {
     format!("medallion:{table}")
+}
+
+/// Whether a new row may replace a stored one by their `latest_by` values: as a full
+/// recompute orders rows (latest first, NULL last), with ties going to the newer row.
+fn not_older(new: Expr, old: Expr) -> Expr {
+    let both_null = new.clone().is_null().and(old.clone().is_null());
+    let later = new
+        .clone()
+        .is_not_null()
+        .and(old.clone().is_null().or(new.gt_eq(old)));
+    both_null.or(later)
+}
+
+/// Every column of `rows`, unqualified, to line another frame's columns up with them.
+fn columns_of(rows: &DataFrame) -> Vec<Expr> {
+    rows.schema()
+        .fields()
+        .iter()
+        .map(|f| col(Column::new_unqualified(f.name())))
+        .collect()
+}
+
+/// The table as a merge of `new` into `target` on `keys` leaves it: the new rows that win
+/// (all of them, or with `latest`, those not older than the stored row with their key),
+/// and the stored rows no winner replaces.
+fn merged_rows(
+    target: DataFrame,
+    new: DataFrame,
+    keys: &[String],
+    latest: Option<&str>,
+) -> Result<DataFrame> {
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let winners = match latest {
+        None => new,
+        Some(latest) => {
+            let stored_columns: Vec<Expr> = keys
+                .iter()
+                .chain([&latest.to_string()])
+                .enumerate()
+                .map(|(i, c)| col(Column::new_unqualified(c)).alias(format!("__stored_{i}")))
+                .collect();
+            let stored = target.clone().select(stored_columns)?;
+            let stored_keys: Vec<String> =
+                (0..keys.len()).map(|i| format!("__stored_{i}")).collect();
+            let stored_refs: Vec<&str> = stored_keys.iter().map(String::as_str).collect();
+            let stored_latest = col(format!("__stored_{}", keys.len()));
+            let columns = columns_of(&new);
+            new.join(stored, JoinType::Left, &key_refs, &stored_refs, None)?
+                .filter(
+                    col(Column::new_unqualified(stored_keys[0].as_str()))
+                        .is_null()
+                        .or(not_older(
+                            col(Column::new_unqualified(latest)),
+                            stored_latest,
+                        )),
+                )?
+                .select(columns)?
+        }
+    };
+    let kept = target.join(
+        winners.clone(),
+        JoinType::LeftAnti,
+        &key_refs,
+        &key_refs,
+        None,
+    )?;
+    Ok(kept.select(columns_of(&winners))?.union(winners)?)
 }

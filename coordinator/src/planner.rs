@@ -12,7 +12,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
-use medallion_pipeline::report::Engine;
+use medallion_pipeline::report::{Engine, Refresh};
 use medallion_pipeline::spec::{GoldEngine, SourceSpec, WriteMode};
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
@@ -44,8 +44,44 @@ pub enum CommitPlan {
     },
     /// Replace every row of the table with the files (or create the table with them).
     Overwrite { inputs: Inputs },
+    /// Add the files' rows to the table: an incremental refresh of a table without keys.
+    Insert { inputs: Inputs },
     /// Upsert the staged files into the table on `keys`.
-    Merge { keys: Vec<String>, inputs: Inputs },
+    ///
+    /// `latest` is the column a row must not be older by to replace the table's row with its
+    /// key (an incremental refresh of a table with `latest_by`); `None`: staged rows replace.
+    /// `incremental`: the staged rows are only the new ones (see [`Refresh`]).
+    Merge {
+        keys: Vec<String>,
+        inputs: Inputs,
+        latest: Option<String>,
+        incremental: bool,
+    },
+}
+
+impl CommitPlan {
+    /// Whether the staged rows are only the input's new rows, so the rows they quarantine are
+    /// added to the quarantine table; otherwise they replace it, as every row was screened.
+    pub fn is_incremental(&self) -> bool {
+        matches!(
+            self,
+            CommitPlan::Insert { .. }
+                | CommitPlan::Merge {
+                    incremental: true,
+                    ..
+                }
+        )
+    }
+
+    /// The input versions it records, for all but bronze.
+    pub fn inputs(&self) -> Option<&Inputs> {
+        match self {
+            CommitPlan::Append { .. } => None,
+            CommitPlan::Overwrite { inputs }
+            | CommitPlan::Insert { inputs }
+            | CommitPlan::Merge { inputs, .. } => Some(inputs),
+        }
+    }
 }
 
 /// The versions of the tables a table's tasks read.
@@ -89,6 +125,8 @@ pub struct StagePlan {
     pub target: Target,
     /// Where a gold query runs.
     pub engine: Option<Engine>,
+    /// Whether a silver table reads only new input rows.
+    pub refresh: Option<Refresh>,
 }
 
 impl StagePlan {
@@ -98,7 +136,26 @@ impl StagePlan {
             commit,
             target,
             engine: None,
+            refresh: None,
         }
+    }
+}
+
+/// What a table's latest commit records about how it was computed.
+struct LastComputed {
+    info: HashMap<String, serde_json::Value>,
+    /// Its quarantined rows landed too, or it quarantined none.
+    complete: bool,
+}
+
+impl LastComputed {
+    fn same_spec(&self, pipeline: &Pipeline) -> bool {
+        self.info.get(INFO_SPEC) == Some(&serde_json::json!(spec_fingerprint(pipeline)))
+    }
+
+    /// The version of `input` it was computed from.
+    fn input_version(&self, input: &TableRef) -> Option<u64> {
+        self.info.get(INFO_INPUTS)?.get(input.to_string())?.as_u64()
     }
 }
 
@@ -131,6 +188,8 @@ pub struct RunContext<'a> {
     pub ingested_at_micros: i64,
     /// Set in a cluster with a Ballista scheduler.
     pub ballista: Option<&'a BallistaTarget>,
+    /// Silver tables read every input row, even where only new rows would do.
+    pub full_refresh: bool,
 }
 
 /// A fingerprint of the pipeline spec: any change to it recomputes every table.
@@ -261,6 +320,7 @@ impl RunContext<'_> {
             },
             target,
             engine: None,
+            refresh: None,
         })
     }
 
@@ -312,26 +372,55 @@ impl RunContext<'_> {
             .context("no such silver table")?;
         let input: TableRef = spec.from.value.parse().map_err(anyhow::Error::msg)?;
         let input_version = self.version_of(&input).await?;
-        let inputs = Inputs::from([(input, input_version)]);
+        let inputs = Inputs::from([(input.clone(), input_version)]);
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
-        if self
-            .computed_from(table, existing.as_ref(), &inputs)
-            .await?
+        if !self.full_refresh
+            && self
+                .computed_from(table, existing.as_ref(), &inputs)
+                .await?
         {
             let commit = CommitPlan::Overwrite { inputs };
             return Ok(StagePlan::nothing_to_do(commit, self.target(table, None)));
         }
-        let exists = existing.is_some();
-        // Merging into a table that does not exist yet is writing it.
-        let (target, commit) = match spec.mode {
-            WriteMode::Merge if exists => {
-                let staging_uri = self.pipeline.staging_uri(self.run_id, table);
-                let keys = spec.keys.iter().map(|k| k.value.clone()).collect();
-                let commit = CommitPlan::Merge { keys, inputs };
-                (self.target(table, Some(staging_uri)), commit)
+        let refresh = self
+            .silver_refresh(table, spec, existing.as_ref(), &input, input_version)
+            .await?;
+        let keys: Vec<String> = spec.keys.iter().map(|k| k.value.clone()).collect();
+        let staged_apart = Some(self.pipeline.staging_uri(self.run_id, table));
+        let (target, commit, changes_after) = match &refresh {
+            Refresh::Incremental { after_version } if keys.is_empty() => {
+                let commit = CommitPlan::Insert { inputs };
+                (self.target(table, None), commit, Some(*after_version))
             }
-            _ => (self.target(table, None), CommitPlan::Overwrite { inputs }),
+            Refresh::Incremental { after_version } => {
+                let latest = refresh::latest_column(spec);
+                let commit = CommitPlan::Merge {
+                    keys,
+                    inputs,
+                    latest,
+                    incremental: true,
+                };
+                (
+                    self.target(table, staged_apart),
+                    commit,
+                    Some(*after_version),
+                )
+            }
+            // Merging into a table that does not exist yet is writing it.
+            Refresh::Full { .. } if spec.mode == WriteMode::Merge && existing.is_some() => {
+                let commit = CommitPlan::Merge {
+                    keys,
+                    inputs,
+                    latest: None,
+                    incremental: false,
+                };
+                (self.target(table, staged_apart), commit, None)
+            }
+            Refresh::Full { .. } => {
+                let commit = CommitPlan::Overwrite { inputs };
+                (self.target(table, None), commit, None)
+            }
         };
         // Rows are partitioned by key hash; without a key the table is one partition.
         let partitions = if spec.keys.is_empty() {
@@ -345,6 +434,7 @@ impl RunContext<'_> {
                     partition: p,
                     partitions,
                     input_version,
+                    changes_after,
                 });
                 self.task(&target, p as usize, work)
             })
@@ -354,6 +444,7 @@ impl RunContext<'_> {
             commit,
             target,
             engine: None,
+            refresh: Some(refresh),
         })
     }
 
@@ -385,6 +476,7 @@ impl RunContext<'_> {
             commit: CommitPlan::Overwrite { inputs },
             target,
             engine: Some(engine),
+            refresh: None,
         })
     }
 
@@ -417,20 +509,46 @@ impl RunContext<'_> {
         existing: Option<&deltalake::DeltaTable>,
         inputs: &Inputs,
     ) -> Result<bool> {
+        Ok(match self.last_computed(table, existing).await? {
+            Some(last) => {
+                last.complete
+                    && last.same_spec(self.pipeline)
+                    && last.info.get(INFO_INPUTS) == Some(&inputs_info(inputs))
+            }
+            None => false,
+        })
+    }
+
+    /// What the table's latest commit records about how it was computed; `None` for a table
+    /// that does not exist or has no commit.
+    async fn last_computed(
+        &self,
+        table: &TableRef,
+        existing: Option<&deltalake::DeltaTable>,
+    ) -> Result<Option<LastComputed>> {
         let Some(existing) = existing else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(last) = existing.history(Some(1)).next().await.transpose()? else {
-            return Ok(false);
+            return Ok(None);
         };
-        let fingerprint = spec_fingerprint(self.pipeline);
-        let same = last.info.get(INFO_INPUTS) == Some(&inputs_info(inputs))
-            && last.info.get(INFO_SPEC) == Some(&serde_json::json!(fingerprint));
-        if !same || last.info.get(INFO_QUARANTINED) != Some(&serde_json::json!(true)) {
-            return Ok(same);
-        }
-        // Its quarantined rows must have landed too (see `CommitContext::commit`).
-        let Some(id) = last.info.get(INFO_COMMIT_ID).and_then(|v| v.as_str()) else {
+        let info = last.info;
+        let complete = if info.get(INFO_QUARANTINED) != Some(&serde_json::json!(true)) {
+            true
+        } else {
+            self.quarantine_landed(table, &info).await?
+        };
+        Ok(Some(LastComputed { info, complete }))
+    }
+
+    /// Whether the quarantine commit that goes with a table commit (its `info`) landed (see
+    /// `CommitContext::commit`).
+    async fn quarantine_landed(
+        &self,
+        table: &TableRef,
+        info: &HashMap<String, serde_json::Value>,
+    ) -> Result<bool> {
+        let Some(id) = info.get(INFO_COMMIT_ID).and_then(|v| v.as_str()) else {
             return Ok(false);
         };
         let Some(quarantine) = self.pipeline.quarantine_table(table) else {
@@ -494,5 +612,6 @@ fn existing_data_columns(table: &deltalake::DeltaTable) -> Result<Schema> {
     Ok(Schema::new(data))
 }
 
+mod refresh;
 #[cfg(test)]
 mod tests;

@@ -34,6 +34,7 @@ pub struct Coordinator<'a> {
     runner: &'a dyn TaskRunner,
     observer: &'a dyn RunObserver,
     ballista: Option<BallistaTarget>,
+    full_refresh: bool,
 }
 
 impl<'a> Coordinator<'a> {
@@ -42,7 +43,15 @@ impl<'a> Coordinator<'a> {
             runner,
             observer,
             ballista: None,
+            full_refresh: false,
         }
+    }
+
+    /// Silver tables read all their input, not only what was committed since their last
+    /// commit (after a fix to data already read, for instance).
+    pub fn with_full_refresh(mut self, full_refresh: bool) -> Self {
+        self.full_refresh = full_refresh;
+        self
     }
 
     /// Gold queries may run on this Ballista cluster (see `GoldEngine`).
@@ -72,6 +81,7 @@ impl<'a> Coordinator<'a> {
             storage_options: pipeline.storage_options.clone().into_iter().collect(),
             ingested_at_micros: now.timestamp_micros(),
             ballista: self.ballista.as_ref(),
+            full_refresh: self.full_refresh,
         };
 
         let order = pipeline.dag.topological_order().unwrap_or_default();
@@ -298,6 +308,7 @@ impl<'a> Coordinator<'a> {
         let plan = run.plan(table).await?;
         report.tasks = plan.tasks.len();
         report.engine = plan.engine;
+        report.refresh = plan.refresh.clone();
         self.observer.on_event(RunEvent::TablePlanned {
             table: table.clone(),
             tasks: plan.tasks.len(),

@@ -38,7 +38,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         bytes_read,
         ..Default::default()
     };
-    match crate::write_result(ctx, rows, metrics).await {
+    match crate::write_screened(ctx, rows, metrics).await {
         // The SQL planned, so a distributed run that fails met the cluster (a lost executor,
         // lost shuffle data): another attempt may pass.
         Err(e) if ballista => Err(TaskError::transient(format!("on Ballista: {e}"))),

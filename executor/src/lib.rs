@@ -317,31 +317,34 @@ impl Drop for Running {
 /// Writes a query's rows as uncommitted files of the task's (unpartitioned) table, leaving
 /// out the rows its `drop` and `quarantine` checks fail ([`screen`]); quarantined rows are
 /// written, at the same time, as files of the quarantine table.
+pub(crate) async fn write_screened(
+    ctx: &TaskContext,
+    rows: datafusion::execution::SendableRecordBatchStream,
+    metrics: TaskMetrics,
+) -> Result<Output, TaskError> {
+    let mut screening = screen::Screening::new(ctx, &rows.schema())?;
+    let rows = screening.apply(rows);
+    write_result(ctx, rows, metrics, screening).await
+}
+
+/// Writes rows that went through `screening` as uncommitted files of the task's
+/// (unpartitioned) table, and the rows it quarantined as files of the quarantine table.
 ///
 /// Returns the output: files, their (Delta-compatible) schema, the rows written and screened.
 pub(crate) async fn write_result(
     ctx: &TaskContext,
     rows: datafusion::execution::SendableRecordBatchStream,
     mut metrics: TaskMetrics,
+    mut screening: screen::Screening,
 ) -> Result<Output, TaskError> {
     use futures::StreamExt;
     use std::sync::atomic::{AtomicU64, Ordering};
-    let schema = medallion_lake::delta_schema(&rows.schema());
-    let mut screen = screen::Screen::new(ctx.pipeline.checks(&ctx.table), &schema, &ctx.table)?;
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let schema = screening.schema.clone();
     let quarantine_schema = screen::quarantine_schema(&schema);
-    if let Some(screen) = screen.as_mut().filter(|_| !ctx.quarantine_uri.is_empty()) {
-        let now = chrono::Utc::now().timestamp_micros();
-        screen.quarantine_to(sender, &ctx.run_id, now, &schema);
-    }
-    let screened = screen.as_ref().map(screen::Screen::screened);
     let written = Arc::new(AtomicU64::new(0));
-    let (counter, write_schema) = (written.clone(), schema.clone());
+    let counter = written.clone();
     let batches = rows.map(move |b| {
-        let mut b = medallion_lake::cast_batch(&b?, &write_schema)?;
-        if let Some(screen) = &screen {
-            b = screen.keep(b)?;
-        }
+        let b = b?;
         counter.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
         Ok(b)
     });
@@ -354,9 +357,9 @@ pub(crate) async fn write_result(
         Box::pin(batches),
     );
     let quarantined = async {
-        if ctx.quarantine_uri.is_empty() {
+        let Some(receiver) = screening.quarantined.take() else {
             return Ok(None);
-        }
+        };
         let rows = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver)
             .map(|b| b.map_err(anyhow::Error::from));
         let files = medallion_lake::write_data_files(
@@ -377,12 +380,10 @@ pub(crate) async fn write_result(
     let written_files = main.map_err(|e| query_error(&ctx.table, e))?;
     let quarantine = quarantine.map_err(|e| query_error(&ctx.table, e))?;
     metrics.rows_written = written.load(Ordering::Relaxed);
-    if let Some(screened) = screened {
-        let screened = screened.lock().expect("screen counts").clone();
-        metrics.check_failures = screened.failures;
-        metrics.rows_dropped = screened.dropped;
-        metrics.rows_quarantined = screened.quarantined;
-    }
+    let screened = screening.counts();
+    metrics.check_failures = screened.failures;
+    metrics.rows_dropped = screened.dropped;
+    metrics.rows_quarantined = screened.quarantined;
     Ok(Output {
         quarantine,
         ..Output::new(written_files, schema, metrics)

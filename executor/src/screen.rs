@@ -1,7 +1,11 @@
-//! `drop` and `quarantine` checks, applied to a silver or gold table's rows on their way to
-//! the data files: rows failing a check are counted and left out, and rows failing a
-//! `quarantine` check are written to `<table>__quarantine` instead, with the run id, the
-//! names of the checks they failed and when. The coordinator commits both, once.
+//! `drop` and `quarantine` checks, applied to a silver or gold table's rows: rows failing a
+//! check are counted and left out, and rows failing a `quarantine` check are written to
+//! `<table>__quarantine` instead, with the run id, the names of the checks they failed and
+//! when. The coordinator commits both, once.
+//!
+//! Gold screens the rows it writes. Silver screens every row that passed its filters, before
+//! keeping the latest row per key: a failing update of a key is taken out and the latest row
+//! that passes stays, whether the table is computed from all its input or from new rows only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +26,10 @@ use datafusion::prelude::SessionContext;
 use medallion_pipeline::checks::failing_row;
 use medallion_pipeline::spec::Action;
 use medallion_proto::TaskError;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::TaskContext;
+use crate::streams::{BatchStep, Stepped};
 
 /// The quarantine table's extra columns.
 pub const RUN_ID: &str = "_quarantine_run_id";
@@ -181,6 +188,82 @@ impl Screen {
             names.append(true);
         }
         names.finish()
+    }
+}
+
+/// One task's screening: the table's checks, where the rows they quarantine go, and what they
+/// took out.
+pub(crate) struct Screening {
+    /// The rows' Delta-compatible schema; rows are cast to it before they are checked.
+    pub schema: SchemaRef,
+    /// Moved into the stream by [`Screening::apply`].
+    screen: Option<Screen>,
+    screened: Option<Arc<Mutex<Screened>>>,
+    /// Quarantined rows, when the table has a quarantine table.
+    pub quarantined: Option<UnboundedReceiver<Result<RecordBatch>>>,
+}
+
+impl Screening {
+    /// The screening of the task's table, over rows of `schema`.
+    pub(crate) fn new(ctx: &TaskContext, schema: &SchemaRef) -> Result<Self, TaskError> {
+        let schema = medallion_lake::delta_schema(schema);
+        let mut screen = Screen::new(ctx.pipeline.checks(&ctx.table), &schema, &ctx.table)?;
+        let quarantined = match screen.as_mut().filter(|_| !ctx.quarantine_uri.is_empty()) {
+            Some(screen) => {
+                let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+                let now = chrono::Utc::now().timestamp_micros();
+                screen.quarantine_to(sender, &ctx.run_id, now, &schema);
+                Some(receiver)
+            }
+            None => None,
+        };
+        Ok(Self {
+            schema,
+            screened: screen.as_ref().map(Screen::screened),
+            screen,
+            quarantined,
+        })
+    }
+
+    /// `rows` cast to [`Screening::schema`], less the rows the checks take out.
+    pub(crate) fn apply(
+        &mut self,
+        rows: datafusion::execution::SendableRecordBatchStream,
+    ) -> datafusion::execution::SendableRecordBatchStream {
+        let step = Screener {
+            screen: self.screen.take(),
+            schema: self.schema.clone(),
+        };
+        Box::pin(Stepped::new(rows, step))
+    }
+
+    /// What the checks took out; final once the rows have all gone through.
+    pub(crate) fn counts(&self) -> Screened {
+        self.screened
+            .as_ref()
+            .map(|s| s.lock().expect("screen counts").clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Casts each batch to the table's schema and screens it.
+struct Screener {
+    screen: Option<Screen>,
+    schema: SchemaRef,
+}
+
+impl BatchStep for Screener {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn step(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let batch = medallion_lake::cast_batch(&batch, &self.schema)
+            .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+        match &self.screen {
+            Some(screen) => screen.keep(batch),
+            None => Ok(batch),
+        }
     }
 }
 

@@ -59,12 +59,14 @@ fn with_layers(ctx: SessionContext) -> SessionContext {
     ctx
 }
 
-/// How a pinned input is read: through delta-rs (queries on this executor), or as its list of
-/// data files (Ballista, which cannot ship delta-rs's scan).
+/// How a pinned input is read: through delta-rs (queries on this executor), as its list of
+/// data files (Ballista, which cannot ship delta-rs's scan), or only the rows committed after
+/// a version (an incremental refresh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Read {
     Delta,
     Files,
+    After(u64),
 }
 
 /// Registers `table` at `version` (pinned by the planner) under its `layer.name`; returns
@@ -87,15 +89,32 @@ pub(crate) async fn register_table(
                 .and_then(|()| medallion_lake::data_bytes(&delta)),
             Err(e) => Err(e),
         },
-        Read::Files => match medallion_lake::ballista::pinned_table(&uri, opts, version).await {
-            Ok(files) => {
-                let bytes = files.bytes();
-                ctx.register_table(reference, Arc::new(files))
-                    .map(|_| bytes)
-                    .map_err(anyhow::Error::from)
-            }
-            Err(e) => Err(e),
-        },
+        Read::Files => register_files(
+            ctx,
+            reference,
+            medallion_lake::ballista::pinned_table(&uri, opts, version).await,
+            opts,
+        ),
+        Read::After(from) => register_files(
+            ctx,
+            reference,
+            medallion_lake::changes::appended_rows(&uri, opts, from, version).await,
+            opts,
+        ),
     };
     registered.map_err(transient)
+}
+
+/// Registers data files as a table; returns their bytes.
+fn register_files(
+    ctx: &SessionContext,
+    reference: datafusion::common::TableReference,
+    files: anyhow::Result<medallion_lake::StagedFiles>,
+    opts: &HashMap<String, String>,
+) -> anyhow::Result<u64> {
+    let files = files?;
+    let bytes = files.bytes();
+    files.register_store(ctx, opts)?;
+    ctx.register_table(reference, Arc::new(files))?;
+    Ok(bytes)
 }

@@ -39,6 +39,12 @@ pub(crate) struct Stepped<S> {
     step: S,
 }
 
+impl<S: BatchStep> Stepped<S> {
+    pub(crate) fn new(input: SendableRecordBatchStream, step: S) -> Self {
+        Self { input, step }
+    }
+}
+
 impl<S: BatchStep> Stream for Stepped<S> {
     type Item = Result<RecordBatch>;
 

@@ -7,8 +7,12 @@
 //!    cast);
 //! 4. fail on a kept row with a non-null value that did not cast, naming table, column, value
 //!    and source file;
-//! 5. keep, per key, the row with the greatest `latest_by` (ties: latest `_ingested_at`, then
+//! 5. take out the rows the table's `drop` and `quarantine` checks fail ([`crate::screen`]);
+//! 6. keep, per key, the row with the greatest `latest_by` (ties: latest `_ingested_at`, then
 //!    latest `_source_file`).
+//!
+//! A task of an incremental refresh reads only the input rows committed since the table was
+//! last computed; the coordinator merges its rows into the table.
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::streaming::StreamingTable;
@@ -21,6 +25,7 @@ use medallion_pipeline::{TableRef, meta, types};
 use medallion_proto::{TaskError, TaskMetrics, TransformWork};
 use std::sync::Arc;
 
+use crate::screen::Screening;
 use crate::streams::{CastChecked, CheckedColumn, FilterCounts, Filtered, FirstPerKey, Once};
 use crate::{KeyPartition, Output, TaskContext, session, transient};
 use datafusion::execution::SendableRecordBatchStream;
@@ -47,7 +52,8 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         &ctx.storage_options,
         &input,
         work.input_version,
-        session::Read::Delta,
+        work.changes_after
+            .map_or(session::Read::Delta, session::Read::After),
     )
     .await?;
     let source = session
@@ -61,9 +67,10 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
     let plan = Plan { ctx, spec };
     let typed = plan.typed(source.clone(), &work)?;
     let (kept, counts) = plan.filtered(typed).await?;
-    let rows = plan.deduplicated(kept).await?;
+    let (rows, screening) = plan.deduplicated(kept).await?;
     // Filled as the rows stream out; read once the output is written.
-    let mut out = match crate::write_result(ctx, rows, TaskMetrics::default()).await {
+    let written = crate::write_result(ctx, rows, TaskMetrics::default(), screening).await;
+    let mut out = match written {
         Ok(out) => out,
         Err(e) if e.kind == medallion_proto::Failure::Permanent => {
             return Err(plan.column_at_fault(&source).await.unwrap_or(e));
@@ -241,10 +248,13 @@ impl Plan<'_> {
         Ok((kept, counts))
     }
 
-    /// The output columns, every value checked against its declared type, and only the
-    /// latest row per key: sorted by key, then latest first, and the first row of each key
-    /// taken.
-    async fn deduplicated(&self, kept: DataFrame) -> Result<SendableRecordBatchStream, TaskError> {
+    /// The output columns, every value checked against its declared type, screened, and only
+    /// the latest row per key: sorted by key, then latest first, and the first row of each
+    /// key that passed the screen taken.
+    async fn deduplicated(
+        &self,
+        kept: DataFrame,
+    ) -> Result<(SendableRecordBatchStream, Screening), TaskError> {
         let executed =
             |e: datafusion::error::DataFusionError| crate::query_error(&self.ctx.table, e.into());
         let has = |name: &str| kept.schema().has_column_with_unqualified_name(name);
@@ -291,8 +301,11 @@ impl Plan<'_> {
         .map_err(executed)?;
         let checked =
             CastChecked::new(stream, self.spec.columns.len(), checked, file).map_err(executed)?;
+        let checked: SendableRecordBatchStream = Box::pin(checked);
+        let mut screening = Screening::new(self.ctx, &checked.schema())?;
+        let screened = screening.apply(checked);
         if self.spec.keys.is_empty() {
-            return Ok(Box::pin(checked));
+            return Ok((screened, screening));
         }
         let key_indices = self
             .spec
@@ -306,7 +319,7 @@ impl Plan<'_> {
             })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| self.data_error("a key is not one of the columns"))?;
-        let first = FirstPerKey::new(Box::pin(checked), key_indices).map_err(executed)?;
-        Ok(Box::pin(first))
+        let first = FirstPerKey::new(screened, key_indices).map_err(executed)?;
+        Ok((Box::pin(first), screening))
     }
 }

@@ -5,6 +5,7 @@
 //! can look at a table's next version before it exists.
 
 pub mod ballista;
+pub mod changes;
 
 use std::collections::HashMap;
 use std::sync::Arc;

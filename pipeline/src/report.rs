@@ -39,6 +39,27 @@ pub enum Engine {
     Ballista,
 }
 
+/// How a silver table was computed: from the input rows committed since it was last
+/// computed, or from all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Refresh {
+    /// Only the input rows committed after `after_version` of the input were read and merged.
+    Incremental { after_version: u64 },
+    /// Every input row was read, for `reason`.
+    Full { reason: String },
+}
+
+impl Refresh {
+    /// What a summary says: `incremental: 120 new rows` or `full: the spec changed`.
+    pub fn describe(&self, rows_read: u64) -> String {
+        match self {
+            Refresh::Incremental { .. } => format!("incremental: {rows_read} new rows"),
+            Refresh::Full { reason } => format!("full: {reason}"),
+        }
+    }
+}
+
 /// The outcome of one pipeline run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
@@ -76,6 +97,9 @@ pub struct TableReport {
     /// Where a gold query ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<Engine>,
+    /// Whether a silver table read only new input rows, and if not, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<Refresh>,
     /// Task attempts beyond the first.
     pub retries: usize,
     pub metrics: Metrics,
@@ -92,6 +116,7 @@ impl TableReport {
             status,
             tasks: 0,
             engine: None,
+            refresh: None,
             retries: 0,
             metrics: Metrics::default(),
             checks: Vec::new(),

@@ -7,6 +7,7 @@ mod cluster;
 mod example;
 mod fixture;
 mod hostile;
+mod incremental;
 mod integrity;
 mod k8s;
 mod layers;

@@ -11,7 +11,8 @@ use medallion_pipeline::{Layer, Pipeline, TableRef};
 use medallion_proto::task::Work;
 use tempfile::TempDir;
 
-use medallion_pipeline::report::Engine;
+use deltalake::protocol::SaveMode;
+use medallion_pipeline::report::{Engine, Refresh};
 
 use super::{
     CommitPlan, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, Inputs, RunContext, inputs_info,
@@ -37,6 +38,7 @@ fn context(pipeline: &Pipeline) -> RunContext<'_> {
         storage_options: Default::default(),
         ingested_at_micros: 1,
         ballista: None,
+        full_refresh: false,
     }
 }
 
@@ -46,6 +48,16 @@ async fn commit_rows(
     table: &TableRef,
     files: &[&str],
     info: Vec<(String, serde_json::Value)>,
+) -> u64 {
+    write_rows(p, table, files, info, SaveMode::Append).await
+}
+
+async fn write_rows(
+    p: &Pipeline,
+    table: &TableRef,
+    files: &[&str],
+    info: Vec<(String, serde_json::Value)>,
+    mode: SaveMode,
 ) -> u64 {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, true),
@@ -70,7 +82,7 @@ async fn commit_rows(
     };
     let written = handle
         .write(vec![batch])
-        .with_save_mode(deltalake::protocol::SaveMode::Append)
+        .with_save_mode(mode)
         .with_commit_properties(CommitProperties::default().with_metadata(info))
         .await
         .unwrap();
@@ -300,5 +312,126 @@ async fn an_input_table_without_data_is_an_error_naming_it() {
     assert!(
         format!("{e:#}").contains("input table bronze.orders has no data yet"),
         "{e:#}"
+    );
+}
+
+/// A silver table over bronze with `latest_by` kept as its column `at`.
+const SILVER_LATEST: &str = "silver:\n  - name: orders\n    from: bronze.orders\n    keys: [id]\n    partitions: 3\n    mode: merge\n    latest_by: to_timestamp(at)\n    columns:\n      - { name: id, type: bigint }\n      - { name: at, expr: to_timestamp(at), type: timestamp }\n";
+
+/// Bronze at a first version, and silver computed from it; returns that version.
+async fn computed_silver(p: &Pipeline) -> u64 {
+    let v0 = commit_rows(p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    let info = computed_info(p, &Inputs::from([(bronze(), v0)]));
+    commit_rows(p, &silver(), &["x"], info).await;
+    v0
+}
+
+#[tokio::test]
+async fn after_bronze_only_grew_silver_reads_the_new_rows_and_merges_them_by_latest() {
+    let (_dir, p) = scratch(SILVER_LATEST);
+    let v0 = computed_silver(&p).await;
+    let v1 = commit_rows(&p, &bronze(), &["b.jsonl"], Vec::new()).await;
+    let v2 = commit_rows(&p, &bronze(), &["c.jsonl"], Vec::new()).await;
+    let plan = context(&p).plan(&silver()).await.unwrap();
+    assert_eq!(
+        plan.refresh,
+        Some(Refresh::Incremental { after_version: v0 })
+    );
+    match &plan.commit {
+        CommitPlan::Merge {
+            latest,
+            incremental,
+            inputs,
+            ..
+        } => assert_eq!(
+            (latest.as_deref(), *incremental, inputs),
+            (Some("at"), true, &Inputs::from([(bronze(), v2)]))
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(plan.commit.is_incremental());
+    assert!(plan.target.is_staged_apart());
+    assert_eq!(plan.tasks.len(), 3);
+    for task in &plan.tasks {
+        let Some(Work::Transform(w)) = &task.work else {
+            panic!("{task:?}")
+        };
+        assert_eq!((w.changes_after, w.input_version), (Some(v0), v2));
+    }
+    assert!(v1 > v0);
+}
+
+#[tokio::test]
+async fn a_table_without_keys_adds_the_new_rows() {
+    let spec = SILVER
+        .replace("MODE", "overwrite")
+        .replace("    keys: [id]\n", "");
+    let (_dir, p) = scratch(&spec);
+    let v0 = computed_silver(&p).await;
+    commit_rows(&p, &bronze(), &["b.jsonl"], Vec::new()).await;
+    let plan = context(&p).plan(&silver()).await.unwrap();
+    assert_eq!(
+        plan.refresh,
+        Some(Refresh::Incremental { after_version: v0 })
+    );
+    assert!(
+        matches!(plan.commit, CommitPlan::Insert { .. }),
+        "{:?}",
+        plan.commit
+    );
+    assert!(!plan.target.is_staged_apart());
+}
+
+/// Why a plan of silver reads all its input.
+async fn full_reason(p: &Pipeline, full_refresh: bool) -> String {
+    let run = RunContext {
+        full_refresh,
+        ..context(p)
+    };
+    match run.plan(&silver()).await.unwrap().refresh {
+        Some(Refresh::Full { reason }) => reason,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn silver_reads_all_its_input_when_bronze_was_rewritten_or_when_asked() {
+    let (_dir, p) = scratch(SILVER_LATEST);
+    computed_silver(&p).await;
+    commit_rows(&p, &bronze(), &["b.jsonl"], Vec::new()).await;
+    assert_eq!(full_reason(&p, true).await, "asked for");
+    write_rows(&p, &bronze(), &["c.jsonl"], Vec::new(), SaveMode::Overwrite).await;
+    let reason = full_reason(&p, false).await;
+    assert!(
+        reason.starts_with("bronze.orders changed other than by appending")
+            && reason.contains("removed rows"),
+        "{reason}"
+    );
+    let plan = context(&p).plan(&silver()).await.unwrap();
+    assert!(!plan.commit.is_incremental());
+    assert!(plan.tasks.iter().all(|t| matches!(
+        &t.work,
+        Some(Work::Transform(w)) if w.changes_after.is_none()
+    )));
+}
+
+#[tokio::test]
+async fn silver_reads_all_its_input_when_latest_by_is_not_kept_or_the_table_is_new() {
+    let (_dir, p) = scratch(&SILVER_LATEST.replace(
+        "      - { name: at, expr: to_timestamp(at), type: timestamp }\n",
+        "      - { name: at, type: timestamp }\n",
+    ));
+    commit_rows(&p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    assert_eq!(full_reason(&p, false).await, "the table is new");
+    let (_dir, p) = scratch(&SILVER_LATEST.replace(
+        "      - { name: at, expr: to_timestamp(at), type: timestamp }\n",
+        "      - { name: at, type: timestamp }\n",
+    ));
+    computed_silver(&p).await;
+    commit_rows(&p, &bronze(), &["b.jsonl"], Vec::new()).await;
+    assert!(
+        full_reason(&p, false)
+            .await
+            .starts_with("latest_by is not one of its columns")
     );
 }

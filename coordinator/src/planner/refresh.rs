@@ -1,0 +1,82 @@
+//! Whether a silver table can read only the input rows committed since it was last computed
+//! (an incremental refresh), or must read them all, and why.
+
+use anyhow::Result;
+use medallion_lake::changes::{Changes, changes};
+use medallion_pipeline::TableRef;
+use medallion_pipeline::report::Refresh;
+use medallion_pipeline::spec::SilverSpec;
+
+use super::RunContext;
+
+impl RunContext<'_> {
+    /// An incremental refresh needs: the table exists, this run does not ask for a full one,
+    /// its last commit was made with this spec from a recorded input version (with its
+    /// quarantined rows landed), its `latest_by` is one of its columns, and every input commit
+    /// since only appended rows.
+    pub(super) async fn silver_refresh(
+        &self,
+        table: &TableRef,
+        spec: &SilverSpec,
+        existing: Option<&deltalake::DeltaTable>,
+        input: &TableRef,
+        input_version: u64,
+    ) -> Result<Refresh> {
+        let full = |reason: &str| {
+            Ok(Refresh::Full {
+                reason: reason.to_string(),
+            })
+        };
+        if self.full_refresh {
+            return full("asked for");
+        }
+        let Some(last) = self.last_computed(table, existing).await? else {
+            return full("the table is new");
+        };
+        if !last.same_spec(self.pipeline) {
+            return full("the spec changed");
+        }
+        let Some(after_version) = last.input_version(input) else {
+            return full("its last commit does not say which input version it read");
+        };
+        if !last.complete {
+            return full("the rows its last run quarantined did not land");
+        }
+        if spec.latest_by.is_some() && latest_column(spec).is_none() {
+            return full("latest_by is not one of its columns, so stored rows cannot be compared");
+        }
+        let uri = self.pipeline.table_uri(input);
+        Ok(
+            match changes(&uri, &self.storage_options, after_version, input_version).await? {
+                Changes::Appended(_) => Refresh::Incremental { after_version },
+                Changes::Rewritten(why) => Refresh::Full {
+                    reason: format!("{input} changed other than by appending: {why}"),
+                },
+            },
+        )
+    }
+}
+
+/// The column of a silver table that holds its `latest_by` value: the column computed by the
+/// same expression (`latest_by: to_timestamp(updated_at)` and a column
+/// `{ name: updated_at, expr: to_timestamp(updated_at) }`), or the input column `latest_by`
+/// names when the table keeps it as it is (no expression, no type: a cast could order values
+/// differently). An incremental merge compares stored rows with new ones by it.
+pub(super) fn latest_column(spec: &SilverSpec) -> Option<String> {
+    let latest = normalized(&spec.latest_by.as_ref()?.value);
+    spec.columns
+        .iter()
+        .find(|c| match &c.expr {
+            Some(e) => normalized(&e.value) == latest,
+            None => c.data_type.is_none() && normalized(&c.name.value) == latest,
+        })
+        .map(|c| c.name.value.clone())
+}
+
+/// An expression with case, blanks and identifier quotes left out, for comparison.
+fn normalized(sql: &str) -> String {
+    sql.chars()
+        .filter(|c| !c.is_whitespace() && *c != '"')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
