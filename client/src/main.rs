@@ -177,100 +177,7 @@ fn main() -> ExitCode {
             return ExitCode::from(RUN_FAILED);
         }
     };
-    let urls = cli.coordinator;
-    let outcome = runtime.block_on(async move {
-        match cli.command {
-            Command::Validate { spec } => validate(&spec),
-            Command::Run {
-                spec,
-                executors,
-                memory_limit,
-                output,
-                wait,
-                full_refresh,
-            } => {
-                let options = RunOptions {
-                    executors,
-                    memory_limit,
-                    output,
-                    wait,
-                    full_refresh,
-                };
-                run_embedded(&spec, options).await
-            }
-            Command::Generate {
-                dir,
-                dataset,
-                orders,
-                files,
-                seed,
-                scale,
-            } => match dataset {
-                Dataset::Ecommerce => generate_ecommerce(&dir, orders, files, seed),
-                Dataset::Tpch => generate_tpch(&dir, scale, files),
-            },
-            Command::Submit { spec, wait, output } => {
-                let pipeline = match Pipeline::load(&spec) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprint!("{e}");
-                        return Ok(ExitCode::from(BAD_INPUT));
-                    }
-                };
-                let info = Remote::connect(&urls).await?.submit(&pipeline).await?;
-                if !wait {
-                    println!("{}", info.run_id);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                eprintln!("submitted run {}", info.run_id);
-                watch(&urls, &info.run_id, output).await
-            }
-            Command::Watch { run_id, output } => watch(&urls, &run_id, output).await,
-            Command::Status { run_id, output } => {
-                let info = Remote::connect(&urls).await?.run(&run_id).await?;
-                print_run(&info, output);
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Runs { limit, output } => {
-                let runs = Remote::connect(&urls).await?.runs(limit).await?;
-                print_runs(&runs, output);
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Cancel { run_id } => {
-                let info = Remote::connect(&urls).await?.cancel(&run_id).await?;
-                println!("run {} {}", info.run_id, remote::state_name(&info));
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Checks {
-                run_id,
-                pipeline,
-                output,
-            } => {
-                let pipeline = match Pipeline::load(&pipeline) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprint!("{e}");
-                        return Ok(ExitCode::from(BAD_INPUT));
-                    }
-                };
-                match medallion_client::checks::of_run(&pipeline, &run_id).await {
-                    Ok(batches) => {
-                        print_batches(&batches, output)?;
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        Ok(ExitCode::from(BAD_INPUT))
-                    }
-                }
-            }
-            Command::Executors { output } => {
-                let executors = Remote::connect(&urls).await?.executors().await?;
-                print_executors(&executors, output);
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-    });
+    let outcome = runtime.block_on(execute(cli.command, cli.coordinator));
     outcome.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         match e.downcast_ref::<ServerError>() {
@@ -278,6 +185,107 @@ fn main() -> ExitCode {
             _ => ExitCode::from(RUN_FAILED),
         }
     })
+}
+
+/// Runs one command; errors not answered with an exit code of their own end in `main`.
+async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
+    match command {
+        Command::Validate { spec } => validate(&spec),
+        Command::Run {
+            spec,
+            executors,
+            memory_limit,
+            output,
+            wait,
+            full_refresh,
+        } => {
+            let options = RunOptions {
+                executors,
+                memory_limit,
+                output,
+                wait,
+                full_refresh,
+            };
+            run_embedded(&spec, options).await
+        }
+        Command::Generate {
+            dir,
+            dataset,
+            orders,
+            files,
+            seed,
+            scale,
+        } => match dataset {
+            Dataset::Ecommerce => generate_ecommerce(&dir, orders, files, seed),
+            Dataset::Tpch => generate_tpch(&dir, scale, files),
+        },
+        Command::Submit { spec, wait, output } => submit(&spec, wait, output, &urls).await,
+        Command::Watch { run_id, output } => watch(&urls, &run_id, output).await,
+        Command::Status { run_id, output } => {
+            let info = Remote::connect(&urls).await?.run(&run_id).await?;
+            print_run(&info, output);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs { limit, output } => {
+            let runs = Remote::connect(&urls).await?.runs(limit).await?;
+            print_runs(&runs, output);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { run_id } => {
+            let info = Remote::connect(&urls).await?.cancel(&run_id).await?;
+            println!("run {} {}", info.run_id, remote::state_name(&info));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checks {
+            run_id,
+            pipeline,
+            output,
+        } => checks(&run_id, &pipeline, output).await,
+        Command::Executors { output } => {
+            let executors = Remote::connect(&urls).await?.executors().await?;
+            print_executors(&executors, output);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads a spec; a spec that does not validate is printed and answered with exit code 2.
+fn load(spec: &Path) -> Result<Pipeline, ExitCode> {
+    Pipeline::load(spec).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(BAD_INPUT)
+    })
+}
+
+async fn submit(spec: &Path, wait: bool, output: Output, urls: &[String]) -> Result<ExitCode> {
+    let pipeline = match load(spec) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let info = Remote::connect(urls).await?.submit(&pipeline).await?;
+    if !wait {
+        println!("{}", info.run_id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("submitted run {}", info.run_id);
+    watch(urls, &info.run_id, output).await
+}
+
+async fn checks(run_id: &str, spec: &Path, output: Output) -> Result<ExitCode> {
+    let pipeline = match load(spec) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    match medallion_client::checks::of_run(&pipeline, run_id).await {
+        Ok(batches) => {
+            print_batches(&batches, output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::from(BAD_INPUT))
+        }
+    }
 }
 
 /// Rows as a table for people, or as a JSON array of objects.
@@ -333,12 +341,9 @@ async fn run_embedded(spec: &Path, options: RunOptions) -> Result<ExitCode> {
         wait,
         full_refresh,
     } = options;
-    let pipeline = match Pipeline::load(spec) {
+    let pipeline = match load(spec) {
         Ok(p) => p,
-        Err(e) => {
-            eprint!("{e}");
-            return Ok(ExitCode::from(BAD_INPUT));
-        }
+        Err(code) => return Ok(code),
     };
     let slots =
         executors.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));

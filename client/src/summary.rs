@@ -50,6 +50,15 @@ pub fn render(report: &RunReport) -> String {
         .max()
         .unwrap_or(0)
         .max(26);
+    render_tables(&mut out, report, w);
+    render_notes(&mut out, report);
+    render_checks(&mut out, report, w);
+    render_errors(&mut out, report);
+    out
+}
+
+/// A line per table: its status and counters.
+fn render_tables(out: &mut String, report: &RunReport, w: usize) {
     let _ = writeln!(
         out,
         "{:<w$} {:<14} {:>8} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8}",
@@ -87,6 +96,10 @@ pub fn render(report: &RunReport) -> String {
             m.rows_inserted
         );
     }
+}
+
+/// Rescued records, incremental or full refreshes, and rows checks took out.
+fn render_notes(out: &mut String, report: &RunReport) {
     for t in report.tables.iter().filter(|t| t.metrics.rows_rescued > 0) {
         let _ = writeln!(
             out,
@@ -118,28 +131,37 @@ pub fn render(report: &RunReport) -> String {
             );
         }
     }
+}
+
+/// Each quality check's verdict.
+fn render_checks(out: &mut String, report: &RunReport, w: usize) {
     let checks: Vec<_> = report
         .tables
         .iter()
         .flat_map(|t| t.checks.iter().map(move |c| (t, c)))
         .collect();
-    if !checks.is_empty() {
-        let _ = writeln!(out, "\nquality checks:");
-        for (t, c) in checks {
-            let verdict = if c.passed { "passed" } else { "FAILED" };
-            let finding = match &c.detail {
-                Some(detail) => detail.clone(),
-                None => format!("{} of {} rows failing", c.failing_rows, c.total_rows),
-            };
-            let _ = writeln!(
-                out,
-                "  {:<w$} {:<28} {:<9} {verdict:<7} {finding}",
-                t.table,
-                c.name,
-                format!("{:?}", c.severity).to_lowercase(),
-            );
-        }
+    if checks.is_empty() {
+        return;
     }
+    let _ = writeln!(out, "\nquality checks:");
+    for (t, c) in checks {
+        let verdict = if c.passed { "passed" } else { "FAILED" };
+        let finding = match &c.detail {
+            Some(detail) => detail.clone(),
+            None => format!("{} of {} rows failing", c.failing_rows, c.total_rows),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<w$} {:<28} {:<9} {verdict:<7} {finding}",
+            t.table,
+            c.name,
+            format!("{:?}", c.severity).to_lowercase(),
+        );
+    }
+}
+
+/// Why tables failed or were skipped.
+fn render_errors(out: &mut String, report: &RunReport) {
     for t in &report.tables {
         match &t.status {
             // Executor errors already start with the table's name.
@@ -155,5 +177,4 @@ pub fn render(report: &RunReport) -> String {
             _ => {}
         }
     }
-    out
 }

@@ -19,6 +19,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TableProperty;
 use futures::TryStreamExt;
 use medallion_lake::StagedFiles;
 use medallion_pipeline::spec::{self, CheckKind, CheckSpec};
@@ -210,7 +211,7 @@ impl CommitContext<'_> {
     /// `CommitPlan::Append`); otherwise the latest.
     async fn base(&self, target: &Target, plan: &CommitPlan) -> Result<Option<DeltaTable>> {
         let (uri, opts) = (&target.uri, self.storage_options);
-        Ok(match plan {
+        let table = match plan {
             CommitPlan::Append {
                 ledger_version: Some(v),
                 ..
@@ -220,7 +221,30 @@ impl CommitContext<'_> {
                 ..
             } => None,
             _ => medallion_lake::open_table(uri, opts).await?,
-        })
+        };
+        match table {
+            Some(t) if target.change_data_feed && !records_changes(&t)? => {
+                Ok(Some(self.record_changes(target, t).await?))
+            }
+            t => Ok(t),
+        }
+    }
+
+    /// Turns on the change data feed of an existing table, in a commit of its own that
+    /// changes no rows (and the protocol version it needs); the data commit follows.
+    async fn record_changes(&self, target: &Target, t: DeltaTable) -> Result<DeltaTable> {
+        let info = vec![
+            ("medallion.run_id".to_string(), self.run_id.into()),
+            (
+                "medallion.table".to_string(),
+                target.table.to_string().into(),
+            ),
+        ];
+        t.set_tbl_properties()
+            .with_properties(HashMap::from([(CHANGE_DATA_FEED.into(), "true".into())]))
+            .with_commit_properties(CommitProperties::default().with_metadata(info))
+            .await
+            .with_context(|| format!("turning on the change data feed of {}", target.table))
     }
 
     /// Runs the table's checks on the staged rows and adds what screening found; a failed
@@ -405,6 +429,10 @@ impl CommitContext<'_> {
             .with_table_name(&table.name)
             .with_columns(schema.fields().cloned())
             .with_partition_columns(target.partition_columns.clone())
+            .with_configuration_property(
+                TableProperty::EnableChangeDataFeed,
+                target.change_data_feed.then_some("true"),
+            )
             .with_actions(staged.adds.iter().cloned().map(Action::Add))
             // Not retried on top of a table another writer created meanwhile: that would add
             // these rows to theirs. The conflict makes the run plan the table again.
@@ -726,4 +754,17 @@ fn merged_rows(
         None,
     )?;
     Ok(kept.select(columns_of(&winners))?.union(winners)?)
+}
+
+/// The table property that turns on Delta's change data feed.
+const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
+
+/// Whether the table records its changes in Delta's change data feed.
+fn records_changes(t: &DeltaTable) -> Result<bool> {
+    let snapshot = t.snapshot()?;
+    Ok(snapshot
+        .metadata()
+        .configuration()
+        .get(CHANGE_DATA_FEED)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true")))
 }

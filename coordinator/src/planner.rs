@@ -108,6 +108,8 @@ pub struct Target {
     pub partition_columns: Vec<String>,
     /// `<table>__quarantine`, when a check of the table quarantines rows.
     pub quarantine: Option<Box<Target>>,
+    /// The table records its changes in Delta's change data feed.
+    pub change_data_feed: bool,
 }
 
 impl Target {
@@ -212,6 +214,7 @@ impl RunContext<'_> {
                 uri,
                 partition_columns: Vec::new(),
                 quarantine: None,
+                change_data_feed: false,
             })
         });
         let partition_columns = match table.layer {
@@ -224,6 +227,7 @@ impl RunContext<'_> {
             uri,
             partition_columns,
             quarantine,
+            change_data_feed: self.pipeline.change_data_feed(table),
         }
     }
 

@@ -209,6 +209,15 @@ impl Pipeline {
         checks.map(Vec::as_slice).unwrap_or_default()
     }
 
+    /// Whether a table records its changes in Delta's change data feed.
+    pub fn change_data_feed(&self, table: &TableRef) -> bool {
+        match table.layer {
+            Layer::Bronze => false,
+            Layer::Silver => self.silver(&table.name).is_some_and(|t| t.change_data_feed),
+            Layer::Gold => self.gold(&table.name).is_some_and(|t| t.change_data_feed),
+        }
+    }
+
     /// A source's path or glob, resolved against the spec's directory.
     pub fn source_location(&self, source: &SourceSpec) -> String {
         resolve_location(&self.base_dir, &source.path.value)

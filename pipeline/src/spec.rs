@@ -216,6 +216,10 @@ pub struct SilverSpec {
     pub partitions: u32,
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// Record the table's row changes in Delta's change data feed
+    /// (`delta.enableChangeDataFeed`), for consumers that read changes.
+    #[serde(default)]
+    pub change_data_feed: bool,
 }
 
 fn default_partitions() -> u32 {
@@ -257,6 +261,9 @@ pub struct GoldSpec {
     pub engine: GoldEngine,
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// As for silver tables.
+    #[serde(default)]
+    pub change_data_feed: bool,
 }
 
 /// Where a gold query runs.

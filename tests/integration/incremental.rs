@@ -1,7 +1,10 @@
 //! Incremental silver: after its first run, a silver table reads only the input rows
 //! committed since, and the result equals computing it from all of them.
 
-use medallion_tests::{Workspace, table};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use medallion_tests::{Workspace, medallion_bin, table};
 use serde_json::Value;
 
 const SPEC: &str = r#"
@@ -44,7 +47,12 @@ gold:
 /// One order line of a batch.
 fn line(id: u64, status: &str, amount: f64, updated: Option<u32>) -> String {
     let at = match updated {
-        Some(h) => format!("\"2026-01-01T{:02}:{:02}:00Z\"", h / 60, h % 60),
+        Some(m) => format!(
+            "\"2026-01-{:02}T{:02}:{:02}:00Z\"",
+            1 + m / 1440,
+            m / 60 % 24,
+            m % 60
+        ),
         None => "null".into(),
     };
     format!(
@@ -55,12 +63,17 @@ fn line(id: u64, status: &str, amount: f64, updated: Option<u32>) -> String {
 /// Batch `b` (1-based): 20 new orders (one filtered, one bogus status, one too large, one
 /// sent twice), and for the previous batch's orders: later updates, stale updates that must
 /// lose, a tie (the newer batch wins), a NULL time (loses), and an update to a bogus status
-/// (quarantined; the last good row stays).
+/// (quarantined; the last good row stays). Order ids are `b * 100000 + k`.
 fn batch(b: u64) -> String {
+    batch_of(b, 20)
+}
+
+/// [`batch`] with `n` new orders.
+fn batch_of(b: u64, n: u64) -> String {
     let minute = |b: u64, k: u64| (b * 100 + k) as u32;
     let mut out = String::new();
-    for k in 0..20 {
-        let id = b * 1000 + k;
+    for k in 0..n {
+        let id = b * 100_000 + k;
         let (status, amount) = match k {
             3 => ("paid", -5.0),
             4 => ("lost", 12.0),
@@ -72,9 +85,9 @@ fn batch(b: u64) -> String {
         };
         out += &line(id, status, amount, Some(minute(b, k)));
     }
-    out += &line(b * 1000 + 7, "shipped", 99.0, Some(minute(b, 50)));
+    out += &line(b * 100_000 + 7, "shipped", 99.0, Some(minute(b, 50)));
     if b > 1 {
-        let prev = (b - 1) * 1000;
+        let prev = (b - 1) * 100_000;
         out += &line(prev, "shipped", 21.0, Some(minute(b, 60)));
         out += &line(prev + 1, "paid", 22.0, Some(minute(b, 61)));
         out += &line(prev + 2, "placed", 23.0, Some(minute(b - 2, 0)));
@@ -157,16 +170,16 @@ fn incremental_runs_over_five_batches_equal_a_full_recompute() {
             );
         }
     }
-    // What the data says, checked by hand on the last two batches: order 4000 was updated to
-    // shipped; 4002's stale update lost; 4009's bogus update was quarantined and its last
-    // good row stayed; 5004 (bogus status) is in quarantine only; 5005 was dropped.
+    // What the data says, checked by hand on the last two batches: order 400000 was updated
+    // to shipped; 400002's stale update lost; 400009's bogus update was quarantined and its
+    // last good row stayed; 500004 (bogus status) is in quarantine only; 500005 was dropped.
     let orders = rows(&ws, "lake/silver/orders");
     let find = |id: u64| orders.iter().find(|r| r["order_id"] == id).cloned();
-    assert_eq!(find(4000).unwrap()["status"], "shipped");
-    assert_eq!(find(4002).unwrap()["amount"], 12.0);
-    assert_eq!(find(4009).unwrap()["amount"], 19.0);
-    assert_eq!(find(4008).unwrap()["amount"], 18.0);
-    assert!(find(5004).is_none() && find(5005).is_none() && find(5003).is_none());
+    assert_eq!(find(400_000).unwrap()["status"], "shipped");
+    assert_eq!(find(400_002).unwrap()["amount"], 12.0);
+    assert_eq!(find(400_009).unwrap()["amount"], 19.0);
+    assert_eq!(find(400_008).unwrap()["amount"], 18.0);
+    assert!(find(500_004).is_none() && find(500_005).is_none() && find(500_003).is_none());
     let quarantine = rows(&ws, "lake/silver/orders__quarantine");
     let ids: Vec<u64> = quarantine
         .iter()
@@ -174,7 +187,7 @@ fn incremental_runs_over_five_batches_equal_a_full_recompute() {
         .collect();
     // Each failing row once: a new order per batch and an update per later batch.
     assert_eq!(quarantine.len(), 9, "{quarantine:#?}");
-    assert!(ids.contains(&5004) && ids.contains(&4009), "{ids:?}");
+    assert!(ids.contains(&500_004) && ids.contains(&400_009), "{ids:?}");
 }
 
 #[test]
@@ -236,6 +249,134 @@ fn a_spec_change_recomputes_in_full() {
         assert_eq!(rows(&ws, rel), rows(&scratch, rel), "{rel}");
     }
     let orders = rows(&ws, "lake/silver/orders");
-    let first = orders.iter().find(|r| r["order_id"] == 1010).unwrap();
+    let first = orders.iter().find(|r| r["order_id"] == 100_010).unwrap();
     assert_eq!(first["amount"], 40.0, "{first}");
+}
+
+/// Runs killed (SIGKILL) at several points of incremental refreshes, then one complete run:
+/// every table equals a full recompute of the same data.
+#[test]
+fn runs_killed_during_incremental_refreshes_lose_and_double_nothing() {
+    let ws = Workspace::new();
+    ws.write("pipeline.yaml", SPEC);
+    let full = Workspace::new();
+    full.write("pipeline.yaml", SPEC);
+    let write = |b: u64| {
+        let (name, data) = (format!("data/batch-{b}.jsonl"), batch_of(b, 5000));
+        ws.write(&name, &data);
+        full.write(&name, &data);
+    };
+    write(1);
+    assert_eq!(ws.run("pipeline.yaml").code, 0);
+    let mut interrupted = 0;
+    for (b, delay_ms) in (2..=5).zip([250, 600, 1000, 1600]) {
+        write(b);
+        let mut child = Command::new(medallion_bin())
+            .args(["run", "pipeline.yaml", "--executors", "2"])
+            .current_dir(ws.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
+        let _ = child.kill(); // SIGKILL: no cleanup of any kind
+        let _ = child.wait();
+    }
+    assert!(interrupted > 0, "no run was killed while it was running");
+    let run = ws.run("pipeline.yaml");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(full.run("pipeline.yaml").code, 0);
+    for rel in TABLES {
+        assert_eq!(rows(&ws, rel), rows(&full, rel), "{rel}");
+    }
+}
+
+/// On a cluster of two executors, incremental refreshes equal a full recompute too.
+#[test]
+fn incremental_refreshes_on_a_cluster_equal_a_full_recompute() {
+    let ws = Workspace::new();
+    ws.write("pipeline.yaml", SPEC);
+    let full = Workspace::new();
+    full.write("pipeline.yaml", SPEC);
+    let cluster = medallion_tests::cluster::Cluster::start(&ws, 1, 2);
+    for b in 1..=3u64 {
+        let (name, data) = (format!("data/batch-{b}.jsonl"), batch(b));
+        ws.write(&name, &data);
+        full.write(&name, &data);
+        let out = cluster.client(
+            &ws,
+            &["submit", "pipeline.yaml", "--wait", "--output", "json"],
+        );
+        assert_eq!(out.code, 0, "{}\n{}", out.stderr, cluster.logs());
+        let status: Value = serde_json::from_str(&out.stdout).unwrap();
+        let kind = refresh(&status["report"], "silver.orders")["kind"].clone();
+        assert_eq!(kind, if b == 1 { "full" } else { "incremental" });
+    }
+    assert_eq!(full.run("pipeline.yaml").code, 0);
+    for rel in TABLES {
+        assert_eq!(rows(&ws, rel), rows(&full, rel), "{rel}");
+    }
+}
+
+/// `change_data_feed: true`: an incremental merge records updates (pre- and post-image) and
+/// inserts; a gold table replaced by a full recompute records its old rows as deleted and its
+/// new ones as inserted. Read back with Python deltalake's change data feed reader.
+#[test]
+fn silver_and_gold_record_their_changes_in_the_change_data_feed() {
+    let spec = SPEC
+        .replace(
+            "    partitions: 2\n",
+            "    partitions: 2\n    change_data_feed: true\n",
+        )
+        .replace(
+            "  - name: by_status\n",
+            "  - name: by_status\n    change_data_feed: true\n",
+        );
+    let ws = Workspace::new();
+    ws.write("pipeline.yaml", &spec);
+    for b in 1..=2 {
+        ws.write(&format!("data/batch-{b}.jsonl"), &batch(b));
+        let run = ws.run("pipeline.yaml");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let changes = |rel: &str| {
+        let path = ws.path().join(rel);
+        let cdf = medallion_tests::python_json(&["cdf", path.to_str().unwrap(), "1"]);
+        assert_eq!(
+            cdf["configuration"]["delta.enableChangeDataFeed"], "true",
+            "{cdf:#}"
+        );
+        let mut by_type = std::collections::BTreeMap::<String, Vec<Value>>::new();
+        for c in cdf["changes"].as_array().unwrap() {
+            assert_eq!(c["_commit_version"], 1, "{c}");
+            by_type
+                .entry(c["_change_type"].as_str().unwrap().to_string())
+                .or_default()
+                .push(c.clone());
+        }
+        by_type
+    };
+    let orders = changes("lake/silver/orders");
+    let ids = |t: &str| -> Vec<u64> {
+        let mut ids: Vec<u64> = orders[t]
+            .iter()
+            .map(|c| c["order_id"].as_u64().unwrap())
+            .collect();
+        ids.sort();
+        ids
+    };
+    // Later updates of 100000 and 100001, and the tie of 100006 (the newer row wins).
+    assert_eq!(ids("update_postimage"), [100_000, 100_001, 100_006]);
+    assert_eq!(ids("update_preimage"), [100_000, 100_001, 100_006]);
+    // Batch 2's new orders less one filtered, one quarantined and one dropped.
+    assert_eq!(ids("insert").len(), 17, "{orders:#?}");
+    assert!(!orders.contains_key("delete"), "{orders:#?}");
+
+    let gold = changes("lake/gold/by_status");
+    assert_eq!(gold["delete"].len(), 3, "{gold:#?}");
+    assert_eq!(gold["insert"].len(), 3, "{gold:#?}");
+    assert_eq!(rows(&ws, "lake/gold/by_status").len(), 3);
 }

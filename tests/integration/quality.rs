@@ -297,9 +297,10 @@ fn check_results_are_kept_per_run_in_a_delta_table() {
     );
 }
 
-/// `drop` and `quarantine` take failing rows out of silver as it is written: order 2
-/// (status unknown) is dropped, order 4 (amount 30) goes to `silver/orders__quarantine` with
-/// the run id and the check it failed; only order 1 is committed, and gold follows.
+/// `drop` and `quarantine` take failing rows out of silver before the latest row per key is
+/// kept: order 2 (status unknown) and order 1's older version (placed) are dropped, both
+/// versions of order 4 (amount 30) go to `silver/orders__quarantine` with the run id and the
+/// checks they failed; only order 1's latest version is committed, and gold follows.
 #[test]
 fn drop_and_quarantine_take_failing_rows_out() {
     let ws = shop();
@@ -317,9 +318,10 @@ fn drop_and_quarantine_take_failing_rows_out() {
     let silver = table(&report, "silver.orders");
     assert_eq!(silver["status"], "committed", "{silver:#}");
     assert_eq!(silver["metrics"]["rows_written"], 1);
-    assert_eq!(silver["metrics"]["rows_dropped"], 1);
-    assert_eq!(silver["metrics"]["rows_quarantined"], 1);
-    for name in ["amount_small", "status_known"] {
+    assert_eq!(silver["metrics"]["rows_dropped"], 2);
+    assert_eq!(silver["metrics"]["rows_quarantined"], 2);
+    // Five rows passed the filters: orders 1 and 4 twice each, and order 2.
+    for (name, failing) in [("amount_small", 2), ("status_known", 3)] {
         let c = silver["checks"]
             .as_array()
             .unwrap()
@@ -332,7 +334,7 @@ fn drop_and_quarantine_take_failing_rows_out() {
                 c["failing_rows"].as_u64(),
                 c["total_rows"].as_u64()
             ),
-            (Some(false), Some(1), Some(3)),
+            (Some(false), Some(failing), Some(5)),
             "{c:#}"
         );
     }
@@ -346,19 +348,26 @@ fn drop_and_quarantine_take_failing_rows_out() {
     assert_eq!(ids, [1]);
 
     let quarantine = ws.read_table("lake/silver/orders__quarantine");
-    let rows = quarantine["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 1, "{quarantine:#}");
-    assert_eq!(rows[0]["order_id"], 4);
-    assert_eq!(rows[0]["amount"], 30.0);
-    assert_eq!(rows[0]["_quarantine_run_id"], run_id);
+    let mut rows = quarantine["rows"].as_array().unwrap().clone();
+    rows.sort_by_key(|r| r["status"].to_string());
+    assert_eq!(rows.len(), 2, "{quarantine:#}");
     // Both readers agree on the list; canonical form is its Python repr.
-    assert_eq!(rows[0]["_failed_checks"], "['amount_small']");
-    assert!(
-        rows[0]["_quarantined_at"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("20")),
-        "{rows:#?}"
-    );
+    for (row, (status, failed)) in rows.iter().zip([
+        ("placed", "['amount_small', 'status_known']"),
+        ("shipped", "['amount_small']"),
+    ]) {
+        assert_eq!(row["order_id"], 4);
+        assert_eq!(row["amount"], 30.0);
+        assert_eq!(row["status"], status);
+        assert_eq!(row["_failed_checks"], failed);
+        assert_eq!(row["_quarantine_run_id"], run_id);
+        assert!(
+            row["_quarantined_at"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("20")),
+            "{rows:#?}"
+        );
+    }
 
     // Gold sees only what silver kept: Ann's one order of 20.00.
     let gold = ws.read_table("lake/gold/customer_360");

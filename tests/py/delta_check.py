@@ -21,6 +21,7 @@ import sys
 import duckdb
 import duckdb_extension_delta
 import duckdb_extension_httpfs
+import pyarrow
 from deltalake import DeltaTable
 
 
@@ -166,9 +167,22 @@ def sql(path, query):
     ]
 
 
+def cdf(path, starting_version):
+    """The table's change data feed from a version on, as Python deltalake reads it: the
+    table's configuration and each change with its type and version."""
+    dt = DeltaTable(path)
+    changes = pyarrow.table(dt.load_cdf(starting_version=int(starting_version)).read_all()).to_pylist()
+    for change in changes:
+        change.pop("_commit_timestamp", None)
+    return {
+        "configuration": dt.metadata().configuration,
+        "changes": canonical_rows(changes),
+    }
+
+
 def main():
     command, args = sys.argv[1], sys.argv[2:]
-    commands = {"read": read, "gold-reference": gold_reference, "orphans": orphans, "sql": sql}
+    commands = {"read": read, "gold-reference": gold_reference, "orphans": orphans, "sql": sql, "cdf": cdf}
     json.dump(commands[command](*args), sys.stdout)
     # DuckDB's and delta-rs's native teardown sometimes aborts at exit ("terminate called
     # without an active exception"); the answer is out, so skip it.
