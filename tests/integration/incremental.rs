@@ -1,10 +1,9 @@
 //! Incremental silver: after its first run, a silver table reads only the input rows
 //! committed since, and the result equals computing it from all of them.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use medallion_tests::{Workspace, medallion_bin, table};
+use medallion_tests::{Workspace, table};
 use serde_json::Value;
 
 const SPEC: &str = r#"
@@ -271,19 +270,9 @@ fn runs_killed_during_incremental_refreshes_lose_and_double_nothing() {
     let mut interrupted = 0;
     for (b, delay_ms) in (2..=5).zip([250, 600, 1000, 1600]) {
         write(b);
-        let mut child = Command::new(medallion_bin())
-            .args(["run", "pipeline.yaml", "--executors", "2"])
-            .current_dir(ws.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
+        if ws.run_killed_after("pipeline.yaml", Duration::from_millis(delay_ms)) {
             interrupted += 1;
         }
-        let _ = child.kill(); // SIGKILL: no cleanup of any kind
-        let _ = child.wait();
     }
     assert!(interrupted > 0, "no run was killed while it was running");
     let run = ws.run("pipeline.yaml");

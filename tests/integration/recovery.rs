@@ -1,9 +1,8 @@
 //! Nothing lost, nothing doubled: a run killed at any point, then run again.
 
-use std::process::Command;
 use std::time::Duration;
 
-use medallion_tests::{Workspace, medallion_bin};
+use medallion_tests::Workspace;
 
 /// Kills runs at several points; after a final clean run every table holds each row once.
 #[test]
@@ -12,19 +11,9 @@ fn killed_runs_neither_lose_nor_duplicate_rows() {
 
     let mut interrupted = 0;
     for delay_ms in [400, 900, 1500, 2500] {
-        let mut child = Command::new(medallion_bin())
-            .args(["run", "pipeline.yaml", "--executors", "2"])
-            .current_dir(ws.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
+        if ws.run_killed_after("pipeline.yaml", Duration::from_millis(delay_ms)) {
             interrupted += 1;
         }
-        let _ = child.kill(); // SIGKILL: no cleanup of any kind
-        let _ = child.wait();
     }
     assert!(
         interrupted > 0,

@@ -129,6 +129,23 @@ impl Workspace {
         Invocation::from(out)
     }
 
+    /// Starts `medallion run <spec>` and SIGKILLs it after `delay` (no cleanup of any kind);
+    /// returns whether it was still running then.
+    pub fn run_killed_after(&self, spec: &str, delay: std::time::Duration) -> bool {
+        let mut child = Command::new(medallion_bin())
+            .args(["run", spec, "--executors", "2"])
+            .current_dir(self.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run medallion");
+        std::thread::sleep(delay);
+        let running = child.try_wait().expect("child status").is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        running
+    }
+
     /// Runs a spec in embedded mode with a JSON report.
     pub fn run(&self, spec: &str) -> Invocation {
         self.medallion(&["run", spec, "--output", "json", "--executors", "2"])
