@@ -177,6 +177,91 @@ def run_medallion(medallion, workload, data, out, threads, memory):
     return medallion_result("medallion", workload, report, out, seconds, peak)
 
 
+def new_orders_file(data, path, new, updated):
+    """A batch after the generated data: `new` orders with fresh ids, and `updated` existing
+    orders again with a later `updated_at` and another status (spread evenly over all ids)."""
+    import glob
+    files = sorted(glob.glob(os.path.join(data, "orders", "*.jsonl")))
+    lines = []
+    max_id = 0
+    for name in files:
+        with open(name) as f:
+            for line in f:
+                try:
+                    order = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(order, dict) and isinstance(order.get("order_id"), int):
+                    max_id = max(max_id, order["order_id"])
+                    lines.append(order)
+    step = max(1, len(lines) // max(1, updated))
+    out = []
+    for order in lines[::step][:updated]:
+        order = dict(order, status="delivered", updated_at="2030-01-01T00:00:00Z")
+        out.append(order)
+    for i in range(new):
+        order = dict(lines[i % len(lines)], order_id=max_id + 1 + i,
+                     created_at="2030-01-01T00:00:00Z", updated_at="2030-01-01T00:00:00Z")
+        out.append(order)
+    with open(path, "w") as f:
+        for order in out:
+            f.write(json.dumps(order) + "\n")
+
+
+def linked_data(data, dest, extra):
+    """`data` hard-linked under `dest` (no copy, and no symbolic link for the listing to
+    resolve elsewhere), plus the file `extra` in its orders: the same source files under the
+    same relative names, so bronze ingests only `extra`."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(data, dest, copy_function=os.link)
+    shutil.copy(extra, os.path.join(dest, "orders", "zz-next-batch.jsonl"))
+
+
+INCREMENTAL = {
+    # name: (share of new orders, share of updated orders), of the generated orders.
+    "1% new orders (a tenth of them updates)": (0.009, 0.001),
+    "1% updates": (0.0, 0.01),
+}
+
+
+def run_incremental(medallion, workload, data, runs, first, reference, threads, memory):
+    """Re-runs after a small batch, on a copy of the first run's lake (`first`, its run
+    directory): time and memory against the first run, and every gold table against a full
+    run over the same files."""
+    rows = []
+    for name, (new, updated) in INCREMENTAL.items():
+        slug = "inc-" + name.split()[0].strip("%") + ("-mixed" if new else "-updates")
+        work = os.path.join(runs, slug)
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        batch = os.path.join(work, "batch.jsonl")
+        new_orders_file(data, batch, int(workload.scale * new), int(workload.scale * updated))
+        combined = os.path.join(work, "data")
+        linked_data(data, combined, batch)
+        lake_dir = os.path.join(work, "incremental")
+        shutil.copytree(first, lake_dir)
+        spec_path = os.path.join(lake_dir, "pipeline.yaml")
+        spec = open(spec_path).read().replace(first + "/lake", lake_dir + "/lake").replace(data + "/", combined + "/")
+        with open(spec_path, "w") as f:
+            f.write(spec)
+        warm_cache(combined)
+        stdout, seconds, peak = measure([medallion, "run", spec_path, "--output", "json",
+                                         "--executors", str(threads), "--memory-limit", memory])
+        report = json.loads(stdout)
+        silver = next(t for t in report["tables"] if t["table"] == "silver.orders")
+        full = run_medallion(medallion, workload, combined, os.path.join(work, "full"), threads, memory)
+        result = medallion_result("medallion", workload, report, lake_dir, seconds, peak)
+        problems = compare(workload, full, result) if report["succeeded"] else ["the run failed"]
+        rows.append({"scenario": name, "seconds": round(seconds, 3), "peak_bytes": peak,
+                     "first_seconds": reference["seconds"], "first_peak_bytes": reference["peak_bytes"],
+                     "full_seconds": full["seconds"], "refresh": silver.get("refresh"),
+                     "silver_rows_read": silver["metrics"]["rows_read"],
+                     "agrees": "yes" if not problems else "NO: " + "; ".join(problems)})
+        print(f"   {name:<42} {seconds:8.2f} s  {peak / 2**20:8.0f} MiB  "
+              f"({seconds / reference['seconds']:.0%} of the first run)  {rows[-1]['agrees']}", file=sys.stderr)
+    return rows
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -328,7 +413,7 @@ def machine():
             "rustc": rustc, "versions": versions}
 
 
-def report(results, info, out_dir, stamp, memory):
+def report(results, incremental, info, out_dir, stamp, memory):
     """Writes the markdown report and the chart; returns the report's path."""
     os.makedirs(out_dir, exist_ok=True)
     lines = [f"# Benchmark {stamp}", "",
@@ -356,6 +441,23 @@ def report(results, info, out_dir, stamp, memory):
                 f"{r['peak_bytes'] / 2**20:,.0f} | {ratio:.2f}x | {r.get('agrees', 'reference')} |")
         lines.append("")
     lines.append("`vs Medallion`: the engine's total time divided by Medallion's (above 1: Medallion is faster).")
+    if incremental:
+        lines += ["", "## Re-runs after a small batch (incremental silver)", "",
+                  "The first run's lake, copied, then one more file of orders and `medallion run` again: "
+                  "bronze ingests the file, silver reads only the rows committed since its last run and "
+                  "merges them, gold is recomputed. `gold equal`: every gold table against a full run "
+                  "over the same files, in a fresh lake.", "",
+                  "| workload | batch | re-run s | % of first run | peak MiB | % of first run's peak "
+                  "| silver refresh | silver rows read | full run s | gold equal |",
+                  "|---|---|---:|---:|---:|---:|---|---:|---:|---|"]
+        for workload, rows in incremental.items():
+            for r in rows:
+                refresh = (r["refresh"] or {}).get("kind", "-")
+                lines.append(
+                    f"| {workload} | {r['scenario']} | {r['seconds']:.2f} | "
+                    f"{100 * r['seconds'] / r['first_seconds']:.0f}% | {r['peak_bytes'] / 2**20:,.0f} | "
+                    f"{100 * r['peak_bytes'] / r['first_peak_bytes']:.0f}% | {refresh} | "
+                    f"{r['silver_rows_read']:,} | {r['full_seconds']:.2f} | {r['agrees']} |")
     path = os.path.join(out_dir, f"{stamp}.md")
     chart = os.path.join(out_dir, f"{stamp}.png")
     draw(results, chart)
@@ -363,7 +465,7 @@ def report(results, info, out_dir, stamp, memory):
     with open(path, "w") as f:
         f.write("\n".join(lines))
     with open(os.path.join(out_dir, f"{stamp}.json"), "w") as f:
-        json.dump({"machine": info, "results": results}, f, indent=1, default=str)
+        json.dump({"machine": info, "results": results, "incremental": incremental}, f, indent=1, default=str)
     return path
 
 
@@ -404,6 +506,8 @@ def main():
     p.add_argument("--work", default=os.path.expanduser("~/.cache/medallion-bench"), help="data and lakes")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="where the report goes")
     p.add_argument("--smoke", action="store_true", help="a tiny run to check the harness itself")
+    p.add_argument("--no-incremental", dest="incremental", action="store_false",
+                   help="skip the re-runs after a small batch (ecommerce)")
     args = p.parse_args()
     if args.smoke:
         args.scales, args.tpch_scales = "3000", "0.01"
@@ -414,14 +518,14 @@ def main():
         workloads += [Ecommerce(int(s)) for s in args.scales.split(",")]
     if "tpch" in args.workloads.split(","):
         workloads += [Tpch(float(s)) for s in args.tpch_scales.split(",")]
-    results = {}
+    results, incremental = {}, {}
     for workload in workloads:
         data = generate(args.medallion, args.work, workload)
         units = workload.units(data)
         runs = os.path.join(args.work, workload.dir, "runs")
         print(f"== {workload.label}", file=sys.stderr)
-        reference = run_medallion(args.medallion, workload, data, os.path.join(runs, "medallion"),
-                                  args.threads, args.memory)
+        first = os.path.join(runs, "medallion")
+        reference = run_medallion(args.medallion, workload, data, first, args.threads, args.memory)
         rows = [reference]
         for executors in (int(n) for n in args.cluster.split(",") if n):
             r = run_medallion_cluster(args.medallion, workload, data, os.path.join(runs, f"cluster-{executors}"),
@@ -429,7 +533,10 @@ def main():
             problems = compare(workload, reference, r)
             r["agrees"] = "yes" if not problems else "NO: " + "; ".join(problems)
             rows.append(r)
-        for peer in args.peers.split(","):
+        if args.incremental and workload.name == "ecommerce":
+            incremental[workload.label] = run_incremental(args.medallion, workload, data, runs, first,
+                                                          reference, args.threads, args.memory)
+        for peer in (p for p in args.peers.split(",") if p):
             for engine, fmt in PEERS[peer]:
                 r = run_peer(sys.executable, workload, engine, fmt, data,
                              os.path.join(runs, f"{engine}-{fmt}"), args.threads)
@@ -442,11 +549,12 @@ def main():
                   f"{r['peak_bytes'] / 2**20:8.0f} MiB  {r.get('agrees', '')}", file=sys.stderr)
         results[workload.label] = rows
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
-    path = report(results, info, args.out, "smoke" if args.smoke else stamp, args.memory)
+    path = report(results, incremental, info, args.out, "smoke" if args.smoke else stamp, args.memory)
     if args.smoke:
         shutil.rmtree(args.work, ignore_errors=True)
     print(path)
-    disagreeing = [r for rows in results.values() for r in rows if str(r.get("agrees", "yes")).startswith("NO")]
+    disagreeing = [r for rows in list(results.values()) + list(incremental.values()) for r in rows
+                   if str(r.get("agrees", "yes")).startswith("NO")]
     sys.exit(1 if disagreeing else 0)
 
 

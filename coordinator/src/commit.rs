@@ -35,6 +35,7 @@ use medallion_pipeline::report::{CheckResult, Metrics};
 
 /// Data files written by a table's tasks (under its target's `staged_uri`), not yet part of
 /// the table.
+#[derive(Clone)]
 pub struct Staged {
     pub adds: Vec<Add>,
     pub schema: SchemaRef,
@@ -44,8 +45,8 @@ pub struct Staged {
 
 /// What a commit did.
 pub struct Committed {
-    /// The new version; `None` when there was nothing to change (no records to append, or
-    /// a merge that changed no row) and no version was made.
+    /// The new version; `None` when bronze had no records to append and no version was
+    /// made. (A merge that changes no row still makes one, to record the inputs it read.)
     pub version: Option<u64>,
     pub checks: Vec<CheckResult>,
     pub merge: Option<Metrics>,
@@ -512,7 +513,13 @@ impl CommitContext<'_> {
         staged: &Staged,
     ) -> Result<(Option<u64>, Option<Metrics>)> {
         let table = &target.table;
-        let CommitPlan::Merge { keys, latest, .. } = plan else {
+        let CommitPlan::Merge {
+            keys,
+            latest,
+            inputs,
+            ..
+        } = plan
+        else {
             bail!("{table}: merging needs a merge plan");
         };
         let app_version = next_app_version(&t, table).await?;
@@ -573,13 +580,28 @@ impl CommitContext<'_> {
             .with_commit_properties(self.properties(table, plan, commit_id, app_version, staged))
             .await
             .with_context(|| format!("merging into {table}"))?;
-        let version = merged.version().filter(|v| Some(*v) != before);
+        let version = match merged.version().filter(|v| Some(*v) != before) {
+            Some(v) => v,
+            // No row changed, yet the table has read these inputs: a commit without rows
+            // records them, so the next run does not read the same rows again.
+            None => {
+                let nothing = Staged {
+                    adds: Vec::new(),
+                    ..staged.clone()
+                };
+                let record = CommitPlan::Insert {
+                    inputs: inputs.clone(),
+                };
+                self.write(target, merged, &record, commit_id, &nothing)
+                    .await?
+            }
+        };
         let metrics = Metrics {
             rows_updated: m.num_target_rows_updated as u64,
             rows_inserted: m.num_target_rows_inserted as u64,
             ..Default::default()
         };
-        Ok((version, Some(metrics)))
+        Ok((Some(version), Some(metrics)))
     }
 
     /// Deletes staged files that will not be committed (best effort: they are invisible to

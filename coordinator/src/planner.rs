@@ -194,11 +194,13 @@ pub struct RunContext<'a> {
     pub full_refresh: bool,
 }
 
-/// A fingerprint of the pipeline spec: any change to it recomputes every table.
+/// A fingerprint of the pipeline spec: any change to how tables are computed recomputes
+/// every silver and gold table in full; a move of the lake or the sources does not
+/// ([`Pipeline::computation`]).
 pub fn spec_fingerprint(pipeline: &Pipeline) -> String {
     format!(
         "{:016x}",
-        twox_hash::XxHash64::oneshot(0, pipeline.yaml.as_bytes())
+        twox_hash::XxHash64::oneshot(0, pipeline.computation().as_bytes())
     )
 }
 

@@ -209,6 +209,24 @@ impl Pipeline {
         checks.map(Vec::as_slice).unwrap_or_default()
     }
 
+    /// The spec as canonical JSON without where things are (the lake's root and storage
+    /// options, the sources' paths): what decides how tables are computed. Moving a lake with
+    /// its sources, or pointing a source at another copy of its files, leaves it unchanged.
+    pub fn computation(&self) -> String {
+        let mut spec: serde_json::Value =
+            serde_saphyr::from_str(&self.yaml).unwrap_or(serde_json::Value::Null);
+        if let Some(spec) = spec.as_object_mut() {
+            spec.remove("lake");
+            let sources = spec.get_mut("sources").and_then(|s| s.as_array_mut());
+            for source in sources.into_iter().flatten() {
+                if let Some(source) = source.as_object_mut() {
+                    source.remove("path");
+                }
+            }
+        }
+        spec.to_string()
+    }
+
     /// Whether a table records its changes in Delta's change data feed.
     pub fn change_data_feed(&self, table: &TableRef) -> bool {
         match table.layer {

@@ -76,10 +76,11 @@ pub struct RunReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum TableStatus {
-    /// New data was committed as this Delta version.
+    /// New data was committed as this Delta version (for a merge that changed no row, a
+    /// version that records the inputs it read).
     Committed { version: u64 },
-    /// Nothing new to ingest, inputs and spec unchanged since the last commit, or a merge
-    /// that changed no row: the table was left as it was.
+    /// Nothing new to ingest, or inputs and spec unchanged since the last commit: the table
+    /// was left as it was.
     UpToDate,
     /// The table failed; nothing was committed.
     Failed { error: String },

@@ -96,3 +96,21 @@ fn duplicate_names_and_bad_filters_are_errors() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn moving_the_lake_or_the_sources_does_not_change_how_tables_are_computed() {
+    let base = parse(VALID).unwrap().computation();
+    let moved = VALID
+        .replace(
+            "lake: /tmp/lake",
+            "lake: { root: s3://bucket/lake, storage_options: { region: eu } }",
+        )
+        .replace("path: in/*.jsonl", "path: /mnt/raw/in/*.jsonl");
+    assert_eq!(parse(&moved).unwrap().computation(), base);
+    let changed = VALID.replace("type: bigint", "type: int");
+    assert_ne!(parse(&changed).unwrap().computation(), base);
+    let renamed = VALID
+        .replace("name: api, format: json", "name: feed, format: json")
+        .replace("source: api", "source: feed");
+    assert_ne!(parse(&renamed).unwrap().computation(), base);
+}

@@ -1,6 +1,7 @@
 //! The benchmark harness itself, at a tiny scale: both workloads run on every peer and on
 //! Medallion embedded and as a local cluster, each agrees with Medallion's gold tables, and the
-//! report and chart are written. (The real runs are `bench/run`, not tests.)
+//! report and chart are written, with re-runs after a small batch. (The real runs are
+//! `bench/run`, not tests.)
 
 use std::process::Command;
 
@@ -42,6 +43,18 @@ fn benchmark_harness_smoke_run() {
     }
     for workload in ["## ecommerce, 3,000 orders", "## tpch, scale factor 0.01"] {
         assert!(report.contains(workload), "{workload} missing:\n{report}");
+    }
+    // The re-runs after a small batch: incremental silver, gold equal to a full run.
+    let reruns: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| ecommerce, 3,000 orders | 1%"))
+        .collect();
+    assert_eq!(reruns.len(), 2, "{report}");
+    for line in reruns {
+        assert!(
+            line.contains("| incremental |") && line.ends_with("| yes |"),
+            "{line}"
+        );
     }
     let png = std::fs::read(out_dir.path().join("smoke.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");

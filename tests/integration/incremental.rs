@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use medallion_tests::{Workspace, table};
+use medallion_tests::{Workspace, metric, table};
 use serde_json::Value;
 
 const SPEC: &str = r#"
@@ -368,4 +368,39 @@ fn silver_and_gold_record_their_changes_in_the_change_data_feed() {
     assert_eq!(gold["delete"].len(), 3, "{gold:#?}");
     assert_eq!(gold["insert"].len(), 3, "{gold:#?}");
     assert_eq!(rows(&ws, "lake/gold/by_status").len(), 3);
+}
+
+/// A batch that changes no row (stale and equal re-sends) still records that silver read it:
+/// the next run reads only what came after.
+#[test]
+fn rows_that_change_nothing_are_not_read_again() {
+    let ws = Workspace::new();
+    ws.write("pipeline.yaml", SPEC);
+    ws.write("data/batch-1.jsonl", &batch(1));
+    assert_eq!(ws.run("pipeline.yaml").code, 0);
+    let before = rows(&ws, "lake/silver/orders");
+    // Order 100010 again as it is, and order 100011 older than it is.
+    let resent = line(100_010, "paid", 20.0, Some(110)) + &line(100_011, "paid", 1.0, Some(5));
+    ws.write("data/resent.jsonl", &resent);
+    let run = ws.run("pipeline.yaml");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.report();
+    let orders = table(&report, "silver.orders");
+    assert_eq!(orders["refresh"]["kind"], "incremental", "{orders:#}");
+    assert_eq!(
+        (
+            orders["metrics"]["rows_read"].as_u64(),
+            orders["metrics"]["rows_updated"].as_u64(),
+            orders["metrics"]["rows_inserted"].as_u64()
+        ),
+        (Some(2), Some(0), Some(0)),
+        "{orders:#}"
+    );
+    assert_eq!(rows(&ws, "lake/silver/orders"), before);
+    ws.write("data/batch-2.jsonl", &batch(2));
+    let next = ws.run("pipeline.yaml").report();
+    assert_eq!(
+        metric(&next, "silver.orders", "rows_read"),
+        batch(2).lines().count() as u64
+    );
 }
