@@ -159,6 +159,14 @@ impl LastComputed {
     fn input_version(&self, input: &TableRef) -> Option<u64> {
         self.info.get(INFO_INPUTS)?.get(input.to_string())?.as_u64()
     }
+
+    /// Whether it was computed from these input versions with this spec, so computing the
+    /// table again would give the same rows.
+    fn computed_from(&self, pipeline: &Pipeline, inputs: &Inputs) -> bool {
+        self.complete
+            && self.same_spec(pipeline)
+            && self.info.get(INFO_INPUTS) == Some(&inputs_info(inputs))
+    }
 }
 
 /// A Ballista cluster gold queries may run on, and when they should.
@@ -381,16 +389,16 @@ impl RunContext<'_> {
         let inputs = Inputs::from([(input.clone(), input_version)]);
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
-        if !self.full_refresh
-            && self
-                .computed_from(table, existing.as_ref(), &inputs)
-                .await?
-        {
+        let last = self.last_computed(table, existing.as_ref()).await?;
+        let up_to_date = last
+            .as_ref()
+            .is_some_and(|l| l.computed_from(self.pipeline, &inputs));
+        if !self.full_refresh && up_to_date {
             let commit = CommitPlan::Overwrite { inputs };
             return Ok(StagePlan::nothing_to_do(commit, self.target(table, None)));
         }
         let refresh = self
-            .silver_refresh(table, spec, existing.as_ref(), &input, input_version)
+            .silver_refresh(spec, last.as_ref(), &input, input_version)
             .await?;
         let keys: Vec<String> = spec.keys.iter().map(|k| k.value.clone()).collect();
         let staged_apart = Some(self.pipeline.staging_uri(self.run_id, table));
@@ -461,10 +469,8 @@ impl RunContext<'_> {
         }
         let target = self.target(table, None);
         let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
-        if self
-            .computed_from(table, existing.as_ref(), &inputs)
-            .await?
-        {
+        let last = self.last_computed(table, existing.as_ref()).await?;
+        if last.is_some_and(|l| l.computed_from(self.pipeline, &inputs)) {
             return Ok(StagePlan::nothing_to_do(
                 CommitPlan::Overwrite { inputs },
                 target,
@@ -505,24 +511,6 @@ impl RunContext<'_> {
             }
         };
         Ok(on.then(|| format!("df://{}", ballista.scheduler)))
-    }
-
-    /// Whether the table's latest commit was computed from these input versions with this
-    /// spec, so computing it again would give the same rows.
-    async fn computed_from(
-        &self,
-        table: &TableRef,
-        existing: Option<&deltalake::DeltaTable>,
-        inputs: &Inputs,
-    ) -> Result<bool> {
-        Ok(match self.last_computed(table, existing).await? {
-            Some(last) => {
-                last.complete
-                    && last.same_spec(self.pipeline)
-                    && last.info.get(INFO_INPUTS) == Some(&inputs_info(inputs))
-            }
-            None => false,
-        })
     }
 
     /// What the table's latest commit records about how it was computed; `None` for a table

@@ -7,18 +7,18 @@ use medallion_pipeline::TableRef;
 use medallion_pipeline::report::Refresh;
 use medallion_pipeline::spec::SilverSpec;
 
-use super::RunContext;
+use super::{LastComputed, RunContext};
 
 impl RunContext<'_> {
     /// An incremental refresh needs: the table exists, this run does not ask for a full one,
     /// its last commit was made with this spec from a recorded input version (with its
     /// quarantined rows landed), its `latest_by` is one of its columns, and every input commit
     /// since only appended rows.
+    /// `last` is what the table's latest commit records ([`RunContext::last_computed`]).
     pub(super) async fn silver_refresh(
         &self,
-        table: &TableRef,
         spec: &SilverSpec,
-        existing: Option<&deltalake::DeltaTable>,
+        last: Option<&LastComputed>,
         input: &TableRef,
         input_version: u64,
     ) -> Result<Refresh> {
@@ -30,7 +30,7 @@ impl RunContext<'_> {
         if self.full_refresh {
             return full("asked for");
         }
-        let Some(last) = self.last_computed(table, existing).await? else {
+        let Some(last) = last else {
             return full("the table is new");
         };
         if !last.same_spec(self.pipeline) {
