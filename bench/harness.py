@@ -276,6 +276,7 @@ class LocalCluster:
         bins = os.path.dirname(medallion)
         self.dir = tempfile.mkdtemp(prefix="medallion-cluster-", dir=work)
         self.procs = []
+        self.names = {}
         client, peer = free_port(), free_port()
         self.etcd = self.spawn("etcd", [
             "etcd", "--name", "bench", "--data-dir", os.path.join(self.dir, "etcd"),
@@ -295,20 +296,38 @@ class LocalCluster:
                 os.path.join(bins, "medallion-executor"), "--listen", f"127.0.0.1:{free_port()}", "--id", f"executor-{i}",
                 "--slots", str(slots), "--memory-limit", str(memory_bytes // executors)]
                 + ports("--ballista-port", "--ballista-grpc-port") + etcd))
-        deadline = time.time() + 60
+        try:
+            self.wait_until_up(medallion, executors)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def wait_until_up(self, medallion, executors):
+        """Waits until the coordinator lists every executor; a slow, loaded machine gets minutes,
+        and a server that exits is reported at once with the end of its log."""
+        deadline = time.time() + 300
         while True:
+            for name, proc in self.names.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}: {self.log_tail(name)}")
             listed = subprocess.run([medallion, "--coordinator", self.url, "executors", "--output", "json"],
                                     capture_output=True, text=True)
             if listed.returncode == 0 and len(json.loads(listed.stdout)) == executors:
-                break
+                return
             if time.time() > deadline:
-                raise RuntimeError(f"the cluster did not come up: {listed.stderr}")
+                logs = "\n".join(f"--- {name}: {self.log_tail(name)}" for name in self.names)
+                raise RuntimeError(f"the cluster did not come up in 300 s: {listed.stdout}{listed.stderr}\n{logs}")
             time.sleep(0.2)
+
+    def log_tail(self, name, lines=20):
+        with open(os.path.join(self.dir, f"{name}.log")) as log:
+            return "".join(log.readlines()[-lines:])
 
     def spawn(self, name, cmd):
         log = open(os.path.join(self.dir, f"{name}.log"), "w")
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
         self.procs.append(proc)
+        self.names[name] = proc
         return proc
 
     def __enter__(self):
