@@ -10,6 +10,7 @@
 //! - `aggregate`: gold, the table's SQL over pinned versions of its inputs.
 
 mod aggregate;
+mod cdc;
 mod ingest;
 pub mod metrics;
 mod partition;

@@ -11,20 +11,26 @@
 //! 6. keep, per key, the row with the greatest `latest_by` (ties: latest `_ingested_at`, then
 //!    latest `_source_file`).
 //!
+//! A CDC table (`mode: cdc`) computes its columns and the sequence, delete and truncate of
+//! each change in step 1, leaves out the changes a truncate emptied, applies the rest as SCD
+//! type 1 or 2 ([`crate::cdc`]) in place of step 6, then checks and screens the rows that gives.
+//!
 //! A task of an incremental refresh reads only the input rows committed since the table was
 //! last computed; the coordinator merges its rows into the table.
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::ScalarValue;
+use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::logical_expr::{ExprSchemable, ScalarUDF, SortExpr, cast, try_cast, when};
 use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::prelude::{DataFrame, Expr, col, lit};
-use medallion_pipeline::spec::SilverSpec;
+use datafusion::prelude::{DataFrame, Expr, coalesce, col, lit, not};
+use medallion_pipeline::spec::{SCD_END, SCD_START, SilverSpec};
 use medallion_pipeline::{TableRef, meta, types};
 use medallion_proto::{TaskError, TaskMetrics, TransformWork};
 use std::sync::Arc;
 
+use crate::cdc;
 use crate::screen::Screening;
 use crate::streams::{CastChecked, CheckedColumn, FilterCounts, Filtered, FirstPerKey, Once};
 use crate::{KeyPartition, Output, TaskContext, session, transient};
@@ -34,6 +40,8 @@ const PASS: &str = "__medallion_pass";
 const LATEST: &str = "__medallion_latest";
 const INGESTED: &str = "__medallion_ingested_at";
 const FILE: &str = "__medallion_source_file";
+const DELETE: &str = "__medallion_delete";
+const TRUNCATE: &str = "__medallion_truncate";
 
 fn bad_value_column(i: usize) -> String {
     format!("__medallion_bad_{i}")
@@ -65,9 +73,17 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         .map_err(transient)?;
 
     let plan = Plan { ctx, spec };
-    let typed = plan.typed(source.clone(), &work)?;
+    let typed = plan.typed(source.clone())?;
+    let truncated_at = plan.truncated_at(&typed).await?;
+    let typed = plan.partitioned(typed, &work)?;
     let (kept, counts) = plan.filtered(typed).await?;
-    let (rows, screening) = plan.deduplicated(kept).await?;
+    let (rows, screening) = match spec.scd_type() {
+        None => plan.deduplicated(kept).await?,
+        Some(scd) => {
+            let changes = plan.applied(kept, scd, truncated_at)?;
+            plan.checked(changes).await?
+        }
+    };
     // Filled as the rows stream out; read once the output is written.
     let written = crate::write_result(ctx, rows, TaskMetrics::default(), screening).await;
     let mut out = match written {
@@ -142,8 +158,9 @@ impl Plan<'_> {
     }
 
     /// Output columns computed and cast, with a flag column per typed column holding the
-    /// text of a value that did not cast, and the ordering columns for deduplication.
-    fn typed(&self, source: DataFrame, work: &TransformWork) -> Result<DataFrame, TaskError> {
+    /// text of a value that did not cast, and the ordering columns for deduplication (for a
+    /// CDC table: the sequence, computed over the columns, and the delete and truncate flags).
+    fn typed(&self, source: DataFrame) -> Result<DataFrame, TaskError> {
         let has = |name: &str| source.schema().has_column_with_unqualified_name(name);
         let mut exprs = Vec::new();
         for (i, c) in self.spec.columns.iter().enumerate() {
@@ -178,6 +195,62 @@ impl Plan<'_> {
             }
         }
         let mut df = source.select(exprs).map_err(|e| self.data_error(e))?;
+        let conditions = [
+            (LATEST, &self.spec.sequence_by, "sequence_by"),
+            (DELETE, &self.spec.apply_as_deletes, "apply_as_deletes"),
+            (
+                TRUNCATE,
+                &self.spec.apply_as_truncates,
+                "apply_as_truncates",
+            ),
+        ];
+        for (name, e, field) in conditions {
+            let e = match e {
+                Some(e) => self.parse(&df, &e.value, field)?,
+                None if self.spec.scd_type().is_some() && name != LATEST => lit(false),
+                None => continue,
+            };
+            // A change the condition is NULL for is not a delete or truncate.
+            let e = if name == LATEST {
+                e
+            } else {
+                coalesce(vec![e, lit(false)])
+            };
+            df = df.with_column(name, e).map_err(|e| self.data_error(e))?;
+        }
+        Ok(df)
+    }
+
+    /// The sequence value of the latest truncate among the changes that pass the filters, for
+    /// a CDC table with `apply_as_truncates`: read from the whole input, since a truncate
+    /// empties every key partition.
+    async fn truncated_at(&self, typed: &DataFrame) -> Result<Option<ScalarValue>, TaskError> {
+        if self.spec.apply_as_truncates.is_none() {
+            return Ok(None);
+        }
+        let truncates = match self.predicate(typed)? {
+            Some(p) => col(TRUNCATE).and(p),
+            None => col(TRUNCATE),
+        };
+        let batches = typed
+            .clone()
+            .filter(truncates)
+            .and_then(|df| df.aggregate(vec![], vec![max(col(LATEST))]))
+            .map_err(|e| self.data_error(e))?
+            .collect()
+            .await
+            .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
+        let latest = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .map(|b| ScalarValue::try_from_array(b.column(0), 0))
+            .transpose()
+            .map_err(transient)?;
+        Ok(latest.filter(|v| !v.is_null()))
+    }
+
+    /// This task's key partition of the typed rows (a CDC table's truncates were read before).
+    fn partitioned(&self, mut df: DataFrame, work: &TransformWork) -> Result<DataFrame, TaskError> {
         if work.partitions > 1 {
             if self.spec.keys.is_empty() {
                 return Err(self.data_error("split into partitions but has no keys to split by"));
@@ -248,65 +321,28 @@ impl Plan<'_> {
         Ok((kept, counts))
     }
 
-    /// The output columns, every value checked against its declared type, screened, and only
-    /// the latest row per key: sorted by key, then latest first, and the first row of each
-    /// key that passed the screen taken.
+    /// Only the latest row per key: sorted by key, then latest first, checked and screened,
+    /// and the first row of each key that passed the screen taken.
     async fn deduplicated(
         &self,
         kept: DataFrame,
     ) -> Result<(SendableRecordBatchStream, Screening), TaskError> {
-        let executed =
-            |e: datafusion::error::DataFusionError| crate::query_error(&self.ctx.table, e.into());
-        let has = |name: &str| kept.schema().has_column_with_unqualified_name(name);
-        // The output columns, then what the cast check needs.
-        let mut select: Vec<Expr> = self
-            .spec
-            .columns
-            .iter()
-            .map(|c| col(column_name(&c.name.value)))
-            .collect();
-        let mut checked = Vec::new();
-        for (i, c) in self.spec.columns.iter().enumerate() {
-            if let Some(t) = &c.data_type {
-                checked.push(CheckedColumn {
-                    name: c.name.value.clone(),
-                    declared: t.value.clone(),
-                    bad: select.len(),
-                });
-                select.push(col(column_name(&bad_value_column(i))));
-            }
-        }
-        let file = has(FILE).then(|| {
-            select.push(col(FILE));
-            select.len() - 1
-        });
-        let stream = if self.spec.keys.is_empty() {
-            kept.select(select)
-        } else {
-            let latest_first = [LATEST, INGESTED, FILE]
-                .into_iter()
-                .filter(|c| has(c))
-                .map(|c| col(c).sort(false, false));
-            let order: Vec<SortExpr> = self
-                .keys()
-                .into_iter()
-                .map(|k| k.sort(true, true))
-                .chain(latest_first)
-                .collect();
-            kept.sort(order).and_then(|df| df.select(select))
-        }
-        .map_err(|e| self.data_error(e))?
-        .execute_stream()
-        .await
-        .map_err(executed)?;
-        let checked =
-            CastChecked::new(stream, self.spec.columns.len(), checked, file).map_err(executed)?;
-        let checked: SendableRecordBatchStream = Box::pin(checked);
-        let mut screening = Screening::new(self.ctx, &checked.schema())?;
-        let screened = screening.apply(checked);
         if self.spec.keys.is_empty() {
-            return Ok((screened, screening));
+            return self.checked(kept).await;
         }
+        let has = |name: &str| kept.schema().has_column_with_unqualified_name(name);
+        let latest_first = [LATEST, INGESTED, FILE]
+            .into_iter()
+            .filter(|c| has(c))
+            .map(|c| col(c).sort(false, false));
+        let order: Vec<SortExpr> = self
+            .keys()
+            .into_iter()
+            .map(|k| k.sort(true, true))
+            .chain(latest_first)
+            .collect();
+        let sorted = kept.sort(order).map_err(|e| self.data_error(e))?;
+        let (screened, screening) = self.checked(sorted).await?;
         let key_indices = self
             .spec
             .keys
@@ -319,7 +355,112 @@ impl Plan<'_> {
             })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| self.data_error("a key is not one of the columns"))?;
-        let first = FirstPerKey::new(screened, key_indices).map_err(executed)?;
+        let first = FirstPerKey::new(screened, key_indices)
+            .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
         Ok((Box::pin(first), screening))
+    }
+
+    /// The stored columns, every value checked against its declared type, and screened by
+    /// the table's `drop` and `quarantine` checks.
+    async fn checked(
+        &self,
+        rows: DataFrame,
+    ) -> Result<(SendableRecordBatchStream, Screening), TaskError> {
+        let executed =
+            |e: datafusion::error::DataFusionError| crate::query_error(&self.ctx.table, e.into());
+        let mut select: Vec<Expr> = self
+            .spec
+            .stored_columns()
+            .into_iter()
+            .map(|c| col(column_name(c)))
+            .collect();
+        let stored = select.len();
+        let mut checked = Vec::new();
+        for (i, c) in self.spec.columns.iter().enumerate() {
+            if let Some(t) = &c.data_type {
+                checked.push(CheckedColumn {
+                    name: c.name.value.clone(),
+                    declared: t.value.clone(),
+                    bad: select.len(),
+                });
+                select.push(col(column_name(&bad_value_column(i))));
+            }
+        }
+        let file = rows
+            .schema()
+            .has_column_with_unqualified_name(FILE)
+            .then(|| {
+                select.push(col(FILE));
+                select.len() - 1
+            });
+        let stream = rows
+            .select(select)
+            .map_err(|e| self.data_error(e))?
+            .execute_stream()
+            .await
+            .map_err(executed)?;
+        let checked = CastChecked::new(stream, stored, checked, file).map_err(executed)?;
+        let checked: SendableRecordBatchStream = Box::pin(checked);
+        let mut screening = Screening::new(self.ctx, &checked.schema())?;
+        let screened = screening.apply(checked);
+        Ok((screened, screening))
+    }
+
+    /// A CDC table's rows from its changes ([`crate::cdc`]): truncated changes left out, then
+    /// the latest change per key (type 1) or a row per version (type 2).
+    fn applied(
+        &self,
+        changes: DataFrame,
+        scd: u8,
+        truncated_at: Option<ScalarValue>,
+    ) -> Result<DataFrame, TaskError> {
+        let mut changes = changes
+            .filter(not(col(TRUNCATE)))
+            .map_err(|e| self.data_error(e))?;
+        if let Some(at) = truncated_at {
+            changes = changes
+                .filter(col(LATEST).gt(lit(at)))
+                .map_err(|e| self.data_error(e))?;
+        }
+        let has = |name: &str| changes.schema().has_column_with_unqualified_name(name);
+        let by = cdc::ChangeOrder {
+            keys: self.keys(),
+            order: [LATEST, INGESTED, FILE]
+                .into_iter()
+                .filter(|c| has(c))
+                .map(col)
+                .collect(),
+            sequence: col(LATEST),
+            delete: col(DELETE),
+        };
+        let applied = if scd == 1 {
+            cdc::latest(changes, &by)
+        } else {
+            let tracked: Vec<Expr> = self
+                .tracked_columns()
+                .into_iter()
+                .map(|c| col(column_name(c)))
+                .collect();
+            cdc::versions(changes, &by, &tracked, SCD_START, SCD_END)
+        };
+        applied.map_err(|e| self.data_error(e))
+    }
+
+    /// The columns whose changes open a new version of a type 2 table.
+    fn tracked_columns(&self) -> Vec<&str> {
+        if self.spec.track_history_columns.is_empty() {
+            let stored = self.spec.stored_columns();
+            stored
+                .into_iter()
+                .filter(|c| ![SCD_START, SCD_END].contains(c))
+                .filter(|c| !self.spec.keys.iter().any(|k| k.value == *c))
+                .collect()
+        } else {
+            self.spec
+                .track_history_columns
+                .iter()
+                .map(|c| c.value.as_str())
+                .collect()
+        }
     }
 }

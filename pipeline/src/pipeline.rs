@@ -649,14 +649,134 @@ fn validate_silver(
             );
         }
     }
+    validate_cdc(errors, i, t, &names);
+    let stored: HashSet<&str> = t.stored_columns().into_iter().collect();
     deps.extend(validate_checks(
         errors,
         &format!("silver[{i}]"),
         &t.checks,
-        Some(&names),
+        Some(&stored),
         known,
     ));
     deps
+}
+
+/// The change-feed settings of a silver table: required and allowed only with `mode: cdc`,
+/// naming its columns, and what its SCD type supports.
+fn validate_cdc(errors: &mut Errors, i: usize, t: &SilverSpec, names: &HashSet<&str>) {
+    let at = |f: &str| format!("silver[{i}].{f}");
+    let conditions = [
+        ("sequence_by", &t.sequence_by),
+        ("apply_as_deletes", &t.apply_as_deletes),
+        ("apply_as_truncates", &t.apply_as_truncates),
+    ];
+    let Some(scd) = t.scd_type() else {
+        let set = conditions
+            .iter()
+            .find_map(|(field, e)| e.as_ref().map(|e| (*field, &e.referenced)))
+            .or_else(|| {
+                t.except_columns
+                    .first()
+                    .map(|c| ("except_columns", &c.referenced))
+            })
+            .or_else(|| {
+                let h = t.track_history_columns.first();
+                h.map(|c| ("track_history_columns", &c.referenced))
+            });
+        if let Some((field, location)) = set {
+            errors.at(
+                *location,
+                at(field),
+                "only a table with mode 'cdc' applies changes",
+            );
+        }
+        return;
+    };
+    if t.keys.is_empty() {
+        errors.on(
+            &t.name,
+            at("keys"),
+            "mode 'cdc' needs 'keys' the changes apply to",
+        );
+    }
+    if t.sequence_by.is_none() {
+        errors.on(
+            &t.name,
+            at("sequence_by"),
+            "mode 'cdc' needs 'sequence_by' to order changes",
+        );
+    }
+    if let Some(l) = &t.latest_by {
+        errors.on(
+            l,
+            at("latest_by"),
+            "mode 'cdc' orders changes by 'sequence_by', not 'latest_by'",
+        );
+    }
+    for (field, e) in conditions {
+        if let Some(e) = e
+            && let Err(msg) = sql::check_expr(&e.value)
+        {
+            errors.on(e, at(field), format!("invalid SQL expression: {msg}"));
+        }
+    }
+    if !matches!(scd, 1 | 2) {
+        errors.on(
+            &t.stored_as_scd_type,
+            at("stored_as_scd_type"),
+            "must be 1 or 2",
+        );
+    }
+    if scd == 2
+        && let Some(e) = &t.apply_as_truncates
+    {
+        errors.on(
+            e,
+            at("apply_as_truncates"),
+            "truncates apply to SCD type 1 tables only",
+        );
+    }
+    if scd != 2
+        && let Some(c) = t.track_history_columns.first()
+    {
+        errors.on(
+            c,
+            at("track_history_columns"),
+            "only an SCD type 2 table tracks history",
+        );
+    }
+    let key = |c: &str| t.keys.iter().any(|k| k.value == c);
+    let except = |c: &str| t.except_columns.iter().any(|e| e.value == c);
+    for (field, list) in [
+        ("except_columns", &t.except_columns),
+        ("track_history_columns", &t.track_history_columns),
+    ] {
+        for (j, c) in list.iter().enumerate() {
+            let problem = if !names.contains(c.value.as_str()) {
+                "is not one of the table's columns"
+            } else if key(&c.value) {
+                "is a key"
+            } else if field == "track_history_columns" && except(&c.value) {
+                "is not stored (except_columns)"
+            } else {
+                continue;
+            };
+            errors.on(
+                c,
+                at(&format!("{field}[{j}]")),
+                format!("'{}' {problem}", c.value),
+            );
+        }
+    }
+    for bound in [SCD_START, SCD_END] {
+        if scd == 2 && names.contains(bound) && !except(bound) {
+            errors.on(
+                &t.name,
+                at("columns"),
+                format!("'{bound}' is the version bound an SCD type 2 table adds"),
+            );
+        }
+    }
 }
 
 /// A silver table's columns: well-formed unique names, valid expressions and types; returns

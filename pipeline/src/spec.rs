@@ -187,6 +187,9 @@ pub enum WriteMode {
     Overwrite,
     /// Upsert by key: matched keys are replaced, new keys inserted.
     Merge,
+    /// Apply a change feed (inserts, updates, deletes, truncates ordered by `sequence_by`) as
+    /// a slowly changing dimension of `stored_as_scd_type` 1 or 2.
+    Cdc,
 }
 
 /// A silver table: typed, cleaned, deduplicated rows of a bronze (or silver) table.
@@ -220,7 +223,65 @@ pub struct SilverSpec {
     /// (`delta.enableChangeDataFeed`), for consumers that read changes.
     #[serde(default)]
     pub change_data_feed: bool,
+    /// `mode: cdc`: SQL over the table's columns that orders a key's changes; changes are
+    /// applied in its order, never in arrival order (NULL counts as oldest).
+    #[serde(default)]
+    pub sequence_by: Option<Spanned<String>>,
+    /// `mode: cdc`: SQL predicate over the columns marking a change that deletes its key.
+    #[serde(default)]
+    pub apply_as_deletes: Option<Spanned<String>>,
+    /// `mode: cdc`, type 1: SQL predicate marking a change that empties the table; changes
+    /// sequenced after it apply to the empty table.
+    #[serde(default)]
+    pub apply_as_truncates: Option<Spanned<String>>,
+    /// `mode: cdc`: columns computed for the conditions above but not stored.
+    #[serde(default)]
+    pub except_columns: Vec<Spanned<String>>,
+    /// `mode: cdc`: 1 keeps the latest row per key; 2 keeps every version of a key's row,
+    /// each with the sequence values that opened and closed it (`__start_at`, `__end_at`).
+    #[serde(default = "default_scd_type")]
+    pub stored_as_scd_type: Spanned<u8>,
+    /// `mode: cdc`, type 2: the columns whose changes open a new version; a change to other
+    /// columns only updates the current version. Default: every stored column.
+    #[serde(default)]
+    pub track_history_columns: Vec<Spanned<String>>,
 }
+
+fn default_scd_type() -> Spanned<u8> {
+    Spanned::new(
+        1,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+impl SilverSpec {
+    /// The columns the table stores: its columns without `except_columns`, and for a type 2
+    /// CDC table the version bounds [`SCD_START`] and [`SCD_END`].
+    pub fn stored_columns(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .columns
+            .iter()
+            .map(|c| c.name.value.as_str())
+            .filter(|n| !self.except_columns.iter().any(|e| e.value == *n))
+            .collect();
+        if self.scd_type() == Some(2) {
+            names.extend([SCD_START, SCD_END]);
+        }
+        names
+    }
+
+    /// The SCD type of a `mode: cdc` table; `None` for other modes.
+    pub fn scd_type(&self) -> Option<u8> {
+        (self.mode == WriteMode::Cdc).then_some(self.stored_as_scd_type.value)
+    }
+}
+
+/// In a type 2 CDC table: the `sequence_by` value of the change that opened a version.
+pub const SCD_START: &str = "__start_at";
+/// In a type 2 CDC table: the `sequence_by` value of the change that closed a version (an
+/// update of a tracked column or a delete); NULL while it is the key's current version.
+pub const SCD_END: &str = "__end_at";
 
 fn default_partitions() -> u32 {
     2

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bench;
+mod cdc;
 mod cluster;
 mod example;
 mod fixture;

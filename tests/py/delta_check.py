@@ -8,6 +8,11 @@
   delta_check.py orphans <table_dir>       data files on disk that no version of the table's
                                            log has ever added
   delta_check.py sql <table> <query>       DuckDB's answer to <query> over the table, as `t`
+  delta_check.py scd-reference <glob> <tracked>
+                                           a change feed (JSON lines: id, name, city, op, seq)
+                                           read by DuckDB and replayed change by change in
+                                           `seq` order into SCD type 1 and type 2 tables
+                                           (<tracked>: the type 2 table's tracked columns)
 
 Prints one JSON document on stdout.
 """
@@ -180,9 +185,49 @@ def cdf(path, starting_version):
     }
 
 
+def scd_reference(pattern, tracked):
+    """The tables a change feed makes, replayed one change at a time in sequence order: type 1
+    keeps the last row per key (a delete removes it, a truncate removes all); type 2 opens a
+    version when a key has none open or a tracked column changed, else updates the open one,
+    and closes it at the next version's or a delete's sequence (truncates are not applied)."""
+    con = duckdb.connect()
+    cursor = con.execute(
+        "SELECT id, name, city, op, seq FROM read_json_auto(?, filename = true) ORDER BY seq, filename",
+        [pattern],
+    )
+    changes = [dict(zip(["id", "name", "city", "op", "seq"], row)) for row in cursor.fetchall()]
+    tracked = tracked.split(",")
+    latest, versions, open_versions = {}, [], {}
+    for c in changes:
+        row = {"id": c["id"], "name": c["name"], "city": c["city"]}
+        if c["op"] == "TRUNCATE":
+            latest.clear()
+            continue
+        current = open_versions.get(c["id"])
+        if c["op"] == "DELETE":
+            latest.pop(c["id"], None)
+            if current is not None:
+                current["__end_at"] = c["seq"]
+                del open_versions[c["id"]]
+            continue
+        latest[c["id"]] = row
+        version = dict(row, seq=c["seq"], __start_at=c["seq"], __end_at=None)
+        if current is None:
+            open_versions[c["id"]] = version
+            versions.append(version)
+        elif any(current[t] != row[t] for t in tracked):
+            current["__end_at"] = c["seq"]
+            open_versions[c["id"]] = version
+            versions.append(version)
+        else:
+            current.update(row, seq=c["seq"])
+    return {"scd1": canonical_rows(list(latest.values())), "scd2": canonical_rows(versions)}
+
+
 def main():
     command, args = sys.argv[1], sys.argv[2:]
-    commands = {"read": read, "gold-reference": gold_reference, "orphans": orphans, "sql": sql, "cdf": cdf}
+    commands = {"read": read, "gold-reference": gold_reference, "orphans": orphans, "sql": sql, "cdf": cdf,
+                "scd-reference": scd_reference}
     json.dump(commands[command](*args), sys.stdout)
     # DuckDB's and delta-rs's native teardown sometimes aborts at exit ("terminate called
     # without an active exception"); the answer is out, so skip it.

@@ -5,7 +5,7 @@ use anyhow::Result;
 use medallion_lake::changes::{Changes, changes};
 use medallion_pipeline::TableRef;
 use medallion_pipeline::report::Refresh;
-use medallion_pipeline::spec::SilverSpec;
+use medallion_pipeline::spec::{SilverSpec, WriteMode};
 
 use super::{LastComputed, RunContext};
 
@@ -29,6 +29,9 @@ impl RunContext<'_> {
         };
         if self.full_refresh {
             return full("asked for");
+        }
+        if spec.mode == WriteMode::Cdc {
+            return full("a CDC table is recomputed from its whole change feed");
         }
         let Some(last) = last else {
             return full("the table is new");
