@@ -198,7 +198,7 @@ pub struct RunContext<'a> {
     pub ingested_at_micros: i64,
     /// Set in a cluster with a Ballista scheduler.
     pub ballista: Option<&'a BallistaTarget>,
-    /// Silver tables read every input row, even where only new rows would do.
+    /// Silver and gold tables read every input row, even where only changes would do.
     pub full_refresh: bool,
 }
 
@@ -470,25 +470,40 @@ impl RunContext<'_> {
         let target = self.target(table, None);
         let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
         let last = self.last_computed(table, existing.as_ref()).await?;
-        if last.is_some_and(|l| l.computed_from(self.pipeline, &inputs)) {
+        if last
+            .as_ref()
+            .is_some_and(|l| l.computed_from(self.pipeline, &inputs))
+        {
             return Ok(StagePlan::nothing_to_do(
                 CommitPlan::Overwrite { inputs },
                 target,
             ));
         }
-        let scheduler = self.ballista_for(table, &inputs).await?;
+        let spec = self
+            .pipeline
+            .gold(&table.name)
+            .context("no such gold table")?;
+        let table_version = existing.as_ref().and_then(|t| t.version());
+        let (refresh, regroup) = self
+            .gold_refresh(spec, last.as_ref(), &inputs, table_version)
+            .await?;
+        // Touched groups are few: they are recomputed on the task's executor.
+        let scheduler = match regroup {
+            Some(_) => None,
+            None => self.ballista_for(table, &inputs).await?,
+        };
         let engine = if scheduler.is_some() {
             Engine::Ballista
         } else {
             Engine::Local
         };
-        let work = Work::Aggregate(AggregateWork::new(&inputs, scheduler));
+        let work = Work::Aggregate(AggregateWork::new(&inputs, scheduler, regroup.as_ref()));
         Ok(StagePlan {
             tasks: vec![self.task(&target, 0, work)],
             commit: CommitPlan::Overwrite { inputs },
             target,
             engine: Some(engine),
-            refresh: None,
+            refresh: Some(refresh),
         })
     }
 

@@ -92,3 +92,31 @@ pub async fn appended_rows(
     let partition_columns = snapshot.metadata().partition_columns().to_vec();
     StagedFiles::new(uri, &schema, &partition_columns, files)
 }
+
+/// Whether the table at `uri` records its row changes (Delta's change data feed) from
+/// version `from` on, so [`changed_rows`] can read the changes after it.
+pub async fn records_changes(uri: &str, opts: &StorageOptions, from: u64) -> Result<bool> {
+    let table = open_version(uri, opts, from).await?;
+    let configuration = table.snapshot()?.metadata().configuration().clone();
+    Ok(configuration
+        .get("delta.enableChangeDataFeed")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true")))
+}
+
+/// The row changes of commits `from + 1 ..= to` from the change data feed, as a table: every
+/// column plus `_change_type` (`insert`, `delete`, `update_preimage`, `update_postimage`).
+pub async fn changed_rows(
+    uri: &str,
+    opts: &StorageOptions,
+    from: u64,
+    to: u64,
+) -> Result<std::sync::Arc<dyn datafusion::catalog::TableProvider>> {
+    let table = open_version(uri, opts, to).await?;
+    let feed = table
+        .scan_cdf()
+        .with_starting_version(from + 1)
+        .with_ending_version(to);
+    let provider = deltalake::delta_datafusion::DeltaCdfTableProvider::try_new(feed)
+        .with_context(|| format!("reading the change data feed of {uri}"))?;
+    Ok(std::sync::Arc::new(provider))
+}

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod dag;
 pub mod error;
 mod pipeline;
+pub mod regroup;
 pub mod report;
 pub mod spec;
 pub mod sql;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use arrow_schema::SchemaRef;
 use medallion_lake::TableFiles;
+use medallion_pipeline::regroup::{GroupKey, Regroup};
 use medallion_pipeline::{Pipeline, SpecErrors, TableRef};
 
 use crate::run_event::Event;
@@ -50,11 +51,40 @@ impl IngestWork {
 impl AggregateWork {
     /// Work that reads `inputs` at their versions, on the Ballista scheduler at `ballista`
     /// (`df://host:port`) when one is given.
-    pub fn new(inputs: &BTreeMap<TableRef, u64>, ballista: Option<String>) -> Self {
+    pub fn new(
+        inputs: &BTreeMap<TableRef, u64>,
+        ballista: Option<String>,
+        regroup: Option<&Regroup>,
+    ) -> Self {
         Self {
             input_versions: inputs.iter().map(|(t, v)| (t.to_string(), *v)).collect(),
             ballista_scheduler: ballista.unwrap_or_default(),
+            regroup: regroup.map(|r| crate::Regroup {
+                input: r.input.to_string(),
+                after_version: r.after_version,
+                input_column: r.key.input_column.clone(),
+                output_column: r.key.output_column.clone(),
+                table_version: r.table_version,
+            }),
         }
+    }
+
+    /// The groups to recompute, for an incremental refresh.
+    pub fn regroup(&self) -> Result<Option<Regroup>, String> {
+        self.regroup
+            .as_ref()
+            .map(|r| {
+                Ok(Regroup {
+                    input: r.input.parse()?,
+                    after_version: r.after_version,
+                    key: GroupKey {
+                        input_column: r.input_column.clone(),
+                        output_column: r.output_column.clone(),
+                    },
+                    table_version: r.table_version,
+                })
+            })
+            .transpose()
     }
 
     /// The tables the query reads, at their pinned versions.

@@ -1,13 +1,15 @@
 //! Whether a silver table can read only the input rows committed since it was last computed
-//! (an incremental refresh), or must read them all, and why.
+//! (an incremental refresh), or must read them all, and why; and whether a gold table can
+//! recompute only the groups its one changed input touched ([`medallion_pipeline::regroup`]).
 
 use anyhow::Result;
-use medallion_lake::changes::{Changes, changes};
+use medallion_lake::changes::{Changes, changes, records_changes};
 use medallion_pipeline::TableRef;
+use medallion_pipeline::regroup::{self, Regroup};
 use medallion_pipeline::report::Refresh;
-use medallion_pipeline::spec::{SilverSpec, WriteMode};
+use medallion_pipeline::spec::{Action, GoldSpec, SilverSpec, WriteMode};
 
-use super::{LastComputed, RunContext};
+use super::{Inputs, LastComputed, RunContext};
 
 impl RunContext<'_> {
     /// An incremental refresh needs: the table exists, this run does not ask for a full one,
@@ -57,6 +59,77 @@ impl RunContext<'_> {
                 },
             },
         )
+    }
+}
+
+impl RunContext<'_> {
+    /// A gold table recomputes only touched groups when: the table exists, this run does not
+    /// ask for a full refresh, its last commit was made with this spec from recorded input
+    /// versions, exactly one input changed since, that input records its changes (change data
+    /// feed) and the query's groups follow one of its columns; and no check drops or
+    /// quarantines rows (the quarantine would lose the untouched groups' rows).
+    pub(super) async fn gold_refresh(
+        &self,
+        spec: &GoldSpec,
+        last: Option<&LastComputed>,
+        inputs: &Inputs,
+        table_version: Option<u64>,
+    ) -> Result<(Refresh, Option<Regroup>)> {
+        let full = |reason: String| Ok((Refresh::Full { reason }, None));
+        if self.full_refresh {
+            return full("asked for".into());
+        }
+        let (Some(last), Some(table_version)) = (last, table_version) else {
+            return full("the table is new".into());
+        };
+        if !last.same_spec(self.pipeline) {
+            return full("the spec changed".into());
+        }
+        if spec
+            .checks
+            .iter()
+            .any(|c| c.action.is_some_and(Action::screens_rows))
+        {
+            return full("a check drops or quarantines rows".into());
+        }
+        let mut changed = Vec::new();
+        for (input, version) in inputs {
+            match last.input_version(input) {
+                None => {
+                    return full(format!(
+                        "its last commit does not say which {input} it read"
+                    ));
+                }
+                Some(v) if v != *version => changed.push((input, v, *version)),
+                Some(_) => {}
+            }
+        }
+        let [(input, after_version, version)] = changed.as_slice() else {
+            return full("more than one of its inputs changed".into());
+        };
+        if version < after_version {
+            return full(format!("{input} went back to an earlier version"));
+        }
+        let key = match regroup::group_key(&spec.sql.value, input) {
+            Ok(key) => key,
+            Err(why) => return full(why),
+        };
+        let uri = self.pipeline.table_uri(input);
+        if !records_changes(&uri, &self.storage_options, *after_version).await? {
+            return full(format!(
+                "{input} does not record its changes (change_data_feed: true)"
+            ));
+        }
+        let regroup = Regroup {
+            input: (*input).clone(),
+            after_version: *after_version,
+            key,
+            table_version,
+        };
+        let refresh = Refresh::Incremental {
+            after_version: *after_version,
+        };
+        Ok((refresh, Some(regroup)))
     }
 }
 
