@@ -22,6 +22,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TableProperty;
 use futures::TryStreamExt;
 use medallion_lake::StagedFiles;
+use medallion_lake::changes::{CHANGE_DATA_FEED, records_changes};
 use medallion_pipeline::spec::{self, CheckKind, CheckSpec};
 use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::TaskMetrics;
@@ -776,17 +777,4 @@ fn merged_rows(
         None,
     )?;
     Ok(kept.select(columns_of(&winners))?.union(winners)?)
-}
-
-/// The table property that turns on Delta's change data feed.
-const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
-
-/// Whether the table records its changes in Delta's change data feed.
-fn records_changes(t: &DeltaTable) -> Result<bool> {
-    let snapshot = t.snapshot()?;
-    Ok(snapshot
-        .metadata()
-        .configuration()
-        .get(CHANGE_DATA_FEED)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true")))
 }

@@ -44,8 +44,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
             session::register_table(&session, pipeline, opts, input, *version, read).await?;
     }
     let failed = |e: DataFusionError| crate::query_error(&ctx.table, e.into());
-    let mut rows_read = 0;
-    let mut touched = None;
+    let (mut rows_read, mut touched) = (0, None);
     if let Some(r) = work.regroup().map_err(TaskError::permanent)? {
         let version = inputs
             .iter()
@@ -55,42 +54,15 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
         rows_read = found.changes;
         // A NULL key is matched by no join: then every group is recomputed.
         if !found.has_null {
+            only_touched_input(&session, &r, found.values.clone())
+                .await
+                .map_err(failed)?;
             touched = Some((r, found.values));
         }
     }
-    if let Some((r, values)) = &touched {
-        let input = table_reference(&r.input);
-        let changed = session.table(input.clone()).await.map_err(failed)?;
-        let column = &r.key.input_column;
-        let only = semi_join(
-            &session,
-            changed,
-            values.clone(),
-            column,
-            JoinType::LeftSemi,
-        )
-        .map_err(failed)?;
-        session.deregister_table(input.clone()).map_err(failed)?;
-        session
-            .register_table(input, only.into_view())
-            .map_err(failed)?;
-    }
     let mut df = session.sql(&spec.sql.value).await.map_err(failed)?;
     if let Some((r, values)) = touched {
-        let (pipeline, opts) = (&ctx.pipeline, &ctx.storage_options);
-        let read = Read::Delta;
-        session::register_table(&session, pipeline, opts, &ctx.table, r.table_version, read)
-            .await?;
-        let stored = session
-            .table(table_reference(&ctx.table))
-            .await
-            .map_err(failed)?;
-        let column = &r.key.output_column;
-        let kept = semi_join(&session, stored, values.clone(), column, JoinType::LeftAnti);
-        let recomputed = semi_join(&session, df, values, column, JoinType::LeftSemi);
-        df = kept
-            .and_then(|kept| kept.union(recomputed?))
-            .map_err(failed)?;
+        df = with_other_groups(ctx, &session, &r, values, df).await?;
     }
     let rows = df.execute_stream().await.map_err(failed)?;
     let metrics = TaskMetrics {
@@ -164,6 +136,57 @@ async fn touched_groups(
         has_null: all.null_count() > 0,
         changes,
     })
+}
+
+/// Replaces the changed input, as the query sees it, with its rows of the touched groups.
+async fn only_touched_input(
+    session: &SessionContext,
+    r: &Regroup,
+    values: ArrayRef,
+) -> Result<(), DataFusionError> {
+    let input = table_reference(&r.input);
+    let all = session.table(input.clone()).await?;
+    let only = semi_join(
+        session,
+        all,
+        values,
+        &r.key.input_column,
+        JoinType::LeftSemi,
+    )?;
+    session.deregister_table(input.clone())?;
+    session.register_table(input, only.into_view())?;
+    Ok(())
+}
+
+/// The recomputed groups (`df`, left to the touched ones) with the table's rows of all other
+/// groups, read at the version the planner saw.
+async fn with_other_groups(
+    ctx: &TaskContext,
+    session: &SessionContext,
+    r: &Regroup,
+    values: ArrayRef,
+    df: DataFrame,
+) -> Result<DataFrame, TaskError> {
+    let failed = |e: DataFusionError| crate::query_error(&ctx.table, e.into());
+    let (pipeline, opts) = (&ctx.pipeline, &ctx.storage_options);
+    session::register_table(
+        session,
+        pipeline,
+        opts,
+        &ctx.table,
+        r.table_version,
+        Read::Delta,
+    )
+    .await?;
+    let stored = session
+        .table(table_reference(&ctx.table))
+        .await
+        .map_err(failed)?;
+    let column = &r.key.output_column;
+    let kept = semi_join(session, stored, values.clone(), column, JoinType::LeftAnti);
+    let recomputed = semi_join(session, df, values, column, JoinType::LeftSemi);
+    kept.and_then(|kept| kept.union(recomputed?))
+        .map_err(failed)
 }
 
 /// The rows of `df` whose `column` is (`LeftSemi`) or is not (`LeftAnti`) one of `values`.

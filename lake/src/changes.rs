@@ -93,13 +93,17 @@ pub async fn appended_rows(
     StagedFiles::new(uri, &schema, &partition_columns, files)
 }
 
-/// Whether the table at `uri` records its row changes (Delta's change data feed) from
-/// version `from` on, so [`changed_rows`] can read the changes after it.
-pub async fn records_changes(uri: &str, opts: &StorageOptions, from: u64) -> Result<bool> {
-    let table = open_version(uri, opts, from).await?;
-    let configuration = table.snapshot()?.metadata().configuration().clone();
-    Ok(configuration
-        .get("delta.enableChangeDataFeed")
+/// The table property that turns on Delta's change data feed.
+pub const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
+
+/// Whether the loaded version of the table records its row changes (Delta's change data
+/// feed): then [`changed_rows`] can read the changes of every later commit.
+pub fn records_changes(t: &deltalake::DeltaTable) -> Result<bool> {
+    let snapshot = t.snapshot()?;
+    Ok(snapshot
+        .metadata()
+        .configuration()
+        .get(CHANGE_DATA_FEED)
         .is_some_and(|v| v.eq_ignore_ascii_case("true")))
 }
 

@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use medallion_lake::changes::{Changes, changes, records_changes};
+use medallion_lake::open_version;
 use medallion_pipeline::TableRef;
 use medallion_pipeline::regroup::{self, Regroup};
 use medallion_pipeline::report::Refresh;
@@ -115,7 +116,8 @@ impl RunContext<'_> {
             Err(why) => return full(why),
         };
         let uri = self.pipeline.table_uri(input);
-        if !records_changes(&uri, &self.storage_options, *after_version).await? {
+        let read = open_version(&uri, &self.storage_options, *after_version).await?;
+        if !records_changes(&read)? {
             return full(format!(
                 "{input} does not record its changes (change_data_feed: true)"
             ));

@@ -435,3 +435,75 @@ async fn silver_reads_all_its_input_when_latest_by_is_not_kept_or_the_table_is_n
             .starts_with("latest_by is not one of its columns")
     );
 }
+
+const GOLD_BY_ID: &str =
+    "gold:\n  - name: by_id\n    sql: SELECT id, count(*) AS n FROM silver.orders GROUP BY id\n";
+
+/// Silver with its change data feed on (or not), and gold computed from its first version;
+/// then one more silver commit. Returns the gold table's plan.
+async fn gold_after_one_silver_commit(p: &Pipeline, feed: bool) -> super::StagePlan {
+    let v0 = commit_rows(p, &bronze(), &["a.jsonl"], Vec::new()).await;
+    let info = computed_info(p, &Inputs::from([(bronze(), v0)]));
+    let first = commit_rows(p, &silver(), &["x"], info).await;
+    let uri = p.table_uri(&silver());
+    let mut table = medallion_lake::open_table(&uri, &Default::default())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut read = first;
+    if feed {
+        table = table
+            .set_tbl_properties()
+            .with_properties(
+                [("delta.enableChangeDataFeed".to_string(), "true".to_string())].into(),
+            )
+            .await
+            .unwrap();
+        read = table.version().unwrap();
+    }
+    let gold = TableRef::new(Layer::Gold, "by_id");
+    commit_rows(
+        p,
+        &gold,
+        &["g"],
+        computed_info(p, &Inputs::from([(silver(), read)])),
+    )
+    .await;
+    commit_rows(p, &silver(), &["y"], Vec::new()).await;
+    context(p).plan(&gold).await.unwrap()
+}
+
+#[tokio::test]
+async fn gold_recomputes_only_touched_groups_when_its_one_changed_input_records_changes() {
+    let (_dir, p) = scratch(&(SILVER.replace("MODE", "overwrite") + GOLD_BY_ID));
+    let plan = gold_after_one_silver_commit(&p, true).await;
+    let Some(Refresh::Incremental { after_version }) = plan.refresh else {
+        panic!("{:?}", plan.refresh)
+    };
+    let Some(Work::Aggregate(work)) = &plan.tasks[0].work else {
+        panic!()
+    };
+    let regroup = work.regroup().unwrap().expect("a regroup");
+    assert_eq!(regroup.input, silver());
+    assert_eq!(regroup.after_version, after_version);
+    assert_eq!(regroup.key.input_column, "id");
+    assert_eq!(regroup.table_version, 0);
+    assert!(matches!(plan.commit, CommitPlan::Overwrite { .. }));
+}
+
+#[tokio::test]
+async fn gold_is_recomputed_in_full_when_its_input_records_no_changes() {
+    let (_dir, p) = scratch(&(SILVER.replace("MODE", "overwrite") + GOLD_BY_ID));
+    let plan = gold_after_one_silver_commit(&p, false).await;
+    let Some(Refresh::Full { reason }) = plan.refresh else {
+        panic!("{:?}", plan.refresh)
+    };
+    assert_eq!(
+        reason,
+        "silver.orders does not record its changes (change_data_feed: true)"
+    );
+    let Some(Work::Aggregate(work)) = &plan.tasks[0].work else {
+        panic!()
+    };
+    assert_eq!(work.regroup().unwrap(), None);
+}
