@@ -62,8 +62,8 @@ enum Command {
         /// instead of exiting with code 3.
         #[arg(long)]
         wait: bool,
-        /// Compute silver tables from all their input rows, not only those committed since
-        /// their last run.
+        /// Compute silver and gold tables from all their input rows, not only what changed
+        /// since their last run.
         #[arg(long)]
         full_refresh: bool,
     },
@@ -82,6 +82,9 @@ enum Command {
         wait: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// As for `run`.
+        #[arg(long)]
+        full_refresh: bool,
     },
     /// List the cluster's runs, newest first.
     Runs {
@@ -219,7 +222,12 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
             Dataset::Ecommerce => generate_ecommerce(&dir, orders, files, seed),
             Dataset::Tpch => generate_tpch(&dir, scale, files),
         },
-        Command::Submit { spec, wait, output } => submit(&spec, wait, output, &urls).await,
+        Command::Submit {
+            spec,
+            wait,
+            output,
+            full_refresh,
+        } => submit(&spec, wait, output, full_refresh, &urls).await,
         Command::Watch { run_id, output } => watch(&urls, &run_id, output).await,
         Command::Status { run_id, output } => {
             let info = Remote::connect(&urls).await?.run(&run_id).await?;
@@ -257,12 +265,19 @@ fn load(spec: &Path) -> Result<Pipeline, ExitCode> {
     })
 }
 
-async fn submit(spec: &Path, wait: bool, output: Output, urls: &[String]) -> Result<ExitCode> {
+async fn submit(
+    spec: &Path,
+    wait: bool,
+    output: Output,
+    full_refresh: bool,
+    urls: &[String],
+) -> Result<ExitCode> {
     let pipeline = match load(spec) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let info = Remote::connect(urls).await?.submit(&pipeline).await?;
+    let mut remote = Remote::connect(urls).await?;
+    let info = remote.submit(&pipeline, full_refresh).await?;
     if !wait {
         println!("{}", info.run_id);
         return Ok(ExitCode::SUCCESS);

@@ -88,10 +88,12 @@ impl Remote {
         })
     }
 
-    /// Submits a spec already loaded (and so validated) as `pipeline`.
-    pub async fn submit(&mut self, pipeline: &Pipeline) -> Result<RunInfo> {
+    /// Submits a spec already loaded (and so validated) as `pipeline`; `full_refresh`: see
+    /// `medallion run --full-refresh`.
+    pub async fn submit(&mut self, pipeline: &Pipeline, full_refresh: bool) -> Result<RunInfo> {
         let request = SubmitRequest {
             pipeline: Some(pipeline.into()),
+            full_refresh,
         };
         let info = self.client.submit(request).await.map_err(server_error)?;
         Ok(info.into_inner())

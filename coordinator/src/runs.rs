@@ -162,7 +162,11 @@ impl Runs {
     }
 
     /// Validates the spec, saves the run as queued and starts it.
-    pub async fn submit(self: &Arc<Self>, spec: SpecText) -> Result<RunInfo, RunsError> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        spec: SpecText,
+        full_refresh: bool,
+    ) -> Result<RunInfo, RunsError> {
         let pipeline = spec
             .parse()
             .map_err(|e| RunsError::InvalidSpec(e.to_string()))?;
@@ -177,6 +181,7 @@ impl Runs {
             info: Some(info.clone()),
             pipeline: Some(spec),
             starts: 0,
+            full_refresh,
         };
         self.store
             .put_run(&record)
@@ -238,10 +243,12 @@ impl Runs {
         let ballista = self.ballista.clone();
         let id = run_id.clone();
         let store = self.store.clone();
+        let full_refresh = record.full_refresh;
         let tables = tokio::spawn(async move {
             let _locks = hold_run_locks(store.as_ref(), &pipeline, &id).await;
             Coordinator::new(runner.as_ref(), &recorder)
                 .with_ballista(ballista)
+                .with_full_refresh(full_refresh)
                 .run(&pipeline, &id)
                 .await
         });

@@ -211,11 +211,13 @@ pub struct CoordinatorService {
 impl CoordinatorRpc for CoordinatorService {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<RunInfo>, Status> {
         self.role.lead().await?;
+        let request = request.into_inner();
         let spec = request
-            .into_inner()
             .pipeline
             .ok_or_else(|| Status::invalid_argument("the request carries no pipeline spec"))?;
-        Ok(Response::new(self.runs.submit(spec).await?))
+        Ok(Response::new(
+            self.runs.submit(spec, request.full_refresh).await?,
+        ))
     }
 
     async fn get_run(&self, request: Request<GetRunRequest>) -> Result<Response<RunInfo>, Status> {

@@ -323,6 +323,34 @@ fn incremental_refreshes_on_a_cluster_equal_a_full_recompute() {
     for rel in TABLES {
         assert_eq!(rows(&ws, rel), rows(&full, rel), "{rel}");
     }
+    // A full refresh asked of the cluster reads everything again, to the same tables.
+    let out = cluster.client(
+        &ws,
+        &[
+            "submit",
+            "pipeline.yaml",
+            "--wait",
+            "--output",
+            "json",
+            "--full-refresh",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stderr, cluster.logs());
+    let status: Value = serde_json::from_str(&out.stdout).unwrap();
+    let report = &status["report"];
+    assert_eq!(refresh(report, "silver.orders")["reason"], "asked for");
+    let all_lines: u64 = (1..=3).map(|b| batch(b).lines().count() as u64).sum();
+    assert_eq!(
+        table(report, "silver.orders")["metrics"]["rows_read"],
+        all_lines
+    );
+    for rel in TABLES {
+        assert_eq!(
+            rows(&ws, rel),
+            rows(&full, rel),
+            "{rel} after a full refresh"
+        );
+    }
 }
 
 /// `change_data_feed: true`: an incremental merge records updates (pre- and post-image) and

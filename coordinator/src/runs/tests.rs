@@ -49,6 +49,7 @@ impl Fixture {
             }),
             pipeline: Some(self.spec()),
             starts,
+            full_refresh: false,
         };
         self.store.put_run(&record).await.unwrap();
     }
@@ -83,7 +84,7 @@ fn state(info: &RunInfo) -> RunState {
 #[tokio::test]
 async fn a_submitted_run_is_stored_runs_and_its_end_is_stored_before_watchers_hear() {
     let f = fixture(FakeRunner::succeeding());
-    let info = f.runs.submit(f.spec()).await.unwrap();
+    let info = f.runs.submit(f.spec(), false).await.unwrap();
     assert_eq!(state(&info), RunState::Queued);
     assert!(info.run_id.starts_with("t-"), "{}", info.run_id);
     let (events, ended) = f.ended(&info.run_id).await;
@@ -105,7 +106,7 @@ async fn a_spec_that_does_not_validate_is_refused_and_nothing_is_stored() {
     let f = fixture(FakeRunner::succeeding());
     let mut spec = f.spec();
     spec.yaml = spec.yaml.replace("source: api", "source: nope");
-    match f.runs.submit(spec).await {
+    match f.runs.submit(spec, false).await {
         Err(RunsError::InvalidSpec(message)) => {
             assert!(message.contains("unknown source 'nope'"), "{message}")
         }
@@ -119,7 +120,7 @@ async fn a_submit_the_store_cannot_save_is_refused_and_not_started() {
     let f = fixture(FakeRunner::succeeding());
     f.store.fail_writes(1);
     assert!(matches!(
-        f.runs.submit(f.spec()).await,
+        f.runs.submit(f.spec(), false).await,
         Err(RunsError::Store(_))
     ));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -130,7 +131,7 @@ async fn a_submit_the_store_cannot_save_is_refused_and_not_started() {
 #[tokio::test]
 async fn writes_the_store_refuses_while_a_run_goes_are_retried() {
     let f = fixture(FakeRunner::gated());
-    let info = f.runs.submit(f.spec()).await.unwrap();
+    let info = f.runs.submit(f.spec(), false).await.unwrap();
     f.runner.wait_for_calls(1).await;
     f.store.fail_writes(3);
     f.runner.open(1);
@@ -204,7 +205,7 @@ async fn resume_fails_a_run_whose_spec_no_longer_validates() {
 #[tokio::test]
 async fn cancel_stops_a_running_run_and_its_task() {
     let f = fixture(FakeRunner::gated());
-    let info = f.runs.submit(f.spec()).await.unwrap();
+    let info = f.runs.submit(f.spec(), false).await.unwrap();
     f.runner.wait_for_calls(1).await;
     let cancelled = f.runs.cancel(&info.run_id).await.unwrap();
     assert_eq!(state(&cancelled), RunState::Cancelled);
@@ -224,7 +225,7 @@ async fn cancel_stops_a_running_run_and_its_task() {
 async fn cancel_racing_the_runs_end_gives_one_end_state_everywhere() {
     for round in 0..5 {
         let f = fixture(FakeRunner::gated());
-        let info = f.runs.submit(f.spec()).await.unwrap();
+        let info = f.runs.submit(f.spec(), false).await.unwrap();
         f.runner.wait_for_calls(1).await;
         let mut watch = f.runs.watch(&info.run_id).await.unwrap();
         f.runner.open(1);
@@ -257,7 +258,7 @@ async fn cancel_racing_the_runs_end_gives_one_end_state_everywhere() {
 #[tokio::test]
 async fn cancel_of_an_ended_or_unknown_run_is_refused() {
     let f = fixture(FakeRunner::succeeding());
-    let info = f.runs.submit(f.spec()).await.unwrap();
+    let info = f.runs.submit(f.spec(), false).await.unwrap();
     f.ended(&info.run_id).await;
     match f.runs.cancel(&info.run_id).await {
         Err(RunsError::Ended { state, .. }) => assert_eq!(state, RunState::Succeeded),
@@ -272,7 +273,7 @@ async fn cancel_of_an_ended_or_unknown_run_is_refused() {
 #[tokio::test]
 async fn watching_an_ended_run_replays_its_tables_then_its_end() {
     let f = fixture(FakeRunner::succeeding());
-    let info = f.runs.submit(f.spec()).await.unwrap();
+    let info = f.runs.submit(f.spec(), false).await.unwrap();
     f.ended(&info.run_id).await;
     // The run is no longer active: this watch is served from the store.
     let (events, ended) = f.ended(&info.run_id).await;
@@ -284,8 +285,8 @@ async fn watching_an_ended_run_replays_its_tables_then_its_end() {
 #[tokio::test]
 async fn two_runs_of_one_pipeline_take_turns() {
     let f = fixture(FakeRunner::gated());
-    let first = f.runs.submit(f.spec()).await.unwrap();
-    let second = f.runs.submit(f.spec()).await.unwrap();
+    let first = f.runs.submit(f.spec(), false).await.unwrap();
+    let second = f.runs.submit(f.spec(), false).await.unwrap();
     f.runner.wait_for_calls(1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
