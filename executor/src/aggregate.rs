@@ -9,14 +9,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, new_empty_array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_empty_array};
 use datafusion::arrow::compute::{concat, filter, is_not_null};
+use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::error::ArrowError;
-use datafusion::common::{JoinType, TableReference};
+use datafusion::common::JoinType;
 use datafusion::error::DataFusionError;
-use datafusion::prelude::{DataFrame, SessionContext, col};
-use medallion_pipeline::TableRef;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::prelude::{DataFrame, SessionContext, col, lit};
 use medallion_pipeline::regroup::Regroup;
 use medallion_proto::{AggregateWork, TaskError, TaskMetrics};
 
@@ -88,10 +89,7 @@ struct Touched {
 }
 
 const TOUCHED: &str = "__medallion_touched";
-
-fn table_reference(t: &TableRef) -> TableReference {
-    TableReference::partial(t.layer.as_str(), t.name.as_str())
-}
+const CHANGES: &str = "__medallion_changes";
 
 /// Reads the changed input's change data feed after the version the table last read, up to
 /// `version`, the one this run reads: the group key's values before and after each change.
@@ -115,13 +113,18 @@ async fn touched_groups(
         })
         .map_err(failed)?;
     let data_type = key.schema().field(0).data_type().clone();
-    let changes = key.clone().count().await.map_err(failed)? as u64;
+    // One pass over the feed: each touched value with how many changes named it.
     let batches = key
-        .distinct()
+        .aggregate(vec![col(TOUCHED)], vec![count(lit(1)).alias(CHANGES)])
         .map_err(failed)?
         .collect()
         .await
         .map_err(failed)?;
+    let changes = batches
+        .iter()
+        .filter_map(|b| b.column(1).as_primitive_opt::<Int64Type>())
+        .map(|counts| counts.iter().flatten().sum::<i64>() as u64)
+        .sum();
     let arrow = |e: ArrowError| failed(e.into());
     let all = match batches.as_slice() {
         [] => new_empty_array(&data_type),
@@ -144,7 +147,7 @@ async fn only_touched_input(
     r: &Regroup,
     values: ArrayRef,
 ) -> Result<(), DataFusionError> {
-    let input = table_reference(&r.input);
+    let input = session::table_reference(&r.input);
     let all = session.table(input.clone()).await?;
     let only = semi_join(
         session,
@@ -179,7 +182,7 @@ async fn with_other_groups(
     )
     .await?;
     let stored = session
-        .table(table_reference(&ctx.table))
+        .table(session::table_reference(&ctx.table))
         .await
         .map_err(failed)?;
     let column = &r.key.output_column;

@@ -69,6 +69,11 @@ pub(crate) enum Read {
     After(u64),
 }
 
+/// The name a pipeline table is registered under, `layer.name`, as its SQL refers to it.
+pub(crate) fn table_reference(table: &TableRef) -> datafusion::common::TableReference {
+    datafusion::common::TableReference::partial(table.layer.as_str(), table.name.as_str())
+}
+
 /// Registers `table` at `version` (pinned by the planner) under its `layer.name`; returns
 /// the bytes of its data files.
 pub(crate) async fn register_table(
@@ -80,8 +85,7 @@ pub(crate) async fn register_table(
     read: Read,
 ) -> Result<u64, TaskError> {
     let uri = pipeline.table_uri(table);
-    let reference =
-        datafusion::common::TableReference::partial(table.layer.as_str(), table.name.as_str());
+    let reference = table_reference(table);
     let registered = match read {
         Read::Delta => match medallion_lake::open_version(&uri, opts, version).await {
             Ok(delta) => medallion_lake::register_delta(ctx, reference, &delta)

@@ -65,10 +65,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
     )
     .await?;
     let source = session
-        .table(datafusion::common::TableReference::partial(
-            input.layer.as_str(),
-            input.name.as_str(),
-        ))
+        .table(session::table_reference(&input))
         .await
         .map_err(transient)?;
 
@@ -195,8 +192,15 @@ impl Plan<'_> {
             }
         }
         let mut df = source.select(exprs).map_err(|e| self.data_error(e))?;
-        let conditions = [
-            (LATEST, &self.spec.sequence_by, "sequence_by"),
+        if self.spec.scd_type().is_none() {
+            return Ok(df);
+        }
+        let data_error = |e| self.data_error(e);
+        if let Some(sequence) = &self.spec.sequence_by {
+            let e = self.parse(&df, &sequence.value, "sequence_by")?;
+            df = df.with_column(LATEST, e).map_err(data_error)?;
+        }
+        let flags = [
             (DELETE, &self.spec.apply_as_deletes, "apply_as_deletes"),
             (
                 TRUNCATE,
@@ -204,19 +208,13 @@ impl Plan<'_> {
                 "apply_as_truncates",
             ),
         ];
-        for (name, e, field) in conditions {
-            let e = match e {
-                Some(e) => self.parse(&df, &e.value, field)?,
-                None if self.spec.scd_type().is_some() && name != LATEST => lit(false),
-                None => continue,
+        for (name, condition, field) in flags {
+            // A change the condition is NULL for, or that has none, is not a delete/truncate.
+            let flag = match condition {
+                Some(c) => coalesce(vec![self.parse(&df, &c.value, field)?, lit(false)]),
+                None => lit(false),
             };
-            // A change the condition is NULL for is not a delete or truncate.
-            let e = if name == LATEST {
-                e
-            } else {
-                coalesce(vec![e, lit(false)])
-            };
-            df = df.with_column(name, e).map_err(|e| self.data_error(e))?;
+            df = df.with_column(name, flag).map_err(data_error)?;
         }
         Ok(df)
     }
