@@ -177,13 +177,13 @@ def run_medallion(medallion, workload, data, out, threads, memory):
     return medallion_result("medallion", workload, report, out, seconds, peak)
 
 
-def new_orders_file(data, path, new, updated):
+def new_orders_file(data, path, new, updated, recent):
     """A batch after the generated data: `new` orders with fresh ids, and `updated` existing
-    orders again with a later `updated_at` and another status (spread evenly over all ids)."""
+    orders again with a later `updated_at` and another status, spread evenly over the newest
+    `recent` share of the orders by id (1.0: over all of them)."""
     import glob
     files = sorted(glob.glob(os.path.join(data, "orders", "*.jsonl")))
     lines = []
-    max_id = 0
     for name in files:
         with open(name) as f:
             for line in f:
@@ -192,11 +192,13 @@ def new_orders_file(data, path, new, updated):
                 except ValueError:
                     continue
                 if isinstance(order, dict) and isinstance(order.get("order_id"), int):
-                    max_id = max(max_id, order["order_id"])
                     lines.append(order)
-    step = max(1, len(lines) // max(1, updated))
+    lines.sort(key=lambda o: o["order_id"])
+    max_id = lines[-1]["order_id"]
+    candidates = lines[len(lines) - max(updated, int(len(lines) * recent)):]
+    step = max(1, len(candidates) // max(1, updated))
     out = []
-    for order in lines[::step][:updated]:
+    for order in candidates[::step][:updated]:
         order = dict(order, status="delivered", updated_at="2030-01-01T00:00:00Z")
         out.append(order)
     for i in range(new):
@@ -208,6 +210,12 @@ def new_orders_file(data, path, new, updated):
             f.write(json.dumps(order) + "\n")
 
 
+def silver_files(run_dir):
+    """How many data files silver.orders has in the lake of a run."""
+    from deltalake import DeltaTable
+    return len(DeltaTable(os.path.join(run_dir, "lake", "silver", "orders")).file_uris())
+
+
 def linked_data(data, dest, extra):
     """`data` hard-linked under `dest` (no copy, and no symbolic link for the listing to
     resolve elsewhere), plus the file `extra` in its orders: the same source files under the
@@ -217,10 +225,13 @@ def linked_data(data, dest, extra):
     shutil.copy(extra, os.path.join(dest, "orders", "zz-next-batch.jsonl"))
 
 
+# Updates of recent orders are the common case (an order is paid, shipped and delivered within
+# days); updates spread over every order are the worst case for a merge that rewrites files.
 INCREMENTAL = {
-    # name: (share of new orders, share of updated orders), of the generated orders.
-    "1% new orders (a tenth of them updates)": (0.009, 0.001),
-    "1% updates": (0.0, 0.01),
+    # name: (slug, share of new orders, share of updated orders, newest share they fall in).
+    "1% new orders (a tenth of them updates of the newest 5%)": ("mixed-recent", 0.009, 0.001, 0.05),
+    "1% updates of the newest 5% of orders": ("updates-recent", 0.0, 0.01, 0.05),
+    "1% updates spread over all orders": ("updates-spread", 0.0, 0.01, 1.0),
 }
 
 
@@ -229,13 +240,12 @@ def run_incremental(medallion, workload, data, runs, first, reference, threads, 
     directory): time and memory against the first run, and every gold table against a full
     run over the same files."""
     rows = []
-    for name, (new, updated) in INCREMENTAL.items():
-        slug = "inc-" + name.split()[0].strip("%") + ("-mixed" if new else "-updates")
-        work = os.path.join(runs, slug)
+    for name, (slug, new, updated, recent) in INCREMENTAL.items():
+        work = os.path.join(runs, "inc-" + slug)
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         batch = os.path.join(work, "batch.jsonl")
-        new_orders_file(data, batch, int(workload.scale * new), int(workload.scale * updated))
+        new_orders_file(data, batch, int(workload.scale * new), int(workload.scale * updated), recent)
         combined = os.path.join(work, "data")
         linked_data(data, combined, batch)
         lake_dir = os.path.join(work, "incremental")
@@ -257,6 +267,8 @@ def run_incremental(medallion, workload, data, runs, first, reference, threads, 
                      "full_seconds": full["seconds"], "refresh": silver.get("refresh"),
                      "silver_rows_read": silver["metrics"]["rows_read"],
                      "silver_seconds": silver.get("duration_ms", 0) / 1000,
+                     "files_rewritten": silver["metrics"].get("files_rewritten", 0),
+                     "silver_files": silver_files(first),
                      "gold_refresh": ", ".join(sorted({
                          (t.get("refresh") or {}).get("kind", "-")
                          for t in report["tables"] if t["table"].startswith("gold.")})),
@@ -472,8 +484,8 @@ def report(results, incremental, info, out_dir, stamp, memory):
                   "the changed orders touched where it can. `gold equal`: every gold table against a "
                   "full run over the same files, in a fresh lake.", "",
                   "| workload | batch | re-run s | % of first run | peak MiB | % of first run's peak "
-                  "| silver refresh | silver rows read | silver s | gold refresh | full run s | gold equal |",
-                  "|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---|"]
+                  "| silver refresh | silver rows read | silver s | files rewritten | gold refresh | full run s | gold equal |",
+                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---|"]
         for workload, rows in incremental.items():
             for r in rows:
                 refresh = (r["refresh"] or {}).get("kind", "-")
@@ -481,7 +493,8 @@ def report(results, incremental, info, out_dir, stamp, memory):
                     f"| {workload} | {r['scenario']} | {r['seconds']:.2f} | "
                     f"{100 * r['seconds'] / r['first_seconds']:.0f}% | {r['peak_bytes'] / 2**20:,.0f} | "
                     f"{100 * r['peak_bytes'] / r['first_peak_bytes']:.0f}% | {refresh} | "
-                    f"{r['silver_rows_read']:,} | {r['silver_seconds']:.2f} | {r['gold_refresh']} | "
+                    f"{r['silver_rows_read']:,} | {r['silver_seconds']:.2f} | "
+                    f"{r['files_rewritten']} of {r['silver_files']} | {r['gold_refresh']} | "
                     f"{r['full_seconds']:.2f} | {r['agrees']} |")
     path = os.path.join(out_dir, f"{stamp}.md")
     chart = os.path.join(out_dir, f"{stamp}.png")

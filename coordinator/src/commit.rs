@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::{Column, JoinType, TableReference};
-use datafusion::logical_expr::{Expr, Operator, binary_expr};
+use datafusion::common::{Column, JoinType};
+use datafusion::logical_expr::Expr;
 use datafusion::object_store::ObjectStoreExt;
 use datafusion::prelude::{DataFrame, SessionContext, col};
 use deltalake::DeltaTable;
@@ -32,6 +32,8 @@ use crate::planner::{
     spec_fingerprint,
 };
 use crate::quality;
+
+mod merge;
 use medallion_pipeline::report::{CheckResult, Metrics};
 
 /// Data files written by a table's tasks (under its target's `staged_uri`), not yet part of
@@ -504,7 +506,7 @@ impl CommitContext<'_> {
         Ok(done.version())
     }
 
-    /// Upserts the staged rows into the table on `keys` with one Delta MERGE.
+    /// Upserts the staged rows into the table on `keys` ([`merge::Merge`]).
     async fn merge(
         &self,
         target: &Target,
@@ -524,64 +526,17 @@ impl CommitContext<'_> {
             bail!("{table}: merging needs a merge plan");
         };
         let app_version = next_app_version(&t, table).await?;
-        let before = t.version();
         let ctx = SessionContext::new();
         let source = self.staged_rows(&ctx, target, staged)?;
-        let qualified =
-            |alias: &str, name: &str| col(Column::new(Some(TableReference::bare(alias)), name));
-        let predicate = keys
-            .iter()
-            .map(|k| qualified("target", k).eq(qualified("source", k)))
-            .reduce(|a, b| a.and(b))
-            .context("merge needs keys")?;
-        let columns: Vec<String> = staged
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        // Only rows that actually changed are updated, so `rows_updated` means something.
-        let mut changed = columns
-            .iter()
-            .map(|c| {
-                binary_expr(
-                    qualified("target", c),
-                    Operator::IsDistinctFrom,
-                    qualified("source", c),
-                )
-            })
-            .reduce(|a, b| a.or(b))
-            .context("a table has columns")?;
-        if let Some(latest) = latest {
-            changed = changed.and(not_older(
-                qualified("source", latest),
-                qualified("target", latest),
-            ));
-        }
-        let update_columns = columns.clone();
-        let (merged, m) = t
-            .merge(source, predicate)
-            // The session that knows the staging files' object store.
-            .with_session_state(Arc::new(ctx.state()))
-            .with_source_alias("source")
-            .with_target_alias("target")
-            .when_matched_update(move |mut u| {
-                u = u.predicate(changed);
-                for c in &update_columns {
-                    u = u.update(Column::new_unqualified(c), qualified("source", c));
-                }
-                u
-            })?
-            .when_not_matched_insert(move |mut i| {
-                for c in &columns {
-                    i = i.set(Column::new_unqualified(c), qualified("source", c));
-                }
-                i
-            })?
+        let (version, m) = merge::Merge::new(t.clone(), &ctx, source, keys.clone())
+            .with_latest(latest.clone())
+            .with_storage_options(self.storage_options)
+            .with_subdir(format!("merge-{commit_id}"))
             .with_commit_properties(self.properties(table, plan, commit_id, app_version, staged))
+            .execute()
             .await
             .with_context(|| format!("merging into {table}"))?;
-        let version = match merged.version().filter(|v| Some(*v) != before) {
+        let version = match version {
             Some(v) => v,
             // No row changed, yet the table has read these inputs: a commit without rows
             // records them, so the next run does not read the same rows again.
@@ -593,15 +548,20 @@ impl CommitContext<'_> {
                 let record = CommitPlan::Insert {
                     inputs: inputs.clone(),
                 };
-                self.write(target, merged, &record, commit_id, &nothing)
-                    .await?
+                self.write(target, t, &record, commit_id, &nothing).await?
             }
         };
         let metrics = Metrics {
-            rows_updated: m.num_target_rows_updated as u64,
-            rows_inserted: m.num_target_rows_inserted as u64,
+            rows_updated: m.rows_updated,
+            rows_inserted: m.rows_inserted,
+            files_rewritten: m.files_rewritten,
             ..Default::default()
         };
+        tracing::info!(
+            table = %table, inserted = m.rows_inserted, updated = m.rows_updated,
+            files = m.files_total, files_read = m.files_read, files_rewritten = m.files_rewritten,
+            "merged"
+        );
         Ok((Some(version), Some(metrics)))
     }
 

@@ -150,6 +150,9 @@ pub struct Metrics {
     pub rows_updated: u64,
     /// Rows inserted by a silver merge.
     pub rows_inserted: u64,
+    /// Data files a silver merge rewrote to replace rows in them.
+    #[serde(default)]
+    pub files_rewritten: u64,
     pub bytes_written: u64,
     /// Rows removed by `drop` checks.
     #[serde(default)]

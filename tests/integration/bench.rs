@@ -50,7 +50,7 @@ fn benchmark_harness_smoke_run() {
         .lines()
         .filter(|l| l.starts_with("| ecommerce, 3,000 orders | 1%"))
         .collect();
-    assert_eq!(reruns.len(), 2, "{report}");
+    assert_eq!(reruns.len(), 3, "{report}");
     for line in reruns {
         assert!(
             line.matches("| incremental |").count() == 2 && line.ends_with("| yes |"),
