@@ -349,10 +349,22 @@ impl CommitContext<'_> {
         self.register_references(&ctx, checks).await?;
         let new_rows = self.staged_rows(&ctx, target, staged)?;
         let next = match (plan, existing) {
-            (CommitPlan::Merge { keys, latest, .. }, Some(t)) => {
+            (
+                CommitPlan::Merge {
+                    keys,
+                    latest,
+                    replace,
+                    ..
+                },
+                Some(t),
+            ) => {
                 medallion_lake::register_delta(&ctx, "__medallion_target", t).await?;
                 let target = ctx.table("__medallion_target").await?;
-                merged_rows(target, new_rows, keys, latest.as_deref())?
+                if *replace {
+                    replaced_rows(target, new_rows, keys)?
+                } else {
+                    merged_rows(target, new_rows, keys, latest.as_deref())?
+                }
             }
             (CommitPlan::Insert { .. }, Some(t)) => {
                 medallion_lake::register_delta(&ctx, "__medallion_target", t).await?;
@@ -520,6 +532,7 @@ impl CommitContext<'_> {
             keys,
             latest,
             inputs,
+            replace,
             ..
         } = plan
         else {
@@ -530,6 +543,7 @@ impl CommitContext<'_> {
         let source = self.staged_rows(&ctx, target, staged)?;
         let (version, m) = merge::Merge::new(t.clone(), &ctx, source, keys.clone())
             .with_latest(latest.clone())
+            .with_replace(*replace)
             .with_storage_options(self.storage_options)
             .with_subdir(format!("merge-{commit_id}"))
             .with_commit_properties(self.properties(table, plan, commit_id, app_version, staged))
@@ -543,6 +557,8 @@ impl CommitContext<'_> {
             None => {
                 let nothing = Staged {
                     adds: Vec::new(),
+                    // The staged rows may carry columns the table has not (`TOUCHED_KEY`).
+                    schema: t.snapshot()?.snapshot().arrow_schema(),
                     ..staged.clone()
                 };
                 let record = CommitPlan::Insert {
@@ -554,11 +570,13 @@ impl CommitContext<'_> {
         let metrics = Metrics {
             rows_updated: m.rows_updated,
             rows_inserted: m.rows_inserted,
+            rows_deleted: m.rows_deleted,
             files_rewritten: m.files_rewritten,
             ..Default::default()
         };
         tracing::info!(
             table = %table, inserted = m.rows_inserted, updated = m.rows_updated,
+            deleted = m.rows_deleted,
             files = m.files_total, files_read = m.files_read, files_rewritten = m.files_rewritten,
             "merged"
         );
@@ -690,6 +708,18 @@ fn columns_of(rows: &DataFrame) -> Vec<Expr> {
         .iter()
         .map(|f| col(Column::new_unqualified(f.name())))
         .collect()
+}
+
+/// The table as replacing the rows of the keys `new` names leaves it: the stored rows of
+/// other keys, and the rows of `new` that are rows, not only a key ([`spec::TOUCHED_KEY`]).
+fn replaced_rows(target: DataFrame, new: DataFrame, keys: &[String]) -> Result<DataFrame> {
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let rows = new
+        .clone()
+        .filter(datafusion::prelude::not(col(spec::TOUCHED_KEY)))?
+        .select(columns_of(&target))?;
+    let kept = target.join(new, JoinType::LeftAnti, &key_refs, &key_refs, None)?;
+    Ok(kept.union(rows)?)
 }
 
 /// The table as a merge of `new` into `target` on `keys` leaves it: the new rows that win

@@ -50,12 +50,15 @@ pub enum CommitPlan {
     ///
     /// `latest` is the column a row must not be older by to replace the table's row with its
     /// key (an incremental refresh of a table with `latest_by`); `None`: staged rows replace.
-    /// `incremental`: the staged rows are only the new ones (see [`Refresh`]).
+    /// `incremental`: the staged rows are only the new ones (see [`Refresh`]). `replace`: the
+    /// staged rows are the whole new state of the keys they name (an incremental refresh of a
+    /// CDC table, whose keys may have several rows or none; see [`medallion_pipeline::spec::TOUCHED_KEY`]).
     Merge {
         keys: Vec<String>,
         inputs: Inputs,
         latest: Option<String>,
         incremental: bool,
+        replace: bool,
     },
 }
 
@@ -414,6 +417,7 @@ impl RunContext<'_> {
                     inputs,
                     latest,
                     incremental: true,
+                    replace: spec.mode == WriteMode::Cdc,
                 };
                 (
                     self.target(table, staged_apart),
@@ -428,6 +432,7 @@ impl RunContext<'_> {
                     inputs,
                     latest: None,
                     incremental: false,
+                    replace: false,
                 };
                 (self.target(table, staged_apart), commit, None)
             }

@@ -352,6 +352,7 @@ impl<'a> Coordinator<'a> {
             // A merge writes the rows it changes, not every row the tasks produced.
             report.metrics.rows_updated = m.rows_updated;
             report.metrics.rows_inserted = m.rows_inserted;
+            report.metrics.rows_deleted = m.rows_deleted;
             report.metrics.files_rewritten = m.files_rewritten;
             report.metrics.rows_written = m.rows_updated + m.rows_inserted;
         }

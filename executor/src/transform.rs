@@ -16,16 +16,25 @@
 //! type 1 or 2 ([`crate::cdc`]) in place of step 6, then checks and screens the rows that gives.
 //!
 //! A task of an incremental refresh reads only the input rows committed since the table was
-//! last computed; the coordinator merges its rows into the table.
+//! last computed; the coordinator merges its rows into the table. A CDC table's incremental
+//! task recomputes only the keys those rows touch, from all the changes of those keys (so a
+//! late change lands at its place), and names each touched key in a row of its own
+//! ([`TOUCHED_KEY`]): the coordinator replaces every stored row of those keys.
 
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use datafusion::arrow::compute::cast as cast_array;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::JoinType;
 use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
 use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::logical_expr::{ExprSchemable, ScalarUDF, SortExpr, cast, try_cast, when};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::prelude::{DataFrame, Expr, coalesce, col, lit, not};
-use medallion_pipeline::spec::{SCD_END, SCD_START, SilverSpec};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, coalesce, col, lit, not};
+use futures::StreamExt;
+use medallion_pipeline::spec::{SCD_END, SCD_START, SilverSpec, TOUCHED_KEY};
 use medallion_pipeline::{TableRef, meta, types};
 use medallion_proto::{TaskError, TaskMetrics, TransformWork};
 use std::sync::Arc;
@@ -47,6 +56,11 @@ fn bad_value_column(i: usize) -> String {
     format!("__medallion_bad_{i}")
 }
 
+/// The `i`th key column of the keys an incremental CDC refresh recomputes.
+fn touched_column(i: usize) -> String {
+    format!("__medallion_touched_{i}")
+}
+
 pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output, TaskError> {
     let spec = ctx
         .pipeline
@@ -54,14 +68,19 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         .ok_or_else(|| TaskError::permanent(format!("no silver table '{}'", ctx.table.name)))?;
     let input: TableRef = spec.from.value.parse().map_err(TaskError::permanent)?;
     let session = session::new_session(&ctx.runtime);
+    // A CDC table recomputes the keys the new changes touch from all their changes, so it
+    // reads its whole input; any other table reads only the new rows.
+    let read = match work.changes_after {
+        Some(after) if spec.scd_type().is_none() => session::Read::After(after),
+        _ => session::Read::Delta,
+    };
     let bytes_read = session::register_table(
         &session,
         &ctx.pipeline,
         &ctx.storage_options,
         &input,
         work.input_version,
-        work.changes_after
-            .map_or(session::Read::Delta, session::Read::After),
+        read,
     )
     .await?;
     let source = session
@@ -73,12 +92,29 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
     let typed = plan.typed(source.clone())?;
     let truncated_at = plan.truncated_at(&typed).await?;
     let typed = plan.partitioned(typed, &work)?;
+    let touched = match (spec.scd_type(), work.changes_after) {
+        (Some(_), Some(after)) => Some(plan.touched_keys(&work, after).await?),
+        _ => None,
+    };
+    let typed = match &touched {
+        Some(keys) => plan.of_keys(&session, typed, keys)?,
+        None => typed,
+    };
     let (kept, counts) = plan.filtered(typed).await?;
+    // Rows that only name a touched key, not rows of the table.
+    let mut markers = 0;
     let (rows, screening) = match spec.scd_type() {
         None => plan.deduplicated(kept).await?,
         Some(scd) => {
             let changes = plan.applied(kept, scd, truncated_at)?;
-            plan.checked(changes).await?
+            let (rows, screening) = plan.checked(changes).await?;
+            match touched {
+                Some(keys) => {
+                    markers = keys.iter().map(|b| b.num_rows() as u64).sum();
+                    plan.with_touched_keys(rows, screening, keys)?
+                }
+                None => (rows, screening),
+            }
         }
     };
     // Filled as the rows stream out; read once the output is written.
@@ -91,12 +127,13 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         Err(e) => return Err(e),
     };
     let (rows_read, rows_kept) = counts.get();
+    out.metrics.rows_written -= markers;
     let rows_written = out.metrics.rows_written;
     let screened = out.metrics.rows_dropped + out.metrics.rows_quarantined;
     out.metrics = TaskMetrics {
         rows_read,
         rows_filtered: rows_read - rows_kept,
-        rows_deduplicated: rows_kept - rows_written - screened,
+        rows_deduplicated: rows_kept.saturating_sub(rows_written + screened),
         bytes_read,
         ..out.metrics
     };
@@ -262,6 +299,116 @@ impl Plan<'_> {
                 .map_err(|e| self.data_error(e))?;
         }
         Ok(df)
+    }
+
+    /// The keys of this task's partition that the input rows committed after `after` touch,
+    /// as columns [`touched_column`]: an incremental refresh of a CDC table recomputes them.
+    async fn touched_keys(
+        &self,
+        work: &TransformWork,
+        after: u64,
+    ) -> Result<Vec<RecordBatch>, TaskError> {
+        let session = session::new_session(&self.ctx.runtime);
+        let input: TableRef = self.spec.from.value.parse().map_err(TaskError::permanent)?;
+        let read = session::Read::After(after);
+        let (pipeline, options) = (&self.ctx.pipeline, &self.ctx.storage_options);
+        session::register_table(
+            &session,
+            pipeline,
+            options,
+            &input,
+            work.input_version,
+            read,
+        )
+        .await?;
+        let new = session
+            .table(session::table_reference(&input))
+            .await
+            .map_err(transient)?;
+        let keys: Vec<Expr> = self
+            .keys()
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| k.alias(touched_column(i)))
+            .collect();
+        self.partitioned(self.typed(new)?, work)?
+            .select(keys)
+            .and_then(DataFrame::distinct)
+            .map_err(|e| self.data_error(e))?
+            .collect()
+            .await
+            .map_err(|e| crate::query_error(&self.ctx.table, e.into()))
+    }
+
+    /// The rows of `typed` whose key is one of `keys`.
+    fn of_keys(
+        &self,
+        session: &SessionContext,
+        typed: DataFrame,
+        keys: &[RecordBatch],
+    ) -> Result<DataFrame, TaskError> {
+        let Some(schema) = keys.first().map(RecordBatch::schema) else {
+            return typed.limit(0, Some(0)).map_err(|e| self.data_error(e));
+        };
+        let keys = MemTable::try_new(schema, vec![keys.to_vec()]).map_err(transient)?;
+        let keys = session
+            .read_table(Arc::new(keys))
+            .map_err(|e| self.data_error(e))?;
+        let names: Vec<&str> = self.spec.keys.iter().map(|k| k.value.as_str()).collect();
+        let touched: Vec<String> = (0..names.len()).map(touched_column).collect();
+        let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
+        typed
+            .join(keys, JoinType::LeftSemi, &names, &touched, None)
+            .map_err(|e| self.data_error(e))
+    }
+
+    /// `rows` (the recomputed rows of the touched keys) and a row per touched key with only
+    /// its key set and [`TOUCHED_KEY`] true: the coordinator replaces every stored row of
+    /// those keys, including keys that now have no row (deleted, or screened out).
+    fn with_touched_keys(
+        &self,
+        rows: SendableRecordBatchStream,
+        mut screening: Screening,
+        keys: Vec<RecordBatch>,
+    ) -> Result<(SendableRecordBatchStream, Screening), TaskError> {
+        let fields: Vec<Field> = screening
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .chain([Field::new(TOUCHED_KEY, DataType::Boolean, false)])
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let key_of = |name: &str| self.spec.keys.iter().position(|k| k.value == name);
+        let markers = keys
+            .into_iter()
+            .map(|batch| {
+                let n = batch.num_rows();
+                let mut columns: Vec<ArrayRef> = Vec::new();
+                for f in screening.schema.fields() {
+                    columns.push(match key_of(f.name()) {
+                        Some(i) => cast_array(batch.column(i), f.data_type())?,
+                        None => new_null_array(f.data_type(), n),
+                    });
+                }
+                columns.push(Arc::new(BooleanArray::from(vec![true; n])));
+                Ok(RecordBatch::try_new(schema.clone(), columns)?)
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(transient)?;
+        let with_flag = schema.clone();
+        let recomputed = rows.map(move |batch| {
+            let batch = batch?;
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(BooleanArray::from(vec![false; batch.num_rows()])));
+            Ok(RecordBatch::try_new(with_flag.clone(), columns)?)
+        });
+        let all = recomputed.chain(futures::stream::iter(markers.into_iter().map(Ok)));
+        screening.schema = schema.clone();
+        Ok((
+            Box::pin(RecordBatchStreamAdapter::new(schema, all)),
+            screening,
+        ))
     }
 
     /// All the filters as one predicate (rows where it is NULL are dropped, as in SQL).

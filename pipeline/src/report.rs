@@ -150,6 +150,10 @@ pub struct Metrics {
     pub rows_updated: u64,
     /// Rows inserted by a silver merge.
     pub rows_inserted: u64,
+    /// Rows a silver merge took out: the stored rows of a CDC table's recomputed keys that its
+    /// changes deleted or replaced.
+    #[serde(default)]
+    pub rows_deleted: u64,
     /// Data files a silver merge rewrote to replace rows in them.
     #[serde(default)]
     pub files_rewritten: u64,

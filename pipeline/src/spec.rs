@@ -283,6 +283,11 @@ pub const SCD_START: &str = "__start_at";
 /// update of a tracked column or a delete); NULL while it is the key's current version.
 pub const SCD_END: &str = "__end_at";
 
+/// In the rows an incremental refresh of a CDC table stages: true on a row that only names a
+/// key the new changes touched (its other columns NULL). The rows of such a key are recomputed
+/// from all its changes, and they replace every stored row of the key.
+pub const TOUCHED_KEY: &str = "__medallion_touched_key";
+
 fn default_partitions() -> u32 {
     2
 }

@@ -189,7 +189,8 @@ def scd_reference(pattern, tracked):
     """The tables a change feed makes, replayed one change at a time in sequence order: type 1
     keeps the last row per key (a delete removes it, a truncate removes all); type 2 opens a
     version when a key has none open or a tracked column changed, else updates the open one,
-    and closes it at the next version's or a delete's sequence (truncates are not applied)."""
+    and closes it at the next version's or a delete's sequence (truncates are not applied);
+    `scd1_no_truncates` is type 1 with truncates not applied either."""
     con = duckdb.connect()
     cursor = con.execute(
         "SELECT id, name, city, op, seq FROM read_json_auto(?, filename = true) ORDER BY seq, filename",
@@ -197,7 +198,7 @@ def scd_reference(pattern, tracked):
     )
     changes = [dict(zip(["id", "name", "city", "op", "seq"], row)) for row in cursor.fetchall()]
     tracked = tracked.split(",")
-    latest, versions, open_versions = {}, [], {}
+    latest, untruncated, versions, open_versions = {}, {}, [], {}
     for c in changes:
         row = {"id": c["id"], "name": c["name"], "city": c["city"]}
         if c["op"] == "TRUNCATE":
@@ -206,11 +207,13 @@ def scd_reference(pattern, tracked):
         current = open_versions.get(c["id"])
         if c["op"] == "DELETE":
             latest.pop(c["id"], None)
+            untruncated.pop(c["id"], None)
             if current is not None:
                 current["__end_at"] = c["seq"]
                 del open_versions[c["id"]]
             continue
         latest[c["id"]] = row
+        untruncated[c["id"]] = row
         version = dict(row, seq=c["seq"], __start_at=c["seq"], __end_at=None)
         if current is None:
             open_versions[c["id"]] = version
@@ -221,7 +224,9 @@ def scd_reference(pattern, tracked):
             versions.append(version)
         else:
             current.update(row, seq=c["seq"])
-    return {"scd1": canonical_rows(list(latest.values())), "scd2": canonical_rows(versions)}
+    return {"scd1": canonical_rows(list(latest.values())),
+            "scd1_no_truncates": canonical_rows(list(untruncated.values())),
+            "scd2": canonical_rows(versions)}
 
 
 def main():

@@ -34,12 +34,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::{cast as cast_array, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Column, JoinType, ScalarValue};
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{Expr, Operator, binary_expr, cast};
-use datafusion::prelude::{DataFrame, SessionContext, col, not};
+use datafusion::prelude::{DataFrame, SessionContext, col, lit, not};
 use deltalake::DeltaTable;
 use deltalake::delta_datafusion::DeltaScanNext;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -48,6 +48,7 @@ use deltalake::protocol::{DeltaOperation, MergePredicate};
 use futures::{StreamExt, TryStreamExt};
 use medallion_lake::StorageOptions;
 use medallion_lake::changes::records_changes;
+use medallion_pipeline::spec::TOUCHED_KEY;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -67,6 +68,8 @@ const CHANGE_DATA: &str = "_change_data";
 pub struct MergeMetrics {
     pub rows_inserted: u64,
     pub rows_updated: u64,
+    /// Rows taken out (with [`Merge::with_replace`]: stored rows of a key no source row equals).
+    pub rows_deleted: u64,
     /// The table's files before the merge.
     pub files_total: u64,
     /// Files whose key range held a key of the batch: the only ones read.
@@ -82,6 +85,7 @@ pub struct Merge<'a> {
     source: DataFrame,
     keys: Vec<String>,
     latest: Option<String>,
+    replace: bool,
     storage_options: Option<&'a StorageOptions>,
     subdir: String,
     properties: CommitProperties,
@@ -102,6 +106,7 @@ impl<'a> Merge<'a> {
             source,
             keys,
             latest: None,
+            replace: false,
             storage_options: None,
             subdir: format!("merge-{}", uuid::Uuid::new_v4()),
             properties: CommitProperties::default(),
@@ -112,6 +117,15 @@ impl<'a> Merge<'a> {
     /// the new row).
     pub fn with_latest(mut self, latest: Option<String>) -> Self {
         self.latest = latest;
+        self
+    }
+
+    /// The source holds the whole new state of the keys it names (a CDC table's recomputed
+    /// keys): every stored row of a key whose rows changed is replaced by the source's rows of
+    /// that key, which may be several or none; a source row with [`TOUCHED_KEY`] true only
+    /// names a key.
+    pub fn with_replace(mut self, replace: bool) -> Self {
+        self.replace = replace;
         self
     }
 
@@ -157,9 +171,13 @@ impl<'a> Merge<'a> {
             files_read: read.len() as u64,
             ..Default::default()
         };
-        let changes = self.changes(&schema, &read).await?;
-        let changed = self.write_changes(changes, &schema, &mut metrics).await?;
-        if metrics.rows_inserted + metrics.rows_updated == 0 {
+        let changed = if self.replace {
+            self.replace_keys(&schema, &read, &mut metrics).await?
+        } else {
+            let changes = self.changes(&schema, &read).await?;
+            self.write_changes(changes, &schema, &mut metrics).await?
+        };
+        if metrics.rows_inserted + metrics.rows_updated + metrics.rows_deleted == 0 {
             return Ok((None, metrics));
         }
         // Each file that held a replaced row, by the id the scan gave it.
@@ -314,14 +332,7 @@ impl<'a> Merge<'a> {
     ) -> Result<Changed> {
         let n = schema.fields().len();
         let records_changes = records_changes(&self.table)?;
-        let change_schema = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .cloned()
-                .chain([Arc::new(Field::new(CHANGE_TYPE, DataType::Utf8, false))])
-                .collect::<Vec<_>>(),
-        ));
+        let change_schema = change_schema(schema);
         let (data_tx, data_rx) = mpsc::channel(2);
         let (change_tx, change_rx) = mpsc::channel(2);
         let mut replaced = Vec::new();
@@ -379,17 +390,117 @@ impl<'a> Merge<'a> {
         );
         let (produced, data, change_files) = tokio::join!(produce, data, change_files);
         produced?;
-        let mut touched_files = BTreeSet::new();
-        for batch in &replaced {
-            let files = batch.column(batch.num_columns() - 1).as_string::<i32>();
-            touched_files.extend(files.iter().flatten().map(String::from));
-        }
         Ok(Changed {
             adds: data?.adds,
             change_files: change_files?.adds,
+            touched_files: files_of(&replaced)?,
             replaced_keys: replaced,
-            touched_files,
         })
+    }
+
+    /// [`Merge::with_replace`]: the stored rows of the keys the source names are compared
+    /// with the source's rows of those keys; a key whose rows differ has its stored rows taken
+    /// out (`delete` in the change feed, for the rows the source lacks) and the source's
+    /// written (`insert`, for the rows the table lacks).
+    async fn replace_keys(
+        &self,
+        schema: &SchemaRef,
+        read: &[&LogicalFileView],
+        metrics: &mut MergeMetrics,
+    ) -> Result<Changed> {
+        let key_refs: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+        let aliases: Vec<String> = (0..self.keys.len())
+            .map(|i| format!("{STORED}{i}"))
+            .collect();
+        let alias_refs: Vec<&str> = aliases.iter().map(String::as_str).collect();
+        let keys_of = |df: DataFrame| {
+            let keys = key_refs.iter().zip(&aliases);
+            df.select(keys.map(|(k, a)| column(k).alias(a)).collect::<Vec<_>>())
+        };
+        // Every column as the table types it, so rows of the two sides compare.
+        let as_table = |df: DataFrame, extra: &[&str]| {
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| cast(column(f.name()), f.data_type().clone()).alias(f.name()))
+                .chain(extra.iter().map(|c| column(c)));
+            df.select(columns.collect::<Vec<_>>())
+        };
+        let touched = keys_of(self.source.clone())?.distinct()?;
+        let stored = self.stored_rows(read).await?.join(
+            touched,
+            JoinType::LeftSemi,
+            &key_refs,
+            &alias_refs,
+            None,
+        )?;
+        let stored = as_table(stored, &[FILE])?.cache().await?;
+        let new = self.source.clone().filter(not(column(TOUCHED_KEY)))?;
+        let new = as_table(new, &[])?.cache().await?;
+        let stored_rows = as_table(stored.clone(), &[])?;
+        let gone = stored_rows.clone().except(new.clone())?.cache().await?;
+        let came = new.clone().except(stored_rows)?.cache().await?;
+        metrics.rows_deleted = gone.clone().count().await? as u64;
+        metrics.rows_inserted = came.clone().count().await? as u64;
+        let changed_keys = keys_of(gone.clone())?
+            .union(keys_of(came.clone())?)?
+            .distinct()?
+            .cache()
+            .await?;
+        let of_changed = |df: DataFrame| {
+            df.join(
+                changed_keys.clone(),
+                JoinType::LeftSemi,
+                &key_refs,
+                &alias_refs,
+                None,
+            )
+        };
+        let replaced_columns = key_refs.iter().chain([&FILE]).map(|c| column(c));
+        let replaced = of_changed(stored)?
+            .select(replaced_columns.collect::<Vec<_>>())?
+            .collect()
+            .await?;
+        let order: Vec<_> = key_refs
+            .iter()
+            .map(|k| column(k).sort(true, false))
+            .collect();
+        let rows = of_changed(new)?.sort(order)?;
+        let adds = self.write(rows, &self.subdir, schema.clone()).await?;
+        let change_files = if records_changes(&self.table)? {
+            let changes = gone
+                .with_column(CHANGE_TYPE, lit("delete"))?
+                .union(came.with_column(CHANGE_TYPE, lit("insert"))?)?;
+            let dir = format!("{CHANGE_DATA}/{}", self.subdir);
+            self.write(changes, &dir, change_schema(schema)).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Changed {
+            adds,
+            change_files,
+            touched_files: files_of(&replaced)?,
+            replaced_keys: replaced,
+        })
+    }
+
+    /// Writes the rows of `rows` as data files under `subdir`, typed as `schema`.
+    async fn write(&self, rows: DataFrame, subdir: &str, schema: SchemaRef) -> Result<Vec<Add>> {
+        let options = self.storage_options.cloned().unwrap_or_default();
+        let stream = rows
+            .execute_stream()
+            .await?
+            .map(|b| medallion_lake::cast_batch(&b?, &schema));
+        let written = medallion_lake::write_data_files(
+            self.table.table_url().as_str(),
+            subdir,
+            &options,
+            schema.clone(),
+            &self.partition_columns()?,
+            stream,
+        )
+        .await?;
+        Ok(written.adds)
     }
 
     /// Indices, in the join's output, of the stored row's key columns and its file.
@@ -431,14 +542,10 @@ impl<'a> Merge<'a> {
             .map(|f| f.name().as_str())
             .collect();
         let key_refs: Vec<&str> = self.keys.iter().map(String::as_str).collect();
-        let options = self.storage_options.cloned().unwrap_or_default();
-        let partitions = self.partition_columns()?;
-        let uri = self.table.table_url().as_str();
         let rewrites: Vec<_> = files
             .iter()
             .map(|f| {
                 let (keys, replaced_names, key_refs) = (&keys, &replaced_names, &key_refs);
-                let (options, partitions) = (&options, &partitions);
                 async move {
                     let kept = keys.clone().join(
                         self.scan(vec![f.path().into_owned()], false).await?,
@@ -447,20 +554,7 @@ impl<'a> Merge<'a> {
                         key_refs,
                         None,
                     )?;
-                    let rows = kept
-                        .execute_stream()
-                        .await?
-                        .map(|b| medallion_lake::cast_batch(&b?, schema));
-                    let written = medallion_lake::write_data_files(
-                        uri,
-                        &self.subdir,
-                        options,
-                        schema.clone(),
-                        partitions,
-                        rows,
-                    )
-                    .await?;
-                    anyhow::Ok(written.adds)
+                    self.write(kept, &self.subdir, schema.clone()).await
                 }
             })
             .collect();
@@ -517,6 +611,26 @@ struct Changed {
     /// The stored keys replaced, then the id of the file each was in.
     replaced_keys: Vec<RecordBatch>,
     touched_files: BTreeSet<String>,
+}
+
+/// The ids of the files in the last column of `replaced`.
+fn files_of(replaced: &[RecordBatch]) -> Result<BTreeSet<String>> {
+    let mut files = BTreeSet::new();
+    for batch in replaced {
+        let ids = cast_array(batch.column(batch.num_columns() - 1), &DataType::Utf8)?;
+        files.extend(ids.as_string::<i32>().iter().flatten().map(String::from));
+    }
+    Ok(files)
+}
+
+/// The columns of a change file: the table's, then `_change_type`.
+fn change_schema(schema: &SchemaRef) -> SchemaRef {
+    let fields = schema.fields().iter().cloned().chain([Arc::new(Field::new(
+        CHANGE_TYPE,
+        DataType::Utf8,
+        false,
+    ))]);
+    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
 }
 
 /// Columns `range` of `batch`, named and typed as the table's columns.
@@ -613,7 +727,7 @@ fn column(name: &str) -> Expr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::array::{BooleanArray, Int64Array, StringArray};
     use datafusion::arrow::compute::concat_batches;
     use datafusion::arrow::util::pretty::pretty_format_batches;
     use deltalake::table::config::TableProperty;
@@ -718,6 +832,7 @@ mod tests {
             MergeMetrics {
                 rows_inserted: 2,
                 rows_updated: 1,
+                rows_deleted: 0,
                 files_total: 4,
                 files_read: 3,
                 files_rewritten: 1,
@@ -735,6 +850,96 @@ mod tests {
 | 101 | new     | 3  |
 +-----+---------+----+";
         assert_eq!(table_rows(dir.path()).await, expected);
+    }
+
+    /// Rows of a replace batch: `rows`, then a row naming each of `keys`.
+    fn with_keys(batch: RecordBatch, keys: &[i64]) -> RecordBatch {
+        let named = rows(keys, "", 0);
+        let n = named.num_rows();
+        let named = RecordBatch::try_new(
+            named.schema(),
+            vec![
+                named.column(0).clone(),
+                datafusion::arrow::array::new_null_array(&DataType::Utf8, n),
+                datafusion::arrow::array::new_null_array(&DataType::Int64, n),
+            ],
+        )
+        .unwrap();
+        let flag = |b: &RecordBatch, v: bool| {
+            let mut fields = b.schema().fields().to_vec();
+            fields.push(Arc::new(Field::new(TOUCHED_KEY, DataType::Boolean, false)));
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(BooleanArray::from(vec![v; b.num_rows()])));
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+        };
+        let (batch, named) = (flag(&batch, false), flag(&named, true));
+        concat_batches(&batch.schema(), &[batch, named]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn replacing_keys_rewrites_only_the_files_of_keys_whose_rows_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = four_files(dir.path(), true).await;
+        // Key 5 deleted (named, no rows); key 15 now has two rows; key 25 as stored.
+        let rows = concat_batches(
+            &rows(&[], "", 0).schema(),
+            &[
+                rows(&[15], "shipped", 2),
+                rows(&[15], "returned", 3),
+                rows(&[25], "new", 1),
+            ],
+        )
+        .unwrap();
+        let ctx = SessionContext::new();
+        let source = ctx.read_batch(with_keys(rows, &[5, 15, 25])).unwrap();
+        let (version, m) = Merge::new(t.clone(), &ctx, source, vec!["id".into()])
+            .with_replace(true)
+            .execute()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                m.rows_inserted,
+                m.rows_deleted,
+                m.files_read,
+                m.files_rewritten
+            ),
+            (2, 2, 3, 2)
+        );
+        let expected = "\
++----+----------+----+
+| id | status   | at |
++----+----------+----+
+| 15 | returned | 3  |
+| 15 | shipped  | 2  |
++----+----------+----+";
+        let t = medallion_lake::open_table(dir.path().to_str().unwrap(), &Default::default())
+            .await
+            .unwrap()
+            .unwrap();
+        let ctx = SessionContext::new();
+        medallion_lake::register_delta(&ctx, "t", &t).await.unwrap();
+        let sql = "SELECT id, status, at FROM t WHERE id IN (5, 15) ORDER BY id, status";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        assert_eq!(
+            pretty_format_batches(&batches).unwrap().to_string(),
+            expected
+        );
+        let total = ctx
+            .sql("SELECT count(*) FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            total[0]
+                .column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(0),
+            40
+        );
+        assert_eq!(version, Some(5));
     }
 
     #[tokio::test]

@@ -33,14 +33,16 @@ impl RunContext<'_> {
         if self.full_refresh {
             return full("asked for");
         }
-        if spec.mode == WriteMode::Cdc {
-            return full("a CDC table is recomputed from its whole change feed");
-        }
         let Some(last) = last else {
             return full("the table is new");
         };
         if !last.same_spec(self.pipeline) {
             return full("the spec changed");
+        }
+        if spec.mode == WriteMode::Cdc && spec.apply_as_truncates.is_some() {
+            return full(
+                "a truncate empties every key, so a CDC table that applies them is recomputed",
+            );
         }
         let Some(after_version) = last.input_version(input) else {
             return full("its last commit does not say which input version it read");
