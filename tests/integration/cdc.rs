@@ -3,6 +3,8 @@
 //! Python replays it: `delta_check.py scd-reference`), after every batch: tables without
 //! truncates recompute only the keys each batch touches.
 
+use std::time::Duration;
+
 use medallion_tests::{Workspace, python_json, table};
 use serde_json::Value;
 
@@ -196,6 +198,25 @@ fn change_feeds_become_scd_type_1_and_2_tables_equal_to_a_replay_of_the_feed() {
             assert!(end > r["__start_at"].as_u64().unwrap(), "{r}");
         }
     }
+}
+
+#[test]
+fn runs_killed_while_they_apply_changes_lose_and_double_nothing() {
+    let ws = Workspace::new();
+    ws.write("pipeline.yaml", SPEC);
+    ws.write("data/batch-1.jsonl", &batch(1));
+    assert_eq!(ws.run("pipeline.yaml").code, 0);
+    let mut interrupted = 0;
+    for (b, delay_ms) in (2..=5u64).zip([300, 700, 1200, 1800]) {
+        ws.write(&format!("data/batch-{b}.jsonl"), &batch(b));
+        if ws.run_killed_after("pipeline.yaml", Duration::from_millis(delay_ms)) {
+            interrupted += 1;
+        }
+    }
+    assert!(interrupted > 0, "no run was killed while it was running");
+    let run = ws.run("pipeline.yaml");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_matches_the_feed(&ws, "killed runs and one more");
 }
 
 #[test]

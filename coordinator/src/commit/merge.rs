@@ -32,9 +32,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::{cast as cast_array, filter_record_batch};
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, new_empty_array,
+};
+use datafusion::arrow::compute::{cast as cast_array, concat, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Column, JoinType, ScalarValue};
 use datafusion::datasource::MemTable;
@@ -148,6 +150,9 @@ impl<'a> Merge<'a> {
 
     /// Merges and commits; the version made, or `None` when no row changed.
     pub async fn execute(self) -> Result<(Option<u64>, MergeMetrics)> {
+        if self.keys.is_empty() {
+            bail!("a merge needs keys");
+        }
         let state = self.table.snapshot()?;
         let log_store = self.table.log_store();
         let files: Vec<LogicalFileView> = state
@@ -221,27 +226,24 @@ impl<'a> Merge<'a> {
         Ok((Some(done.version()), metrics))
     }
 
-    /// The batch's distinct values of the first key column, sorted, as the table types them
-    /// (NULLs left out: they match nothing).
-    async fn batch_keys(&self, key_type: &DataType) -> Result<Vec<ScalarValue>> {
-        let values = self
+    /// The batch's distinct values of the first key column, sorted, as one array of the
+    /// table's key type (8 bytes a key for integers); NULLs left out, as they match nothing.
+    async fn batch_keys(&self, key_type: &DataType) -> Result<ArrayRef> {
+        let key = cast(column(&self.keys[0]), key_type.clone()).alias("k");
+        let batches = self
             .source
             .clone()
-            .select(vec![column(&self.keys[0])])?
+            .select(vec![key])?
+            .filter(column("k").is_not_null())?
             .distinct()?
+            .sort(vec![column("k").sort(true, false)])?
             .collect()
             .await?;
-        let mut keys = BTreeSet::new();
-        for batch in values {
-            let array = batch.column(0);
-            for i in 0..array.len() {
-                let v = ScalarValue::try_from_array(array, i)?;
-                if !v.is_null() {
-                    keys.insert(Ordered(v.cast_to(key_type)?));
-                }
-            }
-        }
-        Ok(keys.into_iter().map(|k| k.0).collect())
+        let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(0).as_ref()).collect();
+        Ok(match arrays.as_slice() {
+            [] => new_empty_array(key_type),
+            arrays => concat(arrays)?,
+        })
     }
 
     /// The batch's rows that change the table, sorted by key, each beside the stored row it
@@ -668,13 +670,24 @@ fn with_change_type(rows: &RecordBatch, kind: &str) -> Result<RecordBatch> {
 
 /// Whether a file may hold one of `keys` (sorted), by its statistics of `key`. Without usable
 /// statistics it may.
-fn may_hold(file: &LogicalFileView, key: &str, key_type: &DataType, keys: &[ScalarValue]) -> bool {
+fn may_hold(file: &LogicalFileView, key: &str, key_type: &DataType, keys: &ArrayRef) -> bool {
+    use std::cmp::Ordering::{Greater, Less};
     let Some((min, max)) = key_range(file, key, key_type) else {
         return true;
     };
-    let first = keys.partition_point(|k| k.partial_cmp(&min) == Some(std::cmp::Ordering::Less));
-    keys.get(first)
-        .is_some_and(|k| k.partial_cmp(&max) != Some(std::cmp::Ordering::Greater))
+    let at = |i: usize| ScalarValue::try_from_array(keys, i).ok();
+    // The first key not below the file's least: the file may hold it if it is not above
+    // the file's greatest.
+    let (mut low, mut high) = (0, keys.len());
+    while low < high {
+        let middle = (low + high) / 2;
+        match at(middle) {
+            Some(k) if k.partial_cmp(&min) == Some(Less) => low = middle + 1,
+            Some(_) => high = middle,
+            None => return true,
+        }
+    }
+    low < keys.len() && at(low).is_none_or(|k| k.partial_cmp(&max) != Some(Greater))
 }
 
 /// The least and greatest values of `key` in a file, from its statistics. Only for types whose
@@ -705,18 +718,6 @@ fn key_range(
         scalar.cast_to(key_type).ok()
     };
     Some((value("minValues")?, value("maxValues")?))
-}
-
-/// A [`ScalarValue`] in a sorted set (values of one type, never NULL, so always comparable).
-#[derive(PartialEq, Eq, PartialOrd)]
-struct Ordered(ScalarValue);
-
-impl Ord for Ordered {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0
-            .partial_cmp(&other.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-    }
 }
 
 /// A column by its name as written (case kept).
