@@ -44,6 +44,18 @@ impl RunContext<'_> {
                 "a truncate empties every key, so a CDC table that applies them is recomputed",
             );
         }
+        // A touched key's rows are recomputed and screened again: rows quarantined before
+        // would be quarantined twice.
+        if spec.mode == WriteMode::Cdc
+            && spec
+                .checks
+                .iter()
+                .any(|c| c.action == Some(Action::Quarantine))
+        {
+            return full(
+                "a CDC table that quarantines rows is recomputed, so none is quarantined twice",
+            );
+        }
         let Some(after_version) = last.input_version(input) else {
             return full("its last commit does not say which input version it read");
         };

@@ -436,6 +436,48 @@ async fn silver_reads_all_its_input_when_latest_by_is_not_kept_or_the_table_is_n
     );
 }
 
+/// A CDC table over bronze; `MORE` is replaced by more of its settings.
+const SILVER_CDC: &str = "silver:\n  - name: orders\n    from: bronze.orders\n    keys: [id]\n    mode: cdc\n    sequence_by: seq\n    columns:\n      - { name: id, type: bigint }\n      - { name: seq, type: bigint }\nMORE";
+
+#[tokio::test]
+async fn a_cdc_table_replaces_the_touched_keys_unless_it_truncates_or_quarantines() {
+    let (_dir, p) = scratch(&SILVER_CDC.replace("MORE", ""));
+    let v0 = computed_silver(&p).await;
+    commit_rows(&p, &bronze(), &["b.jsonl"], Vec::new()).await;
+    let plan = context(&p).plan(&silver()).await.unwrap();
+    assert_eq!(
+        plan.refresh,
+        Some(Refresh::Incremental { after_version: v0 })
+    );
+    assert!(
+        matches!(
+            plan.commit,
+            CommitPlan::Merge {
+                replace: true,
+                incremental: true,
+                ..
+            }
+        ),
+        "{:?}",
+        plan.commit
+    );
+    for (more, reason) in [
+        (
+            "    apply_as_truncates: \"seq < 0\"\n",
+            "a truncate empties every key, so a CDC table that applies them is recomputed",
+        ),
+        (
+            "    checks:\n      - { name: small, check: range, column: seq, max: 9, severity: warning, action: quarantine }\n",
+            "a CDC table that quarantines rows is recomputed, so none is quarantined twice",
+        ),
+    ] {
+        let (_dir, p) = scratch(&SILVER_CDC.replace("MORE", more));
+        computed_silver(&p).await;
+        commit_rows(&p, &bronze(), &["b.jsonl"], Vec::new()).await;
+        assert_eq!(full_reason(&p, false).await, reason);
+    }
+}
+
 const GOLD_BY_ID: &str =
     "gold:\n  - name: by_id\n    sql: SELECT id, count(*) AS n FROM silver.orders GROUP BY id\n";
 
