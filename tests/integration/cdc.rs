@@ -54,6 +54,9 @@ silver:
     except_columns: [op, seq]
     filters: ["op <> 'TRUNCATE'"]
     columns: *columns
+    checks:
+      - { name: one_row_per_key, check: unique, columns: [id], severity: critical }
+      - { name: has_name, check: not_null, column: name, severity: warning }
 "#;
 
 const CITIES: [&str; 3] = ["Oslo", "Lima", "Pune"];
@@ -142,6 +145,18 @@ fn change_feeds_become_scd_type_1_and_2_tables_equal_to_a_replay_of_the_feed() {
             );
             for t in ["silver.customer_history", "silver.customers_now"] {
                 assert_eq!(refresh(t)["kind"], "incremental", "{t}: {report:#}");
+            }
+            // Checks judge the table as the commit leaves it: the stored rows of other keys
+            // and the recomputed rows of the touched keys.
+            let checks = &table(&report, "silver.customers_now")["checks"];
+            let rows = ws.read_table("lake/silver/customers_now")["rows"]
+                .as_array()
+                .unwrap()
+                .len();
+            assert_eq!(checks.as_array().unwrap().len(), 2, "{checks}");
+            for check in checks.as_array().unwrap() {
+                assert_eq!(check["passed"], true, "{check}");
+                assert_eq!(check["total_rows"], rows as u64, "{check}");
             }
         }
         assert_matches_the_feed(&ws, &format!("batch {b}"));
