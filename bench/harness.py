@@ -268,6 +268,8 @@ def run_incremental(medallion, workload, data, runs, first, reference, threads, 
                      "silver_rows_read": silver["metrics"]["rows_read"],
                      "silver_seconds": silver.get("duration_ms", 0) / 1000,
                      "files_rewritten": silver["metrics"].get("files_rewritten", 0),
+                     "silver_commit_seconds": silver["metrics"].get("commit_ms", 0) / 1000,
+                     "silver_check_seconds": silver["metrics"].get("check_ms", 0) / 1000,
                      "silver_files": silver_files(first),
                      "gold_refresh": ", ".join(sorted({
                          (t.get("refresh") or {}).get("kind", "-")
@@ -480,12 +482,14 @@ def report(results, incremental, info, out_dir, stamp, memory):
         lines += ["", "## Re-runs after a small batch (incremental silver and gold)", "",
                   "The first run's lake, copied, then one more file of orders and `medallion run` again: "
                   "bronze ingests the file, silver reads only the rows committed since its last run and "
-                  "merges them (`silver s`: silver.orders, merge included), gold recomputes the groups "
+                  "merges them (`silver s`: silver.orders, merge included; `commit s`: the coordinator's "
+                  "checks, merge and Delta commit after the tasks), gold recomputes the groups "
                   "the changed orders touched where it can. `gold equal`: every gold table against a "
                   "full run over the same files, in a fresh lake.", "",
                   "| workload | batch | re-run s | % of first run | peak MiB | % of first run's peak "
-                  "| silver refresh | silver rows read | silver s | files rewritten | gold refresh | full run s | gold equal |",
-                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---|"]
+                  "| silver refresh | silver rows read | silver s | of it commit s | of that checks s "
+                  "| files rewritten | gold refresh | full run s | gold equal |",
+                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|"]
         for workload, rows in incremental.items():
             for r in rows:
                 refresh = (r["refresh"] or {}).get("kind", "-")
@@ -493,7 +497,8 @@ def report(results, incremental, info, out_dir, stamp, memory):
                     f"| {workload} | {r['scenario']} | {r['seconds']:.2f} | "
                     f"{100 * r['seconds'] / r['first_seconds']:.0f}% | {r['peak_bytes'] / 2**20:,.0f} | "
                     f"{100 * r['peak_bytes'] / r['first_peak_bytes']:.0f}% | {refresh} | "
-                    f"{r['silver_rows_read']:,} | {r['silver_seconds']:.2f} | "
+                    f"{r['silver_rows_read']:,} | {r['silver_seconds']:.2f} | {r['silver_commit_seconds']:.2f} | "
+                    f"{r['silver_check_seconds']:.2f} | "
                     f"{r['files_rewritten']} of {r['silver_files']} | {r['gold_refresh']} | "
                     f"{r['full_seconds']:.2f} | {r['agrees']} |")
     path = os.path.join(out_dir, f"{stamp}.md")

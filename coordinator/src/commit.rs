@@ -52,6 +52,8 @@ pub struct Committed {
     /// made. (A merge that changes no row still makes one, to record the inputs it read.)
     pub version: Option<u64>,
     pub checks: Vec<CheckResult>,
+    /// Time spent judging the table's next version by its checks.
+    pub check_ms: u64,
     pub merge: Option<Metrics>,
     /// The commit's id (`medallion.commit_id` in its `commitInfo`).
     pub commit_id: String,
@@ -170,6 +172,7 @@ impl CommitContext<'_> {
             return Ok(Committed {
                 version: None,
                 checks: Vec::new(),
+                check_ms: 0,
                 merge: None,
                 commit_id: String::new(),
             });
@@ -177,13 +180,16 @@ impl CommitContext<'_> {
         let existing = self.base(target, plan).await?;
         let base_version = existing.as_ref().and_then(DeltaTable::version);
         let commit_id = uuid::Uuid::new_v4().simple().to_string();
+        let started = std::time::Instant::now();
         let checks = self
             .judge(target, plan, staged, existing.as_ref(), checks, screened)
             .await?;
+        let check_ms = started.elapsed().as_millis() as u64;
         match self.apply(target, plan, existing, &commit_id, staged).await {
             Ok((version, merge)) => Ok(Committed {
                 version,
                 checks,
+                check_ms,
                 merge,
                 commit_id,
             }),
@@ -195,6 +201,7 @@ impl CommitContext<'_> {
                     Ok(Some(Landed::Ours(version))) => Ok(Committed {
                         version: Some(version),
                         checks,
+                        check_ms,
                         merge: None,
                         commit_id,
                     }),

@@ -339,15 +339,19 @@ impl<'a> Coordinator<'a> {
         }
         let staged = staged_output(&results)?;
         let checks = run.pipeline.checks(table);
+        let started = std::time::Instant::now();
         let Committed {
             version,
             checks,
+            check_ms,
             merge,
             ..
         } = commits
             .commit(&plan.target, &plan.commit, staged, checks, &metrics)
             .await?;
         report.checks = checks;
+        report.metrics.check_ms = check_ms;
+        report.metrics.commit_ms = started.elapsed().as_millis() as u64;
         if let Some(m) = merge {
             // A merge writes the rows it changes, not every row the tasks produced.
             report.metrics.rows_updated = m.rows_updated;

@@ -170,6 +170,13 @@ pub struct Metrics {
     /// Task time spent encoding and writing data files, summed over the table's tasks.
     #[serde(default)]
     pub write_ms: u64,
+    /// Time the coordinator spent on the table's commit once its tasks were done: checks,
+    /// a merge, the Delta commit.
+    #[serde(default)]
+    pub commit_ms: u64,
+    /// Of `commit_ms`, the time spent judging the table's next version by its checks.
+    #[serde(default)]
+    pub check_ms: u64,
 }
 
 /// The result of one quality check on a table's next version.
