@@ -127,7 +127,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         Err(e) => return Err(e),
     };
     let (rows_read, rows_kept) = counts.get();
-    out.metrics.rows_written -= markers;
+    out.metrics.rows_written = out.metrics.rows_written.saturating_sub(markers);
     let rows_written = out.metrics.rows_written;
     let screened = out.metrics.rows_dropped + out.metrics.rows_quarantined;
     out.metrics = TaskMetrics {
