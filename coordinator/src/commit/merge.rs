@@ -338,6 +338,7 @@ impl<'a> Merge<'a> {
         let (data_tx, data_rx) = mpsc::channel(2);
         let (change_tx, change_rx) = mpsc::channel(2);
         let mut replaced = Vec::new();
+        let stored_keys = self.key_columns_of_stored(schema, n);
         let produce = async {
             let mut stream = changes.execute_stream().await?;
             while let Some(batch) = stream.next().await {
@@ -348,7 +349,7 @@ impl<'a> Merge<'a> {
                 metrics.rows_updated += updated.true_count() as u64;
                 let new = rows_as(&batch, 0..n, schema)?;
                 let updates = filter_record_batch(&batch, &updated)?;
-                replaced.push(updates.project(&self.key_columns_of_stored(schema, n))?);
+                replaced.push(updates.project(&stored_keys)?);
                 if records_changes {
                     let changes = [
                         (filter_record_batch(&new, &inserted)?, "insert"),
@@ -370,31 +371,15 @@ impl<'a> Merge<'a> {
             drop(change_tx);
             anyhow::Ok(())
         };
-        let uri = self.table.table_url().as_str();
-        let options = self.storage_options.cloned().unwrap_or_default();
-        let partitions = self.partition_columns()?;
-        let data = medallion_lake::write_data_files(
-            uri,
-            &self.subdir,
-            &options,
-            schema.clone(),
-            &partitions,
-            ReceiverStream::new(data_rx),
-        );
+        let data = self.write_stream(ReceiverStream::new(data_rx), &self.subdir, schema.clone());
         let change_dir = format!("{CHANGE_DATA}/{}", self.subdir);
-        let change_files = medallion_lake::write_data_files(
-            uri,
-            &change_dir,
-            &options,
-            change_schema,
-            &partitions,
-            ReceiverStream::new(change_rx),
-        );
+        let change_files =
+            self.write_stream(ReceiverStream::new(change_rx), &change_dir, change_schema);
         let (produced, data, change_files) = tokio::join!(produce, data, change_files);
         produced?;
         Ok(Changed {
-            adds: data?.adds,
-            change_files: change_files?.adds,
+            adds: data?,
+            change_files: change_files?,
             touched_files: files_of(&replaced)?,
             replaced_keys: replaced,
         })
@@ -488,18 +473,28 @@ impl<'a> Merge<'a> {
 
     /// Writes the rows of `rows` as data files under `subdir`, typed as `schema`.
     async fn write(&self, rows: DataFrame, subdir: &str, schema: SchemaRef) -> Result<Vec<Add>> {
-        let options = self.storage_options.cloned().unwrap_or_default();
         let stream = rows
             .execute_stream()
             .await?
             .map(|b| medallion_lake::cast_batch(&b?, &schema));
+        self.write_stream(stream, subdir, schema.clone()).await
+    }
+
+    /// Writes batches of `schema` as data files under `subdir`, uncommitted.
+    async fn write_stream(
+        &self,
+        rows: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
+        subdir: &str,
+        schema: SchemaRef,
+    ) -> Result<Vec<Add>> {
+        let options = self.storage_options.cloned().unwrap_or_default();
         let written = medallion_lake::write_data_files(
             self.table.table_url().as_str(),
             subdir,
             &options,
-            schema.clone(),
+            schema,
             &self.partition_columns()?,
-            stream,
+            rows,
         )
         .await?;
         Ok(written.adds)
@@ -786,21 +781,22 @@ mod tests {
             .unwrap()
     }
 
-    async fn table_rows(dir: &std::path::Path) -> String {
+    /// `sql` over the table in `dir` (as `t`), read back through its Delta log.
+    async fn query(dir: &std::path::Path, sql: &str) -> Vec<RecordBatch> {
         let t = medallion_lake::open_table(dir.to_str().unwrap(), &Default::default())
             .await
             .unwrap()
             .unwrap();
         let ctx = SessionContext::new();
         medallion_lake::register_delta(&ctx, "t", &t).await.unwrap();
-        let batches = ctx
-            .sql("SELECT id, status, at FROM t WHERE status <> 'new' OR id IN (5, 15) OR id >= 100 ORDER BY id")
-            .await
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    }
+
+    async fn table_rows(dir: &std::path::Path) -> String {
+        let sql = "SELECT id, status, at FROM t WHERE status <> 'new' OR id IN (5, 15) OR id >= 100 ORDER BY id";
+        pretty_format_batches(&query(dir, sql).await)
             .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        pretty_format_batches(&batches).unwrap().to_string()
+            .to_string()
     }
 
     async fn count(dir: &std::path::Path) -> usize {
@@ -914,25 +910,13 @@ mod tests {
 | 15 | returned | 3  |
 | 15 | shipped  | 2  |
 +----+----------+----+";
-        let t = medallion_lake::open_table(dir.path().to_str().unwrap(), &Default::default())
-            .await
-            .unwrap()
-            .unwrap();
-        let ctx = SessionContext::new();
-        medallion_lake::register_delta(&ctx, "t", &t).await.unwrap();
         let sql = "SELECT id, status, at FROM t WHERE id IN (5, 15) ORDER BY id, status";
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let batches = query(dir.path(), sql).await;
         assert_eq!(
             pretty_format_batches(&batches).unwrap().to_string(),
             expected
         );
-        let total = ctx
-            .sql("SELECT count(*) FROM t")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let total = query(dir.path(), "SELECT count(*) FROM t").await;
         assert_eq!(
             total[0]
                 .column(0)
