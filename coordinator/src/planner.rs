@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use medallion_pipeline::report::{Engine, Refresh};
-use medallion_pipeline::spec::{GoldEngine, SourceSpec, WriteMode};
+use medallion_pipeline::spec::{GoldEngine, SilverSpec, SourceSpec, WriteMode};
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
 use medallion_sources::ReadOptions;
@@ -441,23 +441,7 @@ impl RunContext<'_> {
                 (self.target(table, None), commit, None)
             }
         };
-        // Rows are partitioned by key hash; without a key the table is one partition.
-        let partitions = if spec.keys.is_empty() {
-            1
-        } else {
-            spec.partitions
-        };
-        let tasks = (0..partitions)
-            .map(|p| {
-                let work = Work::Transform(TransformWork {
-                    partition: p,
-                    partitions,
-                    input_version,
-                    changes_after,
-                });
-                self.task(&target, p as usize, work)
-            })
-            .collect();
+        let tasks = self.silver_tasks(spec, &target, input_version, changes_after);
         Ok(StagePlan {
             tasks,
             commit,
@@ -465,6 +449,33 @@ impl RunContext<'_> {
             engine: None,
             refresh: Some(refresh),
         })
+    }
+
+    /// One task per key-hash partition of a silver table; without a key the table is one
+    /// partition.
+    fn silver_tasks(
+        &self,
+        spec: &SilverSpec,
+        target: &Target,
+        input_version: u64,
+        changes_after: Option<u64>,
+    ) -> Vec<Task> {
+        let partitions = if spec.keys.is_empty() {
+            1
+        } else {
+            spec.partitions
+        };
+        (0..partitions)
+            .map(|p| {
+                let work = Work::Transform(TransformWork {
+                    partition: p,
+                    partitions,
+                    input_version,
+                    changes_after,
+                });
+                self.task(target, p as usize, work)
+            })
+            .collect()
     }
 
     async fn plan_gold(&self, table: &TableRef) -> Result<StagePlan> {

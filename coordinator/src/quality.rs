@@ -149,6 +149,20 @@ pub async fn record_results(
     report: &RunReport,
     run_started: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<()> {
+    let Some(batch) = check_results_batch(report, run_started)? else {
+        return Ok(());
+    };
+    let opts = pipeline.storage_options.clone().into_iter().collect();
+    medallion_lake::append(&pipeline.check_results_uri(), &opts, batch).await?;
+    Ok(())
+}
+
+/// The check results table's rows of a run: one per check of every table; `None` without
+/// checks.
+fn check_results_batch(
+    report: &RunReport,
+    run_started: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Option<datafusion::arrow::record_batch::RecordBatch>> {
     use datafusion::arrow::array::{
         ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray, UInt64Array,
     };
@@ -162,7 +176,7 @@ pub async fn record_results(
         .flat_map(|t| t.checks.iter().map(move |c| (t, c)))
         .collect();
     if rows.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let text = |f: &dyn Fn(&(&_, &CheckResult)) -> String| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
@@ -220,10 +234,7 @@ pub async fn record_results(
             .collect::<Vec<_>>(),
     );
     let arrays = columns.into_iter().map(|(_, array, _)| array).collect();
-    let batch = RecordBatch::try_new(Arc::new(schema), arrays)?;
-    let opts = pipeline.storage_options.clone().into_iter().collect();
-    medallion_lake::append(&pipeline.check_results_uri(), &opts, batch).await?;
-    Ok(())
+    Ok(Some(RecordBatch::try_new(Arc::new(schema), arrays)?))
 }
 
 /// A check kind or severity as the spec spells it (`accepted_values`, `critical`).

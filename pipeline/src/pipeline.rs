@@ -665,31 +665,8 @@ fn validate_silver(
 /// naming its columns, and what its SCD type supports.
 fn validate_cdc(errors: &mut Errors, i: usize, t: &SilverSpec, names: &HashSet<&str>) {
     let at = |f: &str| format!("silver[{i}].{f}");
-    let conditions = [
-        ("sequence_by", &t.sequence_by),
-        ("apply_as_deletes", &t.apply_as_deletes),
-        ("apply_as_truncates", &t.apply_as_truncates),
-    ];
     let Some(scd) = t.scd_type() else {
-        let set = conditions
-            .iter()
-            .find_map(|(field, e)| e.as_ref().map(|e| (*field, &e.referenced)))
-            .or_else(|| {
-                t.except_columns
-                    .first()
-                    .map(|c| ("except_columns", &c.referenced))
-            })
-            .or_else(|| {
-                let h = t.track_history_columns.first();
-                h.map(|c| ("track_history_columns", &c.referenced))
-            });
-        if let Some((field, location)) = set {
-            errors.at(
-                *location,
-                at(field),
-                "only a table with mode 'cdc' applies changes",
-            );
-        }
+        refuse_cdc_fields(errors, i, t);
         return;
     };
     if t.keys.is_empty() {
@@ -713,7 +690,7 @@ fn validate_cdc(errors: &mut Errors, i: usize, t: &SilverSpec, names: &HashSet<&
             "mode 'cdc' orders changes by 'sequence_by', not 'latest_by'",
         );
     }
-    for (field, e) in conditions {
+    for (field, e) in cdc_conditions(t) {
         if let Some(e) = e
             && let Err(msg) = sql::check_expr(&e.value)
         {
@@ -745,6 +722,53 @@ fn validate_cdc(errors: &mut Errors, i: usize, t: &SilverSpec, names: &HashSet<&
             "only an SCD type 2 table tracks history",
         );
     }
+    validate_cdc_columns(errors, i, t, names);
+    let except = |c: &str| t.except_columns.iter().any(|e| e.value == c);
+    for bound in [SCD_START, SCD_END] {
+        if scd == 2 && names.contains(bound) && !except(bound) {
+            errors.on(
+                &t.name,
+                at("columns"),
+                format!("'{bound}' is the version bound an SCD type 2 table adds"),
+            );
+        }
+    }
+}
+
+/// The SQL settings of a change feed, by field name.
+fn cdc_conditions(t: &SilverSpec) -> [(&'static str, &Option<Spanned<String>>); 3] {
+    [
+        ("sequence_by", &t.sequence_by),
+        ("apply_as_deletes", &t.apply_as_deletes),
+        ("apply_as_truncates", &t.apply_as_truncates),
+    ]
+}
+
+/// Change-feed settings on a table that is not `mode: cdc`: the first one set is refused.
+fn refuse_cdc_fields(errors: &mut Errors, i: usize, t: &SilverSpec) {
+    let set = cdc_conditions(t)
+        .into_iter()
+        .find_map(|(field, e)| e.as_ref().map(|e| (field, &e.referenced)))
+        .or_else(|| {
+            t.except_columns
+                .first()
+                .map(|c| ("except_columns", &c.referenced))
+        })
+        .or_else(|| {
+            let h = t.track_history_columns.first();
+            h.map(|c| ("track_history_columns", &c.referenced))
+        });
+    if let Some((field, location)) = set {
+        errors.at(
+            *location,
+            format!("silver[{i}].{field}"),
+            "only a table with mode 'cdc' applies changes",
+        );
+    }
+}
+
+/// `except_columns` and `track_history_columns` name stored, non-key columns.
+fn validate_cdc_columns(errors: &mut Errors, i: usize, t: &SilverSpec, names: &HashSet<&str>) {
     let key = |c: &str| t.keys.iter().any(|k| k.value == c);
     let except = |c: &str| t.except_columns.iter().any(|e| e.value == c);
     for (field, list) in [
@@ -763,17 +787,8 @@ fn validate_cdc(errors: &mut Errors, i: usize, t: &SilverSpec, names: &HashSet<&
             };
             errors.on(
                 c,
-                at(&format!("{field}[{j}]")),
+                format!("silver[{i}].{field}[{j}]"),
                 format!("'{}' {problem}", c.value),
-            );
-        }
-    }
-    for bound in [SCD_START, SCD_END] {
-        if scd == 2 && names.contains(bound) && !except(bound) {
-            errors.on(
-                &t.name,
-                at("columns"),
-                format!("'{bound}' is the version bound an SCD type 2 table adds"),
             );
         }
     }
@@ -873,6 +888,26 @@ fn validate_check(
             );
         }
     }
+    if !refuse_check_shape(errors, field, c) {
+        validate_check_kind(errors, field, c, known, referenced);
+    }
+    if let Some(known) = columns {
+        for col in cols {
+            if !known.contains(col.value.as_str()) {
+                errors.on(
+                    col,
+                    format!("{field}.column"),
+                    format!("unknown column '{}'", col.value),
+                );
+            }
+        }
+    }
+}
+
+/// A check's columns and bounds are of the shape its kind takes; true when they are not (the
+/// error is reported).
+fn refuse_check_shape(errors: &mut Errors, field: &str, c: &CheckSpec) -> bool {
+    let cols = c.all_columns();
     let needs_columns = !matches!(c.check, CheckKind::Expression | CheckKind::RowCount);
     let one_column = matches!(c.check, CheckKind::Freshness | CheckKind::ForeignKey);
     match c.check {
@@ -907,6 +942,21 @@ fn validate_check(
                 "bounds and values must be finite numbers (not .nan or .inf) or text",
             )
         }
+        _ => return false,
+    }
+    true
+}
+
+/// What a check's kind needs beyond its shape: values, a valid pattern, age, reference, bounds
+/// or expression; adds the table a foreign key references.
+fn validate_check_kind(
+    errors: &mut Errors,
+    field: &str,
+    c: &CheckSpec,
+    known: &BTreeSet<TableRef>,
+    referenced: &mut BTreeSet<TableRef>,
+) {
+    match c.check {
         CheckKind::AcceptedValues if c.values.is_empty() => errors.on(
             &c.name,
             field,
@@ -956,16 +1006,5 @@ fn validate_check(
             }
         },
         _ => {}
-    }
-    if let Some(known) = columns {
-        for col in cols {
-            if !known.contains(col.value.as_str()) {
-                errors.on(
-                    col,
-                    format!("{field}.column"),
-                    format!("unknown column '{}'", col.value),
-                );
-            }
-        }
     }
 }

@@ -61,29 +61,8 @@ pub fn group_key(sql: &str, changed: &TableRef) -> Result<GroupKey, String> {
         return Err("its SQL is not one query".into());
     };
     let select = plain_select(query)?;
+    let group_by = group_by_list(select)?;
     let no = |what: &str| Err(format!("its query has {what}"));
-    if select.distinct.is_some() {
-        return no("SELECT DISTINCT");
-    }
-    if select.qualify.is_some() || !select.named_window.is_empty() {
-        return no("window functions");
-    }
-    let nested = visit_expressions(select, |e| match e {
-        Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. } => {
-            ControlFlow::Break("a subquery")
-        }
-        Expr::Function(f) if f.over.is_some() => ControlFlow::Break("window functions"),
-        _ => ControlFlow::Continue(()),
-    });
-    if let ControlFlow::Break(what) = nested {
-        return no(what);
-    }
-    let GroupByExpr::Expressions(group_by, modifiers) = &select.group_by else {
-        return no("GROUP BY ALL");
-    };
-    if group_by.is_empty() || !modifiers.is_empty() {
-        return no("no plain GROUP BY");
-    }
     let [from] = select.from.as_slice() else {
         return no("more than one FROM item");
     };
@@ -143,6 +122,35 @@ pub fn group_key(sql: &str, changed: &TableRef) -> Result<GroupKey, String> {
     Err(format!(
         "no selected GROUP BY column is a column of {changed} or joined equal to one"
     ))
+}
+
+/// The SELECT's GROUP BY expressions, when groups are computed independently of each other
+/// (no DISTINCT, window functions or subqueries).
+fn group_by_list(select: &sqlparser::ast::Select) -> Result<&[Expr], String> {
+    let no = |what: &str| Err(format!("its query has {what}"));
+    if select.distinct.is_some() {
+        return no("SELECT DISTINCT");
+    }
+    if select.qualify.is_some() || !select.named_window.is_empty() {
+        return no("window functions");
+    }
+    let nested = visit_expressions(select, |e| match e {
+        Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. } => {
+            ControlFlow::Break("a subquery")
+        }
+        Expr::Function(f) if f.over.is_some() => ControlFlow::Break("window functions"),
+        _ => ControlFlow::Continue(()),
+    });
+    if let ControlFlow::Break(what) = nested {
+        return no(what);
+    }
+    let GroupByExpr::Expressions(group_by, modifiers) = &select.group_by else {
+        return no("GROUP BY ALL");
+    };
+    if group_by.is_empty() || !modifiers.is_empty() {
+        return no("no plain GROUP BY");
+    }
+    Ok(group_by)
 }
 
 /// The query's one SELECT, without what makes groups depend on each other.
