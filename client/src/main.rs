@@ -17,7 +17,7 @@ use medallion_cluster::LogArgs;
 use medallion_cluster::size::parse_memory_limit;
 use medallion_coordinator::lease::{LeaseHeld, RunLease};
 use medallion_coordinator::{Coordinator, RunReport, new_run_id};
-use medallion_pipeline::Pipeline;
+use medallion_pipeline::{Pipeline, RunDate};
 use medallion_proto::{RunInfo, RunState};
 
 #[derive(Parser)]
@@ -66,6 +66,10 @@ enum Command {
         /// since their last run.
         #[arg(long)]
         full_refresh: bool,
+        /// The run's logical date (`YYYY-MM-DD`): templated fields (`{{ ds }}`) are rendered
+        /// for the schedule's interval on that day [default: the latest complete interval].
+        #[arg(long, value_parser = parse_date)]
+        date: Option<chrono::NaiveDate>,
     },
     /// Check a pipeline spec without running it.
     Validate {
@@ -85,6 +89,10 @@ enum Command {
         /// As for `run`.
         #[arg(long)]
         full_refresh: bool,
+        /// As for `run`: the run's logical date (`YYYY-MM-DD`): templated fields (`{{ ds }}`) are rendered
+        /// for the schedule's interval on that day [default: the latest complete interval].
+        #[arg(long, value_parser = parse_date)]
+        date: Option<chrono::NaiveDate>,
     },
     /// List the cluster's runs, newest first.
     Runs {
@@ -190,6 +198,16 @@ fn main() -> ExitCode {
     })
 }
 
+/// A logical date given on the command line, or the latest interval.
+fn run_date(date: Option<chrono::NaiveDate>) -> RunDate {
+    date.map_or(RunDate::Latest, RunDate::Date)
+}
+
+fn parse_date(text: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|e| format!("'{text}' is not a date (YYYY-MM-DD): {e}"))
+}
+
 /// Runs one command; errors not answered with an exit code of their own end in `main`.
 async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
     match command {
@@ -201,6 +219,7 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
             output,
             wait,
             full_refresh,
+            date,
         } => {
             let options = RunOptions {
                 executors,
@@ -208,6 +227,7 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
                 output,
                 wait,
                 full_refresh,
+                date: run_date(date),
             };
             run_embedded(&spec, options).await
         }
@@ -227,7 +247,8 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
             wait,
             output,
             full_refresh,
-        } => submit(&spec, wait, output, full_refresh, &urls).await,
+            date,
+        } => submit(&spec, wait, output, full_refresh, run_date(date), &urls).await,
         Command::Watch { run_id, output } => watch(&urls, &run_id, output).await,
         Command::Status { run_id, output } => {
             let info = Remote::connect(&urls).await?.run(&run_id).await?;
@@ -257,9 +278,10 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
     }
 }
 
-/// Loads a spec; a spec that does not validate is printed and answered with exit code 2.
-fn load(spec: &Path) -> Result<Pipeline, ExitCode> {
-    Pipeline::load(spec).map_err(|e| {
+/// Loads a spec for the run of `date`; a spec that does not validate is printed and answered
+/// with exit code 2.
+fn load(spec: &Path, date: RunDate) -> Result<Pipeline, ExitCode> {
+    Pipeline::load_for(spec, date).map_err(|e| {
         eprint!("{e}");
         ExitCode::from(BAD_INPUT)
     })
@@ -270,9 +292,10 @@ async fn submit(
     wait: bool,
     output: Output,
     full_refresh: bool,
+    date: RunDate,
     urls: &[String],
 ) -> Result<ExitCode> {
-    let pipeline = match load(spec) {
+    let pipeline = match load(spec, date) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -287,7 +310,7 @@ async fn submit(
 }
 
 async fn checks(run_id: &str, spec: &Path, output: Output) -> Result<ExitCode> {
-    let pipeline = match load(spec) {
+    let pipeline = match load(spec, RunDate::Latest) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -346,6 +369,7 @@ struct RunOptions {
     output: Output,
     wait: bool,
     full_refresh: bool,
+    date: RunDate,
 }
 
 async fn run_embedded(spec: &Path, options: RunOptions) -> Result<ExitCode> {
@@ -355,8 +379,9 @@ async fn run_embedded(spec: &Path, options: RunOptions) -> Result<ExitCode> {
         output,
         wait,
         full_refresh,
+        date,
     } = options;
-    let pipeline = match load(spec) {
+    let pipeline = match load(spec, date) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };

@@ -4,29 +4,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use medallion_lake::StorageOptions;
+pub use medallion_pipeline::retry::RetryPolicy;
 use medallion_proto::{Failure, Task, TaskError, TaskResult};
 
 /// Something that runs tasks: executors in this process (embedded mode) or over gRPC.
 #[async_trait]
 pub trait TaskRunner: Send + Sync {
     async fn run(&self, task: Task) -> Result<TaskResult, TaskError>;
-}
-
-/// How a task is retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub delay: Duration,
-    /// How long one attempt may run; one that runs out fails for good (it would again).
-    pub timeout: Duration,
-}
-
-impl RetryPolicy {
-    /// The wait after failed attempt `attempt` (1-based): the configured delay, doubled for
-    /// each further attempt, at most a minute.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        (self.delay * 2u32.saturating_pow(attempt.saturating_sub(1))).min(Duration::from_secs(60))
-    }
 }
 
 /// Executors lost under one task before a loss counts as a failed attempt: a task that kills
@@ -86,7 +70,7 @@ async fn retry(
             Err(e) if e.retryable() && attempt < max => {
                 crate::metrics::task_failed(e.kind, true);
                 on_retry(&task, &e);
-                tokio::time::sleep(policy.backoff(attempt)).await;
+                tokio::time::sleep(policy.wait_after(attempt)).await;
                 attempt += 1;
             }
             Err(e) => {
@@ -117,11 +101,7 @@ mod tests {
     use crate::testing::{FakeRunner, empty_result};
 
     fn policy(max_attempts: u32, timeout: Duration) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts,
-            delay: Duration::from_millis(1),
-            timeout,
-        }
+        crate::testing::quick_retries(max_attempts, timeout)
     }
 
     fn task(dir: &std::path::Path) -> Task {
@@ -146,18 +126,6 @@ mod tests {
         .await;
         let retried = *retried.lock().unwrap();
         (result.map(|_| ()), attempts, retried)
-    }
-
-    #[test]
-    fn retry_delays_double_and_stop_at_a_minute() {
-        let p = RetryPolicy {
-            max_attempts: 10,
-            delay: Duration::from_secs(5),
-            timeout: Duration::from_secs(1),
-        };
-        let secs: Vec<u64> = (1..=6).map(|a| p.backoff(a).as_secs()).collect();
-        assert_eq!(secs, [5, 10, 20, 40, 60, 60]);
-        assert_eq!(p.backoff(1000).as_secs(), 60);
     }
 
     #[tokio::test]

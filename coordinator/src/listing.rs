@@ -59,6 +59,12 @@ pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Sou
             bail!("source '{name}': path '{location}' does not exist");
         }
     };
+    // A templated path (`data/{{ ds }}/*.jsonl`) lists one interval's directory, but its
+    // files are known relative to the part before the template, where intervals differ.
+    let root = match pipeline.source_root_template(source) {
+        Some(fixed) if root.starts_with(&fixed) => fixed,
+        _ => root,
+    };
     let real_root = std::fs::canonicalize(&root)
         .with_context(|| format!("source '{name}': cannot resolve '{}'", root.display()))?;
     let lake = medallion_lake::local_dir(&pipeline.lake_root)

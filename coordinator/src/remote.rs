@@ -166,11 +166,7 @@ mod tests {
     }
 
     fn policy(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts,
-            delay: Duration::from_millis(1),
-            timeout: Duration::from_secs(60),
-        }
+        crate::testing::quick_retries(max_attempts, Duration::from_secs(60))
     }
 
     impl Cluster {

@@ -1,7 +1,7 @@
 //! One pipeline run: every table in dependency order, independent tables at the same time.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -10,7 +10,7 @@ use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::{StagedFiles, TaskMetrics, TaskResult};
 
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
-use crate::dispatch::{RetryPolicy, TaskRunner, run_with_retries};
+use crate::dispatch::{TaskRunner, run_with_retries};
 use crate::planner::{BallistaTarget, RunContext};
 use crate::{metrics, quality};
 use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport, TableStatus};
@@ -220,12 +220,7 @@ impl<'a> Coordinator<'a> {
         table: &TableRef,
         tasks: Vec<medallion_proto::Task>,
     ) -> (Vec<TaskResult>, Option<medallion_proto::TaskError>, usize) {
-        let retries = &run.pipeline.spec.retries;
-        let policy = RetryPolicy {
-            max_attempts: retries.max_attempts,
-            delay: Duration::from_secs(retries.delay_seconds),
-            timeout: run.pipeline.spec.timeouts.task(),
-        };
+        let policy = run.pipeline.retry_policy(table);
         let attempts = tasks.into_iter().map(|task| async move {
             let task_id = task.task_id.clone();
             let options = &run.storage_options;

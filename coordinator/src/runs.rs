@@ -179,7 +179,8 @@ impl Runs {
         };
         let record = RunRecord {
             info: Some(info.clone()),
-            pipeline: Some(spec),
+            // With the interval it was parsed for, so a resumed run renders the same fields.
+            pipeline: Some(SpecText::from(&pipeline)),
             starts: 0,
             full_refresh,
         };

@@ -143,3 +143,17 @@ impl TaskRunner for FakeRunner {
         (self.answer)(&task, n)
     }
 }
+
+/// Retries with millisecond pauses, for tests of what is retried rather than when.
+pub fn quick_retries(
+    max_attempts: u32,
+    timeout: std::time::Duration,
+) -> crate::dispatch::RetryPolicy {
+    crate::dispatch::RetryPolicy {
+        max_attempts,
+        delay: std::time::Duration::from_millis(1),
+        backoff: medallion_pipeline::spec::Backoff::Exponential,
+        max_delay: std::time::Duration::from_millis(10),
+        timeout,
+    }
+}

@@ -10,13 +10,16 @@ pub mod error;
 mod pipeline;
 pub mod regroup;
 pub mod report;
+pub mod retry;
+pub mod schedule;
 pub mod spec;
 pub mod sql;
+mod template;
 pub mod types;
 
 pub use dag::{Dag, Layer, TableRef};
 pub use error::{SpecError, SpecErrors};
-pub use pipeline::{Pipeline, QUARANTINE_SUFFIX};
+pub use pipeline::{Pipeline, QUARANTINE_SUFFIX, RunDate};
 
 /// Bronze metadata columns, added to every raw row.
 pub mod meta {

@@ -7,6 +7,8 @@ use serde_saphyr::Spanned;
 
 use crate::dag::{Dag, Layer, TableRef};
 use crate::error::{Errors, SpecError, SpecErrors};
+use crate::retry::RetryPolicy;
+use crate::schedule::{RunInterval, Schedule, ScheduleError};
 use crate::spec::*;
 use crate::{sql, types};
 
@@ -25,11 +27,34 @@ pub struct Pipeline {
     pub lake_root: String,
     pub storage_options: BTreeMap<String, String>,
     pub dag: Dag,
+    /// The run's logical interval; templated fields were rendered for it.
+    pub interval: RunInterval,
+    /// Each source's path as written, when it was a template.
+    source_templates: Vec<Option<String>>,
+}
+
+/// Which interval a parsed pipeline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunDate {
+    /// The latest interval of its schedule that has ended (today, without a schedule).
+    Latest,
+    /// The interval of a logical date: the schedule's first on or after that day, or the day.
+    Date(chrono::NaiveDate),
+    /// Exactly this interval (as decided by the process that sent the spec).
+    Interval {
+        start: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl Pipeline {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Pipeline, SpecErrors> {
+        Self::load_for(path, RunDate::Latest)
+    }
+
+    /// Reads and validates a spec file for the run of `date`.
+    pub fn load_for(path: &Path, date: RunDate) -> Result<Pipeline, SpecErrors> {
         let origin = path.display().to_string();
         let yaml = read_spec(path).map_err(|message| {
             SpecErrors(vec![SpecError {
@@ -45,7 +70,7 @@ impl Pipeline {
             _ => Path::new("."),
         };
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-        Pipeline::parse(yaml, origin, base)
+        Pipeline::parse_for(yaml, origin, base, date)
     }
 
     /// Parses and validates spec text; `origin` names it in errors, and relative paths in the
@@ -97,6 +122,17 @@ impl Pipeline {
     /// assert!(errors.to_string().contains("shop.yaml:8"), "{errors}");
     /// ```
     pub fn parse(yaml: String, origin: String, base_dir: PathBuf) -> Result<Pipeline, SpecErrors> {
+        Self::parse_for(yaml, origin, base_dir, RunDate::Latest)
+    }
+
+    /// [`Pipeline::parse`] for the run of `date`: templated fields (`{{ ds }}`) are rendered
+    /// for its interval before they are validated.
+    pub fn parse_for(
+        yaml: String,
+        origin: String,
+        base_dir: PathBuf,
+        date: RunDate,
+    ) -> Result<Pipeline, SpecErrors> {
         // The path of the field being read when parsing fails (`retries.max_attempts`), so an
         // error names it even when the YAML parser's message does not.
         let mut field = String::new();
@@ -116,7 +152,10 @@ impl Pipeline {
                 message: first_line(&e.to_string()),
             }])
         })?;
+        let mut spec: PipelineSpec = spec;
         let mut errors = Errors::new(&origin);
+        let interval = run_interval(&spec, date, &mut errors);
+        let source_templates = crate::template::render(&mut spec, &interval, &mut errors);
         let dag = validate(&spec, &mut errors);
         if !errors.found.is_empty() {
             return Err(SpecErrors(errors.found));
@@ -137,7 +176,48 @@ impl Pipeline {
             lake_root,
             storage_options,
             dag,
+            interval,
+            source_templates,
         })
+    }
+
+    /// The pipeline's schedule, if it has one.
+    pub fn schedule(&self) -> Option<Schedule> {
+        let schedule = self.spec.schedule.as_ref()?;
+        resolve_schedule(&schedule.value).ok()
+    }
+
+    /// How the tasks of `table` are retried and how long an attempt may take.
+    pub fn retry_policy(&self, table: &TableRef) -> RetryPolicy {
+        let (retries, timeout) = match table.layer {
+            Layer::Bronze => self.bronze(&table.name).map(|t| (&t.retries, &t.timeout)),
+            Layer::Silver => self.silver(&table.name).map(|t| (&t.retries, &t.timeout)),
+            Layer::Gold => self.gold(&table.name).map(|t| (&t.retries, &t.timeout)),
+        }
+        .unwrap_or((&None, &None));
+        let timeout = parse_timeout(timeout.as_ref()).unwrap_or(self.spec.timeouts.task());
+        RetryPolicy::resolve(&self.spec.retries, retries.as_ref(), timeout)
+    }
+
+    /// The path a source's file identities are relative to, when its path is a template
+    /// (`data/{{ ds }}/*.jsonl` -> `<base>/data`): runs of different intervals must not
+    /// take each other's files for their own.
+    pub fn source_root_template(&self, source: &SourceSpec) -> Option<PathBuf> {
+        let i = self
+            .spec
+            .sources
+            .iter()
+            .position(|s| s.name == source.name)?;
+        let written = self.source_templates.get(i)?.as_ref()?;
+        let location = resolve_location(&self.base_dir, written);
+        let fixed = Path::new(&location)
+            .components()
+            .take_while(|c| {
+                let c = c.as_os_str().to_string_lossy();
+                !c.contains("{{") && !c.contains("{%") && !c.contains(['*', '?', '['])
+            })
+            .collect();
+        Some(fixed)
     }
 
     pub fn name(&self) -> &str {
@@ -310,7 +390,7 @@ const MAX_NAME_LEN: usize = 128;
 pub const QUARANTINE_SUFFIX: &str = "__quarantine";
 
 /// The longest pause a spec may ask for between attempts of a task.
-const MAX_RETRY_DELAY_SECONDS: u64 = 3600;
+const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// The most attempts a spec may ask for per task.
 const MAX_ATTEMPTS: u32 = 100;
 
@@ -383,14 +463,20 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
 
     let mut dag = Dag::default();
     for (i, t) in spec.bronze.iter().enumerate() {
+        let (retries, timeout) = (t.retries.as_ref(), t.timeout.as_ref());
+        validate_table_limits(errors, &format!("bronze[{i}]"), retries, timeout);
         let deps = validate_bronze(errors, i, t, &sources, &known);
         dag.add(TableRef::new(Layer::Bronze, &t.name.value), deps);
     }
     for (i, t) in spec.silver.iter().enumerate() {
+        let (retries, timeout) = (t.retries.as_ref(), t.timeout.as_ref());
+        validate_table_limits(errors, &format!("silver[{i}]"), retries, timeout);
         let deps = validate_silver(errors, i, t, &known);
         dag.add(TableRef::new(Layer::Silver, &t.name.value), deps);
     }
     for (i, t) in spec.gold.iter().enumerate() {
+        let (retries, timeout) = (t.retries.as_ref(), t.timeout.as_ref());
+        validate_table_limits(errors, &format!("gold[{i}]"), retries, timeout);
         let deps = validate_gold(errors, i, t, &known);
         dag.add(TableRef::new(Layer::Gold, &t.name.value), deps);
     }
@@ -407,30 +493,25 @@ fn validate_settings(spec: &PipelineSpec, errors: &mut Errors) {
             format!("'{}' {NAME_RULE}", spec.pipeline.value),
         );
     }
-    if let Some(s) = &spec.schedule
-        && let Err(e) = croner::parser::CronParser::builder()
-            .build()
-            .parse(&s.value)
+    if let Some(schedule) = &spec.schedule
+        && let Err(e) = resolve_schedule(&schedule.value)
     {
-        errors.on(s, "schedule", format!("invalid cron expression: {e}"));
+        let field = match schedule.value {
+            ScheduleSpec::Cron(_) => "schedule".to_string(),
+            ScheduleSpec::Detailed(_) => format!("schedule.{}", e.field),
+        };
+        errors.on(schedule, field, e.message);
     }
-    if !(1..=MAX_ATTEMPTS).contains(&spec.retries.max_attempts) {
-        errors.at(
-            serde_saphyr::Location::UNKNOWN,
-            "retries.max_attempts",
-            format!("must be between 1 and {MAX_ATTEMPTS}"),
-        );
+    for tag in &spec.tags {
+        if tag.value.trim().is_empty() || tag.value.len() > MAX_NAME_LEN {
+            errors.on(
+                tag,
+                "tags",
+                format!("a tag has 1 to {MAX_NAME_LEN} characters"),
+            );
+        }
     }
-    if spec.retries.delay_seconds > MAX_RETRY_DELAY_SECONDS {
-        errors.at(
-            serde_saphyr::Location::UNKNOWN,
-            "retries.delay_seconds",
-            format!(
-                "{} is too long: at most {MAX_RETRY_DELAY_SECONDS} (an hour)",
-                spec.retries.delay_seconds
-            ),
-        );
-    }
+    validate_retries(errors, "retries", &spec.retries);
     for (field, value) in [
         ("timeouts.task", &spec.timeouts.task),
         ("timeouts.run", &spec.timeouts.run),
@@ -453,6 +534,100 @@ fn validate_settings(spec: &PipelineSpec, errors: &mut Errors) {
     };
     if root.value.trim().is_empty() {
         errors.on(root, "lake.root", "must not be empty");
+    }
+}
+
+/// The interval a run of `spec` covers, for `date`.
+fn run_interval(spec: &PipelineSpec, date: RunDate, errors: &mut Errors) -> RunInterval {
+    let schedule = spec
+        .schedule
+        .as_ref()
+        .and_then(|s| resolve_schedule(&s.value).ok());
+    let tz = schedule.as_ref().map_or(chrono_tz::UTC, |s| s.tz);
+    let now = chrono::Utc::now();
+    let today = now.with_timezone(&tz).date_naive();
+    match (date, &schedule) {
+        (RunDate::Interval { start, end }, _) => RunInterval { start, end, tz },
+        (RunDate::Date(d), Some(s)) => s.interval_of_date(d).unwrap_or_else(|| {
+            let at = spec.schedule.as_ref().map(|s| s.referenced);
+            let message = format!("the schedule has no interval on or after {d} (end_date)");
+            errors.at(
+                at.unwrap_or(serde_saphyr::Location::UNKNOWN),
+                "schedule",
+                message,
+            );
+            RunInterval::day(d, tz)
+        }),
+        (RunDate::Date(d), None) => RunInterval::day(d, tz),
+        (RunDate::Latest, Some(s)) => s
+            .latest_complete(now)
+            .unwrap_or_else(|| RunInterval::day(today, tz)),
+        (RunDate::Latest, None) => RunInterval::day(today, tz),
+    }
+}
+
+/// A schedule as the spec writes it, resolved.
+fn resolve_schedule(schedule: &ScheduleSpec) -> Result<Schedule, ScheduleError> {
+    let d = schedule.details();
+    Schedule::new(
+        &d.cron,
+        d.timezone.as_deref().unwrap_or("UTC"),
+        d.start_date.as_deref(),
+        d.end_date.as_deref(),
+        d.catchup,
+        d.max_active_runs,
+    )
+}
+
+/// Retry settings at `field` (the pipeline's or a table's).
+fn validate_retries(errors: &mut Errors, field: &str, r: &RetrySpec) {
+    if let Some(a) = &r.max_attempts
+        && !(1..=MAX_ATTEMPTS).contains(&a.value)
+    {
+        let message = format!("must be between 1 and {MAX_ATTEMPTS}");
+        errors.at(a.referenced, format!("{field}.max_attempts"), message);
+    }
+    if let (Some(d), Some(_)) = (&r.delay, &r.delay_seconds) {
+        let message = "give 'delay' or the older 'delay_seconds', not both";
+        errors.on(d, format!("{field}.delay"), message);
+    }
+    if let Some(s) = &r.delay_seconds
+        && s.value > MAX_RETRY_DELAY.as_secs()
+    {
+        let message = format!("{} is too long: at most a day", s.value);
+        errors.at(s.referenced, format!("{field}.delay_seconds"), message);
+    }
+    for (name, value) in [("delay", &r.delay), ("max_delay", &r.max_delay)] {
+        let Some(v) = value else { continue };
+        let ok = humantime::parse_duration(&v.value).is_ok_and(|d| d <= MAX_RETRY_DELAY);
+        if !ok {
+            let message = format!(
+                "'{}' is not a duration up to a day (such as 30s or 5m)",
+                v.value
+            );
+            errors.on(v, format!("{field}.{name}"), message);
+        }
+    }
+}
+
+/// A table's own `retries` and `timeout`, at `field` (`silver[2]`).
+fn validate_table_limits(
+    errors: &mut Errors,
+    field: &str,
+    retries: Option<&RetrySpec>,
+    timeout: Option<&Spanned<String>>,
+) {
+    if let Some(r) = retries {
+        validate_retries(errors, &format!("{field}.retries"), r);
+    }
+    if let Some(t) = timeout
+        && parse_timeout(Some(t)).is_none()
+    {
+        let message = format!(
+            "'{}' is not a duration between 1s and 7days (such as 30m or 4h)",
+            t.value
+        );
+        errors.on(t, format!("{field}.timeout"), message);
     }
 }
 

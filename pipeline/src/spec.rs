@@ -20,9 +20,13 @@ pub struct PipelineSpec {
     pub description: Option<String>,
     /// Where the Delta tables are written.
     pub lake: LakeSpec,
-    /// Cron expression (5 fields) for the scheduler; validated now, run by the scheduler.
+    /// When a deployed pipeline runs: a cron expression, or a mapping with its time zone,
+    /// dates, catch-up and concurrency ([`ScheduleSpec`]).
     #[serde(default)]
-    pub schedule: Option<Spanned<String>>,
+    pub schedule: Option<Spanned<ScheduleSpec>>,
+    /// Labels for listing and alert routing (`medallion pipelines`, metrics).
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
     #[serde(default)]
     pub retries: RetrySpec,
     #[serde(default)]
@@ -49,23 +53,88 @@ pub enum LakeSpec {
     },
 }
 
-/// How often a failed task is tried again before its table fails.
+/// When a deployed pipeline runs. Each run covers one interval between two ticks of the cron
+/// expression (Airflow's data interval): the run for `[t0, t1)` starts at `t1`.
+///
+/// (Errors point at the whole schedule: serde loses the places of values inside an untagged
+/// enum, so the enum is what is [`Spanned`].)
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetrySpec {
-    /// Attempts per task, the first one included.
-    pub max_attempts: u32,
-    /// Pause after the first failed attempt of a task; it doubles with each further attempt.
-    pub delay_seconds: u64,
+#[serde(untagged)]
+pub enum ScheduleSpec {
+    Cron(String),
+    Detailed(ScheduleDetails),
 }
 
-impl Default for RetrySpec {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            delay_seconds: 2,
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDetails {
+    /// 5 fields, or 6 with seconds first.
+    pub cron: String,
+    /// IANA time zone the cron expression and `ds` are read in (`Europe/Paris`); UTC if absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// No interval starts before this date (or RFC 3339 time) in the schedule's time zone.
+    #[serde(default)]
+    pub start_date: Option<String>,
+    /// No interval starts at or after this date (or time).
+    #[serde(default)]
+    pub end_date: Option<String>,
+    /// After a pause or downtime, run every missed interval (true) or only the latest (false).
+    #[serde(default)]
+    pub catchup: bool,
+    /// Runs of this pipeline queued or running at once (scheduled, triggered and backfilled).
+    #[serde(default = "default_max_active_runs")]
+    pub max_active_runs: u32,
+}
+
+fn default_max_active_runs() -> u32 {
+    1
+}
+
+impl ScheduleSpec {
+    pub fn details(&self) -> ScheduleDetails {
+        match self {
+            ScheduleSpec::Detailed(d) => d.clone(),
+            ScheduleSpec::Cron(cron) => ScheduleDetails {
+                cron: cron.clone(),
+                timezone: None,
+                start_date: None,
+                end_date: None,
+                catchup: false,
+                max_active_runs: default_max_active_runs(),
+            },
         }
     }
+}
+
+/// How a failed task is tried again, for the pipeline (`retries:`) or one table (its own
+/// `retries:`, whose fields override the pipeline's).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts per task, the first one included (3 when not given).
+    #[serde(default)]
+    pub max_attempts: Option<Spanned<u32>>,
+    /// Pause after the first failed attempt (`30s`, `5m`; 2s when not given).
+    #[serde(default)]
+    pub delay: Option<Spanned<String>>,
+    /// The older form of `delay`, in seconds.
+    #[serde(default)]
+    pub delay_seconds: Option<Spanned<u64>>,
+    /// `exponential` (the default): the pause doubles after each further attempt, up to
+    /// `max_delay`; `fixed`: always `delay`.
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// The longest pause (1h when not given).
+    #[serde(default)]
+    pub max_delay: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    Fixed,
+    Exponential,
 }
 
 /// How long work may take before it is stopped: a runaway query (a cartesian join, say)
@@ -172,6 +241,12 @@ pub struct BronzeSpec {
     pub files_per_task: usize,
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// Overrides the pipeline's `retries` for this table's tasks.
+    #[serde(default)]
+    pub retries: Option<RetrySpec>,
+    /// One attempt of one of this table's tasks (overrides `timeouts.task`).
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
 }
 
 fn default_files_per_task() -> usize {
@@ -245,6 +320,12 @@ pub struct SilverSpec {
     /// columns only updates the current version. Default: every stored column.
     #[serde(default)]
     pub track_history_columns: Vec<Spanned<String>>,
+    /// Overrides the pipeline's `retries` for this table's tasks.
+    #[serde(default)]
+    pub retries: Option<RetrySpec>,
+    /// One attempt of one of this table's tasks (overrides `timeouts.task`).
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
 }
 
 fn default_scd_type() -> Spanned<u8> {
@@ -330,6 +411,12 @@ pub struct GoldSpec {
     /// As for silver tables.
     #[serde(default)]
     pub change_data_feed: bool,
+    /// Overrides the pipeline's `retries` for this table's tasks.
+    #[serde(default)]
+    pub retries: Option<RetrySpec>,
+    /// One attempt of one of this table's tasks (overrides `timeouts.task`).
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// Where a gold query runs.

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::{Layer, Pipeline, TableRef};
+use crate::{Layer, Pipeline, RunDate, TableRef};
 
 const VALID: &str = r#"
 pipeline: p
@@ -113,4 +113,105 @@ fn moving_the_lake_or_the_sources_does_not_change_how_tables_are_computed() {
         .replace("name: api, format: json", "name: feed, format: json")
         .replace("source: api", "source: feed");
     assert_ne!(parse(&renamed).unwrap().computation(), base);
+}
+
+#[test]
+fn templated_fields_are_rendered_for_the_run_interval() {
+    let yaml = VALID
+        .replace("path: in/*.jsonl", "path: \"in/{{ ds }}/*.jsonl\"")
+        .replace(
+            "      - { name: id, type: bigint }",
+            "      - { name: id, type: bigint }\n    filters: [\"'{{ ds_nodash }}' <> ''\"]",
+        )
+        .replace(
+            "SELECT count(*) AS n FROM silver.orders",
+            "SELECT count(*) AS n, '{{ data_interval_end }}' AS upto FROM silver.orders",
+        );
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 5, 17).unwrap();
+    let p = Pipeline::parse_for(
+        yaml.clone(),
+        "p.yaml".into(),
+        "/work".into(),
+        RunDate::Date(day),
+    )
+    .unwrap();
+    assert_eq!(p.spec.sources[0].path.value, "in/2026-05-17/*.jsonl");
+    assert_eq!(p.spec.silver[0].filters[0].value, "'20260517' <> ''");
+    assert!(
+        p.spec.gold[0]
+            .sql
+            .value
+            .contains("'2026-05-18T00:00:00+00:00' AS upto")
+    );
+    // Files are known relative to the part of the path before the template.
+    let root = p.source_root_template(&p.spec.sources[0]).unwrap();
+    assert_eq!(root, PathBuf::from("/work/in"));
+    // The computation is the template: another day is not another spec.
+    let next = RunDate::Date(day.succ_opt().unwrap());
+    let other = Pipeline::parse_for(yaml, "p.yaml".into(), "/work".into(), next).unwrap();
+    assert_eq!(other.computation(), p.computation());
+}
+
+#[test]
+fn an_unknown_template_variable_names_its_field() {
+    let yaml = VALID.replace("path: in/*.jsonl", "path: \"in/{{ dss }}/*.jsonl\"");
+    let errors = parse(&yaml).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].starts_with("p.yaml:5:"), "{errors:?}");
+    assert!(
+        errors[0].contains("sources[0].path: template: undefined value"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].contains("variables: data_interval_end"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn schedules_retries_and_table_limits_are_validated_with_their_place() {
+    let yaml = VALID
+        .replace(
+            "lake: /tmp/lake",
+            "lake: /tmp/lake\nschedule:\n  cron: \"0 */4 * * *\"\n  timezone: Mars/Base\n\
+             retries: { max_attempts: 0, delay: soon, backoff: fixed }",
+        )
+        .replace(
+            "keys: [id]",
+            "keys: [id]\n    timeout: forever\n    retries: { max_delay: 2days }",
+        );
+    let errors = parse(&yaml).unwrap_err();
+    let has = |s: &str| errors.iter().any(|e| e.contains(s));
+    assert!(
+        has("p.yaml:5:") && has("schedule.timezone: 'Mars/Base' is not an IANA"),
+        "{errors:#?}"
+    );
+    assert!(
+        has("retries.max_attempts: must be between 1 and 100"),
+        "{errors:#?}"
+    );
+    assert!(
+        has("retries.delay: 'soon' is not a duration"),
+        "{errors:#?}"
+    );
+    assert!(has("silver[0].timeout: 'forever'"), "{errors:#?}");
+    assert!(has("silver[0].retries.max_delay: '2days'"), "{errors:#?}");
+    assert_eq!(errors.len(), 5, "{errors:#?}");
+}
+
+#[test]
+fn a_table_retries_with_its_own_settings_over_the_pipelines() {
+    let yaml = VALID
+        .replace(
+            "lake: /tmp/lake",
+            "lake: /tmp/lake\nretries: { max_attempts: 4, delay: 5m, backoff: fixed }\ntimeouts: { task: 1h }",
+        )
+        .replace("keys: [id]", "keys: [id]\n    timeout: 10m\n    retries: { max_attempts: 2 }");
+    let p = parse(&yaml).unwrap();
+    let silver = p.retry_policy(&TableRef::new(Layer::Silver, "orders"));
+    assert_eq!(silver.max_attempts, 2);
+    assert_eq!(silver.wait_after(3), std::time::Duration::from_secs(300));
+    assert_eq!(silver.timeout, std::time::Duration::from_secs(600));
+    let gold = p.retry_policy(&TableRef::new(Layer::Gold, "totals"));
+    assert_eq!((gold.max_attempts, gold.timeout.as_secs()), (4, 3600));
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use arrow_schema::SchemaRef;
 use medallion_lake::TableFiles;
 use medallion_pipeline::regroup::{GroupKey, Regroup};
-use medallion_pipeline::{Pipeline, SpecErrors, TableRef};
+use medallion_pipeline::{Pipeline, RunDate, SpecErrors, TableRef};
 
 use crate::run_event::Event;
 use crate::{AggregateWork, IngestWork, RunInfo, SpecText, StagedFiles, Task, TaskMetrics};
@@ -19,6 +19,8 @@ impl From<&Pipeline> for SpecText {
             origin: pipeline.origin.clone(),
             base_dir: pipeline.base_dir.display().to_string(),
             name: pipeline.name().to_string(),
+            interval_start_micros: pipeline.interval.start.timestamp_micros(),
+            interval_end_micros: pipeline.interval.end.timestamp_micros(),
         }
     }
 }
@@ -26,10 +28,19 @@ impl From<&Pipeline> for SpecText {
 impl SpecText {
     /// Parses and validates the spec, as the process that sent it did.
     pub fn parse(&self) -> Result<Pipeline, SpecErrors> {
-        Pipeline::parse(
+        let micros = chrono::DateTime::from_timestamp_micros;
+        let date = match (
+            micros(self.interval_start_micros),
+            micros(self.interval_end_micros),
+        ) {
+            (Some(start), Some(end)) if end > start => RunDate::Interval { start, end },
+            _ => RunDate::Latest,
+        };
+        Pipeline::parse_for(
             self.yaml.clone(),
             self.origin.clone(),
             self.base_dir.clone().into(),
+            date,
         )
     }
 }
@@ -334,8 +345,13 @@ mod tests {
         assert_eq!(text.name, "p");
         let back = text.parse().unwrap();
         assert_eq!(
-            (back.yaml, back.lake_root, back.base_dir),
-            (pipeline.yaml, pipeline.lake_root, pipeline.base_dir)
+            (back.yaml, back.lake_root, back.base_dir, back.interval),
+            (
+                pipeline.yaml,
+                pipeline.lake_root,
+                pipeline.base_dir,
+                pipeline.interval
+            )
         );
     }
 
