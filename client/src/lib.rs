@@ -6,6 +6,7 @@
 pub mod checks;
 pub mod embedded;
 pub mod generate;
+pub mod pipelines;
 pub mod progress;
 pub mod remote;
 pub mod summary;

@@ -12,7 +12,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use medallion_client::embedded::LocalExecutors;
 use medallion_client::generate::{EcommerceData, TpchData};
 use medallion_client::remote::{self, Remote, ServerError};
-use medallion_client::{progress::ProgressBars, summary};
+use medallion_client::{pipelines, progress::ProgressBars, summary};
 use medallion_cluster::LogArgs;
 use medallion_cluster::size::parse_memory_limit;
 use medallion_coordinator::lease::{LeaseHeld, RunLease};
@@ -126,6 +126,8 @@ enum Command {
     },
     /// Cancel a running run: none of its tables commits after this returns.
     Cancel { run_id: String },
+    #[command(flatten)]
+    Schedule(ScheduleCommand),
     /// List the live executors.
     Executors {
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -149,6 +151,64 @@ enum Command {
         /// TPC-H scale factor (tpch): 1 is 6M line items.
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+    },
+}
+
+/// The commands about deployed pipelines (served by the cluster's leader).
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Register a pipeline on the cluster, or update its spec (a new version when it
+    /// changed); the leader runs it on its schedule.
+    Deploy {
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// List the deployed pipelines: schedule, paused, next and last run, backfills.
+    Pipelines {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Stop scheduling a deployed pipeline's runs (runs already queued go on).
+    Pause {
+        pipeline: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Schedule a paused pipeline again (missed intervals run if it catches up).
+    Resume {
+        pipeline: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Remove a pipeline from the cluster's schedule; its tables and runs stay.
+    Undeploy {
+        pipeline: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Run a deployed pipeline now; prints the run id.
+    Trigger {
+        pipeline: String,
+        /// The logical date (`YYYY-MM-DD`) [default: the latest complete interval].
+        #[arg(long, value_parser = parse_date)]
+        date: Option<chrono::NaiveDate>,
+        /// Follow the run to its end, like `watch`.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Run a deployed pipeline once per interval of the logical dates --from to --to, in
+    /// order, at most max_active_runs at a time.
+    Backfill {
+        pipeline: String,
+        #[arg(long, value_parser = parse_date)]
+        from: chrono::NaiveDate,
+        #[arg(long, value_parser = parse_date)]
+        to: chrono::NaiveDate,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
 }
 
@@ -270,12 +330,76 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
             pipeline,
             output,
         } => checks(&run_id, &pipeline, output).await,
+        Command::Schedule(command) => schedule_command(command, &urls).await,
         Command::Executors { output } => {
             let executors = Remote::connect(&urls).await?.executors().await?;
             print_executors(&executors, output);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The commands about deployed pipelines.
+async fn schedule_command(command: ScheduleCommand, urls: &[String]) -> Result<ExitCode> {
+    let mut remote = Remote::connect(urls).await?;
+    let (info, output) = match command {
+        ScheduleCommand::Deploy { spec, output } => {
+            let pipeline = match load(&spec, RunDate::Latest) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            (remote.deploy(&pipeline).await?, output)
+        }
+        ScheduleCommand::Pipelines { output } => {
+            let all = remote.pipelines().await?;
+            match output {
+                Output::Json => {
+                    let list = all.iter().map(pipelines::json).collect();
+                    println!("{:#}", serde_json::Value::Array(list));
+                }
+                Output::Text => println!("{}", pipelines::table(&all, chrono::Utc::now())),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ScheduleCommand::Pause { pipeline, output } => {
+            (remote.set_paused(&pipeline, true).await?, output)
+        }
+        ScheduleCommand::Resume { pipeline, output } => {
+            (remote.set_paused(&pipeline, false).await?, output)
+        }
+        ScheduleCommand::Undeploy { pipeline, output } => {
+            (remote.undeploy(&pipeline).await?, output)
+        }
+        ScheduleCommand::Backfill {
+            pipeline,
+            from,
+            to,
+            output,
+        } => {
+            let (from, to) = (from.to_string(), to.to_string());
+            (remote.backfill(&pipeline, &from, &to).await?, output)
+        }
+        ScheduleCommand::Trigger {
+            pipeline,
+            date,
+            wait,
+            output,
+        } => {
+            let date = date.map(|d| d.to_string());
+            let info = remote.trigger(&pipeline, date.as_deref()).await?;
+            if !wait {
+                println!("{}", info.run_id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("triggered run {} ({})", info.run_id, info.ds);
+            return watch(urls, &info.run_id, output).await;
+        }
+    };
+    match output {
+        Output::Json => println!("{:#}", pipelines::json(&info)),
+        Output::Text => println!("{}", pipelines::table(&[info], chrono::Utc::now())),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads a spec for the run of `date`; a spec that does not validate is printed and answered
@@ -463,6 +587,9 @@ fn run_json(info: &RunInfo) -> serde_json::Value {
         "run_id": info.run_id,
         "pipeline": info.pipeline,
         "state": remote::state_name(info),
+        "ds": info.ds,
+        "trigger": info.trigger,
+        "spec_version": info.spec_version,
         "submitted_ms": info.submitted_ms,
         "ended_ms": info.ended_ms,
         "message": info.message,

@@ -1,5 +1,5 @@
-//! The client side of a cluster: submit a pipeline to the leader coordinator, follow and
-//! manage its runs, list the executors.
+//! The client side of a cluster: submit or deploy a pipeline to the leader coordinator,
+//! follow and manage its runs and schedules, list the executors.
 
 use anyhow::{Context, Result, anyhow, bail};
 use medallion_coordinator::RunObserver;
@@ -8,8 +8,9 @@ use medallion_pipeline::Pipeline;
 use medallion_proto::convert::Watched;
 use medallion_proto::coordinator_client::CoordinatorClient;
 use medallion_proto::{
-    ExecutorStatus, GetRunRequest, ListExecutorsRequest, ListRunsRequest, RunInfo, RunState,
-    SubmitRequest,
+    BackfillRequest, DeployRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
+    ListPipelinesRequest, ListRunsRequest, PipelineInfo, PipelineRequest, RunInfo, RunState,
+    SetPausedRequest, SubmitRequest, TriggerRequest,
 };
 use tonic::transport::Channel;
 
@@ -131,6 +132,62 @@ impl Remote {
     pub async fn executors(&mut self) -> Result<Vec<ExecutorStatus>> {
         let executors = self.client.list_executors(ListExecutorsRequest {}).await;
         Ok(executors.map_err(server_error)?.into_inner().executors)
+    }
+
+    /// Registers `pipeline` (loaded, so validated) or updates its spec.
+    pub async fn deploy(&mut self, pipeline: &Pipeline) -> Result<PipelineInfo> {
+        let request = DeployRequest {
+            pipeline: Some(pipeline.into()),
+        };
+        let info = self.client.deploy(request).await.map_err(server_error)?;
+        Ok(info.into_inner())
+    }
+
+    pub async fn pipelines(&mut self) -> Result<Vec<PipelineInfo>> {
+        let list = self.client.list_pipelines(ListPipelinesRequest {}).await;
+        Ok(list.map_err(server_error)?.into_inner().pipelines)
+    }
+
+    pub async fn set_paused(&mut self, name: &str, paused: bool) -> Result<PipelineInfo> {
+        let request = SetPausedRequest {
+            name: name.to_string(),
+            paused,
+        };
+        let info = self
+            .client
+            .set_paused(request)
+            .await
+            .map_err(server_error)?;
+        Ok(info.into_inner())
+    }
+
+    pub async fn undeploy(&mut self, name: &str) -> Result<PipelineInfo> {
+        let request = PipelineRequest {
+            name: name.to_string(),
+        };
+        let info = self.client.undeploy(request).await.map_err(server_error)?;
+        Ok(info.into_inner())
+    }
+
+    /// A run of a deployed pipeline now; `date`: its logical date (`YYYY-MM-DD`).
+    pub async fn trigger(&mut self, name: &str, date: Option<&str>) -> Result<RunInfo> {
+        let request = TriggerRequest {
+            name: name.to_string(),
+            date: date.unwrap_or_default().to_string(),
+        };
+        let info = self.client.trigger(request).await.map_err(server_error)?;
+        Ok(info.into_inner())
+    }
+
+    /// One run per interval of the logical dates `from` to `to` (`YYYY-MM-DD`).
+    pub async fn backfill(&mut self, name: &str, from: &str, to: &str) -> Result<PipelineInfo> {
+        let request = BackfillRequest {
+            name: name.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        let info = self.client.backfill(request).await.map_err(server_error)?;
+        Ok(info.into_inner())
     }
 
     /// Follows a run to its end, telling `observer` what happens; returns the run as it ended.

@@ -97,6 +97,15 @@ impl Keys {
         format!("{}/tasks/{run_id}/{task_id}", self.prefix)
     }
     /// The lock one run at a time of a pipeline on a lake holds (`lake` hashed, as it is a URL).
+    pub fn deployments(&self) -> String {
+        format!("{}/deployments/", self.prefix)
+    }
+    pub fn deployment(&self, name: &str) -> String {
+        format!("{}/deployments/{name}", self.prefix)
+    }
+    pub fn spec_version(&self, name: &str, version: u32) -> String {
+        format!("{}/spec_versions/{name}/{version:08}", self.prefix)
+    }
     pub fn run_lock(&self, pipeline: &str, lake: &str) -> String {
         let lake = twox_hash::XxHash64::oneshot(0, lake.as_bytes());
         format!("{}/locks/{pipeline}@{lake:016x}", self.prefix)

@@ -7,7 +7,8 @@
 //!
 //! In a cluster, tasks go to executors in other processes ([`remote`], following
 //! [`membership`] in etcd); [`runs`] keeps the leader's runs (state in etcd through [`store`],
-//! so a new leader resumes them) and [`service`] is the client API. The coordinator never reads source data
+//! so a new leader resumes them), [`scheduler`] runs deployed pipelines on their schedules, and
+//! [`service`] is the client API. The coordinator never reads source data
 //! itself, apart from sampling files to decide the columns of a new bronze table.
 
 pub mod commit;
@@ -22,6 +23,7 @@ pub mod quality;
 pub mod remote;
 pub mod run;
 pub mod runs;
+pub mod scheduler;
 pub mod service;
 pub mod store;
 #[cfg(test)]

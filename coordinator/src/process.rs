@@ -26,8 +26,9 @@ use crate::BallistaTarget;
 use crate::membership::Members;
 use crate::remote::RemoteExecutors;
 use crate::runs::Runs;
+use crate::scheduler::Scheduler;
 use crate::service::{CoordinatorService, ForwardToLeader, Role};
-use crate::store::EtcdRunStore;
+use crate::store::{EtcdRunStore, RunStore};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,7 @@ struct Services {
     advertise: String,
     members: Arc<Members>,
     runs: Arc<Runs>,
+    scheduler: Arc<Scheduler>,
     role: Arc<Role>,
     ballista: Option<BallistaTarget>,
     server: Serving,
@@ -115,19 +117,22 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
             .await?,
         ),
     };
+    let store: Arc<dyn RunStore> = Arc::new(EtcdRunStore::new(
+        etcd.clone(),
+        keys.clone(),
+        args.server.lease_ttl,
+    ));
     let runs = Runs::new(
-        Arc::new(EtcdRunStore::new(
-            etcd.clone(),
-            keys.clone(),
-            args.server.lease_ttl,
-        )),
+        store.clone(),
         Arc::new(RemoteExecutors::new(members.clone())),
         ballista.clone(),
     );
+    let scheduler = Scheduler::new(runs.clone(), store);
     let role = Role::new(etcd.clone(), keys.clone(), advertise.clone());
     let service = CoordinatorService {
         role: role.clone(),
         runs: runs.clone(),
+        scheduler: scheduler.clone(),
         members: members.clone(),
     };
     crate::metrics::init();
@@ -144,6 +149,7 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         advertise,
         members,
         runs,
+        scheduler,
         role,
         ballista,
         server,
@@ -198,6 +204,8 @@ async fn lead(services: &Services, lease: &KeptLease) -> Result<CancellationToke
         services.runs.resume()
     })
     .await;
+    // After the resume, so runs a previous leader queued count toward max_active_runs.
+    tokio::spawn(services.scheduler.clone().run(stop_members.child_token()));
     Ok(stop_members)
 }
 

@@ -130,6 +130,10 @@ pub enum RunsError {
     Ended { run_id: String, state: RunState },
     #[error("run state store (etcd) unavailable: {0:#}")]
     Store(anyhow::Error),
+    #[error("no deployed pipeline '{0}' (medallion deploy <spec>)")]
+    NotDeployed(String),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 fn ended(state: i32) -> bool {
@@ -170,27 +174,46 @@ impl Runs {
         let pipeline = spec
             .parse()
             .map_err(|e| RunsError::InvalidSpec(e.to_string()))?;
-        let info = RunInfo {
-            run_id: new_run_id(pipeline.name()),
-            pipeline: pipeline.name().to_string(),
-            state: RunState::Queued as i32,
-            submitted_ms: Utc::now().timestamp_millis(),
-            ..Default::default()
-        };
-        let record = RunRecord {
-            info: Some(info.clone()),
-            // With the interval it was parsed for, so a resumed run renders the same fields.
-            pipeline: Some(SpecText::from(&pipeline)),
-            starts: 0,
-            full_refresh,
-        };
+        self.submit_pipeline(pipeline, full_refresh, Origin::manual())
+            .await
+    }
+
+    /// Saves a run of a parsed pipeline as queued and starts it.
+    pub async fn submit_pipeline(
+        self: &Arc<Self>,
+        pipeline: Pipeline,
+        full_refresh: bool,
+        origin: Origin,
+    ) -> Result<RunInfo, RunsError> {
+        let record = new_record(&pipeline, full_refresh, origin);
         self.store
             .put_run(&record)
             .await
             .map_err(RunsError::Store)?;
-        tracing::info!(run_id = %info.run_id, pipeline = %info.pipeline, "run submitted");
+        let info = record.info.clone().unwrap_or_default();
+        tracing::info!(run_id = %info.run_id, pipeline = %info.pipeline, ds = %info.ds, "run submitted");
         self.start(record, pipeline, Vec::new());
         Ok(info)
+    }
+
+    /// Starts a run whose queued record the caller saved (the scheduler, with its cursor).
+    pub fn start_saved(self: &Arc<Self>, record: RunRecord, pipeline: Pipeline) {
+        self.start(record, pipeline, Vec::new());
+    }
+
+    /// Runs of `pipeline` this leader has queued or running.
+    pub fn active_of(&self, pipeline: &str) -> usize {
+        let active = self.active.lock().expect("active runs");
+        active
+            .values()
+            .filter(|run| {
+                run.progress()
+                    .record
+                    .info
+                    .as_ref()
+                    .is_some_and(|i| i.pipeline == pipeline)
+            })
+            .count()
     }
 
     /// Starts again every run a previous leader left queued or running.
@@ -426,6 +449,45 @@ impl Runs {
             let _ = tx.try_send(event);
         }
         Ok(ReceiverStream::new(rx))
+    }
+}
+
+/// What started a run, and the deployed spec version it runs (0: a submitted spec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub trigger: String,
+    pub spec_version: u32,
+}
+
+impl Origin {
+    pub fn manual() -> Self {
+        Self {
+            trigger: "manual".into(),
+            spec_version: 0,
+        }
+    }
+}
+
+/// A queued run of `pipeline`, for its interval, with the spec it runs.
+pub fn new_record(pipeline: &Pipeline, full_refresh: bool, origin: Origin) -> RunRecord {
+    let info = RunInfo {
+        run_id: new_run_id(pipeline.name()),
+        pipeline: pipeline.name().to_string(),
+        state: RunState::Queued as i32,
+        submitted_ms: Utc::now().timestamp_millis(),
+        ds: pipeline.interval.ds(),
+        interval_start_micros: pipeline.interval.start.timestamp_micros(),
+        interval_end_micros: pipeline.interval.end.timestamp_micros(),
+        trigger: origin.trigger,
+        spec_version: origin.spec_version,
+        ..Default::default()
+    };
+    RunRecord {
+        info: Some(info),
+        // With the interval it was parsed for, so a resumed run renders the same fields.
+        pipeline: Some(SpecText::from(pipeline)),
+        starts: 0,
+        full_refresh,
     }
 }
 

@@ -14,8 +14,10 @@ use futures::stream::{BoxStream, StreamExt};
 use medallion_cluster::Keys;
 use medallion_proto::coordinator_server::Coordinator as CoordinatorRpc;
 use medallion_proto::{
-    ExecutorStatus, GetRunRequest, ListExecutorsRequest, ListExecutorsResponse, ListRunsRequest,
-    ListRunsResponse, RunInfo, SubmitRequest,
+    BackfillRequest, DeployRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
+    ListExecutorsResponse, ListPipelinesRequest, ListPipelinesResponse, ListRunsRequest,
+    ListRunsResponse, PipelineInfo, PipelineRequest, RunInfo, SetPausedRequest, SubmitRequest,
+    TriggerRequest,
 };
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -25,6 +27,7 @@ use tower::{Service, ServiceExt};
 
 use crate::membership::Members;
 use crate::runs::{Runs, RunsError};
+use crate::scheduler::Scheduler;
 
 /// Response metadata naming the leader's address in a standby's UNAVAILABLE answer.
 pub const LEADER_HEADER: &str = "x-medallion-leader";
@@ -194,7 +197,8 @@ impl From<RunsError> for Status {
         let message = e.to_string();
         match e {
             RunsError::InvalidSpec(_) => Status::invalid_argument(message),
-            RunsError::NotFound(_) => Status::not_found(message),
+            RunsError::NotFound(_) | RunsError::NotDeployed(_) => Status::not_found(message),
+            RunsError::BadRequest(_) => Status::invalid_argument(message),
             RunsError::Ended { .. } => Status::failed_precondition(message),
             RunsError::Store(_) => Status::unavailable(message),
         }
@@ -204,7 +208,15 @@ impl From<RunsError> for Status {
 pub struct CoordinatorService {
     pub role: Arc<Role>,
     pub runs: Arc<Runs>,
+    pub scheduler: Arc<Scheduler>,
     pub members: Arc<Members>,
+}
+
+/// A logical date of a request, `YYYY-MM-DD`.
+fn date(field: &str, text: &str) -> Result<chrono::NaiveDate, Status> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|e| {
+        Status::invalid_argument(format!("{field}: '{text}' is not a date (YYYY-MM-DD): {e}"))
+    })
 }
 
 #[tonic::async_trait]
@@ -272,5 +284,67 @@ impl CoordinatorRpc for CoordinatorService {
             })
             .collect();
         Ok(Response::new(ListExecutorsResponse { executors }))
+    }
+
+    async fn deploy(
+        &self,
+        request: Request<DeployRequest>,
+    ) -> Result<Response<PipelineInfo>, Status> {
+        self.role.lead().await?;
+        let spec = request
+            .into_inner()
+            .pipeline
+            .ok_or_else(|| Status::invalid_argument("the request carries no pipeline spec"))?;
+        Ok(Response::new(self.scheduler.deploy(spec).await?))
+    }
+
+    async fn list_pipelines(
+        &self,
+        _request: Request<ListPipelinesRequest>,
+    ) -> Result<Response<ListPipelinesResponse>, Status> {
+        self.role.lead().await?;
+        let pipelines = self.scheduler.pipelines().await?;
+        Ok(Response::new(ListPipelinesResponse { pipelines }))
+    }
+
+    async fn set_paused(
+        &self,
+        request: Request<SetPausedRequest>,
+    ) -> Result<Response<PipelineInfo>, Status> {
+        self.role.lead().await?;
+        let request = request.into_inner();
+        let info = self.scheduler.set_paused(&request.name, request.paused);
+        Ok(Response::new(info.await?))
+    }
+
+    async fn undeploy(
+        &self,
+        request: Request<PipelineRequest>,
+    ) -> Result<Response<PipelineInfo>, Status> {
+        self.role.lead().await?;
+        let info = self.scheduler.undeploy(&request.into_inner().name).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn trigger(&self, request: Request<TriggerRequest>) -> Result<Response<RunInfo>, Status> {
+        self.role.lead().await?;
+        let request = request.into_inner();
+        let day = match request.date.as_str() {
+            "" => None,
+            text => Some(date("date", text)?),
+        };
+        let info = self.scheduler.trigger(&request.name, day).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn backfill(
+        &self,
+        request: Request<BackfillRequest>,
+    ) -> Result<Response<PipelineInfo>, Status> {
+        self.role.lead().await?;
+        let request = request.into_inner();
+        let (from, to) = (date("from", &request.from)?, date("to", &request.to)?);
+        let info = self.scheduler.backfill(&request.name, from, to).await?;
+        Ok(Response::new(info))
     }
 }

@@ -3,9 +3,9 @@
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use etcd_client::{Client, GetOptions, LockOptions};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, LockOptions, Txn, TxnOp};
 use medallion_cluster::{KeptLease, Keys};
-use medallion_proto::{RunRecord, TaskRecord};
+use medallion_proto::{Deployment, RunRecord, TaskRecord};
 use prost::Message;
 
 use super::{PipelineLock, RunStore};
@@ -136,5 +136,74 @@ impl RunStore for EtcdRunStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn put_deployment(&self, deployment: &Deployment) -> Result<()> {
+        let name = &deployment.name;
+        let spec = deployment.pipeline.clone().unwrap_or_default();
+        let txn = Txn::new().and_then([
+            TxnOp::put(
+                self.keys.spec_version(name, deployment.version),
+                spec.encode_to_vec(),
+                None,
+            ),
+            TxnOp::put(self.keys.deployment(name), deployment.encode_to_vec(), None),
+        ]);
+        self.etcd
+            .clone()
+            .txn(txn)
+            .await
+            .with_context(|| format!("saving the deployment of {name} in etcd"))?;
+        Ok(())
+    }
+
+    async fn deployments(&self) -> Result<Vec<Deployment>> {
+        let options = GetOptions::new().with_prefix();
+        let got = self
+            .etcd
+            .clone()
+            .get(self.keys.deployments(), Some(options))
+            .await?;
+        Ok(got
+            .kvs()
+            .iter()
+            .filter_map(|kv| Deployment::decode(kv.value()).ok())
+            .collect())
+    }
+
+    async fn delete_deployment(&self, name: &str) -> Result<()> {
+        self.etcd
+            .clone()
+            .delete(self.keys.deployment(name), None)
+            .await?;
+        Ok(())
+    }
+
+    /// A compare-and-swap on the deployment's bytes: the cursor and the run land together.
+    async fn schedule_run(
+        &self,
+        before: &Deployment,
+        after: &Deployment,
+        run: &RunRecord,
+    ) -> Result<bool> {
+        let key = self.keys.deployment(&before.name);
+        let id = run.info.as_ref().map_or("", |i| i.run_id.as_str());
+        let txn = Txn::new()
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                before.encode_to_vec(),
+            )])
+            .and_then([
+                TxnOp::put(self.keys.run(id), run.encode_to_vec(), None),
+                TxnOp::put(key, after.encode_to_vec(), None),
+            ]);
+        let done = self
+            .etcd
+            .clone()
+            .txn(txn)
+            .await
+            .with_context(|| format!("saving scheduled run {id} in etcd"))?;
+        Ok(done.succeeded())
     }
 }

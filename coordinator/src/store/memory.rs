@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
-use medallion_proto::{RunRecord, TaskRecord};
+use medallion_proto::{Deployment, RunRecord, TaskRecord};
 
 use super::{PipelineLock, RunStore};
 use medallion_pipeline::report::TableReport;
@@ -24,6 +24,7 @@ struct State {
     runs: BTreeMap<String, RunRecord>,
     tables: BTreeMap<(String, String), TableReport>,
     tasks: BTreeMap<(String, String), TaskRecord>,
+    deployments: BTreeMap<String, Deployment>,
     failing_writes: usize,
     writes: usize,
 }
@@ -124,5 +125,40 @@ impl RunStore for MemoryRunStore {
         self.write(|s| {
             s.tasks.insert(key, record.clone());
         })
+    }
+
+    async fn put_deployment(&self, deployment: &Deployment) -> Result<()> {
+        self.write(|s| {
+            s.deployments
+                .insert(deployment.name.clone(), deployment.clone());
+        })
+    }
+
+    async fn deployments(&self) -> Result<Vec<Deployment>> {
+        Ok(self.state().deployments.values().cloned().collect())
+    }
+
+    async fn delete_deployment(&self, name: &str) -> Result<()> {
+        self.write(|s| {
+            s.deployments.remove(name);
+        })
+    }
+
+    async fn schedule_run(
+        &self,
+        before: &Deployment,
+        after: &Deployment,
+        run: &RunRecord,
+    ) -> Result<bool> {
+        let mut applied = false;
+        self.write(|s| {
+            if s.deployments.get(&before.name) == Some(before) {
+                s.deployments.insert(after.name.clone(), after.clone());
+                let id = run.info.as_ref().map(|i| i.run_id.clone());
+                s.runs.insert(id.unwrap_or_default(), run.clone());
+                applied = true;
+            }
+        })?;
+        Ok(applied)
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
-use medallion_proto::{RunRecord, TaskRecord};
+use medallion_proto::{Deployment, RunRecord, TaskRecord};
 
 use medallion_pipeline::report::TableReport;
 
@@ -38,6 +38,20 @@ pub trait RunStore: Send + Sync {
     /// The table reports saved for a run, in no particular order.
     async fn tables(&self, run_id: &str) -> Result<Vec<TableReport>>;
     async fn put_task(&self, run_id: &str, record: &TaskRecord) -> Result<()>;
+    /// Saves a deployed pipeline, and its spec under its version (versions are kept).
+    async fn put_deployment(&self, deployment: &Deployment) -> Result<()>;
+    /// Every deployed pipeline.
+    async fn deployments(&self) -> Result<Vec<Deployment>>;
+    async fn delete_deployment(&self, name: &str) -> Result<()>;
+    /// Saves `run` and `after` (the deployment with its cursor moved past the run's interval)
+    /// in one transaction, if the deployment is still `before`. False when it changed in
+    /// the meantime (a deploy, a pause, another leader): nothing is written.
+    async fn schedule_run(
+        &self,
+        before: &Deployment,
+        after: &Deployment,
+        run: &RunRecord,
+    ) -> Result<bool>;
 }
 
 /// A pipeline's run lock, released when dropped (see [`RunStore::lock_pipeline`]).

@@ -1,0 +1,326 @@
+//! The scheduler against the in-memory run store and a fake task runner, with the clock
+//! given to each tick.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use medallion_proto::{Deployment, RunInfo, RunState};
+use tempfile::TempDir;
+
+use super::{Scheduler, next_run};
+use crate::runs::Runs;
+use crate::store::{MemoryRunStore, RunStore};
+use crate::testing::{FakeRunner, pipeline};
+
+struct Fixture {
+    dir: TempDir,
+    store: Arc<MemoryRunStore>,
+    runs: Arc<Runs>,
+    scheduler: Arc<Scheduler>,
+}
+
+fn fixture(runner: Arc<FakeRunner>) -> Fixture {
+    let store = MemoryRunStore::new();
+    let runs = Runs::new(store.clone(), runner, None);
+    let scheduler = Scheduler::new(runs.clone(), store.clone());
+    Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        store,
+        runs,
+        scheduler,
+    }
+}
+
+fn day(d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, d, 0, 0, 0).unwrap()
+}
+
+fn date(d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 1, d).unwrap()
+}
+
+/// A daily schedule from January 1st, 2026.
+fn daily(catchup: bool, max_active_runs: u32) -> String {
+    format!(
+        "schedule:\n  cron: \"0 0 * * *\"\n  start_date: 2026-01-01\n  catchup: {catchup}\n  \
+         max_active_runs: {max_active_runs}\n"
+    )
+}
+
+impl Fixture {
+    async fn deploy(&self, more: &str) -> Deployment {
+        let spec = (&pipeline(self.dir.path(), more)).into();
+        self.scheduler.deploy(spec).await.unwrap();
+        self.store.deployments().await.unwrap().remove(0)
+    }
+
+    /// Every run so far, oldest interval first.
+    async fn runs(&self) -> Vec<RunInfo> {
+        let mut runs = self.runs.list(0).await.unwrap();
+        runs.sort_by_key(|r| (r.interval_start_micros, r.submitted_ms));
+        runs
+    }
+
+    async fn ds(&self) -> Vec<String> {
+        self.runs().await.into_iter().map(|r| r.ds).collect()
+    }
+
+    /// Waits until no run is queued or running.
+    async fn settle(&self) {
+        let idle = async {
+            while self.runs.active_of("t") > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), idle)
+            .await
+            .expect("runs end");
+    }
+}
+
+#[tokio::test]
+async fn with_catch_up_every_missed_interval_runs_in_order() {
+    let f = fixture(FakeRunner::succeeding());
+    f.deploy(&daily(true, 10)).await;
+    let queued = f
+        .scheduler
+        .tick(day(4) + chrono::Duration::hours(12))
+        .await
+        .unwrap();
+    assert_eq!(queued, 3);
+    f.settle().await;
+    assert_eq!(f.ds().await, ["2026-01-01", "2026-01-02", "2026-01-03"]);
+    let runs = f.runs().await;
+    assert!(
+        runs.iter()
+            .all(|r| r.trigger == "scheduled" && r.spec_version == 1)
+    );
+    assert!(runs.iter().all(|r| r.state == RunState::Succeeded as i32));
+    // Nothing more is due until the next tick of the schedule.
+    assert_eq!(
+        f.scheduler
+            .tick(day(4) + chrono::Duration::hours(23))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(f.scheduler.tick(day(5)).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn without_catch_up_only_the_latest_interval_runs() {
+    let f = fixture(FakeRunner::succeeding());
+    f.deploy(&daily(false, 10)).await;
+    assert_eq!(
+        f.scheduler
+            .tick(day(4) + chrono::Duration::hours(12))
+            .await
+            .unwrap(),
+        1
+    );
+    f.settle().await;
+    assert_eq!(f.ds().await, ["2026-01-03"]);
+}
+
+#[tokio::test]
+async fn a_paused_pipeline_runs_nothing_and_resumes_with_or_without_catch_up() {
+    for (catchup, expected) in [
+        (false, vec!["2026-01-01", "2026-01-05"]),
+        (
+            true,
+            vec![
+                "2026-01-01",
+                "2026-01-02",
+                "2026-01-03",
+                "2026-01-04",
+                "2026-01-05",
+            ],
+        ),
+    ] {
+        let f = fixture(FakeRunner::succeeding());
+        f.deploy(&daily(catchup, 10)).await;
+        assert_eq!(f.scheduler.tick(day(2)).await.unwrap(), 1);
+        f.settle().await;
+        let paused = f.scheduler.set_paused("t", true).await.unwrap();
+        assert!(paused.paused && paused.next_run_ms == 0);
+        assert_eq!(f.scheduler.tick(day(5)).await.unwrap(), 0, "paused");
+        f.scheduler.set_paused("t", false).await.unwrap();
+        f.scheduler.tick(day(6)).await.unwrap();
+        f.settle().await;
+        // Catching up is bounded by max_active_runs per tick: tick until nothing is due.
+        while f.scheduler.tick(day(6)).await.unwrap() > 0 {
+            f.settle().await;
+        }
+        assert_eq!(f.ds().await, expected, "catchup: {catchup}");
+    }
+}
+
+#[tokio::test]
+async fn max_active_runs_holds_while_runs_are_running() {
+    let runner = FakeRunner::gated();
+    let f = fixture(runner.clone());
+    f.deploy(&daily(true, 2)).await;
+    let now = day(7);
+    assert_eq!(f.scheduler.tick(now).await.unwrap(), 2);
+    assert_eq!(f.scheduler.tick(now).await.unwrap(), 0, "two are active");
+    assert_eq!(f.runs.active_of("t"), 2);
+    let mut seen = 2;
+    while seen < 6 {
+        runner.open(1);
+        // A finished run frees a place for the next interval, never more than two at once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen += f.scheduler.tick(now).await.unwrap();
+        assert!(f.runs.active_of("t") <= 2);
+    }
+    runner.open(100);
+    f.settle().await;
+    let ds = f.ds().await;
+    assert_eq!(ds.len(), 6);
+    assert_eq!(ds.first().unwrap(), "2026-01-01");
+    assert_eq!(ds.last().unwrap(), "2026-01-06");
+}
+
+#[tokio::test]
+async fn a_new_leader_neither_skips_nor_doubles_a_scheduled_run() {
+    let f = fixture(FakeRunner::succeeding());
+    let before = f.deploy(&daily(true, 1)).await;
+    // The first leader ran the 1st, then saved the run of the 2nd with its cursor and died
+    // before starting it.
+    assert_eq!(f.scheduler.tick(day(2)).await.unwrap(), 1);
+    f.settle().await;
+    let saved = f.store.deployments().await.unwrap().remove(0);
+    assert_ne!(saved, before);
+    let p = pipeline(f.dir.path(), &daily(true, 1));
+    let (after, interval, _) = next_run(&saved, p.schedule().as_ref(), &p, day(3)).unwrap();
+    let spec = medallion_proto::SpecText {
+        interval_start_micros: interval.start.timestamp_micros(),
+        interval_end_micros: interval.end.timestamp_micros(),
+        ..(&p).into()
+    };
+    let orphan =
+        crate::runs::new_record(&spec.parse().unwrap(), false, crate::runs::Origin::manual());
+    assert!(f.store.schedule_run(&saved, &after, &orphan).await.unwrap());
+    // The next leader shares the store: it resumes that run, and schedules only the 3rd.
+    let runs = Runs::new(f.store.clone(), FakeRunner::succeeding(), None);
+    let next = Scheduler::new(runs.clone(), f.store.clone());
+    runs.resume().await.unwrap();
+    let mut queued = 0;
+    loop {
+        let n = next.tick(day(4)).await.unwrap();
+        queued += n;
+        if n == 0 && runs.active_of("t") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(queued, 1, "only the 3rd was new");
+    let mut runs = runs.list(0).await.unwrap();
+    runs.sort_by_key(|r| r.interval_start_micros);
+    let ds: Vec<&str> = runs.iter().map(|r| r.ds.as_str()).collect();
+    assert_eq!(ds, ["2026-01-01", "2026-01-02", "2026-01-03"]);
+    assert!(runs.iter().all(|r| r.state == RunState::Succeeded as i32));
+}
+
+#[tokio::test]
+async fn a_run_and_its_cursor_are_saved_only_over_the_deployment_they_were_computed_from() {
+    let f = fixture(FakeRunner::succeeding());
+    let before = f.deploy(&daily(true, 1)).await;
+    let p = pipeline(f.dir.path(), &daily(true, 1));
+    let (after, _, _) = next_run(&before, p.schedule().as_ref(), &p, day(3)).unwrap();
+    let record = crate::runs::new_record(&p, false, crate::runs::Origin::manual());
+    // Another change landed first (a pause, or another leader's run).
+    f.scheduler.set_paused("t", true).await.unwrap();
+    assert!(
+        !f.store
+            .schedule_run(&before, &after, &record)
+            .await
+            .unwrap()
+    );
+    assert!(f.store.runs().await.unwrap().is_empty(), "nothing written");
+}
+
+#[tokio::test]
+async fn a_backfill_queues_one_run_per_interval_in_order_and_keeps_one_record() {
+    let f = fixture(FakeRunner::succeeding());
+    f.deploy(&daily(false, 2)).await;
+    f.scheduler.set_paused("t", true).await.unwrap();
+    let info = f.scheduler.backfill("t", date(10), date(14)).await.unwrap();
+    assert_eq!(info.backfill_pending, 5);
+    while f.scheduler.tick(day(20)).await.unwrap() > 0 || f.runs.active_of("t") > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let runs = f.runs().await;
+    let ds: Vec<&str> = runs.iter().map(|r| r.ds.as_str()).collect();
+    assert_eq!(
+        ds,
+        [
+            "2026-01-10",
+            "2026-01-11",
+            "2026-01-12",
+            "2026-01-13",
+            "2026-01-14"
+        ]
+    );
+    assert!(runs.iter().all(|r| r.trigger.starts_with("backfill ")));
+    let left = &f.scheduler.pipelines().await.unwrap()[0];
+    assert_eq!(left.backfill_pending, 0);
+    assert!(f.store.deployments().await.unwrap()[0].backfills.is_empty());
+}
+
+#[tokio::test]
+async fn thousands_of_backfill_intervals_cost_one_cursor_each_step() {
+    let f = fixture(FakeRunner::succeeding());
+    let mut d = f.deploy("").await;
+    let p = pipeline(f.dir.path(), "");
+    let from = NaiveDate::from_ymd_opt(2020, 1, 1).unwrap();
+    let to = from + chrono::Days::new(1999);
+    f.scheduler.backfill("t", from, to).await.unwrap();
+    d.backfills = f.store.deployments().await.unwrap()[0].backfills.clone();
+    let size = prost::Message::encoded_len(&d);
+    let started = std::time::Instant::now();
+    let mut starts = Vec::new();
+    while let Some((next, interval, _)) = next_run(&d, None, &p, Utc::now()) {
+        starts.push(interval.start);
+        assert!(
+            prost::Message::encoded_len(&next) <= size,
+            "the record does not grow"
+        );
+        d = next;
+    }
+    assert_eq!(starts.len(), 2000);
+    assert!(
+        starts
+            .windows(2)
+            .all(|w| w[1] - w[0] == chrono::Duration::days(1))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn trigger_runs_a_logical_date_and_deploy_keeps_versions() {
+    let f = fixture(FakeRunner::succeeding());
+    f.deploy(&daily(false, 1)).await;
+    let run = f.scheduler.trigger("t", Some(date(9))).await.unwrap();
+    assert_eq!(
+        (run.ds.as_str(), run.trigger.as_str()),
+        ("2026-01-09", "manual")
+    );
+    f.settle().await;
+    let same = f.deploy(&daily(false, 1)).await;
+    assert_eq!(same.version, 1, "the same text is the same version");
+    let changed = f.deploy(&daily(false, 3)).await;
+    assert_eq!(changed.version, 2);
+    let missing = f.scheduler.trigger("nope", None).await.unwrap_err();
+    assert!(
+        missing.to_string().contains("no deployed pipeline 'nope'"),
+        "{missing}"
+    );
+    let gone = f.scheduler.undeploy("t").await.unwrap();
+    assert_eq!(gone.version, 2);
+    assert!(f.scheduler.pipelines().await.unwrap().is_empty());
+}
