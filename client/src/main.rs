@@ -588,6 +588,8 @@ fn run_json(info: &RunInfo) -> serde_json::Value {
         "pipeline": info.pipeline,
         "state": remote::state_name(info),
         "ds": info.ds,
+        "interval_start_ms": info.interval_start_micros / 1000,
+        "interval_end_ms": info.interval_end_micros / 1000,
         "trigger": info.trigger,
         "spec_version": info.spec_version,
         "submitted_ms": info.submitted_ms,

@@ -15,4 +15,5 @@ mod layers;
 mod observability;
 mod quality;
 mod recovery;
+mod schedule;
 mod storage;

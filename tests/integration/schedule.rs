@@ -1,0 +1,257 @@
+//! The leader as the scheduler, against real etcd, coordinators and executors: deployed
+//! pipelines run on a seconds-level schedule, pause and resume, backfill intervals over
+//! templated paths, and a killed leader neither skips nor doubles a scheduled run.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use medallion_tests::Workspace;
+use medallion_tests::cluster::{Cluster, wait_for};
+use serde_json::Value;
+
+/// A one-table pipeline over `data/<path>`, with `schedule` (YAML) appended.
+fn spec(path: &str, schedule: &str) -> String {
+    format!(
+        "pipeline: sched\nlake: lake\nsources:\n  - {{ name: feed, format: json, path: \"data/{path}\" }}\n\
+         bronze:\n  - {{ name: events, source: feed }}\n{schedule}"
+    )
+}
+
+fn json(cluster: &Cluster, ws: &Workspace, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["--output", "json"]);
+    let out = cluster.client(ws, &args);
+    assert_eq!(out.code, 0, "{args:?}: {}\n{}", out.stderr, cluster.logs());
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+/// Every run of the cluster, oldest interval first.
+fn runs(cluster: &Cluster, ws: &Workspace) -> Vec<Value> {
+    try_runs(cluster, ws).unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()))
+}
+
+/// [`runs`], or why the cluster did not answer (while a new leader takes over).
+fn try_runs(cluster: &Cluster, ws: &Workspace) -> Result<Vec<Value>, String> {
+    let out = cluster.client(ws, &["runs", "--limit", "0", "--output", "json"]);
+    if out.code != 0 {
+        return Err(out.stderr);
+    }
+    let mut runs: Vec<Value> = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
+    runs.sort_by_key(|r| (r["interval_start_ms"].as_i64(), r["submitted_ms"].as_i64()));
+    Ok(runs)
+}
+
+fn ended(run: &Value) -> bool {
+    matches!(
+        run["state"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
+}
+
+#[test]
+fn a_deployed_pipeline_runs_on_its_schedule_pauses_and_resumes() {
+    let ws = Workspace::new();
+    ws.write("data/a.jsonl", "{\"id\": 1}\n");
+    ws.write(
+        "p.yaml",
+        &spec("*.jsonl", "schedule: \"*/2 * * * * *\"\ntags: [demo]\n"),
+    );
+    let cluster = Cluster::start(&ws, 1, 1);
+    let deployed = json(&cluster, &ws, &["deploy", "p.yaml"]);
+    assert_eq!(
+        (deployed["name"].as_str(), deployed["version"].as_u64()),
+        (Some("sched"), Some(1))
+    );
+    assert_eq!(deployed["tags"], serde_json::json!(["demo"]));
+
+    wait_for("two scheduled runs", Duration::from_secs(120), || {
+        runs(&cluster, &ws)
+            .iter()
+            .filter(|r| r["state"] == "succeeded")
+            .count()
+            >= 2
+    });
+    for run in runs(&cluster, &ws) {
+        assert_eq!(run["trigger"], "scheduled", "{run:#}");
+        let (start, end) = (
+            run["interval_start_ms"].as_i64().unwrap(),
+            run["interval_end_ms"].as_i64().unwrap(),
+        );
+        assert_eq!(end - start, 2000, "a 2-second interval: {run:#}");
+        let submitted = run["submitted_ms"].as_i64().unwrap();
+        assert!(
+            submitted >= end,
+            "a run starts once its interval has ended: {run:#}"
+        );
+        assert!(
+            submitted - end < 60_000,
+            "on time, even on a loaded machine: {run:#}"
+        );
+    }
+    let listed = json(&cluster, &ws, &["pipelines"]);
+    assert_eq!(listed[0]["paused"], false, "{listed:#}");
+    assert!(listed[0]["next_run_ms"].as_i64().unwrap() > 0, "{listed:#}");
+
+    json(&cluster, &ws, &["pause", "sched"]);
+    // A run queued just before the pause may still end; after that nothing new starts.
+    wait_for("queued runs to end", Duration::from_secs(60), || {
+        runs(&cluster, &ws).iter().all(ended)
+    });
+    let paused = runs(&cluster, &ws).len();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(runs(&cluster, &ws).len(), paused, "no run while paused");
+    assert_eq!(json(&cluster, &ws, &["pipelines"])[0]["next_run_ms"], 0);
+
+    json(&cluster, &ws, &["resume", "sched"]);
+    wait_for("a run after resuming", Duration::from_secs(60), || {
+        runs(&cluster, &ws).len() > paused
+    });
+    // Without catch-up, the intervals missed while paused are skipped, not run.
+    let after: Vec<Value> = runs(&cluster, &ws).into_iter().skip(paused).collect();
+    assert!(after.len() <= 3, "missed intervals skipped: {after:#?}");
+
+    json(&cluster, &ws, &["undeploy", "sched"]);
+    wait_for("runs to end", Duration::from_secs(60), || {
+        runs(&cluster, &ws).iter().all(ended)
+    });
+    let gone = runs(&cluster, &ws).len();
+    assert_eq!(json(&cluster, &ws, &["pipelines"]), serde_json::json!([]));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(runs(&cluster, &ws).len(), gone, "no run once undeployed");
+}
+
+#[test]
+fn a_backfill_runs_each_interval_over_its_own_files_once() {
+    let ws = Workspace::new();
+    for day in 1..=3 {
+        let rows: String = (0..day)
+            .map(|i| format!("{{\"id\": {}, \"day\": {day}}}\n", day * 10 + i))
+            .collect();
+        // The same file name every day: its identity is relative to `data/`.
+        ws.write(&format!("data/2026-01-0{day}/part.jsonl"), &rows);
+    }
+    ws.write("data/2026-01-04/part.jsonl", "{\"id\": 99, \"day\": 4}\n");
+    ws.write("p.yaml", &spec("{{ ds }}/*.jsonl", ""));
+    let cluster = Cluster::start(&ws, 1, 1);
+    json(&cluster, &ws, &["deploy", "p.yaml"]);
+    let queued = json(
+        &cluster,
+        &ws,
+        &[
+            "backfill",
+            "sched",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-01-03",
+        ],
+    );
+    assert_eq!(queued["backfill_pending"], 3, "{queued:#}");
+    wait_for("three backfilled runs", Duration::from_secs(180), || {
+        let runs = runs(&cluster, &ws);
+        runs.len() == 3 && runs.iter().all(ended)
+    });
+    let runs = runs(&cluster, &ws);
+    let ds: Vec<&str> = runs.iter().map(|r| r["ds"].as_str().unwrap()).collect();
+    assert_eq!(ds, ["2026-01-01", "2026-01-02", "2026-01-03"]);
+    for run in &runs {
+        assert_eq!(run["state"], "succeeded", "{run:#}\n{}", cluster.logs());
+        assert!(
+            run["trigger"].as_str().unwrap().starts_with("backfill "),
+            "{run:#}"
+        );
+        let bronze = medallion_tests::table(&run["report"], "bronze.events");
+        let day = run["ds"].as_str().unwrap()[8..].parse::<u64>().unwrap();
+        assert_eq!(
+            bronze["metrics"]["rows_written"], day,
+            "each run ingests its day: {run:#}"
+        );
+    }
+    // Triggering a day again finds its file ingested: nothing doubled.
+    let again = cluster.client(
+        &ws,
+        &[
+            "trigger",
+            "sched",
+            "--date",
+            "2026-01-02",
+            "--wait",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let again: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(
+        medallion_tests::table(&again["report"], "bronze.events")["status"],
+        "up_to_date"
+    );
+
+    let table = ws.read_table("lake/bronze/events");
+    assert_eq!(table["readers_agree"], true, "{table:#}");
+    assert_eq!(table["version"], 2, "one commit per run that ingested: {table:#}");
+    let mut seen: Vec<(u64, String)> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().parse().unwrap(),
+                r["_source_file"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected: Vec<(u64, String)> = (1..=3u64)
+        .flat_map(|day| (0..day).map(move |i| (day * 10 + i, format!("2026-01-0{day}/part.jsonl"))))
+        .collect();
+    assert_eq!(seen, expected, "day 4 was not asked for");
+}
+
+#[test]
+fn a_killed_leader_neither_skips_nor_doubles_a_scheduled_run() {
+    let ws = Workspace::new();
+    ws.write("data/a.jsonl", "{\"id\": 1}\n");
+    // Fifteen 2-second intervals from a start a little ahead, all caught up.
+    let start = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let start = chrono::DateTime::from_timestamp(start.timestamp() / 2 * 2, 0).unwrap();
+    let end = start + chrono::Duration::seconds(30);
+    let schedule = format!(
+        "schedule:\n  cron: \"*/2 * * * * *\"\n  start_date: \"{}\"\n  end_date: \"{}\"\n  catchup: true\n",
+        start.to_rfc3339(),
+        end.to_rfc3339()
+    );
+    ws.write("p.yaml", &spec("*.jsonl", &schedule));
+    let mut cluster = Cluster::start(&ws, 2, 1);
+    json(&cluster, &ws, &["deploy", "p.yaml"]);
+    wait_for("scheduled runs", Duration::from_secs(120), || {
+        runs(&cluster, &ws).iter().filter(|r| ended(r)).count() >= 2
+    });
+    cluster.coordinators[0].kill();
+    wait_for("every interval's run", Duration::from_secs(300), || {
+        let runs = try_runs(&cluster, &ws).unwrap_or_default();
+        runs.len() >= 15 && runs.iter().all(ended)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = runs(&cluster, &ws);
+    let starts: Vec<i64> = runs
+        .iter()
+        .map(|r| r["interval_start_ms"].as_i64().unwrap())
+        .collect();
+    let expected: Vec<i64> = (0..15)
+        .map(|i| start.timestamp_millis() + i * 2000)
+        .collect();
+    assert_eq!(
+        starts,
+        expected,
+        "one run per interval, none skipped or doubled:\n{}",
+        cluster.logs()
+    );
+    let unique: BTreeSet<&str> = runs.iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    assert_eq!(unique.len(), 15);
+    for run in &runs {
+        assert_eq!(run["state"], "succeeded", "{run:#}\n{}", cluster.logs());
+    }
+    let standby = cluster.coordinators[1].log_text();
+    assert!(standby.contains("elected leader"), "{}", cluster.logs());
+}
