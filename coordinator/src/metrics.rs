@@ -11,8 +11,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
     GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    exponential_buckets, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, register_int_gauge_vec,
+    exponential_buckets, register_gauge_vec, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
 };
 
 use medallion_pipeline::report::{TableReport, TableStatus};
@@ -59,8 +59,8 @@ static CHECK_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 static RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "medallion_runs_total",
-        "Runs that ended, by status (succeeded, failed, cancelled).",
-        &["status"]
+        "Runs that ended, by pipeline and status (succeeded, failed, cancelled).",
+        &["pipeline", "status"]
     )
     .expect("metric")
 });
@@ -94,6 +94,32 @@ static TASK_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
 static EXECUTORS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("medallion_executors_alive", "Executors registered in etcd.")
         .expect("metric")
+});
+
+static LAST_SUCCESS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "medallion_pipeline_last_success_timestamp_seconds",
+        "When the pipeline's last successful run ended (Unix time).",
+        &["pipeline"]
+    )
+    .expect("metric")
+});
+
+static SCHEDULE_INTERVAL: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "medallion_pipeline_schedule_interval_seconds",
+        "The interval between two scheduled runs of a deployed, unpaused pipeline.",
+        &["pipeline"]
+    )
+    .expect("metric")
+});
+
+static LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "medallion_coordinator_leader",
+        "1 on the coordinator that leads, 0 on a standby."
+    )
+    .expect("metric")
 });
 
 static FORWARDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -160,6 +186,9 @@ pub fn init() {
     LazyLock::force(&EXECUTORS);
     LazyLock::force(&FORWARDED);
     LazyLock::force(&FRESHNESS);
+    LazyLock::force(&LAST_SUCCESS);
+    LazyLock::force(&SCHEDULE_INTERVAL);
+    LazyLock::force(&LEADER);
 }
 
 /// A standby forwarded a client call to the leader (`reached`: whether the leader answered).
@@ -207,8 +236,37 @@ pub(crate) fn table_finished(pipeline: &Pipeline, table: &TableRef, report: &Tab
     }
 }
 
-pub(crate) fn run_ended(state: medallion_proto::RunState) {
-    RUNS.with_label_values(&[state.name()]).inc();
+pub(crate) fn run_ended(pipeline: &str, state: medallion_proto::RunState) {
+    RUNS.with_label_values(&[pipeline, state.name()]).inc();
+    if state == medallion_proto::RunState::Succeeded {
+        succeeded_at(pipeline, SystemTime::now());
+    }
+}
+
+/// A run of `pipeline` succeeded at `at` (a new leader learns the last ones from etcd).
+pub(crate) fn succeeded_at(pipeline: &str, at: SystemTime) {
+    let at = at.duration_since(SystemTime::UNIX_EPOCH);
+    let at = at.unwrap_or_default().as_secs_f64();
+    let gauge = LAST_SUCCESS.with_label_values(&[pipeline]);
+    gauge.set(gauge.get().max(at));
+}
+
+/// This coordinator leads (1) or stands by (0).
+pub(crate) fn leading(yes: bool) {
+    LEADER.set(i64::from(yes));
+}
+
+/// The scheduled interval of a deployed pipeline whose schedule runs (`None`: paused,
+/// undeployed or unscheduled, so it cannot be late).
+pub(crate) fn schedule_interval(pipeline: &str, interval: Option<std::time::Duration>) {
+    match interval {
+        Some(i) => SCHEDULE_INTERVAL
+            .with_label_values(&[pipeline])
+            .set(i.as_secs_f64()),
+        None => {
+            let _ = SCHEDULE_INTERVAL.remove_label_values(&[pipeline]);
+        }
+    }
 }
 
 /// Where a dispatched task is: waiting for an executor's slot, or running on one.

@@ -171,6 +171,7 @@ async fn campaign(services: &Services, lease: &KeptLease) {
 /// executors and resumes the runs a previous leader left. Returns what stops following.
 async fn lead(services: &Services, lease: &KeptLease) -> Result<CancellationToken> {
     services.role.set_leading();
+    crate::metrics::leading(true);
     services
         .server
         .health

@@ -110,11 +110,12 @@ impl<'a> Coordinator<'a> {
             );
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
-        metrics::run_ended(if succeeded {
+        let state = if succeeded {
             medallion_proto::RunState::Succeeded
         } else {
             medallion_proto::RunState::Failed
-        });
+        };
+        metrics::run_ended(pipeline.name(), state);
         tracing::info!(
             run_id,
             succeeded,

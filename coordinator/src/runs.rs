@@ -339,7 +339,7 @@ impl Runs {
                     info.set_report(&report);
                 }
                 Ending::Cancelled => {
-                    crate::metrics::run_ended(RunState::Cancelled);
+                    crate::metrics::run_ended(&info.pipeline, RunState::Cancelled);
                     info.state = RunState::Cancelled as i32;
                     info.message = "cancelled".into();
                     info.set_tables(&tables);

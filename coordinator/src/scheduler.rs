@@ -119,6 +119,7 @@ impl Scheduler {
         let info = self.info(&deployment).await?;
         let deleted = self.store.delete_deployment(name).await;
         deleted.map_err(RunsError::Store)?;
+        crate::metrics::schedule_interval(name, None);
         Ok(info)
     }
 
@@ -214,6 +215,14 @@ impl Scheduler {
                 continue;
             };
             let schedule = latest.schedule();
+            let interval = schedule
+                .as_ref()
+                .filter(|_| !deployment.paused)
+                .and_then(|s| {
+                    let next = s.interval_at_or_after(now)?;
+                    (next.end - next.start).to_std().ok()
+                });
+            crate::metrics::schedule_interval(&deployment.name, interval);
             let limit = schedule.as_ref().map_or(1, |s| s.max_active_runs) as usize;
             let mut pruned = deployment.clone();
             if prune_backfills(&mut pruned, schedule.as_ref(), &latest) {
@@ -262,6 +271,13 @@ impl Scheduler {
 
     /// Ticks until `stop` (this coordinator no longer leads).
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        // A new leader's staleness alerts start from the runs the previous leaders saved.
+        for run in self.runs.list(0).await.unwrap_or_default() {
+            if run.state == medallion_proto::RunState::Succeeded as i32 && run.ended_ms > 0 {
+                let ended = std::time::UNIX_EPOCH + Duration::from_millis(run.ended_ms as u64);
+                crate::metrics::succeeded_at(&run.pipeline, ended);
+            }
+        }
         loop {
             if let Err(e) = self.tick(Utc::now()).await {
                 tracing::warn!(error = format!("{e:#}"), "scheduler tick failed");

@@ -82,6 +82,15 @@ fn prometheus_counts_the_rows_written_per_layer() {
         prometheus.values_by("medallion_runs_total", "status"),
         [("succeeded".to_string(), 1.0)]
     );
+    // What the alerts read: one leader, the pipeline's last success.
+    let leaders = prometheus.values_by("sum(medallion_coordinator_leader)", "");
+    assert_eq!(leaders, [(String::new(), 1.0)]);
+    let success = prometheus.values_by(
+        "medallion_pipeline_last_success_timestamp_seconds",
+        "pipeline",
+    );
+    assert_eq!(success.len(), 1, "{success:?}");
+    assert!(success[0].1 > 1.7e9, "{success:?}");
     assert_eq!(
         prometheus.values_by("medallion_executors_alive", "job"),
         [("coordinator".to_string(), 2.0)]
@@ -179,4 +188,54 @@ fn json_log_lines_name_run_and_task() {
     }
     let tables = assert_task_lines_name_the_run(&lines, run_id);
     assert_eq!(tables.len(), 8, "{tables:?}");
+}
+
+/// The shipped alert rules are valid, and their `promtool test rules` cases pass; a rule
+/// changed to fire too early makes those cases fail, so they test something.
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let k8s = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s");
+    let rules = k8s.join("helm/medallion/files/medallion.rules.yaml");
+    let promtool = |args: &[&std::ffi::OsStr], dir: &std::path::Path| {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool (Debian's prometheus package)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = promtool(
+        &["check".as_ref(), "rules".as_ref(), rules.as_os_str()],
+        &k8s,
+    );
+    assert!(ok && text.contains("5 rules found"), "{text}");
+    let tests = k8s.join("tests");
+    let (ok, text) = promtool(
+        &[
+            "test".as_ref(),
+            "rules".as_ref(),
+            "alerts.test.yaml".as_ref(),
+        ],
+        &tests,
+    );
+    assert!(ok, "{text}");
+
+    let ws = medallion_tests::Workspace::new();
+    let broken = std::fs::read_to_string(&rules)
+        .unwrap()
+        .replace("> 2 * max", "> 1 * max");
+    ws.write("helm/medallion/files/medallion.rules.yaml", &broken);
+    let cases = std::fs::read_to_string(tests.join("alerts.test.yaml")).unwrap();
+    ws.write("tests/alerts.test.yaml", &cases);
+    let (ok, text) = promtool(
+        &[
+            "test".as_ref(),
+            "rules".as_ref(),
+            "alerts.test.yaml".as_ref(),
+        ],
+        &ws.path().join("tests"),
+    );
+    assert!(!ok && text.contains("MedallionPipelineStale"), "{text}");
 }

@@ -189,7 +189,10 @@ fn a_backfill_runs_each_interval_over_its_own_files_once() {
 
     let table = ws.read_table("lake/bronze/events");
     assert_eq!(table["readers_agree"], true, "{table:#}");
-    assert_eq!(table["version"], 2, "one commit per run that ingested: {table:#}");
+    assert_eq!(
+        table["version"], 2,
+        "one commit per run that ingested: {table:#}"
+    );
     let mut seen: Vec<(u64, String)> = table["rows"]
         .as_array()
         .unwrap()
