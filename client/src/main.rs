@@ -126,6 +126,22 @@ enum Command {
     },
     /// Cancel a running run: none of its tables commits after this returns.
     Cancel { run_id: String },
+    /// Run an ended run again, for the same interval and spec; prints the new run's id.
+    Rerun {
+        run_id: String,
+        /// Keep the tables the run committed; run what failed or was skipped.
+        #[arg(long)]
+        from_failed: bool,
+        /// Recompute this table (`layer.name`) from scratch, and everything that reads it;
+        /// a bronze table is ingested again from every file of its source. Repeatable.
+        #[arg(long, value_name = "TABLE")]
+        full_refresh: Vec<String>,
+        /// Follow the new run to its end, like `watch`.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     #[command(flatten)]
     Schedule(ScheduleCommand),
     /// List the live executors.
@@ -331,6 +347,22 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
             output,
         } => checks(&run_id, &pipeline, output).await,
         Command::Schedule(command) => schedule_command(command, &urls).await,
+        Command::Rerun {
+            run_id,
+            from_failed,
+            full_refresh,
+            wait,
+            output,
+        } => {
+            let mut remote = Remote::connect(&urls).await?;
+            let info = remote.rerun(&run_id, from_failed, &full_refresh).await?;
+            if !wait {
+                println!("{}", info.run_id);
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("re-running {run_id} as {}", info.run_id);
+            watch(&urls, &info.run_id, output).await
+        }
         Command::Executors { output } => {
             let executors = Remote::connect(&urls).await?.executors().await?;
             print_executors(&executors, output);

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use medallion_coordinator::{RunEvent, RunObserver, TableStatus};
+use medallion_coordinator::{RunEvent, RunObserver};
 
 /// Draws progress bars on stderr, or prints a line per finished table when bars cannot show.
 pub struct ProgressBars {
@@ -62,12 +62,7 @@ impl RunObserver for ProgressBars {
                     .set_message(format!("retrying {task_id}: {error}"));
             }
             RunEvent::TableFinished { report } => {
-                let message = match &report.status {
-                    TableStatus::Committed { version } => format!("committed v{version}"),
-                    TableStatus::UpToDate => "up to date".to_string(),
-                    TableStatus::Failed { .. } => "FAILED".to_string(),
-                    TableStatus::Skipped { .. } => "skipped".to_string(),
-                };
+                let message = report.status.label();
                 if self.lines {
                     eprintln!(
                         "{}: {message} ({} rows written, {} ms)",

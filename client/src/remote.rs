@@ -9,8 +9,8 @@ use medallion_proto::convert::Watched;
 use medallion_proto::coordinator_client::CoordinatorClient;
 use medallion_proto::{
     BackfillRequest, DeployRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
-    ListPipelinesRequest, ListRunsRequest, PipelineInfo, PipelineRequest, RunInfo, RunState,
-    SetPausedRequest, SubmitRequest, TriggerRequest,
+    ListPipelinesRequest, ListRunsRequest, PipelineInfo, PipelineRequest, RerunRequest, RunInfo,
+    RunState, SetPausedRequest, SubmitRequest, TriggerRequest,
 };
 use tonic::transport::Channel;
 
@@ -132,6 +132,23 @@ impl Remote {
     pub async fn executors(&mut self) -> Result<Vec<ExecutorStatus>> {
         let executors = self.client.list_executors(ListExecutorsRequest {}).await;
         Ok(executors.map_err(server_error)?.into_inner().executors)
+    }
+
+    /// Runs an ended run again: keeping what it committed (`from_failed`), rebuilding
+    /// `full_refresh` tables and what reads them.
+    pub async fn rerun(
+        &mut self,
+        run_id: &str,
+        from_failed: bool,
+        full_refresh: &[String],
+    ) -> Result<RunInfo> {
+        let request = RerunRequest {
+            run_id: run_id.to_string(),
+            from_failed,
+            full_refresh: full_refresh.to_vec(),
+        };
+        let info = self.client.rerun(request).await.map_err(server_error)?;
+        Ok(info.into_inner())
     }
 
     /// Registers `pipeline` (loaded, so validated) or updates its spec.

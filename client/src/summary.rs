@@ -74,12 +74,7 @@ fn render_tables(out: &mut String, report: &RunReport, w: usize) {
         "INSERTED"
     );
     for t in &report.tables {
-        let status = match &t.status {
-            TableStatus::Committed { version } => format!("committed v{version}"),
-            TableStatus::UpToDate => "up to date".into(),
-            TableStatus::Failed { .. } => "FAILED".into(),
-            TableStatus::Skipped { .. } => "skipped".into(),
-        };
+        let status = t.status.label();
         let m = &t.metrics;
         let _ = writeln!(
             out,
@@ -173,6 +168,9 @@ fn render_errors(out: &mut String, report: &RunReport) {
             }
             TableStatus::Skipped { reason } => {
                 let _ = writeln!(out, "skipped {}: {reason}", t.table);
+            }
+            TableStatus::Kept { from_run } => {
+                let _ = writeln!(out, "kept {} as run {from_run} committed it", t.table);
             }
             _ => {}
         }

@@ -34,4 +34,4 @@ pub use medallion_pipeline::report::{
     CheckResult, Metrics, RunEvent, RunReport, TableReport, TableStatus,
 };
 pub use planner::BallistaTarget;
-pub use run::{Coordinator, RunObserver, new_run_id};
+pub use run::{Coordinator, Rerun, RunObserver, new_run_id};

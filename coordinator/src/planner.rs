@@ -203,6 +203,9 @@ pub struct RunContext<'a> {
     pub ballista: Option<&'a BallistaTarget>,
     /// Silver and gold tables read every input row, even where only changes would do.
     pub full_refresh: bool,
+    /// Tables computed again from scratch and overwritten: bronze re-ingests every file its
+    /// source names, silver and gold read every input row (`medallion rerun --full-refresh`).
+    pub rebuild: &'a BTreeSet<TableRef>,
 }
 
 /// A fingerprint of the pipeline spec: any change to how tables are computed recomputes
@@ -284,6 +287,11 @@ impl RunContext<'_> {
             .context("no such source")?;
         let listed = list_source_files(self.pipeline, source)?;
         let target = self.target(table, None);
+        if self.rebuild.contains(table) {
+            return self
+                .rebuild_bronze(table, source, listed.files, target)
+                .await;
+        }
         let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
         let ingested: BTreeSet<String> = match &existing {
             Some(t) => ingested_files(t)
@@ -310,9 +318,30 @@ impl RunContext<'_> {
             Some(t) => existing_data_columns(t)?,
             None => self.source_columns(source, &new_files).await?,
         };
-        let data_schema_json = medallion_lake::schema_to_json(&data)?;
-        let tasks = new_files
-            .chunks(spec.files_per_task)
+        let tasks = self.ingest_tasks(&target, spec.files_per_task, &new_files, &data)?;
+        Ok(StagePlan {
+            tasks,
+            commit: CommitPlan::Append {
+                files: new_files.into_iter().map(|f| f.id).collect(),
+                ledger_version,
+            },
+            target,
+            engine: None,
+            refresh: None,
+        })
+    }
+
+    /// Bronze tasks of `files_per_task` files each, reading into the `data` columns.
+    fn ingest_tasks(
+        &self,
+        target: &Target,
+        files_per_task: usize,
+        files: &[SourceFile],
+        data: &Schema,
+    ) -> Result<Vec<Task>> {
+        let data_schema_json = medallion_lake::schema_to_json(data)?;
+        let tasks = files
+            .chunks(files_per_task)
             .enumerate()
             .map(|(n, files)| {
                 let work = Work::Ingest(IngestWork {
@@ -326,18 +355,46 @@ impl RunContext<'_> {
                     ingested_at_micros: self.ingested_at_micros,
                     data_schema_json: data_schema_json.clone(),
                 });
-                self.task(&target, n, work)
+                self.task(target, n, work)
             })
             .collect();
+        Ok(tasks)
+    }
+
+    /// A bronze table ingested again from every file its source names, replacing its rows
+    /// in one commit (columns inferred afresh). A templated source path names one interval's
+    /// files only, so rebuilding it would drop the others: refused.
+    async fn rebuild_bronze(
+        &self,
+        table: &TableRef,
+        source: &SourceSpec,
+        files: Vec<SourceFile>,
+        target: Target,
+    ) -> Result<StagePlan> {
+        if self.pipeline.source_root_template(source).is_some() {
+            bail!(
+                "{table} cannot be rebuilt: its source '{}' is a template ({}) that names one \
+                 interval's files; re-run each interval instead",
+                source.name.value,
+                source.path.value
+            );
+        }
+        let spec = self
+            .pipeline
+            .bronze(&table.name)
+            .context("no such bronze table")?;
+        let data = self.source_columns(source, &files).await?;
+        let tasks = self.ingest_tasks(&target, spec.files_per_task, &files, &data)?;
         Ok(StagePlan {
             tasks,
-            commit: CommitPlan::Append {
-                files: new_files.into_iter().map(|f| f.id).collect(),
-                ledger_version,
+            commit: CommitPlan::Overwrite {
+                inputs: Inputs::new(),
             },
             target,
             engine: None,
-            refresh: None,
+            refresh: Some(Refresh::Full {
+                reason: "rebuilt from every source file (rerun --full-refresh)".into(),
+            }),
         })
     }
 
@@ -396,7 +453,8 @@ impl RunContext<'_> {
         let up_to_date = last
             .as_ref()
             .is_some_and(|l| l.computed_from(self.pipeline, &inputs));
-        if !self.full_refresh && up_to_date {
+        let rebuild = self.rebuild.contains(table);
+        if !self.full_refresh && !rebuild && up_to_date {
             let commit = CommitPlan::Overwrite { inputs };
             return Ok(StagePlan::nothing_to_do(commit, self.target(table, None)));
         }
@@ -426,7 +484,9 @@ impl RunContext<'_> {
                 )
             }
             // Merging into a table that does not exist yet is writing it.
-            Refresh::Full { .. } if spec.mode == WriteMode::Merge && existing.is_some() => {
+            Refresh::Full { .. }
+                if spec.mode == WriteMode::Merge && existing.is_some() && !rebuild =>
+            {
                 let commit = CommitPlan::Merge {
                     keys,
                     inputs,
@@ -486,9 +546,10 @@ impl RunContext<'_> {
         let target = self.target(table, None);
         let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
         let last = self.last_computed(table, existing.as_ref()).await?;
-        if last
-            .as_ref()
-            .is_some_and(|l| l.computed_from(self.pipeline, &inputs))
+        if !self.rebuild.contains(table)
+            && last
+                .as_ref()
+                .is_some_and(|l| l.computed_from(self.pipeline, &inputs))
         {
             return Ok(StagePlan::nothing_to_do(
                 CommitPlan::Overwrite { inputs },

@@ -1,6 +1,6 @@
 //! One pipeline run: every table in dependency order, independent tables at the same time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -35,6 +35,19 @@ pub struct Coordinator<'a> {
     observer: &'a dyn RunObserver,
     ballista: Option<BallistaTarget>,
     full_refresh: bool,
+    rerun: Rerun,
+}
+
+/// What a re-run of an earlier run keeps and rebuilds (`medallion rerun`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rerun {
+    /// The run re-run.
+    pub of: String,
+    /// Tables that run committed: left as they are (`--from-failed`).
+    pub keep: BTreeSet<TableRef>,
+    /// Tables computed again from scratch and overwritten, with everything downstream
+    /// (`--full-refresh <table>`).
+    pub rebuild: BTreeSet<TableRef>,
 }
 
 impl<'a> Coordinator<'a> {
@@ -44,6 +57,7 @@ impl<'a> Coordinator<'a> {
             observer,
             ballista: None,
             full_refresh: false,
+            rerun: Rerun::default(),
         }
     }
 
@@ -51,6 +65,12 @@ impl<'a> Coordinator<'a> {
     /// commit (after a fix to data already read, for instance).
     pub fn with_full_refresh(mut self, full_refresh: bool) -> Self {
         self.full_refresh = full_refresh;
+        self
+    }
+
+    /// Runs again what an earlier run did not commit, or rebuilds tables (see [`Rerun`]).
+    pub fn with_rerun(mut self, rerun: Rerun) -> Self {
+        self.rerun = rerun;
         self
     }
 
@@ -82,6 +102,7 @@ impl<'a> Coordinator<'a> {
             ingested_at_micros: now.timestamp_micros(),
             ballista: self.ballista.as_ref(),
             full_refresh: self.full_refresh,
+            rebuild: &self.rerun.rebuild,
         };
 
         let order = pipeline.dag.topological_order().unwrap_or_default();
@@ -146,6 +167,13 @@ impl<'a> Coordinator<'a> {
                 {
                     let reason = format!("{failed} did not succeed");
                     let report = TableReport::new(&table, TableStatus::Skipped { reason });
+                    self.observer.on_event(RunEvent::TableFinished {
+                        report: report.clone(),
+                    });
+                    finished.insert(table, report);
+                } else if self.rerun.keep.contains(&table) {
+                    let from_run = self.rerun.of.clone();
+                    let report = TableReport::new(&table, TableStatus::Kept { from_run });
                     self.observer.on_event(RunEvent::TableFinished {
                         report: report.clone(),
                     });

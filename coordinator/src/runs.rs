@@ -6,12 +6,12 @@
 //! running them again under the same id: tables are idempotent per run (bronze skips ingested
 //! files, silver and gold skip unchanged inputs), so nothing is doubled.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use medallion_pipeline::Pipeline;
+use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::run_event::Event;
 use medallion_proto::{self as pb, RunInfo, RunRecord, RunState, SpecText, TaskRecord};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -22,7 +22,7 @@ use crate::lease::RunLease;
 use crate::planner::BallistaTarget;
 use medallion_pipeline::report::{RunEvent, RunReport, TableReport, TableStatus};
 
-use crate::run::{Coordinator, RunObserver, new_run_id};
+use crate::run::{Coordinator, Rerun, RunObserver, new_run_id};
 use crate::store::{PipelineLock, RunStore, persist};
 
 /// The runs of this leader.
@@ -201,6 +201,73 @@ impl Runs {
         self.start(record, pipeline, Vec::new());
     }
 
+    /// Runs an ended run again, for the same interval and spec: `from_failed` keeps the
+    /// tables it committed; `full_refresh` tables are rebuilt with everything downstream.
+    pub async fn rerun(
+        self: &Arc<Self>,
+        run_id: &str,
+        from_failed: bool,
+        full_refresh: &[String],
+    ) -> Result<RunInfo, RunsError> {
+        let bad = |m: String| RunsError::BadRequest(m);
+        if !from_failed && full_refresh.is_empty() {
+            return Err(bad(
+                "say what to run again: --from-failed, --full-refresh <table>, or both".into(),
+            ));
+        }
+        let store = self.store.run(run_id).await.map_err(RunsError::Store)?;
+        let record = store.ok_or_else(|| RunsError::NotFound(run_id.to_string()))?;
+        let info = record.info.clone().unwrap_or_default();
+        if !ended(info.state) || self.active(run_id).is_some() {
+            return Err(bad(format!(
+                "run '{run_id}' has not ended; wait for it or cancel it"
+            )));
+        }
+        let spec = record.pipeline.clone().unwrap_or_default();
+        let pipeline = spec
+            .parse()
+            .map_err(|e| RunsError::InvalidSpec(e.to_string()))?;
+        let mut rebuild = BTreeSet::new();
+        for name in full_refresh {
+            let table: TableRef = name
+                .parse()
+                .map_err(|e| bad(format!("--full-refresh {name}: {e}")))?;
+            if !pipeline.dag.contains(&table) {
+                return Err(bad(format!(
+                    "--full-refresh: no table '{table}' in pipeline '{}'",
+                    pipeline.name()
+                )));
+            }
+            rebuild.extend(pipeline.dag.downstream(&table));
+        }
+        let mut keep = BTreeSet::new();
+        if from_failed {
+            let tables = self.store.tables(run_id).await.map_err(RunsError::Store)?;
+            keep = tables
+                .iter()
+                .filter(|t| t.succeeded())
+                .filter_map(|t| t.table.parse::<TableRef>().ok())
+                .filter(|t| !rebuild.contains(t))
+                .collect();
+        }
+        let origin = Origin {
+            trigger: format!("rerun {run_id}"),
+            spec_version: info.spec_version,
+        };
+        let mut record = new_record(&pipeline, record.full_refresh, origin);
+        record.rerun_of = run_id.to_string();
+        record.keep_tables = keep.iter().map(ToString::to_string).collect();
+        record.rebuild_tables = rebuild.iter().map(ToString::to_string).collect();
+        self.store
+            .put_run(&record)
+            .await
+            .map_err(RunsError::Store)?;
+        let info = record.info.clone().unwrap_or_default();
+        tracing::info!(run_id = %info.run_id, rerun_of = run_id, keep = ?record.keep_tables, rebuild = ?record.rebuild_tables, "re-run submitted");
+        self.start(record, pipeline, Vec::new());
+        Ok(info)
+    }
+
     /// Runs of `pipeline` this leader has queued or running.
     pub fn active_of(&self, pipeline: &str) -> usize {
         let active = self.active.lock().expect("active runs");
@@ -268,11 +335,13 @@ impl Runs {
         let id = run_id.clone();
         let store = self.store.clone();
         let full_refresh = record.full_refresh;
+        let rerun = rerun_of(&record);
         let tables = tokio::spawn(async move {
             let _locks = hold_run_locks(store.as_ref(), &pipeline, &id).await;
             Coordinator::new(runner.as_ref(), &recorder)
                 .with_ballista(ballista)
                 .with_full_refresh(full_refresh)
+                .with_rerun(rerun)
                 .run(&pipeline, &id)
                 .await
         });
@@ -452,6 +521,17 @@ impl Runs {
     }
 }
 
+/// What a run record says to keep and rebuild, if it is a re-run (the one place these
+/// fields are read).
+fn rerun_of(record: &RunRecord) -> Rerun {
+    let tables = |names: &[String]| names.iter().filter_map(|t| t.parse().ok()).collect();
+    Rerun {
+        of: record.rerun_of.clone(),
+        keep: tables(&record.keep_tables),
+        rebuild: tables(&record.rebuild_tables),
+    }
+}
+
 /// What started a run, and the deployed spec version it runs (0: a submitted spec).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -488,6 +568,7 @@ pub fn new_record(pipeline: &Pipeline, full_refresh: bool, origin: Origin) -> Ru
         pipeline: Some(SpecText::from(pipeline)),
         starts: 0,
         full_refresh,
+        ..Default::default()
     }
 }
 

@@ -16,8 +16,8 @@ use medallion_proto::coordinator_server::Coordinator as CoordinatorRpc;
 use medallion_proto::{
     BackfillRequest, DeployRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
     ListExecutorsResponse, ListPipelinesRequest, ListPipelinesResponse, ListRunsRequest,
-    ListRunsResponse, PipelineInfo, PipelineRequest, RunInfo, SetPausedRequest, SubmitRequest,
-    TriggerRequest,
+    ListRunsResponse, PipelineInfo, PipelineRequest, RerunRequest, RunInfo, SetPausedRequest,
+    SubmitRequest, TriggerRequest,
 };
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -346,5 +346,12 @@ impl CoordinatorRpc for CoordinatorService {
         let (from, to) = (date("from", &request.from)?, date("to", &request.to)?);
         let info = self.scheduler.backfill(&request.name, from, to).await?;
         Ok(Response::new(info))
+    }
+
+    async fn rerun(&self, request: Request<RerunRequest>) -> Result<Response<RunInfo>, Status> {
+        self.role.lead().await?;
+        let r = request.into_inner();
+        let info = self.runs.rerun(&r.run_id, r.from_failed, &r.full_refresh);
+        Ok(Response::new(info.await?))
     }
 }

@@ -99,6 +99,23 @@ impl Dag {
         self.deps.get(table).unwrap_or(&NONE)
     }
 
+    /// `table` and every table that reads it, directly or through others.
+    pub fn downstream(&self, table: &TableRef) -> BTreeSet<TableRef> {
+        let mut found = BTreeSet::from([table.clone()]);
+        loop {
+            let more: Vec<TableRef> = self
+                .deps
+                .iter()
+                .filter(|(t, deps)| !found.contains(*t) && deps.iter().any(|d| found.contains(d)))
+                .map(|(t, _)| t.clone())
+                .collect();
+            if more.is_empty() {
+                return found;
+            }
+            found.extend(more);
+        }
+    }
+
     pub fn tables(&self) -> impl Iterator<Item = &TableRef> {
         self.deps.keys()
     }

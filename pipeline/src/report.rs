@@ -86,6 +86,21 @@ pub enum TableStatus {
     Failed { error: String },
     /// Not run because a table it reads failed.
     Skipped { reason: String },
+    /// Left as an earlier run committed it: a re-run of that run's failures.
+    Kept { from_run: String },
+}
+
+impl TableStatus {
+    /// The status in a word or two, for people (`committed v3`, `up to date`).
+    pub fn label(&self) -> String {
+        match self {
+            TableStatus::Committed { version } => format!("committed v{version}"),
+            TableStatus::UpToDate => "up to date".into(),
+            TableStatus::Failed { .. } => "FAILED".into(),
+            TableStatus::Skipped { .. } => "skipped".into(),
+            TableStatus::Kept { .. } => "kept".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,7 +144,7 @@ impl TableReport {
     pub fn succeeded(&self) -> bool {
         matches!(
             self.status,
-            TableStatus::Committed { .. } | TableStatus::UpToDate
+            TableStatus::Committed { .. } | TableStatus::UpToDate | TableStatus::Kept { .. }
         )
     }
 }

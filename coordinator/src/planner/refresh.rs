@@ -5,10 +5,10 @@
 use anyhow::Result;
 use medallion_lake::changes::{Changes, changes, records_changes};
 use medallion_lake::open_version;
-use medallion_pipeline::TableRef;
 use medallion_pipeline::regroup::{self, Regroup};
 use medallion_pipeline::report::Refresh;
 use medallion_pipeline::spec::{Action, GoldSpec, SilverSpec, WriteMode};
+use medallion_pipeline::{Layer, TableRef};
 
 use super::{Inputs, LastComputed, RunContext};
 
@@ -30,6 +30,12 @@ impl RunContext<'_> {
                 reason: reason.to_string(),
             })
         };
+        if self
+            .rebuild
+            .contains(&TableRef::new(Layer::Silver, &spec.name.value))
+        {
+            return full("rebuilt (rerun --full-refresh)");
+        }
         if self.full_refresh {
             return full("asked for");
         }
@@ -91,6 +97,12 @@ impl RunContext<'_> {
         table_version: Option<u64>,
     ) -> Result<(Refresh, Option<Regroup>)> {
         let full = |reason: String| Ok((Refresh::Full { reason }, None));
+        if self
+            .rebuild
+            .contains(&TableRef::new(Layer::Gold, &spec.name.value))
+        {
+            return full("rebuilt (rerun --full-refresh)".into());
+        }
         if self.full_refresh {
             return full("asked for".into());
         }

@@ -39,8 +39,11 @@ fn context(pipeline: &Pipeline) -> RunContext<'_> {
         ingested_at_micros: 1,
         ballista: None,
         full_refresh: false,
+        rebuild: &NOTHING_REBUILT,
     }
 }
+
+static NOTHING_REBUILT: std::collections::BTreeSet<TableRef> = std::collections::BTreeSet::new();
 
 /// Commits rows with these ids and `_source_file`s to `table`, with `info` in the commit.
 async fn commit_rows(

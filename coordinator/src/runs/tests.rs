@@ -49,7 +49,7 @@ impl Fixture {
             }),
             pipeline: Some(self.spec()),
             starts,
-            full_refresh: false,
+            ..Default::default()
         };
         self.store.put_run(&record).await.unwrap();
     }
