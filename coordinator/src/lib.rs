@@ -13,6 +13,7 @@
 
 pub mod commit;
 pub mod dispatch;
+pub mod history;
 pub mod lease;
 pub mod listing;
 pub mod membership;

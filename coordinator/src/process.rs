@@ -46,6 +46,10 @@ pub struct CoordinatorArgs {
     /// inputs hold at least this much data (e.g. `256MiB`).
     #[arg(long, env = "MEDALLION_BALLISTA_MIN_INPUT", value_parser = parse_size, default_value = "4GiB")]
     ballista_min_input: usize,
+    /// Ended runs are kept in etcd this long (`medallion runs`, `status`), then forgotten;
+    /// every run's summary stays in its lake's run history (`<lake>/_medallion/runs`).
+    #[arg(long, env = "MEDALLION_RUN_RETENTION", value_parser = humantime::parse_duration, default_value = "7d")]
+    run_retention: Duration,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -127,7 +131,7 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         Arc::new(RemoteExecutors::new(members.clone())),
         ballista.clone(),
     );
-    let scheduler = Scheduler::new(runs.clone(), store);
+    let scheduler = Scheduler::new(runs.clone(), store, args.run_retention);
     let role = Role::new(etcd.clone(), keys.clone(), advertise.clone());
     let service = CoordinatorService {
         role: role.clone(),

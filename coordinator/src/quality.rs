@@ -166,8 +166,6 @@ fn check_results_batch(
     use datafusion::arrow::array::{
         ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray, UInt64Array,
     };
-    use datafusion::arrow::datatypes::{Field, Schema};
-    use datafusion::arrow::record_batch::RecordBatch;
     use std::sync::Arc;
 
     let rows: Vec<_> = report
@@ -227,14 +225,7 @@ fn check_results_batch(
             false,
         ),
     ];
-    let schema = Schema::new(
-        columns
-            .iter()
-            .map(|(name, array, nullable)| Field::new(*name, array.data_type().clone(), *nullable))
-            .collect::<Vec<_>>(),
-    );
-    let arrays = columns.into_iter().map(|(_, array, _)| array).collect();
-    Ok(Some(RecordBatch::try_new(Arc::new(schema), arrays)?))
+    Ok(Some(medallion_lake::batch_of(columns)?))
 }
 
 /// A check kind or severity as the spec spells it (`accepted_values`, `critical`).

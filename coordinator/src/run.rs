@@ -12,7 +12,7 @@ use medallion_proto::{StagedFiles, TaskMetrics, TaskResult};
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
 use crate::dispatch::{TaskRunner, run_with_retries};
 use crate::planner::{BallistaTarget, RunContext};
-use crate::{metrics, quality};
+use crate::{history, metrics, quality};
 use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport, TableStatus};
 
 /// A new run's id: the pipeline, the UTC time, and a random suffix.
@@ -36,6 +36,8 @@ pub struct Coordinator<'a> {
     ballista: Option<BallistaTarget>,
     full_refresh: bool,
     rerun: Rerun,
+    /// What started the run, for the run history.
+    trigger: String,
 }
 
 /// What a re-run of an earlier run keeps and rebuilds (`medallion rerun`).
@@ -58,7 +60,14 @@ impl<'a> Coordinator<'a> {
             ballista: None,
             full_refresh: false,
             rerun: Rerun::default(),
+            trigger: "manual".into(),
         }
+    }
+
+    /// What started the run ("scheduled", "backfill <id>", ...), as the run history says.
+    pub fn with_trigger(mut self, trigger: &str) -> Self {
+        self.trigger = trigger.to_string();
+        self
     }
 
     /// Silver tables read all their input, not only what was committed since their last
@@ -117,6 +126,7 @@ impl<'a> Coordinator<'a> {
         let mut report = RunReport {
             run_id: run_id.to_string(),
             pipeline: pipeline.name().to_string(),
+            ds: pipeline.interval.ds(),
             started_at: now.to_rfc3339(),
             duration_ms: 0,
             succeeded,
@@ -131,6 +141,13 @@ impl<'a> Coordinator<'a> {
             );
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
+        if let Err(e) = history::record_run(pipeline, &report, now, &self.trigger).await {
+            tracing::error!(
+                run_id,
+                error = format!("{e:#}"),
+                "cannot record the run in the run history"
+            );
+        }
         let state = if succeeded {
             medallion_proto::RunState::Succeeded
         } else {

@@ -268,6 +268,21 @@ impl Runs {
         Ok(info)
     }
 
+    /// Forgets the runs that ended more than `retention` ago (their summaries stay in each
+    /// lake's run history); returns how many.
+    pub async fn prune(&self, retention: Duration) -> anyhow::Result<usize> {
+        let cutoff = Utc::now().timestamp_millis() - retention.as_millis() as i64;
+        let mut pruned = 0;
+        for record in self.store.runs().await? {
+            let info = record.info.unwrap_or_default();
+            if ended(info.state) && info.ended_ms > 0 && info.ended_ms < cutoff {
+                self.store.delete_run(&info.run_id).await?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Runs of `pipeline` this leader has queued or running.
     pub fn active_of(&self, pipeline: &str) -> usize {
         let active = self.active.lock().expect("active runs");
@@ -321,6 +336,7 @@ impl Runs {
         let info = record.info.get_or_insert_default();
         info.state = RunState::Running as i32;
         let run_id = info.run_id.clone();
+        let trigger = info.trigger.clone();
         let run = Arc::new(ActiveRun::new(record.clone()));
         let mut active = self.active.lock().expect("active runs");
         active.insert(run_id.clone(), run.clone());
@@ -342,6 +358,7 @@ impl Runs {
                 .with_ballista(ballista)
                 .with_full_refresh(full_refresh)
                 .with_rerun(rerun)
+                .with_trigger(&trigger)
                 .run(&pipeline, &id)
                 .await
         });

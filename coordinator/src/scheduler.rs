@@ -31,14 +31,20 @@ pub struct Scheduler {
     /// Deployment changes of this leader, one at a time: a deploy or a pause never overwrites
     /// a cursor the scheduler just moved.
     changes: tokio::sync::Mutex<()>,
+    /// Ended runs are forgotten from the store after this (see [`Runs::prune`]).
+    retention: Duration,
 }
 
+/// How often ended runs past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 impl Scheduler {
-    pub fn new(runs: Arc<Runs>, store: Arc<dyn RunStore>) -> Arc<Self> {
+    pub fn new(runs: Arc<Runs>, store: Arc<dyn RunStore>, retention: Duration) -> Arc<Self> {
         Arc::new(Self {
             runs,
             store,
             changes: tokio::sync::Mutex::new(()),
+            retention,
         })
     }
 
@@ -278,9 +284,18 @@ impl Scheduler {
                 crate::metrics::succeeded_at(&run.pipeline, ended);
             }
         }
+        let mut pruned_at = tokio::time::Instant::now();
         loop {
             if let Err(e) = self.tick(Utc::now()).await {
                 tracing::warn!(error = format!("{e:#}"), "scheduler tick failed");
+            }
+            if pruned_at.elapsed() >= PRUNE_EVERY {
+                pruned_at = tokio::time::Instant::now();
+                match self.runs.prune(self.retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(runs = n, "ended runs past their retention forgotten"),
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "pruning runs failed"),
+                }
             }
             tokio::select! {
                 () = stop.cancelled() => return,

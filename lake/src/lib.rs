@@ -75,6 +75,19 @@ pub async fn open_table(uri: &str, opts: &StorageOptions) -> Result<Option<Delta
     }
 }
 
+/// A batch of named columns, each with whether it may hold nulls: the rows our own
+/// bookkeeping tables (check results, run history) append.
+pub fn batch_of(
+    columns: Vec<(&str, datafusion::arrow::array::ArrayRef, bool)>,
+) -> Result<RecordBatch> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, array, nullable)| Field::new(*name, array.data_type().clone(), *nullable))
+        .collect();
+    let arrays = columns.into_iter().map(|(_, array, _)| array).collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
 /// Appends `batch` to the table at `uri` in one commit, creating the table on first use;
 /// for small tables the coordinator keeps itself (check results). Returns the new version.
 pub async fn append(uri: &str, opts: &StorageOptions, batch: RecordBatch) -> Result<u64> {

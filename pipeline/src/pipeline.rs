@@ -253,6 +253,12 @@ impl Pipeline {
         )
     }
 
+    /// The Delta table every run appends a summary row to when it ends: the run history
+    /// that outlives the cluster's run records (pruned from etcd after a retention).
+    pub fn run_history_uri(&self) -> String {
+        format!("{}/_medallion/runs", self.lake_root.trim_end_matches('/'))
+    }
+
     /// Scratch space for staged files that are not table data yet (merge sources).
     pub fn staging_uri(&self, run_id: &str, table: &TableRef) -> String {
         format!(

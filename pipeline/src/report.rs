@@ -65,6 +65,9 @@ impl Refresh {
 pub struct RunReport {
     pub run_id: String,
     pub pipeline: String,
+    /// The run's logical date (its interval's start, `YYYY-MM-DD`).
+    #[serde(default)]
+    pub ds: String,
     pub started_at: String,
     pub duration_ms: u64,
     pub succeeded: bool,

@@ -209,6 +209,32 @@ fn a_backfill_runs_each_interval_over_its_own_files_once() {
         .flat_map(|day| (0..day).map(move |i| (day * 10 + i, format!("2026-01-0{day}/part.jsonl"))))
         .collect();
     assert_eq!(seen, expected, "day 4 was not asked for");
+
+    // The run history any Delta reader can query: a row per run, with its interval.
+    let history = ws.read_table("lake/_medallion/runs");
+    assert_eq!(history["readers_agree"], true, "{history:#}");
+    let mut rows: Vec<(String, String, bool)> = history["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let trigger = r["trigger"].as_str().unwrap().split(' ').next().unwrap();
+            (
+                r["ds"].as_str().unwrap().to_string(),
+                trigger.to_string(),
+                r["succeeded"] == true,
+            )
+        })
+        .collect();
+    rows.sort();
+    let expected = [
+        ("2026-01-01", "backfill"),
+        ("2026-01-02", "backfill"),
+        ("2026-01-02", "manual"),
+        ("2026-01-03", "backfill"),
+    ]
+    .map(|(ds, t)| (ds.to_string(), t.to_string(), true));
+    assert_eq!(rows, expected);
 }
 
 #[test]

@@ -157,8 +157,9 @@ impl Workspace {
         read_delta(table.to_str().expect("utf-8 path"), None)
     }
 
-    /// Every file under the lake directory `rel` with its size, except run leases (taken by
-    /// every run, whatever it then does): equal before and after means nothing changed.
+    /// Every file under the lake directory `rel` with its size, except run leases and the
+    /// run history (taken and written by every run, whatever it then does): equal before and
+    /// after means no table changed.
     pub fn lake_files(&self, rel: &str) -> std::collections::BTreeMap<String, u64> {
         let root = self.path().join(rel);
         let mut files = std::collections::BTreeMap::new();
@@ -170,7 +171,7 @@ impl Workspace {
             for entry in entries.flatten() {
                 let path = entry.path();
                 let rel = path.strip_prefix(&root).unwrap().display().to_string();
-                if rel.starts_with("_medallion/leases") {
+                if rel.starts_with("_medallion/leases") || rel.starts_with("_medallion/runs") {
                     continue;
                 }
                 match entry.metadata() {

@@ -23,7 +23,7 @@ struct Fixture {
 fn fixture(runner: Arc<FakeRunner>) -> Fixture {
     let store = MemoryRunStore::new();
     let runs = Runs::new(store.clone(), runner, None);
-    let scheduler = Scheduler::new(runs.clone(), store.clone());
+    let scheduler = Scheduler::new(runs.clone(), store.clone(), Duration::from_secs(3600));
     Fixture {
         dir: tempfile::tempdir().unwrap(),
         store,
@@ -203,7 +203,7 @@ async fn a_new_leader_neither_skips_nor_doubles_a_scheduled_run() {
     assert!(f.store.schedule_run(&saved, &after, &orphan).await.unwrap());
     // The next leader shares the store: it resumes that run, and schedules only the 3rd.
     let runs = Runs::new(f.store.clone(), FakeRunner::succeeding(), None);
-    let next = Scheduler::new(runs.clone(), f.store.clone());
+    let next = Scheduler::new(runs.clone(), f.store.clone(), Duration::from_secs(3600));
     runs.resume().await.unwrap();
     let mut queued = 0;
     loop {
@@ -323,4 +323,23 @@ async fn trigger_runs_a_logical_date_and_deploy_keeps_versions() {
     let gone = f.scheduler.undeploy("t").await.unwrap();
     assert_eq!(gone.version, 2);
     assert!(f.scheduler.pipelines().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ended_runs_past_their_retention_are_forgotten() {
+    let f = fixture(FakeRunner::succeeding());
+    f.deploy(&daily(true, 10)).await;
+    f.scheduler.tick(day(4)).await.unwrap();
+    f.settle().await;
+    assert_eq!(
+        f.runs.prune(Duration::from_secs(3600)).await.unwrap(),
+        0,
+        "recent runs stay"
+    );
+    assert_eq!(f.store.runs().await.unwrap().len(), 3);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(f.runs.prune(Duration::from_millis(1)).await.unwrap(), 3);
+    assert!(f.store.runs().await.unwrap().is_empty());
+    // The cursor stays: pruning forgets runs, it does not schedule them again.
+    assert_eq!(f.scheduler.tick(day(4)).await.unwrap(), 0);
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, LockOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, LockOptions, Txn, TxnOp};
 use medallion_cluster::{KeptLease, Keys};
 use medallion_proto::{Deployment, RunRecord, TaskRecord};
 use prost::Message;
@@ -135,6 +135,22 @@ impl RunStore for EtcdRunStore {
                 None,
             )
             .await?;
+        Ok(())
+    }
+
+    async fn delete_run(&self, run_id: &str) -> Result<()> {
+        let prefix = || Some(DeleteOptions::new().with_prefix());
+        let task_prefix = self.keys.task(run_id, "");
+        let txn = Txn::new().and_then([
+            TxnOp::delete(self.keys.run(run_id), None),
+            TxnOp::delete(self.keys.tables(run_id), prefix()),
+            TxnOp::delete(task_prefix, prefix()),
+        ]);
+        self.etcd
+            .clone()
+            .txn(txn)
+            .await
+            .with_context(|| format!("forgetting run {run_id} in etcd"))?;
         Ok(())
     }
 

@@ -127,6 +127,14 @@ impl RunStore for MemoryRunStore {
         })
     }
 
+    async fn delete_run(&self, run_id: &str) -> Result<()> {
+        self.write(|s| {
+            s.runs.remove(run_id);
+            s.tables.retain(|(run, _), _| run != run_id);
+            s.tasks.retain(|(run, _), _| run != run_id);
+        })
+    }
+
     async fn put_deployment(&self, deployment: &Deployment) -> Result<()> {
         self.write(|s| {
             s.deployments

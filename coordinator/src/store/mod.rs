@@ -38,6 +38,8 @@ pub trait RunStore: Send + Sync {
     /// The table reports saved for a run, in no particular order.
     async fn tables(&self, run_id: &str) -> Result<Vec<TableReport>>;
     async fn put_task(&self, run_id: &str, record: &TaskRecord) -> Result<()>;
+    /// Forgets a run: its record, table reports and task records.
+    async fn delete_run(&self, run_id: &str) -> Result<()>;
     /// Saves a deployed pipeline, and its spec under its version (versions are kept).
     async fn put_deployment(&self, deployment: &Deployment) -> Result<()>;
     /// Every deployed pipeline.
