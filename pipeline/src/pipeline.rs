@@ -522,18 +522,7 @@ fn validate_settings(spec: &PipelineSpec, errors: &mut Errors) {
         ("timeouts.task", &spec.timeouts.task),
         ("timeouts.run", &spec.timeouts.run),
     ] {
-        if let Some(v) = value
-            && parse_timeout(Some(v)).is_none()
-        {
-            errors.on(
-                v,
-                field,
-                format!(
-                    "'{}' is not a duration between 1s and 7days (such as 30m or 4h)",
-                    v.value
-                ),
-            );
-        }
+        validate_timeout(errors, field, value.as_ref());
     }
     let root = match &spec.lake {
         LakeSpec::Root(r) | LakeSpec::Detailed { root: r, .. } => r,
@@ -626,14 +615,19 @@ fn validate_table_limits(
     if let Some(r) = retries {
         validate_retries(errors, &format!("{field}.retries"), r);
     }
-    if let Some(t) = timeout
-        && parse_timeout(Some(t)).is_none()
+    validate_timeout(errors, &format!("{field}.timeout"), timeout);
+}
+
+/// A timeout at `field`: a duration from a second to a week.
+fn validate_timeout(errors: &mut Errors, field: &str, value: Option<&Spanned<String>>) {
+    if let Some(v) = value
+        && parse_timeout(Some(v)).is_none()
     {
         let message = format!(
             "'{}' is not a duration between 1s and 7days (such as 30m or 4h)",
-            t.value
+            v.value
         );
-        errors.on(t, format!("{field}.timeout"), message);
+        errors.on(v, field, message);
     }
 }
 
