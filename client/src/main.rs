@@ -185,7 +185,7 @@ enum ScheduleCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Stop scheduling a deployed pipeline's runs (runs already queued go on).
+    /// Stop scheduling a deployed pipeline's runs (runs already queued and backfills go on).
     Pause {
         pipeline: String,
         #[arg(long, value_enum, default_value_t = Output::Text)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use medallion_pipeline::schedule::{RunInterval, Schedule};
 use medallion_pipeline::{Pipeline, RunDate};
-use medallion_proto::{BackfillRecord, Deployment, PipelineInfo, RunInfo, SpecText};
+use medallion_proto::{BackfillRecord, Deployment, PipelineInfo, RunInfo, RunState, SpecText};
 use tokio_util::sync::CancellationToken;
 
 use crate::runs::{Origin, Runs, RunsError, new_record};
@@ -248,26 +248,24 @@ impl Scheduler {
                         end: interval.end,
                     },
                 );
-                let pipeline = match run {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // The interval's rendering does not validate: skip it, loudly.
-                        tracing::error!(pipeline = %deployment.name, ds = %interval.ds(), error = %e, "cannot run interval");
-                        self.store.put_deployment(&next).await?;
-                        deployment = next;
-                        continue;
-                    }
-                };
                 let origin = Origin {
                     trigger,
                     spec_version: deployment.version,
                 };
-                let record = new_record(&pipeline, false, origin);
+                let (record, pipeline) = match run {
+                    Ok(pipeline) => (new_record(&pipeline, false, origin), Some(pipeline)),
+                    // The interval's rendering does not validate: a failed run says so.
+                    Err(e) => (failed_record(&deployment.name, &interval, origin, e), None),
+                };
                 if !self.store.schedule_run(&deployment, &next, &record).await? {
                     break;
                 }
-                tracing::info!(pipeline = %deployment.name, ds = %interval.ds(), run_id = %record.info.as_ref().map_or("", |i| &i.run_id), "scheduled run queued");
-                self.runs.start_saved(record, pipeline);
+                let run_id = record.info.as_ref().map_or("", |i| &i.run_id);
+                tracing::info!(pipeline = %deployment.name, ds = %interval.ds(), run_id, "scheduled run queued");
+                match pipeline {
+                    Some(pipeline) => self.runs.start_saved(record, pipeline),
+                    None => crate::metrics::run_ended(&deployment.name, RunState::Failed),
+                }
                 deployment = next;
                 queued += 1;
             }
@@ -279,7 +277,7 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         // A new leader's staleness alerts start from the runs the previous leaders saved.
         for run in self.runs.list(0).await.unwrap_or_default() {
-            if run.state == medallion_proto::RunState::Succeeded as i32 && run.ended_ms > 0 {
+            if run.state == RunState::Succeeded as i32 && run.ended_ms > 0 {
                 let ended = std::time::UNIX_EPOCH + Duration::from_millis(run.ended_ms as u64);
                 crate::metrics::succeeded_at(&run.pipeline, ended);
             }
@@ -375,6 +373,36 @@ fn backfill_left(schedule: Option<&Schedule>, pipeline: &Pipeline, b: &BackfillR
         n += 1;
     }
     n
+}
+
+/// The run of an interval whose spec does not validate once rendered for it: ended, failed,
+/// with the errors, so it is seen (`medallion runs`, alerts) rather than skipped quietly.
+fn failed_record(
+    name: &str,
+    interval: &RunInterval,
+    origin: Origin,
+    error: RunsError,
+) -> medallion_proto::RunRecord {
+    let now = Utc::now().timestamp_millis();
+    let info = RunInfo {
+        run_id: crate::run::new_run_id(name),
+        pipeline: name.to_string(),
+        state: RunState::Failed as i32,
+        submitted_ms: now,
+        ended_ms: now,
+        message: format!("the spec does not validate for {}: {error}", interval.ds()),
+        ds: interval.ds(),
+        interval_start_micros: interval.start.timestamp_micros(),
+        interval_end_micros: interval.end.timestamp_micros(),
+        trigger: origin.trigger,
+        spec_version: origin.spec_version,
+        ..Default::default()
+    };
+    tracing::error!(pipeline = name, ds = %interval.ds(), error = %info.message, "cannot run interval");
+    medallion_proto::RunRecord {
+        info: Some(info),
+        ..Default::default()
+    }
 }
 
 fn micros(t: i64) -> DateTime<Utc> {

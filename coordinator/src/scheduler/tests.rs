@@ -343,3 +343,31 @@ async fn ended_runs_past_their_retention_are_forgotten() {
     // The cursor stays: pruning forgets runs, it does not schedule them again.
     assert_eq!(f.scheduler.tick(day(4)).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn an_interval_whose_rendered_spec_does_not_validate_is_a_failed_run_not_a_gap() {
+    let f = fixture(FakeRunner::succeeding());
+    // SQL that is broken on the 2nd only.
+    let filter = "    filters: [\"id >{% if ds == '2026-01-02' %} >{% endif %} 0\"]\n";
+    let more = format!(
+        "silver:\n  - name: orders\n    from: bronze.orders\n    columns: [{{ name: id, type: bigint }}]\n{filter}{}",
+        daily(true, 10)
+    );
+    f.deploy(&more).await;
+    assert_eq!(f.scheduler.tick(day(4)).await.unwrap(), 3);
+    f.settle().await;
+    let runs = f.runs().await;
+    let ds: Vec<&str> = runs.iter().map(|r| r.ds.as_str()).collect();
+    assert_eq!(ds, ["2026-01-01", "2026-01-02", "2026-01-03"], "no gap");
+    assert_eq!(runs[1].state, RunState::Failed as i32);
+    let message = &runs[1].message;
+    assert!(
+        message.contains("does not validate for 2026-01-02"),
+        "{message}"
+    );
+    assert!(message.contains("silver[0].filters[0]"), "{message}");
+    // The other days ran (their tasks write nothing here, so silver finds no data).
+    for r in [&runs[0], &runs[2]] {
+        assert!(!r.message.contains("does not validate"), "{}", r.message);
+    }
+}
