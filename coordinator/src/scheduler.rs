@@ -58,7 +58,8 @@ impl Scheduler {
     async fn save(&self, deployment: &Deployment) -> Result<PipelineInfo, RunsError> {
         let store = self.store.put_deployment(deployment).await;
         store.map_err(RunsError::Store)?;
-        self.info(deployment).await
+        let runs = self.runs.list(0).await?;
+        self.info(deployment, &runs)
     }
 
     /// Registers a pipeline or updates its spec; a changed text is a new version. The
@@ -101,11 +102,8 @@ impl Scheduler {
     pub async fn pipelines(&self) -> Result<Vec<PipelineInfo>, RunsError> {
         let mut all = self.store.deployments().await.map_err(RunsError::Store)?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut infos = Vec::with_capacity(all.len());
-        for d in &all {
-            infos.push(self.info(d).await?);
-        }
-        Ok(infos)
+        let runs = self.runs.list(0).await?;
+        all.iter().map(|d| self.info(d, &runs)).collect()
     }
 
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<PipelineInfo, RunsError> {
@@ -122,7 +120,7 @@ impl Scheduler {
     pub async fn undeploy(&self, name: &str) -> Result<PipelineInfo, RunsError> {
         let _changes = self.changes.lock().await;
         let deployment = self.deployment(name).await?;
-        let info = self.info(&deployment).await?;
+        let info = self.info(&deployment, &self.runs.list(0).await?)?;
         let deleted = self.store.delete_deployment(name).await;
         deleted.map_err(RunsError::Store)?;
         crate::metrics::schedule_interval(name, None);
@@ -173,12 +171,12 @@ impl Scheduler {
     }
 
     /// What `medallion pipelines` shows of a deployment.
-    async fn info(&self, d: &Deployment) -> Result<PipelineInfo, RunsError> {
+    /// `runs`: every run, newest first (read once for all deployments).
+    fn info(&self, d: &Deployment, runs: &[RunInfo]) -> Result<PipelineInfo, RunsError> {
         let spec = d.pipeline.clone().unwrap_or_default();
         let pipeline = parse(&spec, RunDate::Latest)?;
         let schedule = pipeline.schedule();
-        let runs = self.runs.list(0).await?;
-        let last_run = runs.into_iter().find(|r| r.pipeline == d.name);
+        let last_run = runs.iter().find(|r| r.pipeline == d.name).cloned();
         let now = Utc::now();
         let cursor = micros(d.cursor_micros);
         let next_run = schedule.as_ref().filter(|_| !d.paused).and_then(|s| {
