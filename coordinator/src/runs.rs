@@ -185,13 +185,22 @@ impl Runs {
         full_refresh: bool,
         origin: Origin,
     ) -> Result<RunInfo, RunsError> {
-        let record = new_record(&pipeline, full_refresh, origin);
+        self.save_and_start(new_record(&pipeline, full_refresh, origin), pipeline)
+            .await
+    }
+
+    /// Saves a queued run's record, then starts it.
+    async fn save_and_start(
+        self: &Arc<Self>,
+        record: RunRecord,
+        pipeline: Pipeline,
+    ) -> Result<RunInfo, RunsError> {
         self.store
             .put_run(&record)
             .await
             .map_err(RunsError::Store)?;
         let info = record.info.clone().unwrap_or_default();
-        tracing::info!(run_id = %info.run_id, pipeline = %info.pipeline, ds = %info.ds, "run submitted");
+        tracing::info!(run_id = %info.run_id, pipeline = %info.pipeline, ds = %info.ds, trigger = %info.trigger, "run submitted");
         self.start(record, pipeline, Vec::new());
         Ok(info)
     }
@@ -258,14 +267,8 @@ impl Runs {
         record.rerun_of = run_id.to_string();
         record.keep_tables = keep.iter().map(ToString::to_string).collect();
         record.rebuild_tables = rebuild.iter().map(ToString::to_string).collect();
-        self.store
-            .put_run(&record)
-            .await
-            .map_err(RunsError::Store)?;
-        let info = record.info.clone().unwrap_or_default();
-        tracing::info!(run_id = %info.run_id, rerun_of = run_id, keep = ?record.keep_tables, rebuild = ?record.rebuild_tables, "re-run submitted");
-        self.start(record, pipeline, Vec::new());
-        Ok(info)
+        tracing::info!(rerun_of = run_id, keep = ?record.keep_tables, rebuild = ?record.rebuild_tables, "re-running");
+        self.save_and_start(record, pipeline).await
     }
 
     /// Forgets the runs that ended more than `retention` ago (their summaries stay in each
