@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use medallion_tests::Workspace;
 use medallion_tests::cluster::{Cluster, wait_for};
+use medallion_tests::faults::FaultyExecutor;
 use serde_json::Value;
 
 /// A one-table pipeline over `data/<path>`, with `schedule` (YAML) appended.
@@ -457,5 +458,89 @@ fn reruns_change_exactly_the_tables_they_should() {
         wrong.stderr.contains("no table 'silver.nope'"),
         "{}",
         wrong.stderr
+    );
+}
+
+/// Transient task failures injected in front of the only executor: bronze waits the
+/// pipeline's fixed delay between attempts, gold its own exponential one up to its cap, and the
+/// run then succeeds with every row once.
+#[test]
+fn retry_delays_are_honoured_after_injected_task_failures() {
+    let ws = Workspace::new();
+    ws.write(
+        "data/orders/a.jsonl",
+        "{\"id\": 1, \"amount\": 5}\n{\"id\": 2, \"amount\": 6}\n{\"id\": 3, \"amount\": 7}\n",
+    );
+    ws.write(
+        "p.yaml",
+        "pipeline: retrying\nlake: lake\n\
+         retries: { max_attempts: 3, delay: 3s, backoff: fixed }\n\
+         sources:\n  - { name: orders, format: json, path: data/orders/*.jsonl }\n\
+         bronze:\n  - { name: orders, source: orders }\n\
+         silver:\n\
+         \x20 - { name: orders, from: bronze.orders, keys: [id], columns: [{ name: id, type: bigint }, { name: amount, type: bigint }] }\n\
+         gold:\n\
+         \x20 - name: totals\n\
+         \x20   sql: \"SELECT count(*) AS orders, sum(amount) AS total FROM silver.orders\"\n\
+         \x20   retries: { max_attempts: 4, delay: 2s, backoff: exponential, max_delay: 5s }\n",
+    );
+    let mut cluster = Cluster::start(&ws, 1, 0);
+    let faults = FaultyExecutor::start(&[("bronze.orders", 2), ("gold.totals", 3)]);
+    let executor = cluster.add_executor_with(&["--advertise", &faults.url(), "--no-ballista"]);
+    faults.forward_to(&executor);
+    wait_for("the executor to register", Duration::from_secs(30), || {
+        cluster.executor_ids(&ws).len() == 1
+    });
+
+    let run = json(&cluster, &ws, &["submit", "p.yaml", "--wait"]);
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{}", cluster.logs());
+    let retries = |t: &str| medallion_tests::table(&run["report"], t)["retries"].as_u64();
+    assert_eq!(
+        ["bronze.orders", "silver.orders", "gold.totals"].map(retries),
+        [Some(2), Some(0), Some(3)],
+        "{run:#}"
+    );
+    let totals = ws.read_table("lake/gold/totals");
+    assert_eq!(totals["readers_agree"], true, "{totals:#}");
+    assert_eq!(
+        totals["rows"],
+        serde_json::json!([{"orders": 3, "total": 18}])
+    );
+
+    // What the stand-in saw of each task: attempt numbers, which it failed, and the pauses
+    // between them. A pause is at least the delay and, on a loaded machine, not much more:
+    // a fixed delay does not double, and the exponential one stops at max_delay.
+    let calls = faults.calls();
+    let seen = |table: &str| {
+        let calls: Vec<_> = calls
+            .iter()
+            .filter(|c| c.task_id.starts_with(&format!("{table}#")))
+            .collect();
+        let attempts: Vec<(u32, bool)> = calls.iter().map(|c| (c.attempt, c.failed)).collect();
+        let pauses: Vec<f64> = calls
+            .windows(2)
+            .map(|w| (w[1].at - w[0].at).as_secs_f64())
+            .collect();
+        (attempts, pauses)
+    };
+    let within = |pauses: &[f64], delays: &[f64]| {
+        pauses.len() == delays.len()
+            && pauses
+                .iter()
+                .zip(delays)
+                .all(|(p, d)| *p >= *d && *p < d + 2.5)
+    };
+    let (attempts, pauses) = seen("bronze.orders");
+    assert_eq!(attempts, [(1, true), (2, true), (3, false)], "{calls:#?}");
+    assert!(within(&pauses, &[3.0, 3.0]), "fixed 3s: {pauses:?}");
+    let (attempts, pauses) = seen("gold.totals");
+    assert_eq!(
+        attempts,
+        [(1, true), (2, true), (3, true), (4, false)],
+        "{calls:#?}"
+    );
+    assert!(
+        within(&pauses, &[2.0, 4.0, 5.0]),
+        "exponential from 2s, at most 5s: {pauses:?}"
     );
 }

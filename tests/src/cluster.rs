@@ -256,6 +256,11 @@ impl Cluster {
     }
 
     pub fn add_executor(&mut self) {
+        self.add_executor_with(&[]);
+    }
+
+    /// [`Cluster::add_executor`], with extra flags for the executor. Returns its URL.
+    pub fn add_executor_with(&mut self, flags: &[&str]) -> String {
         let port = free_port();
         let metrics_port = free_port();
         let name = format!("executor-{}", self.executors.len());
@@ -275,6 +280,7 @@ impl Cluster {
                 .args(["--ballista-port", &free_port().to_string()])
                 .args(["--ballista-grpc-port", &free_port().to_string()])
                 .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+                .args(flags)
                 // Ballista's executor says which tasks of a distributed query it ran.
                 .env(
                     "MEDALLION_LOG",
@@ -282,7 +288,9 @@ impl Cluster {
                 ),
         );
         proc.metrics_port = metrics_port;
+        let url = proc.url();
         self.executors.push(proc);
+        url
     }
 
     /// Every coordinator's URL, for `--coordinator`.

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 pub mod cluster;
+pub mod faults;
 pub mod prometheus;
 
 /// The `medallion` binary next to the test binary (`scripts/test` builds it first).
