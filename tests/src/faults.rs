@@ -65,7 +65,7 @@ impl FaultyExecutor {
             port,
             calls,
             executor,
-            runtime: runtime,
+            runtime,
         }
     }
 
