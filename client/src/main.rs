@@ -180,8 +180,10 @@ enum ScheduleCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// List the deployed pipelines: schedule, paused, next and last run, backfills.
+    /// List the deployed pipelines: schedule, paused, next and last run, backfills, the
+    /// stalest table; with a pipeline's name, each of its tables and when it last changed.
     Pipelines {
+        pipeline: Option<String>,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -382,7 +384,10 @@ async fn schedule_command(command: ScheduleCommand, urls: &[String]) -> Result<E
             };
             (remote.deploy(&pipeline).await?, output)
         }
-        ScheduleCommand::Pipelines { output } => {
+        ScheduleCommand::Pipelines {
+            pipeline: None,
+            output,
+        } => {
             let all = remote.pipelines().await?;
             match output {
                 Output::Json => {
@@ -392,6 +397,22 @@ async fn schedule_command(command: ScheduleCommand, urls: &[String]) -> Result<E
                 Output::Text => println!("{}", pipelines::table(&all, chrono::Utc::now())),
             }
             return Ok(ExitCode::SUCCESS);
+        }
+        ScheduleCommand::Pipelines {
+            pipeline: Some(name),
+            output,
+        } => {
+            let all = remote.pipelines().await?;
+            let Some(info) = all.into_iter().find(|p| p.name == name) else {
+                anyhow::bail!("no pipeline named '{name}' is deployed (see `medallion pipelines`)");
+            };
+            if output == Output::Text {
+                let now = chrono::Utc::now();
+                let tables = pipelines::freshness_table(&info, now);
+                println!("{}\n\n{tables}", pipelines::table(&[info], now));
+                return Ok(ExitCode::SUCCESS);
+            }
+            (info, output)
         }
         ScheduleCommand::Pause { pipeline, output } => {
             (remote.set_paused(&pipeline, true).await?, output)

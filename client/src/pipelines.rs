@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use comfy_table::{Table, presets::NOTHING};
-use medallion_proto::{PipelineInfo, RunInfo};
+use medallion_proto::{PipelineInfo, RunInfo, TableFreshness};
 
 use crate::remote::state_name;
 
@@ -57,12 +57,21 @@ fn last_run(run: Option<&RunInfo>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// The table that changed longest ago (or never), and when.
+fn stalest(p: &PipelineInfo, now: DateTime<Utc>) -> String {
+    match p.tables.iter().min_by_key(|t| t.committed_ms) {
+        None => "-".into(),
+        Some(t) if t.committed_ms == 0 => format!("{} never", t.table),
+        Some(t) => format!("{} {}", t.table, relative(t.committed_ms, now)),
+    }
+}
+
 /// The deployed pipelines as an aligned table.
 pub fn table(pipelines: &[PipelineInfo], now: DateTime<Utc>) -> String {
     let mut table = Table::new();
     table.load_preset(NOTHING).set_header([
-        "PIPELINE", "VERSION", "SCHEDULE", "STATE", "ACTIVE", "NEXT RUN", "LAST RUN", "BACKFILL",
-        "TAGS",
+        "PIPELINE", "VERSION", "SCHEDULE", "STATE", "ACTIVE", "NEXT RUN", "LAST RUN", "STALEST",
+        "BACKFILL", "TAGS",
     ]);
     for p in pipelines {
         let state = if p.paused { "paused" } else { "active" };
@@ -79,11 +88,39 @@ pub fn table(pipelines: &[PipelineInfo], now: DateTime<Utc>) -> String {
             format!("{}/{}", p.active_runs, p.max_active_runs),
             relative(p.next_run_ms, now),
             last_run(p.last_run.as_ref(), now),
+            stalest(p, now),
             p.backfill_pending.to_string(),
             p.tags.join(","),
         ]);
     }
     table.to_string()
+}
+
+/// A pipeline's tables, in dependency order, with when each last changed.
+pub fn freshness_table(p: &PipelineInfo, now: DateTime<Utc>) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(NOTHING)
+        .set_header(["TABLE", "VERSION", "CHANGED", "BY RUN"]);
+    for t in &p.tables {
+        let (version, changed) = match t.committed_ms {
+            0 => ("-".to_string(), "never".to_string()),
+            ms => (t.version.to_string(), relative(ms, now)),
+        };
+        let run = if t.run_id.is_empty() { "-" } else { &t.run_id };
+        table.add_row([t.table.clone(), version, changed, run.to_string()]);
+    }
+    table.to_string()
+}
+
+fn freshness_json(t: &TableFreshness) -> serde_json::Value {
+    let committed = t.committed_ms != 0;
+    serde_json::json!({
+        "table": t.table,
+        "version": committed.then_some(t.version),
+        "committed_ms": committed.then_some(t.committed_ms),
+        "run_id": (!t.run_id.is_empty()).then_some(&t.run_id),
+    })
 }
 
 /// A deployed pipeline as JSON.
@@ -99,6 +136,7 @@ pub fn json(p: &PipelineInfo) -> serde_json::Value {
         "tags": p.tags, "next_run_ms": p.next_run_ms, "last_run": last,
         "deployed_ms": p.deployed_ms, "backfill_pending": p.backfill_pending,
         "max_active_runs": p.max_active_runs, "active_runs": p.active_runs,
+        "tables": p.tables.iter().map(freshness_json).collect::<Vec<_>>(),
     })
 }
 

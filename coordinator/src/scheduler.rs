@@ -9,13 +9,17 @@
 //! time under `max_active_runs`: thousands of intervals cost one record each as they are
 //! queued, not up front.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use medallion_pipeline::report::{RunReport, TableStatus};
 use medallion_pipeline::schedule::{RunInterval, Schedule};
-use medallion_pipeline::{Pipeline, RunDate};
-use medallion_proto::{BackfillRecord, Deployment, PipelineInfo, RunInfo, RunState, SpecText};
+use medallion_pipeline::{Pipeline, RunDate, TableRef};
+use medallion_proto::{
+    BackfillRecord, Deployment, PipelineInfo, RunInfo, RunState, SpecText, TableFreshness,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::runs::{Origin, Runs, RunsError, new_record};
@@ -59,7 +63,7 @@ impl Scheduler {
         let store = self.store.put_deployment(deployment).await;
         store.map_err(RunsError::Store)?;
         let runs = self.runs.list(0).await?;
-        self.info(deployment, &runs)
+        self.info(deployment, &runs).await
     }
 
     /// Registers a pipeline or updates its spec; a changed text is a new version. The
@@ -103,7 +107,11 @@ impl Scheduler {
         let mut all = self.store.deployments().await.map_err(RunsError::Store)?;
         all.sort_by(|a, b| a.name.cmp(&b.name));
         let runs = self.runs.list(0).await?;
-        all.iter().map(|d| self.info(d, &runs)).collect()
+        let mut infos = Vec::with_capacity(all.len());
+        for d in &all {
+            infos.push(self.info(d, &runs).await?);
+        }
+        Ok(infos)
     }
 
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<PipelineInfo, RunsError> {
@@ -120,7 +128,7 @@ impl Scheduler {
     pub async fn undeploy(&self, name: &str) -> Result<PipelineInfo, RunsError> {
         let _changes = self.changes.lock().await;
         let deployment = self.deployment(name).await?;
-        let info = self.info(&deployment, &self.runs.list(0).await?)?;
+        let info = self.info(&deployment, &self.runs.list(0).await?).await?;
         let deleted = self.store.delete_deployment(name).await;
         deleted.map_err(RunsError::Store)?;
         crate::metrics::schedule_interval(name, None);
@@ -172,7 +180,7 @@ impl Scheduler {
 
     /// What `medallion pipelines` shows of a deployment.
     /// `runs`: every run, newest first (read once for all deployments).
-    fn info(&self, d: &Deployment, runs: &[RunInfo]) -> Result<PipelineInfo, RunsError> {
+    async fn info(&self, d: &Deployment, runs: &[RunInfo]) -> Result<PipelineInfo, RunsError> {
         let spec = d.pipeline.clone().unwrap_or_default();
         let pipeline = parse(&spec, RunDate::Latest)?;
         let schedule = pipeline.schedule();
@@ -193,6 +201,8 @@ impl Scheduler {
             .backfills
             .iter()
             .map(|b| backfill_left(schedule.as_ref(), &pipeline, b));
+        let mut tables = freshness(&pipeline, runs);
+        read_unknown_commits(&pipeline, &mut tables).await;
         Ok(PipelineInfo {
             name: d.name.clone(),
             version: d.version,
@@ -205,6 +215,7 @@ impl Scheduler {
             backfill_pending: pending.sum(),
             max_active_runs: schedule.as_ref().map_or(1, |s| s.max_active_runs),
             active_runs: self.runs.active_of(&d.name) as u32,
+            tables,
         })
     }
 
@@ -296,6 +307,60 @@ impl Scheduler {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+}
+
+/// Each table of `pipeline` with its last commit among `runs` (newest first), in dependency
+/// order.
+fn freshness(pipeline: &Pipeline, runs: &[RunInfo]) -> Vec<TableFreshness> {
+    let order = pipeline.dag.topological_order().unwrap_or_default();
+    let mut found: HashMap<String, TableFreshness> = HashMap::new();
+    let ended = runs
+        .iter()
+        .filter(|r| r.pipeline == pipeline.name() && !r.report_json.is_empty());
+    for run in ended {
+        if found.len() == order.len() {
+            break;
+        }
+        let Ok(report) = serde_json::from_str::<RunReport>(&run.report_json) else {
+            continue;
+        };
+        for t in report.tables {
+            if let TableStatus::Committed { version } = t.status {
+                found.entry(t.table.clone()).or_insert(TableFreshness {
+                    table: t.table,
+                    version,
+                    committed_ms: run.ended_ms,
+                    run_id: run.run_id.clone(),
+                });
+            }
+        }
+    }
+    let table = |t: &TableRef| {
+        found.remove(&t.to_string()).unwrap_or(TableFreshness {
+            table: t.to_string(),
+            ..Default::default()
+        })
+    };
+    order.iter().map(table).collect()
+}
+
+/// Fills in, from the Delta log, the last commit of the tables no kept run record committed
+/// (the runs that did were pruned, or another writer made the table).
+async fn read_unknown_commits(pipeline: &Pipeline, tables: &mut [TableFreshness]) {
+    let options = pipeline.storage_options.clone().into_iter().collect();
+    for t in tables.iter_mut().filter(|t| t.committed_ms == 0) {
+        let Ok(table) = t.table.parse::<TableRef>() else {
+            continue;
+        };
+        let uri = pipeline.table_uri(&table);
+        match medallion_lake::last_commit(&uri, &options).await {
+            Ok(Some((version, at))) => (t.version, t.committed_ms) = (version, at),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(table = %t.table, error = format!("{e:#}"), "cannot read the last commit")
             }
         }
     }

@@ -75,6 +75,30 @@ pub async fn open_table(uri: &str, opts: &StorageOptions) -> Result<Option<Delta
     }
 }
 
+/// A table's latest version and when it was committed (its `commitInfo` timestamp, ms since
+/// the epoch); `None` when nothing was ever committed there. Reads one log entry, not the
+/// table's snapshot, so it stays cheap for large tables.
+pub async fn last_commit(uri: &str, opts: &StorageOptions) -> Result<Option<(u64, i64)>> {
+    if local_dir(uri).is_some_and(|dir| !dir.join("_delta_log").is_dir()) {
+        return Ok(None);
+    }
+    let store = table_handle(uri, opts)?.log_store();
+    let version = match store.get_latest_version(0).await {
+        Ok(v) => v,
+        // No first commit yet.
+        Err(deltalake::DeltaTableError::InvalidVersion(0)) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot list the Delta log of {uri}")),
+    };
+    let entry = store.read_commit_entry(version).await?;
+    let timestamp = entry.as_deref().and_then(|bytes| {
+        bytes
+            .split(|b| *b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+            .find_map(|action| action["commitInfo"]["timestamp"].as_i64())
+    });
+    Ok(Some((version, timestamp.unwrap_or(0))))
+}
+
 /// A batch of named columns, each with whether it may hold nulls: the rows our own
 /// bookkeeping tables (check results, run history) append.
 pub fn batch_of(

@@ -92,6 +92,23 @@ fn a_deployed_pipeline_runs_on_its_schedule_pauses_and_resumes() {
     let listed = json(&cluster, &ws, &["pipelines"]);
     assert_eq!(listed[0]["paused"], false, "{listed:#}");
     assert!(listed[0]["next_run_ms"].as_i64().unwrap() > 0, "{listed:#}");
+    // The one file was ingested once, by one of the runs: that is when bronze last changed.
+    let fresh = &listed[0]["tables"][0];
+    assert_eq!(
+        (&fresh["table"], &fresh["version"]),
+        (&serde_json::json!("bronze.events"), &serde_json::json!(0)),
+        "{listed:#}"
+    );
+    let ids: Vec<Value> = runs(&cluster, &ws)
+        .iter()
+        .map(|r| r["run_id"].clone())
+        .collect();
+    assert!(ids.contains(&fresh["run_id"]), "{fresh:#} {ids:?}");
+    let text = cluster.client(&ws, &["pipelines", "sched"]).stdout;
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("bronze.events"));
+    assert!(row.is_some_and(|r| r.contains(" ago ")), "{text}");
 
     json(&cluster, &ws, &["pause", "sched"]);
     // A run queued just before the pause may still end; after that nothing new starts.

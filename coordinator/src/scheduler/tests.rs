@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use medallion_proto::{Deployment, RunInfo, RunState};
+use medallion_pipeline::report::{RunReport, TableReport, TableStatus};
+use medallion_proto::{Deployment, PipelineInfo, RunInfo, RunState};
 use tempfile::TempDir;
 
 use super::{Scheduler, next_run};
@@ -342,6 +343,101 @@ async fn ended_runs_past_their_retention_are_forgotten() {
     assert!(f.store.runs().await.unwrap().is_empty());
     // The cursor stays: pruning forgets runs, it does not schedule them again.
     assert_eq!(f.scheduler.tick(day(4)).await.unwrap(), 0);
+}
+
+/// `(table, version, committed_ms, run_id)` of each table `medallion pipelines` shows.
+fn freshness_of(p: &PipelineInfo) -> Vec<(String, u64, i64, String)> {
+    let t = &p.tables;
+    t.iter()
+        .map(|t| (t.table.clone(), t.version, t.committed_ms, t.run_id.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn each_tables_last_change_is_the_newest_run_that_committed_it() {
+    let f = fixture(FakeRunner::succeeding());
+    let spec = "silver:\n  - { name: orders, from: bronze.orders, columns: [{ name: id, type: bigint }] }\n";
+    f.deploy(spec).await;
+    let pipeline = pipeline(f.dir.path(), spec);
+    let run = |id: &str, ended_ms: i64, [bronze, silver]: [TableStatus; 2]| {
+        let tables = [("bronze.orders", bronze), ("silver.orders", silver)]
+            .map(|(t, status)| TableReport::new(&t.parse().unwrap(), status));
+        let report = RunReport {
+            run_id: id.into(),
+            pipeline: "t".into(),
+            ds: String::new(),
+            started_at: String::new(),
+            duration_ms: 1,
+            succeeded: true,
+            tables: tables.into(),
+        };
+        RunInfo {
+            run_id: id.into(),
+            pipeline: "t".into(),
+            ended_ms,
+            report_json: serde_json::to_string(&report).unwrap(),
+            ..Default::default()
+        }
+    };
+    let committed = |version| TableStatus::Committed { version };
+    let same = || TableStatus::UpToDate;
+    // Newest first: the last run changed nothing; both tables last changed in the one before.
+    let runs = [
+        run("c", 300, [same(), same()]),
+        run("b", 200, [committed(4), committed(2)]),
+        run("a", 100, [committed(3), committed(1)]),
+    ];
+    let info = PipelineInfo {
+        tables: super::freshness(&pipeline, &runs),
+        ..Default::default()
+    };
+    assert_eq!(
+        freshness_of(&info),
+        [
+            ("bronze.orders".into(), 4, 200, "b".into()),
+            ("silver.orders".into(), 2, 200, "b".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn without_a_run_record_a_tables_last_change_comes_from_its_delta_log() {
+    let f = fixture(FakeRunner::succeeding());
+    f.deploy("").await;
+    let never = f.scheduler.pipelines().await.unwrap().remove(0);
+    assert_eq!(
+        freshness_of(&never),
+        [("bronze.orders".into(), 0, 0, "".into())]
+    );
+
+    // Written by another writer (or by a run whose record was pruned).
+    let uri = f.dir.path().join("lake/bronze/orders");
+    let batch = medallion_lake::batch_of(vec![(
+        "id",
+        std::sync::Arc::new(datafusion::arrow::array::Int64Array::from(vec![1])),
+        true,
+    )])
+    .unwrap();
+    let before = Utc::now().timestamp_millis();
+    for _ in 0..2 {
+        let options = Default::default();
+        medallion_lake::append(uri.to_str().unwrap(), &options, batch.clone())
+            .await
+            .unwrap();
+    }
+    let found = f.scheduler.pipelines().await.unwrap().remove(0);
+    let [(table, version, at, run_id)] = &freshness_of(&found)[..] else {
+        panic!("{found:?}");
+    };
+    assert_eq!(
+        (table.as_str(), *version, run_id.as_str()),
+        ("bronze.orders", 1, "")
+    );
+    let now = Utc::now().timestamp_millis();
+    assert!(
+        (before..=now).contains(at),
+        "committed at {at}, between {before} and {now}"
+    );
 }
 
 #[tokio::test]
