@@ -37,6 +37,9 @@ pub struct Scheduler {
     changes: tokio::sync::Mutex<()>,
     /// Ended runs are forgotten from the store after this (see [`Runs::prune`]).
     retention: Duration,
+    /// Each deployment's spec as last parsed for its schedule, by name: a tick re-parses a
+    /// spec only when its text changed.
+    parsed: std::sync::Mutex<HashMap<String, (SpecText, Arc<Pipeline>)>>,
 }
 
 /// How often ended runs past their retention are pruned.
@@ -49,7 +52,23 @@ impl Scheduler {
             store,
             changes: tokio::sync::Mutex::new(()),
             retention,
+            parsed: Default::default(),
         })
+    }
+
+    /// A deployment's spec rendered for the latest interval, for what does not depend on the
+    /// interval: its schedule, time zone, tables and tags.
+    fn latest(&self, d: &Deployment) -> Result<Arc<Pipeline>, RunsError> {
+        let spec = d.pipeline.clone().unwrap_or_default();
+        let mut parsed = self.parsed.lock().expect("parsed specs");
+        if let Some((text, pipeline)) = parsed.get(&d.name)
+            && *text == spec
+        {
+            return Ok(pipeline.clone());
+        }
+        let pipeline = Arc::new(parse(&spec, RunDate::Latest)?);
+        parsed.insert(d.name.clone(), (spec, pipeline.clone()));
+        Ok(pipeline)
     }
 
     async fn deployment(&self, name: &str) -> Result<Deployment, RunsError> {
@@ -131,6 +150,7 @@ impl Scheduler {
         let info = self.info(&deployment, &self.runs.list(0).await?).await?;
         let deleted = self.store.delete_deployment(name).await;
         deleted.map_err(RunsError::Store)?;
+        self.parsed.lock().expect("parsed specs").remove(name);
         crate::metrics::schedule_interval(name, None);
         Ok(info)
     }
@@ -162,9 +182,7 @@ impl Scheduler {
         }
         let _changes = self.changes.lock().await;
         let mut deployment = self.deployment(name).await?;
-        let spec = deployment.pipeline.clone().unwrap_or_default();
-        let pipeline = parse(&spec, RunDate::Latest)?;
-        let tz = pipeline.interval.tz;
+        let tz = self.latest(&deployment)?.interval.tz;
         let start = RunInterval::day(from, tz).start;
         let end = RunInterval::day(to, tz).end;
         let id = format!("{}-{}", from.format("%Y%m%d"), to.format("%Y%m%d"));
@@ -181,8 +199,7 @@ impl Scheduler {
     /// What `medallion pipelines` shows of a deployment.
     /// `runs`: every run, newest first (read once for all deployments).
     async fn info(&self, d: &Deployment, runs: &[RunInfo]) -> Result<PipelineInfo, RunsError> {
-        let spec = d.pipeline.clone().unwrap_or_default();
-        let pipeline = parse(&spec, RunDate::Latest)?;
+        let pipeline = self.latest(d)?;
         let schedule = pipeline.schedule();
         let last_run = runs.iter().find(|r| r.pipeline == d.name).cloned();
         let now = Utc::now();
@@ -226,7 +243,7 @@ impl Scheduler {
         let mut queued = 0;
         for mut deployment in self.store.deployments().await? {
             let spec = deployment.pipeline.clone().unwrap_or_default();
-            let Ok(latest) = parse(&spec, RunDate::Latest) else {
+            let Ok(latest) = self.latest(&deployment) else {
                 continue;
             };
             let schedule = latest.schedule();
