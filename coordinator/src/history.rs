@@ -65,3 +65,74 @@ pub async fn record_run(
     medallion_lake::append(&pipeline.run_history_uri(), &opts, batch).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use medallion_pipeline::report::RunReport;
+
+    use super::record_run;
+    use crate::testing::pipeline;
+
+    fn report(n: usize) -> RunReport {
+        RunReport {
+            run_id: format!("r{n}"),
+            pipeline: "t".into(),
+            ds: String::new(),
+            started_at: String::new(),
+            duration_ms: n as u64,
+            succeeded: true,
+            tables: Vec::new(),
+        }
+    }
+
+    /// The rows of the run history: (count, sum of duration_ms), read by DataFusion.
+    async fn history(uri: &str) -> (deltalake::DeltaTable, String) {
+        let table = medallion_lake::open_table(uri, &Default::default()).await;
+        let table = table.unwrap().expect("a history table");
+        let ctx = datafusion::prelude::SessionContext::new();
+        medallion_lake::register_delta(&ctx, "h", &table)
+            .await
+            .unwrap();
+        let query = ctx.sql("SELECT count(*) AS n, sum(duration_ms) AS total FROM h");
+        let batches = query.await.unwrap().collect().await.unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap();
+        (table, text.to_string())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_ending_at_once_share_commits_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(dir.path(), "");
+        let now = chrono::Utc::now();
+        let ended = (0..64).map(|n| {
+            let p = &p;
+            async move { record_run(p, &report(n), now, "backfill").await.unwrap() }
+        });
+        futures::future::join_all(ended).await;
+        let (table, rows) = history(&p.run_history_uri()).await;
+        assert!(rows.contains("| 64 | 2016"), "{rows}");
+        let commits = table.version().unwrap() + 1;
+        assert!(commits < 64, "64 runs in {commits} commits");
+    }
+
+    #[tokio::test]
+    async fn a_history_another_process_wrote_to_is_appended_after_its_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(dir.path(), "");
+        let now = chrono::Utc::now();
+        record_run(&p, &report(1), now, "manual").await.unwrap();
+        // Another coordinator's commit (a copy of the row), behind this process's kept handle.
+        let (other, row) = history(&p.run_history_uri()).await;
+        assert!(row.contains("| 1 | 1"), "{row}");
+        let ctx = datafusion::prelude::SessionContext::new();
+        medallion_lake::register_delta(&ctx, "h", &other)
+            .await
+            .unwrap();
+        let copy = ctx.sql("SELECT * FROM h").await.unwrap();
+        other.write(copy.collect().await.unwrap()).await.unwrap();
+        record_run(&p, &report(5), now, "manual").await.unwrap();
+        let (table, rows) = history(&p.run_history_uri()).await;
+        assert_eq!(table.version(), Some(2));
+        assert!(rows.contains("| 3 | 7"), "{rows}");
+    }
+}

@@ -4,8 +4,11 @@
 //! commits them. [`StagedFiles`] reads such uncommitted files back, so quality checks and merges
 //! can look at a table's next version before it exists.
 
+mod append;
 pub mod ballista;
 pub mod changes;
+
+pub use append::append;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -110,30 +113,6 @@ pub fn batch_of(
         .collect();
     let arrays = columns.into_iter().map(|(_, array, _)| array).collect();
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
-}
-
-/// Appends `batch` to the table at `uri` in one commit, creating the table on first use;
-/// for small tables the coordinator keeps itself (check results). Returns the new version.
-pub async fn append(uri: &str, opts: &StorageOptions, batch: RecordBatch) -> Result<u64> {
-    let attempt = || async {
-        let table = match open_table(uri, opts).await? {
-            Some(table) => table,
-            None => table_handle(uri, opts)?,
-        };
-        let table = table
-            .write(vec![batch.clone()])
-            .with_save_mode(deltalake::protocol::SaveMode::Append)
-            .await?;
-        anyhow::Ok(table.version().unwrap_or_default())
-    };
-    // Two runs creating the table at once: one creates it, the other appends on a retry.
-    let outcome = match attempt().await {
-        Err(first) => attempt()
-            .await
-            .map_err(|last| last.context(format!("(a first attempt failed with: {first:#})"))),
-        done => done,
-    };
-    outcome.with_context(|| format!("appending to Delta table {uri}"))
 }
 
 /// Opens a table at a given version.
