@@ -95,7 +95,7 @@ const COMPACT_AT: usize = 32;
 /// costs in proportion to the files in the table, so a history with a small file per run
 /// would make every run slower than the last (as Delta Live Tables optimizes its event log).
 async fn keep(slot: &mut Option<DeltaTable>, uri: &str, written: DeltaTable) -> u64 {
-    let version = written.version().unwrap_or_default() as u64;
+    let version = written.version().unwrap_or_default();
     let files = written.snapshot().map_or(0, |s| s.log_data().num_files());
     *slot = Some(written.clone());
     if files >= COMPACT_AT {
