@@ -93,12 +93,22 @@ fn render_tables(out: &mut String, report: &RunReport, w: usize) {
     }
 }
 
-/// Rescued records, incremental or full refreshes, and rows checks took out.
+/// New columns, rescued records, incremental or full refreshes, and rows checks took out.
 fn render_notes(out: &mut String, report: &RunReport) {
+    for t in report.tables.iter().filter(|t| !t.columns_added.is_empty()) {
+        let _ = writeln!(
+            out,
+            "note: {} has {} new column(s) from new fields in its files: {} (earlier rows read NULL)",
+            t.table,
+            t.columns_added.len(),
+            t.columns_added.join(", ")
+        );
+    }
     for t in report.tables.iter().filter(|t| t.metrics.rows_rescued > 0) {
         let _ = writeln!(
             out,
-            "note: {} kept {} records that did not parse or fit its columns in _rescued_data",
+            "note: {} kept {} records in _rescued_data: malformed, values that do not fit their \
+             column, or fields outside its columns",
             t.table, t.metrics.rows_rescued
         );
     }

@@ -503,11 +503,18 @@ impl CommitContext<'_> {
                 SaveMode::Overwrite
             }
         };
-        if let (SaveMode::Append, Some(bad)) = (
-            mode,
-            schema_drift(&snapshot.snapshot().arrow_schema(), &staged.schema),
-        ) {
-            bail!("{table}: new data does not match the table's columns: {bad}");
+        let columns = snapshot.snapshot().arrow_schema();
+        if let (SaveMode::Append, Some(bad)) = (mode, schema_drift(&columns, &staged.schema)) {
+            if !(matches!(plan, CommitPlan::Append { .. })
+                && adds_columns(&columns, &staged.schema))
+            {
+                bail!("{table}: new data does not match the table's columns: {bad}");
+            }
+            // Bronze schema evolution: the new columns come in the commit of the rows that
+            // bring them; files written before read NULL in them.
+            let schema = medallion_lake::delta_struct(&staged.schema)?;
+            let metadata = snapshot.metadata().clone().with_schema(&schema)?;
+            actions.push(Action::Metadata(metadata));
         }
         actions.extend(staged.adds.iter().cloned().map(Action::Add));
         let operation = DeltaOperation::Write {
@@ -639,6 +646,21 @@ fn schema_drift(table: &SchemaRef, staged: &SchemaRef) -> Option<String> {
             b.join(", ")
         )
     })
+}
+
+/// Whether `staged` is `table` with new nullable columns: every column of the table, of the
+/// same type, and nothing else but columns that may be NULL.
+fn adds_columns(table: &SchemaRef, staged: &SchemaRef) -> bool {
+    let kept = table.fields().iter().all(|f| {
+        staged
+            .field_with_name(f.name())
+            .is_ok_and(|s| s.data_type() == f.data_type())
+    });
+    let added = staged
+        .fields()
+        .iter()
+        .filter(|f| table.field_with_name(f.name()).is_err());
+    kept && added.into_iter().all(|f| f.is_nullable())
 }
 
 /// The number the next commit of `table` gets under its Delta application id; two runs that

@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use medallion_pipeline::report::{Engine, Refresh};
-use medallion_pipeline::spec::{GoldEngine, SilverSpec, SourceSpec, WriteMode};
+use medallion_pipeline::spec::{GoldEngine, SchemaEvolution, SilverSpec, SourceSpec, WriteMode};
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
 use medallion_sources::ReadOptions;
@@ -132,6 +132,8 @@ pub struct StagePlan {
     pub engine: Option<Engine>,
     /// Whether a silver table reads only new input rows.
     pub refresh: Option<Refresh>,
+    /// Columns a bronze table gains in this commit, from fields new in its files.
+    pub columns_added: Vec<String>,
 }
 
 impl StagePlan {
@@ -142,6 +144,7 @@ impl StagePlan {
             target,
             engine: None,
             refresh: None,
+            columns_added: Vec::new(),
         }
     }
 }
@@ -314,9 +317,9 @@ impl RunContext<'_> {
             };
             return Ok(StagePlan::nothing_to_do(commit, target));
         }
-        let data = match &existing {
-            Some(t) => existing_data_columns(t)?,
-            None => self.source_columns(source, &new_files).await?,
+        let (data, columns_added) = match &existing {
+            Some(t) => self.evolved_columns(source, t, &new_files).await?,
+            None => (self.source_columns(source, &new_files).await?, Vec::new()),
         };
         let tasks = self.ingest_tasks(&target, spec.files_per_task, &new_files, &data)?;
         Ok(StagePlan {
@@ -328,6 +331,7 @@ impl RunContext<'_> {
             target,
             engine: None,
             refresh: None,
+            columns_added,
         })
     }
 
@@ -395,6 +399,7 @@ impl RunContext<'_> {
             refresh: Some(Refresh::Full {
                 reason: "rebuilt from every source file (rerun --full-refresh)".into(),
             }),
+            columns_added: Vec::new(),
         })
     }
 
@@ -412,22 +417,8 @@ impl RunContext<'_> {
                 .collect::<Result<Vec<_>>>()?;
             return Ok(Schema::new(fields));
         }
-        let options = ReadOptions::new(source.format, &source.options);
-        let sample: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-        let inferred = tokio::task::spawn_blocking(move || {
-            let paths: Vec<&Path> = sample.iter().map(PathBuf::as_path).collect();
-            medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)
-        })
-        .await??;
-        // A field named like a metadata column is not a column of its own; it is rescued.
-        let inferred = Schema::new(
-            inferred
-                .fields()
-                .iter()
-                .filter(|f| !meta::is_bronze_column(f.name()))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        let inferred =
+            infer_columns(source, files.iter().map(|f| f.path.clone()).collect()).await?;
         if inferred.fields().is_empty() {
             let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
             bail!(
@@ -437,6 +428,56 @@ impl RunContext<'_> {
             );
         }
         Ok(medallion_lake::delta_schema(&inferred).as_ref().clone())
+    }
+
+    /// The columns new files of an existing bronze table are read into, and the names of those
+    /// the table gains: its own columns, plus the fields new in the files when the source's
+    /// `schema_evolution` adds them (see [`SchemaEvolution`]).
+    async fn evolved_columns(
+        &self,
+        source: &SourceSpec,
+        table: &deltalake::DeltaTable,
+        files: &[SourceFile],
+    ) -> Result<(Schema, Vec<String>)> {
+        let existing = existing_data_columns(table)?;
+        let mode = source.schema_evolution();
+        if mode == SchemaEvolution::Rescue {
+            return Ok((existing, Vec::new()));
+        }
+        // Each new field, with the first file that has it.
+        let mut new: Vec<(Field, &Path)> = Vec::new();
+        for file in files {
+            let found = infer_columns(source, vec![file.path.clone()]).await?;
+            let found = medallion_lake::delta_schema(&found);
+            for field in found.fields() {
+                let known = existing.field_with_name(field.name()).is_ok()
+                    || new.iter().any(|(f, _)| f.name() == field.name());
+                if !known {
+                    new.push((field.as_ref().clone().with_nullable(true), &file.path));
+                }
+            }
+        }
+        let names: Vec<String> = new.iter().map(|(f, _)| f.name().clone()).collect();
+        if mode == SchemaEvolution::FailOnNewColumns && !new.is_empty() {
+            let found: Vec<String> = new
+                .iter()
+                .map(|(f, path)| format!("'{}' (first in {})", f.name(), path.display()))
+                .collect();
+            bail!(
+                "source '{}': new fields {}; schema_evolution: fail_on_new_columns keeps the \
+                 table's columns: add them to the source's schema, or set schema_evolution to \
+                 add_new_columns or rescue",
+                source.name.value,
+                found.join(", ")
+            );
+        }
+        let mut fields: Vec<Field> = existing
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(new.into_iter().map(|(f, _)| f));
+        Ok((Schema::new(fields), names))
     }
 
     async fn plan_silver(&self, table: &TableRef) -> Result<StagePlan> {
@@ -508,6 +549,7 @@ impl RunContext<'_> {
             target,
             engine: None,
             refresh: Some(refresh),
+            columns_added: Vec::new(),
         })
     }
 
@@ -581,6 +623,7 @@ impl RunContext<'_> {
             target,
             engine: Some(engine),
             refresh: Some(refresh),
+            columns_added: Vec::new(),
         })
     }
 
@@ -684,6 +727,24 @@ async fn ingested_files(table: &deltalake::DeltaTable) -> Result<BTreeSet<String
         );
     }
     Ok(files)
+}
+
+/// The columns `paths` hold, from their first records, less fields named like metadata
+/// columns (those are rescued, not columns of their own).
+async fn infer_columns(source: &SourceSpec, paths: Vec<PathBuf>) -> Result<Schema> {
+    let options = ReadOptions::new(source.format, &source.options);
+    let inferred = tokio::task::spawn_blocking(move || {
+        let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)
+    })
+    .await??;
+    let fields = inferred
+        .fields()
+        .iter()
+        .filter(|f| !meta::is_bronze_column(f.name()))
+        .cloned()
+        .collect::<Vec<_>>();
+    Ok(Schema::new(fields))
 }
 
 /// The data columns of an existing bronze table (all but `_rescued_data` and metadata).

@@ -185,14 +185,14 @@ impl<'a> Coordinator<'a> {
                     let reason = format!("{failed} did not succeed");
                     let report = TableReport::new(&table, TableStatus::Skipped { reason });
                     self.observer.on_event(RunEvent::TableFinished {
-                        report: report.clone(),
+                        report: Box::new(report.clone()),
                     });
                     finished.insert(table, report);
                 } else if self.rerun.keep.contains(&table) {
                     let from_run = self.rerun.of.clone();
                     let report = TableReport::new(&table, TableStatus::Kept { from_run });
                     self.observer.on_event(RunEvent::TableFinished {
-                        report: report.clone(),
+                        report: Box::new(report.clone()),
                     });
                     finished.insert(table, report);
                 } else if deps.iter().all(|d| finished.contains_key(d)) {
@@ -213,7 +213,7 @@ impl<'a> Coordinator<'a> {
                 break;
             };
             self.observer.on_event(RunEvent::TableFinished {
-                report: report.clone(),
+                report: Box::new(report.clone()),
             });
             finished.insert(table, report);
         }
@@ -402,7 +402,10 @@ impl<'a> Coordinator<'a> {
             report.metrics.rows_written = m.rows_updated + m.rows_inserted;
         }
         Ok(match version {
-            Some(version) => TableStatus::Committed { version },
+            Some(version) => {
+                report.columns_added = plan.columns_added;
+                TableStatus::Committed { version }
+            }
             None => TableStatus::UpToDate,
         })
     }

@@ -97,7 +97,7 @@ struct Recorder {
 }
 
 enum Write {
-    Table(TableReport),
+    Table(Box<TableReport>),
     Task(TaskRecord),
 }
 
@@ -106,7 +106,7 @@ impl RunObserver for Recorder {
         let wire = pb::RunEvent::from(&event);
         let write = match event {
             RunEvent::TableFinished { report } => {
-                self.run.progress().tables.push(report.clone());
+                self.run.progress().tables.push((*report).clone());
                 Some(Write::Table(report))
             }
             event => TaskRecord::of(&event).map(Write::Task),
@@ -532,7 +532,10 @@ impl Runs {
         let (tx, rx) = mpsc::channel(tables.len() + 1);
         let events = tables
             .into_iter()
-            .map(|report| pb::RunEvent::from(&RunEvent::TableFinished { report }))
+            .map(|report| {
+                let report = Box::new(report);
+                pb::RunEvent::from(&RunEvent::TableFinished { report })
+            })
             .chain([info.into()]);
         for event in events {
             let _ = tx.try_send(event);

@@ -25,7 +25,8 @@ pub enum RunEvent {
         error: String,
     },
     TableFinished {
-        report: TableReport,
+        /// Boxed: a report is much larger than the other events.
+        report: Box<TableReport>,
     },
 }
 
@@ -119,6 +120,10 @@ pub struct TableReport {
     /// Whether a silver table read only new input rows, and if not, why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<Refresh>,
+    /// Columns a bronze table gained in this run, from fields new in its files
+    /// (`schema_evolution: add_new_columns`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns_added: Vec<String>,
     /// Task attempts beyond the first.
     pub retries: usize,
     pub metrics: Metrics,
@@ -136,6 +141,7 @@ impl TableReport {
             tasks: 0,
             engine: None,
             refresh: None,
+            columns_added: Vec::new(),
             retries: 0,
             metrics: Metrics::default(),
             checks: Vec::new(),

@@ -196,6 +196,34 @@ pub struct SourceSpec {
     /// the file's own types (Parquet).
     #[serde(default)]
     pub schema: Option<Spanned<Vec<ColumnType>>>,
+    /// What bronze does with fields its table does not have yet [default: `add_new_columns`,
+    /// `rescue` for a source with a declared `schema`].
+    #[serde(default)]
+    pub schema_evolution: Option<SchemaEvolution>,
+}
+
+impl SourceSpec {
+    pub fn schema_evolution(&self) -> SchemaEvolution {
+        self.schema_evolution.unwrap_or(match self.schema {
+            Some(_) => SchemaEvolution::Rescue,
+            None => SchemaEvolution::AddNewColumns,
+        })
+    }
+}
+
+/// Auto Loader's schema evolution modes, for fields that appear in files a bronze table
+/// ingests after it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaEvolution {
+    /// Each new field becomes a new nullable column, in the commit of the rows that bring it;
+    /// earlier rows read NULL in it.
+    AddNewColumns,
+    /// The table keeps its columns; new fields are kept as JSON in `_rescued_data`.
+    Rescue,
+    /// New fields fail the table's ingestion, naming them and their files; nothing is
+    /// committed until the source's `schema` or this mode changes.
+    FailOnNewColumns,
 }
 
 /// A declared column of a source schema.

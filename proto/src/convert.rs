@@ -313,7 +313,9 @@ mod tests {
         );
         let mut report = TableReport::new(&table, TableStatus::Committed { version: 4 });
         report.metrics.rows_written = 12;
-        match round_trip(RunEvent::TableFinished { report }) {
+        match round_trip(RunEvent::TableFinished {
+            report: Box::new(report),
+        }) {
             RunEvent::TableFinished { report } => {
                 assert_eq!(report.table, "silver.orders");
                 assert!(matches!(

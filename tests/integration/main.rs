@@ -5,6 +5,7 @@ mod bad_input;
 mod bench;
 mod cdc;
 mod cluster;
+mod evolution;
 mod example;
 mod fixture;
 mod hostile;

@@ -276,7 +276,7 @@ async fn thousands_of_backfill_intervals_cost_one_cursor_each_step() {
     let mut d = f.deploy("").await;
     let p = pipeline(f.dir.path(), "");
     let from = NaiveDate::from_ymd_opt(2020, 1, 1).unwrap();
-    let to = from + chrono::Days::new(299);
+    let to = from + chrono::Days::new(1999);
     f.scheduler.backfill("t", from, to).await.unwrap();
     d.backfills = f.store.deployments().await.unwrap()[0].backfills.clone();
     let size = prost::Message::encoded_len(&d);

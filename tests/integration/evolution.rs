@@ -1,0 +1,173 @@
+//! Schema evolution in bronze, in embedded mode: a later batch of a feed carries a field the
+//! table does not have, and each `schema_evolution` mode does what it says, read back by both
+//! independent readers.
+
+use medallion_tests::{Invocation, Workspace, metric, table};
+use serde_json::{Value, json};
+
+/// A device feed; `more` goes into the source's entry (e.g. `schema_evolution: rescue`).
+fn spec(more: &str) -> String {
+    format!(
+        "pipeline: devices\nlake: lake\nsources:\n\
+         \x20 - {{ name: feed, format: json, path: data/*.jsonl{more} }}\n\
+         bronze:\n  - {{ name: readings, source: feed }}\n"
+    )
+}
+
+/// The first batch, ingested; then a second one whose records add `humidity`.
+fn two_batches(ws: &Workspace, more: &str) -> Invocation {
+    ws.write("p.yaml", &spec(more));
+    ws.write(
+        "data/a.jsonl",
+        "{\"id\": 1, \"temp\": 20.5}\n{\"id\": 2, \"temp\": 21}\n",
+    );
+    let first = ws.run("p.yaml");
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    ws.write(
+        "data/b.jsonl",
+        "{\"id\": 3, \"temp\": 19, \"humidity\": 40}\n{\"id\": 4, \"temp\": 18, \"humidity\": 42}\n",
+    );
+    ws.run("p.yaml")
+}
+
+fn report(run: &Invocation) -> Value {
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr))
+}
+
+fn by_id(rows: &Value) -> Vec<Value> {
+    let mut rows = rows.as_array().unwrap().clone();
+    rows.sort_by_key(|r| r["id"].as_str().unwrap().to_string());
+    rows
+}
+
+#[test]
+fn a_new_field_becomes_a_column_and_earlier_rows_read_null() {
+    let ws = Workspace::new();
+    let second = two_batches(&ws, "");
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let report = report(&second);
+    let bronze = table(&report, "bronze.readings");
+    assert_eq!(bronze["columns_added"], json!(["humidity"]), "{report:#}");
+    assert_eq!(metric(&report, "bronze.readings", "rows_rescued"), 0);
+
+    let read = ws.read_table("lake/bronze/readings");
+    assert_eq!(read["readers_agree"], true, "{read:#}");
+    assert_eq!(
+        read["version"], 1,
+        "one commit with the rows and the column"
+    );
+    let columns = read["columns"].as_array().unwrap();
+    assert!(columns.contains(&json!("humidity")), "{read:#}");
+    let humidity: Vec<Value> = by_id(&read["rows"])
+        .iter()
+        .map(|r| r["humidity"].clone())
+        .collect();
+    assert_eq!(
+        humidity,
+        [Value::Null, Value::Null, json!("40"), json!("42")]
+    );
+    let rescued: Vec<Value> = by_id(&read["rows"])
+        .iter()
+        .map(|r| r["_rescued_data"].clone())
+        .collect();
+    assert!(rescued.iter().all(Value::is_null), "{rescued:?}");
+
+    // The summary says so, apart from malformed records.
+    ws.write(
+        "data/c.jsonl",
+        "{\"id\": 5, \"temp\": 17, \"pressure\": 1013}\nnot json\n",
+    );
+    let text = ws.medallion(&["run", "p.yaml"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let summary = format!("{}{}", text.stdout, text.stderr);
+    assert!(
+        summary.contains("new column(s) from new fields in its files: pressure"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("kept 1 records in _rescued_data"),
+        "{summary}"
+    );
+
+    // Silver may now select the new column.
+    ws.write(
+        "p.yaml",
+        &format!(
+            "{}silver:\n  - {{ name: readings, from: bronze.readings, keys: [id], columns: \
+             [{{ name: id, type: bigint }}, {{ name: humidity, type: bigint }}] }}\n",
+            spec("")
+        ),
+    );
+    let silver = ws.run("p.yaml");
+    assert_eq!(silver.code, 0, "{}", silver.stderr);
+    let rows = ws.read_table("lake/silver/readings");
+    assert_eq!(rows["readers_agree"], true, "{rows:#}");
+    let mut humidity: Vec<(Option<i64>, Value)> = rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_i64(), r["humidity"].clone()))
+        .collect();
+    humidity.sort_by_key(|(id, _)| *id);
+    // The malformed line is a row with nothing but its rescued text: no id.
+    assert_eq!(
+        humidity,
+        [
+            (None, Value::Null),
+            (Some(1), Value::Null),
+            (Some(2), Value::Null),
+            (Some(3), json!(40)),
+            (Some(4), json!(42)),
+            (Some(5), Value::Null)
+        ]
+    );
+}
+
+#[test]
+fn in_rescue_mode_a_new_field_is_kept_as_json_and_the_columns_stay() {
+    let ws = Workspace::new();
+    let second = two_batches(&ws, ", schema_evolution: rescue");
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let report = report(&second);
+    assert!(
+        table(&report, "bronze.readings")
+            .get("columns_added")
+            .is_none(),
+        "{report:#}"
+    );
+    assert_eq!(metric(&report, "bronze.readings", "rows_rescued"), 2);
+    let read = ws.read_table("lake/bronze/readings");
+    assert_eq!(read["readers_agree"], true, "{read:#}");
+    assert!(
+        !read["columns"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("humidity"))
+    );
+    let rows = by_id(&read["rows"]);
+    let rescued: Value = serde_json::from_str(rows[2]["_rescued_data"].as_str().unwrap()).unwrap();
+    assert_eq!(rescued["humidity"], 40, "{rescued:#}");
+}
+
+#[test]
+fn fail_on_new_columns_names_the_field_and_file_and_commits_nothing() {
+    let ws = Workspace::new();
+    let second = two_batches(&ws, ", schema_evolution: fail_on_new_columns");
+    assert_eq!(second.code, 1, "{}\n{}", second.stdout, second.stderr);
+    let report = report(&second);
+    let error = table(&report, "bronze.readings")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("'humidity' (first in") && error.contains("b.jsonl"),
+        "{error}"
+    );
+    assert!(error.contains("fail_on_new_columns"), "{error}");
+    let read = ws.read_table("lake/bronze/readings");
+    assert_eq!(
+        (read["version"].as_u64(), read["num_rows"].as_u64()),
+        (Some(0), Some(2))
+    );
+}
