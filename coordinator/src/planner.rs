@@ -441,7 +441,7 @@ impl RunContext<'_> {
     ) -> Result<(Schema, Vec<String>)> {
         let existing = existing_data_columns(table)?;
         let mode = source.schema_evolution();
-        if mode == SchemaEvolution::Rescue {
+        if matches!(mode, SchemaEvolution::Rescue | SchemaEvolution::None) {
             return Ok((existing, Vec::new()));
         }
         // Each new field, with the first file that has it.
@@ -732,7 +732,7 @@ async fn ingested_files(table: &deltalake::DeltaTable) -> Result<BTreeSet<String
 /// The columns `paths` hold, from their first records, less fields named like metadata
 /// columns (those are rescued, not columns of their own).
 async fn infer_columns(source: &SourceSpec, paths: Vec<PathBuf>) -> Result<Schema> {
-    let options = ReadOptions::new(source.format, &source.options);
+    let options = ReadOptions::new(source);
     let inferred = tokio::task::spawn_blocking(move || {
         let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)

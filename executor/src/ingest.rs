@@ -47,7 +47,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
     let ingested_at = DateTime::<Utc>::from_timestamp_micros(work.ingested_at_micros)
         .ok_or_else(|| TaskError::permanent("ingestion time out of range"))?;
     let reader = FileIngest {
-        options: ReadOptions::new(source.format, &source.options),
+        options: ReadOptions::new(source),
         data,
         schema: schema.clone(),
         source_name: source.name.value.clone(),

@@ -224,6 +224,8 @@ pub enum SchemaEvolution {
     /// New fields fail the table's ingestion, naming them and their files; nothing is
     /// committed until the source's `schema` or this mode changes.
     FailOnNewColumns,
+    /// The table keeps its columns and new fields are dropped: neither columns nor rescued.
+    None,
 }
 
 /// A declared column of a source schema.

@@ -32,6 +32,8 @@ pub(crate) struct CsvRecords {
 enum Target {
     Column(usize),
     Rescued(String),
+    /// A field without a column, dropped (`schema_evolution: none`).
+    Ignored,
 }
 
 impl CsvRecords {
@@ -58,7 +60,7 @@ impl CsvRecords {
             header: options.header,
             targets: None,
         };
-        Ok(TextReader::new(source, path, schema))
+        Ok(TextReader::new(source, path, options, schema))
     }
 
     /// Maps field positions to columns: by header name, or by position without a header.
@@ -69,6 +71,8 @@ impl CsvRecords {
                 if !self.header {
                     return if i < batch.data_columns() {
                         Target::Column(i)
+                    } else if batch.ignore_new_fields {
+                        Target::Ignored
                     } else {
                         Target::Rescued(format!("_c{i}"))
                     };
@@ -79,6 +83,7 @@ impl CsvRecords {
                 }
                 match batch.column_index(&name) {
                     Some(c) => Target::Column(c),
+                    None if batch.ignore_new_fields => Target::Ignored,
                     None => Target::Rescued(name),
                 }
             })
@@ -177,6 +182,7 @@ fn push_record(
             Target::Rescued(name) => {
                 rescued.insert(name.clone(), json_string(text));
             }
+            Target::Ignored => {}
         }
     }
     batch.push(line, fields, rescued);

@@ -9,8 +9,8 @@ use arrow::datatypes::SchemaRef;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::SourceError;
 use crate::text::{RecordSource, Rescued, TextBatch, TextReader, open_text};
+use crate::{ReadOptions, SourceError};
 
 pub(crate) struct JsonLines {
     path: PathBuf,
@@ -19,14 +19,18 @@ pub(crate) struct JsonLines {
 }
 
 impl JsonLines {
-    pub(crate) fn open(path: &Path, schema: SchemaRef) -> Result<TextReader<Self>, SourceError> {
+    pub(crate) fn open(
+        path: &Path,
+        options: &ReadOptions,
+        schema: SchemaRef,
+    ) -> Result<TextReader<Self>, SourceError> {
         let text: Box<dyn Read + Send> = Box::new(open_text(path)?);
         let source = Self {
             path: path.to_path_buf(),
             lines: BufReader::new(text).lines(),
             line_no: 0,
         };
-        Ok(TextReader::new(source, path, schema))
+        Ok(TextReader::new(source, path, options, schema))
     }
 }
 
@@ -92,6 +96,7 @@ impl<'de> Visitor<'de> for Record<'_> {
                 Key::Column(i) => {
                     self.fields[i] = raw_text(value).map_err(de::Error::custom)?;
                 }
+                Key::Other(_) if self.batch.ignore_new_fields => {}
                 Key::Other(name) => {
                     self.rescued.insert(name, value.to_owned());
                 }

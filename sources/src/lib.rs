@@ -17,7 +17,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use medallion_pipeline::meta::RESCUED_DATA;
-use medallion_pipeline::spec::{FormatOptions, SourceFormat};
+use medallion_pipeline::spec::{SchemaEvolution, SourceFormat, SourceSpec};
 
 pub use infer::infer_schema;
 
@@ -49,12 +49,16 @@ pub struct ReadOptions {
     pub format: SourceFormat,
     pub header: bool,
     pub delimiter: u8,
+    /// Fields the columns do not have are dropped instead of rescued
+    /// (`schema_evolution: none`).
+    pub ignore_new_fields: bool,
 }
 
 impl ReadOptions {
-    pub fn new(format: SourceFormat, options: &FormatOptions) -> Self {
+    pub fn new(source: &SourceSpec) -> Self {
+        let options = &source.options;
         Self {
-            format,
+            format: source.format,
             header: options.header,
             delimiter: options
                 .delimiter
@@ -63,6 +67,7 @@ impl ReadOptions {
                 .first()
                 .copied()
                 .unwrap_or(b','),
+            ignore_new_fields: source.schema_evolution() == SchemaEvolution::None,
         }
     }
 }
@@ -94,9 +99,9 @@ pub fn read_file(
 ) -> Result<Box<dyn Iterator<Item = Result<Chunk, SourceError>> + Send>, SourceError> {
     let out = with_rescued_column(data);
     Ok(match options.format {
-        SourceFormat::Json => Box::new(json::JsonLines::open(path, out)?),
+        SourceFormat::Json => Box::new(json::JsonLines::open(path, options, out)?),
         SourceFormat::Csv => Box::new(csv::CsvRecords::open(path, options, out)?),
-        SourceFormat::Parquet => Box::new(parquet::ParquetReader::open(path, out)?),
+        SourceFormat::Parquet => Box::new(parquet::ParquetReader::open(path, options, out)?),
     })
 }
 

@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use serde_json::{Map, Value};
 
-use crate::{BATCH_ROWS, Chunk, SourceError};
+use crate::{BATCH_ROWS, Chunk, ReadOptions, SourceError};
 
 pub(crate) struct ParquetReader {
     path: PathBuf,
@@ -20,10 +20,16 @@ pub(crate) struct ParquetReader {
     schema: SchemaRef,
     /// Rows read so far; the `_line` of a rescued row is its 1-based row number.
     rows: u64,
+    /// Columns the table does not have are dropped, not rescued.
+    ignore_new_fields: bool,
 }
 
 impl ParquetReader {
-    pub(crate) fn open(path: &Path, schema: SchemaRef) -> Result<Self, SourceError> {
+    pub(crate) fn open(
+        path: &Path,
+        options: &ReadOptions,
+        schema: SchemaRef,
+    ) -> Result<Self, SourceError> {
         let file = File::open(path).map_err(|e| SourceError::new(path, e))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
@@ -33,6 +39,7 @@ impl ParquetReader {
             reader,
             schema,
             rows: 0,
+            ignore_new_fields: options.ignore_new_fields,
         })
     }
 
@@ -68,7 +75,9 @@ impl ParquetReader {
             }
             arrays.push(typed);
         }
-        self.rescue_extra_columns(input, &mut rescued)?;
+        if !self.ignore_new_fields {
+            self.rescue_extra_columns(input, &mut rescued)?;
+        }
         let mut count = 0;
         let first_row = self.rows;
         let rescued: StringArray = rescued

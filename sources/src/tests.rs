@@ -17,6 +17,7 @@ fn opts(format: SourceFormat) -> ReadOptions {
         format,
         header: true,
         delimiter: b',',
+        ignore_new_fields: false,
     }
 }
 
@@ -39,6 +40,30 @@ fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
         .iter()
         .map(|v| v.map(str::to_string))
         .collect()
+}
+
+/// `schema_evolution: none`: fields without a column are dropped; malformed records and
+/// values that do not fit are still rescued.
+#[test]
+fn ignored_new_fields_are_dropped_not_rescued() {
+    let schema = Schema::new(vec![Field::new("id", DataType::Int64, true)]);
+    let ignoring = |format| ReadOptions {
+        ignore_new_fields: true,
+        ..opts(format)
+    };
+    let json = file("{\"id\": 1, \"extra\": true}\n{\"id\": \"x\"}\n{oops\n");
+    let (batches, rescued) = read_all(json.path(), &ignoring(SourceFormat::Json), &schema);
+    assert_eq!(rescued, 2, "the bad id and the malformed line");
+    let r = strings(&batches[0], "_rescued_data");
+    assert_eq!(r[0], None, "extra is dropped");
+    let csv = file("id,extra\n1,a\n2,b\n");
+    let (batches, rescued) = read_all(csv.path(), &ignoring(SourceFormat::Csv), &schema);
+    assert_eq!(rescued, 0);
+    assert_eq!(
+        strings(&batches[0], "id"),
+        [Some("1".into()), Some("2".into())]
+    );
+    assert_eq!(strings(&batches[0], "_rescued_data"), [None, None]);
 }
 
 #[test]

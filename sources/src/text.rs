@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde_json::value::RawValue;
 
-use crate::{BATCH_ROWS, Chunk, SourceError};
+use crate::{BATCH_ROWS, Chunk, ReadOptions, SourceError};
 
 /// A text format read record by record (JSON lines, CSV).
 pub(crate) trait RecordSource {
@@ -29,11 +29,16 @@ pub(crate) struct TextReader<S> {
 }
 
 impl<S: RecordSource> TextReader<S> {
-    pub(crate) fn new(source: S, path: &std::path::Path, schema: SchemaRef) -> Self {
+    pub(crate) fn new(
+        source: S,
+        path: &std::path::Path,
+        options: &ReadOptions,
+        schema: SchemaRef,
+    ) -> Self {
         Self {
             source,
             path: path.to_path_buf(),
-            batch: TextBatch::new(schema),
+            batch: TextBatch::new(schema, options.ignore_new_fields),
             done: false,
         }
     }
@@ -115,16 +120,19 @@ pub(crate) struct TextBatch {
     columns: Vec<StringBuilder>,
     rescued: Vec<Option<Rescued>>,
     lines: Vec<u64>,
+    /// Fields without a column are dropped, not rescued (see [`ReadOptions`]).
+    pub(crate) ignore_new_fields: bool,
 }
 
 impl TextBatch {
-    pub(crate) fn new(schema: SchemaRef) -> Self {
+    pub(crate) fn new(schema: SchemaRef, ignore_new_fields: bool) -> Self {
         let n = schema.fields().len() - 1;
         Self {
             columns: (0..n).map(|_| StringBuilder::new()).collect(),
             schema,
             rescued: Vec::new(),
             lines: Vec::new(),
+            ignore_new_fields,
         }
     }
 

@@ -171,3 +171,33 @@ fn fail_on_new_columns_names_the_field_and_file_and_commits_nothing() {
         (Some(0), Some(2))
     );
 }
+
+#[test]
+fn in_none_mode_a_new_field_is_dropped() {
+    let ws = Workspace::new();
+    let second = two_batches(&ws, ", schema_evolution: none");
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let report = report(&second);
+    assert_eq!(
+        metric(&report, "bronze.readings", "rows_rescued"),
+        0,
+        "{report:#}"
+    );
+    let read = ws.read_table("lake/bronze/readings");
+    assert_eq!(
+        (read["readers_agree"].as_bool(), read["num_rows"].as_u64()),
+        (Some(true), Some(4))
+    );
+    assert!(
+        !read["columns"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("humidity"))
+    );
+    assert!(
+        by_id(&read["rows"])
+            .iter()
+            .all(|r| r["_rescued_data"].is_null()),
+        "{read:#}"
+    );
+}
