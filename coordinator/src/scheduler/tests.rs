@@ -470,8 +470,8 @@ async fn an_interval_whose_rendered_spec_does_not_validate_is_a_failed_run_not_a
 }
 
 /// A long backfill through the whole run machinery (plan, dispatch, commit, run history):
-/// every interval runs once, and the hundredth run costs what the first did, so thousands of
-/// intervals take time in proportion (2,000 took 6 min in a debug build, 1 min in release).
+/// every interval runs once, and its last hundred runs cost about what its first hundred did,
+/// so thousands of intervals take time in proportion (2,000 took 6 min in a debug build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_backfill_runs_every_interval_once_at_a_steady_pace() {
     let f = fixture(FakeRunner::succeeding());
