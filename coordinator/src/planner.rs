@@ -417,8 +417,8 @@ impl RunContext<'_> {
                 .collect::<Result<Vec<_>>>()?;
             return Ok(Schema::new(fields));
         }
-        let inferred =
-            infer_columns(source, files.iter().map(|f| f.path.clone()).collect()).await?;
+        let all = vec![files.iter().map(|f| f.path.clone()).collect()];
+        let inferred = infer_columns(source, all).await?.remove(0);
         if inferred.fields().is_empty() {
             let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
             bail!(
@@ -446,8 +446,8 @@ impl RunContext<'_> {
         }
         // Each new field, with the first file that has it.
         let mut new: Vec<(Field, &Path)> = Vec::new();
-        for file in files {
-            let found = infer_columns(source, vec![file.path.clone()]).await?;
+        let paths = files.iter().map(|f| vec![f.path.clone()]).collect();
+        for (file, found) in files.iter().zip(infer_columns(source, paths).await?) {
             let found = medallion_lake::delta_schema(&found);
             for field in found.fields() {
                 let known = existing.field_with_name(field.name()).is_ok()
@@ -729,22 +729,27 @@ async fn ingested_files(table: &deltalake::DeltaTable) -> Result<BTreeSet<String
     Ok(files)
 }
 
-/// The columns `paths` hold, from their first records, less fields named like metadata
-/// columns (those are rescued, not columns of their own).
-async fn infer_columns(source: &SourceSpec, paths: Vec<PathBuf>) -> Result<Schema> {
+/// The columns each group of `groups` holds, from the first records of its files, less fields
+/// named like metadata columns (those are rescued, not columns of their own). One blocking
+/// task reads them all.
+async fn infer_columns(source: &SourceSpec, groups: Vec<Vec<PathBuf>>) -> Result<Vec<Schema>> {
     let options = ReadOptions::new(source);
     let inferred = tokio::task::spawn_blocking(move || {
-        let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-        medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)
+        let infer = |group: &Vec<PathBuf>| {
+            let paths: Vec<&Path> = group.iter().map(PathBuf::as_path).collect();
+            medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)
+        };
+        groups.iter().map(infer).collect::<Result<Vec<_>, _>>()
     })
     .await??;
-    let fields = inferred
-        .fields()
-        .iter()
-        .filter(|f| !meta::is_bronze_column(f.name()))
-        .cloned()
-        .collect::<Vec<_>>();
-    Ok(Schema::new(fields))
+    let data_columns = |schema: Schema| {
+        let fields = schema.fields().iter();
+        let data = fields
+            .filter(|f| !meta::is_bronze_column(f.name()))
+            .cloned();
+        Schema::new(data.collect::<Vec<_>>())
+    };
+    Ok(inferred.into_iter().map(data_columns).collect())
 }
 
 /// The data columns of an existing bronze table (all but `_rescued_data` and metadata).
