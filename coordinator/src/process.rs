@@ -174,13 +174,7 @@ async fn campaign(services: &Services, lease: &KeptLease) {
 /// Takes over as leader: serves the API, publishes the Ballista scheduler, follows the
 /// executors and resumes the runs a previous leader left. Returns what stops following.
 async fn lead(services: &Services, lease: &KeptLease) -> Result<CancellationToken> {
-    services.role.set_leading();
     crate::metrics::leading(true);
-    services
-        .server
-        .health
-        .set_serving::<CoordinatorServer<CoordinatorService>>()
-        .await;
     tracing::info!(address = %services.advertise, lease = lease.id(), "elected leader");
     if let Some(ballista) = &services.ballista {
         // The executors' Ballista executors find the scheduler here.
@@ -209,6 +203,14 @@ async fn lead(services: &Services, lease: &KeptLease) -> Result<CancellationToke
         services.runs.resume()
     })
     .await;
+    // The API answers only now: a client that follows a run across the failover must find
+    // it running here, not read its record as the previous leader left it.
+    services.role.set_leading();
+    services
+        .server
+        .health
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
     // After the resume, so runs a previous leader queued count toward max_active_runs.
     tokio::spawn(services.scheduler.clone().run(stop_members.child_token()));
     Ok(stop_members)

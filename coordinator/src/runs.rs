@@ -134,6 +134,11 @@ pub enum RunsError {
     NotDeployed(String),
     #[error("{0}")]
     BadRequest(String),
+    /// Unended in the store but not running here: the leader has not taken it over yet.
+    #[error(
+        "run '{0}' is not running on this coordinator yet (a leader is taking it over); try again"
+    )]
+    NotTakenOver(String),
 }
 
 fn ended(state: i32) -> bool {
@@ -527,6 +532,9 @@ impl Runs {
             return Ok(ReceiverStream::new(rx));
         }
         let info = self.get(run_id).await?;
+        if !ended(info.state) {
+            return Err(RunsError::NotTakenOver(run_id.to_string()));
+        }
         let mut tables = self.store.tables(run_id).await.map_err(RunsError::Store)?;
         tables.sort_by_key(|t| t.started_ms);
         let (tx, rx) = mpsc::channel(tables.len() + 1);

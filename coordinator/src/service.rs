@@ -200,7 +200,7 @@ impl From<RunsError> for Status {
             RunsError::NotFound(_) | RunsError::NotDeployed(_) => Status::not_found(message),
             RunsError::BadRequest(_) => Status::invalid_argument(message),
             RunsError::Ended { .. } => Status::failed_precondition(message),
-            RunsError::Store(_) => Status::unavailable(message),
+            RunsError::Store(_) | RunsError::NotTakenOver(_) => Status::unavailable(message),
         }
     }
 }

@@ -282,6 +282,27 @@ async fn watching_an_ended_run_replays_its_tables_then_its_end() {
     assert_eq!(state(&ended), RunState::Succeeded);
 }
 
+/// A new leader is asked about a run before it has resumed it (the run is unended in the
+/// store but not running here): the watcher is told to try again, never handed the record
+/// as the run's end.
+#[tokio::test]
+async fn watching_a_run_not_yet_taken_over_asks_to_try_again() {
+    let f = fixture(FakeRunner::succeeding());
+    f.left_behind("r1", RunState::Running, 1).await;
+    let refused = f.runs.watch("r1").await.err();
+    assert!(
+        matches!(&refused, Some(RunsError::NotTakenOver(id)) if id == "r1"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        tonic::Status::from(refused.unwrap()).code(),
+        tonic::Code::Unavailable
+    );
+    f.runs.resume().await.unwrap();
+    let (_, ended) = f.ended("r1").await;
+    assert_eq!(state(&ended), RunState::Succeeded);
+}
+
 #[tokio::test]
 async fn two_runs_of_one_pipeline_take_turns() {
     let f = fixture(FakeRunner::gated());
