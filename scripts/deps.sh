@@ -81,3 +81,15 @@ SUMS
   export MEDALLION_HELM="$bin/helm" MEDALLION_KUBECTL="$bin/kubectl"
   "$MEDALLION_PYTHON" -m pip install -q --disable-pip-version-check -r k8s/tests/requirements.txt
 }
+
+# An S3-compatible server for the object-storage tests: s3s-fs, the s3s project's
+# file-backed server (it checks request signatures and honours If-None-Match: *, which
+# Delta commits on S3 rely on), built once from crates.io into the tools cache.
+need_s3_server() {
+  local root="${MEDALLION_TOOLS:-$HOME/.cache/medallion-tools}/s3s-fs"
+  if [ ! -x "$root/bin/s3s-fs" ]; then
+    echo "building s3s-fs (once; cached in $root)" >&2
+    cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary --root "$root"
+  fi
+  export MEDALLION_S3S_FS="$root/bin/s3s-fs"
+}

@@ -2,23 +2,25 @@
 //!
 //! A file's identity (`_source_file` in bronze) is its path relative to the source's root:
 //! the directory the source's path names, or, for a glob, the part before the first wildcard.
-//! So a lake moved together with its data (another checkout, a volume mounted elsewhere)
-//! still knows which files it holds. Symbolic links are followed, but each real file is
-//! listed once (a link loop cannot repeat files), and nothing under the lake itself ever
-//! matches a source, so a glob that covers the lake does not ingest its data files.
+//! So a lake moved together with its data (another checkout, a volume mounted elsewhere, a
+//! renamed bucket prefix) still knows which files it holds. Objects on object storage are
+//! named the same way, by their key below the root. Symbolic links are followed, but each
+//! real file is listed once (a link loop cannot repeat files), and nothing under the lake
+//! itself ever matches a source, so a glob that covers the lake does not ingest its data files.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use medallion_lake::objects;
 use medallion_pipeline::Pipeline;
 use medallion_pipeline::spec::SourceSpec;
 
 /// One file of a source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
-    /// Where to read it.
-    pub path: PathBuf,
+    /// Where to read it: a local path, or an object's URL.
+    pub location: String,
     /// Its identity: the path relative to the source's root, `/`-separated.
     pub id: String,
 }
@@ -26,22 +28,110 @@ pub struct SourceFile {
 /// What a source's path names.
 #[derive(Debug)]
 pub struct SourceListing {
-    /// The directory identities are relative to.
-    pub root: PathBuf,
+    /// The directory (or URL prefix) identities are relative to.
+    pub root: String,
     /// Sorted by identity.
     pub files: Vec<SourceFile>,
 }
 
 /// The files a source's path names: a file, every file in a directory, or a glob's matches
-/// (`**` crosses directories).
-pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<SourceListing> {
-    // Validation refuses object storage paths, so the location is a local path.
+/// (`**` crosses directories); on object storage, an object, the objects directly under a
+/// prefix, or a glob's matches.
+pub async fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<SourceListing> {
     let location = pipeline.source_location(source);
-    let name = &source.name.value;
-    let (root, candidates) = if location.contains(['*', '?', '[']) {
-        glob_matches(name, &location)?
+    if objects::is_object_url(&location) {
+        list_objects(pipeline, source, &location).await
     } else {
-        let path = PathBuf::from(&location);
+        list_local(pipeline, source, &location)
+    }
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// The objects a source's URL names.
+async fn list_objects(
+    pipeline: &Pipeline,
+    source: &SourceSpec,
+    location: &str,
+) -> Result<SourceListing> {
+    let name = &source.name.value;
+    let opts = pipeline.source_storage_options(source);
+    let context = || format!("source '{name}'");
+    let (prefix, listed) = if has_wildcard(location) {
+        let fixed: Vec<&str> = location
+            .split('/')
+            .take_while(|c| !has_wildcard(c))
+            .collect();
+        let pattern = glob::Pattern::new(location)
+            .with_context(|| format!("source '{name}': invalid glob '{location}'"))?;
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: !location.contains("**"),
+            require_literal_leading_dot: false,
+        };
+        let prefix = format!("{}/", fixed.join("/"));
+        let listed = objects::list_objects(&prefix, &opts)
+            .await
+            .with_context(context)?;
+        if listed.is_empty() {
+            bail!("source '{name}': no objects under '{prefix}'");
+        }
+        let matching = listed
+            .into_iter()
+            .filter(|o| pattern.matches_with(&o.url, options));
+        (prefix, matching.collect())
+    } else {
+        // A prefix (the objects directly under it, as a directory's files), else one object.
+        let prefix = format!("{}/", location.trim_end_matches('/'));
+        let listed = objects::list_objects(&prefix, &opts)
+            .await
+            .with_context(context)?;
+        let direct: Vec<_> = listed
+            .into_iter()
+            .filter(|o| !o.relative.contains('/') && !is_hidden_name(&o.relative))
+            .collect();
+        if !direct.is_empty() || location.ends_with('/') {
+            (prefix, direct)
+        } else if let Some(object) = objects::head_object(location, &opts)
+            .await
+            .with_context(context)?
+        {
+            let dir = location.rsplit_once('/').map_or("", |(dir, _)| dir);
+            (format!("{dir}/"), vec![object])
+        } else {
+            bail!("source '{name}': no object '{location}' and no objects under '{prefix}'");
+        }
+    };
+    // A templated path lists one interval's prefix; identities are relative to the part
+    // before the template, as for files.
+    let root = match pipeline.source_root_template(source) {
+        Some(fixed) if prefix.starts_with(&format!("{fixed}/")) => format!("{fixed}/"),
+        _ => prefix,
+    };
+    let lake = format!("{}/", pipeline.lake_root.trim_end_matches('/'));
+    let files = listed
+        .into_iter()
+        .filter(|o| !o.url.starts_with(&lake))
+        .map(|o| SourceFile {
+            id: o.url.strip_prefix(&root).unwrap_or(&o.relative).to_string(),
+            location: o.url,
+        })
+        .collect();
+    Ok(SourceListing {
+        root: root.trim_end_matches('/').to_string(),
+        files,
+    })
+}
+
+/// The local files a source's path names.
+fn list_local(pipeline: &Pipeline, source: &SourceSpec, location: &str) -> Result<SourceListing> {
+    let name = &source.name.value;
+    let (root, candidates) = if has_wildcard(location) {
+        glob_matches(name, location)?
+    } else {
+        let path = PathBuf::from(location);
         if path.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
                 .with_context(|| format!("source '{name}': cannot list '{location}'"))?
@@ -61,7 +151,7 @@ pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Sou
     };
     // A templated path (`data/{{ ds }}/*.jsonl`) lists one interval's directory, but its
     // files are known relative to the part before the template, where intervals differ.
-    let root = match pipeline.source_root_template(source) {
+    let root = match pipeline.source_root_template(source).map(PathBuf::from) {
         Some(fixed) if root.starts_with(&fixed) => fixed,
         _ => root,
     };
@@ -83,7 +173,7 @@ pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Sou
         let direct = real.strip_prefix(&real_root).ok() == path.strip_prefix(&root).ok();
         let file = SourceFile {
             id: relative_id(&root, &path),
-            path,
+            location: path.display().to_string(),
         };
         match seen.get(&real) {
             Some(&i) if direct => files[i] = file,
@@ -95,7 +185,10 @@ pub fn list_source_files(pipeline: &Pipeline, source: &SourceSpec) -> Result<Sou
         }
     }
     files.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(SourceListing { root, files })
+    Ok(SourceListing {
+        root: root.display().to_string(),
+        files,
+    })
 }
 
 /// A glob's root (the part before its first wildcard) and the files under it that match.
@@ -155,7 +248,12 @@ fn relative_id(root: &Path, path: &Path) -> String {
 
 fn is_hidden(p: &Path) -> bool {
     p.file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
+        .is_some_and(|n| is_hidden_name(&n.to_string_lossy()))
+}
+
+/// Names that tools keep for themselves (`.tmp`, `_SUCCESS`, `_delta_log`).
+fn is_hidden_name(name: &str) -> bool {
+    name.starts_with(['.', '_'])
 }
 
 /// A file's identity as an older version recorded it (its absolute path), made relative to

@@ -12,6 +12,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
+use medallion_lake::objects;
 use medallion_pipeline::report::{Engine, Refresh};
 use medallion_pipeline::spec::{GoldEngine, SchemaEvolution, SilverSpec, SourceSpec, WriteMode};
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
@@ -288,7 +289,7 @@ impl RunContext<'_> {
             .pipeline
             .source(&spec.source.value)
             .context("no such source")?;
-        let listed = list_source_files(self.pipeline, source)?;
+        let listed = list_source_files(self.pipeline, source).await?;
         let target = self.target(table, None);
         if self.rebuild.contains(table) {
             return self
@@ -300,7 +301,7 @@ impl RunContext<'_> {
             Some(t) => ingested_files(t)
                 .await?
                 .into_iter()
-                .map(|f| listing::legacy_id(&listed.root, &f).unwrap_or(f))
+                .map(|f| listing::legacy_id(Path::new(&listed.root), &f).unwrap_or(f))
                 .collect(),
             None => BTreeSet::new(),
         };
@@ -352,7 +353,7 @@ impl RunContext<'_> {
                     files: files
                         .iter()
                         .map(|f| medallion_proto::SourceFile {
-                            path: f.path.display().to_string(),
+                            path: f.location.clone(),
                             id: f.id.clone(),
                         })
                         .collect(),
@@ -403,6 +404,62 @@ impl RunContext<'_> {
         })
     }
 
+    /// The columns each group of `groups` (file locations) holds, from the first records of
+    /// its files, less fields named like metadata columns (those are rescued, not columns of
+    /// their own). Objects are read from local copies; one blocking task reads them all.
+    async fn infer_columns(
+        &self,
+        source: &SourceSpec,
+        groups: Vec<Vec<String>>,
+    ) -> Result<Vec<Schema>> {
+        let opts = self.pipeline.source_storage_options(source);
+        let mut copies: HashMap<String, objects::LocalCopy> = HashMap::new();
+        for location in groups.iter().flatten() {
+            if objects::is_object_url(location) && !copies.contains_key(location) {
+                let copy = objects::local_copy(location, &opts, &std::env::temp_dir()).await?;
+                copies.insert(location.clone(), copy);
+            }
+        }
+        let local = |location: &String| {
+            copies
+                .get(location)
+                .map_or_else(|| PathBuf::from(location), |copy| copy.path.clone())
+        };
+        let groups: Vec<Vec<PathBuf>> = groups
+            .iter()
+            .map(|group| group.iter().map(local).collect())
+            .collect();
+        // Errors name the object, not its copy.
+        let names: HashMap<String, String> = copies
+            .iter()
+            .map(|(url, copy)| (copy.path.display().to_string(), url.clone()))
+            .collect();
+        let options = ReadOptions::new(source);
+        let inferred = tokio::task::spawn_blocking(move || {
+            let infer = |group: &Vec<PathBuf>| {
+                let paths: Vec<&Path> = group.iter().map(PathBuf::as_path).collect();
+                medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)
+            };
+            groups.iter().map(infer).collect::<Result<Vec<_>, _>>()
+        })
+        .await?
+        .map_err(|mut e| {
+            if let Some(url) = names.get(&e.file) {
+                e.file = url.clone();
+            }
+            e
+        })?;
+        drop(copies);
+        let data_columns = |schema: Schema| {
+            let fields = schema.fields().iter();
+            let data = fields
+                .filter(|f| !meta::is_bronze_column(f.name()))
+                .cloned();
+            Schema::new(data.collect::<Vec<_>>())
+        };
+        Ok(inferred.into_iter().map(data_columns).collect())
+    }
+
     /// The data columns of a new bronze table: declared, or inferred from its first files.
     async fn source_columns(&self, source: &SourceSpec, files: &[SourceFile]) -> Result<Schema> {
         if let Some(declared) = &source.schema {
@@ -417,10 +474,10 @@ impl RunContext<'_> {
                 .collect::<Result<Vec<_>>>()?;
             return Ok(Schema::new(fields));
         }
-        let all = vec![files.iter().map(|f| f.path.clone()).collect()];
-        let inferred = infer_columns(source, all).await?.remove(0);
+        let all = vec![files.iter().map(|f| f.location.clone()).collect()];
+        let inferred = self.infer_columns(source, all).await?.remove(0);
         if inferred.fields().is_empty() {
-            let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
+            let names: Vec<&str> = files.iter().map(|f| f.location.as_str()).collect();
             bail!(
                 "source '{}': no columns found in {} (empty files?)",
                 source.name.value,
@@ -445,15 +502,18 @@ impl RunContext<'_> {
             return Ok((existing, Vec::new()));
         }
         // Each new field, with the first file that has it.
-        let mut new: Vec<(Field, &Path)> = Vec::new();
-        let paths = files.iter().map(|f| vec![f.path.clone()]).collect();
-        for (file, found) in files.iter().zip(infer_columns(source, paths).await?) {
+        let mut new: Vec<(Field, &str)> = Vec::new();
+        let locations = files.iter().map(|f| vec![f.location.clone()]).collect();
+        for (file, found) in files
+            .iter()
+            .zip(self.infer_columns(source, locations).await?)
+        {
             let found = medallion_lake::delta_schema(&found);
             for field in found.fields() {
                 let known = existing.field_with_name(field.name()).is_ok()
                     || new.iter().any(|(f, _)| f.name() == field.name());
                 if !known {
-                    new.push((field.as_ref().clone().with_nullable(true), &file.path));
+                    new.push((field.as_ref().clone().with_nullable(true), &file.location));
                 }
             }
         }
@@ -461,7 +521,7 @@ impl RunContext<'_> {
         if mode == SchemaEvolution::FailOnNewColumns && !new.is_empty() {
             let found: Vec<String> = new
                 .iter()
-                .map(|(f, path)| format!("'{}' (first in {})", f.name(), path.display()))
+                .map(|(f, location)| format!("'{}' (first in {location})", f.name()))
                 .collect();
             bail!(
                 "source '{}': new fields {}; schema_evolution: fail_on_new_columns keeps the \
@@ -727,29 +787,6 @@ async fn ingested_files(table: &deltalake::DeltaTable) -> Result<BTreeSet<String
         );
     }
     Ok(files)
-}
-
-/// The columns each group of `groups` holds, from the first records of its files, less fields
-/// named like metadata columns (those are rescued, not columns of their own). One blocking
-/// task reads them all.
-async fn infer_columns(source: &SourceSpec, groups: Vec<Vec<PathBuf>>) -> Result<Vec<Schema>> {
-    let options = ReadOptions::new(source);
-    let inferred = tokio::task::spawn_blocking(move || {
-        let infer = |group: &Vec<PathBuf>| {
-            let paths: Vec<&Path> = group.iter().map(PathBuf::as_path).collect();
-            medallion_sources::infer_schema(&paths, &options, INFERENCE_SAMPLE_ROWS)
-        };
-        groups.iter().map(infer).collect::<Result<Vec<_>, _>>()
-    })
-    .await??;
-    let data_columns = |schema: Schema| {
-        let fields = schema.fields().iter();
-        let data = fields
-            .filter(|f| !meta::is_bronze_column(f.name()))
-            .cloned();
-        Schema::new(data.collect::<Vec<_>>())
-    };
-    Ok(inferred.into_iter().map(data_columns).collect())
 }
 
 /// The data columns of an existing bronze table (all but `_rescued_data` and metadata).

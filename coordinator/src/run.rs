@@ -115,7 +115,7 @@ impl<'a> Coordinator<'a> {
         };
 
         let order = pipeline.dag.topological_order().unwrap_or_default();
-        let mut finished = preflight(pipeline, &order);
+        let mut finished = preflight(pipeline, &order).await;
         if finished.is_empty() {
             self.run_tables(run, order.clone(), &mut finished, started)
                 .await;
@@ -417,17 +417,19 @@ const MAX_CONFLICTS: usize = 3;
 
 /// Checks every source can be listed before anything is written, so a missing path stops
 /// the run with all tables as they were. Returns the reports of a stopped run, or nothing.
-fn preflight(pipeline: &Pipeline, order: &[TableRef]) -> HashMap<TableRef, TableReport> {
+async fn preflight(pipeline: &Pipeline, order: &[TableRef]) -> HashMap<TableRef, TableReport> {
     let mut failures = HashMap::new();
     for table in order
         .iter()
         .filter(|t| t.layer == medallion_pipeline::Layer::Bronze)
     {
-        let listed = pipeline
+        let Some(source) = pipeline
             .bronze(&table.name)
             .and_then(|b| pipeline.source(&b.source.value))
-            .map(|s| crate::listing::list_source_files(pipeline, s));
-        if let Some(Err(e)) = listed {
+        else {
+            continue;
+        };
+        if let Err(e) = crate::listing::list_source_files(pipeline, source).await {
             failures.insert(
                 table.clone(),
                 TableReport::new(

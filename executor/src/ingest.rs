@@ -1,12 +1,13 @@
 //! Bronze: source files to raw rows plus ingestion metadata.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{ArrayRef, Date32Array, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use medallion_lake::objects;
 use medallion_pipeline::meta;
 use medallion_proto::{IngestWork, SourceFile, TaskError, TaskMetrics};
 use medallion_sources::{ReadOptions, SourceError};
@@ -52,6 +53,11 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
         schema: schema.clone(),
         source_name: source.name.value.clone(),
         ingested_at,
+        objects: Objects {
+            storage_options: ctx.pipeline.source_storage_options(source),
+            dir: ctx.scratch_dir.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        },
     };
 
     // Files are read on a blocking thread and written as they come, a few batches at a time.
@@ -59,15 +65,14 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
     let files = work.files;
     let reading = tokio::task::spawn_blocking(move || reader.read_all(&files, &tx));
     let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let written = medallion_lake::write_data_files(
-        &ctx.output_uri,
-        &ctx.dispatch_dir,
-        &ctx.storage_options,
-        schema.clone(),
-        &ctx.partition_columns,
-        Box::pin(batches),
-    )
-    .await;
+    let written = ctx
+        .write_files(
+            &ctx.output_uri,
+            schema.clone(),
+            &ctx.partition_columns,
+            batches,
+        )
+        .await;
     let metrics = reading
         .await
         .map_err(transient)?
@@ -82,6 +87,31 @@ struct FileIngest {
     schema: SchemaRef,
     source_name: String,
     ingested_at: DateTime<Utc>,
+    objects: Objects,
+}
+
+/// Where a task's source objects are copied to be read.
+struct Objects {
+    storage_options: medallion_lake::StorageOptions,
+    /// The executor's scratch directory: a killed executor's copies are removed by the next.
+    dir: PathBuf,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Objects {
+    /// A local copy of `location` if it is an object (read, then deleted), else nothing.
+    fn copy(&self, location: &str) -> Result<Option<objects::LocalCopy>, SourceError> {
+        if !objects::is_object_url(location) {
+            return Ok(None);
+        }
+        let copied = objects::local_copy(location, &self.storage_options, &self.dir);
+        let copy = self.runtime.block_on(copied).map_err(|e| SourceError {
+            file: location.to_string(),
+            line: None,
+            message: format!("{e:#}"),
+        })?;
+        Ok(Some(copy))
+    }
 }
 
 impl FileIngest {
@@ -92,25 +122,51 @@ impl FileIngest {
     ) -> Result<TaskMetrics, SourceError> {
         let mut metrics = TaskMetrics::default();
         for file in files {
-            let path = Path::new(&file.path);
-            for chunk in medallion_sources::read_file(path, &self.options, &self.data)? {
-                let chunk = chunk?;
-                let rows = chunk.batch.num_rows();
-                let batch = self
-                    .with_metadata(chunk.batch, &file.id)
-                    .map_err(|e| SourceError::new(path, e))?;
-                metrics.rows_read += rows as u64;
-                metrics.rows_written += rows as u64;
-                metrics.rows_rescued += chunk.rescued as u64;
-                if tx.blocking_send(Ok(batch)).is_err() {
-                    // The writer stopped; its error is what the task reports.
-                    return Ok(metrics);
-                }
+            let copy = self.objects.copy(&file.path)?;
+            let path = copy
+                .as_ref()
+                .map_or(Path::new(&file.path), |c| c.path.as_path());
+            let read = self.read_one(path, file, &mut metrics, tx);
+            // Errors name the object, not its copy.
+            let go_on = read.map_err(|e| match copy {
+                Some(_) => SourceError {
+                    file: file.path.clone(),
+                    ..e
+                },
+                None => e,
+            })?;
+            if !go_on {
+                break;
             }
-            metrics.files_read += 1;
-            metrics.bytes_read += std::fs::metadata(path).map_or(0, |m| m.len());
         }
         Ok(metrics)
+    }
+
+    /// Reads one file from `path`; false when the writer stopped taking batches.
+    fn read_one(
+        &self,
+        path: &Path,
+        file: &SourceFile,
+        metrics: &mut TaskMetrics,
+        tx: &mpsc::Sender<anyhow::Result<RecordBatch>>,
+    ) -> Result<bool, SourceError> {
+        for chunk in medallion_sources::read_file(path, &self.options, &self.data)? {
+            let chunk = chunk?;
+            let rows = chunk.batch.num_rows();
+            let batch = self
+                .with_metadata(chunk.batch, &file.id)
+                .map_err(|e| SourceError::new(path, e))?;
+            metrics.rows_read += rows as u64;
+            metrics.rows_written += rows as u64;
+            metrics.rows_rescued += chunk.rescued as u64;
+            if tx.blocking_send(Ok(batch)).is_err() {
+                // The writer stopped; its error is what the task reports.
+                return Ok(false);
+            }
+        }
+        metrics.files_read += 1;
+        metrics.bytes_read += std::fs::metadata(path).map_or(0, |m| m.len());
+        Ok(true)
     }
 
     fn with_metadata(

@@ -30,6 +30,8 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::{Stream, StreamExt};
 use medallion_lake::{TableFiles, Written};
 use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::{SpecText, StagedFiles, TaskError, TaskMetrics, TaskResult, task::Work};
@@ -77,6 +79,48 @@ pub(crate) struct TaskContext {
     pub partition_columns: Vec<String>,
     pub run_id: String,
     pub storage_options: HashMap<String, String>,
+    /// This process's own scratch directory (local copies of source objects).
+    pub scratch_dir: std::path::PathBuf,
+    /// Cancelled when the dispatch is stopped (abandoned, or its caller gone): its writes
+    /// end at the next batch, so once the work has returned nothing more lands.
+    pub stop: CancellationToken,
+}
+
+impl TaskContext {
+    /// Writes `batches` as uncommitted data files in this dispatch's directory under `uri`
+    /// (the table's or its quarantine's); fails, writing nothing more, once [`Self::stop`]
+    /// is cancelled.
+    pub async fn write_files(
+        &self,
+        uri: &str,
+        schema: SchemaRef,
+        partition_columns: &[String],
+        batches: impl Stream<Item = anyhow::Result<RecordBatch>> + Send + Unpin,
+    ) -> anyhow::Result<Written> {
+        let stop = self.stop.clone();
+        let batches = futures::stream::unfold(Some(batches), move |batches| {
+            let stop = stop.clone();
+            async move {
+                let mut batches = batches?;
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {
+                        Some((Err(anyhow::anyhow!("the task was stopped")), None))
+                    }
+                    next = batches.next() => next.map(|batch| (batch, Some(batches))),
+                }
+            }
+        });
+        medallion_lake::write_data_files(
+            uri,
+            &self.dispatch_dir,
+            &self.storage_options,
+            schema,
+            partition_columns,
+            Box::pin(batches),
+        )
+        .await
+    }
 }
 
 /// Specs this executor has parsed, newest first: the tasks of a run share one parse.
@@ -170,6 +214,7 @@ impl Executor {
                 // abandoned is stopped, and what it wrote is deleted.
                 let mut running = Running {
                     files: DispatchFiles::of(&ctx),
+                    stop: ctx.stop.clone(),
                     handle: Some(tokio::spawn(tracing::Instrument::in_current_span(
                         run_work(ctx, task_id, work),
                     ))),
@@ -216,6 +261,8 @@ impl Executor {
             quarantine_uri: task.quarantine_uri,
             partition_columns: task.partition_columns,
             run_id: task.run_id,
+            scratch_dir: self.spill.path().to_path_buf(),
+            stop: CancellationToken::new(),
         };
         Ok((ctx, task.task_id, task.work))
     }
@@ -267,22 +314,28 @@ impl DispatchFiles {
 
     async fn delete(&self) {
         let uris = self.uris.each_ref().map(String::as_str);
-        if let Err(e) = medallion_lake::delete_dirs(&uris, &self.dir, &self.storage_options).await {
-            tracing::warn!(
+        match medallion_lake::delete_dirs(&uris, &self.dir, &self.storage_options).await {
+            Ok(()) => tracing::info!(dir = self.dir, "deleted the files of a stopped task"),
+            Err(e) => tracing::warn!(
                 dir = self.dir,
                 error = format!("{e:#}"),
                 "cannot delete the files of a stopped task"
-            );
+            ),
         }
     }
 }
 
 /// A task's work, spawned; dropped before it finished, it stops the work and deletes the
-/// files of the dispatch.
+/// files of the dispatch once the work has returned.
 struct Running {
     handle: Option<tokio::task::JoinHandle<Result<TaskResult, TaskError>>>,
     files: DispatchFiles,
+    stop: CancellationToken,
 }
+
+/// How long a stopped task's work may take to return (it stops at its next batch) before it
+/// is aborted instead.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Running {
     /// Waits for the work to end; its files then belong to whoever commits them.
@@ -298,19 +351,26 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let Some(handle) = self.handle.take() else {
+        let Some(mut handle) = self.handle.take() else {
             return;
         };
-        handle.abort();
+        self.stop.cancel();
         let files = std::mem::take(&mut self.files);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = handle.await;
-                // Local writes finish on blocking threads that aborting does not stop: give
-                // them a moment to land before deleting the directory they write into.
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                // Every write the work started has landed once it returns: deleting after
+                // that leaves nothing behind, however slow the machine.
+                if tokio::time::timeout(STOP_GRACE, &mut handle).await.is_err() {
+                    handle.abort();
+                    let _ = handle.await;
+                    // Local writes finish on blocking threads that aborting does not stop:
+                    // give them a moment to land.
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
                 files.delete().await;
             });
+        } else {
+            handle.abort();
         }
     }
 }
@@ -338,7 +398,6 @@ pub(crate) async fn write_result(
     mut metrics: TaskMetrics,
     mut screening: screen::Screening,
 ) -> Result<Output, TaskError> {
-    use futures::StreamExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     let schema = screening.schema.clone();
     let quarantine_schema = screen::quarantine_schema(&schema);
@@ -349,29 +408,16 @@ pub(crate) async fn write_result(
         counter.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
         Ok(b)
     });
-    let main = medallion_lake::write_data_files(
-        &ctx.output_uri,
-        &ctx.dispatch_dir,
-        &ctx.storage_options,
-        schema.clone(),
-        &[],
-        Box::pin(batches),
-    );
+    let main = ctx.write_files(&ctx.output_uri, schema.clone(), &[], batches);
     let quarantined = async {
         let Some(receiver) = screening.quarantined.take() else {
             return Ok(None);
         };
         let rows = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver)
             .map(|b| b.map_err(anyhow::Error::from));
-        let files = medallion_lake::write_data_files(
-            &ctx.quarantine_uri,
-            &ctx.dispatch_dir,
-            &ctx.storage_options,
-            quarantine_schema.clone(),
-            &[],
-            Box::pin(rows),
-        )
-        .await?;
+        let files = ctx
+            .write_files(&ctx.quarantine_uri, quarantine_schema.clone(), &[], rows)
+            .await?;
         anyhow::Ok(Some(TableFiles {
             adds: files.adds,
             schema: quarantine_schema.clone(),

@@ -176,6 +176,21 @@ fn default_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The runtime of each Ballista task: spilling under `work_dir`, reaching the lake's object
+/// store from this process's environment ([`medallion_lake::ballista::LakeStores`]).
+fn ballista_runtime(work_dir: Option<String>) -> ballista_core::RuntimeProducer {
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    let stores = std::sync::Arc::new(medallion_lake::ballista::LakeStores::default());
+    let work_dir = work_dir.map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+    std::sync::Arc::new(move |_| {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_temp_file_path(work_dir.clone())
+            .with_object_store_registry(stores.clone())
+            .build()?;
+        Ok(std::sync::Arc::new(runtime))
+    })
+}
+
 /// Starts this process's Ballista executor against `--ballista-scheduler`, or else the
 /// scheduler of whichever coordinator leads ([`scheduler_link`]).
 async fn start_ballista(
@@ -230,6 +245,7 @@ async fn start_ballista(
         override_logical_codec: Some(std::sync::Arc::new(
             medallion_lake::ballista::LakeCodec::default(),
         )),
+        override_runtime_producer: Some(ballista_runtime(flags.ballista_work_dir.clone())),
         ..Default::default()
     };
     tracing::info!(

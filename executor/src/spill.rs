@@ -1,4 +1,4 @@
-//! Where queries spill to disk, and removing it.
+//! Where queries spill to disk and source objects are copied to be read, and removing it.
 //!
 //! DataFusion removes its spill files when its runtime is dropped, which a process stopped by
 //! a signal never does. So each process spills under a directory of its own,

@@ -16,8 +16,10 @@ use datafusion::common::TableReference;
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
+use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::logical_expr::{Extension, LogicalPlan};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use deltalake::ObjectStore;
 use deltalake::kernel::Add;
 use serde::{Deserialize, Serialize};
 
@@ -137,5 +139,40 @@ impl LogicalExtensionCodec for LakeCodec {
         node: Arc<dyn FileFormatFactory>,
     ) -> datafusion::error::Result<()> {
         self.inner.try_encode_file_format(buf, node)
+    }
+}
+
+/// The object stores of a Ballista executor: DataFusion's, plus any bucket deltalake's store
+/// registry knows (`s3://`), made on first use from this process's environment (`AWS_*`:
+/// endpoint, region, credentials). The plans an executor runs name the lake's files but carry
+/// no storage options, so the executors' environment is what reaches the store.
+#[derive(Debug, Default)]
+pub struct LakeStores {
+    known: datafusion::execution::object_store::DefaultObjectStoreRegistry,
+}
+
+impl ObjectStoreRegistry for LakeStores {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.known.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &url::Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        self.known.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &url::Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.known.get_store(url) {
+            return Ok(store);
+        }
+        let bucket = url::Url::parse(&format!("{}://{}/", url.scheme(), url.authority()))
+            .map_err(external)?;
+        let store = deltalake::logstore::store_for(&bucket, StorageOptions::new())
+            .map_err(|e| external(format!("no object store for {bucket}: {e}")))?;
+        self.known.register_store(&bucket, store.clone());
+        Ok(store)
     }
 }

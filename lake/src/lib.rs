@@ -7,6 +7,7 @@
 mod append;
 pub mod ballista;
 pub mod changes;
+pub mod objects;
 
 pub use append::append;
 

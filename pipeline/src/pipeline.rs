@@ -1,6 +1,6 @@
 //! A loaded, validated pipeline: the spec plus everything resolved from it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_saphyr::Spanned;
@@ -202,7 +202,7 @@ impl Pipeline {
     /// The path a source's file identities are relative to, when its path is a template
     /// (`data/{{ ds }}/*.jsonl` -> `<base>/data`): runs of different intervals must not
     /// take each other's files for their own.
-    pub fn source_root_template(&self, source: &SourceSpec) -> Option<PathBuf> {
+    pub fn source_root_template(&self, source: &SourceSpec) -> Option<String> {
         let i = self
             .spec
             .sources
@@ -210,14 +210,11 @@ impl Pipeline {
             .position(|s| s.name == source.name)?;
         let written = self.source_templates.get(i)?.as_ref()?;
         let location = resolve_location(&self.base_dir, written);
-        let fixed = Path::new(&location)
-            .components()
-            .take_while(|c| {
-                let c = c.as_os_str().to_string_lossy();
-                !c.contains("{{") && !c.contains("{%") && !c.contains(['*', '?', '['])
-            })
+        let fixed: Vec<&str> = location
+            .split('/')
+            .take_while(|c| !c.contains("{{") && !c.contains("{%") && !c.contains(['*', '?', '[']))
             .collect();
-        Some(fixed)
+        Some(fixed.join("/"))
     }
 
     pub fn name(&self) -> &str {
@@ -325,6 +322,15 @@ impl Pipeline {
     /// A source's path or glob, resolved against the spec's directory.
     pub fn source_location(&self, source: &SourceSpec) -> String {
         resolve_location(&self.base_dir, &source.path.value)
+    }
+
+    /// The options of the store a source's objects are in: the lake's, with the source's own
+    /// over them (a source usually shares the lake's endpoint and region).
+    pub fn source_storage_options(&self, source: &SourceSpec) -> HashMap<String, String> {
+        let lake = self.storage_options.iter();
+        lake.chain(&source.storage_options)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
@@ -717,18 +723,42 @@ fn check_cycles(spec: &PipelineSpec, dag: &Dag, errors: &mut Errors) {
     }
 }
 
+/// URL schemes a source path may have: the object stores this build reads.
+const OBJECT_SCHEMES: [&str; 2] = ["s3", "s3a"];
+
+/// Whether a storage option carries a credential (by its name).
+fn is_credential(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "token", "password", "access_key_id"]
+        .iter()
+        .any(|w| key.contains(w))
+}
+
 fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
     if s.path.value.trim().is_empty() {
         errors.on(&s.path, format!("sources[{i}].path"), "must not be empty");
-    } else if s.path.value.contains("://") {
+    } else if let Some((scheme, _)) = s.path.value.split_once("://")
+        && !OBJECT_SCHEMES.contains(&scheme)
+    {
         errors.on(
             &s.path,
             format!("sources[{i}].path"),
             format!(
-                "'{}': sources on object storage are not supported yet; use a local path",
-                s.path.value
+                "'{}': '{scheme}://' is not a supported store (use a local path or {})",
+                s.path.value,
+                OBJECT_SCHEMES.map(|s| format!("{s}://")).join(", ")
             ),
         );
+    }
+    for key in s.storage_options.keys() {
+        if is_credential(key) {
+            errors.on(
+                &s.name,
+                format!("sources[{i}].storage_options.{key}"),
+                "credentials do not belong in a spec: set them in the environment of the \
+                 coordinator and executors (e.g. from a Kubernetes Secret)",
+            );
+        }
     }
     let d = &s.options.delimiter;
     if d.value.len() != 1 || !d.value.is_ascii() {

@@ -200,6 +200,11 @@ pub struct SourceSpec {
     /// `rescue` for a source with a declared `schema`].
     #[serde(default)]
     pub schema_evolution: Option<SchemaEvolution>,
+    /// For a path on object storage (`s3://bucket/prefix/*.jsonl`): options of its store
+    /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...), over the lake's. Credentials come from the
+    /// environment (`AWS_ACCESS_KEY_ID`, ..., a mounted Secret), never from the spec.
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
 }
 
 impl SourceSpec {

@@ -116,6 +116,46 @@ fn moving_the_lake_or_the_sources_does_not_change_how_tables_are_computed() {
 }
 
 #[test]
+fn sources_on_object_storage_take_options_over_the_lakes_but_never_credentials() {
+    let on_s3 = VALID
+        .replace(
+            "lake: /tmp/lake",
+            "lake: { root: s3://lake/p, storage_options: { AWS_REGION: eu-west-1, AWS_ALLOW_HTTP: 'true' } }",
+        )
+        .replace(
+            "path: in/*.jsonl }",
+            "path: s3://raw/in/*.jsonl, storage_options: { AWS_REGION: us-east-1 } }",
+        );
+    let pipeline = parse(&on_s3).unwrap();
+    let source = pipeline.source("api").unwrap();
+    assert_eq!(pipeline.source_location(source), "s3://raw/in/*.jsonl");
+    let options = pipeline.source_storage_options(source);
+    assert_eq!(options["AWS_REGION"], "us-east-1");
+    assert_eq!(options["AWS_ALLOW_HTTP"], "true");
+
+    let with_secret = on_s3.replace(
+        "AWS_REGION: us-east-1",
+        "AWS_REGION: us-east-1, AWS_SECRET_ACCESS_KEY: hunter2",
+    );
+    let errors = parse(&with_secret).unwrap_err();
+    assert!(
+        errors.iter().any(
+            |e| e.contains("sources[0].storage_options.AWS_SECRET_ACCESS_KEY")
+                && e.contains("environment")
+        ),
+        "{errors:#?}"
+    );
+    let elsewhere = VALID.replace("path: in/*.jsonl", "path: ftp://host/in/*.jsonl");
+    let errors = parse(&elsewhere).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("'ftp://' is not a supported store")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
 fn templated_fields_are_rendered_for_the_run_interval() {
     let yaml = VALID
         .replace("path: in/*.jsonl", "path: \"in/{{ ds }}/*.jsonl\"")

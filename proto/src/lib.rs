@@ -142,12 +142,25 @@ impl From<TaskError> for tonic::Status {
 impl Task {
     /// A directory name for one dispatch of this task (`n` counts dispatches): what it writes
     /// goes there, so what a failed or lost dispatch wrote can be deleted as a whole.
+    ///
+    /// `<run>-<task>-<n>`: the run's id without the pipeline's name and the task's number
+    /// within its table (the directory is in the table's own), so object keys stay short.
     pub fn dispatch_dir(&self, n: u32) -> String {
         let clean = |s: &str| -> String {
             s.chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
                 .collect()
         };
-        format!("{}-{}-{n}", clean(&self.run_id), clean(&self.task_id))
+        let pipeline = self.pipeline.as_ref().map_or("", |p| p.name.as_str());
+        let run = self
+            .run_id
+            .strip_prefix(pipeline)
+            .and_then(|r| r.strip_prefix('-'))
+            .unwrap_or(&self.run_id);
+        let task = self
+            .task_id
+            .rsplit_once('#')
+            .map_or(&*self.task_id, |(_, n)| n);
+        format!("{}-{}-{n}", clean(run), clean(task))
     }
 }

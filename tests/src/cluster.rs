@@ -188,6 +188,8 @@ pub struct Cluster {
     pub coordinators: Vec<Proc>,
     pub executors: Vec<Proc>,
     coordinator_flags: Vec<String>,
+    /// The workspace's environment ([`Workspace::set_env`]), for every process.
+    env: Vec<(String, String)>,
     dir: PathBuf,
 }
 
@@ -211,6 +213,7 @@ impl Cluster {
             coordinators: Vec::new(),
             executors: Vec::new(),
             coordinator_flags: coordinator_flags.iter().map(|f| f.to_string()).collect(),
+            env: ws.env(),
             dir,
         };
         for i in 0..coordinators {
@@ -248,6 +251,7 @@ impl Cluster {
                 .args(["--ballista-port", &free_port().to_string()])
                 .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
                 .args(&self.coordinator_flags)
+                .envs(self.env.clone())
                 .env("MEDALLION_LOG", "info"),
         );
         proc.metrics_port = metrics_port;
@@ -281,6 +285,7 @@ impl Cluster {
                 .args(["--ballista-grpc-port", &free_port().to_string()])
                 .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
                 .args(flags)
+                .envs(self.env.clone())
                 // Ballista's executor says which tasks of a distributed query it ran.
                 .env(
                     "MEDALLION_LOG",

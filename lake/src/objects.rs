@@ -1,0 +1,145 @@
+//! Source objects on object storage (`s3://bucket/prefix/...`): listing and fetching.
+//!
+//! The stores are the ones Delta tables use (deltalake's object store registry), so a source
+//! takes the same storage options and environment (`AWS_*`) as a lake. Bronze reads an
+//! object from a local copy, so every reader (JSON, CSV, Parquet, compressed) works on
+//! objects exactly as on files, in bounded memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+use datafusion::object_store::ObjectStoreExt;
+use deltalake::ObjectStoreError;
+use deltalake::logstore::{ObjectStoreRef, store_for};
+use futures::TryStreamExt;
+use tokio::io::AsyncWriteExt;
+use url::Url;
+
+use crate::StorageOptions;
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectEntry {
+    /// Where to fetch it: `scheme://bucket/key`.
+    pub url: String,
+    /// Its key below the listed prefix, `/`-separated.
+    pub relative: String,
+    pub size: u64,
+    /// The store's version tag of its content, where the store gives one.
+    pub e_tag: Option<String>,
+}
+
+/// Whether a location names object storage rather than a local path.
+pub fn is_object_url(location: &str) -> bool {
+    location.contains("://") && !location.starts_with("file://")
+}
+
+/// The store of the bucket holding `url`, and the object path `url` names in it.
+fn store(url: &str, opts: &StorageOptions) -> Result<(ObjectStoreRef, Url, deltalake::Path)> {
+    let parsed = Url::parse(url).with_context(|| format!("invalid URL '{url}'"))?;
+    // A store made for a URL is rooted at its path: make it for the bucket.
+    let bucket = Url::parse(&format!(
+        "{}://{}/",
+        parsed.scheme(),
+        parsed.host_str().unwrap_or_default()
+    ))?;
+    let store = store_for(&bucket, opts.clone())
+        .with_context(|| format!("no object store for '{url}' (supported: s3://)"))?;
+    let path = deltalake::Path::from_url_path(parsed.path())
+        .with_context(|| format!("invalid object path in '{url}'"))?;
+    Ok((store, parsed, path))
+}
+
+/// The URL of `location` in the bucket `base` names.
+fn object_url(base: &Url, location: &deltalake::Path) -> String {
+    format!(
+        "{}://{}/{}",
+        base.scheme(),
+        base.host_str().unwrap_or_default(),
+        location
+    )
+}
+
+/// Every object under the prefix `root` (a URL; a trailing `/` is implied), at any depth,
+/// sorted by key.
+pub async fn list_objects(root: &str, opts: &StorageOptions) -> Result<Vec<ObjectEntry>> {
+    let (store, base, prefix) = store(root, opts)?;
+    let metas: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .with_context(|| format!("cannot list '{root}'"))?;
+    let mut entries: Vec<ObjectEntry> = metas
+        .into_iter()
+        .filter_map(|meta| {
+            let relative = meta.location.prefix_match(&prefix)?;
+            let relative = relative.map(|p| p.as_ref().to_string()).collect::<Vec<_>>();
+            Some(ObjectEntry {
+                url: object_url(&base, &meta.location),
+                relative: relative.join("/"),
+                size: meta.size,
+                e_tag: meta.e_tag,
+            })
+        })
+        .collect();
+    entries.sort_by(|a, b| a.relative.cmp(&b.relative));
+    Ok(entries)
+}
+
+/// The object `url` names, or `None` when there is none (it may be a prefix).
+pub async fn head_object(url: &str, opts: &StorageOptions) -> Result<Option<ObjectEntry>> {
+    let (store, base, path) = store(url, opts)?;
+    match store.head(&path).await {
+        Ok(meta) => Ok(Some(ObjectEntry {
+            url: object_url(&base, &meta.location),
+            relative: meta.location.filename().unwrap_or_default().to_string(),
+            size: meta.size,
+            e_tag: meta.e_tag,
+        })),
+        Err(ObjectStoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read '{url}'")),
+    }
+}
+
+/// A source object copied to a local file, which is deleted when this is dropped.
+#[derive(Debug)]
+pub struct LocalCopy {
+    pub path: PathBuf,
+}
+
+impl Drop for LocalCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Copies the object at `url` into a new file in `dir`, a chunk at a time. The file is named
+/// after the object, so readers see its extension (`.gz`).
+pub async fn local_copy(url: &str, opts: &StorageOptions, dir: &Path) -> Result<LocalCopy> {
+    static COPIES: AtomicU64 = AtomicU64::new(0);
+    let name = url.rsplit('/').next().unwrap_or_default();
+    let n = COPIES.fetch_add(1, Ordering::Relaxed);
+    // Made before the fetch, so a fetch that fails part way deletes what it wrote.
+    let copy = LocalCopy {
+        path: dir.join(format!("object-{}-{n}-{name}", std::process::id())),
+    };
+    let (store, _, path) = store(url, opts)?;
+    let got = store
+        .get(&path)
+        .await
+        .with_context(|| format!("cannot read '{url}'"))?;
+    let mut file = tokio::fs::File::create(&copy.path)
+        .await
+        .with_context(|| format!("cannot create '{}'", copy.path.display()))?;
+    let mut chunks = got.into_stream();
+    while let Some(chunk) = chunks
+        .try_next()
+        .await
+        .with_context(|| format!("cannot read '{url}'"))?
+    {
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    Ok(copy)
+}
