@@ -104,13 +104,25 @@ fn render_notes(out: &mut String, report: &RunReport) {
             t.columns_added.join(", ")
         );
     }
-    for t in report.tables.iter().filter(|t| t.metrics.rows_rescued > 0) {
-        let _ = writeln!(
-            out,
-            "note: {} kept {} records in _rescued_data: malformed, values that do not fit their \
-             column, or fields outside its columns",
-            t.table, t.metrics.rows_rescued
-        );
+    for t in report.tables.iter() {
+        let m = &t.metrics;
+        if m.rows_malformed > 0 {
+            let _ = writeln!(
+                out,
+                "note: {} kept {} malformed records in _rescued_data: they did not parse, or a \
+                 value did not fit its column",
+                t.table, m.rows_malformed
+            );
+        }
+        let new_fields = m.rows_rescued.saturating_sub(m.rows_malformed);
+        if new_fields > 0 {
+            let _ = writeln!(
+                out,
+                "note: {} kept the new fields of {new_fields} records in _rescued_data: fields \
+                 its columns do not have (schema_evolution)",
+                t.table
+            );
+        }
     }
     for t in report
         .tables

@@ -159,6 +159,7 @@ impl FileIngest {
             metrics.rows_read += rows as u64;
             metrics.rows_written += rows as u64;
             metrics.rows_rescued += chunk.rescued as u64;
+            metrics.rows_malformed += chunk.malformed as u64;
             if tx.blocking_send(Ok(batch)).is_err() {
                 // The writer stopped; its error is what the task reports.
                 return Ok(false);

@@ -166,6 +166,10 @@ pub struct Metrics {
     pub rows_written: u64,
     /// Rows kept with something in `_rescued_data` (bronze).
     pub rows_rescued: u64,
+    /// Of `rows_rescued`, those that did not parse or had a value that did not fit its column;
+    /// the others only carried fields the table's columns do not have.
+    #[serde(default)]
+    pub rows_malformed: u64,
     /// Rows dropped by silver filters.
     pub rows_filtered: u64,
     /// Older duplicates of a key dropped by silver.

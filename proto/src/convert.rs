@@ -144,6 +144,7 @@ impl From<&TaskMetrics> for Metrics {
             rows_read: m.rows_read,
             rows_written: m.rows_written,
             rows_rescued: m.rows_rescued,
+            rows_malformed: m.rows_malformed,
             rows_filtered: m.rows_filtered,
             rows_deduplicated: m.rows_deduplicated,
             bytes_written: m.bytes_written,

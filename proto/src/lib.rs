@@ -17,6 +17,7 @@ impl std::ops::AddAssign<&TaskMetrics> for TaskMetrics {
         self.rows_read += o.rows_read;
         self.rows_written += o.rows_written;
         self.rows_rescued += o.rows_rescued;
+        self.rows_malformed += o.rows_malformed;
         self.rows_filtered += o.rows_filtered;
         self.rows_deduplicated += o.rows_deduplicated;
         self.files_read += o.files_read;

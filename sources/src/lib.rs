@@ -77,7 +77,11 @@ impl ReadOptions {
 pub struct Chunk {
     /// The requested columns, then `_rescued_data`.
     pub batch: RecordBatch,
+    /// Rows with something in `_rescued_data`.
     pub rescued: usize,
+    /// Of those, the rows that did not parse or had a value that did not fit its column; the
+    /// others only carried fields the columns do not have.
+    pub malformed: usize,
 }
 
 /// The schema of what the readers produce: the data columns, then `_rescued_data`.

@@ -47,6 +47,9 @@ impl ParquetReader {
         let n = input.num_rows();
         let data_fields = &self.schema.fields()[..self.schema.fields().len() - 1];
         let mut rescued: Vec<Option<Map<String, Value>>> = vec![None; n];
+        // Rows with a value that does not fit its column (the rest of the rescued rows only
+        // carry columns the table does not have).
+        let mut malformed = vec![false; n];
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(data_fields.len() + 1);
         let safe = CastOptions {
             safe: true,
@@ -70,6 +73,7 @@ impl ParquetReader {
                             field.name().clone(),
                             Value::String(text.value(row).to_string()),
                         );
+                        malformed[row] = true;
                     }
                 }
             }
@@ -96,6 +100,7 @@ impl ParquetReader {
         Ok(Chunk {
             batch: RecordBatch::try_new(self.schema.clone(), arrays)?,
             rescued: count,
+            malformed: malformed.into_iter().filter(|m| *m).count(),
         })
     }
 

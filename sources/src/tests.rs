@@ -34,6 +34,12 @@ fn read_all(path: &Path, options: &ReadOptions, schema: &Schema) -> (Vec<RecordB
     (batches, rescued)
 }
 
+/// How many rows of a file were rescued as malformed (not for fields without a column).
+fn malformed(path: &Path, options: &ReadOptions, schema: &Schema) -> usize {
+    let chunks = read_file(path, options, schema).unwrap();
+    chunks.map(|c| c.unwrap().malformed).sum()
+}
+
 fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
     let a = arrow::compute::cast(batch.column_by_name(col).unwrap(), &DataType::Utf8).unwrap();
     a.as_string::<i32>()
@@ -80,6 +86,8 @@ fn json_malformed_lines_and_unknown_fields_are_rescued() {
     ]);
     let (batches, rescued) = read_all(f.path(), &opts(SourceFormat::Json), &schema);
     assert_eq!(rescued, 3);
+    // The unparsable line and the id that is not a number; not the unknown field.
+    assert_eq!(malformed(f.path(), &opts(SourceFormat::Json), &schema), 2);
     let b = &batches[0];
     assert_eq!(b.num_rows(), 3);
     assert_eq!(strings(b, "id"), [Some("1".into()), None, None]);
@@ -109,6 +117,7 @@ fn csv_header_wrong_field_counts_and_types() {
     let b = &batches[0];
     assert_eq!(b.num_rows(), 3);
     assert_eq!(rescued, 2);
+    assert_eq!(malformed(f.path(), &options, &schema), 2);
     assert_eq!(strings(b, "name"), [Some("Ann".into()), None, None]);
     assert_eq!(strings(b, "age"), [Some("30".into()), None, None]);
     let r = strings(b, "_rescued_data");
@@ -172,6 +181,11 @@ fn parquet_extra_columns_and_bad_casts_are_rescued() {
     ]);
     let (batches, rescued) = read_all(f.path(), &opts(SourceFormat::Parquet), &schema);
     assert_eq!(rescued, 2);
+    // Only the value that is not a date; the extra column is a new field.
+    assert_eq!(
+        malformed(f.path(), &opts(SourceFormat::Parquet), &schema),
+        1
+    );
     let r = strings(&batches[0], "_rescued_data");
     assert_eq!(r[0].as_deref(), Some(r#"{"_line":1,"more":"x"}"#));
     assert_eq!(r[1].as_deref(), Some(r#"{"_line":2,"when":"soon"}"#));

@@ -119,6 +119,8 @@ pub(crate) struct TextBatch {
     /// One builder per data column (all but the last, `_rescued_data`).
     columns: Vec<StringBuilder>,
     rescued: Vec<Option<Rescued>>,
+    /// Whether each row did not parse or has a value that does not fit its column.
+    malformed: Vec<bool>,
     lines: Vec<u64>,
     /// Fields without a column are dropped, not rescued (see [`ReadOptions`]).
     pub(crate) ignore_new_fields: bool,
@@ -131,6 +133,7 @@ impl TextBatch {
             columns: (0..n).map(|_| StringBuilder::new()).collect(),
             schema,
             rescued: Vec::new(),
+            malformed: Vec::new(),
             lines: Vec::new(),
             ignore_new_fields,
         }
@@ -159,6 +162,7 @@ impl TextBatch {
             b.append_option(f);
         }
         self.rescued.push((!rescued.is_empty()).then_some(rescued));
+        self.malformed.push(false);
         self.lines.push(line);
     }
 
@@ -167,6 +171,9 @@ impl TextBatch {
         let mut rescued = Rescued::new();
         rescued.insert("_corrupt_record".into(), json_string(raw));
         self.push(line, vec![None; self.columns.len()], rescued);
+        if let Some(last) = self.malformed.last_mut() {
+            *last = true;
+        }
     }
 
     /// Casts the text to the declared types; values that do not fit are rescued.
@@ -189,6 +196,7 @@ impl TextBatch {
                     self.rescued[row]
                         .get_or_insert_with(Rescued::new)
                         .insert(field.name().clone(), json_string(text.value(row)));
+                    self.malformed[row] = true;
                 }
             }
             arrays.push(typed);
@@ -208,9 +216,11 @@ impl TextBatch {
             })
             .collect();
         arrays.push(Arc::new(rescued));
+        let malformed = self.malformed.drain(..).filter(|m| *m).count();
         Ok(Chunk {
             batch: RecordBatch::try_new(self.schema.clone(), arrays)?,
             rescued: rescued_count,
+            malformed,
         })
     }
 }

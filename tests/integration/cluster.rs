@@ -82,26 +82,6 @@ fn assert_succeeded(status: &Value, cluster: &Cluster) {
     );
 }
 
-/// Waits until an executor's log shows a task of `table` running; returns that executor.
-fn executor_running(cluster: &Cluster, table: &str) -> usize {
-    // Executors log JSON lines (their stderr is not a terminal).
-    let needle = format!("\"table\":\"{table}\"");
-    let mut found = None;
-    wait_for(
-        &format!("a task of {table}"),
-        Duration::from_secs(120),
-        || {
-            found = cluster.executors.iter().position(|e| {
-                e.log_text()
-                    .lines()
-                    .any(|l| l.contains("task started") && l.contains(&needle))
-            });
-            found.is_some()
-        },
-    );
-    found.unwrap()
-}
-
 #[test]
 fn cluster_run_equals_embedded_run_and_lists_executors() {
     let ws = example(20_000, 8);
@@ -191,7 +171,7 @@ fn cancel_and_server_errors() {
 
     // Cancelled while its first tasks run: it ends cancelled, and says so when watched.
     let cancelled = cluster.submit(&ws, "pipeline.yaml");
-    executor_running(&cluster, "bronze.orders");
+    cluster.executor_running("bronze.orders");
     let out = cluster.client(&ws, &["cancel", &cancelled]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("cancelled"), "{}", out.stdout);
@@ -230,10 +210,10 @@ fn executors_killed_mid_bronze_and_mid_silver_lose_nothing() {
     let mut cluster = Cluster::start(&ws, 1, 3);
     let run_id = cluster.submit(&ws, "pipeline.yaml");
 
-    let victim = executor_running(&cluster, "bronze.orders");
+    let victim = cluster.executor_running("bronze.orders");
     cluster.executors[victim].kill();
     cluster.add_executor(); // starts late, must get work
-    let victim = executor_running(&cluster, "silver.orders");
+    let victim = cluster.executor_running("silver.orders");
     cluster.executors[victim].kill();
 
     let status = cluster.wait(&ws, &run_id);
@@ -261,7 +241,7 @@ fn an_executor_declared_lost_while_alive_stops_writing_and_cleans_up() {
     let ws = example(60_000, 12);
     let cluster = Cluster::start(&ws, 1, 2);
     let run_id = cluster.submit(&ws, "pipeline.yaml");
-    let victim = executor_running(&cluster, "bronze.orders");
+    let victim = cluster.executor_running("bronze.orders");
     cluster.executors[victim].signal("STOP");
     wait_for(
         "the frozen executor to be declared lost",
@@ -313,7 +293,7 @@ fn standby_coordinator_finishes_the_run_of_a_killed_leader() {
     let mut cluster = Cluster::start(&ws, 2, 2);
     assert_eq!(cluster.leader(), 0);
     let run_id = cluster.submit(&ws, "pipeline.yaml");
-    executor_running(&cluster, "bronze.orders");
+    cluster.executor_running("bronze.orders");
     cluster.coordinators[0].kill();
 
     let status = cluster.wait(&ws, &run_id);
@@ -390,7 +370,7 @@ fn cluster_rides_out_an_etcd_restart() {
     let ws = example(60_000, 12);
     let mut cluster = Cluster::start(&ws, 1, 2);
     let run_id = cluster.submit(&ws, "pipeline.yaml");
-    executor_running(&cluster, "bronze.orders");
+    cluster.executor_running("bronze.orders");
     cluster.etcd.restart(Duration::from_millis(500));
 
     let status = cluster.wait(&ws, &run_id);

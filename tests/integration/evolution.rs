@@ -86,9 +86,10 @@ fn a_new_field_becomes_a_column_and_earlier_rows_read_null() {
         "{summary}"
     );
     assert!(
-        summary.contains("kept 1 records in _rescued_data"),
+        summary.contains("kept 1 malformed records in _rescued_data"),
         "{summary}"
     );
+    assert!(!summary.contains("new fields of"), "{summary}");
 
     // Silver may now select the new column.
     ws.write(
@@ -136,7 +137,22 @@ fn in_rescue_mode_a_new_field_is_kept_as_json_and_the_columns_stay() {
             .is_none(),
         "{report:#}"
     );
+    // Rescued for their new field, not as malformed records, and the summary tells them apart.
     assert_eq!(metric(&report, "bronze.readings", "rows_rescued"), 2);
+    assert_eq!(metric(&report, "bronze.readings", "rows_malformed"), 0);
+    ws.write(
+        "data/c.jsonl",
+        "{\"id\": 5, \"humidity\": 1}\n{\"id\": 6, \"temp\": [\n",
+    );
+    let text = ws.medallion(&["run", "p.yaml"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let summary = format!("{}{}", text.stdout, text.stderr);
+    for says in [
+        "kept 1 malformed records in _rescued_data",
+        "kept the new fields of 1 records in _rescued_data",
+    ] {
+        assert!(summary.contains(says), "{summary}");
+    }
     let read = ws.read_table("lake/bronze/readings");
     assert_eq!(read["readers_agree"], true, "{read:#}");
     assert!(
@@ -145,8 +161,13 @@ fn in_rescue_mode_a_new_field_is_kept_as_json_and_the_columns_stay() {
             .unwrap()
             .contains(&json!("humidity"))
     );
-    let rows = by_id(&read["rows"]);
-    let rescued: Value = serde_json::from_str(rows[2]["_rescued_data"].as_str().unwrap()).unwrap();
+    let third = read["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "3")
+        .unwrap();
+    let rescued: Value = serde_json::from_str(third["_rescued_data"].as_str().unwrap()).unwrap();
     assert_eq!(rescued["humidity"], 40, "{rescued:#}");
 }
 

@@ -133,6 +133,30 @@ fn sources_and_lake_on_s3_equal_a_local_run() {
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(files_read(&again.report()), [1, 0, 0]);
     assert_same_tables_as_local(&s3, &ws, &again.stderr);
+
+    // Sources and lake copied to other buckets: a run there reads no object, changes no table.
+    for (from, to) in [("raw", "raw2"), ("lake", "lake2")] {
+        s3.create_bucket(to);
+        s3.copy_bucket(from, to);
+    }
+    let spec = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
+    let moved = spec
+        .replace("path: s3://raw/", "path: s3://raw2/")
+        .replace("root: s3://lake,", "root: s3://lake2,");
+    assert_ne!(moved, spec);
+    ws.write("moved.yaml", &moved);
+    let options = s3.reader_options();
+    let versions = || -> Vec<Value> {
+        EXAMPLE_TABLES
+            .iter()
+            .map(|t| read_delta(&format!("s3://lake2/{t}"), Some(&options))["version"].clone())
+            .collect()
+    };
+    let before = versions();
+    let moved = ws.run("moved.yaml");
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert_eq!(files_read(&moved.report()), [0, 0, 0]);
+    assert_eq!(versions(), before);
 }
 
 /// A wrong secret: the run fails naming the source and what the store said; no table changes.
@@ -151,11 +175,12 @@ fn a_source_the_store_refuses_fails_the_run_naming_it() {
     );
 }
 
-/// On a cluster of two executors, the sources and the lake on S3 (gold on Ballista reading S3
-/// files included) equal a local run.
+/// On a cluster of two executors, with the sources and the lake on S3 and gold on Ballista
+/// reading S3 files: an executor killed while it reads objects for bronze loses and doubles
+/// nothing, and every table equals a local run's.
 #[test]
-fn a_cluster_reads_sources_and_writes_the_lake_on_s3() {
-    let (s3, ws) = example_on_s3(20_000, 6);
+fn a_cluster_on_s3_survives_a_killed_executor_and_equals_a_local_run() {
+    let (s3, ws) = example_on_s3(20_000, 8);
     let spec = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
     let ballista = "gold:\n  - name: customer_360\n";
     assert!(spec.contains(ballista), "{spec}");
@@ -164,13 +189,23 @@ fn a_cluster_reads_sources_and_writes_the_lake_on_s3() {
         &spec.replace(ballista, &format!("{ballista}    engine: ballista\n")),
     );
     s3.endpoint_into(&ws);
-    let cluster = Cluster::start(&ws, 1, 2);
+    let mut cluster = Cluster::start(&ws, 1, 2);
     let run_id = cluster.submit(&ws, "pipeline.yaml");
+    let victim = cluster.executor_running("bronze.orders");
+    cluster.executors[victim].kill();
+    cluster.add_executor();
     let status = cluster.wait(&ws, &run_id);
     assert_eq!(
         status["state"],
         "succeeded",
         "{status:#}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster.coordinators[0]
+            .log_text()
+            .contains("executor lost under a running task"),
+        "no task was running on the killed executor:\n{}",
         cluster.logs()
     );
     let gold = table(&status["report"], "gold.customer_360");

@@ -370,6 +370,26 @@ impl Cluster {
             .expect("a leader")
     }
 
+    /// Waits until an executor's log shows a task of `table` running; returns that executor.
+    pub fn executor_running(&self, table: &str) -> usize {
+        // Executors log JSON lines (their stderr is not a terminal).
+        let needle = format!("\"table\":\"{table}\"");
+        let mut found = None;
+        wait_for(
+            &format!("a task of {table}"),
+            Duration::from_secs(120),
+            || {
+                found = self.executors.iter().position(|e| {
+                    e.log_text()
+                        .lines()
+                        .any(|l| l.contains("task started") && l.contains(&needle))
+                });
+                found.is_some()
+            },
+        );
+        found.expect("an executor")
+    }
+
     /// Every process's log, for a failing assertion's message.
     pub fn logs(&self) -> String {
         let mut all = String::new();

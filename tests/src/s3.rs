@@ -124,15 +124,13 @@ impl S3Server {
         self.boto3(code, &[dir.to_str().unwrap(), bucket, prefix]);
     }
 
-    /// Copies every object under `bucket/from/` to `bucket/to/`.
-    pub fn copy_prefix(&self, bucket: &str, from: &str, to: &str) {
-        let code = "bucket, src, dst = args\n\
-             pages = s3.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=src + '/')\n\
-             for page in pages:\n    \
+    /// Copies every object of the bucket `from` into the bucket `to`, under the same keys.
+    pub fn copy_bucket(&self, from: &str, to: &str) {
+        let code = "src, dst = args\n\
+             for page in s3.get_paginator('list_objects_v2').paginate(Bucket=src):\n    \
                  for o in page.get('Contents', []):\n        \
-                     key = dst + o['Key'][len(src):]\n        \
-                     s3.copy_object(Bucket=bucket, Key=key, CopySource={'Bucket': bucket, 'Key': o['Key']})";
-        self.boto3(code, &[bucket, from, to]);
+                     s3.copy_object(Bucket=dst, Key=o['Key'], CopySource={'Bucket': src, 'Key': o['Key']})";
+        self.boto3(code, &[from, to]);
     }
 
     /// A spec's storage options for this server: where it is, and no credentials (those come
