@@ -30,6 +30,14 @@ fn two_batches(ws: &Workspace, more: &str) -> Invocation {
     ws.run("p.yaml")
 }
 
+/// Adds `data/c.jsonl` and runs again; returns the run's text summary.
+fn third_batch_summary(ws: &Workspace, lines: &str) -> String {
+    ws.write("data/c.jsonl", lines);
+    let text = ws.medallion(&["run", "p.yaml"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    format!("{}{}", text.stdout, text.stderr)
+}
+
 fn report(run: &Invocation) -> Value {
     serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr))
@@ -74,13 +82,10 @@ fn a_new_field_becomes_a_column_and_earlier_rows_read_null() {
     assert!(rescued.iter().all(Value::is_null), "{rescued:?}");
 
     // The summary says so, apart from malformed records.
-    ws.write(
-        "data/c.jsonl",
+    let summary = third_batch_summary(
+        &ws,
         "{\"id\": 5, \"temp\": 17, \"pressure\": 1013}\nnot json\n",
     );
-    let text = ws.medallion(&["run", "p.yaml"]);
-    assert_eq!(text.code, 0, "{}", text.stderr);
-    let summary = format!("{}{}", text.stdout, text.stderr);
     assert!(
         summary.contains("new column(s) from new fields in its files: pressure"),
         "{summary}"
@@ -140,13 +145,10 @@ fn in_rescue_mode_a_new_field_is_kept_as_json_and_the_columns_stay() {
     // Rescued for their new field, not as malformed records, and the summary tells them apart.
     assert_eq!(metric(&report, "bronze.readings", "rows_rescued"), 2);
     assert_eq!(metric(&report, "bronze.readings", "rows_malformed"), 0);
-    ws.write(
-        "data/c.jsonl",
+    let summary = third_batch_summary(
+        &ws,
         "{\"id\": 5, \"humidity\": 1}\n{\"id\": 6, \"temp\": [\n",
     );
-    let text = ws.medallion(&["run", "p.yaml"]);
-    assert_eq!(text.code, 0, "{}", text.stderr);
-    let summary = format!("{}{}", text.stdout, text.stderr);
     for says in [
         "kept 1 malformed records in _rescued_data",
         "kept the new fields of 1 records in _rescued_data",
