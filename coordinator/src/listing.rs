@@ -85,12 +85,12 @@ async fn list_objects(
     } else {
         // A prefix (the objects directly under it, as a directory's files), else one object.
         let prefix = format!("{}/", location.trim_end_matches('/'));
-        let listed = objects::list_objects(&prefix, &opts)
+        let listed = objects::list_directory(&prefix, &opts)
             .await
             .with_context(context)?;
         let direct: Vec<_> = listed
             .into_iter()
-            .filter(|o| !o.relative.contains('/') && !is_hidden_name(&o.relative))
+            .filter(|o| !is_hidden_name(&o.relative))
             .collect();
         if !direct.is_empty() || location.ends_with('/') {
             (prefix, direct)

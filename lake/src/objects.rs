@@ -61,6 +61,21 @@ fn object_url(base: &Url, location: &deltalake::Path) -> String {
     )
 }
 
+/// An entry of a listing under `prefix` of the bucket `base`.
+fn entry(base: &Url, prefix: &deltalake::Path, meta: deltalake::ObjectMeta) -> Option<ObjectEntry> {
+    let relative: Vec<String> = meta
+        .location
+        .prefix_match(prefix)?
+        .map(|p| p.as_ref().to_string())
+        .collect();
+    Some(ObjectEntry {
+        url: object_url(base, &meta.location),
+        relative: relative.join("/"),
+        size: meta.size,
+        e_tag: meta.e_tag,
+    })
+}
+
 /// Every object under the prefix `root` (a URL; a trailing `/` is implied), at any depth,
 /// sorted by key.
 pub async fn list_objects(root: &str, opts: &StorageOptions) -> Result<Vec<ObjectEntry>> {
@@ -72,16 +87,24 @@ pub async fn list_objects(root: &str, opts: &StorageOptions) -> Result<Vec<Objec
         .with_context(|| format!("cannot list '{root}'"))?;
     let mut entries: Vec<ObjectEntry> = metas
         .into_iter()
-        .filter_map(|meta| {
-            let relative = meta.location.prefix_match(&prefix)?;
-            let relative = relative.map(|p| p.as_ref().to_string()).collect::<Vec<_>>();
-            Some(ObjectEntry {
-                url: object_url(&base, &meta.location),
-                relative: relative.join("/"),
-                size: meta.size,
-                e_tag: meta.e_tag,
-            })
-        })
+        .filter_map(|meta| entry(&base, &prefix, meta))
+        .collect();
+    entries.sort_by(|a, b| a.relative.cmp(&b.relative));
+    Ok(entries)
+}
+
+/// The objects directly under the prefix `dir` (as a directory's files: none of its
+/// sub-prefixes' objects), sorted by key.
+pub async fn list_directory(dir: &str, opts: &StorageOptions) -> Result<Vec<ObjectEntry>> {
+    let (store, base, prefix) = store(dir, opts)?;
+    let listed = store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .with_context(|| format!("cannot list '{dir}'"))?;
+    let mut entries: Vec<ObjectEntry> = listed
+        .objects
+        .into_iter()
+        .filter_map(|meta| entry(&base, &prefix, meta))
         .collect();
     entries.sort_by(|a, b| a.relative.cmp(&b.relative));
     Ok(entries)

@@ -105,7 +105,7 @@ fn files_read(report: &Value) -> Vec<u64> {
 /// object added since; without credentials the run fails naming the source, writing nothing.
 #[test]
 fn sources_and_lake_on_s3_equal_a_local_run() {
-    let (s3, ws) = example_on_s3(20_000, 6);
+    let (s3, ws) = example_on_s3(5_000, 6);
     let run = ws.run("pipeline.yaml");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(files_read(&run.report()), [6, 1, 1]);
