@@ -25,9 +25,6 @@ pub struct ObjectEntry {
     pub url: String,
     /// Its key below the listed prefix, `/`-separated.
     pub relative: String,
-    pub size: u64,
-    /// The store's version tag of its content, where the store gives one.
-    pub e_tag: Option<String>,
 }
 
 /// Whether a location names object storage rather than a local path.
@@ -61,19 +58,28 @@ fn object_url(base: &Url, location: &deltalake::Path) -> String {
     )
 }
 
-/// An entry of a listing under `prefix` of the bucket `base`.
-fn entry(base: &Url, prefix: &deltalake::Path, meta: deltalake::ObjectMeta) -> Option<ObjectEntry> {
-    let relative: Vec<String> = meta
-        .location
-        .prefix_match(prefix)?
-        .map(|p| p.as_ref().to_string())
+/// The entries of a listing under `prefix` of the bucket `base`, sorted by key.
+fn entries(
+    base: &Url,
+    prefix: &deltalake::Path,
+    metas: Vec<deltalake::ObjectMeta>,
+) -> Vec<ObjectEntry> {
+    let mut entries: Vec<ObjectEntry> = metas
+        .into_iter()
+        .filter_map(|meta| {
+            let relative: Vec<String> = meta
+                .location
+                .prefix_match(prefix)?
+                .map(|p| p.as_ref().to_string())
+                .collect();
+            Some(ObjectEntry {
+                url: object_url(base, &meta.location),
+                relative: relative.join("/"),
+            })
+        })
         .collect();
-    Some(ObjectEntry {
-        url: object_url(base, &meta.location),
-        relative: relative.join("/"),
-        size: meta.size,
-        e_tag: meta.e_tag,
-    })
+    entries.sort_by(|a, b| a.relative.cmp(&b.relative));
+    entries
 }
 
 /// Every object under the prefix `root` (a URL; a trailing `/` is implied), at any depth,
@@ -85,12 +91,7 @@ pub async fn list_objects(root: &str, opts: &StorageOptions) -> Result<Vec<Objec
         .try_collect()
         .await
         .with_context(|| format!("cannot list '{root}'"))?;
-    let mut entries: Vec<ObjectEntry> = metas
-        .into_iter()
-        .filter_map(|meta| entry(&base, &prefix, meta))
-        .collect();
-    entries.sort_by(|a, b| a.relative.cmp(&b.relative));
-    Ok(entries)
+    Ok(entries(&base, &prefix, metas))
 }
 
 /// The objects directly under the prefix `dir` (as a directory's files: none of its
@@ -101,13 +102,7 @@ pub async fn list_directory(dir: &str, opts: &StorageOptions) -> Result<Vec<Obje
         .list_with_delimiter(Some(&prefix))
         .await
         .with_context(|| format!("cannot list '{dir}'"))?;
-    let mut entries: Vec<ObjectEntry> = listed
-        .objects
-        .into_iter()
-        .filter_map(|meta| entry(&base, &prefix, meta))
-        .collect();
-    entries.sort_by(|a, b| a.relative.cmp(&b.relative));
-    Ok(entries)
+    Ok(entries(&base, &prefix, listed.objects))
 }
 
 /// The object `url` names, or `None` when there is none (it may be a prefix).
@@ -117,8 +112,6 @@ pub async fn head_object(url: &str, opts: &StorageOptions) -> Result<Option<Obje
         Ok(meta) => Ok(Some(ObjectEntry {
             url: object_url(&base, &meta.location),
             relative: meta.location.filename().unwrap_or_default().to_string(),
-            size: meta.size,
-            e_tag: meta.e_tag,
         })),
         Err(ObjectStoreError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read '{url}'")),
