@@ -3,6 +3,8 @@
 use std::fmt::Write;
 
 use medallion_coordinator::{RunReport, TableStatus};
+use medallion_pipeline::report::ChangedFiles;
+use medallion_pipeline::spec::OnChange;
 use medallion_pipeline::{Layer, Pipeline};
 
 /// The tables in the order a run takes them, each with what it reads.
@@ -124,6 +126,11 @@ fn render_notes(out: &mut String, report: &RunReport) {
             );
         }
     }
+    for t in &report.tables {
+        if let Some(changed) = &t.files_changed {
+            render_changed_files(out, &t.table, changed);
+        }
+    }
     for t in report
         .tables
         .iter()
@@ -148,6 +155,25 @@ fn render_notes(out: &mut String, report: &RunReport) {
             );
         }
     }
+}
+
+/// Source files changed in place since they were ingested, and what bronze did.
+fn render_changed_files(out: &mut String, table: &str, changed: &ChangedFiles) {
+    let (n, files) = (changed.files.len(), changed.files.join(", "));
+    let _ = match changed.action {
+        OnChange::Skip => writeln!(
+            out,
+            "warning: {table}: {n} source file(s) changed since they were ingested and were \
+             not ingested again (on_change: skip): {files}"
+        ),
+        OnChange::Reingest => writeln!(
+            out,
+            "note: {table}: {n} source file(s) changed since they were ingested; their rows \
+             were replaced (on_change: reingest): {files}"
+        ),
+        // A failed table's error names the files.
+        OnChange::Fail => Ok(()),
+    };
 }
 
 /// Each quality check's verdict.

@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{Column, JoinType};
 use datafusion::logical_expr::Expr;
 use datafusion::object_store::ObjectStoreExt;
-use datafusion::prelude::{DataFrame, SessionContext, col};
+use datafusion::prelude::{DataFrame, SessionContext, col, lit};
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, Transaction};
@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use medallion_lake::StagedFiles;
 use medallion_lake::changes::{CHANGE_DATA_FEED, records_changes};
 use medallion_pipeline::spec::{self, CheckKind, CheckSpec};
-use medallion_pipeline::{Pipeline, TableRef};
+use medallion_pipeline::{Pipeline, TableRef, meta};
 use medallion_proto::TaskMetrics;
 
 use crate::planner::{
@@ -115,6 +115,7 @@ impl CommitContext<'_> {
         let append = CommitPlan::Append {
             files: Vec::new(),
             ledger_version: None,
+            reingest: Vec::new(),
         };
         let commit_id = match &committed {
             Ok(done) => quarantine_commit_id(&done.commit_id),
@@ -206,7 +207,7 @@ impl CommitContext<'_> {
                         commit_id,
                     }),
                     Ok(Some(Landed::Others)) => {
-                        if !matches!(plan, CommitPlan::Merge { .. }) {
+                        if !plan.merges() {
                             self.discard(target, staged).await;
                         }
                         Err(Rejected::Conflict(error))
@@ -300,14 +301,14 @@ impl CommitContext<'_> {
         commit_id: &str,
         staged: &Staged,
     ) -> Result<(Option<u64>, Option<Metrics>)> {
-        match (plan, existing) {
-            (CommitPlan::Merge { .. }, Some(t)) => {
+        match (plan.merges(), existing) {
+            (true, Some(t)) => {
                 let r = self.merge(target, t, plan, commit_id, staged).await;
                 // The merge wrote its own files into the table; the staged ones are done.
                 self.discard(target, staged).await;
                 r
             }
-            (CommitPlan::Merge { .. }, None) => Err(anyhow::anyhow!(
+            (true, None) => Err(anyhow::anyhow!(
                 "{} disappeared while the run merged into it",
                 target.table
             )),
@@ -532,7 +533,9 @@ impl CommitContext<'_> {
         Ok(done.version())
     }
 
-    /// Upserts the staged rows into the table on `keys` ([`merge::Merge`]).
+    /// Upserts the staged rows into the table on `keys` ([`merge::Merge`]); or, for bronze
+    /// files ingested again (`on_change: reingest`), replaces every row of each file the
+    /// staged rows came from with them, on the version the ledger was read at.
     async fn merge(
         &self,
         target: &Target,
@@ -542,33 +545,43 @@ impl CommitContext<'_> {
         staged: &Staged,
     ) -> Result<(Option<u64>, Option<Metrics>)> {
         let table = &target.table;
-        let CommitPlan::Merge {
-            keys,
-            latest,
-            inputs,
-            replace,
-            ..
-        } = plan
-        else {
-            bail!("{table}: merging needs a merge plan");
+        let ctx = SessionContext::new();
+        let rows = self.staged_rows(&ctx, target, staged)?;
+        let (source, keys, latest, replace) = match plan {
+            CommitPlan::Merge {
+                keys,
+                latest,
+                replace,
+                ..
+            } => (rows, keys.clone(), latest.clone(), *replace),
+            CommitPlan::Append { .. } => {
+                let table_columns = t.snapshot()?.snapshot().arrow_schema();
+                if let Some(drift) = schema_drift(&table_columns, &staged.schema) {
+                    bail!(
+                        "{table}: changed files cannot be ingested again with other columns \
+                         than the table's ({drift}); use rerun --full-refresh {table}"
+                    );
+                }
+                let rows = rows.with_column(spec::TOUCHED_KEY, lit(false))?;
+                (rows, vec![meta::SOURCE_FILE.to_string()], None, true)
+            }
+            _ => bail!("{table}: merging needs a merge plan"),
         };
         let app_version = next_app_version(&t, table).await?;
-        let ctx = SessionContext::new();
-        let source = self.staged_rows(&ctx, target, staged)?;
-        let (version, m) = merge::Merge::new(t.clone(), &ctx, source, keys.clone())
-            .with_latest(latest.clone())
-            .with_replace(*replace)
+        let (version, m) = merge::Merge::new(t.clone(), &ctx, source, keys)
+            .with_latest(latest)
+            .with_replace(replace)
             .with_storage_options(self.storage_options)
             .with_subdir(format!("merge-{commit_id}"))
             .with_commit_properties(self.properties(table, plan, commit_id, app_version, staged))
             .execute()
             .await
             .with_context(|| format!("merging into {table}"))?;
-        let version = match version {
-            Some(v) => v,
+        let version = match (version, plan.inputs()) {
+            (Some(v), _) => Some(v),
             // No row changed, yet the table has read these inputs: a commit without rows
             // records them, so the next run does not read the same rows again.
-            None => {
+            (None, Some(inputs)) => {
                 let nothing = Staged {
                     adds: Vec::new(),
                     // The staged rows may carry columns the table has not (`TOUCHED_KEY`).
@@ -578,8 +591,9 @@ impl CommitContext<'_> {
                 let record = CommitPlan::Insert {
                     inputs: inputs.clone(),
                 };
-                self.write(target, t, &record, commit_id, &nothing).await?
+                Some(self.write(target, t, &record, commit_id, &nothing).await?)
             }
+            (None, None) => None,
         };
         let metrics = Metrics {
             rows_updated: m.rows_updated,
@@ -594,7 +608,7 @@ impl CommitContext<'_> {
             files = m.files_total, files_read = m.files_read, files_rewritten = m.files_rewritten,
             "merged"
         );
-        Ok((Some(version), Some(metrics)))
+        Ok((version, Some(metrics)))
     }
 
     /// Deletes staged files that will not be committed (best effort: they are invisible to

@@ -23,6 +23,10 @@ pub struct SourceFile {
     pub location: String,
     /// Its identity: the path relative to the source's root, `/`-separated.
     pub id: String,
+    /// Its size and version when listed: what tells a file changed in place.
+    pub size: u64,
+    /// An object's ETag (else its modification time); a local file's modification time.
+    pub version: String,
 }
 
 /// What a source's path names.
@@ -111,12 +115,20 @@ async fn list_objects(
         _ => prefix,
     };
     let lake = format!("{}/", pipeline.lake_root.trim_end_matches('/'));
-    let files = listed
+    let mut listed: Vec<_> = listed
         .into_iter()
         .filter(|o| !o.url.starts_with(&lake))
+        .collect();
+    objects::fill_versions(&mut listed, &opts)
+        .await
+        .with_context(context)?;
+    let files = listed
+        .into_iter()
         .map(|o| SourceFile {
             id: o.url.strip_prefix(&root).unwrap_or(&o.relative).to_string(),
             location: o.url,
+            size: o.size,
+            version: o.version.unwrap_or_default(),
         })
         .collect();
     Ok(SourceListing {
@@ -171,9 +183,13 @@ fn list_local(pipeline: &Pipeline, source: &SourceSpec, location: &str) -> Resul
         // A real file found again through a link keeps the identity of its path without
         // links, so renaming a link changes nothing.
         let direct = real.strip_prefix(&real_root).ok() == path.strip_prefix(&root).ok();
+        let stat = std::fs::metadata(&real)
+            .with_context(|| format!("source '{name}': cannot read '{}'", path.display()))?;
         let file = SourceFile {
             id: relative_id(&root, &path),
             location: path.display().to_string(),
+            size: stat.len(),
+            version: modified(&stat),
         };
         match seen.get(&real) {
             Some(&i) if direct => files[i] = file,
@@ -189,6 +205,15 @@ fn list_local(pipeline: &Pipeline, source: &SourceSpec, location: &str) -> Resul
         root: root.display().to_string(),
         files,
     })
+}
+
+/// A local file's version: its modification time, to the microsecond (RFC 3339).
+fn modified(stat: &std::fs::Metadata) -> String {
+    let time: chrono::DateTime<chrono::Utc> = match stat.modified() {
+        Ok(t) => t.into(),
+        Err(_) => return String::new(),
+    };
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// A glob's root (the part before its first wildcard) and the files under it that match.

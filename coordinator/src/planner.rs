@@ -9,12 +9,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use medallion_lake::objects;
-use medallion_pipeline::report::{Engine, Refresh};
-use medallion_pipeline::spec::{GoldEngine, SchemaEvolution, SilverSpec, SourceSpec, WriteMode};
+use medallion_pipeline::report::{ChangedFiles, Engine, Refresh};
+use medallion_pipeline::spec::{
+    GoldEngine, OnChange, SchemaEvolution, SilverSpec, SourceSpec, WriteMode,
+};
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
 use medallion_sources::ReadOptions;
@@ -38,10 +41,13 @@ pub enum CommitPlan {
     ///
     /// `ledger_version` is the version whose rows said which files were already ingested
     /// (`None`: the table did not exist). The commit is made on that version, so a concurrent
-    /// ingest of the same files conflicts instead of doubling rows.
+    /// ingest of the same files conflicts instead of doubling rows. `reingest`: files among
+    /// `files` ingested before and changed since (`on_change: reingest`), whose earlier rows
+    /// the commit replaces.
     Append {
         files: Vec<String>,
         ledger_version: Option<u64>,
+        reingest: Vec<String>,
     },
     /// Replace every row of the table with the files (or create the table with them).
     Overwrite { inputs: Inputs },
@@ -75,6 +81,16 @@ impl CommitPlan {
                     ..
                 }
         )
+    }
+
+    /// Whether the commit merges rows into the table rather than adding or replacing files:
+    /// an upsert, or bronze files ingested again.
+    pub fn merges(&self) -> bool {
+        match self {
+            CommitPlan::Merge { .. } => true,
+            CommitPlan::Append { reingest, .. } => !reingest.is_empty(),
+            CommitPlan::Overwrite { .. } | CommitPlan::Insert { .. } => false,
+        }
     }
 
     /// The input versions it records, for all but bronze.
@@ -135,6 +151,8 @@ pub struct StagePlan {
     pub refresh: Option<Refresh>,
     /// Columns a bronze table gains in this commit, from fields new in its files.
     pub columns_added: Vec<String>,
+    /// Files a bronze table ingested before that changed in place since.
+    pub files_changed: Option<ChangedFiles>,
 }
 
 impl StagePlan {
@@ -146,6 +164,7 @@ impl StagePlan {
             engine: None,
             refresh: None,
             columns_added: Vec::new(),
+            files_changed: None,
         }
     }
 }
@@ -297,26 +316,30 @@ impl RunContext<'_> {
                 .await;
         }
         let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
-        let ingested: BTreeSet<String> = match &existing {
-            Some(t) => ingested_files(t)
-                .await?
-                .into_iter()
-                .map(|f| listing::legacy_id(Path::new(&listed.root), &f).unwrap_or(f))
-                .collect(),
-            None => BTreeSet::new(),
+        let ingested = match &existing {
+            Some(t) => ingested_files(t, Path::new(&listed.root)).await?,
+            None => HashMap::new(),
         };
         let ledger_version = existing.as_ref().and_then(|t| t.version());
-        let new_files: Vec<SourceFile> = listed
-            .files
-            .into_iter()
-            .filter(|f| !ingested.contains(&f.id))
-            .collect();
+        let (mut new_files, changed) = compare_with_ledger(listed.files, &ingested);
+        let files_changed = self.on_change(table, source, &changed)?;
+        let reingest: Vec<String> = match source.on_change {
+            OnChange::Reingest => changed.iter().map(|f| f.id.clone()).collect(),
+            OnChange::Skip | OnChange::Fail => Vec::new(),
+        };
+        if source.on_change == OnChange::Reingest {
+            new_files.extend(changed);
+            new_files.sort_by(|a, b| a.id.cmp(&b.id));
+        }
         if new_files.is_empty() {
             let commit = CommitPlan::Append {
                 files: Vec::new(),
                 ledger_version,
+                reingest,
             };
-            return Ok(StagePlan::nothing_to_do(commit, target));
+            let mut plan = StagePlan::nothing_to_do(commit, target);
+            plan.files_changed = files_changed;
+            return Ok(plan);
         }
         let (data, columns_added) = match &existing {
             Some(t) => self.evolved_columns(source, t, &new_files).await?,
@@ -328,12 +351,44 @@ impl RunContext<'_> {
             commit: CommitPlan::Append {
                 files: new_files.into_iter().map(|f| f.id).collect(),
                 ledger_version,
+                reingest,
             },
             target,
             engine: None,
             refresh: None,
             columns_added,
+            files_changed,
         })
+    }
+
+    /// Reports files changed since they were ingested, or refuses them (`on_change: fail`).
+    fn on_change(
+        &self,
+        table: &TableRef,
+        source: &SourceSpec,
+        changed: &[SourceFile],
+    ) -> Result<Option<ChangedFiles>> {
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        let files: Vec<String> = changed.iter().map(|f| f.id.clone()).collect();
+        let name = &source.name.value;
+        if source.on_change == OnChange::Fail {
+            bail!(
+                "source '{name}': {} file(s) changed since {table} ingested them: {} \
+                 (on_change: fail; set on_change to skip or reingest, or restore the files)",
+                files.len(),
+                files.join(", ")
+            );
+        }
+        tracing::warn!(
+            %table, source = %name, files = %files.join(", "), action = ?source.on_change,
+            "source files changed since they were ingested"
+        );
+        Ok(Some(ChangedFiles {
+            files,
+            action: source.on_change,
+        }))
     }
 
     /// Bronze tasks of `files_per_task` files each, reading into the `data` columns.
@@ -355,6 +410,8 @@ impl RunContext<'_> {
                         .map(|f| medallion_proto::SourceFile {
                             path: f.location.clone(),
                             id: f.id.clone(),
+                            size: f.size as i64,
+                            version: f.version.clone(),
                         })
                         .collect(),
                     ingested_at_micros: self.ingested_at_micros,
@@ -401,6 +458,7 @@ impl RunContext<'_> {
                 reason: "rebuilt from every source file (rerun --full-refresh)".into(),
             }),
             columns_added: Vec::new(),
+            files_changed: None,
         })
     }
 
@@ -610,6 +668,7 @@ impl RunContext<'_> {
             engine: None,
             refresh: Some(refresh),
             columns_added: Vec::new(),
+            files_changed: None,
         })
     }
 
@@ -684,6 +743,7 @@ impl RunContext<'_> {
             engine: Some(engine),
             refresh: Some(refresh),
             columns_added: Vec::new(),
+            files_changed: None,
         })
     }
 
@@ -765,28 +825,71 @@ impl RunContext<'_> {
     }
 }
 
-/// The source files a bronze table already holds rows of.
+/// A source file as a bronze table's rows recorded it: its size and version when ingested
+/// (`None` for rows ingested before Medallion recorded them).
+type Ingested = HashMap<String, Option<(i64, String)>>;
+
+/// The source files a bronze table already holds rows of, by identity (identities recorded
+/// as absolute paths by older versions made relative to `root`).
 ///
 /// The rows themselves are the ledger: they were committed in the same atomic commit as the
 /// record of their file, so a file is never half ingested or ingested twice.
-async fn ingested_files(table: &deltalake::DeltaTable) -> Result<BTreeSet<String>> {
+async fn ingested_files(table: &deltalake::DeltaTable, root: &Path) -> Result<Ingested> {
     let ctx = SessionContext::new();
     medallion_lake::register_delta(&ctx, "bronze", table).await?;
-    let sql = format!("SELECT DISTINCT {} FROM bronze", meta::SOURCE_FILE);
-    let mut files = BTreeSet::new();
+    let schema = table.snapshot()?.snapshot().arrow_schema();
+    let recorded = [meta::SOURCE_FILE_SIZE, meta::SOURCE_FILE_VERSION]
+        .iter()
+        .all(|c| schema.field_with_name(c).is_ok());
+    let (size, version) = match recorded {
+        true => (meta::SOURCE_FILE_SIZE, meta::SOURCE_FILE_VERSION),
+        false => ("NULL", "NULL"),
+    };
+    let sql = format!(
+        "SELECT DISTINCT {} AS id, CAST({size} AS BIGINT) AS size, {version} AS version \
+         FROM bronze",
+        meta::SOURCE_FILE
+    );
+    let mut files = Ingested::new();
     for batch in ctx.sql(&sql).await?.collect().await? {
-        let column = datafusion::arrow::compute::cast(
-            batch.column(0),
-            &datafusion::arrow::datatypes::DataType::Utf8,
-        )?;
-        let column = column.as_string::<i32>();
-        files.extend(
-            (0..column.len())
-                .filter(|i| column.is_valid(*i))
-                .map(|i| column.value(i).to_string()),
-        );
+        let text = |i: usize| cast(batch.column(i), &DataType::Utf8);
+        let (ids, versions) = (text(0)?, text(2)?);
+        let (ids, versions) = (ids.as_string::<i32>(), versions.as_string::<i32>());
+        let sizes = batch.column(1).as_primitive::<Int64Type>();
+        for i in (0..batch.num_rows()).filter(|i| ids.is_valid(*i)) {
+            let id = ids.value(i);
+            let id = listing::legacy_id(root, id).unwrap_or_else(|| id.to_string());
+            let recorded = (sizes.is_valid(i) && versions.is_valid(i))
+                .then(|| (sizes.value(i), versions.value(i).to_string()));
+            let entry = files.entry(id).or_default();
+            if entry.is_none() {
+                *entry = recorded;
+            }
+        }
     }
     Ok(files)
+}
+
+/// Splits a listing into files not ingested yet and files ingested before that changed in
+/// place since (another size or version than their rows recorded).
+fn compare_with_ledger(
+    listed: Vec<SourceFile>,
+    ingested: &Ingested,
+) -> (Vec<SourceFile>, Vec<SourceFile>) {
+    let mut new = Vec::new();
+    let mut changed = Vec::new();
+    for file in listed {
+        match ingested.get(&file.id) {
+            None => new.push(file),
+            Some(Some((size, version)))
+                if *size != file.size as i64 || *version != file.version =>
+            {
+                changed.push(file)
+            }
+            Some(_) => {}
+        }
+    }
+    (new, changed)
 }
 
 /// The data columns of an existing bronze table (all but `_rescued_data` and metadata).

@@ -350,6 +350,7 @@ impl<'a> Coordinator<'a> {
         report.tasks = plan.tasks.len();
         report.engine = plan.engine;
         report.refresh = plan.refresh.clone();
+        report.files_changed = plan.files_changed.clone();
         self.observer.on_event(RunEvent::TablePlanned {
             table: table.clone(),
             tasks: plan.tasks.len(),

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{ArrayRef, Date32Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Date32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use medallion_lake::objects;
@@ -26,6 +28,9 @@ fn bronze_schema(data: &Schema) -> SchemaRef {
             false,
         ),
         Field::new(meta::SOURCE_FILE, DataType::Utf8, false),
+        // Nullable: tables made before they were recorded gain them as new columns.
+        Field::new(meta::SOURCE_FILE_SIZE, DataType::Int64, true),
+        Field::new(meta::SOURCE_FILE_VERSION, DataType::Utf8, true),
         Field::new(meta::SOURCE_NAME, DataType::Utf8, false),
         Field::new(meta::INGESTION_DATE, DataType::Date32, false),
     ]);
@@ -154,7 +159,7 @@ impl FileIngest {
             let chunk = chunk?;
             let rows = chunk.batch.num_rows();
             let batch = self
-                .with_metadata(chunk.batch, &file.id)
+                .with_metadata(chunk.batch, file)
                 .map_err(|e| SourceError::new(path, e))?;
             metrics.rows_read += rows as u64;
             metrics.rows_written += rows as u64;
@@ -173,7 +178,7 @@ impl FileIngest {
     fn with_metadata(
         &self,
         batch: RecordBatch,
-        file: &str,
+        file: &SourceFile,
     ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
         let n = batch.num_rows();
         let days = self
@@ -186,7 +191,9 @@ impl FileIngest {
             TimestampMicrosecondArray::from(vec![self.ingested_at.timestamp_micros(); n])
                 .with_timezone("UTC"),
         ));
-        columns.push(Arc::new(StringArray::from(vec![file; n])));
+        columns.push(Arc::new(StringArray::from(vec![file.id.as_str(); n])));
+        columns.push(Arc::new(Int64Array::from(vec![file.size; n])));
+        columns.push(Arc::new(StringArray::from(vec![file.version.as_str(); n])));
         columns.push(Arc::new(StringArray::from(vec![
             self.source_name.as_str();
             n

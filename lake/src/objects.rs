@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use datafusion::object_store::ObjectStoreExt;
-use deltalake::ObjectStoreError;
 use deltalake::logstore::{ObjectStoreRef, store_for};
+use deltalake::{ObjectMeta, ObjectStoreError};
 use futures::TryStreamExt;
 use tokio::io::AsyncWriteExt;
 use url::Url;
@@ -25,6 +25,51 @@ pub struct ObjectEntry {
     pub url: String,
     /// Its key below the listed prefix, `/`-separated.
     pub relative: String,
+    pub size: u64,
+    /// What changes when the object is written again: its ETag. `None` when the listing
+    /// did not say (some S3-compatible stores leave it out): see [`fill_versions`].
+    pub version: Option<String>,
+}
+
+impl ObjectEntry {
+    fn new(base: &Url, meta: ObjectMeta, relative: String) -> Self {
+        Self {
+            url: object_url(base, &meta.location),
+            relative,
+            size: meta.size,
+            version: meta.e_tag,
+        }
+    }
+}
+
+/// Asks the store for the ETag of each object its listing gave none (a HEAD request each,
+/// a few at a time); an object without an ETag at all is versioned by its modification time.
+pub async fn fill_versions(entries: &mut [ObjectEntry], opts: &StorageOptions) -> Result<()> {
+    let missing: Vec<usize> = (0..entries.len())
+        .filter(|i| entries[*i].version.is_none())
+        .collect();
+    for chunk in missing.chunks(16) {
+        let mut heads = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let url = entries[i].url.clone();
+            let (store, _, path) = store(&url, opts)?;
+            heads.spawn(async move {
+                let meta = store
+                    .head(&path)
+                    .await
+                    .with_context(|| format!("cannot read '{url}'"))?;
+                let version = meta
+                    .e_tag
+                    .unwrap_or_else(|| meta.last_modified.to_rfc3339());
+                anyhow::Ok((i, version))
+            });
+        }
+        while let Some(head) = heads.join_next().await {
+            let (i, version) = head??;
+            entries[i].version = Some(version);
+        }
+    }
+    Ok(())
 }
 
 /// Whether a location names object storage rather than a local path.
@@ -72,10 +117,7 @@ fn entries(
                 .prefix_match(prefix)?
                 .map(|p| p.as_ref().to_string())
                 .collect();
-            Some(ObjectEntry {
-                url: object_url(base, &meta.location),
-                relative: relative.join("/"),
-            })
+            Some(ObjectEntry::new(base, meta, relative.join("/")))
         })
         .collect();
     entries.sort_by(|a, b| a.relative.cmp(&b.relative));
@@ -109,10 +151,10 @@ pub async fn list_directory(dir: &str, opts: &StorageOptions) -> Result<Vec<Obje
 pub async fn head_object(url: &str, opts: &StorageOptions) -> Result<Option<ObjectEntry>> {
     let (store, base, path) = store(url, opts)?;
     match store.head(&path).await {
-        Ok(meta) => Ok(Some(ObjectEntry {
-            url: object_url(&base, &meta.location),
-            relative: meta.location.filename().unwrap_or_default().to_string(),
-        })),
+        Ok(meta) => {
+            let name = meta.location.filename().unwrap_or_default().to_string();
+            Ok(Some(ObjectEntry::new(&base, meta, name)))
+        }
         Err(ObjectStoreError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read '{url}'")),
     }

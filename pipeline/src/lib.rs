@@ -27,6 +27,11 @@ pub mod meta {
     pub const INGESTED_AT: &str = "_ingested_at";
     /// The file the row came from.
     pub const SOURCE_FILE: &str = "_source_file";
+    /// The size in bytes of the file when it was ingested.
+    pub const SOURCE_FILE_SIZE: &str = "_source_file_size";
+    /// The version of the file when it was ingested: an object's ETag, a local file's
+    /// modification time. With the size, it tells a file changed in place.
+    pub const SOURCE_FILE_VERSION: &str = "_source_file_version";
     /// The spec's source name.
     pub const SOURCE_NAME: &str = "_source_name";
     /// The ingestion date (UTC); bronze tables are partitioned by it.
@@ -39,6 +44,8 @@ pub mod meta {
         [
             INGESTED_AT,
             SOURCE_FILE,
+            SOURCE_FILE_SIZE,
+            SOURCE_FILE_VERSION,
             SOURCE_NAME,
             INGESTION_DATE,
             RESCUED_DATA,

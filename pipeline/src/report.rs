@@ -107,6 +107,15 @@ impl TableStatus {
     }
 }
 
+/// Source files that changed in place since bronze ingested them, and what it did about it
+/// (the source's `on_change`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedFiles {
+    /// Identities (`_source_file`), sorted.
+    pub files: Vec<String>,
+    pub action: crate::spec::OnChange,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableReport {
     /// `layer.name`
@@ -124,6 +133,9 @@ pub struct TableReport {
     /// (`schema_evolution: add_new_columns`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns_added: Vec<String>,
+    /// Source files a bronze table ingested before that changed in place since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_changed: Option<ChangedFiles>,
     /// Task attempts beyond the first.
     pub retries: usize,
     pub metrics: Metrics,
@@ -142,6 +154,7 @@ impl TableReport {
             engine: None,
             refresh: None,
             columns_added: Vec::new(),
+            files_changed: None,
             retries: 0,
             metrics: Metrics::default(),
             checks: Vec::new(),

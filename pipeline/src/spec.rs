@@ -205,6 +205,9 @@ pub struct SourceSpec {
     /// environment (`AWS_ACCESS_KEY_ID`, ..., a mounted Secret), never from the spec.
     #[serde(default)]
     pub storage_options: BTreeMap<String, String>,
+    /// What bronze does with a file ingested before whose size or version changed since.
+    #[serde(default)]
+    pub on_change: OnChange,
 }
 
 impl SourceSpec {
@@ -231,6 +234,22 @@ pub enum SchemaEvolution {
     FailOnNewColumns,
     /// The table keeps its columns and new fields are dropped: neither columns nor rescued.
     None,
+}
+
+/// What bronze does with a source file it ingested before that has changed in place since
+/// (another size, or another version: an object's ETag, a file's modification time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnChange {
+    /// The change is reported (a warning in the run's summary) and the file's rows stay as
+    /// they were ingested.
+    #[default]
+    Skip,
+    /// The file's rows are replaced by its new contents, in the commit of the run's other
+    /// new files.
+    Reingest,
+    /// The table fails before anything is written, naming the changed files.
+    Fail,
 }
 
 /// A declared column of a source schema.

@@ -120,8 +120,9 @@ fn a_lake_moved_with_its_data_ingests_nothing_again() {
     let first = ws.run("pipeline.yaml");
     assert_eq!(first.code, 0, "{}", first.stderr);
     let moved = Workspace::new();
+    // `-a` keeps modification times, which tell a local file changed in place.
     let copy = Command::new("cp")
-        .arg("-r")
+        .arg("-a")
         .arg(format!("{}/.", ws.path().display()))
         .arg(moved.path())
         .status()
@@ -132,6 +133,7 @@ fn a_lake_moved_with_its_data_ingests_nothing_again() {
     let report = again.report();
     for t in ["bronze.orders", "bronze.customers", "bronze.products"] {
         assert_eq!(table(&report, t)["status"], "up_to_date", "{t}");
+        assert!(table(&report, t).get("files_changed").is_none(), "{t}");
     }
     assert_eq!(moved.read_table("lake/bronze/orders")["num_rows"], 8);
     // A new file in the new place is ingested, and only it.
@@ -471,4 +473,121 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// A feed whose source files may be written again after they were ingested.
+fn rewritten_feed(on_change: &str) -> Workspace {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &format!(
+            "pipeline: feed\nlake: lake\nsources:\n\
+             \x20 - {{ name: api, format: json, path: data/*.jsonl{on_change} }}\n\
+             bronze:\n  - {{ name: events, source: api }}\n\
+             silver:\n  - {{ name: events, from: bronze.events, keys: [id], \
+             columns: [{{ name: id }}, {{ name: v }}] }}\n"
+        ),
+    );
+    ws.write(
+        "data/a.jsonl",
+        "{\"id\": 1, \"v\": \"a1\"}\n{\"id\": 2, \"v\": \"a2\"}\n",
+    );
+    ws.write("data/b.jsonl", "{\"id\": 3, \"v\": \"b3\"}\n");
+    let first = ws.run("p.yaml");
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    // Written again in place: other records, another size.
+    ws.write(
+        "data/a.jsonl",
+        "{\"id\": 1, \"v\": \"A1\"}\n{\"id\": 4, \"v\": \"A4\"}\n{\"id\": 5, \"v\": \"A5\"}\n",
+    );
+    ws
+}
+
+/// `(id, v)` of a table's rows, sorted.
+fn values(t: &Value) -> Vec<(String, String)> {
+    assert_eq!(t["readers_agree"], true, "{t:#}");
+    let mut rows: Vec<_> = rows(t)
+        .iter()
+        .map(|r| (text(&r["id"]), text(&r["v"])))
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+fn pairs(expected: &[(i64, &str)]) -> Vec<(String, String)> {
+    let mut rows: Vec<_> = expected
+        .iter()
+        .map(|(id, v)| (id.to_string(), v.to_string()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Issue 17: a source file changed in place after it was ingested was skipped silently.
+/// By default (`on_change: skip`) the change is reported and the rows stay; `reingest`
+/// replaces exactly that file's rows in one bronze commit (silver follows); `fail` fails the
+/// table naming the file, and nothing is written.
+#[test]
+fn a_file_changed_in_place_is_reported_reingested_or_refused() {
+    let before = pairs(&[(1, "a1"), (2, "a2"), (3, "b3")]);
+
+    let ws = rewritten_feed("");
+    let skipped = ws.medallion(&["run", "p.yaml"]);
+    assert_eq!(skipped.code, 0, "{}", skipped.stderr);
+    let text = format!("{}{}", skipped.stdout, skipped.stderr);
+    assert!(
+        text.contains("warning: bronze.events: 1 source file(s) changed since they were ingested and were not ingested again (on_change: skip): a.jsonl"),
+        "{text}"
+    );
+    let bronze = ws.read_table("lake/bronze/events");
+    assert_eq!(
+        (values(&bronze), bronze["version"].as_u64()),
+        (before.clone(), Some(0))
+    );
+    let report = ws.run("p.yaml").report();
+    let events = table(&report, "bronze.events");
+    assert_eq!(events["status"], "up_to_date");
+    assert_eq!(
+        events["files_changed"]["files"],
+        serde_json::json!(["a.jsonl"])
+    );
+    assert_eq!(events["files_changed"]["action"], "skip");
+
+    let ws = rewritten_feed(", on_change: reingest");
+    let report = ws.run("p.yaml").report();
+    let events = table(&report, "bronze.events");
+    assert_eq!(events["status"], "committed", "{report:#}");
+    assert_eq!(events["files_changed"]["action"], "reingest");
+    assert_eq!(metric(&report, "bronze.events", "files_read"), 1);
+    let after = pairs(&[(1, "A1"), (3, "b3"), (4, "A4"), (5, "A5")]);
+    let bronze = ws.read_table("lake/bronze/events");
+    assert_eq!(
+        (values(&bronze), bronze["version"].as_u64()),
+        (after.clone(), Some(1))
+    );
+    assert_eq!(rows_per_file(&bronze)["a.jsonl"], 3);
+    let silver = ws.read_table("lake/silver/events");
+    assert_eq!(values(&silver), after);
+    // The new contents are now what bronze holds: nothing more to do.
+    let again = ws.run("p.yaml").report();
+    let events = table(&again, "bronze.events");
+    assert_eq!(events["status"], "up_to_date");
+    assert!(events.get("files_changed").is_none(), "{again:#}");
+
+    let ws = rewritten_feed(", on_change: fail");
+    let lake = ws.lake_files("lake");
+    let failed = ws.run("p.yaml");
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stdout.contains("source 'api': 1 file(s) changed since bronze.events ingested them: a.jsonl (on_change: fail"),
+        "{}\n{}",
+        failed.stdout,
+        failed.stderr
+    );
+    assert_eq!(ws.lake_files("lake"), lake, "nothing written");
+    assert_eq!(values(&ws.read_table("lake/bronze/events")), before);
 }

@@ -44,6 +44,8 @@ fn bronze_keeps_raw_rows_with_metadata_partitions_and_rescued_records() {
         "_rescued_data",
         "_ingested_at",
         "_source_file",
+        "_source_file_size",
+        "_source_file_version",
         "_source_name",
         "_ingestion_date",
     ] {
@@ -62,6 +64,14 @@ fn bronze_keeps_raw_rows_with_metadata_partitions_and_rescued_records() {
     assert_eq!(first["_source_name"], "api");
     // Relative to the source's root (`data/orders`), so the lake can move with its data.
     assert_eq!(first["_source_file"], "orders_1.jsonl");
+    // What the file was when ingested: its size and modification time.
+    let file = std::fs::metadata(ws.path().join("data/orders/orders_1.jsonl")).unwrap();
+    assert_eq!(first["_source_file_size"], json!(file.len()));
+    let modified: chrono::DateTime<chrono::Utc> = file.modified().unwrap().into();
+    assert_eq!(
+        first["_source_file_version"],
+        modified.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    );
     assert_eq!(first["_ingestion_date"].as_str().unwrap().len(), 10);
     let rescued: Vec<&Value> = rows(&bronze)
         .iter()

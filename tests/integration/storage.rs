@@ -7,7 +7,7 @@ use medallion_tests::s3::S3Server;
 use medallion_tests::{
     EXAMPLE_TABLES, Workspace, assert_same_example_table, metric, read_delta, table,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::fixture::{SPEC, shop};
 
@@ -155,7 +155,31 @@ fn sources_and_lake_on_s3_equal_a_local_run() {
     let before = versions();
     let moved = ws.run("moved.yaml");
     assert_eq!(moved.code, 0, "{}", moved.stderr);
-    assert_eq!(files_read(&moved.report()), [0, 0, 0]);
+    let report = moved.report();
+    assert_eq!(files_read(&report), [0, 0, 0]);
+    // Copies keep their ETags: no object counts as changed.
+    assert!(
+        table(&report, "bronze.orders")
+            .get("files_changed")
+            .is_none()
+    );
+    assert_eq!(versions(), before);
+
+    // An object written again in place (another ETag and size) is reported, and by default
+    // (`on_change: skip`) not ingested again.
+    let rewritten = ws.path().join("rewritten");
+    std::fs::create_dir_all(&rewritten).unwrap();
+    let shorter: String = late.lines().take(10).map(|l| format!("{l}\n")).collect();
+    std::fs::write(rewritten.join("orders_late.jsonl"), shorter).unwrap();
+    s3.upload(&rewritten, "raw2", "shop/orders");
+    let report = ws.run("moved.yaml").report();
+    let orders = table(&report, "bronze.orders");
+    assert_eq!(
+        orders["files_changed"]["files"],
+        json!(["orders_late.jsonl"])
+    );
+    assert_eq!(orders["files_changed"]["action"], "skip");
+    assert_eq!(files_read(&report), [0, 0, 0]);
     assert_eq!(versions(), before);
 }
 

@@ -323,6 +323,8 @@ pub fn rows_without_run_columns(table: &Value) -> Vec<String> {
             for differs in [
                 "_ingested_at",
                 "_ingestion_date",
+                // A local file's modification time, an object's ETag.
+                "_source_file_version",
                 "_quarantine_run_id",
                 "_quarantined_at",
             ] {

@@ -117,6 +117,7 @@ async fn a_new_bronze_table_appends_every_file_partitioned_by_ingestion_date() {
         CommitPlan::Append {
             files,
             ledger_version,
+            ..
         } => {
             assert_eq!(
                 (files.as_slice(), *ledger_version),
@@ -158,6 +159,7 @@ async fn bronze_reads_only_the_files_its_rows_do_not_hold_and_commits_on_that_ve
         CommitPlan::Append {
             files,
             ledger_version,
+            ..
         } => {
             assert_eq!(files, &["b.jsonl".to_string()]);
             assert_eq!(*ledger_version, Some(version));
