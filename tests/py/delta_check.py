@@ -91,6 +91,8 @@ def read(path):
         "num_rows": len(rows),
         "rows": rows,
         "history": [h.get("operation") for h in dt.history()],
+        # Newest first: whether Medallion made each commit (its commitInfo names the run).
+        "medallion_commits": ["medallion.run_id" in h for h in dt.history()],
         "duckdb_num_rows": len(duck),
         "readers_agree": rows == duck,
     }
