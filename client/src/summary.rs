@@ -126,6 +126,19 @@ fn render_notes(out: &mut String, report: &RunReport) {
             );
         }
     }
+    for t in report
+        .tables
+        .iter()
+        .filter(|t| !t.columns_widened.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "note: {} widened {} column(s), its earlier rows rewritten with the wider types: {}",
+            t.table,
+            t.columns_widened.len(),
+            t.columns_widened.join(", ")
+        );
+    }
     for t in &report.tables {
         if let Some(changed) = &t.files_changed {
             render_changed_files(out, &t.table, changed);

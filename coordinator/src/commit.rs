@@ -507,7 +507,7 @@ impl CommitContext<'_> {
         let columns = snapshot.snapshot().arrow_schema();
         if let (SaveMode::Append, Some(bad)) = (mode, schema_drift(&columns, &staged.schema)) {
             if !(matches!(plan, CommitPlan::Append { .. })
-                && adds_columns(&columns, &staged.schema))
+                && evolves_columns(&columns, &staged.schema))
             {
                 bail!("{table}: new data does not match the table's columns: {bad}");
             }
@@ -516,6 +516,9 @@ impl CommitContext<'_> {
             let schema = medallion_lake::delta_struct(&staged.schema)?;
             let metadata = snapshot.metadata().clone().with_schema(&schema)?;
             actions.push(Action::Metadata(metadata));
+            if widens_columns(&columns, &staged.schema) {
+                actions.extend(self.rewrite_widened(target, &t, commit_id, staged).await?);
+            }
         }
         actions.extend(staged.adds.iter().cloned().map(Action::Add));
         let operation = DeltaOperation::Write {
@@ -531,6 +534,61 @@ impl CommitContext<'_> {
                 .await
                 .with_context(|| format!("committing {table}"))?;
         Ok(done.version())
+    }
+
+    /// The table's files rewritten with the staged rows' wider column types, as actions that
+    /// replace them (no data change: the values stay the same).
+    ///
+    /// Delta's own type widening (the `typeWidening` table feature) would keep the files, but
+    /// delta-rs cannot read tables that use it; a rewrite keeps every reader able to.
+    async fn rewrite_widened(
+        &self,
+        target: &Target,
+        t: &DeltaTable,
+        commit_id: &str,
+        staged: &Staged,
+    ) -> Result<Vec<Action>> {
+        let ctx = SessionContext::new();
+        medallion_lake::register_delta(&ctx, "__medallion_widened", t).await?;
+        let old = ctx.table("__medallion_widened").await?;
+        let columns: Vec<Expr> = staged
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let value = match old.schema().has_column_with_unqualified_name(f.name()) {
+                    true => col(Column::from_name(f.name())),
+                    // A column new in this commit: NULL in the rows before.
+                    false => lit(datafusion::common::ScalarValue::Null),
+                };
+                datafusion::logical_expr::cast(value, f.data_type().clone()).alias(f.name())
+            })
+            .collect();
+        let rows = old.select(columns)?.execute_stream().await?;
+        let written = medallion_lake::write_data_files(
+            &target.uri,
+            &format!("widened-{commit_id}"),
+            self.storage_options,
+            staged.schema.clone(),
+            &target.partition_columns,
+            rows.map_err(anyhow::Error::from),
+        )
+        .await
+        .with_context(|| format!("rewriting {} with wider column types", target.table))?;
+        let current: Vec<_> = t
+            .snapshot()?
+            .snapshot()
+            .file_views(t.log_store().as_ref(), None)
+            .try_collect()
+            .await?;
+        let removes = current
+            .iter()
+            .map(|f| Action::Remove(f.remove_action(false)));
+        let adds = written.adds.into_iter().map(|mut add| {
+            add.data_change = false;
+            Action::Add(add)
+        });
+        Ok(removes.chain(adds).collect())
     }
 
     /// Upserts the staged rows into the table on `keys` ([`merge::Merge`]); or, for bronze
@@ -662,19 +720,28 @@ fn schema_drift(table: &SchemaRef, staged: &SchemaRef) -> Option<String> {
     })
 }
 
-/// Whether `staged` is `table` with new nullable columns: every column of the table, of the
-/// same type, and nothing else but columns that may be NULL.
-fn adds_columns(table: &SchemaRef, staged: &SchemaRef) -> bool {
+/// Whether `staged` is `table` evolved: every column of the table, of the same type or a
+/// wider one, and nothing else but columns that may be NULL.
+fn evolves_columns(table: &SchemaRef, staged: &SchemaRef) -> bool {
     let kept = table.fields().iter().all(|f| {
-        staged
-            .field_with_name(f.name())
-            .is_ok_and(|s| s.data_type() == f.data_type())
+        staged.field_with_name(f.name()).is_ok_and(|s| {
+            s.data_type() == f.data_type() || medallion_lake::widens(f.data_type(), s.data_type())
+        })
     });
     let added = staged
         .fields()
         .iter()
         .filter(|f| table.field_with_name(f.name()).is_err());
     kept && added.into_iter().all(|f| f.is_nullable())
+}
+
+/// Whether a column of `table` has a wider type in `staged`.
+fn widens_columns(table: &SchemaRef, staged: &SchemaRef) -> bool {
+    table.fields().iter().any(|f| {
+        staged
+            .field_with_name(f.name())
+            .is_ok_and(|s| medallion_lake::widens(f.data_type(), s.data_type()))
+    })
 }
 
 /// The number the next commit of `table` gets under its Delta application id; two runs that

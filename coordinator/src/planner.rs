@@ -149,10 +149,46 @@ pub struct StagePlan {
     pub engine: Option<Engine>,
     /// Whether a silver table reads only new input rows.
     pub refresh: Option<Refresh>,
-    /// Columns a bronze table gains in this commit, from fields new in its files.
+    /// How a bronze table's source differs from what the table holds.
+    pub source_changes: SourceChanges,
+}
+
+/// What a bronze plan found changed in its source since the table was last written.
+#[derive(Debug, Clone, Default)]
+pub struct SourceChanges {
+    /// Columns the table gains in this commit, from fields new in its files.
     pub columns_added: Vec<String>,
-    /// Files a bronze table ingested before that changed in place since.
+    /// Columns whose type widens in this commit (`name: from -> to`).
+    pub columns_widened: Vec<String>,
+    /// Files the table ingested before that changed in place since.
     pub files_changed: Option<ChangedFiles>,
+}
+
+/// The columns new files of an existing bronze table are read into.
+struct Evolution {
+    columns: Schema,
+    /// Columns new in the files.
+    added: Vec<String>,
+    /// Columns whose type widens (`name: from -> to`).
+    widened: Vec<String>,
+}
+
+/// Widens each of `columns` that `wanted` gives a type holding every value of its own.
+fn widen(columns: &mut [Field], wanted: &Schema, widened: &mut Vec<String>) {
+    for column in columns.iter_mut() {
+        let Ok(to) = wanted.field_with_name(column.name()) else {
+            continue;
+        };
+        if medallion_lake::widens(column.data_type(), to.data_type()) {
+            widened.push(format!(
+                "{}: {} -> {}",
+                column.name(),
+                column.data_type(),
+                to.data_type()
+            ));
+            *column = column.clone().with_data_type(to.data_type().clone());
+        }
+    }
 }
 
 impl StagePlan {
@@ -163,8 +199,7 @@ impl StagePlan {
             target,
             engine: None,
             refresh: None,
-            columns_added: Vec::new(),
-            files_changed: None,
+            source_changes: SourceChanges::default(),
         }
     }
 }
@@ -338,13 +373,18 @@ impl RunContext<'_> {
                 reingest,
             };
             let mut plan = StagePlan::nothing_to_do(commit, target);
-            plan.files_changed = files_changed;
+            plan.source_changes.files_changed = files_changed;
             return Ok(plan);
         }
-        let (data, columns_added) = match &existing {
+        let evolution = match &existing {
             Some(t) => self.evolved_columns(source, t, &new_files).await?,
-            None => (self.source_columns(source, &new_files).await?, Vec::new()),
+            None => Evolution {
+                columns: self.source_columns(source, &new_files).await?,
+                added: Vec::new(),
+                widened: Vec::new(),
+            },
         };
+        let data = evolution.columns;
         let tasks = self.ingest_tasks(&target, spec.files_per_task, &new_files, &data)?;
         Ok(StagePlan {
             tasks,
@@ -356,8 +396,11 @@ impl RunContext<'_> {
             target,
             engine: None,
             refresh: None,
-            columns_added,
-            files_changed,
+            source_changes: SourceChanges {
+                columns_added: evolution.added,
+                columns_widened: evolution.widened,
+                files_changed,
+            },
         })
     }
 
@@ -457,8 +500,7 @@ impl RunContext<'_> {
             refresh: Some(Refresh::Full {
                 reason: "rebuilt from every source file (rerun --full-refresh)".into(),
             }),
-            columns_added: Vec::new(),
-            files_changed: None,
+            source_changes: SourceChanges::default(),
         })
     }
 
@@ -545,19 +587,34 @@ impl RunContext<'_> {
         Ok(medallion_lake::delta_schema(&inferred).as_ref().clone())
     }
 
-    /// The columns new files of an existing bronze table are read into, and the names of those
-    /// the table gains: its own columns, plus the fields new in the files when the source's
-    /// `schema_evolution` adds them (see [`SchemaEvolution`]).
+    /// The columns new files of an existing bronze table are read into, and how they differ
+    /// from the table's: fields new in the files become columns when the source's
+    /// `schema_evolution` adds them (see [`SchemaEvolution`]); a column widens to the type its
+    /// declared schema (any mode) or its files (`add_new_columns`) give it, when that type
+    /// holds every value of the old one ([`medallion_lake::widens`]).
     async fn evolved_columns(
         &self,
         source: &SourceSpec,
         table: &deltalake::DeltaTable,
         files: &[SourceFile],
-    ) -> Result<(Schema, Vec<String>)> {
-        let existing = existing_data_columns(table)?;
+    ) -> Result<Evolution> {
+        let mut columns: Vec<Field> = existing_data_columns(table)?
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let mut widened = Vec::new();
+        if source.schema.is_some() {
+            let declared = self.source_columns(source, files).await?;
+            widen(&mut columns, &declared, &mut widened);
+        }
         let mode = source.schema_evolution();
         if matches!(mode, SchemaEvolution::Rescue | SchemaEvolution::None) {
-            return Ok((existing, Vec::new()));
+            return Ok(Evolution {
+                columns: Schema::new(columns),
+                added: Vec::new(),
+                widened,
+            });
         }
         // Each new field, with the first file that has it.
         let mut new: Vec<(Field, &str)> = Vec::new();
@@ -567,15 +624,18 @@ impl RunContext<'_> {
             .zip(self.infer_columns(source, locations).await?)
         {
             let found = medallion_lake::delta_schema(&found);
+            if mode == SchemaEvolution::AddNewColumns && source.schema.is_none() {
+                widen(&mut columns, &found, &mut widened);
+            }
             for field in found.fields() {
-                let known = existing.field_with_name(field.name()).is_ok()
+                let known = columns.iter().any(|c| c.name() == field.name())
                     || new.iter().any(|(f, _)| f.name() == field.name());
                 if !known {
                     new.push((field.as_ref().clone().with_nullable(true), &file.location));
                 }
             }
         }
-        let names: Vec<String> = new.iter().map(|(f, _)| f.name().clone()).collect();
+        let added: Vec<String> = new.iter().map(|(f, _)| f.name().clone()).collect();
         if mode == SchemaEvolution::FailOnNewColumns && !new.is_empty() {
             let found: Vec<String> = new
                 .iter()
@@ -589,13 +649,12 @@ impl RunContext<'_> {
                 found.join(", ")
             );
         }
-        let mut fields: Vec<Field> = existing
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.extend(new.into_iter().map(|(f, _)| f));
-        Ok((Schema::new(fields), names))
+        columns.extend(new.into_iter().map(|(f, _)| f));
+        Ok(Evolution {
+            columns: Schema::new(columns),
+            added,
+            widened,
+        })
     }
 
     async fn plan_silver(&self, table: &TableRef) -> Result<StagePlan> {
@@ -667,8 +726,7 @@ impl RunContext<'_> {
             target,
             engine: None,
             refresh: Some(refresh),
-            columns_added: Vec::new(),
-            files_changed: None,
+            source_changes: SourceChanges::default(),
         })
     }
 
@@ -742,8 +800,7 @@ impl RunContext<'_> {
             target,
             engine: Some(engine),
             refresh: Some(refresh),
-            columns_added: Vec::new(),
-            files_changed: None,
+            source_changes: SourceChanges::default(),
         })
     }
 

@@ -350,7 +350,7 @@ impl<'a> Coordinator<'a> {
         report.tasks = plan.tasks.len();
         report.engine = plan.engine;
         report.refresh = plan.refresh.clone();
-        report.files_changed = plan.files_changed.clone();
+        report.files_changed = plan.source_changes.files_changed.clone();
         self.observer.on_event(RunEvent::TablePlanned {
             table: table.clone(),
             tasks: plan.tasks.len(),
@@ -404,7 +404,8 @@ impl<'a> Coordinator<'a> {
         }
         Ok(match version {
             Some(version) => {
-                report.columns_added = plan.columns_added;
+                report.columns_added = plan.source_changes.columns_added;
+                report.columns_widened = plan.source_changes.columns_widened;
                 TableStatus::Committed { version }
             }
             None => TableStatus::UpToDate,

@@ -436,6 +436,26 @@ pub fn delta_type(t: &DataType) -> DataType {
     }
 }
 
+/// Whether every value of type `from` is a value of type `to` (Delta's safe type widening:
+/// integers to wider integers or to double, float to double, decimals to more digits).
+pub fn widens(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    let rank = |t: &DataType| match t {
+        Int8 => Some(1),
+        Int16 => Some(2),
+        Int32 => Some(3),
+        Int64 => Some(4),
+        _ => None,
+    };
+    match (from, to) {
+        (Int8 | Int16 | Int32, Float64) | (Float32, Float64) => true,
+        (Decimal128(p1, s1), Decimal128(p2, s2)) => {
+            s2 >= s1 && (*p2 as i16 - *s2 as i16) >= (*p1 as i16 - *s1 as i16) && from != to
+        }
+        _ => matches!((rank(from), rank(to)), (Some(a), Some(b)) if a < b),
+    }
+}
+
 /// `schema` with every column type mapped by [`delta_type`].
 pub fn delta_schema(schema: &Schema) -> SchemaRef {
     let fields: Vec<Field> = schema

@@ -133,6 +133,10 @@ pub struct TableReport {
     /// (`schema_evolution: add_new_columns`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns_added: Vec<String>,
+    /// Columns of a bronze table whose type widened in this run (`name: from -> to`), to the
+    /// type its declared schema or its files give them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns_widened: Vec<String>,
     /// Source files a bronze table ingested before that changed in place since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_changed: Option<ChangedFiles>,
@@ -154,6 +158,7 @@ impl TableReport {
             engine: None,
             refresh: None,
             columns_added: Vec::new(),
+            columns_widened: Vec::new(),
             files_changed: None,
             retries: 0,
             metrics: Metrics::default(),

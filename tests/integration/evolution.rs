@@ -2,7 +2,7 @@
 //! table does not have, and each `schema_evolution` mode does what it says, read back by both
 //! independent readers.
 
-use medallion_tests::{Invocation, Workspace, metric, table};
+use medallion_tests::{Invocation, Workspace, metric, python_json, table};
 use serde_json::{Value, json};
 
 /// A device feed; `more` goes into the source's entry (e.g. `schema_evolution: rescue`).
@@ -45,7 +45,10 @@ fn report(run: &Invocation) -> Value {
 
 fn by_id(rows: &Value) -> Vec<Value> {
     let mut rows = rows.as_array().unwrap().clone();
-    rows.sort_by_key(|r| r["id"].as_str().unwrap().to_string());
+    rows.sort_by_key(|r| match &r["id"] {
+        Value::String(id) => id.clone(),
+        id => format!("{id:0>20}"),
+    });
     rows
 }
 
@@ -223,4 +226,90 @@ fn in_none_mode_a_new_field_is_dropped() {
             .all(|r| r["_rescued_data"].is_null()),
         "{read:#}"
     );
+}
+
+/// A declared feed whose second batch widens `qty` (int -> bigint, with a value past 2^31)
+/// and `price` (float -> double) and adds `color`; `mode` is the source's schema_evolution.
+fn widened_batches(ws: &Workspace, mode: &str) -> Invocation {
+    let spec = |qty: &str, price: &str| {
+        format!(
+            "pipeline: devices\nlake: lake\nsources:\n\
+             \x20 - name: feed\n    format: json\n    path: data/*.jsonl\n\
+             \x20   schema_evolution: {mode}\n\
+             \x20   schema: [{{ name: id, type: int }}, {{ name: qty, type: {qty} }}, \
+             {{ name: price, type: {price} }}]\n\
+             bronze:\n  - {{ name: readings, source: feed }}\n"
+        )
+    };
+    ws.write("p.yaml", &spec("int", "float"));
+    ws.write(
+        "data/a.jsonl",
+        "{\"id\": 1, \"qty\": 5, \"price\": 1.5}\n{\"id\": 2, \"qty\": 7, \"price\": 2.25}\n",
+    );
+    let first = ws.run("p.yaml");
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    ws.write("p.yaml", &spec("bigint", "double"));
+    ws.write(
+        "data/b.jsonl",
+        "{\"id\": 3, \"qty\": 5000000000, \"price\": 3.1, \"color\": \"red\"}\n",
+    );
+    ws.run("p.yaml")
+}
+
+/// Types and values of the widened columns, as DuckDB's Delta reader sees them.
+fn widened_values(ws: &Workspace) -> Value {
+    let table = ws.path().join("lake/bronze/readings");
+    python_json(&[
+        "sql",
+        table.to_str().unwrap(),
+        "SELECT id, typeof(qty) AS qty_type, qty, typeof(price) AS price_type, price FROM t ORDER BY id",
+    ])
+}
+
+/// Safe type widening in bronze, in each mode: a declared type widened (int -> bigint, float
+/// -> double) rewrites the table's earlier rows with the wider types in the commit of the new
+/// rows; the new field then follows the mode.
+#[test]
+fn declared_types_widen_in_one_commit_in_every_mode() {
+    let widened = json!(["qty: Int32 -> Int64", "price: Float32 -> Float64"]);
+    let values = json!([
+        {"id": 1, "qty_type": "BIGINT", "qty": 5, "price_type": "DOUBLE", "price": "1.5"},
+        {"id": 2, "qty_type": "BIGINT", "qty": 7, "price_type": "DOUBLE", "price": "2.25"},
+        {"id": 3, "qty_type": "BIGINT", "qty": 5_000_000_000_i64, "price_type": "DOUBLE", "price": "3.1"},
+    ]);
+    for (mode, color) in [
+        ("add_new_columns", Some(json!([null, null, "red"]))),
+        ("rescue", None),
+        ("none", None),
+    ] {
+        let ws = Workspace::new();
+        let second = widened_batches(&ws, mode);
+        assert_eq!(second.code, 0, "{mode}: {}", second.stderr);
+        let report = report(&second);
+        let bronze = table(&report, "bronze.readings");
+        assert_eq!(bronze["columns_widened"], widened, "{mode}: {report:#}");
+        let read = ws.read_table("lake/bronze/readings");
+        assert_eq!(read["readers_agree"], true, "{mode}: {read:#}");
+        assert_eq!(read["version"], 1, "{mode}: one commit");
+        assert_eq!(widened_values(&ws), values, "{mode}");
+        let colors: Vec<Value> = by_id(&read["rows"])
+            .iter()
+            .map(|r| r["color"].clone())
+            .collect();
+        match color {
+            Some(expected) => assert_eq!(json!(colors), expected, "{mode}"),
+            None => assert!(colors.iter().all(Value::is_null), "{mode}: {read:#}"),
+        }
+        let rescued = metric(&report, "bronze.readings", "rows_rescued");
+        assert_eq!(rescued, u64::from(mode == "rescue"), "{mode}: {report:#}");
+    }
+
+    // fail_on_new_columns: `color` fails the table, and nothing is written, widening included.
+    let ws = Workspace::new();
+    let second = widened_batches(&ws, "fail_on_new_columns");
+    assert_eq!(second.code, 1, "{}", second.stderr);
+    let error = table(&report(&second), "bronze.readings")["error"].to_string();
+    assert!(error.contains("'color' (first in"), "{error}");
+    assert_eq!(ws.read_table("lake/bronze/readings")["version"], 0);
+    assert_eq!(widened_values(&ws)[0]["qty_type"], "INTEGER");
 }
