@@ -85,6 +85,18 @@ SUMS
 # An S3-compatible server for the object-storage tests: s3s-fs, the s3s project's
 # file-backed server (it checks request signatures and honours If-None-Match: *, which
 # Delta commits on S3 rely on), built once from crates.io into the tools cache.
+# Azurite, the Azure Storage emulator (npm), for the az:// tests; cached, run from there.
+need_azure_emulator() {
+  local root="${MEDALLION_TOOLS:-$HOME/.cache/medallion-tools}/azurite"
+  if [ ! -x "$root/node_modules/.bin/azurite-blob" ]; then
+    command -v npm >/dev/null || apt_install npm
+    echo "installing azurite (once; cached in $root)" >&2
+    mkdir -p "$root"
+    npm install --silent --no-audit --no-fund --prefix "$root" azurite@3.37.0 >/dev/null
+  fi
+  export MEDALLION_AZURITE="$root/node_modules/.bin/azurite-blob"
+}
+
 need_s3_server() {
   local root="${MEDALLION_TOOLS:-$HOME/.cache/medallion-tools}/s3s-fs"
   if [ ! -x "$root/bin/s3s-fs" ]; then

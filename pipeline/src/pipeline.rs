@@ -723,15 +723,23 @@ fn check_cycles(spec: &PipelineSpec, dag: &Dag, errors: &mut Errors) {
     }
 }
 
-/// URL schemes a source path may have: the object stores this build reads.
-const OBJECT_SCHEMES: [&str; 2] = ["s3", "s3a"];
+/// URL schemes a source path may have: the object stores this build reads (S3, Azure Blob
+/// Storage and ADLS Gen2, Google Cloud Storage).
+const OBJECT_SCHEMES: [&str; 8] = ["s3", "s3a", "az", "azure", "abfs", "abfss", "adl", "gs"];
 
 /// Whether a storage option carries a credential (by its name).
 fn is_credential(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["secret", "token", "password", "access_key_id"]
-        .iter()
-        .any(|w| key.contains(w))
+    let words = [
+        "secret",
+        "token",
+        "password",
+        "access_key_id",
+        "account_key",
+        "sas",
+        "service_account_key",
+    ];
+    words.iter().any(|w| key.contains(w))
 }
 
 fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {

@@ -2,6 +2,7 @@
 //! real server with authentication, and moto for a quick case. Tables are read back by both
 //! independent readers over S3 and compared with runs on local disk.
 
+use medallion_tests::azure::Azurite;
 use medallion_tests::cluster::Cluster;
 use medallion_tests::s3::S3Server;
 use medallion_tests::{
@@ -331,4 +332,48 @@ fn a_writer_committing_beside_a_run_on_s3_loses_nothing() {
         ours[newest_of_ours..].contains(&false),
         "the run committed before the other writer: no race ({ours:?}, newest first)"
     );
+}
+
+/// Issue 17: `az://` as well as `s3://`. The example with its sources and its lake in
+/// containers of Azurite (the Azure Storage emulator), the account only in the environment:
+/// every table equals a local-disk run's, read back over Azure by both readers; a second run
+/// reads nothing.
+#[test]
+fn sources_and_lake_on_azure_equal_a_local_run() {
+    let (ws, _) = Workspace::example(2_000, 2);
+    let azure = Azurite::start(&ws.path().join("azurite"));
+    azure.create_container("raw");
+    azure.create_container("lake");
+    azure.upload(&ws.path().join("data"), "raw", "shop");
+    azure.into_env(&ws);
+    let local = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
+    ws.write("local.yaml", &local);
+    let lake = format!(
+        "lake: {{ root: az://lake, storage_options: {} }} ",
+        azure.endpoint_options()
+    );
+    let on_azure = local
+        .replace("lake: ./lake ", &lake)
+        .replace("path: data/", "path: az://raw/shop/");
+    assert_ne!(on_azure, local);
+    ws.write("pipeline.yaml", &on_azure);
+
+    let run = ws.run("pipeline.yaml");
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(files_read(&run.report()), [2, 1, 1]);
+    assert!(
+        !ws.path().join("lake").exists(),
+        "nothing may be written locally"
+    );
+    let local = ws.run("local.yaml");
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    let options = azure.reader_options();
+    for table in EXAMPLE_TABLES {
+        let ours = read_delta(&format!("az://lake/{table}"), Some(&options));
+        let reference = ws.read_table(&format!("lake/{table}"));
+        assert_same_example_table(table, &ours, &reference, &run.stderr);
+    }
+    let again = ws.run("pipeline.yaml");
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(files_read(&again.report()), [0, 0, 0]);
 }

@@ -1,7 +1,7 @@
 """Reads Medallion's Delta tables with two readers that share no code with it.
 
   delta_check.py read <table>              both readers; rows canonical and sorted. <table> is a
-                                           directory or an s3:// URL (then DELTA_STORAGE_OPTIONS
+                                           directory or an s3:// or az:// URL (then DELTA_STORAGE_OPTIONS
                                            holds the storage options as JSON)
   delta_check.py gold-reference <data_dir> the example's gold tables computed by DuckDB
                                            straight from the raw files
@@ -24,6 +24,7 @@ import os
 import sys
 
 import duckdb
+import duckdb_extension_azure
 import duckdb_extension_delta
 import duckdb_extension_httpfs
 import pyarrow
@@ -54,16 +55,32 @@ def canonical_rows(rows):
     return out
 
 
+def storage_options_from_env():
+    """The storage options in DELTA_STORAGE_OPTIONS; where Azurite listens goes to the
+    environment, which is where delta-rs looks for it."""
+    options = json.loads(os.environ.get("DELTA_STORAGE_OPTIONS", "{}")) or None
+    if options and "AZURITE_BLOB_STORAGE_URL" in options:
+        os.environ["AZURITE_BLOB_STORAGE_URL"] = options.pop("AZURITE_BLOB_STORAGE_URL")
+    return options
+
+
 def duckdb_connection(storage_options=None):
     con = duckdb.connect()
     # DuckDB cannot download extensions here; load the ones shipped on PyPI by path.
-    for module, name in ((duckdb_extension_httpfs, "httpfs"), (duckdb_extension_delta, "delta")):
+    modules = ((duckdb_extension_httpfs, "httpfs"), (duckdb_extension_azure, "azure"), (duckdb_extension_delta, "delta"))
+    for module, name in modules:
         ext = glob.glob(
             os.path.join(os.path.dirname(module.__file__), f"**/{name}.duckdb_extension"), recursive=True
         )[0]
         con.execute(f"LOAD '{ext}'")
     con.execute("SET TimeZone = 'UTC'")
-    if storage_options:
+    if storage_options and "azure_storage_account_name" in storage_options:
+        account = storage_options["azure_storage_account_name"]
+        connection = (f"DefaultEndpointsProtocol=http;AccountName={account};"
+                      f"AccountKey={storage_options['azure_storage_account_key']};"
+                      f"BlobEndpoint={os.environ['AZURITE_BLOB_STORAGE_URL']}/{account};")
+        con.execute(f"CREATE SECRET (TYPE azure, CONNECTION_STRING '{connection}')")
+    elif storage_options:
         endpoint = storage_options["AWS_ENDPOINT_URL"]
         quote = lambda v: "'" + str(v).replace("'", "''") + "'"
         con.execute(
@@ -78,7 +95,7 @@ def duckdb_connection(storage_options=None):
 
 
 def read(path):
-    storage_options = json.loads(os.environ.get("DELTA_STORAGE_OPTIONS", "{}")) or None
+    storage_options = storage_options_from_env()
     dt = DeltaTable(path, storage_options=storage_options)
     rows = canonical_rows(dt.to_pyarrow_table().to_pylist())
     con = duckdb_connection(storage_options)

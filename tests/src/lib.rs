@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+pub mod azure;
 pub mod cluster;
 pub mod faults;
 pub mod prometheus;
