@@ -76,9 +76,14 @@ async fn list_objects(
             require_literal_leading_dot: false,
         };
         let prefix = format!("{}/", fixed.join("/"));
-        let listed = objects::list_objects(&prefix, &opts)
-            .await
-            .with_context(context)?;
+        // A pattern whose only wildcards are in its last part matches objects directly under
+        // the prefix: list that level, not everything below it.
+        let one_level = !location.contains("**") && location.split('/').count() == fixed.len() + 1;
+        let listed = match one_level {
+            true => objects::list_directory(&prefix, &opts).await,
+            false => objects::list_objects(&prefix, &opts).await,
+        }
+        .with_context(context)?;
         if listed.is_empty() {
             bail!("source '{name}': no objects under '{prefix}'");
         }

@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use medallion_lake::objects;
 use medallion_pipeline::report::{ChangedFiles, Engine, Refresh};
 use medallion_pipeline::spec::{
-    GoldEngine, OnChange, SchemaEvolution, SilverSpec, SourceSpec, WriteMode,
+    GoldEngine, OnChange, SchemaEvolution, SilverSpec, SourceFormat, SourceSpec, WriteMode,
 };
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
@@ -26,6 +26,10 @@ use crate::listing::{self, SourceFile, list_source_files};
 
 /// Records per file read to decide the columns of a source without a declared schema.
 const INFERENCE_SAMPLE_ROWS: usize = 1000;
+
+/// The most of a line-based object fetched to infer its columns: its first lines, where its
+/// first records are (1,000 records of up to 16 KiB each).
+const INFERENCE_SAMPLE_BYTES: u64 = 16 << 20;
 
 /// How many of a quarantine table's latest commits are searched for the one that goes with
 /// its table's latest commit (normally the latest; more when runs overlapped).
@@ -514,9 +518,17 @@ impl RunContext<'_> {
     ) -> Result<Vec<Schema>> {
         let opts = self.pipeline.source_storage_options(source);
         let mut copies: HashMap<String, objects::LocalCopy> = HashMap::new();
+        let dir = std::env::temp_dir();
         for location in groups.iter().flatten() {
             if objects::is_object_url(location) && !copies.contains_key(location) {
-                let copy = objects::local_copy(location, &opts, &std::env::temp_dir()).await?;
+                let copy = match source.format {
+                    // The first records are in the first lines: fetch those only.
+                    SourceFormat::Json | SourceFormat::Csv => {
+                        objects::local_head_copy(location, &opts, &dir, INFERENCE_SAMPLE_BYTES)
+                            .await?
+                    }
+                    SourceFormat::Parquet => objects::local_copy(location, &opts, &dir).await?,
+                };
                 copies.insert(location.clone(), copy);
             }
         }

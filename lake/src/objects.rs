@@ -87,7 +87,7 @@ fn store(url: &str, opts: &StorageOptions) -> Result<(ObjectStoreRef, Url, delta
         parsed.host_str().unwrap_or_default()
     ))?;
     let store = store_for(&bucket, opts.clone())
-        .with_context(|| format!("no object store for '{url}' (supported: s3://)"))?;
+        .with_context(|| format!("no object store for '{url}' (supported: s3://, az://, gs://)"))?;
     let path = deltalake::Path::from_url_path(parsed.path())
         .with_context(|| format!("invalid object path in '{url}'"))?;
     Ok((store, parsed, path))
@@ -172,16 +172,21 @@ impl Drop for LocalCopy {
     }
 }
 
-/// Copies the object at `url` into a new file in `dir`, a chunk at a time. The file is named
-/// after the object, so readers see its extension (`.gz`).
-pub async fn local_copy(url: &str, opts: &StorageOptions, dir: &Path) -> Result<LocalCopy> {
+/// A new, not yet written, local file in `dir` for a copy of the object `url`, named after
+/// the object so readers see its extension.
+fn new_copy(url: &str, dir: &Path) -> LocalCopy {
     static COPIES: AtomicU64 = AtomicU64::new(0);
     let name = url.rsplit('/').next().unwrap_or_default();
     let n = COPIES.fetch_add(1, Ordering::Relaxed);
-    // Made before the fetch, so a fetch that fails part way deletes what it wrote.
-    let copy = LocalCopy {
+    LocalCopy {
         path: dir.join(format!("object-{}-{n}-{name}", std::process::id())),
-    };
+    }
+}
+
+/// Copies the object at `url` into a new file in `dir`, a chunk at a time.
+pub async fn local_copy(url: &str, opts: &StorageOptions, dir: &Path) -> Result<LocalCopy> {
+    // Made before the fetch, so a fetch that fails part way deletes what it wrote.
+    let copy = new_copy(url, dir);
     let (store, _, path) = store(url, opts)?;
     let got = store
         .get(&path)
@@ -199,5 +204,39 @@ pub async fn local_copy(url: &str, opts: &StorageOptions, dir: &Path) -> Result<
         file.write_all(&chunk).await?;
     }
     file.flush().await?;
+    Ok(copy)
+}
+
+/// Copies the first lines of the line-based (JSON lines, CSV) object at `url`, at most `max`
+/// bytes of whole lines, into a new file in `dir`: enough to infer its columns from its first
+/// records without fetching all of it. A UTF-16 object (its lines are not cut at a `\n` byte)
+/// or one without a line end in its first `max` bytes is copied whole.
+pub async fn local_head_copy(
+    url: &str,
+    opts: &StorageOptions,
+    dir: &Path,
+    max: u64,
+) -> Result<LocalCopy> {
+    let (store, _, path) = store(url, opts)?;
+    let size = store
+        .head(&path)
+        .await
+        .with_context(|| format!("cannot read '{url}'"))?
+        .size;
+    if size <= max {
+        return local_copy(url, opts, dir).await;
+    }
+    let start = store
+        .get_range(&path, 0..max)
+        .await
+        .with_context(|| format!("cannot read '{url}'"))?;
+    let utf16 = start.starts_with(&[0xFF, 0xFE]) || start.starts_with(&[0xFE, 0xFF]);
+    let Some(end) = start.iter().rposition(|b| *b == b'\n').filter(|_| !utf16) else {
+        return local_copy(url, opts, dir).await;
+    };
+    let copy = new_copy(url, dir);
+    tokio::fs::write(&copy.path, &start[..=end])
+        .await
+        .with_context(|| format!("cannot create '{}'", copy.path.display()))?;
     Ok(copy)
 }

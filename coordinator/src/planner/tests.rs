@@ -554,3 +554,26 @@ async fn gold_is_recomputed_in_full_when_its_input_records_no_changes() {
     };
     assert_eq!(work.regroup().unwrap(), None);
 }
+
+#[tokio::test]
+async fn inference_fetches_only_the_first_whole_lines_of_a_large_object() {
+    let dir = TempDir::new().unwrap();
+    let lines: String = (0..1000).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    std::fs::write(dir.path().join("a.jsonl"), &lines).unwrap();
+    let url = format!("file://{}/a.jsonl", dir.path().display());
+    let opts = std::collections::HashMap::new();
+    let head = medallion_lake::objects::local_head_copy(&url, &opts, dir.path(), 100)
+        .await
+        .unwrap();
+    let got = std::fs::read_to_string(&head.path).unwrap();
+    assert!(
+        got.len() <= 100 && got.ends_with('\n') && lines.starts_with(&got),
+        "{got}"
+    );
+    // Ten lines of ten bytes: `{"id": 0}` to `{"id": 9}`.
+    assert_eq!(got.lines().count(), 10);
+    let whole = medallion_lake::objects::local_head_copy(&url, &opts, dir.path(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&whole.path).unwrap(), lines);
+}
