@@ -11,10 +11,11 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use medallion_client::embedded::LocalExecutors;
 use medallion_client::generate::{EcommerceData, TpchData};
-use medallion_client::remote::{self, Remote, ServerError};
+use medallion_client::remote::{self, ClusterArgs, Remote, ServerError};
 use medallion_client::{pipelines, progress::ProgressBars, summary};
 use medallion_cluster::LogArgs;
 use medallion_cluster::size::parse_memory_limit;
+use medallion_coordinator::auth::{AccessRole, TokenEntry, token_hash};
 use medallion_coordinator::lease::{LeaseHeld, RunLease};
 use medallion_coordinator::{Coordinator, RunReport, new_run_id};
 use medallion_pipeline::{Pipeline, RunDate};
@@ -29,15 +30,8 @@ use medallion_proto::{RunInfo, RunState};
 struct Cli {
     #[command(flatten)]
     log: LogArgs,
-    /// Coordinator URLs, comma-separated (cluster commands); a standby points to the leader.
-    #[arg(
-        long,
-        global = true,
-        env = "MEDALLION_COORDINATOR",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:7070"
-    )]
-    coordinator: Vec<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -148,6 +142,15 @@ enum Command {
     Executors {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Make a bearer token for a coordinator's `--tokens` file: prints the token (for its
+    /// holder, e.g. in a Secret they mount as --token-file) and the file's entry for it,
+    /// which holds only the token's SHA-256.
+    Token {
+        /// Who will hold it, as the audit log names them.
+        name: String,
+        #[arg(value_enum)]
+        role: AccessRole,
     },
     /// Generate raw data: the e-commerce example's (deterministic, dirty on purpose) or TPC-H's.
     Generate {
@@ -266,7 +269,7 @@ fn main() -> ExitCode {
             return ExitCode::from(RUN_FAILED);
         }
     };
-    let outcome = runtime.block_on(execute(cli.command, cli.coordinator));
+    let outcome = runtime.block_on(execute(cli.command, cli.cluster));
     outcome.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         match e.downcast_ref::<ServerError>() {
@@ -287,7 +290,7 @@ fn parse_date(text: &str) -> Result<chrono::NaiveDate, String> {
 }
 
 /// Runs one command; errors not answered with an exit code of their own end in `main`.
-async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
+async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
     match command {
         Command::Validate { spec } => validate(&spec),
         Command::Run {
@@ -326,20 +329,20 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
             output,
             full_refresh,
             date,
-        } => submit(&spec, wait, output, full_refresh, run_date(date), &urls).await,
-        Command::Watch { run_id, output } => watch(&urls, &run_id, output).await,
+        } => submit(&spec, wait, output, full_refresh, run_date(date), &cluster).await,
+        Command::Watch { run_id, output } => watch(&cluster, &run_id, output).await,
         Command::Status { run_id, output } => {
-            let info = Remote::connect(&urls).await?.run(&run_id).await?;
+            let info = Remote::connect(&cluster).await?.run(&run_id).await?;
             print_run(&info, output);
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs { limit, output } => {
-            let runs = Remote::connect(&urls).await?.runs(limit).await?;
+            let runs = Remote::connect(&cluster).await?.runs(limit).await?;
             print_runs(&runs, output);
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { run_id } => {
-            let info = Remote::connect(&urls).await?.cancel(&run_id).await?;
+            let info = Remote::connect(&cluster).await?.cancel(&run_id).await?;
             println!("run {} {}", info.run_id, remote::state_name(&info));
             Ok(ExitCode::SUCCESS)
         }
@@ -348,7 +351,7 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
             pipeline,
             output,
         } => checks(&run_id, &pipeline, output).await,
-        Command::Schedule(command) => schedule_command(command, &urls).await,
+        Command::Schedule(command) => schedule_command(command, &cluster).await,
         Command::Rerun {
             run_id,
             from_failed,
@@ -356,26 +359,37 @@ async fn execute(command: Command, urls: Vec<String>) -> Result<ExitCode> {
             wait,
             output,
         } => {
-            let mut remote = Remote::connect(&urls).await?;
+            let mut remote = Remote::connect(&cluster).await?;
             let info = remote.rerun(&run_id, from_failed, &full_refresh).await?;
             if !wait {
                 println!("{}", info.run_id);
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!("re-running {run_id} as {}", info.run_id);
-            watch(&urls, &info.run_id, output).await
+            watch(&cluster, &info.run_id, output).await
         }
         Command::Executors { output } => {
-            let executors = Remote::connect(&urls).await?.executors().await?;
+            let executors = Remote::connect(&cluster).await?.executors().await?;
             print_executors(&executors, output);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { name, role } => {
+            let token = hex::encode(rand::random::<[u8; 32]>());
+            let entry = TokenEntry {
+                name,
+                role,
+                sha256: token_hash(&token),
+            };
+            println!("token: {token}");
+            println!("entry: - {}", serde_json::to_string(&entry)?);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 /// The commands about deployed pipelines.
-async fn schedule_command(command: ScheduleCommand, urls: &[String]) -> Result<ExitCode> {
-    let mut remote = Remote::connect(urls).await?;
+async fn schedule_command(command: ScheduleCommand, cluster: &ClusterArgs) -> Result<ExitCode> {
+    let mut remote = Remote::connect(cluster).await?;
     let (info, output) = match command {
         ScheduleCommand::Deploy { spec, output } => {
             let pipeline = match load(&spec, RunDate::Latest) {
@@ -445,7 +459,7 @@ async fn schedule_command(command: ScheduleCommand, urls: &[String]) -> Result<E
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!("triggered run {} ({})", info.run_id, info.ds);
-            return watch(urls, &info.run_id, output).await;
+            return watch(cluster, &info.run_id, output).await;
         }
     };
     match output {
@@ -470,20 +484,20 @@ async fn submit(
     output: Output,
     full_refresh: bool,
     date: RunDate,
-    urls: &[String],
+    cluster: &ClusterArgs,
 ) -> Result<ExitCode> {
     let pipeline = match load(spec, date) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let mut remote = Remote::connect(urls).await?;
+    let mut remote = Remote::connect(cluster).await?;
     let info = remote.submit(&pipeline, full_refresh).await?;
     if !wait {
         println!("{}", info.run_id);
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("submitted run {}", info.run_id);
-    watch(urls, &info.run_id, output).await
+    watch(cluster, &info.run_id, output).await
 }
 
 async fn checks(run_id: &str, spec: &Path, output: Output) -> Result<ExitCode> {
@@ -606,12 +620,12 @@ fn print_report(report: &RunReport, output: Output) {
 
 /// Follows a run to its end with progress bars; if the leader changes on the way, follows
 /// the new one. Exits 0 only when the run succeeded.
-async fn watch(urls: &[String], run_id: &str, output: Output) -> Result<ExitCode> {
+async fn watch(cluster: &ClusterArgs, run_id: &str, output: Output) -> Result<ExitCode> {
     let bars = ProgressBars::new(std::io::stderr().is_terminal());
     // The leader went away: a standby takes over within its lease TTL.
     let reconnect =
         medallion_cluster::retry::limited(Duration::from_secs(1), Duration::from_secs(1), 60);
-    let attempt = || async { Remote::connect(urls).await?.watch(run_id, &bars).await };
+    let attempt = || async { Remote::connect(cluster).await?.watch(run_id, &bars).await };
     let info = medallion_cluster::retry::with_first_error(reconnect, attempt, |e| {
         let bad_request = e
             .downcast_ref::<ServerError>()

@@ -12,11 +12,72 @@ use medallion_proto::{
     ListPipelinesRequest, ListRunsRequest, PipelineInfo, PipelineRequest, RerunRequest, RunInfo,
     RunState, SetPausedRequest, SubmitRequest, TriggerRequest,
 };
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// Where the cluster is, and the token that says who calls it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClusterArgs {
+    /// Coordinator URLs, comma-separated (cluster commands); a standby points to the leader.
+    #[arg(
+        long,
+        global = true,
+        env = "MEDALLION_COORDINATOR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub coordinator: Vec<String>,
+    /// A file holding the bearer token for a coordinator that requires one (a mounted
+    /// Secret); the token itself may instead be in MEDALLION_TOKEN.
+    #[arg(long, global = true, env = "MEDALLION_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The `authorization` value to send, if a token is given.
+    fn authorization(&self) -> Result<Option<MetadataValue<Ascii>>> {
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the token file {}", path.display()))?,
+            ),
+            None => std::env::var("MEDALLION_TOKEN").ok(),
+        };
+        let Some(token) = token
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+        else {
+            return Ok(None);
+        };
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow!("the token holds characters a header cannot carry"))?;
+        Ok(Some(value))
+    }
+}
+
+/// Adds the caller's bearer token to every call.
+#[derive(Clone)]
+struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
 
 /// A connection to the leader coordinator.
 pub struct Remote {
-    client: CoordinatorClient<Channel>,
+    client: CoordinatorClient<InterceptedService<Channel, BearerToken>>,
 }
 
 /// An error the coordinator answered with, shown as its message and gRPC code.
@@ -32,12 +93,17 @@ impl std::fmt::Display for ServerError {
 impl std::error::Error for ServerError {}
 
 impl ServerError {
-    /// The request was wrong (bad spec, unknown run, run already ended), not the cluster.
+    /// The request was wrong (bad spec, unknown run, run already ended, no or a wrong token,
+    /// beyond the token's role), not the cluster: trying again changes nothing.
     pub fn is_bad_request(&self) -> bool {
         use tonic::Code;
         matches!(
             self.0.code(),
-            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition
+            Code::InvalidArgument
+                | Code::NotFound
+                | Code::FailedPrecondition
+                | Code::Unauthenticated
+                | Code::PermissionDenied
         )
     }
 }
@@ -47,11 +113,12 @@ fn server_error(status: tonic::Status) -> anyhow::Error {
 }
 
 impl Remote {
-    /// Connects to the first of `urls` that answers, following a standby to the leader.
-    pub async fn connect(urls: &[String]) -> Result<Self> {
+    /// Connects to the first coordinator that answers, following a standby to the leader.
+    pub async fn connect(cluster: &ClusterArgs) -> Result<Self> {
+        let token = BearerToken(cluster.authorization()?);
         let mut last = anyhow!("no coordinator address given");
-        for url in urls {
-            match Self::leader_at(url).await {
+        for url in &cluster.coordinator {
+            match Self::leader_at(url, &token).await {
                 Ok(remote) => return Ok(remote),
                 Err(e) => last = e,
             }
@@ -59,8 +126,8 @@ impl Remote {
         Err(last)
     }
 
-    async fn leader_at(url: &str) -> Result<Self> {
-        let mut remote = Self::at(url).await?;
+    async fn leader_at(url: &str, token: &BearerToken) -> Result<Self> {
+        let mut remote = Self::at(url, token).await?;
         match remote.client.list_executors(ListExecutorsRequest {}).await {
             Ok(_) => Ok(remote),
             Err(status) => {
@@ -70,14 +137,14 @@ impl Remote {
                     .and_then(|v| v.to_str().ok())
                     .filter(|l| *l != url);
                 match leader {
-                    Some(leader) => Self::at(leader).await,
+                    Some(leader) => Self::at(leader, token).await,
                     None => Err(server_error(status)).with_context(|| format!("coordinator {url}")),
                 }
             }
         }
     }
 
-    async fn at(url: &str) -> Result<Self> {
+    async fn at(url: &str, token: &BearerToken) -> Result<Self> {
         let channel = tonic::transport::Endpoint::from_shared(url.to_string())
             .with_context(|| format!("'{url}' is not a coordinator URL"))?
             .connect_timeout(std::time::Duration::from_secs(5))
@@ -85,7 +152,7 @@ impl Remote {
             .await
             .with_context(|| format!("cannot reach the coordinator at {url}"))?;
         Ok(Self {
-            client: CoordinatorClient::new(channel),
+            client: CoordinatorClient::with_interceptor(channel, token.clone()),
         })
     }
 

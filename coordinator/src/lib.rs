@@ -11,6 +11,7 @@
 //! [`service`] is the client API. The coordinator never reads source data
 //! itself, apart from sampling files to decide the columns of a new bronze table.
 
+pub mod auth;
 pub mod commit;
 pub mod dispatch;
 pub mod history;

@@ -23,11 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::BallistaTarget;
+use crate::auth::{Authenticate, Tokens};
 use crate::membership::Members;
 use crate::remote::RemoteExecutors;
 use crate::runs::Runs;
 use crate::scheduler::Scheduler;
-use crate::service::{CoordinatorService, ForwardToLeader, Role};
+use crate::service::{CoordinatorService, ForwardToLeader, Gated, Role};
 use crate::store::{EtcdRunStore, RunStore};
 
 #[derive(Parser)]
@@ -50,6 +51,11 @@ pub struct CoordinatorArgs {
     /// every run's summary stays in its lake's run history (`<lake>/_medallion/runs`).
     #[arg(long, env = "MEDALLION_RUN_RETENTION", value_parser = humantime::parse_duration, default_value = "7d")]
     run_retention: Duration,
+    /// A token file (names, roles and SHA-256 of bearer tokens; see `medallion token new`):
+    /// the client API then answers only calls with a token, each within its role. Without
+    /// it, anyone who reaches the port may call everything.
+    #[arg(long, env = "MEDALLION_TOKENS")]
+    tokens: Option<std::path::PathBuf>,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -140,8 +146,18 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         members: members.clone(),
     };
     crate::metrics::init();
-    let api = ForwardToLeader::new(CoordinatorServer::new(service), role.clone());
-    let server = bound.serve(Routes::new(api)).await?;
+    let api = Gated::new(
+        CoordinatorServer::new(service),
+        ForwardToLeader(role.clone()),
+    );
+    let routes = match &args.tokens {
+        Some(path) => Routes::new(Gated::new(api, Authenticate(Tokens::load(path)?))),
+        None => {
+            tracing::warn!("no --tokens: the client API is open to anyone who reaches its port");
+            Routes::new(api)
+        }
+    };
+    let server = bound.serve(routes).await?;
     server
         .health
         .set_not_serving::<CoordinatorServer<CoordinatorService>>()

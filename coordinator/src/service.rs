@@ -1,5 +1,6 @@
 //! The coordinator's client API (`medallion.v1.Coordinator`), served by every coordinator;
-//! only the leader answers it. A standby forwards each call to the leader ([`ForwardToLeader`]),
+//! only the leader answers it. A standby forwards each call to the leader ([`ForwardToLeader`], a
+//! [`Gate`]),
 //! so a client (or a Kubernetes Service) may reach any coordinator; when the leader cannot be
 //! reached, a standby answers UNAVAILABLE with the leader's address.
 
@@ -118,31 +119,60 @@ fn standby_unavailable(message: String, leader: Option<&str>) -> Status {
     status
 }
 
-/// The client API as served: the leader answers calls itself, a standby forwards them to the
-/// leader unchanged (streams included) and relays the answer.
-#[derive(Clone)]
-pub struct ForwardToLeader<S> {
-    inner: S,
-    role: Arc<Role>,
+/// The HTTP service of a gRPC API, as tonic serves it.
+pub trait GrpcService:
+    Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+    + Clone
+    + Send
+    + 'static
+{
 }
 
-impl<S> ForwardToLeader<S> {
-    pub fn new(inner: S, role: Arc<Role>) -> Self {
-        Self { inner, role }
-    }
-}
-
-impl<S: NamedService> NamedService for ForwardToLeader<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S> Service<http::Request<Body>> for ForwardToLeader<S>
+impl<S> GrpcService for S
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+{
+}
+
+/// Something that sees each call of a gRPC service before the service does, and answers it
+/// itself or passes it on (see [`Gated`]).
+pub trait Gate: Clone + Send + 'static {
+    fn call<S>(
+        &self,
+        request: http::Request<Body>,
+        service: S,
+    ) -> BoxFuture<'static, http::Response<Body>>
+    where
+        S: GrpcService,
+        S::Future: Send + 'static;
+}
+
+/// A gRPC service behind a [`Gate`].
+#[derive(Clone)]
+pub struct Gated<S, G> {
+    inner: S,
+    gate: G,
+}
+
+impl<S, G> Gated<S, G> {
+    pub fn new(inner: S, gate: G) -> Self {
+        Self { inner, gate }
+    }
+}
+
+impl<S: NamedService, G> NamedService for Gated<S, G> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, G> Service<http::Request<Body>> for Gated<S, G>
+where
+    S: GrpcService,
+    S::Future: Send + 'static,
+    G: Gate,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -152,11 +182,31 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let role = self.role.clone();
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // The clone serves the next call; this one, ready, serves this call.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let answer = self.gate.call(request, ready);
+        Box::pin(async move { Ok(answer.await) })
+    }
+}
+
+/// The client API's gate on every coordinator: the leader answers calls itself, a standby
+/// forwards them to the leader unchanged (streams included) and relays the answer.
+#[derive(Clone)]
+pub struct ForwardToLeader(pub Arc<Role>);
+
+impl Gate for ForwardToLeader {
+    fn call<S>(
+        &self,
+        mut request: http::Request<Body>,
+        mut service: S,
+    ) -> BoxFuture<'static, http::Response<Body>>
+    where
+        S: GrpcService,
+        S::Future: Send + 'static,
+    {
+        let role = self.0.clone();
         Box::pin(async move {
             let forwardable = !role.leading() && !request.headers().contains_key(FORWARDED_HEADER);
             let leader = if forwardable {
@@ -167,7 +217,10 @@ where
             // The leader, a call forwarded once already, or no leader elected: the service
             // answers (on a standby, UNAVAILABLE naming the leader).
             let Some((address, mut channel)) = leader else {
-                return inner.call(request).await;
+                return match service.call(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
             };
             request
                 .headers_mut()
@@ -178,14 +231,14 @@ where
             };
             crate::metrics::call_forwarded(forwarded.is_ok());
             match forwarded {
-                Ok(response) => Ok(response),
-                Err(e) => Ok(standby_unavailable(
+                Ok(response) => response,
+                Err(e) => standby_unavailable(
                     format!(
                         "this coordinator is a standby and cannot reach the leader {address}: {e}"
                     ),
                     Some(&address),
                 )
-                .into_http()),
+                .into_http(),
             }
         })
     }

@@ -43,7 +43,7 @@ NAMESPACE = "medallion"
 RELEASE = "medallion"
 
 # Secrets and claims the value sets name but leave to the user to create.
-EXTERNAL = {"Secret": {"lake-credentials", "medallion-lake-credentials"}, "PersistentVolumeClaim": {"lake-shared"}}
+EXTERNAL = {"Secret": {"lake-credentials", "medallion-lake-credentials", "medallion-api-tokens"}, "PersistentVolumeClaim": {"lake-shared"}}
 # Medallion's binaries, by container command.
 BINARIES = ("medallion-coordinator", "medallion-executor")
 

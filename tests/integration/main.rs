@@ -17,4 +17,5 @@ mod observability;
 mod quality;
 mod recovery;
 mod schedule;
+mod security;
 mod storage;

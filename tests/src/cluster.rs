@@ -317,6 +317,7 @@ impl Cluster {
         let out = Command::new(medallion_bin())
             .args(args)
             .current_dir(ws.path())
+            .envs(self.env.clone())
             .env("MEDALLION_COORDINATOR", urls)
             .env("MEDALLION_LOG", "warn")
             .output()
