@@ -335,7 +335,7 @@ fn a_writer_committing_beside_a_run_on_s3_loses_nothing() {
 
 /// Issue 17: `az://` as well as `s3://`. The example with its sources and its lake in
 /// containers of Azurite (the Azure Storage emulator), the account only in the environment:
-/// every table equals a local-disk run's, read back over Azure by both readers; a second run
+/// its tables equal a local-disk run's, read back over Azure by both readers; a second run
 /// reads nothing.
 #[test]
 fn sources_and_lake_on_azure_equal_a_local_run() {
@@ -367,7 +367,9 @@ fn sources_and_lake_on_azure_equal_a_local_run() {
     let local = ws.run("local.yaml");
     assert_eq!(local.code, 0, "{}", local.stderr);
     let options = azure.reader_options();
-    for table in EXAMPLE_TABLES {
+    // A table of each layer (the S3 tests compare all eight; the store is the only difference).
+    for table in ["bronze/orders", "silver/orders", "gold/customer_360"] {
+        assert!(EXAMPLE_TABLES.contains(&table));
         let ours = read_delta(&format!("az://lake/{table}"), Some(&options));
         let reference = ws.read_table(&format!("lake/{table}"));
         assert_same_example_table(table, &ours, &reference, &run.stderr);
