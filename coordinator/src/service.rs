@@ -121,20 +121,36 @@ fn standby_unavailable(message: String, leader: Option<&str>) -> Status {
 
 /// The HTTP service of a gRPC API, as tonic serves it.
 pub trait GrpcService:
-    Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-    + Clone
+    Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
     + Send
     + 'static
 {
+    /// The service's answer to `request` (it has no errors of its own: they are responses).
+    fn answer(mut self, request: http::Request<Body>) -> BoxFuture<'static, http::Response<Body>> {
+        let answered = self.call(request);
+        Box::pin(async move {
+            match answered.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    }
 }
 
-impl<S> GrpcService for S
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
+impl<S> GrpcService for S where
+    S: Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
         + Send
-        + 'static,
-    S::Future: Send + 'static,
+        + 'static
 {
 }
 
@@ -147,8 +163,7 @@ pub trait Gate: Clone + Send + 'static {
         service: S,
     ) -> BoxFuture<'static, http::Response<Body>>
     where
-        S: GrpcService,
-        S::Future: Send + 'static;
+        S: GrpcService;
 }
 
 /// A gRPC service behind a [`Gate`].
@@ -171,7 +186,6 @@ impl<S: NamedService, G> NamedService for Gated<S, G> {
 impl<S, G> Service<http::Request<Body>> for Gated<S, G>
 where
     S: GrpcService,
-    S::Future: Send + 'static,
     G: Gate,
 {
     type Response = http::Response<Body>;
@@ -200,11 +214,10 @@ impl Gate for ForwardToLeader {
     fn call<S>(
         &self,
         mut request: http::Request<Body>,
-        mut service: S,
+        service: S,
     ) -> BoxFuture<'static, http::Response<Body>>
     where
         S: GrpcService,
-        S::Future: Send + 'static,
     {
         let role = self.0.clone();
         Box::pin(async move {
@@ -217,10 +230,7 @@ impl Gate for ForwardToLeader {
             // The leader, a call forwarded once already, or no leader elected: the service
             // answers (on a standby, UNAVAILABLE naming the leader).
             let Some((address, mut channel)) = leader else {
-                return match service.call(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
+                return service.answer(request).await;
             };
             request
                 .headers_mut()
