@@ -5,7 +5,8 @@
 //! So a lake moved together with its data (another checkout, a volume mounted elsewhere, a
 //! renamed bucket prefix) still knows which files it holds. Objects on object storage are
 //! named the same way, by their key below the root. Symbolic links are followed, but each
-//! real file is listed once (a link loop cannot repeat files), and nothing under the lake
+//! real file is listed once (a link loop cannot repeat files); a confined pipeline's source
+//! fails when a link leads out of where its sources may read; and nothing under the lake
 //! itself ever matches a source, so a glob that covers the lake does not ingest its data files.
 
 use std::collections::HashMap;
@@ -184,6 +185,11 @@ fn list_local(pipeline: &Pipeline, source: &SourceSpec, location: &str) -> Resul
             .with_context(|| format!("cannot resolve '{}'", path.display()))?;
         if lake.as_ref().is_some_and(|lake| real.starts_with(lake)) {
             continue;
+        }
+        if let Some(confinement) = pipeline.confinement() {
+            confinement
+                .check_source_file(&real)
+                .map_err(|e| anyhow::anyhow!("source '{name}': {}: {e}", path.display()))?;
         }
         // A real file found again through a link keeps the identity of its path without
         // links, so renaming a link changes nothing.

@@ -9,6 +9,7 @@
 //! standby); on SIGTERM it steps down and the standby takes over the runs.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use etcd_client::Client;
 use medallion_cluster::server::Serving;
 use medallion_cluster::size::parse_size;
 use medallion_cluster::{EtcdArgs, KeptLease, Keys, LogArgs, ServerArgs, signal};
+use medallion_pipeline::Confinement;
 use medallion_proto::coordinator_server::CoordinatorServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -55,7 +57,19 @@ pub struct CoordinatorArgs {
     /// the client API then answers only calls with a token, each within its role. Without
     /// it, anyone who reaches the port may call everything.
     #[arg(long, env = "MEDALLION_TOKENS")]
-    tokens: Option<std::path::PathBuf>,
+    tokens: Option<PathBuf>,
+    /// The directory relative paths in specs resolve against (a client's directory means
+    /// nothing here); sources and lakes stay under it unless `--allow-sources` and
+    /// `--allow-lakes` say otherwise.
+    #[arg(long, env = "MEDALLION_ROOT", default_value = ".")]
+    root: PathBuf,
+    /// Where sources may be read: directories (relative ones under `--root`) and object-store
+    /// prefixes (`s3://bucket/raw`), comma-separated. Default: `--root`.
+    #[arg(long, env = "MEDALLION_ALLOW_SOURCES", value_delimiter = ',')]
+    allow_sources: Vec<String>,
+    /// Where lakes may be: directories and object-store prefixes, as `--allow-sources`.
+    #[arg(long, env = "MEDALLION_ALLOW_LAKES", value_delimiter = ',')]
+    allow_lakes: Vec<String>,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -132,10 +146,14 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         keys.clone(),
         args.server.lease_ttl,
     ));
+    let confinement = Confinement::new(&args.root, &args.allow_sources, &args.allow_lakes)
+        .map_err(|e| anyhow::anyhow!("--root/--allow-sources/--allow-lakes: {e}"))?;
+    tracing::info!(root = %confinement.root().display(), sources = ?args.allow_sources, lakes = ?args.allow_lakes, "pipelines are confined");
     let runs = Runs::new(
         store.clone(),
         Arc::new(RemoteExecutors::new(members.clone())),
         ballista.clone(),
+        Arc::new(confinement),
     );
     let scheduler = Scheduler::new(runs.clone(), store, args.run_retention);
     let role = Role::new(etcd.clone(), keys.clone(), advertise.clone());

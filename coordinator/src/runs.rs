@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use medallion_pipeline::{Pipeline, TableRef};
+use medallion_pipeline::{Confinement, Pipeline, RunDate, TableRef};
 use medallion_proto::run_event::Event;
 use medallion_proto::{self as pb, RunInfo, RunRecord, RunState, SpecText, TaskRecord};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -30,6 +30,8 @@ pub struct Runs {
     store: Arc<dyn RunStore>,
     runner: Arc<dyn TaskRunner>,
     ballista: Option<BallistaTarget>,
+    /// Where submitted pipelines may read and write.
+    confinement: Arc<Confinement>,
     active: Mutex<HashMap<String, Arc<ActiveRun>>>,
 }
 
@@ -153,11 +155,13 @@ impl Runs {
         store: Arc<dyn RunStore>,
         runner: Arc<dyn TaskRunner>,
         ballista: Option<BallistaTarget>,
+        confinement: Arc<Confinement>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runner,
             ballista,
+            confinement,
             active: Mutex::new(HashMap::new()),
         })
     }
@@ -170,15 +174,22 @@ impl Runs {
             .cloned()
     }
 
+    /// Parses a spec sent by a client or kept in the store, for the run of `date`, as the
+    /// confinement allows: the one way specs enter a coordinator.
+    pub fn admit(&self, spec: &SpecText, date: RunDate) -> Result<Pipeline, RunsError> {
+        let (yaml, origin) = (spec.yaml.clone(), spec.origin.clone());
+        self.confinement
+            .admit(yaml, origin, date)
+            .map_err(|e| RunsError::InvalidSpec(e.to_string()))
+    }
+
     /// Validates the spec, saves the run as queued and starts it.
     pub async fn submit(
         self: &Arc<Self>,
         spec: SpecText,
         full_refresh: bool,
     ) -> Result<RunInfo, RunsError> {
-        let pipeline = spec
-            .parse()
-            .map_err(|e| RunsError::InvalidSpec(e.to_string()))?;
+        let pipeline = self.admit(&spec, spec.run_date())?;
         self.submit_pipeline(pipeline, full_refresh, Origin::manual())
             .await
     }
@@ -238,9 +249,7 @@ impl Runs {
             )));
         }
         let spec = record.pipeline.clone().unwrap_or_default();
-        let pipeline = spec
-            .parse()
-            .map_err(|e| RunsError::InvalidSpec(e.to_string()))?;
+        let pipeline = self.admit(&spec, spec.run_date())?;
         let mut rebuild = BTreeSet::new();
         for name in full_refresh {
             let table: TableRef = name
@@ -314,7 +323,7 @@ impl Runs {
                 continue;
             }
             let spec = record.pipeline.clone().unwrap_or_default();
-            match spec.parse() {
+            match self.admit(&spec, spec.run_date()) {
                 Ok(pipeline) => {
                     let earlier = self.store.tables(&info.run_id).await?;
                     tracing::info!(run_id = %info.run_id, starts = record.starts, "resuming run");

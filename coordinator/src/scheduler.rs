@@ -66,7 +66,7 @@ impl Scheduler {
         {
             return Ok(pipeline.clone());
         }
-        let pipeline = Arc::new(parse(&spec, RunDate::Latest)?);
+        let pipeline = Arc::new(self.runs.admit(&spec, RunDate::Latest)?);
         parsed.insert(d.name.clone(), (spec, pipeline.clone()));
         Ok(pipeline)
     }
@@ -90,7 +90,9 @@ impl Scheduler {
     pub async fn deploy(&self, mut spec: SpecText) -> Result<PipelineInfo, RunsError> {
         // Each run renders its own interval: the deployed text has none.
         (spec.interval_start_micros, spec.interval_end_micros) = (0, 0);
-        let pipeline = parse(&spec, RunDate::Latest)?;
+        let pipeline = self.runs.admit(&spec, RunDate::Latest)?;
+        // Relative paths are the coordinator's, whatever directory the client had.
+        spec.base_dir = pipeline.base_dir.display().to_string();
         let _changes = self.changes.lock().await;
         let existing = self.deployment(pipeline.name()).await.ok();
         let same = |d: &Deployment| {
@@ -159,7 +161,9 @@ impl Scheduler {
     pub async fn trigger(&self, name: &str, date: Option<NaiveDate>) -> Result<RunInfo, RunsError> {
         let deployment = self.deployment(name).await?;
         let spec = deployment.pipeline.clone().unwrap_or_default();
-        let pipeline = parse(&spec, date.map_or(RunDate::Latest, RunDate::Date))?;
+        let pipeline = self
+            .runs
+            .admit(&spec, date.map_or(RunDate::Latest, RunDate::Date))?;
         let origin = Origin {
             trigger: "manual".into(),
             spec_version: deployment.version,
@@ -267,7 +271,7 @@ impl Scheduler {
                 else {
                     break;
                 };
-                let run = parse(
+                let run = self.runs.admit(
                     &spec,
                     RunDate::Interval {
                         start: interval.start,
@@ -487,12 +491,6 @@ fn failed_record(
 
 fn micros(t: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t).unwrap_or_default()
-}
-
-fn parse(spec: &SpecText, date: RunDate) -> Result<Pipeline, RunsError> {
-    let base_dir = spec.base_dir.clone().into();
-    Pipeline::parse_for(spec.yaml.clone(), spec.origin.clone(), base_dir, date)
-        .map_err(|e| RunsError::InvalidSpec(e.to_string()))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use medallion_lake::TableFiles;
-use medallion_pipeline::Pipeline;
+use medallion_pipeline::{Confinement, Pipeline};
 use medallion_proto::{StagedFiles, Task, TaskError, TaskMetrics, TaskResult, task::Work};
 use tokio::sync::Semaphore;
 
@@ -24,6 +24,11 @@ pub fn pipeline(dir: &Path, more: &str) -> Pipeline {
          bronze:\n  - {{ name: orders, source: api }}\n{more}"
     );
     Pipeline::parse(yaml, "t.yaml".into(), dir.to_path_buf()).expect("test spec")
+}
+
+/// What a coordinator confined to `dir` allows: sources and lakes under it.
+pub fn confined(dir: &Path) -> Arc<Confinement> {
+    Arc::new(Confinement::new(dir, &[], &[]).expect("confinement"))
 }
 
 /// What a task that wrote no rows answers: no files, the schema it was given.

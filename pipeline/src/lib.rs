@@ -5,6 +5,7 @@
 //! both read a spec exactly the same way.
 
 pub mod checks;
+mod confine;
 pub mod dag;
 pub mod error;
 mod pipeline;
@@ -17,6 +18,7 @@ pub mod sql;
 mod template;
 pub mod types;
 
+pub use confine::Confinement;
 pub use dag::{Dag, Layer, TableRef};
 pub use error::{SpecError, SpecErrors};
 pub use pipeline::{Pipeline, QUARANTINE_SUFFIX, RunDate};

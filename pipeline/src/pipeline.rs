@@ -2,9 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
+use crate::confine::Confinement;
 use crate::dag::{Dag, Layer, TableRef};
 use crate::error::{Errors, SpecError, SpecErrors};
 use crate::retry::RetryPolicy;
@@ -31,6 +33,8 @@ pub struct Pipeline {
     pub interval: RunInterval,
     /// Each source's path as written, when it was a template.
     source_templates: Vec<Option<String>>,
+    /// Where a coordinator that admitted the pipeline lets it read and write.
+    pub(crate) confinement: Option<Arc<Confinement>>,
 }
 
 /// Which interval a parsed pipeline is for.
@@ -160,7 +164,7 @@ impl Pipeline {
         if !errors.found.is_empty() {
             return Err(SpecErrors(errors.found));
         }
-        let (root, storage_options) = match &spec.lake {
+        let (root, storage_options) = match &spec.lake.value {
             LakeSpec::Root(r) => (r.value.clone(), BTreeMap::new()),
             LakeSpec::Detailed {
                 root,
@@ -168,6 +172,10 @@ impl Pipeline {
             } => (root.value.clone(), storage_options.clone()),
         };
         let lake_root = resolve_location(&base_dir, &root);
+        if let Some(message) = system_directory(&lake_root) {
+            errors.on(&spec.lake, "lake", message);
+            return Err(SpecErrors(errors.found));
+        }
         Ok(Pipeline {
             spec,
             yaml,
@@ -178,7 +186,13 @@ impl Pipeline {
             dag,
             interval,
             source_templates,
+            confinement: None,
         })
+    }
+
+    /// The confinement of the coordinator that admitted the pipeline, if any.
+    pub fn confinement(&self) -> Option<&Confinement> {
+        self.confinement.as_deref()
     }
 
     /// The pipeline's schedule, if it has one.
@@ -372,8 +386,29 @@ fn resolve_location(base: &Path, location: &str) -> String {
     normalize(&abs).display().to_string()
 }
 
+/// Why a lake may not be at `location`: the file system's root or a directory the system
+/// owns, where a run would write tables among system files.
+fn system_directory(location: &str) -> Option<String> {
+    const SYSTEM: [&str; 10] = [
+        "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/usr",
+    ];
+    let path = Path::new(location);
+    if location.contains("://") {
+        return None;
+    }
+    if path == Path::new("/") {
+        return Some(
+            "'/' is the root of the file system: give the lake a directory of its own".into(),
+        );
+    }
+    let system = SYSTEM.iter().find(|s| path.starts_with(s))?;
+    Some(format!(
+        "'{location}' is under {system}, which belongs to the system: give the lake a directory of its own"
+    ))
+}
+
 /// Removes `.` and `..` without touching the file system (the path may not exist yet).
-fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
@@ -530,11 +565,13 @@ fn validate_settings(spec: &PipelineSpec, errors: &mut Errors) {
     ] {
         validate_timeout(errors, field, value.as_ref());
     }
-    let root = match &spec.lake {
+    let root = match &spec.lake.value {
         LakeSpec::Root(r) | LakeSpec::Detailed { root: r, .. } => r,
     };
     if root.value.trim().is_empty() {
-        errors.on(root, "lake.root", "must not be empty");
+        errors.on(&spec.lake, "lake.root", "must not be empty");
+    } else {
+        check_store(errors, &spec.lake, "lake", &root.value);
     }
 }
 
@@ -742,20 +779,36 @@ fn is_credential(key: &str) -> bool {
     words.iter().any(|w| key.contains(w))
 }
 
+/// Refuses a location on a store this build cannot use (`ftp://`), and `file://` URLs, which
+/// would name local files without the checks local paths get.
+fn check_store<T>(errors: &mut Errors, at: &Spanned<T>, field: &str, location: &str) {
+    let Some((scheme, _)) = location.split_once("://") else {
+        return;
+    };
+    if !OBJECT_SCHEMES.contains(&scheme) {
+        let local = if scheme == "file" {
+            "write a local file's path without 'file://'"
+        } else {
+            "use a local path"
+        };
+        let stores = OBJECT_SCHEMES.map(|s| format!("{s}://")).join(", ");
+        errors.on(
+            at,
+            field,
+            format!("'{location}': '{scheme}://' is not a supported store ({local}, or {stores})"),
+        );
+    }
+}
+
 fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
     if s.path.value.trim().is_empty() {
         errors.on(&s.path, format!("sources[{i}].path"), "must not be empty");
-    } else if let Some((scheme, _)) = s.path.value.split_once("://")
-        && !OBJECT_SCHEMES.contains(&scheme)
-    {
-        errors.on(
+    } else {
+        check_store(
+            errors,
             &s.path,
-            format!("sources[{i}].path"),
-            format!(
-                "'{}': '{scheme}://' is not a supported store (use a local path or {})",
-                s.path.value,
-                OBJECT_SCHEMES.map(|s| format!("{s}://")).join(", ")
-            ),
+            &format!("sources[{i}].path"),
+            &s.path.value,
         );
     }
     for key in s.storage_options.keys() {

@@ -18,8 +18,9 @@ pub struct PipelineSpec {
     pub pipeline: Spanned<String>,
     #[serde(default)]
     pub description: Option<String>,
-    /// Where the Delta tables are written.
-    pub lake: LakeSpec,
+    /// Where the Delta tables are written. (Spanned here: an untagged enum loses the
+    /// places of what it holds.)
+    pub lake: Spanned<LakeSpec>,
     /// When a deployed pipeline runs: a cron expression, or a mapping with its time zone,
     /// dates, catch-up and concurrency ([`ScheduleSpec`]).
     #[serde(default)]

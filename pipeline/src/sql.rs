@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Query,
-    Statement, UnaryOperator, Value, Visit, Visitor,
+    Statement, TableFactor, UnaryOperator, Value, Visit, Visitor,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
@@ -30,7 +30,25 @@ pub fn check_expr(sql: &str) -> Result<(), String> {
             Ok(expr)
         })
         .map_err(|e| e.to_string())?;
+    check_no_subquery(&expr)?;
     check_generators(&expr)
+}
+
+/// Refuses subqueries in an expression: an expression reads the row it is given, and only a
+/// gold query reads tables (those the spec declares, checked where the query is).
+fn check_no_subquery(expr: &Expr) -> Result<(), String> {
+    let found = sqlparser::ast::visit_expressions(expr, |e| match e {
+        Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    match found {
+        ControlFlow::Break(()) => Err(
+            "a subquery cannot be part of an expression: an expression reads its row only \
+             (read other tables in a gold query)"
+                .into(),
+        ),
+        ControlFlow::Continue(()) => Ok(()),
+    }
 }
 
 /// The most values a generating function may build from constant arguments.
@@ -39,7 +57,7 @@ const MAX_GENERATED: f64 = 16_777_216.0;
 /// Refuses calls such as `range(1, 400000000)` or `repeat('x', 2147483647)`: these functions
 /// build their whole result as one value, outside the memory pool that bounds sorts, joins
 /// and aggregates, so a large constant would take the machine's memory whatever the limit.
-/// (Table functions, `FROM range(...)`, stream their rows and are not concerned.)
+/// (Table functions, `FROM range(...)`, are refused in queries: see [`TableFunctions`].)
 fn check_generators(v: &impl Visit) -> Result<(), String> {
     let found = sqlparser::ast::visit_expressions(v, |e| match e {
         Expr::Function(f) => match generated(f) {
@@ -140,6 +158,12 @@ pub fn query_tables(sql: &str) -> Result<BTreeSet<String>, String> {
     }
     let mut ctes = BTreeSet::new();
     let _ = statement.visit(&mut CteNames(&mut ctes));
+    if let ControlFlow::Break(name) = statement.visit(&mut TableFunctions) {
+        return Err(format!(
+            "'{name}(...)': table functions cannot be used; a query reads the pipeline's own \
+             tables only"
+        ));
+    }
     check_generators(statement)?;
     let mut tables = BTreeSet::new();
     let _ = sqlparser::ast::visit_relations(statement, |name| {
@@ -150,6 +174,27 @@ pub fn query_tables(sql: &str) -> Result<BTreeSet<String>, String> {
         ControlFlow::<()>::Continue(())
     });
     Ok(tables)
+}
+
+/// Finds a call in FROM (`read_csv('/etc/passwd')`, `range(10)`): a query may read files
+/// or make rows only through the tables the spec declares.
+struct TableFunctions;
+
+impl Visitor for TableFunctions {
+    type Break = String;
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<String> {
+        match factor {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. } => ControlFlow::Break(name.to_string()),
+            TableFactor::TableFunction { expr, .. } => ControlFlow::Break(expr.to_string()),
+            _ => ControlFlow::Continue(()),
+        }
+    }
 }
 
 struct CteNames<'a>(&'a mut BTreeSet<String>);
@@ -188,9 +233,25 @@ mod tests {
     fn rejects_non_queries_and_bad_expressions() {
         assert!(query_tables("DROP TABLE x").is_err());
         assert!(query_tables("SELECT 1; SELECT 2").is_err());
+        for sql in [
+            "SELECT * FROM read_csv('/etc/passwd')",
+            "SELECT * FROM silver.a JOIN read_parquet('/etc') ON true",
+            "WITH t AS (SELECT * FROM range(10)) SELECT * FROM t",
+            "SELECT * FROM TABLE(read_csv('/etc/passwd'))",
+        ] {
+            let err = query_tables(sql).unwrap_err();
+            assert!(
+                err.contains("table functions cannot be used"),
+                "{sql}: {err}"
+            );
+        }
         assert!(check_expr("amount > 0").is_ok());
         assert!(check_expr("amount > > 0").is_err());
         assert!(check_expr("a > 0 b").is_err());
+        let err = check_expr("(SELECT max(x) FROM read_csv('/etc/passwd')) > 0").unwrap_err();
+        assert!(err.contains("subquery"), "{err}");
+        assert!(check_expr("id IN (SELECT 1)").is_err());
+        assert!(check_expr("EXISTS (SELECT 1)").is_err());
     }
 
     #[test]
@@ -203,7 +264,7 @@ mod tests {
         // Small constants, column-driven sizes and streaming table functions are fine.
         assert!(check_expr("repeat('-', 10)").is_ok());
         assert!(check_expr("repeat(name, n)").is_ok());
-        assert!(query_tables("SELECT * FROM range(1, 400000000)").is_ok());
+        assert!(query_tables("SELECT * FROM silver.x, (SELECT 1) AS one").is_ok());
         assert!(query_tables("SELECT unnest(range(0, 1000))").is_ok());
     }
 }

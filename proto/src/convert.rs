@@ -28,20 +28,24 @@ impl From<&Pipeline> for SpecText {
 impl SpecText {
     /// Parses and validates the spec, as the process that sent it did.
     pub fn parse(&self) -> Result<Pipeline, SpecErrors> {
+        Pipeline::parse_for(
+            self.yaml.clone(),
+            self.origin.clone(),
+            self.base_dir.clone().into(),
+            self.run_date(),
+        )
+    }
+
+    /// The interval the sender rendered the spec for, if it chose one.
+    pub fn run_date(&self) -> RunDate {
         let micros = chrono::DateTime::from_timestamp_micros;
-        let date = match (
+        match (
             micros(self.interval_start_micros),
             micros(self.interval_end_micros),
         ) {
             (Some(start), Some(end)) if end > start => RunDate::Interval { start, end },
             _ => RunDate::Latest,
-        };
-        Pipeline::parse_for(
-            self.yaml.clone(),
-            self.origin.clone(),
-            self.base_dir.clone().into(),
-            date,
-        )
+        }
     }
 }
 

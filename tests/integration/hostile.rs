@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use medallion_tests::Workspace;
+use medallion_tests::cluster::Cluster;
 
 use crate::fixture::{CUSTOMERS, SPEC, shop};
 
@@ -72,7 +73,38 @@ fn cases() -> Vec<Case> {
                 b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n\
                 d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n\
                 f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n";
+    let deep = format!(
+        "pipeline: shop\nlake: lake\ntags: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let mut huge = base_spec().into_bytes();
+    huge.resize(100 << 20, b'#');
+    let gold = |sql: &str| Setup::Append(format!("  - name: leak\n    sql: {sql}\n"));
+    let cartesian = (b'a'..=b'm')
+        .map(|t| format!("silver.orders {}", t as char))
+        .collect::<Vec<_>>()
+        .join(", ");
     vec![
+        // Where a spec reads and writes, and SQL that would reach files.
+        refused("lake at /", spec("lake: lake", "lake: /"), &["pipeline.yaml:3", "lake", "'/' is the root of the file system"]),
+        refused("lake under /etc", spec("lake: lake", "lake: /etc/lake"), &["lake", "'/etc/lake' is under /etc"]),
+        refused("file:// lake", spec("lake: lake", "lake: file:///tmp/lake"), &["lake", "'file://' is not a supported store", "without 'file://'"]),
+        refused("file:// source", spec("path: data/crm", "path: file:///etc/passwd"), &["sources[1].path", "'file://' is not a supported store"]),
+        refused("table function reading /etc/passwd", gold("SELECT * FROM read_csv('/etc/passwd')"), &["gold[2].sql", "'read_csv(...)': table functions cannot be used"]),
+        refused("table function in a join", gold("SELECT * FROM silver.orders JOIN parquet_metadata('/etc/passwd') ON true"), &["gold[2].sql", "'parquet_metadata(...)'"]),
+        refused("file path as a table", gold("SELECT * FROM '/etc/passwd'"), &["gold[2].sql", "''/etc/passwd'' is not a table"]),
+        refused("CREATE EXTERNAL TABLE", gold("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc/passwd'"), &["gold[2].sql", "expected a query"]),
+        refused("COPY to a file", gold("COPY (SELECT * FROM silver.orders) TO '/tmp/orders.csv'"), &["gold[2].sql", "expected a query"]),
+        refused("two statements", gold("SELECT 1 AS one; SELECT 2 AS two"), &["gold[2].sql", "found 2"]),
+        refused("subquery in a column", spec("{ name: email, expr: lower(trim(email)) }", "{ name: email, expr: \"(SELECT max(column_1) FROM read_csv('/etc/passwd'))\" }"), &["silver[0].columns[6].expr", "a subquery cannot be part of an expression"]),
+        refused("subquery in a check", spec("check: unique, column: order_id, severity: critical }", "check: expression, expr: \"EXISTS (SELECT 1)\", severity: critical }"), &["silver[0].checks[0].expr", "subquery"]),
+        refused("100 MB spec", Setup::File("pipeline.yaml", huge), &["pipeline.yaml", "too large for a spec"]),
+        refused("YAML nested 10000 deep", Setup::File("pipeline.yaml", deep.into_bytes()), &["pipeline.yaml:3", "tags", "recursion limit exceeded"]),
+        // Limits: a query that would take more memory than the run has fails alone, naming its
+        // table; a pipeline within a small limit runs.
+        Case { name: "cartesian join under a memory limit", setup: gold(&format!("SELECT a.order_id, array_agg(concat(b.email, c.email, d.email)) AS s FROM {cartesian} GROUP BY a.order_id")), args: &["run", "pipeline.yaml", "--memory-limit", "16MiB"], code: 1, says: &["gold.leak", "Resources exhausted"], never: &[], unchanged: false },
+        Case { name: "a small memory limit", setup: Setup::Nothing, args: &["run", "pipeline.yaml", "--full-refresh", "--memory-limit", "16MiB", "--output", "json"], code: 0, says: &["\"succeeded\": true"], never: &[], unchanged: false },
         // Specs: refused by validation, before the lake is touched.
         refused("long pipeline name", spec("pipeline: shop", format!("pipeline: {long}")), &["pipeline:", "at most 128 characters"]),
         refused("long table name", spec("name: customer_360", format!("name: {long}")), &["gold[0].name", "at most 128 characters"]),
@@ -215,4 +247,210 @@ fn hostile_input_gets_a_clear_error_no_panic_and_an_untouched_lake() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+/// A one-table spec: `path` read into `bronze.events` of a lake at `lake`.
+fn one_table(lake: &str, path: &str) -> String {
+    format!(
+        "pipeline: confined\nlake: {lake}\nsources:\n  - {{ name: s, format: json, path: \"{path}\" }}\n\
+         bronze:\n  - {{ name: events, source: s }}\n"
+    )
+}
+
+/// Every file of the workspace but the processes' own (logs, etcd's data).
+fn workspace_state(ws: &Workspace) -> Vec<(String, u64)> {
+    let files = ws.lake_files(".").into_iter();
+    files
+        .filter(|(f, _)| !f.ends_with(".log") && !f.starts_with("etcd-data"))
+        .collect()
+}
+
+/// Issue 18: a coordinator runs other people's specs only within the directories and prefixes
+/// it was given (`--root`, `--allow-sources`, `--allow-lakes`). Each way out is refused when
+/// the spec is sent (submit or deploy), naming the field and line, and nothing is written
+/// anywhere; a link that leads a listed file out fails the run before anything is committed.
+#[test]
+fn a_confined_coordinator_refuses_every_way_out_of_its_directories() {
+    let ws = Workspace::new();
+    ws.write("data/events/a.jsonl", "{\"id\": 1}\n");
+    ws.write("data/mixed/a.jsonl", "{\"id\": 2}\n");
+    ws.write("outside/secret.jsonl", "{\"secret\": \"do not read\"}\n");
+    let at = |rel: &str| ws.path().join(rel);
+    let link = |target: &Path, rel: &str| std::os::unix::fs::symlink(target, at(rel)).unwrap();
+    link(&at("outside"), "data/link");
+    link(&at("outside"), "lakelink");
+    link(&at("outside/secret.jsonl"), "data/mixed/secret.jsonl");
+    ws.write("data/x.jsonl", "{\"id\": 3}\n");
+    ws.write("outside/x.jsonl", "{\"id\": 4}\n");
+    ws.set_env("MEDALLION_ALLOW_SOURCES", "data,s3://raw/events");
+    ws.set_env("MEDALLION_ALLOW_LAKES", "lake,s3://lake/confined");
+    let cluster = Cluster::start(&ws, 1, 1);
+    let deep = "../".repeat(40);
+    let root_x = format!("'{}' is outside", at("x.jsonl").display());
+    let root_x: &[&str] = &[&root_x];
+    // (what, command, spec file, spec, what the error says)
+    let cases: Vec<(&str, &str, &str, String, &[&str])> = vec![
+        (
+            "parent directories",
+            "submit",
+            "c.yaml",
+            one_table("lake", &format!("{deep}etc/*.conf")),
+            &["sources[0].path", "'/etc/*.conf'", "allows sources"],
+        ),
+        (
+            "parent directory of data",
+            "submit",
+            "c.yaml",
+            one_table("lake", "data/../outside/*.jsonl"),
+            &["sources[0].path", "outside/*.jsonl", "allows sources"],
+        ),
+        (
+            "absolute path",
+            "submit",
+            "c.yaml",
+            one_table("lake", "/etc/passwd"),
+            &["c.yaml:4", "'/etc/passwd' is outside"],
+        ),
+        (
+            "absolute path on deploy",
+            "deploy",
+            "c.yaml",
+            one_table("lake", "/etc/hostname"),
+            &["'/etc/hostname' is outside"],
+        ),
+        (
+            "linked directory",
+            "submit",
+            "c.yaml",
+            one_table("lake", "data/link/*.jsonl"),
+            &["through a symbolic link", "outside"],
+        ),
+        (
+            "file:// URL",
+            "submit",
+            "c.yaml",
+            one_table("lake", "file:///etc/passwd"),
+            &["sources[0].path", "'file://' is not a supported store"],
+        ),
+        (
+            "bucket not listed",
+            "submit",
+            "c.yaml",
+            one_table("lake", "s3://raw/other/*.jsonl"),
+            &["'s3://raw/other/*.jsonl' is outside", "s3://raw/events/"],
+        ),
+        (
+            "prefix look-alike",
+            "submit",
+            "c.yaml",
+            one_table("lake", "s3://raw/events-secret/x.jsonl"),
+            &["is outside"],
+        ),
+        (
+            "dot segments in a URL",
+            "submit",
+            "c.yaml",
+            one_table("lake", "s3://raw/events/../other/x.jsonl"),
+            &["dot segments"],
+        ),
+        (
+            "encoded dots in a URL",
+            "submit",
+            "c.yaml",
+            one_table("lake", "s3://raw/events/%2E%2E/other/x.jsonl"),
+            &["encoded dots"],
+        ),
+        (
+            "lake at /",
+            "submit",
+            "c.yaml",
+            one_table("/", "data/events/*.jsonl"),
+            &["lake", "root of the file system"],
+        ),
+        (
+            "lake under /etc",
+            "submit",
+            "c.yaml",
+            one_table("/etc/medallion", "data/events/*.jsonl"),
+            &["lake", "under /etc"],
+        ),
+        (
+            "lake outside",
+            "submit",
+            "c.yaml",
+            one_table("data/lake", "data/events/*.jsonl"),
+            &["c.yaml:2", "allows lakes"],
+        ),
+        (
+            "lake through a link",
+            "submit",
+            "c.yaml",
+            one_table("lakelink/lake", "data/events/*.jsonl"),
+            &["through a symbolic link", "allows lakes"],
+        ),
+        (
+            "lake in another bucket",
+            "submit",
+            "c.yaml",
+            one_table("s3://lake/other", "data/events/*.jsonl"),
+            &["'s3://lake/other' is outside"],
+        ),
+        (
+            "file:// lake",
+            "submit",
+            "c.yaml",
+            one_table("file:///tmp/lake", "data/events/*.jsonl"),
+            &["lake", "without 'file://'"],
+        ),
+        // The client's directory is not the coordinator's: `x.jsonl` next to a spec in
+        // `outside/` is the root's `x.jsonl` there, which sources may not read either.
+        (
+            "client's directory",
+            "submit",
+            "outside/c.yaml",
+            one_table("lake", "x.jsonl"),
+            root_x,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, command, file, spec, says) in &cases {
+        ws.write(file, spec);
+        let before = workspace_state(&ws);
+        let out = cluster.client(&ws, &[command, file]);
+        let mut wrong = Vec::new();
+        if out.code != 2 {
+            wrong.push(format!("exit {} (expected 2)", out.code));
+        }
+        for text in *says {
+            if !out.stderr.contains(text) {
+                wrong.push(format!("does not say '{text}'"));
+            }
+        }
+        if out.stderr.contains("do not read") || out.stderr.contains("panicked") {
+            wrong.push("shows what it read, or panicked".into());
+        }
+        if workspace_state(&ws) != before {
+            wrong.push("files changed".into());
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{what}: {}\n{}", wrong.join("; "), out.stderr));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+    let audit = cluster.coordinators[0].log_text();
+    assert!(!audit.contains("do not read"), "{audit}");
+
+    // A link among a glob's files is found when the run lists them: the run fails, naming
+    // the file, before anything is committed.
+    ws.write("c.yaml", &one_table("lake", "data/mixed/*.jsonl"));
+    let run_id = cluster.submit(&ws, "c.yaml");
+    let status = cluster.wait(&ws, &run_id);
+    let text = status.to_string();
+    assert_eq!(status["state"], "failed", "{status:#}");
+    assert!(
+        text.contains("secret.jsonl") && text.contains("allows sources in"),
+        "{status:#}"
+    );
+    assert!(!text.contains("do not read"), "{status:#}");
+    assert!(!at("lake/bronze/events/_delta_log").exists());
 }

@@ -213,6 +213,8 @@ fn a_cluster_on_s3_survives_a_killed_executor_and_equals_a_local_run() {
         &spec.replace(ballista, &format!("{ballista}    engine: ballista\n")),
     );
     s3.endpoint_into(&ws);
+    ws.set_env("MEDALLION_ALLOW_SOURCES", "s3://raw/shop");
+    ws.set_env("MEDALLION_ALLOW_LAKES", "s3://lake");
     let mut cluster = Cluster::start(&ws, 1, 2);
     let run_id = cluster.submit(&ws, "pipeline.yaml");
     let victim = cluster.executor_running("bronze.orders");

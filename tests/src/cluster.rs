@@ -251,6 +251,8 @@ impl Cluster {
                 .args(["--ballista-port", &free_port().to_string()])
                 .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
                 .args(&self.coordinator_flags)
+                // Specs' relative paths are the workspace's, as the client's are.
+                .env("MEDALLION_ROOT", &self.dir)
                 .envs(self.env.clone())
                 .env("MEDALLION_LOG", "info"),
         );

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use super::{Runs, RunsError};
 use crate::store::{MemoryRunStore, RunStore};
-use crate::testing::{FakeRunner, pipeline};
+use crate::testing::{FakeRunner, confined, pipeline};
 use medallion_pipeline::report::{TableReport, TableStatus};
 
 struct Fixture {
@@ -24,9 +24,10 @@ struct Fixture {
 
 fn fixture(runner: Arc<FakeRunner>) -> Fixture {
     let store = MemoryRunStore::new();
-    let runs = Runs::new(store.clone(), runner.clone(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Runs::new(store.clone(), runner.clone(), None, confined(dir.path()));
     Fixture {
-        dir: tempfile::tempdir().unwrap(),
+        dir,
         store,
         runner,
         runs,

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use super::{Scheduler, next_run};
 use crate::runs::Runs;
 use crate::store::{MemoryRunStore, RunStore};
-use crate::testing::{FakeRunner, pipeline};
+use crate::testing::{FakeRunner, confined, pipeline};
 
 struct Fixture {
     dir: TempDir,
@@ -24,10 +24,11 @@ struct Fixture {
 
 fn fixture(runner: Arc<FakeRunner>) -> Fixture {
     let store = MemoryRunStore::new();
-    let runs = Runs::new(store.clone(), runner, None);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Runs::new(store.clone(), runner, None, confined(dir.path()));
     let scheduler = Scheduler::new(runs.clone(), store.clone(), Duration::from_secs(3600));
     Fixture {
-        dir: tempfile::tempdir().unwrap(),
+        dir,
         store,
         runs,
         scheduler,
@@ -204,7 +205,12 @@ async fn a_new_leader_neither_skips_nor_doubles_a_scheduled_run() {
         crate::runs::new_record(&spec.parse().unwrap(), false, crate::runs::Origin::manual());
     assert!(f.store.schedule_run(&saved, &after, &orphan).await.unwrap());
     // The next leader shares the store: it resumes that run, and schedules only the 3rd.
-    let runs = Runs::new(f.store.clone(), FakeRunner::succeeding(), None);
+    let runs = Runs::new(
+        f.store.clone(),
+        FakeRunner::succeeding(),
+        None,
+        confined(f.dir.path()),
+    );
     let next = Scheduler::new(runs.clone(), f.store.clone(), Duration::from_secs(3600));
     runs.resume().await.unwrap();
     let mut queued = 0;
