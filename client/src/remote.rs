@@ -2,6 +2,7 @@
 //! follow and manage its runs and schedules, list the executors.
 
 use anyhow::{Context, Result, anyhow, bail};
+use medallion_cluster::{ClientTls, TlsArgs};
 use medallion_coordinator::RunObserver;
 use medallion_coordinator::service::LEADER_HEADER;
 use medallion_pipeline::Pipeline;
@@ -32,6 +33,10 @@ pub struct ClusterArgs {
     /// Secret); the token itself may instead be in MEDALLION_TOKEN.
     #[arg(long, global = true, env = "MEDALLION_TOKEN_FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// The CA that signs `https://` coordinators' certificates, and the client certificate
+    /// to present to one that requires it.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl ClusterArgs {
@@ -75,6 +80,12 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
+/// Who calls: the token sent and the TLS used.
+struct Caller {
+    token: BearerToken,
+    tls: ClientTls,
+}
+
 /// A connection to the leader coordinator.
 pub struct Remote {
     client: CoordinatorClient<InterceptedService<Channel, BearerToken>>,
@@ -115,10 +126,13 @@ fn server_error(status: tonic::Status) -> anyhow::Error {
 impl Remote {
     /// Connects to the first coordinator that answers, following a standby to the leader.
     pub async fn connect(cluster: &ClusterArgs) -> Result<Self> {
-        let token = BearerToken(cluster.authorization()?);
+        let caller = Caller {
+            token: BearerToken(cluster.authorization()?),
+            tls: cluster.tls.client()?,
+        };
         let mut last = anyhow!("no coordinator address given");
         for url in &cluster.coordinator {
-            match Self::leader_at(url, &token).await {
+            match Self::leader_at(&caller, url).await {
                 Ok(remote) => return Ok(remote),
                 Err(e) => last = e,
             }
@@ -126,8 +140,8 @@ impl Remote {
         Err(last)
     }
 
-    async fn leader_at(url: &str, token: &BearerToken) -> Result<Self> {
-        let mut remote = Self::at(url, token).await?;
+    async fn leader_at(caller: &Caller, url: &str) -> Result<Self> {
+        let mut remote = Self::at(caller, url).await?;
         match remote.client.list_executors(ListExecutorsRequest {}).await {
             Ok(_) => Ok(remote),
             Err(status) => {
@@ -137,22 +151,24 @@ impl Remote {
                     .and_then(|v| v.to_str().ok())
                     .filter(|l| *l != url);
                 match leader {
-                    Some(leader) => Self::at(leader, token).await,
+                    Some(leader) => Self::at(caller, leader).await,
                     None => Err(server_error(status)).with_context(|| format!("coordinator {url}")),
                 }
             }
         }
     }
 
-    async fn at(url: &str, token: &BearerToken) -> Result<Self> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-            .with_context(|| format!("'{url}' is not a coordinator URL"))?
+    async fn at(caller: &Caller, url: &str) -> Result<Self> {
+        let channel = caller
+            .tls
+            .endpoint(url)
+            .with_context(|| format!("coordinator {url}"))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect()
             .await
             .with_context(|| format!("cannot reach the coordinator at {url}"))?;
         Ok(Self {
-            client: CoordinatorClient::with_interceptor(channel, token.clone()),
+            client: CoordinatorClient::with_interceptor(channel, caller.token.clone()),
         })
     }
 

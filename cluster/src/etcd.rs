@@ -14,12 +14,15 @@
 //!
 //! Values stay small: specs, states and counters, never data.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions};
 use tokio_util::sync::CancellationToken;
+
+use crate::tls::TlsArgs;
 
 /// How the binaries reach etcd.
 #[derive(Debug, Clone, Args)]
@@ -35,6 +38,15 @@ pub struct EtcdArgs {
     /// Key prefix of this cluster's state in etcd.
     #[arg(long, env = "MEDALLION_ETCD_PREFIX", default_value = "/medallion")]
     pub etcd_prefix: String,
+    /// PEM CA certificate that signs etcd's (for `https://` endpoints).
+    #[arg(long, env = "MEDALLION_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for an etcd that requires one (`--client-cert-auth`).
+    #[arg(long, env = "MEDALLION_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of `--etcd-cert`.
+    #[arg(long, env = "MEDALLION_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
 }
 
 impl EtcdArgs {
@@ -46,9 +58,17 @@ impl EtcdArgs {
 
     /// Connects, waiting for etcd to answer: in a cluster the processes start in any order.
     pub async fn connect(&self) -> Result<Client> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        let tls = TlsArgs {
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            ca: self.etcd_ca.clone(),
+        };
+        if let Some(config) = tls.client()?.config() {
+            options = options.with_tls(config);
+        }
         let connect = || async {
             let mut client = Client::connect(&self.endpoints, Some(options.clone())).await?;
             client.status().await?;

@@ -11,10 +11,12 @@ pub mod retry;
 pub mod server;
 pub mod signal;
 pub mod size;
+pub mod tls;
 
 pub use etcd::{EtcdArgs, KeptLease, Keys};
 pub use logging::LogArgs;
 pub use server::ServerArgs;
+pub use tls::{ClientTls, TlsArgs};
 
 use std::process::ExitCode;
 

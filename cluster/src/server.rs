@@ -9,9 +9,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
+
+use crate::tls::TlsArgs;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServerArgs<const GRPC_PORT: u16, const METRICS_PORT: u16> {
@@ -29,19 +32,28 @@ pub struct ServerArgs<const GRPC_PORT: u16, const METRICS_PORT: u16> {
     /// Address to serve Prometheus metrics on, at `/metrics`.
     #[arg(long, env = "MEDALLION_METRICS_LISTEN", default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, METRICS_PORT)))]
     pub metrics_listen: SocketAddr,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Mutual TLS: refuse callers without a certificate `--tls-ca` signed.
+    #[arg(long, env = "MEDALLION_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: bool,
 }
 
 impl<const G: u16, const M: u16> ServerArgs<G, M> {
     /// Binds the gRPC port (so a taken port fails at start-up, before etcd is touched).
+    /// Certificates are read here too, so a bad one fails at start-up.
     pub async fn bind(&self) -> anyhow::Result<Bound> {
+        let tls = self.tls.server(self.tls_client_auth)?;
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("binding {}", self.listen))?;
         let port = listener.local_addr()?.port();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let advertise =
-            (self.advertise.clone()).unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
+            (self.advertise.clone()).unwrap_or_else(|| format!("{scheme}://127.0.0.1:{port}"));
         Ok(Bound {
             listener,
+            tls,
             advertise,
             metrics_listen: self.metrics_listen,
         })
@@ -51,6 +63,7 @@ impl<const G: u16, const M: u16> ServerArgs<G, M> {
 /// A bound gRPC port, not serving yet.
 pub struct Bound {
     listener: tokio::net::TcpListener,
+    tls: Option<TlsAcceptor>,
     /// The URL others reach this server at.
     pub advertise: String,
     metrics_listen: SocketAddr,
@@ -71,14 +84,19 @@ impl Bound {
         let (health, health_service) = tonic_health::server::health_reporter();
         let stop = CancellationToken::new();
         crate::metrics::serve(self.metrics_listen, stop.clone()).await?;
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_routes(routes.add_service(health_service))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(self.listener),
-                    stop.clone().cancelled_owned(),
-                ),
-        );
+        let router =
+            tonic::transport::Server::builder().add_routes(routes.add_service(health_service));
+        let stopped = stop.clone().cancelled_owned();
+        let server = match self.tls {
+            Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(self.listener, acceptor),
+                stopped,
+            )),
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+                stopped,
+            )),
+        };
         Ok(Serving {
             health,
             stop,

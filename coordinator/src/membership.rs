@@ -14,14 +14,14 @@ use std::time::Duration;
 use anyhow::Result;
 use async_trait::async_trait;
 use etcd_client::{Client, KeyValue};
-use medallion_cluster::Keys;
 use medallion_cluster::etcd::Change;
+use medallion_cluster::{ClientTls, Keys};
 use medallion_proto::executor_client::ExecutorClient;
 use medallion_proto::{ExecutorInfo, Task, TaskResult};
 use prost::Message;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Task results list every file written; far below this in practice.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -40,8 +40,9 @@ pub type Connect = dyn Fn(&ExecutorInfo) -> Result<Arc<dyn ExecutorLink>> + Send
 struct GrpcLink(ExecutorClient<Channel>);
 
 impl GrpcLink {
-    fn connect(info: &ExecutorInfo) -> Result<Arc<dyn ExecutorLink>> {
-        let channel = Endpoint::from_shared(info.address.clone())?
+    fn connect(tls: &ClientTls, info: &ExecutorInfo) -> Result<Arc<dyn ExecutorLink>> {
+        let channel = tls
+            .endpoint(&info.address)?
             .connect_timeout(Duration::from_secs(3))
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
@@ -112,8 +113,9 @@ pub struct Members {
 
 impl Members {
     /// Members called over gRPC.
-    pub fn grpc() -> Arc<Self> {
-        Self::with_links(GrpcLink::connect)
+    /// Members called over gRPC, with TLS for `https://` addresses.
+    pub fn grpc(tls: ClientTls) -> Arc<Self> {
+        Self::with_links(move |info| GrpcLink::connect(&tls, info))
     }
 
     /// Members called through the links `connect` makes.

@@ -127,7 +127,8 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
     let advertise = bound.advertise.clone();
     let etcd = args.etcd.connect().await?;
     let keys = args.etcd.keys();
-    let members = Members::grpc();
+    let tls = args.server.tls.client()?;
+    let members = Members::grpc(tls.clone());
     let ballista = match args.ballista_port {
         0 => None,
         port => Some(
@@ -156,7 +157,7 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         Arc::new(confinement),
     );
     let scheduler = Scheduler::new(runs.clone(), store, args.run_retention);
-    let role = Role::new(etcd.clone(), keys.clone(), advertise.clone());
+    let role = Role::new(etcd.clone(), keys.clone(), advertise.clone(), tls);
     let service = CoordinatorService {
         role: role.clone(),
         runs: runs.clone(),

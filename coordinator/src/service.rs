@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use etcd_client::Client;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
-use medallion_cluster::Keys;
+use medallion_cluster::{ClientTls, Keys};
 use medallion_proto::coordinator_server::Coordinator as CoordinatorRpc;
 use medallion_proto::{
     BackfillRequest, DeployRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
@@ -22,7 +22,7 @@ use medallion_proto::{
 };
 use tonic::body::Body;
 use tonic::server::NamedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tower::{Service, ServiceExt};
 
@@ -44,17 +44,20 @@ pub struct Role {
     keys: Keys,
     /// This coordinator's own address, never a forwarding target.
     advertise: String,
+    /// How to reach the leader (TLS for an `https://` address).
+    tls: ClientTls,
     /// The channel to the last leader forwarded to, reused while it leads.
     leader_channel: tokio::sync::Mutex<Option<(String, Channel)>>,
 }
 
 impl Role {
-    pub fn new(etcd: Client, keys: Keys, advertise: String) -> Arc<Self> {
+    pub fn new(etcd: Client, keys: Keys, advertise: String, tls: ClientTls) -> Arc<Self> {
         Arc::new(Self {
             leading: AtomicBool::new(false),
             etcd,
             keys,
             advertise,
+            tls,
             leader_channel: Default::default(),
         })
     }
@@ -89,7 +92,7 @@ impl Role {
                 Some((address.clone(), channel.clone()))
             }
             _ => {
-                let channel = Endpoint::from_shared(leader.clone()).ok()?.connect_lazy();
+                let channel = self.tls.endpoint(&leader).ok()?.connect_lazy();
                 *cached = Some((leader.clone(), channel.clone()));
                 Some((leader, channel))
             }

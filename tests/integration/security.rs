@@ -1,9 +1,12 @@
-//! Security of a cluster (issue 18): who may call the coordinator's client API.
+//! Security of a cluster (issue 18): who may call the coordinator's client API, and TLS.
 
 use medallion_proto as proto;
 use medallion_proto::coordinator_client::CoordinatorClient;
+use std::path::Path;
+
 use medallion_tests::Workspace;
 use medallion_tests::cluster::Cluster;
+use medallion_tests::tls::{Ca, Issued};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -271,4 +274,127 @@ fn each_role_may_call_only_what_it_may() {
     };
     assert_eq!(list(&viewer), Code::Unauthenticated);
     assert_eq!(list(&rotated), Code::Ok);
+}
+
+/// The common name of the certificate the server at `port` presents to a new connection
+/// (Python's ssl module: a TLS client nobody here wrote).
+fn served_certificate(port: u16, ca: &Path, client: &Issued) -> String {
+    let code = "import socket, ssl, sys\n\
+                ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+                ctx.load_cert_chain(sys.argv[3], sys.argv[4])\n\
+                ctx.set_alpn_protocols(['h2'])\n\
+                with socket.create_connection(('127.0.0.1', int(sys.argv[1]))) as s:\n\
+                \x20   with ctx.wrap_socket(s, server_hostname='localhost') as t:\n\
+                \x20       print(dict(x[0] for x in t.getpeercert()['subject'])['commonName'])\n";
+    let out = std::process::Command::new(medallion_tests::python())
+        .arg("-c")
+        .arg(code)
+        .arg(port.to_string())
+        .args([ca, &client.cert, &client.key])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Issue 18: TLS on every link. etcd, the coordinator and the executors serve TLS with
+/// certificates of one CA and take only callers presenting one (mutual TLS); a pipeline runs
+/// through all of it. Plaintext to a TLS port fails, a client that does not know the CA or
+/// has no certificate is refused, an executor whose certificate another CA signed cannot
+/// register, and a renewed certificate is served without a restart.
+#[test]
+fn tls_on_every_link_refuses_strangers_and_renews_without_restart() {
+    let ws = shop();
+    let ca = Ca::new(&ws.path().join("tls"), "cluster");
+    let (mut cluster, node) = Cluster::start_secured(&ws, 1, 1, &ca);
+    let url = cluster.coordinators[0].url();
+    assert!(url.starts_with("https://"), "{url}");
+
+    let run = cluster.client(
+        &ws,
+        &["submit", "pipeline.yaml", "--wait", "--output", "json"],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, cluster.logs());
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    let gold = ws.read_table("lake/gold/customer_360");
+    assert_eq!(gold["num_rows"], 2, "{gold:#}");
+
+    // Plaintext to the TLS port, a client that does not trust the CA, one without a
+    // certificate, and one whose certificate another CA signed: all refused.
+    let other = Ca::new(&ws.path().join("tls-other"), "other");
+    let stranger = other.issue("stranger", "stranger");
+    let (cert, key) = (
+        stranger.cert.to_str().unwrap(),
+        stranger.key.to_str().unwrap(),
+    );
+    let refused = [
+        (
+            "plaintext",
+            cluster.client_at(&url.replace("https://", "http://"), &ws, &["runs"]),
+        ),
+        (
+            "unknown CA",
+            cluster.client(&ws, &["runs", "--tls-ca", other.cert().to_str().unwrap()]),
+        ),
+        (
+            "no certificate",
+            cluster.client_without(
+                &url,
+                &["MEDALLION_TLS_CERT", "MEDALLION_TLS_KEY"],
+                &ws,
+                &["runs"],
+            ),
+        ),
+        (
+            "certificate of another CA",
+            cluster.client(&ws, &["runs", "--tls-cert", cert, "--tls-key", key]),
+        ),
+    ];
+    for (who, out) in &refused {
+        assert_ne!(out.code, 0, "{who}: {}", out.stdout);
+        assert!(!out.stderr.contains("panicked"), "{who}: {}", out.stderr);
+    }
+    let log = cluster.coordinators[0].log_text();
+    assert!(log.contains("TLS handshake refused"), "{log}");
+
+    // An executor whose certificate another CA signed: etcd does not let it in, so it never
+    // registers, and the coordinator never calls it.
+    cluster.add_executor_with(&[
+        "--etcd-cert",
+        cert,
+        "--etcd-key",
+        key,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(cluster.executor_ids(&ws).len(), 1, "{}", cluster.logs());
+    let stranger_log = cluster.executors[1].log_text();
+    assert!(
+        stranger_log.contains("connecting to etcd"),
+        "{stranger_log}"
+    );
+    assert!(!stranger_log.contains("registered"), "{stranger_log}");
+
+    // A renewed certificate (same files, as a Secret update writes them) is served to the
+    // next connection by the same process.
+    let port = cluster.coordinators[0].port;
+    assert_eq!(served_certificate(port, &ca.cert(), &node), "node");
+    let renewed = ca.issue("node", "node-renewed");
+    assert_eq!(
+        served_certificate(port, &ca.cert(), &renewed),
+        "node-renewed"
+    );
+    assert!(cluster.coordinators[0].alive(), "the coordinator restarted");
+    let log = cluster.coordinators[0].log_text();
+    assert!(log.contains("TLS certificate reloaded"), "{log}");
+    let again = cluster.client(&ws, &["runs"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
 }

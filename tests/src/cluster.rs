@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::tls::{Ca, Issued};
 use crate::{Invocation, Workspace, binary, medallion_bin};
 
 /// Lease TTL of the test cluster: failover and executor loss show within seconds.
@@ -36,6 +37,8 @@ pub struct Proc {
     /// Where it serves Prometheus metrics (coordinators and executors).
     pub metrics_port: u16,
     pub log: PathBuf,
+    /// `https` when it serves TLS.
+    pub scheme: &'static str,
     child: Option<Child>,
 }
 
@@ -52,12 +55,13 @@ impl Proc {
             port,
             metrics_port: 0,
             log,
+            scheme: "http",
             child: Some(child),
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// Sends a signal by name: `STOP` freezes the process (it misses its etcd keep-alives
@@ -127,28 +131,53 @@ pub struct Etcd {
     pub proc: Proc,
     peer_port: u16,
     data: PathBuf,
+    tls: Option<EtcdTls>,
+}
+
+/// etcd serving TLS with `cert`, and taking only clients with a certificate `ca` signed.
+#[derive(Clone)]
+struct EtcdTls {
+    cert: Issued,
+    ca: PathBuf,
 }
 
 impl Etcd {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, None)
+    }
+
+    fn start_with(dir: &Path, tls: Option<EtcdTls>) -> Self {
         let data = dir.join("etcd-data");
         let (port, peer_port) = (free_port(), free_port());
-        let proc = Self::spawn(dir, &data, port, peer_port);
+        let proc = Self::spawn(dir, &data, port, peer_port, tls.as_ref());
         Self {
             proc,
             peer_port,
             data,
+            tls,
         }
     }
 
-    fn spawn(dir: &Path, data: &Path, port: u16, peer_port: u16) -> Proc {
-        let client = format!("http://127.0.0.1:{port}");
+    fn spawn(dir: &Path, data: &Path, port: u16, peer_port: u16, tls: Option<&EtcdTls>) -> Proc {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let proc = Proc::spawn(
+        let mut command = Command::new("etcd");
+        if let Some(tls) = tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert.cert)
+                .arg("--key-file")
+                .arg(&tls.cert.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let mut proc = Proc::spawn(
             "etcd",
             port,
             dir.join("etcd.log"),
-            Command::new("etcd")
+            command
                 .args(["--name", "test", "--data-dir"])
                 .arg(data)
                 .args([
@@ -165,6 +194,7 @@ impl Etcd {
                 ])
                 .args(["--initial-cluster", &format!("test={peer}")]),
         );
+        proc.scheme = scheme;
         wait_for("etcd", Duration::from_secs(20), || proc.listening());
         proc
     }
@@ -178,7 +208,14 @@ impl Etcd {
         self.proc.kill();
         std::thread::sleep(down);
         let dir = self.data.parent().expect("workspace").to_path_buf();
-        self.proc = Self::spawn(&dir, &self.data, self.proc.port, self.peer_port);
+        let tls = self.tls.clone();
+        self.proc = Self::spawn(
+            &dir,
+            &self.data,
+            self.proc.port,
+            self.peer_port,
+            tls.as_ref(),
+        );
     }
 }
 
@@ -191,6 +228,8 @@ pub struct Cluster {
     /// The workspace's environment ([`Workspace::set_env`]), for every process.
     env: Vec<(String, String)>,
     dir: PathBuf,
+    /// `https` when the servers serve TLS.
+    scheme: &'static str,
 }
 
 impl Cluster {
@@ -207,13 +246,66 @@ impl Cluster {
         executors: usize,
         coordinator_flags: &[&str],
     ) -> Self {
+        Self::start_on(
+            Etcd::start(ws.path()),
+            ws,
+            coordinators,
+            executors,
+            coordinator_flags,
+        )
+    }
+
+    /// [`Cluster::start`] with TLS on every link: etcd, coordinators and executors serve TLS
+    /// with certificates `ca` signs and take only callers that present one (mutual TLS); every
+    /// process, the client included, trusts `ca` and presents `<ca dir>/node.pem`. Returns
+    /// the cluster and that certificate.
+    pub fn start_secured(
+        ws: &Workspace,
+        coordinators: usize,
+        executors: usize,
+        ca: &Ca,
+    ) -> (Self, Issued) {
+        let node = ca.issue("node", "node");
+        let etcd = EtcdTls {
+            cert: ca.issue("etcd", "etcd"),
+            ca: ca.cert(),
+        };
+        let ca_path = ca.cert().display().to_string();
+        for (key, value) in [
+            ("MEDALLION_TLS_CERT", node.cert.display().to_string()),
+            ("MEDALLION_TLS_KEY", node.key.display().to_string()),
+            ("MEDALLION_TLS_CA", ca_path.clone()),
+            ("MEDALLION_TLS_CLIENT_AUTH", "true".into()),
+            ("MEDALLION_ETCD_CERT", node.cert.display().to_string()),
+            ("MEDALLION_ETCD_KEY", node.key.display().to_string()),
+            ("MEDALLION_ETCD_CA", ca_path),
+        ] {
+            ws.set_env(key, &value);
+        }
+        let etcd = Etcd::start_with(ws.path(), Some(etcd));
+        (Self::start_on(etcd, ws, coordinators, executors, &[]), node)
+    }
+
+    fn start_on(
+        etcd: Etcd,
+        ws: &Workspace,
+        coordinators: usize,
+        executors: usize,
+        coordinator_flags: &[&str],
+    ) -> Self {
         let dir = ws.path().to_path_buf();
+        let env = ws.env();
         let mut cluster = Self {
-            etcd: Etcd::start(&dir),
+            scheme: if env.iter().any(|(k, _)| k == "MEDALLION_TLS_CERT") {
+                "https"
+            } else {
+                "http"
+            },
+            etcd,
             coordinators: Vec::new(),
             executors: Vec::new(),
             coordinator_flags: coordinator_flags.iter().map(|f| f.to_string()).collect(),
-            env: ws.env(),
+            env,
             dir,
         };
         for i in 0..coordinators {
@@ -257,6 +349,7 @@ impl Cluster {
                 .env("MEDALLION_LOG", "info"),
         );
         proc.metrics_port = metrics_port;
+        proc.scheme = self.scheme;
         wait_for(&name, Duration::from_secs(30), || proc.listening());
         self.coordinators.push(proc);
     }
@@ -295,6 +388,7 @@ impl Cluster {
                 ),
         );
         proc.metrics_port = metrics_port;
+        proc.scheme = self.scheme;
         let url = proc.url();
         self.executors.push(proc);
         url
@@ -316,10 +410,25 @@ impl Cluster {
 
     /// Runs the `medallion` client against the coordinators at `urls` only.
     pub fn client_at(&self, urls: &str, ws: &Workspace, args: &[&str]) -> Invocation {
+        self.client_without(urls, &[], ws, args)
+    }
+
+    /// [`Cluster::client_at`], without the workspace's variables `removed`.
+    pub fn client_without(
+        &self,
+        urls: &str,
+        removed: &[&str],
+        ws: &Workspace,
+        args: &[&str],
+    ) -> Invocation {
+        let env = self
+            .env
+            .iter()
+            .filter(|(k, _)| !removed.contains(&k.as_str()));
         let out = Command::new(medallion_bin())
             .args(args)
             .current_dir(ws.path())
-            .envs(self.env.clone())
+            .envs(env.cloned())
             .env("MEDALLION_COORDINATOR", urls)
             .env("MEDALLION_LOG", "warn")
             .output()

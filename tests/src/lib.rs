@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod faults;
 pub mod prometheus;
 pub mod s3;
+pub mod tls;
 
 /// The `medallion` binary next to the test binary (`scripts/test` builds it first).
 pub fn medallion_bin() -> PathBuf {
