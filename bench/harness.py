@@ -290,7 +290,7 @@ class LocalCluster:
     """etcd, a coordinator and `executors` executors on loopback, sharing `threads` task slots
     and `memory` between the executors as embedded mode shares them between its tasks."""
 
-    def __init__(self, medallion, executors, threads, memory_bytes, work):
+    def __init__(self, medallion, executors, threads, memory_bytes, work, data, out):
         bins = os.path.dirname(medallion)
         self.dir = tempfile.mkdtemp(prefix="medallion-cluster-", dir=work)
         self.procs = []
@@ -306,8 +306,11 @@ class LocalCluster:
         self.url = f"http://127.0.0.1:{port}"
         # Every port its own: metrics on any free port, Ballista on free ports.
         ports = lambda *flags: [x for f in flags for x in (f, str(free_port()))] + ["--metrics-listen", "127.0.0.1:0"]
+        # The coordinator reads the workload's data and writes its lake, nothing else.
+        confined = ["--root", os.path.abspath(out), "--allow-sources", os.path.abspath(data),
+                    "--allow-lakes", os.path.abspath(out)]
         self.servers = [self.spawn("coordinator", [os.path.join(bins, "medallion-coordinator"),
-                                                   "--listen", f"127.0.0.1:{port}"] + ports("--ballista-port") + etcd)]
+                                                   "--listen", f"127.0.0.1:{port}"] + ports("--ballista-port") + etcd + confined)]
         slots = max(1, threads // executors)
         for i in range(executors):
             self.servers.append(self.spawn(f"executor-{i}", [
@@ -363,7 +366,7 @@ def run_medallion_cluster(medallion, workload, data, out, executors, threads, me
     """The workload's pipeline submitted to a local cluster; peak memory counts the client,
     the coordinator and the executors (not etcd)."""
     spec_path = spec_for(workload, data, out)
-    with LocalCluster(medallion, executors, threads, size_bytes(memory), work) as cluster:
+    with LocalCluster(medallion, executors, threads, size_bytes(memory), work, data, out) as cluster:
         warm_cache(data)
         stdout, seconds, peak = measure([medallion, "--coordinator", cluster.url, "submit", spec_path,
                                          "--wait", "--output", "json"],

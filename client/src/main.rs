@@ -151,6 +151,9 @@ enum Command {
         name: String,
         #[arg(value_enum)]
         role: AccessRole,
+        /// Only these pipelines (names, `*` wildcards), comma-separated; default: all.
+        #[arg(long, value_delimiter = ',')]
+        pipelines: Vec<String>,
     },
     /// Generate raw data: the e-commerce example's (deterministic, dirty on purpose) or TPC-H's.
     Generate {
@@ -373,12 +376,17 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             print_executors(&executors, output);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token { name, role } => {
+        Command::Token {
+            name,
+            role,
+            pipelines,
+        } => {
             let token = hex::encode(rand::random::<[u8; 32]>());
             let entry = TokenEntry {
                 name,
                 role,
                 sha256: token_hash(&token),
+                pipelines,
             };
             println!("token: {token}");
             println!("entry: - {}", serde_json::to_string(&entry)?);

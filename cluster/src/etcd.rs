@@ -65,6 +65,7 @@ impl EtcdArgs {
             cert: self.etcd_cert.clone(),
             key: self.etcd_key.clone(),
             ca: self.etcd_ca.clone(),
+            server_name: None,
         };
         if let Some(config) = tls.client()?.config() {
             options = options.with_tls(config);

@@ -6,6 +6,7 @@
 //! `ServerArgs<7070, 9470>` for the coordinator, `ServerArgs<7071, 9471>` for an executor.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
@@ -32,6 +33,10 @@ pub struct ServerArgs<const GRPC_PORT: u16, const METRICS_PORT: u16> {
     /// Address to serve Prometheus metrics on, at `/metrics`.
     #[arg(long, env = "MEDALLION_METRICS_LISTEN", default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, METRICS_PORT)))]
     pub metrics_listen: SocketAddr,
+    /// A file holding the bearer token scrapers must send to `/metrics` (Prometheus:
+    /// `authorization.credentials_file`), read at each scrape; without it, metrics are open.
+    #[arg(long, env = "MEDALLION_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Mutual TLS: refuse callers without a certificate `--tls-ca` signed.
@@ -56,6 +61,7 @@ impl<const G: u16, const M: u16> ServerArgs<G, M> {
             tls,
             advertise,
             metrics_listen: self.metrics_listen,
+            metrics_token_file: self.metrics_token_file.clone(),
         })
     }
 }
@@ -67,6 +73,7 @@ pub struct Bound {
     /// The URL others reach this server at.
     pub advertise: String,
     metrics_listen: SocketAddr,
+    metrics_token_file: Option<PathBuf>,
 }
 
 /// A server that serves until [`Serving::stop`].
@@ -83,7 +90,8 @@ impl Bound {
     pub async fn serve(self, routes: Routes) -> anyhow::Result<Serving> {
         let (health, health_service) = tonic_health::server::health_reporter();
         let stop = CancellationToken::new();
-        crate::metrics::serve(self.metrics_listen, stop.clone()).await?;
+        let token_file = self.metrics_token_file;
+        crate::metrics::serve(self.metrics_listen, token_file, stop.clone()).await?;
         let router =
             tonic::transport::Server::builder().add_routes(routes.add_service(health_service));
         let stopped = stop.clone().cancelled_owned();

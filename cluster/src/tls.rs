@@ -57,6 +57,15 @@ pub struct TlsArgs {
         global = true
     )]
     pub ca: Option<PathBuf>,
+    /// The name servers' certificates are checked against, instead of the host of their URL:
+    /// for servers reached by an address no certificate names (pods by their IP).
+    #[arg(
+        id = "tls_server_name",
+        long = "tls-server-name",
+        env = "MEDALLION_TLS_SERVER_NAME",
+        global = true
+    )]
+    pub server_name: Option<String>,
 }
 
 impl TlsArgs {
@@ -67,6 +76,9 @@ impl TlsArgs {
         };
         let pem = read(ca, "--tls-ca")?;
         let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name);
+        }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             let identity = Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?);
             config = config.identity(identity);

@@ -66,6 +66,10 @@ pub struct TokenEntry {
     pub role: AccessRole,
     /// The token's SHA-256, in hex: the token itself is never stored.
     pub sha256: String,
+    /// The pipelines the token may see and act on (names, `*` wildcards: `sales_*`); empty,
+    /// all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipelines: Vec<String>,
 }
 
 /// The SHA-256 of a token, in hex, as the token file holds it.
@@ -78,6 +82,30 @@ pub fn token_hash(token: &str) -> String {
 pub struct Caller {
     pub name: String,
     pub role: AccessRole,
+    /// The pipelines granted (see [`TokenEntry::pipelines`]); empty, all of them.
+    pub pipelines: Vec<glob::Pattern>,
+}
+
+impl Caller {
+    /// Whether the caller may see and act on `pipeline`.
+    pub fn granted(&self, pipeline: &str) -> bool {
+        self.pipelines.is_empty() || self.pipelines.iter().any(|p| p.matches(pipeline))
+    }
+}
+
+/// Refuses a call about `pipeline` by a caller not granted it (a call without tokens
+/// configured has no caller, and is not limited), and audits the refusal.
+pub fn check_grant(caller: Option<&Caller>, method: &str, pipeline: &str) -> Result<(), Status> {
+    match caller {
+        Some(caller) if !caller.granted(pipeline) => {
+            tracing::warn!(target: "medallion::audit", caller = %caller.name, %method, pipeline, outcome = "denied", reason = "pipeline not granted");
+            Err(Status::permission_denied(format!(
+                "'{}' is not granted pipeline '{pipeline}'",
+                caller.name
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The tokens of a token file, read again whenever the file's modification time changes.
@@ -146,9 +174,18 @@ fn read_tokens(path: &Path) -> Result<Loaded> {
                 entry.name
             );
         }
+        let pipelines = entry.pipelines.iter().map(|p| glob::Pattern::new(p));
+        let pipelines = pipelines.collect::<Result<Vec<_>, _>>().with_context(|| {
+            format!(
+                "token file {}: entry {i} ({}): pipelines",
+                path.display(),
+                entry.name
+            )
+        })?;
         let caller = Caller {
             name: entry.name,
             role: entry.role,
+            pipelines,
         };
         if let Some(other) = callers.insert(hash, caller) {
             bail!(

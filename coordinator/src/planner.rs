@@ -438,7 +438,8 @@ impl RunContext<'_> {
         }))
     }
 
-    /// Bronze tasks of `files_per_task` files each, reading into the `data` columns.
+    /// Bronze tasks of `files_per_task` files each (more, beyond [`MAX_STAGE_TASKS`] tasks),
+    /// reading into the `data` columns.
     fn ingest_tasks(
         &self,
         target: &Target,
@@ -448,7 +449,7 @@ impl RunContext<'_> {
     ) -> Result<Vec<Task>> {
         let data_schema_json = medallion_lake::schema_to_json(data)?;
         let tasks = files
-            .chunks(files_per_task)
+            .chunks(files_per_ingest_task(files_per_task, files.len()))
             .enumerate()
             .map(|(n, files)| {
                 let work = Work::Ingest(IngestWork {
@@ -974,5 +975,15 @@ fn existing_data_columns(table: &deltalake::DeltaTable) -> Result<Schema> {
 }
 
 mod refresh;
+
+/// The most tasks a bronze stage is split into: beyond it each task takes more files, so a
+/// source of millions of small files cannot flood the run's records and the executors.
+const MAX_STAGE_TASKS: usize = 10_000;
+
+/// How many of `files` each bronze task reads: what the spec asked, or more when that would
+/// make more than [`MAX_STAGE_TASKS`] tasks.
+fn files_per_ingest_task(asked: usize, files: usize) -> usize {
+    asked.max(files.div_ceil(MAX_STAGE_TASKS))
+}
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@ use etcd_client::Client;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use medallion_cluster::{ClientTls, Keys};
+use medallion_pipeline::RunDate;
 use medallion_proto::coordinator_server::Coordinator as CoordinatorRpc;
 use medallion_proto::{
     BackfillRequest, DeployRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
@@ -26,8 +27,9 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tower::{Service, ServiceExt};
 
+use crate::auth::{Caller, check_grant};
 use crate::membership::Members;
-use crate::runs::{Runs, RunsError};
+use crate::runs::{Origin, Runs, RunsError};
 use crate::scheduler::Scheduler;
 
 /// Response metadata naming the leader's address in a standby's UNAVAILABLE answer.
@@ -278,6 +280,24 @@ pub struct CoordinatorService {
     pub members: Arc<Members>,
 }
 
+/// Who calls, when the API requires tokens ([`crate::auth::Authenticate`] put it there).
+fn caller<T>(request: &Request<T>) -> Option<Caller> {
+    request.extensions().get::<Caller>().cloned()
+}
+
+impl CoordinatorService {
+    /// The run a request names, if the caller is granted its pipeline.
+    async fn granted_run(
+        &self,
+        request: &Request<GetRunRequest>,
+        method: &str,
+    ) -> Result<RunInfo, Status> {
+        let info = self.runs.get(&request.get_ref().run_id).await?;
+        check_grant(caller(request).as_ref(), method, &info.pipeline)?;
+        Ok(info)
+    }
+}
+
 /// A logical date of a request, `YYYY-MM-DD`.
 fn date(field: &str, text: &str) -> Result<chrono::NaiveDate, Status> {
     chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|e| {
@@ -289,20 +309,24 @@ fn date(field: &str, text: &str) -> Result<chrono::NaiveDate, Status> {
 impl CoordinatorRpc for CoordinatorService {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<RunInfo>, Status> {
         self.role.lead().await?;
+        let caller = caller(&request);
         let request = request.into_inner();
         let spec = request
             .pipeline
             .ok_or_else(|| Status::invalid_argument("the request carries no pipeline spec"))?;
-        Ok(Response::new(
-            self.runs.submit(spec, request.full_refresh).await?,
-        ))
+        let pipeline = self.runs.admit(&spec, spec.run_date())?;
+        check_grant(caller.as_ref(), "Submit", pipeline.name())?;
+        let origin = Origin::manual();
+        let info = self
+            .runs
+            .submit_pipeline(pipeline, request.full_refresh, origin);
+        Ok(Response::new(info.await?))
     }
 
     async fn get_run(&self, request: Request<GetRunRequest>) -> Result<Response<RunInfo>, Status> {
         self.role.lead().await?;
-        Ok(Response::new(
-            self.runs.get(&request.into_inner().run_id).await?,
-        ))
+        let info = self.granted_run(&request, "GetRun").await?;
+        Ok(Response::new(info))
     }
 
     async fn list_runs(
@@ -310,7 +334,9 @@ impl CoordinatorRpc for CoordinatorService {
         request: Request<ListRunsRequest>,
     ) -> Result<Response<ListRunsResponse>, Status> {
         self.role.lead().await?;
-        let runs = self.runs.list(request.into_inner().limit as usize).await?;
+        let caller = caller(&request);
+        let mut runs = self.runs.list(request.into_inner().limit as usize).await?;
+        runs.retain(|r| caller.as_ref().is_none_or(|c| c.granted(&r.pipeline)));
         Ok(Response::new(ListRunsResponse { runs }))
     }
 
@@ -321,7 +347,8 @@ impl CoordinatorRpc for CoordinatorService {
         request: Request<GetRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         self.role.lead().await?;
-        let events = self.runs.watch(&request.into_inner().run_id).await?;
+        let info = self.granted_run(&request, "WatchRun").await?;
+        let events = self.runs.watch(&info.run_id).await?;
         Ok(Response::new(events.map(Ok).boxed()))
     }
 
@@ -330,9 +357,8 @@ impl CoordinatorRpc for CoordinatorService {
         request: Request<GetRunRequest>,
     ) -> Result<Response<RunInfo>, Status> {
         self.role.lead().await?;
-        Ok(Response::new(
-            self.runs.cancel(&request.into_inner().run_id).await?,
-        ))
+        let info = self.granted_run(&request, "CancelRun").await?;
+        Ok(Response::new(self.runs.cancel(&info.run_id).await?))
     }
 
     async fn list_executors(
@@ -357,19 +383,24 @@ impl CoordinatorRpc for CoordinatorService {
         request: Request<DeployRequest>,
     ) -> Result<Response<PipelineInfo>, Status> {
         self.role.lead().await?;
+        let caller = caller(&request);
         let spec = request
             .into_inner()
             .pipeline
             .ok_or_else(|| Status::invalid_argument("the request carries no pipeline spec"))?;
+        let name = self.runs.admit(&spec, RunDate::Latest)?.name().to_string();
+        check_grant(caller.as_ref(), "Deploy", &name)?;
         Ok(Response::new(self.scheduler.deploy(spec).await?))
     }
 
     async fn list_pipelines(
         &self,
-        _request: Request<ListPipelinesRequest>,
+        request: Request<ListPipelinesRequest>,
     ) -> Result<Response<ListPipelinesResponse>, Status> {
         self.role.lead().await?;
-        let pipelines = self.scheduler.pipelines().await?;
+        let caller = caller(&request);
+        let mut pipelines = self.scheduler.pipelines().await?;
+        pipelines.retain(|p| caller.as_ref().is_none_or(|c| c.granted(&p.name)));
         Ok(Response::new(ListPipelinesResponse { pipelines }))
     }
 
@@ -378,7 +409,9 @@ impl CoordinatorRpc for CoordinatorService {
         request: Request<SetPausedRequest>,
     ) -> Result<Response<PipelineInfo>, Status> {
         self.role.lead().await?;
+        let caller = caller(&request);
         let request = request.into_inner();
+        check_grant(caller.as_ref(), "SetPaused", &request.name)?;
         let info = self.scheduler.set_paused(&request.name, request.paused);
         Ok(Response::new(info.await?))
     }
@@ -388,13 +421,17 @@ impl CoordinatorRpc for CoordinatorService {
         request: Request<PipelineRequest>,
     ) -> Result<Response<PipelineInfo>, Status> {
         self.role.lead().await?;
-        let info = self.scheduler.undeploy(&request.into_inner().name).await?;
-        Ok(Response::new(info))
+        let caller = caller(&request);
+        let name = request.into_inner().name;
+        check_grant(caller.as_ref(), "Undeploy", &name)?;
+        Ok(Response::new(self.scheduler.undeploy(&name).await?))
     }
 
     async fn trigger(&self, request: Request<TriggerRequest>) -> Result<Response<RunInfo>, Status> {
         self.role.lead().await?;
+        let caller = caller(&request);
         let request = request.into_inner();
+        check_grant(caller.as_ref(), "Trigger", &request.name)?;
         let day = match request.date.as_str() {
             "" => None,
             text => Some(date("date", text)?),
@@ -408,7 +445,9 @@ impl CoordinatorRpc for CoordinatorService {
         request: Request<BackfillRequest>,
     ) -> Result<Response<PipelineInfo>, Status> {
         self.role.lead().await?;
+        let caller = caller(&request);
         let request = request.into_inner();
+        check_grant(caller.as_ref(), "Backfill", &request.name)?;
         let (from, to) = (date("from", &request.from)?, date("to", &request.to)?);
         let info = self.scheduler.backfill(&request.name, from, to).await?;
         Ok(Response::new(info))
@@ -416,7 +455,10 @@ impl CoordinatorRpc for CoordinatorService {
 
     async fn rerun(&self, request: Request<RerunRequest>) -> Result<Response<RunInfo>, Status> {
         self.role.lead().await?;
+        let caller = caller(&request);
         let r = request.into_inner();
+        let info = self.runs.get(&r.run_id).await?;
+        check_grant(caller.as_ref(), "Rerun", &info.pipeline)?;
         let info = self.runs.rerun(&r.run_id, r.from_failed, &r.full_refresh);
         Ok(Response::new(info.await?))
     }

@@ -43,7 +43,7 @@ NAMESPACE = "medallion"
 RELEASE = "medallion"
 
 # Secrets and claims the value sets name but leave to the user to create.
-EXTERNAL = {"Secret": {"lake-credentials", "medallion-lake-credentials", "medallion-api-tokens"}, "PersistentVolumeClaim": {"lake-shared"}}
+EXTERNAL = {"Secret": {"lake-credentials", "medallion-lake-credentials", "medallion-api-tokens", "medallion-tls", "medallion-analytics-tls"}, "PersistentVolumeClaim": {"lake-shared"}}
 # Medallion's binaries, by container command.
 BINARIES = ("medallion-coordinator", "medallion-executor")
 
@@ -551,7 +551,7 @@ BREAKS = [
     ("cross: a Service pointing at nothing", edit("templates/coordinator.yaml", "  selector:\n    {{- include \"medallion.componentSelector\" $ctx | nindent 4 }}\n  ports:\n    - name: grpc", "  selector:\n    app.kubernetes.io/component: coordinators\n  ports:\n    - name: grpc"), "matches no pods"),
     ("cross: a Service port no container exposes", edit("templates/executor.yaml", "targetPort: metrics", "targetPort: prometheus"), "does not expose"),
     ("cross: an HPA pointing at nothing", edit("templates/executor.yaml", "    kind: Deployment\n    name: {{ include \"medallion.componentName\" $ctx }}", "    kind: Deployment\n    name: {{ include \"medallion.componentName\" $ctx }}-workers"), "scaleTargetRef Deployment"),
-    ("cross: a probe port not exposed", edit("templates/coordinator.yaml", "          readinessProbe:\n            grpc:\n              port: {{ $c.ports.grpc }}", "          readinessProbe:\n            grpc:\n              port: 7000"), "readinessProbe port 7000"),
+    ("cross: a probe port not exposed", edit("templates/coordinator.yaml", "          readinessProbe:\n            {{- include \"medallion.probe\" (dict \"root\" . \"port\" $c.ports.grpc) | nindent 12 }}", "          readinessProbe:\n            {{- include \"medallion.probe\" (dict \"root\" . \"port\" 7000) | nindent 12 }}"), "readinessProbe port 7000"),
     ("cross: a PDB that selects nothing", edit("templates/executor.yaml", "  maxUnavailable: {{ $e.podDisruptionBudget.maxUnavailable }}\n  selector:\n    matchLabels:\n", "  maxUnavailable: {{ $e.podDisruptionBudget.maxUnavailable }}\n  selector:\n    matchLabels:\n      role: worker\n"), "PodDisruptionBudget"),
     ("values schema: a release name that is not DNS-1123", add_values("fullnameOverride: Medallion_Prod\n"), "at '/fullnameOverride'"),
     ("cross: a container name that is not DNS-1123", edit("templates/coordinator.yaml", "- name: coordinator", "- name: Coordinator"), "container name 'Coordinator' is not a DNS-1123 label"),

@@ -440,6 +440,9 @@ pub const QUARANTINE_SUFFIX: &str = "__quarantine";
 const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// The most attempts a spec may ask for per task.
 const MAX_ATTEMPTS: u32 = 100;
+/// The most partitions (tasks) a silver table may be computed in: each task reads and sorts
+/// its share, and more than this only adds overhead.
+const MAX_PARTITIONS: u32 = 1024;
 
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -900,6 +903,12 @@ fn validate_silver(
     }
     if t.partitions == 0 {
         errors.on(&t.name, at("partitions"), "must be at least 1");
+    } else if t.partitions > MAX_PARTITIONS {
+        errors.on(
+            &t.name,
+            at("partitions"),
+            format!("{} is too many: at most {MAX_PARTITIONS}", t.partitions),
+        );
     }
     if let Some(e) = &t.latest_by
         && let Err(msg) = sql::check_expr(&e.value)

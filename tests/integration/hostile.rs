@@ -131,6 +131,7 @@ fn cases() -> Vec<Case> {
         refused("bad cron", spec("pipeline: shop", "pipeline: shop\nschedule: \"61 * * * *\""), &["schedule", "invalid cron expression"]),
         refused("no files per task", spec("files_per_task: 1", "files_per_task: 0"), &["bronze[0].files_per_task", "at least 1"]),
         refused("no partitions", spec("partitions: 2", "partitions: 0"), &["silver[0]", "partitions", "at least 1"]),
+        refused("a million partitions", spec("partitions: 2", "partitions: 1000000"), &["silver[0]", "partitions", "at most 1024"]),
         refused("unknown source", spec("{ name: orders, source: api", "{ name: orders, source: nowhere"), &["bronze[0].source", "unknown source 'nowhere'"]),
         refused("empty lake", spec("lake: lake", "lake: \"\""), &["lake.root", "must not be empty"]),
         refused("duplicate table", spec("name: customer_360", "name: product_performance"), &["duplicate gold name 'product_performance'"]),

@@ -5,7 +5,8 @@ use medallion_proto::coordinator_client::CoordinatorClient;
 use std::path::Path;
 
 use medallion_tests::Workspace;
-use medallion_tests::cluster::Cluster;
+use medallion_tests::cluster::{Cluster, NODE_NAME};
+use medallion_tests::prometheus::http_get_with;
 use medallion_tests::tls::{Ca, Issued};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -274,6 +275,50 @@ fn each_role_may_call_only_what_it_may() {
     };
     assert_eq!(list(&viewer), Code::Unauthenticated);
     assert_eq!(list(&rotated), Code::Ok);
+
+    // Per-pipeline grants: an operator of the `sales_*` pipelines neither runs nor sees `shop`.
+    let made = ws.medallion(&["token", "sales-ci", "operator", "--pipelines", "sales_*"]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let field = |prefix: &str| {
+        let line = made.stdout.lines().find_map(|l| l.strip_prefix(prefix));
+        line.unwrap().to_string()
+    };
+    let (sales, sales_entry) = (field("token: "), field("entry: "));
+    assert!(sales_entry.contains("sales_*"), "{sales_entry}");
+    ws.write(
+        "tokens.yaml",
+        &format!("{rotated_entry}\n{operator_entry}\n{admin_entry}\n{sales_entry}\n"),
+    );
+    let as_sales = |args: &[&str]| {
+        let mut cli = std::process::Command::new(medallion_tests::medallion_bin());
+        cli.args(args).args(["--coordinator", &url]);
+        let out = cli
+            .env("MEDALLION_TOKEN", &sales)
+            .current_dir(ws.path())
+            .output();
+        medallion_tests::Invocation::from(out.unwrap())
+    };
+    let refused = as_sales(&["submit", "pipeline.yaml"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("'sales-ci' is not granted pipeline 'shop'"),
+        "{}",
+        refused.stderr
+    );
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    let seen = as_sales(&["runs", "--output", "json"]);
+    assert_eq!(seen.code, 0, "{}", seen.stderr);
+    assert!(!seen.stdout.contains(&run_id), "{}", seen.stdout);
+    let status = as_sales(&["status", &run_id]);
+    assert_eq!(status.code, 2, "{}", status.stderr);
+    let cancel = as_sales(&["cancel", &run_id]);
+    assert_eq!(cancel.code, 2, "{}", cancel.stderr);
+    let admin_sees = cluster.client(&ws, &["runs", "--output", "json"]);
+    assert!(admin_sees.stdout.contains(&run_id), "{}", admin_sees.stdout);
+    let log = cluster.coordinators[0].log_text();
+    assert!(log.contains("pipeline not granted"), "{log}");
 }
 
 /// The common name of the certificate the server at `port` presents to a new connection
@@ -284,13 +329,14 @@ fn served_certificate(port: u16, ca: &Path, client: &Issued) -> String {
                 ctx.load_cert_chain(sys.argv[3], sys.argv[4])\n\
                 ctx.set_alpn_protocols(['h2'])\n\
                 with socket.create_connection(('127.0.0.1', int(sys.argv[1]))) as s:\n\
-                \x20   with ctx.wrap_socket(s, server_hostname='localhost') as t:\n\
+                \x20   with ctx.wrap_socket(s, server_hostname=sys.argv[5]) as t:\n\
                 \x20       print(dict(x[0] for x in t.getpeercert()['subject'])['commonName'])\n";
     let out = std::process::Command::new(medallion_tests::python())
         .arg("-c")
         .arg(code)
         .arg(port.to_string())
         .args([ca, &client.cert, &client.key])
+        .arg(NODE_NAME)
         .output()
         .unwrap();
     assert!(
@@ -310,6 +356,9 @@ fn served_certificate(port: u16, ca: &Path, client: &Issued) -> String {
 fn tls_on_every_link_refuses_strangers_and_renews_without_restart() {
     let ws = shop();
     let ca = Ca::new(&ws.path().join("tls"), "cluster");
+    let scrape_token = "scrape-3b9e71f0";
+    let token_file = ws.write("metrics.token", &format!("{scrape_token}\n"));
+    ws.set_env("MEDALLION_METRICS_TOKEN_FILE", token_file.to_str().unwrap());
     let (mut cluster, node) = Cluster::start_secured(&ws, 1, 1, &ca);
     let url = cluster.coordinators[0].url();
     assert!(url.starts_with("https://"), "{url}");
@@ -327,7 +376,7 @@ fn tls_on_every_link_refuses_strangers_and_renews_without_restart() {
     // Plaintext to the TLS port, a client that does not trust the CA, one without a
     // certificate, and one whose certificate another CA signed: all refused.
     let other = Ca::new(&ws.path().join("tls-other"), "other");
-    let stranger = other.issue("stranger", "stranger");
+    let stranger = other.issue("stranger", "stranger", &[NODE_NAME]);
     let (cert, key) = (
         stranger.cert.to_str().unwrap(),
         stranger.key.to_str().unwrap(),
@@ -387,7 +436,7 @@ fn tls_on_every_link_refuses_strangers_and_renews_without_restart() {
     // next connection by the same process.
     let port = cluster.coordinators[0].port;
     assert_eq!(served_certificate(port, &ca.cert(), &node), "node");
-    let renewed = ca.issue("node", "node-renewed");
+    let renewed = ca.issue("node", "node-renewed", &[NODE_NAME]);
     assert_eq!(
         served_certificate(port, &ca.cert(), &renewed),
         "node-renewed"
@@ -397,4 +446,30 @@ fn tls_on_every_link_refuses_strangers_and_renews_without_restart() {
     assert!(log.contains("TLS certificate reloaded"), "{log}");
     let again = cluster.client(&ws, &["runs"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
+
+    // Metrics only for a scraper with the token (the file is read at each scrape).
+    let bearer = format!("Authorization: Bearer {scrape_token}");
+    for process in [&cluster.coordinators[0], &cluster.executors[0]] {
+        let port = process.metrics_port;
+        assert_eq!(
+            http_get_with(port, "/metrics", &[]).0,
+            401,
+            "{}",
+            process.name
+        );
+        assert_eq!(
+            http_get_with(port, "/metrics", &["Authorization: Bearer wrong"]).0,
+            401
+        );
+        let (status, body) = http_get_with(port, "/metrics", &[&bearer]);
+        assert_eq!(status, 200, "{}", process.name);
+        assert!(body.contains("medallion_"), "{body}");
+    }
+    ws.write("metrics.token", "rotated\n");
+    let port = cluster.coordinators[0].metrics_port;
+    assert_eq!(http_get_with(port, "/metrics", &[&bearer]).0, 401);
+    assert_eq!(
+        http_get_with(port, "/metrics", &["Authorization: Bearer rotated"]).0,
+        200
+    );
 }

@@ -183,12 +183,20 @@ fn sources_and_lake_on_s3_equal_a_local_run() {
     assert_eq!(versions(), before);
 }
 
-/// A wrong secret: the run fails naming the source and what the store said; no table changes.
+/// A wrong secret: the run fails naming the source and what the store said, but never the
+/// secret, even in an info-level log; no table changes.
 #[test]
 fn a_source_the_store_refuses_fails_the_run_naming_it() {
     let (_s3, ws) = example_on_s3(2_000, 2);
-    ws.set_env("AWS_SECRET_ACCESS_KEY", "wrong");
+    let wrong = "wrong-secret-6f1d0c2a";
+    ws.set_env("AWS_SECRET_ACCESS_KEY", wrong);
+    ws.set_env("MEDALLION_LOG", "info");
     let run = ws.run("pipeline.yaml");
+    let said = format!("{}\n{}", run.stdout, run.stderr);
+    assert!(
+        !said.contains(wrong),
+        "the secret is in the output:\n{said}"
+    );
     assert_ne!(run.code, 0, "{}", run.stdout);
     let report = run.report();
     let orders = table(&report, "bronze.orders");
@@ -236,6 +244,17 @@ fn a_cluster_on_s3_survives_a_killed_executor_and_equals_a_local_run() {
     );
     let gold = table(&status["report"], "gold.customer_360");
     assert_eq!(gold["engine"], "ballista", "{gold:#}");
+    // The store's secret reaches every process (in its environment) and appears nowhere:
+    // no log line, no run record.
+    for process in cluster.coordinators.iter().chain(&cluster.executors) {
+        let log = process.log_text();
+        assert!(
+            !log.is_empty() && !log.contains(medallion_tests::s3::SECRET_KEY),
+            "{}",
+            process.name
+        );
+    }
+    assert!(!status.to_string().contains(medallion_tests::s3::SECRET_KEY));
     assert!(
         !ws.path().join("lake").exists(),
         "nothing may be written locally"

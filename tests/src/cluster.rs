@@ -126,6 +126,9 @@ impl Drop for Proc {
     }
 }
 
+/// The one name the certificate of a secured cluster's servers has.
+pub const NODE_NAME: &str = "medallion-node";
+
 /// etcd on a free port with its data in the workspace.
 pub struct Etcd {
     pub proc: Proc,
@@ -257,17 +260,19 @@ impl Cluster {
 
     /// [`Cluster::start`] with TLS on every link: etcd, coordinators and executors serve TLS
     /// with certificates `ca` signs and take only callers that present one (mutual TLS); every
-    /// process, the client included, trusts `ca` and presents `<ca dir>/node.pem`. Returns
-    /// the cluster and that certificate.
+    /// process, the client included, trusts `ca` and presents `<ca dir>/node.pem`. As pods
+    /// in Kubernetes, servers are called at IP addresses their certificate does not name: it
+    /// names [`NODE_NAME`], which callers check instead. Returns the cluster and the
+    /// certificate.
     pub fn start_secured(
         ws: &Workspace,
         coordinators: usize,
         executors: usize,
         ca: &Ca,
     ) -> (Self, Issued) {
-        let node = ca.issue("node", "node");
+        let node = ca.issue("node", "node", &[NODE_NAME]);
         let etcd = EtcdTls {
-            cert: ca.issue("etcd", "etcd"),
+            cert: ca.issue("etcd", "etcd", &["127.0.0.1"]),
             ca: ca.cert(),
         };
         let ca_path = ca.cert().display().to_string();
@@ -276,6 +281,7 @@ impl Cluster {
             ("MEDALLION_TLS_KEY", node.key.display().to_string()),
             ("MEDALLION_TLS_CA", ca_path.clone()),
             ("MEDALLION_TLS_CLIENT_AUTH", "true".into()),
+            ("MEDALLION_TLS_SERVER_NAME", NODE_NAME.into()),
             ("MEDALLION_ETCD_CERT", node.cert.display().to_string()),
             ("MEDALLION_ETCD_KEY", node.key.display().to_string()),
             ("MEDALLION_ETCD_CA", ca_path),

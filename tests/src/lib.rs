@@ -50,7 +50,7 @@ pub struct Invocation {
     pub stderr: String,
 }
 
-impl Invocation {
+impl From<Output> for Invocation {
     fn from(out: Output) -> Self {
         Self {
             code: out.status.code().unwrap_or(-1),
@@ -58,7 +58,9 @@ impl Invocation {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
 
+impl Invocation {
     /// The JSON run report (`run --output json`).
     pub fn report(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {

@@ -80,14 +80,24 @@ impl Prometheus {
 
 /// A plain HTTP/1.0 GET on loopback; returns the body.
 pub fn http_get(port: u16, path: &str) -> String {
+    http_get_with(port, path, &[]).1
+}
+
+/// [`http_get`] with extra header lines (`Authorization: Bearer ...`); returns the status
+/// code and the body.
+pub fn http_get_with(port: u16, path: &str, headers: &[&str]) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}\r\n"
+    )
+    .expect("request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    (status.unwrap_or(0), body.to_string())
 }
 
 fn percent_encode(text: &str) -> String {

@@ -47,10 +47,10 @@ impl Ca {
         self.dir.join(format!("{}-ca.pem", self.name))
     }
 
-    /// A certificate for `localhost` and `127.0.0.1`, usable by servers and clients, written
-    /// to `<dir>/<file>.pem` and `<dir>/<file>.key` (replacing what was there).
-    pub fn issue(&self, file: &str, common_name: &str) -> Issued {
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    /// A certificate for `names` (host names or IP addresses), usable by servers and clients,
+    /// written to `<dir>/<file>.pem` and `<dir>/<file>.key` (replacing what was there).
+    pub fn issue(&self, file: &str, common_name: &str, names: &[&str]) -> Issued {
+        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
         let mut params = CertificateParams::new(names).expect("certificate params");
         params
             .distinguished_name

@@ -15,8 +15,8 @@ use deltalake::protocol::SaveMode;
 use medallion_pipeline::report::{Engine, Refresh};
 
 use super::{
-    CommitPlan, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, Inputs, RunContext, inputs_info,
-    spec_fingerprint,
+    CommitPlan, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, Inputs, MAX_STAGE_TASKS, RunContext,
+    files_per_ingest_task, inputs_info, spec_fingerprint,
 };
 use crate::testing::pipeline;
 
@@ -144,6 +144,19 @@ async fn a_new_bronze_table_appends_every_file_partitioned_by_ingestion_date() {
     );
     let data = work.data_schema().unwrap();
     assert_eq!(data.field(0).name(), "id", "{data:?}");
+}
+
+#[test]
+fn a_bronze_stage_has_at_most_ten_thousand_tasks() {
+    assert_eq!(files_per_ingest_task(4, 100), 4);
+    assert_eq!(files_per_ingest_task(1, MAX_STAGE_TASKS), 1);
+    for files in [MAX_STAGE_TASKS + 1, 3_000_000] {
+        let per_task = files_per_ingest_task(1, files);
+        assert!(
+            files.div_ceil(per_task) <= MAX_STAGE_TASKS,
+            "{files}: {per_task}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -83,6 +83,16 @@ app.kubernetes.io/component: {{ .component }}
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- if .Values.tls.enabled }}
+- name: MEDALLION_TLS_CERT
+  value: /etc/medallion/tls/tls.crt
+- name: MEDALLION_TLS_KEY
+  value: /etc/medallion/tls/tls.key
+- name: MEDALLION_TLS_CA
+  value: /etc/medallion/tls/ca.crt
+- name: MEDALLION_TLS_SERVER_NAME
+  value: {{ include "medallion.componentName" (dict "root" . "component" "coordinator") }}
+{{- end }}
 {{- with .Values.objectStorage }}
 {{- if .enabled }}
 - name: AWS_ACCESS_KEY_ID
@@ -115,13 +125,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Volumes every Medallion pod mounts: scratch space (the root filesystem is read-only), the lake. */}}
+{{/* Volumes every Medallion pod mounts: scratch space (the root filesystem is read-only), the lake, TLS. */}}
 {{- define "medallion.volumeMounts" -}}
 - name: scratch
   mountPath: /tmp
 {{- if .Values.lakeVolume.enabled }}
 - name: lake
   mountPath: {{ .Values.lakeVolume.mountPath }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/medallion/tls
+  readOnly: true
 {{- end }}
 {{- end }}
 
@@ -133,6 +148,40 @@ app.kubernetes.io/component: {{ .component }}
 - name: lake
   persistentVolumeClaim:
     claimName: {{ required "lakeVolume.existingClaim is required when lakeVolume.enabled" .root.Values.lakeVolume.existingClaim }}
+{{- end }}
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "medallion.tlsSecret" .root }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the pods' certificate, key and CA. */}}
+{{- define "medallion.tlsSecret" -}}
+{{- .Values.tls.secretName | default (printf "%s-tls" (include "medallion.fullname" .)) }}
+{{- end }}
+
+{{/* The Secret holding the client API's token file. */}}
+{{- define "medallion.tokensSecret" -}}
+{{- .Values.auth.tokensSecret | default (printf "%s-api-tokens" (include "medallion.fullname" .)) }}
+{{- end }}
+
+{{/* The URL scheme of the gRPC ports. */}}
+{{- define "medallion.scheme" -}}
+{{- ternary "https" "http" .Values.tls.enabled }}
+{{- end }}
+
+{{/* A probe of a gRPC port: the health service, or, under TLS (which kubelet's gRPC probes cannot speak), the port accepting connections. */}}
+{{- define "medallion.probe" -}}
+{{- if .root.Values.tls.enabled }}
+tcpSocket:
+  port: {{ .port }}
+{{- else }}
+grpc:
+  port: {{ .port }}
+  {{- with .service }}
+  service: {{ . }}
+  {{- end }}
 {{- end }}
 {{- end }}
 
