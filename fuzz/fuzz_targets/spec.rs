@@ -6,7 +6,12 @@ use libfuzzer_sys::fuzz_target;
 use medallion_pipeline::{Pipeline, RunDate};
 
 fuzz_target!(|text: &str| {
-    let parsed = Pipeline::parse_for(text.into(), "fuzz.yaml".into(), "/data".into(), RunDate::Latest);
+    let parsed = Pipeline::parse_for(
+        text.into(),
+        "fuzz.yaml".into(),
+        "/data".into(),
+        RunDate::Latest,
+    );
     if let Ok(pipeline) = parsed {
         // What a valid spec goes on to: its order of tables and its computation's fingerprint.
         let _ = pipeline.dag.topological_order();
