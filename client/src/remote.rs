@@ -159,11 +159,14 @@ impl Remote {
     }
 
     async fn at(caller: &Caller, url: &str) -> Result<Self> {
-        let channel = caller
+        let mut target = caller
             .tls
-            .endpoint(url)
-            .with_context(|| format!("coordinator {url}"))?
-            .connect_timeout(std::time::Duration::from_secs(5))
+            .target(url)
+            .with_context(|| format!("coordinator {url}"))?;
+        target.endpoint = target
+            .endpoint
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let channel = target
             .connect()
             .await
             .with_context(|| format!("cannot reach the coordinator at {url}"))?;

@@ -67,7 +67,7 @@ impl EtcdArgs {
             ca: self.etcd_ca.clone(),
             server_name: None,
         };
-        if let Some(config) = tls.client()?.config() {
+        if let Some(config) = tls.tonic_config()? {
             options = options.with_tls(config);
         }
         let connect = || async {

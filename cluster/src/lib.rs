@@ -16,7 +16,7 @@ pub mod tls;
 pub use etcd::{EtcdArgs, KeptLease, Keys};
 pub use logging::LogArgs;
 pub use server::ServerArgs;
-pub use tls::{ClientTls, TlsArgs};
+pub use tls::{ClientTls, Target, TlsArgs};
 
 use std::process::ExitCode;
 

@@ -5,7 +5,8 @@
 //! certificate when it calls, so a server started with `--tls-client-auth` (mutual TLS) can
 //! refuse callers the CA did not sign. A server reads its certificate and key again when their
 //! files change (a renewed Kubernetes Secret or cert-manager Certificate): connections made
-//! after that see the new certificate, without a restart. URLs with `https://` use TLS,
+//! after that see the new certificate, without a restart; a caller likewise presents its
+//! renewed certificate from its next connection on. URLs with `https://` use TLS,
 //! `http://` plaintext.
 
 use std::path::{Path, PathBuf};
@@ -13,17 +14,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use rustls::RootCertStore;
+use hyper_util::rt::TokioIo;
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::codegen::http::Uri;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// This process's certificate and the CA it trusts: what it calls others with, and serves
 /// with when it is a server.
@@ -69,21 +74,55 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// How this process calls servers.
+    /// How this process calls servers. Its certificate is read again when its files change,
+    /// like a server's, so a long-running caller presents the renewed one at its next
+    /// connection.
     pub fn client(&self) -> Result<ClientTls> {
         let Some(ca) = &self.ca else {
             return Ok(ClientTls(None));
         };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for cert in certificates(ca)? {
+            roots.add(cert).context("--tls-ca")?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots);
+        let mut config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                builder.with_client_cert_resolver(Arc::new(Reloading::load(cert, key, provider)?))
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let server_name = match &self.server_name {
+            Some(name) => Some(
+                ServerName::try_from(name.clone())
+                    .with_context(|| format!("--tls-server-name '{name}' is not a host name"))?,
+            ),
+            None => None,
+        };
+        Ok(ClientTls(Some(Arc::new(Dialer {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        }))))
+    }
+
+    /// The same, as the fixed configuration etcd-client takes (read once: the etcd link
+    /// does not see a renewed certificate until the process restarts).
+    pub fn tonic_config(&self) -> Result<Option<ClientTlsConfig>> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
         let pem = read(ca, "--tls-ca")?;
         let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-        if let Some(name) = &self.server_name {
-            config = config.domain_name(name);
-        }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             let identity = Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?);
             config = config.identity(identity);
         }
-        Ok(ClientTls(Some(config)))
+        Ok(Some(config))
     }
 
     /// How this process serves: `None` without a certificate (plaintext). With
@@ -123,29 +162,103 @@ impl TlsArgs {
 }
 
 /// How a process calls servers: TLS for `https://` URLs when it was given a CA.
-#[derive(Clone, Debug, Default)]
-pub struct ClientTls(Option<ClientTlsConfig>);
+#[derive(Clone, Default)]
+pub struct ClientTls(Option<Arc<Dialer>>);
 
 impl ClientTls {
-    /// The TLS configuration calls use, if TLS is configured.
-    pub fn config(&self) -> Option<ClientTlsConfig> {
-        self.0.clone()
-    }
-
-    /// An endpoint for `url`, with TLS when the URL says `https://`.
-    pub fn endpoint(&self, url: &str) -> Result<Endpoint> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .with_context(|| format!("'{url}' is not a URL"))?;
-        if !url.starts_with("https://") {
-            return Ok(endpoint);
-        }
-        let config = self.0.clone().with_context(|| {
+    /// Where to call `url`: TLS when the URL says `https://`. Set timeouts and keep-alive
+    /// on its `endpoint`, then connect.
+    pub fn target(&self, url: &str) -> Result<Target> {
+        let Some(rest) = url.strip_prefix("https://") else {
+            let endpoint = Endpoint::from_shared(url.to_string())
+                .with_context(|| format!("'{url}' is not a URL"))?;
+            return Ok(Target {
+                endpoint,
+                tls: None,
+            });
+        };
+        let dialer = self.0.clone().with_context(|| {
             format!("{url}: an https:// URL needs the CA that signs its certificate (--tls-ca)")
         })?;
-        endpoint
-            .tls_config(config)
-            .with_context(|| format!("TLS for {url}"))
+        // tonic does TLS only with a fixed certificate, so our connector does it and tonic
+        // sees a plain `http://` URL (the `:scheme` it sends; servers do not look at it).
+        let endpoint = Endpoint::from_shared(format!("http://{rest}"))
+            .with_context(|| format!("'{url}' is not a URL"))?;
+        let host = endpoint.uri().host().unwrap_or_default();
+        let server_name = match &dialer.server_name {
+            Some(name) => name.clone(),
+            None => ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .with_context(|| format!("{url}: '{host}' is not a host name"))?,
+        };
+        Ok(Target {
+            endpoint,
+            tls: Some((dialer, server_name)),
+        })
     }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ClientTls(on)"
+        } else {
+            "ClientTls(off)"
+        })
+    }
+}
+
+/// The TLS half of a caller: its rustls configuration and the name servers must have.
+struct Dialer {
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+/// A server to call, before connecting.
+pub struct Target {
+    pub endpoint: Endpoint,
+    tls: Option<(Arc<Dialer>, ServerName<'static>)>,
+}
+
+impl Target {
+    /// A channel that connects at its first call, and again after the connection drops.
+    pub fn connect_lazy(self) -> Channel {
+        match self.tls {
+            None => self.endpoint.connect_lazy(),
+            Some(tls) => self.endpoint.connect_with_connector_lazy(dial(tls)),
+        }
+    }
+
+    /// A channel connected now.
+    pub async fn connect(self) -> Result<Channel, tonic::transport::Error> {
+        match self.tls {
+            None => self.endpoint.connect().await,
+            Some(tls) => self.endpoint.connect_with_connector(dial(tls)).await,
+        }
+    }
+}
+
+/// Opens a TCP connection to the URI's host and port and does the TLS handshake on it.
+fn dial(
+    (dialer, server_name): (Arc<Dialer>, ServerName<'static>),
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
++ Clone
++ 'static {
+    tower::service_fn(move |uri: Uri| {
+        let (dialer, server_name) = (dialer.clone(), server_name.clone());
+        async move {
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = dialer.connector.connect(server_name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        }
+    })
 }
 
 /// Accepts TLS connections on `listener`, each handshake on its own task so a slow or
@@ -190,7 +303,7 @@ pub fn incoming(
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// A server certificate read again when its files change.
+/// A certificate (a server's, or a caller's for mutual TLS) read again when its files change.
 #[derive(Debug)]
 struct Reloading {
     cert: PathBuf,
@@ -220,8 +333,8 @@ impl Reloading {
     }
 }
 
-impl ResolvesServerCert for Reloading {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+impl Reloading {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
         let mut current = self.current.lock().ok()?;
         let now = changed(&self.cert, &self.key);
         if now != current.changed {
@@ -241,6 +354,22 @@ impl ResolvesServerCert for Reloading {
             }
         }
         Some(current.key.clone())
+    }
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl ResolvesClientCert for Reloading {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

@@ -28,6 +28,8 @@ pub struct SourceFile {
     pub size: u64,
     /// An object's ETag (else its modification time); a local file's modification time.
     pub version: String,
+    /// A confined pipeline's local file: its path without links, checked to be allowed.
+    pub real: Option<String>,
 }
 
 /// What a source's path names.
@@ -135,6 +137,7 @@ async fn list_objects(
             location: o.url,
             size: o.size,
             version: o.version.unwrap_or_default(),
+            real: None,
         })
         .collect();
     Ok(SourceListing {
@@ -186,11 +189,15 @@ fn list_local(pipeline: &Pipeline, source: &SourceSpec, location: &str) -> Resul
         if lake.as_ref().is_some_and(|lake| real.starts_with(lake)) {
             continue;
         }
-        if let Some(confinement) = pipeline.confinement() {
-            confinement
-                .check_source_file(&real)
-                .map_err(|e| anyhow::anyhow!("source '{name}': {}: {e}", path.display()))?;
-        }
+        let checked = match pipeline.confinement() {
+            Some(confinement) => {
+                confinement
+                    .check_source_file(&real)
+                    .map_err(|e| anyhow::anyhow!("source '{name}': {}: {e}", path.display()))?;
+                Some(real.display().to_string())
+            }
+            None => None,
+        };
         // A real file found again through a link keeps the identity of its path without
         // links, so renaming a link changes nothing.
         let direct = real.strip_prefix(&real_root).ok() == path.strip_prefix(&root).ok();
@@ -201,6 +208,7 @@ fn list_local(pipeline: &Pipeline, source: &SourceSpec, location: &str) -> Resul
             location: path.display().to_string(),
             size: stat.len(),
             version: modified(&stat),
+            real: checked,
         };
         match seen.get(&real) {
             Some(&i) if direct => files[i] = file,
@@ -298,4 +306,44 @@ fn is_hidden_name(name: &str) -> bool {
 pub fn legacy_id(root: &Path, recorded: &str) -> Option<String> {
     let path = Path::new(recorded);
     (path.is_absolute() && path.starts_with(root)).then(|| relative_id(root, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use medallion_pipeline::{Confinement, RunDate};
+
+    use super::*;
+
+    /// A confined pipeline's files carry their path without links, which the executor checks
+    /// the file it opens against; an unconfined one's do not.
+    #[tokio::test]
+    async fn confined_files_carry_the_path_they_were_checked_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("data/2026")).unwrap();
+        std::fs::write(root.join("data/2026/a.jsonl"), "{}\n").unwrap();
+        std::os::unix::fs::symlink(root.join("data/2026"), root.join("data/latest")).unwrap();
+        let yaml = "pipeline: p\nlake: lake\nsources:\n  - name: s\n    path: data/latest/*.jsonl\n    \
+                    format: json\nbronze:\n  - name: b\n    source: s\n";
+        let confinement = Arc::new(Confinement::new(&root, &[], &[]).unwrap());
+        let pipeline = confinement
+            .admit(yaml.into(), "p.yaml".into(), RunDate::Latest)
+            .unwrap();
+        let listing = list_source_files(&pipeline, &pipeline.spec.sources[0])
+            .await
+            .unwrap();
+        let real = std::fs::canonicalize(root.join("data/2026/a.jsonl")).unwrap();
+        assert_eq!(listing.files.len(), 1);
+        assert_eq!(listing.files[0].real.as_deref(), real.to_str());
+        assert!(listing.files[0].location.contains("latest"));
+
+        let free =
+            Pipeline::parse_for(yaml.into(), "p.yaml".into(), root, RunDate::Latest).unwrap();
+        let listing = list_source_files(&free, &free.spec.sources[0])
+            .await
+            .unwrap();
+        assert_eq!(listing.files[0].real, None);
+    }
 }

@@ -41,13 +41,14 @@ struct GrpcLink(ExecutorClient<Channel>);
 
 impl GrpcLink {
     fn connect(tls: &ClientTls, info: &ExecutorInfo) -> Result<Arc<dyn ExecutorLink>> {
-        let channel = tls
-            .endpoint(&info.address)?
+        let mut target = tls.target(&info.address)?;
+        target.endpoint = target
+            .endpoint
             .connect_timeout(Duration::from_secs(3))
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = target.connect_lazy();
         Ok(Arc::new(Self(
             ExecutorClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -112,7 +113,6 @@ pub struct Members {
 }
 
 impl Members {
-    /// Members called over gRPC.
     /// Members called over gRPC, with TLS for `https://` addresses.
     pub fn grpc(tls: ClientTls) -> Arc<Self> {
         Self::with_links(move |info| GrpcLink::connect(&tls, info))

@@ -460,6 +460,7 @@ impl RunContext<'_> {
                             id: f.id.clone(),
                             size: f.size as i64,
                             version: f.version.clone(),
+                            real_path: f.real.clone().unwrap_or_default(),
                         })
                         .collect(),
                     ingested_at_micros: self.ingested_at_micros,

@@ -94,7 +94,7 @@ impl Role {
                 Some((address.clone(), channel.clone()))
             }
             _ => {
-                let channel = self.tls.endpoint(&leader).ok()?.connect_lazy();
+                let channel = self.tls.target(&leader).ok()?.connect_lazy();
                 *cached = Some((leader.clone(), channel.clone()));
                 Some((leader, channel))
             }

@@ -155,7 +155,10 @@ impl FileIngest {
         metrics: &mut TaskMetrics,
         tx: &mpsc::Sender<anyhow::Result<RecordBatch>>,
     ) -> Result<bool, SourceError> {
-        for chunk in medallion_sources::read_file(path, &self.options, &self.data)? {
+        // An object's local copy is ours; a local file must still be the one planned.
+        let real = (path == Path::new(&file.path) && !file.real_path.is_empty())
+            .then(|| Path::new(&file.real_path));
+        for chunk in medallion_sources::read_file(path, real, &self.options, &self.data)? {
             let chunk = chunk?;
             let rows = chunk.batch.num_rows();
             let batch = self

@@ -21,7 +21,7 @@ pub fn read(format: SourceFormat, bytes: &[u8]) {
         Field::new("id", DataType::Int64, true),
         Field::new("name", DataType::Utf8, true),
     ]);
-    if let Ok(chunks) = read_file(file.path(), &options, &schema) {
+    if let Ok(chunks) = read_file(file.path(), None, &options, &schema) {
         for chunk in chunks {
             if chunk.is_err() {
                 break;

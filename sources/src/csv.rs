@@ -5,6 +5,7 @@
 //! are rescued under their position (`_c<i>`); a quote left open at the end of the file, which
 //! would swallow every line after it into one field, is rescued as a corrupt record.
 
+use std::fs::File;
 use std::io::Read;
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
@@ -38,11 +39,12 @@ enum Target {
 
 impl CsvRecords {
     pub(crate) fn open(
+        file: File,
         path: &Path,
         options: &ReadOptions,
         schema: SchemaRef,
     ) -> Result<TextReader<Self>, SourceError> {
-        let text: Box<dyn Read + Send> = Box::new(open_text(path)?);
+        let text: Box<dyn Read + Send> = Box::new(open_text(file, path)?);
         let tail = Arc::new(Mutex::new(Vec::new()));
         let reader = csv::ReaderBuilder::new()
             .has_headers(false)

@@ -1,6 +1,5 @@
 //! Deciding the columns of a source that declares no schema.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
@@ -32,7 +31,10 @@ pub fn infer_schema(
     for path in files {
         match options.format {
             SourceFormat::Json => {
-                for line in BufReader::new(open_text(path)?).lines().take(sample_rows) {
+                for line in BufReader::new(open_text(crate::open(path, None)?, path)?)
+                    .lines()
+                    .take(sample_rows)
+                {
                     let Ok(line) = line else { break };
                     // An IndexMap keeps the keys in the order the record has them.
                     if let Ok(object) = serde_json::from_str::<IndexMap<String, IgnoredAny>>(&line)
@@ -46,7 +48,7 @@ pub fn infer_schema(
                     .has_headers(false)
                     .flexible(true)
                     .delimiter(options.delimiter)
-                    .from_reader(open_text(path)?);
+                    .from_reader(open_text(crate::open(path, None)?, path)?);
                 for record in reader.byte_records().take(sample_rows.max(1)) {
                     let record = record.map_err(|e| SourceError::new(path, e))?;
                     if options.header {
@@ -61,7 +63,7 @@ pub fn infer_schema(
                 }
             }
             SourceFormat::Parquet => {
-                let file = File::open(path).map_err(|e| SourceError::new(path, e))?;
+                let file = crate::open(path, None)?;
                 let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
                     SourceError::new(path, format!("not a readable Parquet file: {e}"))
                 })?;

@@ -1,5 +1,6 @@
 //! JSON lines: one object per line.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -20,11 +21,12 @@ pub(crate) struct JsonLines {
 
 impl JsonLines {
     pub(crate) fn open(
+        file: File,
         path: &Path,
         options: &ReadOptions,
         schema: SchemaRef,
     ) -> Result<TextReader<Self>, SourceError> {
-        let text: Box<dyn Read + Send> = Box::new(open_text(path)?);
+        let text: Box<dyn Read + Send> = Box::new(open_text(file, path)?);
         let source = Self {
             path: path.to_path_buf(),
             lines: BufReader::new(text).lines(),

@@ -11,7 +11,8 @@ mod json;
 mod parquet;
 mod text;
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -95,18 +96,59 @@ pub fn with_rescued_column(data: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Opens a file for reading into `data` columns (plus `_rescued_data`).
+/// Opens a file for reading into `data` columns (plus `_rescued_data`). `real`: the path
+/// without links a confined pipeline's planner checked; see [`open`].
 pub fn read_file(
     path: &Path,
+    real: Option<&Path>,
     options: &ReadOptions,
     data: &Schema,
 ) -> Result<Box<dyn Iterator<Item = Result<Chunk, SourceError>> + Send>, SourceError> {
     let out = with_rescued_column(data);
+    let file = open(path, real)?;
     Ok(match options.format {
-        SourceFormat::Json => Box::new(json::JsonLines::open(path, options, out)?),
-        SourceFormat::Csv => Box::new(csv::CsvRecords::open(path, options, out)?),
-        SourceFormat::Parquet => Box::new(parquet::ParquetReader::open(path, options, out)?),
+        SourceFormat::Json => Box::new(json::JsonLines::open(file, path, options, out)?),
+        SourceFormat::Csv => Box::new(csv::CsvRecords::open(file, path, options, out)?),
+        SourceFormat::Parquet => Box::new(parquet::ParquetReader::open(file, path, options, out)?),
     })
+}
+
+/// Opens `path`; with `real`, refuses it unless the file opened is the one at `real`.
+///
+/// A confined pipeline's files are checked at planning, by their path without links; a link
+/// put in place of the file or of a directory above it before an executor opens it would
+/// lead elsewhere. So the check is made again on the open file itself (on Linux, the path
+/// the kernel gives its descriptor), and a file that moved is not read.
+pub fn open(path: &Path, real: Option<&Path>) -> Result<File, SourceError> {
+    let file = File::open(path).map_err(|e| SourceError::new(path, e))?;
+    let Some(real) = real else {
+        return Ok(file);
+    };
+    let opened = opened_path(&file, path).map_err(|e| SourceError::new(path, e))?;
+    if opened != real {
+        return Err(SourceError::new(
+            path,
+            format!(
+                "now leads to '{}', not to '{}' where it was when the run was planned \
+                 (a link was put in its place); not read",
+                opened.display(),
+                real.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+#[cfg(target_os = "linux")]
+fn opened_path(file: &File, _path: &Path) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// Elsewhere, the path resolved again just after opening (a narrower window, not none).
+#[cfg(not(target_os = "linux"))]
+fn opened_path(_file: &File, path: &Path) -> std::io::Result<PathBuf> {
+    std::fs::canonicalize(path)
 }
 
 #[cfg(test)]

@@ -26,11 +26,11 @@ pub(crate) struct ParquetReader {
 
 impl ParquetReader {
     pub(crate) fn open(
+        file: File,
         path: &Path,
         options: &ReadOptions,
         schema: SchemaRef,
     ) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|e| SourceError::new(path, e))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
             .map_err(|e| SourceError::new(path, format!("not a readable Parquet file: {e}")))?;

@@ -23,7 +23,7 @@ fn opts(format: SourceFormat) -> ReadOptions {
 
 fn read_all(path: &Path, options: &ReadOptions, schema: &Schema) -> (Vec<RecordBatch>, usize) {
     let mut rescued = 0;
-    let batches = read_file(path, options, schema)
+    let batches = read_file(path, None, options, schema)
         .unwrap()
         .map(|c| {
             let c = c.unwrap();
@@ -36,7 +36,7 @@ fn read_all(path: &Path, options: &ReadOptions, schema: &Schema) -> (Vec<RecordB
 
 /// How many rows of a file were rescued as malformed (not for fields without a column).
 fn malformed(path: &Path, options: &ReadOptions, schema: &Schema) -> usize {
-    let chunks = read_file(path, options, schema).unwrap();
+    let chunks = read_file(path, None, options, schema).unwrap();
     chunks.map(|c| c.unwrap().malformed).sum()
 }
 
@@ -147,6 +147,7 @@ fn inference_takes_keys_in_order_as_text() {
 fn missing_file_names_the_file() {
     let err = read_file(
         Path::new("/nope/x.jsonl"),
+        None,
         &opts(SourceFormat::Json),
         &Schema::empty(),
     )
@@ -345,10 +346,50 @@ fn byte_order_marks_are_honoured_and_utf16_without_one_is_refused() {
     assert!(err.to_string().contains("NUL bytes"), "{err}");
     let err = read_file(
         no_bom.path(),
+        None,
         &opts(SourceFormat::Json),
         &text_schema(&["id"]),
     )
     .err()
     .expect("refused");
     assert!(err.to_string().contains("save it as UTF-8"), "{err}");
+}
+
+/// A file checked at planning and replaced by a link before it is read (issue 18): the
+/// reader refuses it, naming both paths, instead of following the link.
+#[test]
+fn a_file_replaced_by_a_link_after_planning_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let file = data.join("orders.jsonl");
+    std::fs::write(&file, "{\"id\": 1}\n").unwrap();
+    let real = std::fs::canonicalize(&file).unwrap();
+    let schema = text_schema(&["id"]);
+    let read = read_file(&file, Some(&real), &opts(SourceFormat::Json), &schema);
+    assert_eq!(read.unwrap().count(), 1);
+
+    let secret = dir.path().join("secret.jsonl");
+    std::fs::write(&secret, "{\"id\": 2}\n").unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&secret, &file).unwrap();
+    let err = read_file(&file, Some(&real), &opts(SourceFormat::Json), &schema)
+        .err()
+        .expect("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("secret.jsonl") && message.contains("a link was put"),
+        "{message}"
+    );
+
+    // A directory above it swapped for a link: refused too.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::rename(&data, dir.path().join("moved")).unwrap();
+    std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+    std::fs::write(dir.path().join("elsewhere/orders.jsonl"), "{\"id\": 3}\n").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), &data).unwrap();
+    let err = read_file(&file, Some(&real), &opts(SourceFormat::Json), &schema)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("elsewhere"), "{err}");
 }

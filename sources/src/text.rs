@@ -82,8 +82,10 @@ const SNIFF_BYTES: usize = 4096;
 /// with a byte order mark is converted, and a file with NUL bytes at its start (UTF-16
 /// without a byte order mark, or not text at all) is refused, before its bytes could become
 /// a table's column names.
-pub(crate) fn open_text(path: &Path) -> Result<impl Read + Send + use<>, SourceError> {
-    let mut file = File::open(path).map_err(|e| SourceError::new(path, e))?;
+pub(crate) fn open_text(
+    mut file: File,
+    path: &Path,
+) -> Result<impl Read + Send + use<>, SourceError> {
     let mut head = Vec::with_capacity(SNIFF_BYTES);
     (&mut file)
         .take(SNIFF_BYTES as u64)

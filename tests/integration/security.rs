@@ -3,9 +3,10 @@
 use medallion_proto as proto;
 use medallion_proto::coordinator_client::CoordinatorClient;
 use std::path::Path;
+use std::time::Duration;
 
 use medallion_tests::Workspace;
-use medallion_tests::cluster::{Cluster, NODE_NAME};
+use medallion_tests::cluster::{Cluster, NODE_NAME, wait_for};
 use medallion_tests::prometheus::http_get_with;
 use medallion_tests::tls::{Ca, Issued};
 use tonic::Code;
@@ -472,4 +473,64 @@ fn tls_on_every_link_refuses_strangers_and_renews_without_restart() {
         http_get_with(port, "/metrics", &["Authorization: Bearer rotated"]).0,
         200
     );
+}
+
+/// Issue 18: a coordinator presents its renewed certificate when it calls executors, without
+/// a restart. The executor here takes callers of a second CA only; the coordinator starts
+/// with a certificate of the first, and its files are then renewed with one of the second
+/// (as cert-manager moving to a new issuer does): the run that follows reaches the executor.
+#[test]
+fn a_renewed_client_certificate_is_presented_without_restart() {
+    let ws = shop();
+    let dir = ws.path().join("tls");
+    let first = Ca::new(&dir, "first");
+    let (mut cluster, node) = Cluster::start_secured(&ws, 1, 0, &first);
+    let second = Ca::new(&dir, "second");
+    let both = ws.write(
+        "tls/both-ca.pem",
+        &(std::fs::read_to_string(first.cert()).unwrap()
+            + &std::fs::read_to_string(second.cert()).unwrap()),
+    );
+    // The executor serves with the first CA's certificate (the coordinator trusts it) and
+    // takes callers of the second CA only.
+    let executor = first.issue("executor", "executor", &[NODE_NAME]);
+    cluster.add_executor_with(&[
+        "--tls-cert",
+        executor.cert.to_str().unwrap(),
+        "--tls-key",
+        executor.key.to_str().unwrap(),
+        "--tls-ca",
+        second.cert().to_str().unwrap(),
+    ]);
+    wait_for("the executor", Duration::from_secs(60), || {
+        cluster.executor_ids(&ws).len() == 1
+    });
+
+    // The coordinator's files now hold a certificate of the second CA. The command line
+    // keeps one of the first (what the coordinator takes) and trusts both.
+    let renewed = second.issue("node", "node-renewed", &[NODE_NAME]);
+    assert_eq!(renewed.cert, node.cert);
+    let cli = first.issue("cli", "cli", &[NODE_NAME]);
+    let run = cluster.client(
+        &ws,
+        &[
+            "submit",
+            "pipeline.yaml",
+            "--wait",
+            "--output",
+            "json",
+            "--tls-cert",
+            cli.cert.to_str().unwrap(),
+            "--tls-key",
+            cli.key.to_str().unwrap(),
+            "--tls-ca",
+            both.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, cluster.logs());
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    assert!(cluster.coordinators[0].alive(), "the coordinator restarted");
+    let gold = ws.read_table("lake/gold/customer_360");
+    assert_eq!(gold["num_rows"], 2, "{gold:#}");
 }
