@@ -12,7 +12,10 @@ For every value set in k8s/tests/values and every Kubernetes version in KUBE_VER
      names that are not DNS-1123;
   4. the Medallion containers' command line and environment against the binaries' own
      `--help` (and the binaries parse the rendered arguments), so the chart cannot drift
-     from the code.
+     from the code; etcd's flags against `etcd --help`;
+  5. with the default values, the certificates the chart makes work: a real etcd started with
+     the rendered TLS flags and etcd's Secret answers a client holding the pods' Secret and
+     refuses one without a certificate.
 k8s/manifests (a kustomize base rendered from the chart) gets the same checks, and must
 equal a fresh render. `--self-test` breaks copies of the chart one way each and proves every
 check catches its break. `--write-manifests` re-renders k8s/manifests.
@@ -43,9 +46,11 @@ NAMESPACE = "medallion"
 RELEASE = "medallion"
 
 # Secrets and claims the value sets name but leave to the user to create.
-EXTERNAL = {"Secret": {"lake-credentials", "medallion-lake-credentials", "medallion-api-tokens", "medallion-tls", "medallion-analytics-tls"}, "PersistentVolumeClaim": {"lake-shared"}}
+EXTERNAL = {"Secret": {"lake-credentials", "medallion-lake-credentials", "medallion-api-tokens", "medallion-tls", "medallion-etcd-tls", "medallion-analytics-tls", "medallion-analytics-etcd-tls"}, "PersistentVolumeClaim": {"lake-shared"}}
 # Medallion's binaries, by container command.
 BINARIES = ("medallion-coordinator", "medallion-executor")
+# Debian's etcd (scripts/deps.sh): the flags the chart passes are the same in the image's.
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -211,6 +216,8 @@ def check_workload(doc, docs):
         errors.append(f"{where}: selector {spec.get('selector')} does not match its pod labels {labels}")
     pod = spec.get("template", {}).get("spec", {})
     rendered = {(d["kind"], name_of(d)) for d in docs}
+    # A cert-manager Certificate makes the Secret it names.
+    rendered |= {("Secret", d["spec"]["secretName"]) for d in docs if d["kind"] == "Certificate"}
     account = pod.get("serviceAccountName")
     if account and account != "default" and ("ServiceAccount", account) not in rendered:
         errors.append(f"{where}: ServiceAccount {account!r} does not exist")
@@ -386,9 +393,14 @@ def flag_errors(tools, docs):
             continue
         for c in pod_template(w)["spec"]["containers"]:
             command = (c.get("command") or [""])[0]
+            where = f"{w['kind']} {name_of(w)!r} container {c['name']!r}"
+            if command == "etcd":
+                known = etcd_flags()
+                errors += [f"{where}: etcd has no flag {a.split('=', 1)[0]}" for a in c.get("args") or []
+                           if a.startswith("--") and a.split("=", 1)[0] not in known]
+                continue
             if command not in BINARIES:
                 continue
-            where = f"{w['kind']} {name_of(w)!r} container {c['name']!r}"
             binary = tools.binaries[command]
             flags, env_names = help_of(binary)
             env, samples = {}, {"status.podIP": "10.1.2.3", "metadata.name": "pod-0"}
@@ -421,6 +433,88 @@ def flag_errors(tools, docs):
             if parsed.returncode != 0:
                 errors.append(f"{where}: {command} rejects the rendered command line: {parsed.stderr.strip()}")
     return errors
+
+
+@functools.lru_cache(maxsize=None)
+def etcd_flags():
+    out = subprocess.run([ETCD, "--help"], capture_output=True, text=True)
+    return set(re.findall(r"^\s+(--[a-z0-9-]+)", out.stdout + out.stderr, re.M))
+
+
+# ---- the certificates the chart makes --------------------------------------------------
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def etcd_tls_errors(docs):
+    """Start etcd as the chart does (its TLS flags, the Secret the chart made for it) on
+    loopback; a client with the pods' Secret must get an answer, one without must not."""
+    import base64
+    import ssl
+    import time
+    import urllib.request
+    etcd = next((d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-etcd")), None)
+    if etcd is None:
+        return ["etcd TLS: no etcd StatefulSet rendered"]
+    container = etcd["spec"]["template"]["spec"]["containers"][0]
+    tls_args = [a for a in container["args"] if re.match(r"--(peer-)?(cert-file|key-file|trusted-ca-file|client-cert-auth)", a)]
+    if "--client-cert-auth" not in tls_args:
+        return ["etcd TLS: the rendered etcd does not ask clients for a certificate (--client-cert-auth)"]
+    secrets = {name_of(d): d.get("data") or {} for d in docs if d["kind"] == "Secret"}
+    volume = next(v for v in etcd["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")["mountPath"]
+    pods_secret = next(name for name in secrets if name.endswith("-tls") and name != volume["secret"]["secretName"])
+    work = tempfile.mkdtemp(prefix="etcd-tls-")
+    try:
+        def files(secret, into):
+            os.makedirs(into)
+            for key, value in secrets[secret].items():
+                with open(os.path.join(into, key), "wb") as f:
+                    f.write(base64.b64decode(value))
+            return into
+        etcd_dir = files(volume["secret"]["secretName"], os.path.join(work, "etcd"))
+        pods_dir = files(pods_secret, os.path.join(work, "pods"))
+        client, peer = free_port(), free_port()
+        args = [a.replace(mount, etcd_dir) for a in tls_args] + [
+            "--name=m0", f"--data-dir={work}/data",
+            f"--listen-client-urls=https://127.0.0.1:{client}", f"--advertise-client-urls=https://localhost:{client}",
+            f"--listen-peer-urls=https://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=https://127.0.0.1:{peer}",
+            f"--initial-cluster=m0=https://127.0.0.1:{peer}"]
+        with open(os.path.join(work, "etcd.log"), "w") as log:
+            server = subprocess.Popen([ETCD] + args, stdout=log, stderr=log)
+        try:
+            def health(with_cert):
+                ctx = ssl.create_default_context(cafile=os.path.join(pods_dir, "ca.crt"))
+                if with_cert:
+                    ctx.load_cert_chain(os.path.join(pods_dir, "tls.crt"), os.path.join(pods_dir, "tls.key"))
+                with urllib.request.urlopen(f"https://localhost:{client}/health", context=ctx, timeout=5) as r:
+                    return r.read().decode()
+            answer, deadline = None, time.time() + 60
+            while answer is None and time.time() < deadline:
+                try:
+                    answer = health(True)
+                except OSError as e:
+                    last = e
+                    if not isinstance(getattr(e, "reason", e), ConnectionRefusedError):
+                        break
+                    time.sleep(0.5)
+            if answer is None or '"true"' not in answer:
+                with open(os.path.join(work, "etcd.log")) as f:
+                    return [f"etcd TLS: etcd with the chart's certificate did not answer the pods' certificate: {answer or last}\n{f.read()[-600:]}"]
+            try:
+                health(False)
+                return ["etcd TLS: etcd answered a client without a certificate"]
+            except OSError:
+                return []
+        finally:
+            server.kill()
+            server.wait()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- the image ------------------------------------------------------------------------
@@ -475,6 +569,8 @@ def check_chart(tools, chart, kube_versions=KUBE_VERSIONS, sets=None):
             errors += [f"[{label}] {e}" for e in failed]
             if docs is not None:
                 errors += check_docs(tools, docs, kube, label)
+                if os.path.basename(values) == "defaults.yaml" and kube == kube_versions[-1]:
+                    errors += [f"[{label}] {e}" for e in etcd_tls_errors(docs)]
     return errors
 
 
@@ -558,6 +654,8 @@ BREAKS = [
     ("cross: a port name that is not an IANA service name", edit("templates/executor.yaml", "- name: ballista-grpc\n", "- name: ballista-grpc-port\n"), "port name 'ballista-grpc-port' is not an IANA service name"),
     ("cross: a ConfigMap that does not exist", edit("templates/executor.yaml", "configMapRef:\n                name: {{ include \"medallion.fullname\" . }}", "configMapRef:\n                name: {{ include \"medallion.fullname\" . }}-settings"), "envFrom ConfigMap"),
     ("flags: a flag the binary does not have", edit("templates/executor.yaml", "- --slots=", "- --threads="), "has no flag --threads"),
+    ("flags: a flag etcd does not have", edit("charts/etcd/templates/etcd.yaml", "- --peer-client-cert-auth", "- --peer-client-cert-authentication"), "etcd has no flag --peer-client-cert-authentication"),
+    ("etcd TLS: etcd's certificate from another CA", edit("templates/tls.yaml", "(include \"medallion.etcdDnsNames\" . | fromYamlArray) 3650 $ca", "(include \"medallion.etcdDnsNames\" . | fromYamlArray) 3650 (genCA \"other\" 1)"), "did not answer the pods' certificate"),
     ("values schema: a port out of range", add_values("coordinator:\n  ports:\n    grpc: 7070\n    metrics: 9470\n    ballista: 70000\n"), "at '/coordinator/ports/ballista'"),
     ("flags: a value the binary cannot parse", edit("templates/coordinator.yaml", "- --ballista-min-input={{ $c.ballistaMinInput }}", "- --ballista-min-input=4 gigs"), "rejects the rendered command line"),
     ("flags: an environment variable the binary does not read", edit("templates/configmap.yaml", "MEDALLION_LOG:", "MEDALLION_LOG_LEVEL:"), "reads no environment variable MEDALLION_LOG_LEVEL"),

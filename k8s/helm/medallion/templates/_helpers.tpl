@@ -62,11 +62,46 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The etcd client endpoints: the vendored subchart's Service, or the external cluster. */}}
 {{- define "medallion.etcdEndpoints" -}}
 {{- if .Values.etcd.enabled }}
-{{- $etcd := printf "%s-etcd" .Release.Name | trunc 63 | trimSuffix "-" }}
-{{- printf "http://%s.%s.svc:%d" $etcd .Release.Namespace (int (default 2379 .Values.etcd.clientPort)) }}
+{{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" (eq (include "medallion.etcdTls" .) "true")) (include "medallion.etcdName" .) .Release.Namespace (int (default 2379 .Values.etcd.clientPort)) }}
 {{- else }}
 {{- required "externalEtcd.endpoints is required when etcd.enabled is false" (join "," .Values.externalEtcd.endpoints) }}
 {{- end }}
+{{- end }}
+
+{{/* The vendored etcd's name (the subchart's etcd.fullname). */}}
+{{- define "medallion.etcdName" -}}
+{{- printf "%s-etcd" .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "true" when the vendored etcd speaks TLS; it takes the pods' certificates as clients. */}}
+{{- define "medallion.etcdTls" -}}
+{{- if and .Values.etcd.enabled .Values.etcd.tls.enabled }}
+{{- if not .Values.tls.enabled }}
+{{- fail "etcd.tls.enabled needs tls.enabled: etcd's clients are the pods, by their certificate (or set etcd.tls.enabled=false)" }}
+{{- end }}
+{{- true }}
+{{- else }}
+{{- false }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the vendored etcd's certificate, key and CA (the subchart's default). */}}
+{{- define "medallion.etcdTlsSecret" -}}
+{{- .Values.etcd.tls.secretName | default (printf "%s-tls" (include "medallion.etcdName" .)) }}
+{{- end }}
+
+{{/* The names etcd's certificate must hold: its client Service and every member. */}}
+{{- define "medallion.etcdDnsNames" -}}
+{{- $etcd := include "medallion.etcdName" . }}
+{{- $peer := printf "%s-peer" ($etcd | trunc 58 | trimSuffix "-") }}
+{{- $ns := .Release.Namespace }}
+- {{ $etcd }}
+- {{ $etcd }}.{{ $ns }}
+- {{ $etcd }}.{{ $ns }}.svc
+- {{ $etcd }}.{{ $ns }}.svc.cluster.local
+- "*.{{ $peer }}.{{ $ns }}.svc"
+- "*.{{ $peer }}.{{ $ns }}.svc.cluster.local"
+- localhost
 {{- end }}
 
 {{- define "medallion.objectStorageSecret" -}}
@@ -92,6 +127,15 @@ app.kubernetes.io/component: {{ .component }}
   value: /etc/medallion/tls/ca.crt
 - name: MEDALLION_TLS_SERVER_NAME
   value: {{ include "medallion.componentName" (dict "root" . "component" "coordinator") }}
+{{- end }}
+{{- if eq (include "medallion.etcdTls" .) "true" }}
+# etcd knows the pods by their certificate, signed by the CA that signed etcd's.
+- name: MEDALLION_ETCD_CA
+  value: /etc/medallion/tls/ca.crt
+- name: MEDALLION_ETCD_CERT
+  value: /etc/medallion/tls/tls.crt
+- name: MEDALLION_ETCD_KEY
+  value: /etc/medallion/tls/tls.key
 {{- end }}
 {{- with .Values.objectStorage }}
 {{- if .enabled }}

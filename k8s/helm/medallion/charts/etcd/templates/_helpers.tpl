@@ -26,7 +26,12 @@ app.kubernetes.io/part-of: medallion
 {{- $members := list }}
 {{- range $i := until (int .Values.replicas) }}
 {{- $name := printf "%s-%d" (include "etcd.fullname" $) $i }}
-{{- $members = append $members (printf "%s=http://%s.%s.%s.svc:%d" $name $name (include "etcd.peerService" $) $.Release.Namespace (int $.Values.peerPort)) }}
+{{- $members = append $members (printf "%s=%s://%s.%s.%s.svc:%d" $name (include "etcd.scheme" $) $name (include "etcd.peerService" $) $.Release.Namespace (int $.Values.peerPort)) }}
 {{- end }}
 {{- join "," $members }}
+{{- end }}
+
+{{/* http, or https with TLS. */}}
+{{- define "etcd.scheme" -}}
+{{- ternary "https" "http" .Values.tls.enabled }}
 {{- end }}
