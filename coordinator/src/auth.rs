@@ -8,6 +8,7 @@
 //! PERMISSION_DENIED; both, and every allowed call that changes something, are written to the
 //! audit log (the `medallion::audit` log target: who, what, outcome; the log line has the
 //! time). The file is read again when it changes, so tokens rotate without a restart.
+//! JSON Web Tokens of an identity provider may be accepted too (see [`jwt`]).
 //!
 //! ```text
 //! # tokens.yaml: `medallion token <name> <role>` prints a token and its entry
@@ -28,6 +29,9 @@ use tonic::Status;
 use tonic::body::Body;
 
 use crate::service::{Gate, GrpcService};
+
+mod jwt;
+pub use jwt::{Jwt, JwtArgs};
 
 /// What a token may do; each role may do what the roles before it may.
 #[derive(
@@ -198,34 +202,65 @@ fn read_tokens(path: &Path) -> Result<Loaded> {
     Ok(Loaded { modified, callers })
 }
 
-/// Decides a call to `path` (`/medallion.v1.Coordinator/<Method>`) with the bearer token in
-/// `authorization`.
-fn decide(tokens: &Tokens, path: &str, authorization: Option<&str>) -> Result<Caller, Status> {
-    let method = path.rsplit('/').next().unwrap_or_default();
-    let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
-        return Err(Status::unauthenticated(
-            "this coordinator requires a token: `authorization: Bearer <token>` \
-             (medallion --token-file, or MEDALLION_TOKEN)",
-        ));
-    };
-    let Some(caller) = tokens.caller(token.trim()) else {
-        return Err(Status::unauthenticated("unknown token"));
-    };
-    match AccessRole::needed_for(method) {
-        Some(needed) if caller.role >= needed => Ok(caller),
-        Some(needed) => Err(Status::permission_denied(format!(
-            "{method} needs the {needed:?} role; '{}' has {:?}",
-            caller.name, caller.role
-        ))),
-        None => Err(Status::permission_denied(format!(
-            "unknown method {method}"
-        ))),
+/// Who may call: holders of a token of the token file, bearers of a JSON Web Token the
+/// identity provider signed, or both.
+pub struct Identities {
+    pub tokens: Option<Arc<Tokens>>,
+    pub jwt: Option<Arc<Jwt>>,
+}
+
+impl Identities {
+    /// The caller `token` names, or why it names none.
+    fn caller(&self, token: &str) -> Result<Caller, String> {
+        if let Some(jwt) = &self.jwt
+            && Jwt::looks_like(token)
+        {
+            return jwt.caller(token);
+        }
+        let known = self.tokens.as_ref().and_then(|t| t.caller(token));
+        known.ok_or_else(|| "unknown token".to_string())
     }
 }
 
-/// The client API's gate when tokens are required; see the module documentation.
+/// Decides a call to `path` (`/medallion.v1.Coordinator/<Method>`) with the bearer token in
+/// `authorization`; a refusal comes with who was refused, for the audit log.
+fn decide(
+    identities: &Identities,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<Caller, (String, Status)> {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
+        return Err((
+            "no token".to_string(),
+            Status::unauthenticated(
+                "this coordinator requires a token: `authorization: Bearer <token>` \
+                 (medallion --token-file, or MEDALLION_TOKEN)",
+            ),
+        ));
+    };
+    let caller = identities
+        .caller(token.trim())
+        .map_err(|why| ("unknown token".to_string(), Status::unauthenticated(why)))?;
+    match AccessRole::needed_for(method) {
+        Some(needed) if caller.role >= needed => Ok(caller),
+        Some(needed) => Err((
+            caller.name.clone(),
+            Status::permission_denied(format!(
+                "{method} needs the {needed:?} role; '{}' has {:?}",
+                caller.name, caller.role
+            )),
+        )),
+        None => Err((
+            caller.name,
+            Status::permission_denied(format!("unknown method {method}")),
+        )),
+    }
+}
+
+/// The client API's gate when callers must say who they are; see the module documentation.
 #[derive(Clone)]
-pub struct Authenticate(pub Arc<Tokens>);
+pub struct Authenticate(pub Arc<Identities>);
 
 impl Gate for Authenticate {
     fn call<S>(
@@ -250,14 +285,7 @@ impl Gate for Authenticate {
                 request.extensions_mut().insert(caller);
                 service.answer(request)
             }
-            Err(status) => {
-                let who = match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
-                    Some(token) => self
-                        .0
-                        .caller(token.trim())
-                        .map_or_else(|| "unknown token".to_string(), |c| c.name),
-                    None => "no token".to_string(),
-                };
+            Err((who, status)) => {
                 tracing::warn!(target: "medallion::audit", caller = %who, %method, outcome = "denied", code = ?status.code(), reason = status.message());
                 let response = status.into_http();
                 Box::pin(async move { response })
@@ -270,12 +298,15 @@ impl Gate for Authenticate {
 mod tests {
     use super::*;
 
-    fn tokens(text: &str) -> (tempfile::TempDir, Arc<Tokens>) {
+    fn tokens(text: &str) -> (tempfile::TempDir, Identities) {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("tokens.yaml");
         std::fs::write(&path, text).unwrap();
-        let tokens = Tokens::load(&path).unwrap();
-        (dir, tokens)
+        let identities = Identities {
+            tokens: Some(Tokens::load(&path).unwrap()),
+            jwt: None,
+        };
+        (dir, identities)
     }
 
     fn entry(name: &str, role: &str, token: &str) -> String {
@@ -295,7 +326,7 @@ mod tests {
         let code = |method: &str, token: Option<&str>| {
             let header = token.map(|t| format!("Bearer {t}"));
             let path = format!("/medallion.v1.Coordinator/{method}");
-            decide(&tokens, &path, header.as_deref()).map_err(|s| s.code())
+            decide(&tokens, &path, header.as_deref()).map_err(|(_, s)| s.code())
         };
         use tonic::Code::{PermissionDenied, Unauthenticated};
         assert_eq!(code("ListRuns", None), Err(Unauthenticated));

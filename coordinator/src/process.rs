@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::BallistaTarget;
-use crate::auth::{Authenticate, Tokens};
+use crate::auth::{Authenticate, Identities, Jwt, JwtArgs, Tokens};
 use crate::membership::Members;
 use crate::remote::RemoteExecutors;
 use crate::runs::Runs;
@@ -58,6 +58,8 @@ pub struct CoordinatorArgs {
     /// it, anyone who reaches the port may call everything.
     #[arg(long, env = "MEDALLION_TOKENS")]
     tokens: Option<PathBuf>,
+    #[command(flatten)]
+    jwt: JwtArgs,
     /// The directory relative paths in specs resolve against (a client's directory means
     /// nothing here); sources and lakes stay under it unless `--allow-sources` and
     /// `--allow-lakes` say otherwise.
@@ -169,12 +171,17 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         CoordinatorServer::new(service),
         ForwardToLeader(role.clone()),
     );
-    let routes = match &args.tokens {
-        Some(path) => Routes::new(Gated::new(api, Authenticate(Tokens::load(path)?))),
-        None => {
-            tracing::warn!("no --tokens: the client API is open to anyone who reaches its port");
-            Routes::new(api)
-        }
+    let identities = Identities {
+        tokens: args.tokens.as_deref().map(Tokens::load).transpose()?,
+        jwt: Jwt::start(&args.jwt).await?,
+    };
+    let routes = if identities.tokens.is_some() || identities.jwt.is_some() {
+        Routes::new(Gated::new(api, Authenticate(Arc::new(identities))))
+    } else {
+        tracing::warn!(
+            "neither --tokens nor --jwt-jwks: the client API is open to anyone who reaches its port"
+        );
+        Routes::new(api)
     };
     let server = bound.serve(routes).await?;
     server

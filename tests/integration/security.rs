@@ -181,9 +181,25 @@ fn each_role_may_call_only_what_it_may() {
         "tokens.yaml",
         &format!("{viewer_entry}\n{operator_entry}\n{admin_entry}\n"),
     );
+    let jwts = identity_provider(&ws, "jwks.json");
+    let jwks = ws.path().join("jwks.json");
     // The cluster helper's own calls (waiting for executors, ...) are the admin's.
     ws.set_env("MEDALLION_TOKEN", &admin);
-    let cluster = Cluster::start_with(&ws, 1, 1, &["--tokens", file.to_str().unwrap()]);
+    let cluster = Cluster::start_with(
+        &ws,
+        1,
+        1,
+        &[
+            "--tokens",
+            file.to_str().unwrap(),
+            "--jwt-jwks",
+            jwks.to_str().unwrap(),
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            "medallion",
+        ],
+    );
     let url = cluster.coordinators[0].url();
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
@@ -202,12 +218,23 @@ fn each_role_may_call_only_what_it_may() {
         "Rerun",
         "SetPaused",
     ];
-    let callers: [(&str, Option<&str>, usize); 5] = [
+    let jwt = |who: &str| Some(jwts[who].as_str().unwrap());
+    let callers: [(&str, Option<&str>, usize); 14] = [
         ("no token", None, 0),
         ("unknown token", Some("not-a-token"), 0),
         ("viewer", Some(&viewer), 1),
         ("operator", Some(&operator), 2),
         ("admin", Some(&admin), 3),
+        // JSON Web Tokens of an identity provider, and ones it did not issue or not for us.
+        ("JWT viewer", jwt("viewer"), 1),
+        ("JWT operator", jwt("operator"), 2),
+        ("JWT admin", jwt("admin"), 3),
+        ("JWT expired", jwt("expired"), 0),
+        ("JWT for another audience", jwt("another audience"), 0),
+        ("JWT of another issuer", jwt("another issuer"), 0),
+        ("JWT signed by another key", jwt("another key"), 0),
+        ("JWT without a role", jwt("no role"), 0),
+        ("JWT with a shared secret", jwt("shared secret"), 0),
     ];
     for (who, token, level) in callers {
         for (method, code) in runtime.block_on(codes(&url, token)) {
@@ -239,6 +266,10 @@ fn each_role_may_call_only_what_it_may() {
     assert!(audited("unknown token", "Deploy", "denied"), "{log}");
     assert!(audited("dashboards", "Submit", "denied"), "{log}");
     assert!(audited("ci", "Trigger", "allowed"), "{log}");
+    assert!(audited("olu@example.com", "Trigger", "allowed"), "{log}");
+    assert!(audited("dana@example.com", "Submit", "denied"), "{log}");
+    assert!(audited("ada", "Deploy", "allowed"), "{log}");
+    assert!(log.contains("ExpiredSignature"), "{log}");
     assert!(
         !log.contains(&viewer) && !log.contains(&admin),
         "a token in the log"
@@ -346,6 +377,51 @@ fn served_certificate(port: u16, ca: &Path, client: &Issued) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The issuer of [`identity_provider`]'s tokens.
+const ISSUER: &str = "https://idp.example";
+
+/// An identity provider, played by PyJWT (a JWT library nobody here wrote): writes its key
+/// set to `<ws>/<jwks>` and returns tokens it signed, by what they are.
+fn identity_provider(ws: &medallion_tests::Workspace, jwks: &str) -> serde_json::Value {
+    let code = r#"
+import json, sys, time, jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+public = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+public.update(kid="k1", alg="ES256", use="sig")
+open(sys.argv[1], "w").write(json.dumps({"keys": [public]}))
+now = int(time.time())
+def token(signer, algorithm="ES256", **claims):
+    body = {"iss": sys.argv[2], "aud": "medallion", "sub": "u-1", "iat": now, "exp": now + 3600}
+    body.update(claims)
+    return jwt.encode(body, signer, algorithm=algorithm, headers={"kid": "k1"})
+print(json.dumps({
+    "viewer": token(key, email="dana@example.com", medallion_role="viewer"),
+    "operator": token(key, email="olu@example.com", medallion_role=["viewer", "operator"]),
+    "admin": token(key, preferred_username="ada", medallion_role="admin"),
+    "expired": token(key, email="old@example.com", medallion_role="admin", iat=now - 7200, exp=now - 3600),
+    "another audience": token(key, email="x@example.com", medallion_role="admin", aud="another-app"),
+    "another issuer": token(key, email="x@example.com", medallion_role="admin", iss="https://evil.example"),
+    "another key": token(other, email="mallory@example.com", medallion_role="admin"),
+    "no role": token(key, email="nobody@example.com"),
+    "shared secret": token("k" * 32, "HS256", email="x@example.com", medallion_role="admin"),
+}))
+"#;
+    let out = std::process::Command::new(medallion_tests::python())
+        .args(["-c", code])
+        .arg(ws.path().join(jwks))
+        .arg(ISSUER)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Issue 18: TLS on every link. etcd, the coordinator and the executors serve TLS with
