@@ -363,20 +363,10 @@ fn served_certificate(port: u16, ca: &Path, client: &Issued) -> String {
                 with socket.create_connection(('127.0.0.1', int(sys.argv[1]))) as s:\n\
                 \x20   with ctx.wrap_socket(s, server_hostname=sys.argv[5]) as t:\n\
                 \x20       print(dict(x[0] for x in t.getpeercert()['subject'])['commonName'])\n";
-    let out = std::process::Command::new(medallion_tests::python())
-        .arg("-c")
-        .arg(code)
-        .arg(port.to_string())
-        .args([ca, &client.cert, &client.key])
-        .arg(NODE_NAME)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let port = port.to_string();
+    medallion_tests::run_python(code, &[&port, &ca, &client.cert, &client.key, &NODE_NAME])
+        .trim()
+        .to_string()
 }
 
 /// The issuer of [`identity_provider`]'s tokens.
@@ -410,18 +400,8 @@ print(json.dumps({
     "shared secret": token("k" * 32, "HS256", email="x@example.com", medallion_role="admin"),
 }))
 "#;
-    let out = std::process::Command::new(medallion_tests::python())
-        .args(["-c", code])
-        .arg(ws.path().join(jwks))
-        .arg(ISSUER)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = medallion_tests::run_python(code, &[&ws.path().join(jwks), &ISSUER]);
+    serde_json::from_str(&out).unwrap()
 }
 
 /// Issue 18: TLS on every link. etcd, the coordinator and the executors serve TLS with

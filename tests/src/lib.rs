@@ -223,6 +223,22 @@ pub fn read_delta(location: &str, storage_options: Option<&Value>) -> Value {
     json_output(command)
 }
 
+/// Runs Python `code` with `args` (`sys.argv[1:]`), which must succeed; its standard output.
+pub fn run_python(code: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `tests/py/delta_check.py` and parses its JSON output.
 pub fn python_json(args: &[&str]) -> Value {
     json_output(delta_check(args))
