@@ -73,6 +73,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-etcd" .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The vendored etcd's pod labels (the subchart's etcd.selectorLabels). */}}
+{{- define "medallion.etcdSelector" -}}
+app.kubernetes.io/name: etcd
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
 {{/* "true" when the vendored etcd speaks TLS; it takes the pods' certificates as clients. */}}
 {{- define "medallion.etcdTls" -}}
 {{- if and .Values.etcd.enabled .Values.etcd.tls.enabled }}
