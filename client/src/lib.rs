@@ -10,3 +10,4 @@ pub mod pipelines;
 pub mod progress;
 pub mod remote;
 pub mod summary;
+pub mod tables;

@@ -118,6 +118,39 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Show a table's latest versions, newest first: when, what made each (a run's write,
+    /// a restore, a compaction), the run, rows and files added and removed.
+    History {
+        /// The table, as `<layer>.<name>` (`gold.customer_360`).
+        table: String,
+        /// The pipeline spec whose lake holds the table.
+        #[arg(long, default_value = "pipeline.yaml")]
+        pipeline: PathBuf,
+        /// How many versions to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Make a table hold what it held at an earlier version again, as a new version (one
+    /// commit; the versions between stay in its history). The next run computes the tables
+    /// that read it again, and brings the table itself up to date with its inputs' changes
+    /// since that version; a restored bronze table ingests again the files it no longer holds.
+    Restore {
+        /// The table, as `<layer>.<name>`.
+        table: String,
+        /// The version to bring back (see `medallion history`).
+        #[arg(long)]
+        version: u64,
+        /// The pipeline spec whose lake holds the table.
+        #[arg(long, default_value = "pipeline.yaml")]
+        pipeline: PathBuf,
+        /// Wait for a run of the pipeline in this lake to end instead of failing.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Cancel a running run: none of its tables commits after this returns.
     Cancel { run_id: String },
     /// Run an ended run again, for the same interval and spec; prints the new run's id.
@@ -354,6 +387,19 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             pipeline,
             output,
         } => checks(&run_id, &pipeline, output).await,
+        Command::History {
+            table,
+            pipeline,
+            limit,
+            output,
+        } => history(&table, &pipeline, limit, output).await,
+        Command::Restore {
+            table,
+            version,
+            pipeline,
+            wait,
+            output,
+        } => restore(&table, version, &pipeline, wait, output).await,
         Command::Schedule(command) => schedule_command(command, &cluster).await,
         Command::Rerun {
             run_id,
@@ -517,6 +563,85 @@ async fn checks(run_id: &str, spec: &Path, output: Output) -> Result<ExitCode> {
         Ok(batches) => {
             print_batches(&batches, output)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::from(BAD_INPUT))
+        }
+    }
+}
+
+async fn history(table: &str, spec: &Path, limit: usize, output: Output) -> Result<ExitCode> {
+    let pipeline = match load(spec, RunDate::Latest) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let versions = match medallion_client::tables::history(&pipeline, table, limit).await {
+        Ok(versions) => versions,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(BAD_INPUT));
+        }
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&versions)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>7}  {:<24}  {:<12}  {:>10}  {:>10}  {:>6}  {:>6}  RUN",
+        "VERSION", "COMMITTED", "OPERATION", "ROWS +", "ROWS -", "FILES+", "FILES-"
+    );
+    for v in versions {
+        let when = v
+            .timestamp
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map_or_else(String::new, |t| {
+                t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+            });
+        println!(
+            "{:>7}  {:<24}  {:<12}  {:>10}  {:>10}  {:>6}  {:>6}  {}",
+            v.version,
+            when,
+            v.operation,
+            v.rows_added,
+            v.rows_removed,
+            v.files_added,
+            v.files_removed,
+            v.run_id.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore(
+    table: &str,
+    version: u64,
+    spec: &Path,
+    wait: bool,
+    output: Output,
+) -> Result<ExitCode> {
+    let pipeline = match load(spec, RunDate::Latest) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    match medallion_client::tables::restore(&pipeline, table, version, wait).await {
+        Ok(restored) if output == Output::Json => {
+            println!("{}", serde_json::to_string_pretty(&restored)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(restored) => {
+            println!(
+                "{table}: version {} holds version {}'s rows ({} files back, {} files out)",
+                restored.version,
+                restored.restored_version,
+                restored.files_restored,
+                restored.files_removed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is::<LeaseHeld>() => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(BUSY))
         }
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -7,7 +7,9 @@
 mod append;
 pub mod ballista;
 pub mod changes;
+pub mod history;
 pub mod objects;
+pub mod restore;
 
 pub use append::append;
 

@@ -12,6 +12,7 @@ mod hostile;
 mod incremental;
 mod integrity;
 mod k8s;
+mod lake_ops;
 mod layers;
 mod observability;
 mod quality;
