@@ -559,7 +559,8 @@ def value_sets():
     return sorted(glob.glob(os.path.join(HERE, "values", "*.yaml")))
 
 
-def check_chart(tools, chart, kube_versions=KUBE_VERSIONS, sets=None):
+def check_chart(tools, chart, kube_versions=KUBE_VERSIONS, sets=None, live=True):
+    """Every check of every value set and version; `live`: start etcd as well (check 5)."""
     errors = []
     for values in sets or value_sets():
         for kube in kube_versions:
@@ -569,7 +570,7 @@ def check_chart(tools, chart, kube_versions=KUBE_VERSIONS, sets=None):
             errors += [f"[{label}] {e}" for e in failed]
             if docs is not None:
                 errors += check_docs(tools, docs, kube, label)
-                if os.path.basename(values) == "defaults.yaml" and kube == kube_versions[-1]:
+                if live and os.path.basename(values) == "defaults.yaml" and kube == kube_versions[-1]:
                     errors += [f"[{label}] {e}" for e in etcd_tls_errors(docs)]
     return errors
 
@@ -640,7 +641,7 @@ BREAKS = [
     ("values schema: a string where a count belongs", add_values("executor:\n  slots: two\n"), "at '/executor/slots': got string, want integer"),
     ("values schema: an unknown key (a typo)", add_values("coordinater:\n  replicas: 3\n"), "additional properties 'coordinater' not allowed"),
     ("schema: an unknown field", edit("templates/executor.yaml", "revisionHistoryLimit: 5", "revisionHistoryLimit: 5\n  replica: 3"), "schema (1.35.0): at /spec"),
-    ("schema: a wrong type", edit("templates/executor.yaml", "revisionHistoryLimit: 5", "revisionHistoryLimit: five"), "schema (1.30.0): at /spec/revisionHistoryLimit"),
+    ("schema: a wrong type", edit("templates/executor.yaml", "revisionHistoryLimit: 5", "revisionHistoryLimit: five"), "schema (1.35.0): at /spec/revisionHistoryLimit"),
     ("schema: a removed API version", edit("templates/executor.yaml", "apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n"), "no schema for policy/v1beta1 PodDisruptionBudget"),
     ("schema: an unknown kind", edit("templates/executor.yaml", "kind: PodDisruptionBudget", "kind: PodDisruptionBudgett"), "unknown kind or removed API version"),
     ("cross: a selector that matches no pod labels", edit("templates/executor.yaml", "matchLabels:\n      {{- include \"medallion.componentSelector\" $ctx | nindent 6 }}\n  template:", "matchLabels:\n      tier: executors\n  template:"), "does not match its pod labels"),
@@ -671,7 +672,9 @@ def self_test(tools):
         chart = os.path.join(work, "medallion")
         shutil.copytree(CHART, chart)
         apply(chart)
-        errors = check_chart(tools, chart, sets=values)
+        # One Kubernetes version is enough to see a break caught (the full check runs all).
+        errors = check_chart(tools, chart, kube_versions=KUBE_VERSIONS[-1:], sets=values,
+                             live=what.startswith("etcd TLS"))
         caught = [e for e in errors if expected in e]
         print(f"{'caught' if caught else 'MISSED'}: {what}" + (f"\n    {caught[0]}" if caught else ""))
         if not caught:
