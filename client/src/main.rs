@@ -9,6 +9,7 @@ use anyhow::{Result, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
+use indicatif::HumanBytes;
 use medallion_client::embedded::LocalExecutors;
 use medallion_client::generate::{EcommerceData, TpchData};
 use medallion_client::remote::{self, ClusterArgs, Remote, ServerError};
@@ -18,6 +19,8 @@ use medallion_cluster::size::parse_memory_limit;
 use medallion_coordinator::auth::{AccessRole, TokenEntry, token_hash};
 use medallion_coordinator::lease::{LeaseHeld, RunLease};
 use medallion_coordinator::{Coordinator, RunReport, new_run_id};
+use medallion_lake::optimize::OptimizeOptions;
+use medallion_lake::vacuum::VacuumOptions;
 use medallion_pipeline::{Pipeline, RunDate};
 use medallion_proto::{RunInfo, RunState};
 
@@ -145,6 +148,54 @@ enum Command {
         /// The pipeline spec whose lake holds the table.
         #[arg(long, default_value = "pipeline.yaml")]
         pipeline: PathBuf,
+        /// Wait for a run of the pipeline in this lake to end instead of failing.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Delete the files of tables that no version within the retention period needs: files
+    /// removed by commits older than the retention, files in no version older than it, and
+    /// whatever killed runs left uncommitted (at any age: the run lease keeps runs out).
+    /// Time travel to versions before the retention stops working.
+    Vacuum {
+        /// Tables as `<layer>.<name>`; all of the pipeline's (and their quarantine tables)
+        /// when none is given.
+        tables: Vec<String>,
+        /// The pipeline spec whose lake holds the tables.
+        #[arg(long, default_value = "pipeline.yaml")]
+        pipeline: PathBuf,
+        /// How long removed files are kept for time travel (`7d`, `36h`); the table's
+        /// `delta.deletedFileRetentionDuration` (7 days unless set) when not given.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<std::time::Duration>,
+        /// Allow a retention below the table's: versions in between can no longer be read.
+        #[arg(long)]
+        allow_short_retention: bool,
+        /// List what would be deleted, and why; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait for a run of the pipeline in this lake to end instead of failing.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Compact tables' small files into files of a target size, optionally clustered by
+    /// columns (Z-order), in one commit per table that changes no rows.
+    Optimize {
+        /// Tables as `<layer>.<name>`; all of the pipeline's when none is given.
+        tables: Vec<String>,
+        /// The pipeline spec whose lake holds the tables.
+        #[arg(long, default_value = "pipeline.yaml")]
+        pipeline: PathBuf,
+        /// Size of the files written (`128MiB`); the table's `delta.targetFileSize`
+        /// (100 MiB unless set) when not given.
+        #[arg(long, value_parser = parse_file_size)]
+        target_file_size: Option<std::num::NonZeroU64>,
+        /// Columns to cluster rows by, comma-separated (`customer_id,order_date`).
+        #[arg(long, value_delimiter = ',')]
+        sort_by: Vec<String>,
         /// Wait for a run of the pipeline in this lake to end instead of failing.
         #[arg(long)]
         wait: bool,
@@ -400,6 +451,37 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             wait,
             output,
         } => restore(&table, version, &pipeline, wait, output).await,
+        Command::Vacuum {
+            tables,
+            pipeline,
+            retention,
+            allow_short_retention,
+            dry_run,
+            wait,
+            output,
+        } => {
+            let options = VacuumOptions {
+                retention,
+                allow_short_retention,
+                dry_run,
+                abandoned: false,
+            };
+            vacuum(&tables, &pipeline, options, wait, output).await
+        }
+        Command::Optimize {
+            tables,
+            pipeline,
+            target_file_size,
+            sort_by,
+            wait,
+            output,
+        } => {
+            let options = OptimizeOptions {
+                target_size: target_file_size,
+                sort_by,
+            };
+            optimize(&tables, &pipeline, &options, wait, output).await
+        }
         Command::Schedule(command) => schedule_command(command, &cluster).await,
         Command::Rerun {
             run_id,
@@ -648,6 +730,111 @@ async fn restore(
             Ok(ExitCode::from(BAD_INPUT))
         }
     }
+}
+
+/// The exit code of a table operation that failed: busy when a run holds the lease.
+fn operation_failed(e: &anyhow::Error) -> ExitCode {
+    if e.is::<LeaseHeld>() {
+        eprintln!("error: {e}");
+        ExitCode::from(BUSY)
+    } else {
+        eprintln!("error: {e:#}");
+        ExitCode::from(BAD_INPUT)
+    }
+}
+
+async fn vacuum(
+    tables: &[String],
+    spec: &Path,
+    options: VacuumOptions,
+    wait: bool,
+    output: Output,
+) -> Result<ExitCode> {
+    let pipeline = match load(spec, RunDate::Latest) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let dry_run = options.dry_run;
+    let done = match medallion_client::tables::vacuum(&pipeline, tables, options, wait).await {
+        Ok(done) => done,
+        Err(e) => return Ok(operation_failed(&e)),
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for t in &done.tables {
+        let v = &t.vacuumed;
+        println!(
+            "{}: {verb} {} files, {} (retention {})",
+            t.table,
+            v.files.len(),
+            HumanBytes(v.bytes()),
+            humantime::format_duration(std::time::Duration::from_secs(v.retention_seconds))
+        );
+        if dry_run {
+            for f in &v.files {
+                let why = serde_json::to_value(f.why)?;
+                println!(
+                    "  {}  {}  {}",
+                    f.path,
+                    HumanBytes(f.bytes),
+                    why.as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    for dir in &done.staging {
+        println!("staging of run {dir}: {verb}");
+    }
+    if !done.abandoned {
+        println!(
+            "(no run lease on this lake: files of killed runs go once older than the retention)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn optimize(
+    tables: &[String],
+    spec: &Path,
+    options: &OptimizeOptions,
+    wait: bool,
+    output: Output,
+) -> Result<ExitCode> {
+    let pipeline = match load(spec, RunDate::Latest) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let done = match medallion_client::tables::optimize(&pipeline, tables, options, wait).await {
+        Ok(done) => done,
+        Err(e) => return Ok(operation_failed(&e)),
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for t in &done {
+        let o = &t.optimized;
+        match o.version {
+            Some(version) => println!(
+                "{}: version {version}: {} files ({}) into {} ({})",
+                t.table,
+                o.files_removed,
+                HumanBytes(o.bytes_removed),
+                o.files_added,
+                HumanBytes(o.bytes_added)
+            ),
+            None => println!("{}: nothing to compact ({} files)", t.table, o.files_before),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_file_size(text: &str) -> Result<std::num::NonZeroU64, String> {
+    let size = medallion_cluster::size::parse_size(text)?;
+    std::num::NonZeroU64::new(size as u64).ok_or_else(|| "a file size above 0".to_string())
 }
 
 /// Rows as a table for people, or as a JSON array of objects.

@@ -1,12 +1,16 @@
-//! `medallion history` and `medallion restore`: a pipeline's table, version by version, and
-//! bringing an earlier version back. Both read and write the lake directly (the spec names
-//! it); restore holds the pipeline's run lease, so it never lands in the middle of a run.
+//! Table operations on a pipeline's lake: `medallion history` (a table version by version),
+//! `restore` (an earlier version back), `vacuum` (files no version needs) and `optimize`
+//! (small files compacted). They read and write the lake directly (the spec names it); all
+//! but history hold the pipeline's run lease, so they never land in the middle of a run.
 
 use anyhow::{Context, Result, bail};
 use medallion_coordinator::lease::RunLease;
 use medallion_lake::history::TableVersion;
+use medallion_lake::optimize::{OptimizeOptions, Optimized};
 use medallion_lake::restore::Restored;
+use medallion_lake::vacuum::{VacuumOptions, Vacuumed};
 use medallion_pipeline::{Pipeline, TableRef};
+use serde::Serialize;
 
 /// The table `name` (`gold.customer_360`) of `pipeline`, and where it lives.
 fn table_of(pipeline: &Pipeline, name: &str) -> Result<(TableRef, String)> {
@@ -46,4 +50,152 @@ pub async fn restore(
     medallion_lake::restore::restore(&uri, &storage_options(pipeline), version)
         .await
         .with_context(|| format!("{table}"))
+}
+
+/// The tables `names` of a pipeline (`gold.customer_360`), or all of them with their
+/// quarantine tables when `names` is empty.
+fn tables_of(pipeline: &Pipeline, names: &[String]) -> Result<Vec<(TableRef, String)>> {
+    if !names.is_empty() {
+        return names.iter().map(|n| table_of(pipeline, n)).collect();
+    }
+    Ok(pipeline
+        .dag
+        .tables()
+        .flat_map(|t| [Some(t.clone()), pipeline.quarantine_table(t)])
+        .flatten()
+        .map(|t| {
+            let uri = pipeline.table_uri(&t);
+            (t, uri)
+        })
+        .collect())
+}
+
+/// What `medallion vacuum` did to a pipeline.
+#[derive(Debug, Serialize)]
+pub struct PipelineVacuum {
+    pub tables: Vec<TableVacuum>,
+    /// Staging directories of runs that ended without removing them (a killed run's), under
+    /// `<lake>/_medallion/staging/`.
+    pub staging: Vec<String>,
+    /// Whether uncommitted files went whatever their age (the run lease was held).
+    pub abandoned: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableVacuum {
+    pub table: String,
+    #[serde(flatten)]
+    pub vacuumed: Vacuumed,
+}
+
+/// Vacuums tables of a pipeline (all when `names` is empty). Holds the run lease, so the
+/// uncommitted files of runs that were killed go at any age; on object storage, where there
+/// is no lease, they go once older than the retention like any untracked file.
+pub async fn vacuum(
+    pipeline: &Pipeline,
+    names: &[String],
+    mut options: VacuumOptions,
+    wait: bool,
+) -> Result<PipelineVacuum> {
+    let tables = tables_of(pipeline, names)?;
+    let lease = RunLease::acquire(pipeline, "vacuum", wait).await?;
+    options.abandoned = lease.is_exclusive();
+    let opts = storage_options(pipeline);
+    let mut done = Vec::new();
+    for (table, uri) in tables {
+        let vacuumed = medallion_lake::vacuum::vacuum(&uri, &opts, &options)
+            .await
+            .with_context(|| format!("{table}"))?;
+        done.push(TableVacuum {
+            table: table.to_string(),
+            vacuumed,
+        });
+    }
+    let staging = if options.abandoned && names.is_empty() {
+        abandoned_staging(pipeline, options.dry_run)?
+    } else {
+        Vec::new()
+    };
+    Ok(PipelineVacuum {
+        tables: done,
+        staging,
+        abandoned: options.abandoned,
+    })
+}
+
+/// The staging directories of this pipeline's runs left in a local lake (a run removes its
+/// own when it ends; only a killed one leaves it), removed unless `dry_run`. Only called
+/// with the run lease held.
+fn abandoned_staging(pipeline: &Pipeline, dry_run: bool) -> Result<Vec<String>> {
+    let Some(lake) = medallion_lake::local_dir(&pipeline.lake_root) else {
+        return Ok(Vec::new());
+    };
+    let dir = lake.join("_medallion").join("staging");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_run_of(pipeline.name(), &name) {
+            continue;
+        }
+        if !dry_run {
+            std::fs::remove_dir_all(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+        found.push(name);
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Whether `run_id` is an id [`medallion_coordinator::run::new_run_id`] made for `pipeline`
+/// (`<pipeline>-<yyyymmdd>T<hhmmss>Z-<hex>`), so `shop` does not claim `shop-eu`'s runs.
+fn is_run_of(pipeline: &str, run_id: &str) -> bool {
+    let Some(rest) = run_id
+        .strip_prefix(pipeline)
+        .and_then(|r| r.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let Some((time, suffix)) = rest.split_once('-') else {
+        return false;
+    };
+    chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%SZ").is_ok()
+        && !suffix.is_empty()
+        && suffix.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// What `medallion optimize` did to each table.
+#[derive(Debug, Serialize)]
+pub struct TableOptimize {
+    pub table: String,
+    #[serde(flatten)]
+    pub optimized: Optimized,
+}
+
+/// Compacts tables of a pipeline (all when `names` is empty), holding the run lease: a
+/// compaction landing during a run would make the run's commit conflict.
+pub async fn optimize(
+    pipeline: &Pipeline,
+    names: &[String],
+    options: &OptimizeOptions,
+    wait: bool,
+) -> Result<Vec<TableOptimize>> {
+    let tables = tables_of(pipeline, names)?;
+    let _lease = RunLease::acquire(pipeline, "optimize", wait).await?;
+    let opts = storage_options(pipeline);
+    let mut done = Vec::new();
+    for (table, uri) in tables {
+        let optimized = medallion_lake::optimize::optimize(&uri, &opts, options)
+            .await
+            .with_context(|| format!("{table}"))?;
+        done.push(TableOptimize {
+            table: table.to_string(),
+            optimized,
+        });
+    }
+    Ok(done)
 }

@@ -683,6 +683,12 @@ impl CommitContext<'_> {
             // A local staging directory is the run's own; remove what the files leave behind.
             if target.is_staged_apart() && !uri.contains("://") {
                 let _ = std::fs::remove_dir_all(uri);
+                // `<staging>/<run>/<layer>/`, then `<staging>/<run>/`, once empty.
+                for dir in std::path::Path::new(uri).ancestors().skip(1).take(2) {
+                    if std::fs::remove_dir(dir).is_err() {
+                        break;
+                    }
+                }
             }
             Ok(())
         }

@@ -76,10 +76,16 @@ impl std::error::Error for LeaseHeld {}
 #[derive(Debug)]
 pub struct RunLease {
     /// The locked lease file (`None` on object storage, see [`RunLease::acquire`]).
-    _file: Option<File>,
+    file: Option<File>,
 }
 
 impl RunLease {
+    /// Whether this lease keeps every other run of the pipeline out (a local lake); on
+    /// object storage it is only a name.
+    pub fn is_exclusive(&self) -> bool {
+        self.file.is_some()
+    }
+
     /// Takes the run lease of `pipeline` for `run_id`. Without `wait`, a lease another run
     /// holds is an error that downcasts to [`LeaseHeld`]; with it, this waits its turn.
     ///
@@ -91,13 +97,13 @@ impl RunLease {
                 lake = pipeline.lake_root,
                 "no run lease on an object storage lake: runs of this pipeline are not kept apart"
             );
-            return Ok(RunLease { _file: None });
+            return Ok(RunLease { file: None });
         };
         let mut waited = false;
         let mut unnamed = 0;
         loop {
             match try_lock(&path, run_id)? {
-                Ok(file) => return Ok(RunLease { _file: Some(file) }),
+                Ok(file) => return Ok(RunLease { file: Some(file) }),
                 // The holder may not have written its name yet: look again, to name it.
                 Err(None) if !wait && unnamed < 3 => {
                     unnamed += 1;

@@ -9,7 +9,9 @@ pub mod ballista;
 pub mod changes;
 pub mod history;
 pub mod objects;
+pub mod optimize;
 pub mod restore;
+pub mod vacuum;
 
 pub use append::append;
 
@@ -126,6 +128,31 @@ pub async fn open_version(uri: &str, opts: &StorageOptions, version: u64) -> Res
         .await
         .with_context(|| format!("cannot open Delta table {uri} at version {version}"))?;
     Ok(table)
+}
+
+/// What Medallion recorded in the commit info of `version` about how it was computed (the
+/// `medallion.*` keys but the run id): what a commit that changes no rows (a restore, a
+/// compaction, a vacuum) carries on, so the planner sees the table computed as before.
+pub async fn recorded_info(
+    table: &DeltaTable,
+    version: u64,
+) -> Result<Vec<(String, serde_json::Value)>> {
+    let bytes = table
+        .log_store()
+        .read_commit_entry(version)
+        .await?
+        .with_context(|| format!("version {version} is no longer in the table's log"))?;
+    let info = deltalake::logstore::get_actions(version, &bytes)?
+        .into_iter()
+        .find_map(|a| match a {
+            deltalake::kernel::Action::CommitInfo(info) => Some(info.info),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Ok(info
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("medallion.") && k != "medallion.run_id")
+        .collect())
 }
 
 /// The bytes of data files in one version of a table.

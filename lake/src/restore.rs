@@ -19,9 +19,8 @@
 use anyhow::{Context, Result, bail};
 use deltalake::kernel::transaction::CommitProperties;
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::{StorageOptions, open_table};
+use crate::{StorageOptions, open_table, recorded_info};
 
 /// What a restore did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,22 +45,7 @@ pub async fn restore(uri: &str, opts: &StorageOptions, version: u64) -> Result<R
     if version >= latest {
         bail!("{uri}: version {version} is not before the latest version ({latest})");
     }
-    let store = table.log_store();
-    let bytes = store
-        .read_commit_entry(version)
-        .await?
-        .with_context(|| format!("{uri}: version {version} is no longer in its log"))?;
-    let recorded = deltalake::logstore::get_actions(version, &bytes)?
-        .into_iter()
-        .find_map(|a| match a {
-            deltalake::kernel::Action::CommitInfo(info) => Some(info.info),
-            _ => None,
-        })
-        .unwrap_or_default();
-    let mut info: Vec<(String, Value)> = recorded
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("medallion.") && k != "medallion.run_id")
-        .collect();
+    let mut info = recorded_info(&table, version).await?;
     info.push((INFO_RESTORED_VERSION.to_string(), version.into()));
     let (table, metrics) = table
         .restore()

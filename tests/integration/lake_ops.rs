@@ -1,13 +1,25 @@
-//! Issue 19: operating the lake's tables - their history, and restoring an earlier version.
+//! Issue 19: operating the lake's tables - their history, restoring an earlier version,
+//! vacuuming what no version needs and compacting small files.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use medallion_tests::{Workspace, python_json};
 use serde_json::Value;
 
 use crate::fixture::{ORDERS_3, shop};
 
 /// Rows of a table as both independent readers see them (they must agree).
-fn rows(ws: &medallion_tests::Workspace, rel: &str) -> Value {
+fn rows(ws: &Workspace, rel: &str) -> Value {
     let table = ws.read_table(rel);
     assert_eq!(table["readers_agree"], true, "{rel}: {table:#}");
+    table["rows"].clone()
+}
+
+/// Rows of one version of a table, as both independent readers see them.
+fn rows_at(ws: &Workspace, rel: &str, version: u64) -> Value {
+    let table = ws.read_table_at(rel, version);
+    assert_eq!(table["readers_agree"], true, "{rel}@{version}");
     table["rows"].clone()
 }
 
@@ -113,4 +125,182 @@ fn history_lists_each_version_and_restore_brings_one_back_as_a_new_version() {
         assert!(out.stderr.contains(expected), "{args:?}: {}", out.stderr);
     }
     assert_eq!(ws.lake_files("lake"), before);
+}
+
+const SILVER_AND_GOLD: [&str; 5] = [
+    "silver/orders",
+    "silver/customers",
+    "silver/products",
+    "gold/customer_360",
+    "gold/product_performance",
+];
+
+/// Files of a table that no version of its log ever added (Python, reading the log itself).
+fn orphans(ws: &Workspace, table: &str) -> Vec<String> {
+    let dir = ws.path().join("lake").join(table);
+    let found = python_json(&["orphans", dir.to_str().unwrap()]);
+    serde_json::from_value(found["orphans"].clone()).unwrap()
+}
+
+/// What `medallion vacuum --output json` said about each table: (table, path, why).
+fn vacuumed(out: &medallion_tests::Invocation) -> BTreeSet<(String, String, String)> {
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let done: Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut files = BTreeSet::new();
+    for t in done["tables"].as_array().unwrap() {
+        for f in t["files"].as_array().unwrap() {
+            let table = t["table"].as_str().unwrap().replace('.', "/");
+            let path = f["path"].as_str().unwrap().to_string();
+            files.insert((table, path, f["why"].as_str().unwrap().to_string()));
+        }
+    }
+    files
+}
+
+/// `medallion vacuum` deletes exactly what no version within retention needs: the files a
+/// SIGKILLed run left in its dispatch directories (any age: the run lease keeps runs out), an
+/// untracked file older than the retention (a newer one stays), and - only with a retention
+/// shorter than the table's, allowed explicitly - the files of versions removed since
+/// (silver.customers: each full refresh rewrites it). The
+/// latest version and every version within retention read the same before and after, in
+/// both independent readers; a dry run lists the same files and deletes none.
+#[test]
+fn vacuum_deletes_what_no_retained_version_needs_and_what_killed_runs_left() {
+    let (ws, _) = Workspace::example(20_000, 4);
+    let full_refresh = ["run", "pipeline.yaml", "--full-refresh", "--executors", "2"];
+    let first = ws.run("pipeline.yaml");
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let first_version = ws.read_table("lake/silver/customers")["version"]
+        .as_u64()
+        .unwrap();
+    let second = ws.medallion(&full_refresh);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let staging = ws.path().join("lake/_medallion/staging");
+    let staged = || -> Vec<_> {
+        std::fs::read_dir(&staging)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        staged(),
+        Vec::<std::ffi::OsString>::new(),
+        "a finished run left its staging"
+    );
+
+    // Full refreshes killed at growing delays until one leaves uncommitted files behind.
+    let mut left = BTreeSet::new();
+    for delay_ms in [300, 600, 1000, 1500, 2200, 3000, 4000, 6000] {
+        ws.killed_after(&full_refresh, Duration::from_millis(delay_ms));
+        left = SILVER_AND_GOLD
+            .iter()
+            .flat_map(|t| orphans(&ws, t).into_iter().map(|p| (t.to_string(), p)))
+            .collect();
+        if !left.is_empty() {
+            break;
+        }
+    }
+    assert!(!left.is_empty(), "no killed run left files behind");
+    assert!(left.iter().all(|(_, p)| p.contains('/')), "{left:?}");
+
+    // Untracked files outside dispatch directories: one older than the retention, one new.
+    let old = ws.write(
+        "lake/silver/customers/stray-old.parquet",
+        "not a table file",
+    );
+    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    ws.write(
+        "lake/silver/customers/stray-new.parquet",
+        "not a table file",
+    );
+
+    let latest: Vec<Value> = SILVER_AND_GOLD
+        .iter()
+        .map(|t| rows(&ws, &format!("lake/{t}")))
+        .collect();
+    let customers_then = rows_at(&ws, "lake/silver/customers", first_version);
+
+    let mut expected: BTreeSet<_> = left
+        .iter()
+        .map(|(t, p)| (t.clone(), p.clone(), "abandoned".to_string()))
+        .collect();
+    expected.insert((
+        "silver/customers".into(),
+        "stray-old.parquet".into(),
+        "untracked".into(),
+    ));
+    let before = ws.lake_files("lake");
+    let dry = vacuumed(&ws.medallion(&["vacuum", "--dry-run", "--output", "json"]));
+    assert_eq!(dry, expected);
+    assert_eq!(ws.lake_files("lake"), before, "a dry run deleted files");
+
+    let done = vacuumed(&ws.medallion(&["vacuum", "--output", "json"]));
+    assert_eq!(done, expected);
+    assert_eq!(staged(), Vec::<std::ffi::OsString>::new());
+    for t in SILVER_AND_GOLD {
+        let remaining = orphans(&ws, t);
+        let expected: Vec<String> = if t == "silver/customers" {
+            vec!["stray-new.parquet".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(remaining, expected, "{t}");
+    }
+    let after: Vec<Value> = SILVER_AND_GOLD
+        .iter()
+        .map(|t| rows(&ws, &format!("lake/{t}")))
+        .collect();
+    assert!(after == latest, "the latest versions changed");
+    assert!(
+        rows_at(&ws, "lake/silver/customers", first_version) == customers_then,
+        "a version within retention lost files"
+    );
+    // Nothing is left to delete, and the next run finds every table up to date.
+    assert_eq!(
+        vacuumed(&ws.medallion(&["vacuum", "--dry-run", "--output", "json"])),
+        BTreeSet::new()
+    );
+
+    // Below the table's retention only when asked for: then the first version's files go.
+    let short = ws.medallion(&["vacuum", "silver.customers", "--retention", "0s"]);
+    assert_eq!(short.code, 2, "{}", short.stderr);
+    assert!(
+        short.stderr.contains("delta.deletedFileRetentionDuration"),
+        "{}",
+        short.stderr
+    );
+    let expired = vacuumed(&ws.medallion(&[
+        "vacuum",
+        "silver.customers",
+        "--retention",
+        "0s",
+        "--allow-short-retention",
+        "--output",
+        "json",
+    ]));
+    let stray_new = (
+        "silver/customers".into(),
+        "stray-new.parquet".into(),
+        "untracked".into(),
+    );
+    assert!(expired.contains(&stray_new), "{expired:?}");
+    assert!(expired.len() > 1, "{expired:?}");
+    for (table, path, why) in &expired {
+        assert!(
+            *why == "expired" || path == "stray-new.parquet",
+            "{expired:?}"
+        );
+        assert!(!ws.path().join("lake").join(table).join(path).exists());
+    }
+    assert_eq!(rows(&ws, "lake/silver/customers"), latest[1]);
+    let run = ws.run("pipeline.yaml");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for (t, rows_before) in SILVER_AND_GOLD.iter().zip(&latest) {
+        assert_eq!(&rows(&ws, &format!("lake/{t}")), rows_before, "{t}");
+    }
 }

@@ -1,8 +1,9 @@
 """Reads Medallion's Delta tables with two readers that share no code with it.
 
-  delta_check.py read <table>              both readers; rows canonical and sorted. <table> is a
+  delta_check.py read <table> [<version>]  both readers; rows canonical and sorted. <table> is a
                                            directory or an s3:// or az:// URL (then DELTA_STORAGE_OPTIONS
-                                           holds the storage options as JSON)
+                                           holds the storage options as JSON); the latest
+                                           version unless one is given
   delta_check.py gold-reference <data_dir> the example's gold tables computed by DuckDB
                                            straight from the raw files
   delta_check.py orphans <table_dir>       data files on disk that no version of the table's
@@ -94,12 +95,16 @@ def duckdb_connection(storage_options=None):
     return con
 
 
-def read(path):
+def read(path, version=None):
     storage_options = storage_options_from_env()
-    dt = DeltaTable(path, storage_options=storage_options)
+    dt = DeltaTable(path, storage_options=storage_options, version=None if version is None else int(version))
     rows = canonical_rows(dt.to_pyarrow_table().to_pylist())
     con = duckdb_connection(storage_options)
-    duck = canonical_rows(con.execute("SELECT * FROM delta_scan(?)", [path]).fetch_arrow_table().to_pylist())
+    if version is None:
+        scan = con.execute("SELECT * FROM delta_scan(?)", [path])
+    else:
+        scan = con.execute("SELECT * FROM delta_scan(?, version := ?)", [path, int(version)])
+    duck = canonical_rows(scan.fetch_arrow_table().to_pylist())
     metadata = dt.metadata()
     return {
         "version": dt.version(),

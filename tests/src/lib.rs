@@ -154,8 +154,13 @@ impl Workspace {
     /// Starts `medallion run <spec>` and SIGKILLs it after `delay` (no cleanup of any kind);
     /// returns whether it was still running then.
     pub fn run_killed_after(&self, spec: &str, delay: std::time::Duration) -> bool {
+        self.killed_after(&["run", spec, "--executors", "2"], delay)
+    }
+
+    /// Starts `medallion <args>` and SIGKILLs it after `delay`; whether it was still running.
+    pub fn killed_after(&self, args: &[&str], delay: std::time::Duration) -> bool {
         let mut child = Command::new(medallion_bin())
-            .args(["run", spec, "--executors", "2"])
+            .args(args)
             .current_dir(self.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -177,6 +182,13 @@ impl Workspace {
     pub fn read_table(&self, rel: &str) -> Value {
         let table = self.path().join(rel);
         read_delta(table.to_str().expect("utf-8 path"), None)
+    }
+
+    /// Reads one version of a table with both independent readers (time travel).
+    pub fn read_table_at(&self, rel: &str, version: u64) -> Value {
+        let table = self.path().join(rel);
+        let table = table.to_str().expect("utf-8 path");
+        json_output(delta_check(&["read", table, &version.to_string()]))
     }
 
     /// Every file under the lake directory `rel` with its size, except run leases and the
