@@ -9,20 +9,20 @@ use anyhow::{Result, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use indicatif::HumanBytes;
 use medallion_client::embedded::LocalExecutors;
 use medallion_client::generate::{EcommerceData, TpchData};
 use medallion_client::remote::{self, ClusterArgs, Remote, ServerError};
-use medallion_client::{pipelines, progress::ProgressBars, summary};
+use medallion_client::{pipelines, progress::ProgressBars, summary, tables};
 use medallion_cluster::LogArgs;
-use medallion_cluster::size::parse_memory_limit;
 use medallion_coordinator::auth::{AccessRole, TokenEntry, token_hash};
 use medallion_coordinator::lease::{LeaseHeld, RunLease};
 use medallion_coordinator::{Coordinator, RunReport, new_run_id};
 use medallion_lake::optimize::OptimizeOptions;
 use medallion_lake::vacuum::VacuumOptions;
+use medallion_pipeline::size::parse_memory_limit;
 use medallion_pipeline::{Pipeline, RunDate};
 use medallion_proto::{RunInfo, RunState};
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(
@@ -443,14 +443,20 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             pipeline,
             limit,
             output,
-        } => history(&table, &pipeline, limit, output).await,
+        } => {
+            let history = async |p: &Pipeline| tables::history(p, &table, limit).await;
+            table_operation(&pipeline, output, history).await
+        }
         Command::Restore {
             table,
             version,
             pipeline,
             wait,
             output,
-        } => restore(&table, version, &pipeline, wait, output).await,
+        } => {
+            let restore = async |p: &Pipeline| tables::restore(p, &table, version, wait).await;
+            table_operation(&pipeline, output, restore).await
+        }
         Command::Vacuum {
             tables,
             pipeline,
@@ -466,7 +472,8 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
                 dry_run,
                 abandoned: false,
             };
-            vacuum(&tables, &pipeline, options, wait, output).await
+            let vacuum = async |p: &Pipeline| tables::vacuum(p, &tables, options, wait).await;
+            table_operation(&pipeline, output, vacuum).await
         }
         Command::Optimize {
             tables,
@@ -479,8 +486,10 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             let options = OptimizeOptions {
                 target_size: target_file_size,
                 sort_by,
+                min_files: 0,
             };
-            optimize(&tables, &pipeline, &options, wait, output).await
+            let optimize = async |p: &Pipeline| tables::optimize(p, &tables, &options, wait).await;
+            table_operation(&pipeline, output, optimize).await
         }
         Command::Schedule(command) => schedule_command(command, &cluster).await,
         Command::Rerun {
@@ -653,187 +662,37 @@ async fn checks(run_id: &str, spec: &Path, output: Output) -> Result<ExitCode> {
     }
 }
 
-async fn history(table: &str, spec: &Path, limit: usize, output: Output) -> Result<ExitCode> {
+/// Runs a table operation (`history`, `restore`, `vacuum`, `optimize`) on the lake of the
+/// pipeline at `spec` and prints what it did, for people or as JSON. Exit code 3 when a run
+/// holds the pipeline's lease, 2 on any other error.
+async fn table_operation<T: Serialize + std::fmt::Display>(
+    spec: &Path,
+    output: Output,
+    operation: impl AsyncFnOnce(&Pipeline) -> Result<T>,
+) -> Result<ExitCode> {
     let pipeline = match load(spec, RunDate::Latest) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
-    let versions = match medallion_client::tables::history(&pipeline, table, limit).await {
-        Ok(versions) => versions,
+    match operation(&pipeline).await {
+        Ok(done) if output == Output::Json => {
+            println!("{}", serde_json::to_string_pretty(&done)?)
+        }
+        Ok(done) => print!("{done}"),
+        Err(e) if e.is::<LeaseHeld>() => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(BUSY));
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             return Ok(ExitCode::from(BAD_INPUT));
-        }
-    };
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&versions)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:>7}  {:<24}  {:<12}  {:>10}  {:>10}  {:>6}  {:>6}  RUN",
-        "VERSION", "COMMITTED", "OPERATION", "ROWS +", "ROWS -", "FILES+", "FILES-"
-    );
-    for v in versions {
-        let when = v
-            .timestamp
-            .and_then(chrono::DateTime::from_timestamp_millis)
-            .map_or_else(String::new, |t| {
-                t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-            });
-        println!(
-            "{:>7}  {:<24}  {:<12}  {:>10}  {:>10}  {:>6}  {:>6}  {}",
-            v.version,
-            when,
-            v.operation,
-            v.rows_added,
-            v.rows_removed,
-            v.files_added,
-            v.files_removed,
-            v.run_id.unwrap_or_default()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn restore(
-    table: &str,
-    version: u64,
-    spec: &Path,
-    wait: bool,
-    output: Output,
-) -> Result<ExitCode> {
-    let pipeline = match load(spec, RunDate::Latest) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
-    match medallion_client::tables::restore(&pipeline, table, version, wait).await {
-        Ok(restored) if output == Output::Json => {
-            println!("{}", serde_json::to_string_pretty(&restored)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(restored) => {
-            println!(
-                "{table}: version {} holds version {}'s rows ({} files back, {} files out)",
-                restored.version,
-                restored.restored_version,
-                restored.files_restored,
-                restored.files_removed
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) if e.is::<LeaseHeld>() => {
-            eprintln!("error: {e}");
-            Ok(ExitCode::from(BUSY))
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Ok(ExitCode::from(BAD_INPUT))
-        }
-    }
-}
-
-/// The exit code of a table operation that failed: busy when a run holds the lease.
-fn operation_failed(e: &anyhow::Error) -> ExitCode {
-    if e.is::<LeaseHeld>() {
-        eprintln!("error: {e}");
-        ExitCode::from(BUSY)
-    } else {
-        eprintln!("error: {e:#}");
-        ExitCode::from(BAD_INPUT)
-    }
-}
-
-async fn vacuum(
-    tables: &[String],
-    spec: &Path,
-    options: VacuumOptions,
-    wait: bool,
-    output: Output,
-) -> Result<ExitCode> {
-    let pipeline = match load(spec, RunDate::Latest) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
-    let dry_run = options.dry_run;
-    let done = match medallion_client::tables::vacuum(&pipeline, tables, options, wait).await {
-        Ok(done) => done,
-        Err(e) => return Ok(operation_failed(&e)),
-    };
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let verb = if dry_run { "would delete" } else { "deleted" };
-    for t in &done.tables {
-        let v = &t.vacuumed;
-        println!(
-            "{}: {verb} {} files, {} (retention {})",
-            t.table,
-            v.files.len(),
-            HumanBytes(v.bytes()),
-            humantime::format_duration(std::time::Duration::from_secs(v.retention_seconds))
-        );
-        if dry_run {
-            for f in &v.files {
-                let why = serde_json::to_value(f.why)?;
-                println!(
-                    "  {}  {}  {}",
-                    f.path,
-                    HumanBytes(f.bytes),
-                    why.as_str().unwrap_or("")
-                );
-            }
-        }
-    }
-    for dir in &done.staging {
-        println!("staging of run {dir}: {verb}");
-    }
-    if !done.abandoned {
-        println!(
-            "(no run lease on this lake: files of killed runs go once older than the retention)"
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn optimize(
-    tables: &[String],
-    spec: &Path,
-    options: &OptimizeOptions,
-    wait: bool,
-    output: Output,
-) -> Result<ExitCode> {
-    let pipeline = match load(spec, RunDate::Latest) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
-    let done = match medallion_client::tables::optimize(&pipeline, tables, options, wait).await {
-        Ok(done) => done,
-        Err(e) => return Ok(operation_failed(&e)),
-    };
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    for t in &done {
-        let o = &t.optimized;
-        match o.version {
-            Some(version) => println!(
-                "{}: version {version}: {} files ({}) into {} ({})",
-                t.table,
-                o.files_removed,
-                HumanBytes(o.bytes_removed),
-                o.files_added,
-                HumanBytes(o.bytes_added)
-            ),
-            None => println!("{}: nothing to compact ({} files)", t.table, o.files_before),
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn parse_file_size(text: &str) -> Result<std::num::NonZeroU64, String> {
-    let size = medallion_cluster::size::parse_size(text)?;
+    let size = medallion_pipeline::size::parse_size(text)?;
     std::num::NonZeroU64::new(size as u64).ok_or_else(|| "a file size above 0".to_string())
 }
 

@@ -3,12 +3,16 @@
 //! (small files compacted). They read and write the lake directly (the spec names it); all
 //! but history hold the pipeline's run lease, so they never land in the middle of a run.
 
+use std::fmt;
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
+use indicatif::HumanBytes;
 use medallion_coordinator::lease::RunLease;
 use medallion_lake::history::TableVersion;
 use medallion_lake::optimize::{OptimizeOptions, Optimized};
 use medallion_lake::restore::Restored;
-use medallion_lake::vacuum::{VacuumOptions, Vacuumed};
+use medallion_lake::vacuum::{VacuumOptions, Vacuumed, Why};
 use medallion_pipeline::{Pipeline, TableRef};
 use serde::Serialize;
 
@@ -31,10 +35,67 @@ fn storage_options(pipeline: &Pipeline) -> medallion_lake::StorageOptions {
     pipeline.storage_options.clone().into_iter().collect()
 }
 
+/// A table's versions, newest first (`medallion history`).
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct History(pub Vec<TableVersion>);
+
+impl fmt::Display for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>7}  {:<24}  {:<12}  {:>10}  {:>10}  {:>6}  {:>6}  RUN",
+            "VERSION", "COMMITTED", "OPERATION", "ROWS +", "ROWS -", "FILES+", "FILES-"
+        )?;
+        for v in &self.0 {
+            let when = v
+                .timestamp
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map_or_else(String::new, |t| {
+                    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+                });
+            writeln!(
+                f,
+                "{:>7}  {:<24}  {:<12}  {:>10}  {:>10}  {:>6}  {:>6}  {}",
+                v.version,
+                when,
+                v.operation,
+                v.rows_added,
+                v.rows_removed,
+                v.files_added,
+                v.files_removed,
+                v.run_id.as_deref().unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The latest `limit` versions of a table, newest first.
-pub async fn history(pipeline: &Pipeline, name: &str, limit: usize) -> Result<Vec<TableVersion>> {
+pub async fn history(pipeline: &Pipeline, name: &str, limit: usize) -> Result<History> {
     let (_, uri) = table_of(pipeline, name)?;
-    medallion_lake::history::history(&uri, &storage_options(pipeline), limit).await
+    let opts = storage_options(pipeline);
+    let versions = medallion_lake::history::history(&uri, &opts, limit).await?;
+    Ok(History(versions))
+}
+
+/// What `medallion restore` did.
+#[derive(Debug, Serialize)]
+pub struct TableRestore {
+    pub table: String,
+    #[serde(flatten)]
+    pub restored: Restored,
+}
+
+impl fmt::Display for TableRestore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.restored;
+        writeln!(
+            f,
+            "{}: version {} holds version {}'s rows ({} files back, {} files out)",
+            self.table, r.version, r.restored_version, r.files_restored, r.files_removed
+        )
+    }
 }
 
 /// Brings back `version` of a table as a new version, waiting for a run of the pipeline in
@@ -44,12 +105,16 @@ pub async fn restore(
     name: &str,
     version: u64,
     wait: bool,
-) -> Result<Restored> {
+) -> Result<TableRestore> {
     let (table, uri) = table_of(pipeline, name)?;
     let _lease = RunLease::acquire(pipeline, &format!("restore of {table}"), wait).await?;
-    medallion_lake::restore::restore(&uri, &storage_options(pipeline), version)
+    let restored = medallion_lake::restore::restore(&uri, &storage_options(pipeline), version)
         .await
-        .with_context(|| format!("{table}"))
+        .with_context(|| format!("{table}"))?;
+    Ok(TableRestore {
+        table: table.to_string(),
+        restored,
+    })
 }
 
 /// The tables `names` of a pipeline (`gold.customer_360`), or all of them with their
@@ -86,6 +151,43 @@ pub struct TableVacuum {
     pub table: String,
     #[serde(flatten)]
     pub vacuumed: Vacuumed,
+}
+
+impl fmt::Display for PipelineVacuum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dry_run = self.tables.iter().any(|t| t.vacuumed.dry_run);
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        for t in &self.tables {
+            let v = &t.vacuumed;
+            let retention = Duration::from_secs(v.retention_seconds);
+            writeln!(
+                f,
+                "{}: {verb} {} files, {} (retention {})",
+                t.table,
+                v.files.len(),
+                HumanBytes(v.bytes()),
+                humantime::format_duration(retention)
+            )?;
+            for file in v.files.iter().filter(|_| dry_run) {
+                let why = match file.why {
+                    Why::Expired => "expired",
+                    Why::Untracked => "untracked",
+                    Why::Abandoned => "abandoned",
+                };
+                writeln!(f, "  {}  {}  {why}", file.path, HumanBytes(file.bytes))?;
+            }
+        }
+        for dir in &self.staging {
+            writeln!(f, "staging of run {dir}: {verb}")?;
+        }
+        if !self.abandoned {
+            writeln!(
+                f,
+                "(no run lease on this lake: files of killed runs go once older than the retention)"
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Vacuums tables of a pipeline (all when `names` is empty). Holds the run lease, so the
@@ -170,10 +272,39 @@ fn is_run_of(pipeline: &str, run_id: &str) -> bool {
 
 /// What `medallion optimize` did to each table.
 #[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct PipelineOptimize(pub Vec<TableOptimize>);
+
+#[derive(Debug, Serialize)]
 pub struct TableOptimize {
     pub table: String,
     #[serde(flatten)]
     pub optimized: Optimized,
+}
+
+impl fmt::Display for PipelineOptimize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for t in &self.0 {
+            let o = &t.optimized;
+            match o.version {
+                Some(version) => writeln!(
+                    f,
+                    "{}: version {version}: {} files ({}) into {} ({})",
+                    t.table,
+                    o.files_removed,
+                    HumanBytes(o.bytes_removed),
+                    o.files_added,
+                    HumanBytes(o.bytes_added)
+                )?,
+                None => writeln!(
+                    f,
+                    "{}: nothing to compact ({} files)",
+                    t.table, o.files_before
+                )?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Compacts tables of a pipeline (all when `names` is empty), holding the run lease: a
@@ -183,7 +314,7 @@ pub async fn optimize(
     names: &[String],
     options: &OptimizeOptions,
     wait: bool,
-) -> Result<Vec<TableOptimize>> {
+) -> Result<PipelineOptimize> {
     let tables = tables_of(pipeline, names)?;
     let _lease = RunLease::acquire(pipeline, "optimize", wait).await?;
     let opts = storage_options(pipeline);
@@ -197,5 +328,5 @@ pub async fn optimize(
             optimized,
         });
     }
-    Ok(done)
+    Ok(PipelineOptimize(done))
 }

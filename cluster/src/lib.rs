@@ -10,7 +10,6 @@ pub mod metrics;
 pub mod retry;
 pub mod server;
 pub mod signal;
-pub mod size;
 pub mod tls;
 
 pub use etcd::{EtcdArgs, KeptLease, Keys};

@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod history;
 pub mod lease;
 pub mod listing;
+pub mod maintenance;
 pub mod membership;
 pub mod metrics;
 pub mod planner;

@@ -13,6 +13,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
+use medallion_lake::changes::Changes;
 use medallion_lake::objects;
 use medallion_pipeline::report::{ChangedFiles, Engine, Refresh};
 use medallion_pipeline::spec::{
@@ -225,12 +226,14 @@ impl LastComputed {
         self.info.get(INFO_INPUTS)?.get(input.to_string())?.as_u64()
     }
 
-    /// Whether it was computed from these input versions with this spec, so computing the
-    /// table again would give the same rows.
-    fn computed_from(&self, pipeline: &Pipeline, inputs: &Inputs) -> bool {
-        self.complete
-            && self.same_spec(pipeline)
-            && self.info.get(INFO_INPUTS) == Some(&inputs_info(inputs))
+    /// The inputs it was computed from, if it records them.
+    fn inputs(&self) -> Option<Inputs> {
+        self.info
+            .get(INFO_INPUTS)?
+            .as_object()?
+            .iter()
+            .map(|(t, v)| Some((t.parse().ok()?, v.as_u64()?)))
+            .collect()
     }
 }
 
@@ -682,9 +685,7 @@ impl RunContext<'_> {
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
         let last = self.last_computed(table, existing.as_ref()).await?;
-        let up_to_date = last
-            .as_ref()
-            .is_some_and(|l| l.computed_from(self.pipeline, &inputs));
+        let up_to_date = self.computed_from(last.as_ref(), &inputs).await?;
         let rebuild = self.rebuild.contains(table);
         if !self.full_refresh && !rebuild && up_to_date {
             let commit = CommitPlan::Overwrite { inputs };
@@ -779,11 +780,7 @@ impl RunContext<'_> {
         let target = self.target(table, None);
         let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
         let last = self.last_computed(table, existing.as_ref()).await?;
-        if !self.rebuild.contains(table)
-            && last
-                .as_ref()
-                .is_some_and(|l| l.computed_from(self.pipeline, &inputs))
-        {
+        if !self.rebuild.contains(table) && self.computed_from(last.as_ref(), &inputs).await? {
             return Ok(StagePlan::nothing_to_do(
                 CommitPlan::Overwrite { inputs },
                 target,
@@ -841,6 +838,34 @@ impl RunContext<'_> {
 
     /// What the table's latest commit records about how it was computed; `None` for a table
     /// that does not exist or has no commit.
+    /// Whether the table was computed with this spec from inputs holding the rows `inputs`
+    /// hold, so computing it again would give the same rows: the same versions, or earlier
+    /// ones followed only by commits that change no rows (a compaction, a vacuum).
+    async fn computed_from(&self, last: Option<&LastComputed>, inputs: &Inputs) -> Result<bool> {
+        let Some(last) = last.filter(|l| l.complete && l.same_spec(self.pipeline)) else {
+            return Ok(false);
+        };
+        let Some(recorded) = last.inputs().filter(|r| r.len() == inputs.len()) else {
+            return Ok(false);
+        };
+        for (input, &version) in inputs {
+            let Some(&then) = recorded.get(input) else {
+                return Ok(false);
+            };
+            if then == version {
+                continue;
+            }
+            let uri = self.pipeline.table_uri(input);
+            let changes =
+                medallion_lake::changes::changes(&uri, &self.storage_options, then, version)
+                    .await?;
+            if !matches!(changes, Changes::Appended(files) if files.is_empty()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     async fn last_computed(
         &self,
         table: &TableRef,

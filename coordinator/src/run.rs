@@ -12,7 +12,7 @@ use medallion_proto::{StagedFiles, TaskMetrics, TaskResult};
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
 use crate::dispatch::{TaskRunner, run_with_retries};
 use crate::planner::{BallistaTarget, RunContext};
-use crate::{history, metrics, quality};
+use crate::{history, maintenance, metrics, quality};
 use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport, TableStatus};
 
 /// A new run's id: the pipeline, the UTC time, and a random suffix.
@@ -121,7 +121,9 @@ impl<'a> Coordinator<'a> {
                 .await;
         }
 
-        let tables: Vec<TableReport> = order.iter().filter_map(|t| finished.remove(t)).collect();
+        let mut tables: Vec<TableReport> =
+            order.iter().filter_map(|t| finished.remove(t)).collect();
+        maintenance::after_run(pipeline, &run.storage_options, &mut tables).await;
         let succeeded = tables.iter().all(TableReport::succeeded);
         let mut report = RunReport {
             run_id: run_id.to_string(),

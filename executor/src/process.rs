@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use medallion_cluster::size::parse_memory_limit;
 use medallion_cluster::{EtcdArgs, KeptLease, LogArgs, ServerArgs, signal};
+use medallion_pipeline::size::parse_memory_limit;
 use medallion_proto::ExecutorInfo;
 use medallion_proto::executor_server::ExecutorServer;
 use prost::Message;

@@ -7,6 +7,7 @@
 mod append;
 pub mod ballista;
 pub mod changes;
+pub mod checkpoint;
 pub mod history;
 pub mod objects;
 pub mod optimize;

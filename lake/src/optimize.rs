@@ -35,10 +35,12 @@ pub struct OptimizeOptions {
     pub target_size: Option<NonZeroU64>,
     /// Columns to cluster rows by (Z-order); plain compaction when empty.
     pub sort_by: Vec<String>,
+    /// Leave a table with fewer files than this as it is.
+    pub min_files: usize,
 }
 
 /// What a compaction did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Optimized {
     /// The version it committed; `None` when there was nothing to compact.
     pub version: Option<u64>,
@@ -57,17 +59,17 @@ pub async fn optimize(
     options: &OptimizeOptions,
 ) -> Result<Optimized> {
     let Some(table) = open_table(uri, opts).await? else {
-        return Ok(Optimized {
-            version: None,
-            files_before: 0,
-            files_removed: 0,
-            files_added: 0,
-            bytes_removed: 0,
-            bytes_added: 0,
-        });
+        return Ok(Optimized::default());
     };
     let before = table.version();
     let files_before = table.snapshot()?.log_data().num_files();
+    if files_before < options.min_files {
+        return Ok(Optimized {
+            version: None,
+            files_before,
+            ..Optimized::default()
+        });
+    }
     let info = recorded_info(&table, before.unwrap_or_default()).await?;
     let kind = if options.sort_by.is_empty() {
         OptimizeType::Compact

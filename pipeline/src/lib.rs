@@ -13,6 +13,7 @@ pub mod regroup;
 pub mod report;
 pub mod retry;
 pub mod schedule;
+pub mod size;
 pub mod spec;
 pub mod sql;
 mod template;

@@ -307,13 +307,15 @@ impl Pipeline {
     }
 
     /// The spec as canonical JSON without where things are (the lake's root and storage
-    /// options, the sources' paths): what decides how tables are computed. Moving a lake with
-    /// its sources, or pointing a source at another copy of its files, leaves it unchanged.
+    /// options, the sources' paths) and without what does not change rows (`maintenance:`):
+    /// what decides how tables are computed. Moving a lake with its sources, or pointing a
+    /// source at another copy of its files, leaves it unchanged.
     pub fn computation(&self) -> String {
         let mut spec: serde_json::Value =
             serde_saphyr::from_str(&self.yaml).unwrap_or(serde_json::Value::Null);
         if let Some(spec) = spec.as_object_mut() {
             spec.remove("lake");
+            spec.remove("maintenance");
             let sources = spec.get_mut("sources").and_then(|s| s.as_array_mut());
             for source in sources.into_iter().flatten() {
                 if let Some(source) = source.as_object_mut() {
@@ -531,6 +533,7 @@ fn validate(spec: &PipelineSpec, errors: &mut Errors) -> Dag {
         dag.add(TableRef::new(Layer::Gold, &t.name.value), deps);
     }
     check_cycles(spec, &dag, errors);
+    validate_sort_by(spec, &known, errors);
     dag
 }
 
@@ -568,6 +571,7 @@ fn validate_settings(spec: &PipelineSpec, errors: &mut Errors) {
     ] {
         validate_timeout(errors, field, value.as_ref());
     }
+    validate_maintenance(errors, &spec.maintenance);
     let root = match &spec.lake.value {
         LakeSpec::Root(r) | LakeSpec::Detailed { root: r, .. } => r,
     };
@@ -575,6 +579,60 @@ fn validate_settings(spec: &PipelineSpec, errors: &mut Errors) {
         errors.on(&spec.lake, "lake.root", "must not be empty");
     } else {
         check_store(errors, &spec.lake, "lake", &root.value);
+    }
+}
+
+/// `maintenance:`: sizes, durations and counts that parse. (The tables `sort_by` names are
+/// checked with the tables, in [`validate_sort_by`].)
+fn validate_maintenance(errors: &mut Errors, m: &MaintenanceSpec) {
+    if let Some(i) = &m.checkpoint_interval
+        && i.value == 0
+    {
+        errors.on(i, "maintenance.checkpoint_interval", "must be at least 1");
+    }
+    if let Some(o) = &m.optimize {
+        if let Some(n) = &o.min_files
+            && n.value < 2
+        {
+            let message = "must be at least 2 (one file has nothing to compact with)";
+            errors.on(n, "maintenance.optimize.min_files", message);
+        }
+        if let Some(size) = &o.target_file_size
+            && let Err(e) = crate::size::parse_size(&size.value).and_then(|b| {
+                (b >= 1 << 20)
+                    .then_some(())
+                    .ok_or_else(|| "a file size of at least 1MiB".to_string())
+            })
+        {
+            errors.on(size, "maintenance.optimize.target_file_size", e);
+        }
+    }
+    if let Some(v) = &m.vacuum
+        && let Some(r) = &v.retention
+        && !humantime::parse_duration(&r.value).is_ok_and(|d| d.as_secs() >= 3600)
+    {
+        let message = format!(
+            "'{}' is not a retention of an hour or more (such as 7d or 36h)",
+            r.value
+        );
+        errors.on(r, "maintenance.vacuum.retention", message);
+    }
+}
+
+/// `maintenance.optimize.sort_by`: each key a table of the pipeline.
+fn validate_sort_by(spec: &PipelineSpec, known: &BTreeSet<TableRef>, errors: &mut Errors) {
+    let Some(o) = &spec.maintenance.optimize else {
+        return;
+    };
+    for (table, columns) in &o.sort_by {
+        let field = format!("maintenance.optimize.sort_by.{table}");
+        match table.parse::<TableRef>() {
+            Ok(t) if known.contains(&t) => {}
+            _ => errors.on(columns, field.clone(), format!("unknown table '{table}'")),
+        }
+        if columns.value.is_empty() {
+            errors.on(columns, field, "name at least one column");
+        }
     }
 }
 

@@ -140,6 +140,9 @@ pub struct TableReport {
     /// Source files a bronze table ingested before that changed in place since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_changed: Option<ChangedFiles>,
+    /// What the spec's `maintenance:` did to the table after the run committed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
     /// Task attempts beyond the first.
     pub retries: usize,
     pub metrics: Metrics,
@@ -160,6 +163,7 @@ impl TableReport {
             columns_added: Vec::new(),
             columns_widened: Vec::new(),
             files_changed: None,
+            maintenance: None,
             retries: 0,
             metrics: Metrics::default(),
             checks: Vec::new(),
@@ -174,6 +178,23 @@ impl TableReport {
             TableStatus::Committed { .. } | TableStatus::UpToDate | TableStatus::Kept { .. }
         )
     }
+}
+
+/// Upkeep of a committed table at the end of a run (`maintenance:` in the spec).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// Small files compacted, and the files they became.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<(u64, u64)>,
+    /// Files a vacuum deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_vacuumed: Option<u64>,
+    /// The version a checkpoint was written at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
+    /// What failed: the run's commit stands, the next run tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Row counters of one table in one run.

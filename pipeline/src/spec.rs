@@ -32,6 +32,9 @@ pub struct PipelineSpec {
     pub retries: RetrySpec,
     #[serde(default)]
     pub timeouts: TimeoutSpec,
+    /// Upkeep of the tables a run committed, done at the end of the run.
+    #[serde(default)]
+    pub maintenance: MaintenanceSpec,
     pub sources: Vec<SourceSpec>,
     #[serde(default)]
     pub bronze: Vec<BronzeSpec>,
@@ -170,6 +173,59 @@ impl TimeoutSpec {
 pub fn parse_timeout(value: Option<&Spanned<String>>) -> Option<std::time::Duration> {
     let d = humantime::parse_duration(&value?.value).ok()?;
     (1..=7 * 24 * 3600).contains(&d.as_secs()).then_some(d)
+}
+
+/// Upkeep of the tables a run committed, done at the end of each run (`maintenance:`), so a
+/// pipeline that runs every few minutes does not slow its readers down with small files and
+/// long logs. Failures are warnings in the run's report: the run's commits stand.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceSpec {
+    /// A Delta checkpoint once a table has this many commits since its last one, so readers
+    /// replay at most that many JSON commits (delta-rs alone: every 100th version).
+    #[serde(default)]
+    pub checkpoint_interval: Option<Spanned<u64>>,
+    /// Compact each committed table once it has `min_files` files (`medallion optimize`).
+    #[serde(default)]
+    pub optimize: Option<OptimizeMaintenance>,
+    /// Vacuum each committed table (`medallion vacuum`).
+    #[serde(default)]
+    pub vacuum: Option<VacuumMaintenance>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizeMaintenance {
+    /// Compact a table from this many files (16 when not given).
+    #[serde(default)]
+    pub min_files: Option<Spanned<u64>>,
+    /// The size files are compacted to (`128MiB`); the table's `delta.targetFileSize` (100 MiB
+    /// unless set) when not given.
+    #[serde(default)]
+    pub target_file_size: Option<Spanned<String>>,
+    /// Columns to cluster each table's rows by (Z-order): `{ silver.orders: [customer_id] }`.
+    #[serde(default)]
+    pub sort_by: BTreeMap<String, Spanned<Vec<String>>>,
+}
+
+impl OptimizeMaintenance {
+    pub const DEFAULT_MIN_FILES: u64 = 16;
+
+    pub fn min_files(&self) -> u64 {
+        self.min_files
+            .as_ref()
+            .map_or(Self::DEFAULT_MIN_FILES, |m| m.value)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VacuumMaintenance {
+    /// How long removed files are kept for time travel (`7d`); the table's
+    /// `delta.deletedFileRetentionDuration` (7 days unless set) when not given. A shorter one
+    /// than the table's is refused.
+    #[serde(default)]
+    pub retention: Option<Spanned<String>>,
 }
 
 /// File formats a source can be read from.

@@ -255,3 +255,37 @@ fn a_table_retries_with_its_own_settings_over_the_pipelines() {
     let gold = p.retry_policy(&TableRef::new(Layer::Gold, "totals"));
     assert_eq!((gold.max_attempts, gold.timeout.as_secs()), (4, 3600));
 }
+
+#[test]
+fn maintenance_is_validated_with_its_place_and_does_not_change_how_tables_are_computed() {
+    let good = VALID.replace(
+        "lake: /tmp/lake",
+        "lake: /tmp/lake\nmaintenance:\n  checkpoint_interval: 10\n  optimize: { min_files: 4, \
+         target_file_size: 64MiB, sort_by: { silver.orders: [id] } }\n  vacuum: { retention: 7d }",
+    );
+    let p = parse(&good).unwrap();
+    assert_eq!(p.computation(), parse(VALID).unwrap().computation());
+    let optimize = p.spec.maintenance.optimize.as_ref().unwrap();
+    assert_eq!(optimize.min_files(), 4);
+
+    let bad = VALID.replace(
+        "lake: /tmp/lake",
+        "lake: /tmp/lake\nmaintenance:\n  checkpoint_interval: 0\n  optimize: { min_files: 1, \
+         target_file_size: 12 parsecs, sort_by: { gold.nope: [id], silver.orders: [] } }\n  \
+         vacuum: { retention: 5m }",
+    );
+    let errors = parse(&bad).unwrap_err();
+    let has = |s: &str| errors.iter().any(|e| e.contains(s));
+    for expected in [
+        "p.yaml:5:24: maintenance.checkpoint_interval",
+        "maintenance.checkpoint_interval: must be at least 1",
+        "maintenance.optimize.min_files: must be at least 2",
+        "maintenance.optimize.target_file_size: unknown unit 'parsecs'",
+        "maintenance.optimize.sort_by.gold.nope: unknown table 'gold.nope'",
+        "maintenance.optimize.sort_by.silver.orders: name at least one column",
+        "maintenance.vacuum.retention: '5m' is not a retention of an hour or more",
+    ] {
+        assert!(has(expected), "{expected}: {errors:#?}");
+    }
+    assert_eq!(errors.len(), 6, "{errors:#?}");
+}

@@ -4,10 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use medallion_tests::{Workspace, python_json};
+use medallion_tests::{Workspace, python_json, rows_without_run_columns};
 use serde_json::Value;
 
-use crate::fixture::{ORDERS_3, shop};
+use crate::fixture::{CUSTOMERS, ORDERS_1, ORDERS_2, ORDERS_3, PRODUCTS, SPEC, shop};
 
 /// Rows of a table as both independent readers see them (they must agree).
 fn rows(ws: &Workspace, rel: &str) -> Value {
@@ -303,4 +303,181 @@ fn vacuum_deletes_what_no_retained_version_needs_and_what_killed_runs_left() {
     for (t, rows_before) in SILVER_AND_GOLD.iter().zip(&latest) {
         assert_eq!(&rows(&ws, &format!("lake/{t}")), rows_before, "{t}");
     }
+}
+
+/// `medallion optimize` compacts the small files runs leave (one per task and run) into
+/// fewer, in one commit per table that changes no rows (both readers read the same rows
+/// before and after), clustered by `--sort-by` columns when given; a column the table lacks
+/// is named in the error and changes nothing. The next run computes nothing again.
+#[test]
+fn optimize_compacts_small_files_without_changing_rows() {
+    let ws = shop();
+    for i in 0..4u32 {
+        ws.write(
+            &format!("data/orders/more_{i}.jsonl"),
+            &more_orders(100 + 2 * i),
+        );
+        let run = ws.run("pipeline.yaml");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let tables = ["bronze/orders", "silver/orders", "gold/customer_360"];
+    let before: Vec<Value> = tables
+        .iter()
+        .map(|t| ws.read_table(&format!("lake/{t}")))
+        .collect();
+    let bronze_files = before[0]["num_files"].as_u64().unwrap();
+    assert!(bronze_files >= 5, "{}", before[0]["num_files"]);
+
+    let out = ws.medallion(&["optimize", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let done: Value = serde_json::from_str(&out.stdout).unwrap();
+    let bronze = done
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "bronze.orders")
+        .unwrap();
+    assert_eq!(bronze["files_removed"], bronze_files, "{done:#}");
+    assert_eq!(bronze["files_added"], 1, "{done:#}");
+    for (t, then) in tables.iter().zip(&before) {
+        let now = ws.read_table(&format!("lake/{t}"));
+        assert_eq!(now["readers_agree"], true, "{t}");
+        assert!(now["rows"] == then["rows"], "{t}: optimize changed rows");
+        assert!(
+            now["num_files"].as_u64() <= then["num_files"].as_u64(),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        ws.read_table("lake/bronze/orders")["num_files"],
+        1,
+        "bronze.orders"
+    );
+
+    // Clustering by a column, and a column the table does not have.
+    let sorted = ws.medallion(&["optimize", "silver.orders", "--sort-by", "customer_id"]);
+    assert_eq!(sorted.code, 0, "{}", sorted.stderr);
+    assert!(rows(&ws, "lake/silver/orders") == before[1]["rows"]);
+    let lake = ws.lake_files("lake");
+    let wrong = ws.medallion(&["optimize", "silver.orders", "--sort-by", "nope"]);
+    assert_eq!(wrong.code, 2, "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("nope"), "{}", wrong.stderr);
+    assert_eq!(ws.lake_files("lake"), lake);
+
+    // Inputs compacted since a table was computed hold the same rows: nothing to compute.
+    let run = ws.run("pipeline.yaml");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for t in run.report()["tables"].as_array().unwrap() {
+        assert_eq!(t["status"], "up_to_date", "{t:#}");
+    }
+}
+
+/// `maintenance:` in the spec: after each run the tables it committed are compacted once they
+/// have `min_files` files (silver.orders clustered by customer), vacuumed, and checkpointed
+/// every `checkpoint_interval` commits. Five runs give the same rows in every table as a twin
+/// lake without maintenance (both readers); a run with nothing new computes nothing; a copy of
+/// a table whose JSON commits up to its checkpoint are deleted reads the same in both
+/// readers, so the checkpoint alone holds the table's state.
+#[test]
+fn maintenance_after_runs_compacts_and_checkpoints_without_changing_rows() {
+    let maintained = Workspace::new();
+    let plain = Workspace::new();
+    maintained.write(
+        "pipeline.yaml",
+        &format!(
+            "{SPEC}maintenance:\n  checkpoint_interval: 3\n  optimize:\n    min_files: 3\n    \
+             sort_by: {{ silver.orders: [customer_id] }}\n  vacuum: {{ retention: 7d }}\n"
+        ),
+    );
+    plain.write("pipeline.yaml", SPEC);
+    let mut compacted = 0;
+    let mut checkpoints = 0;
+    for (i, batch) in [
+        ORDERS_1,
+        ORDERS_2,
+        ORDERS_3,
+        &more_orders(200),
+        &more_orders(300),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut reports = Vec::new();
+        for ws in [&maintained, &plain] {
+            ws.write("data/customers.csv", CUSTOMERS);
+            ws.write("data/products.csv", PRODUCTS);
+            ws.write(&format!("data/orders/batch_{i}.jsonl"), batch);
+            let run = ws.run("pipeline.yaml");
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            reports.push(run.report());
+        }
+        for t in reports[0]["tables"].as_array().unwrap() {
+            let m = &t["maintenance"];
+            assert!(m.get("error").is_none(), "{t:#}");
+            compacted += m.get("compacted").is_some() as usize;
+            checkpoints += m.get("checkpoint").is_some() as usize;
+        }
+    }
+    assert!(
+        compacted > 0 && checkpoints > 0,
+        "{compacted} {checkpoints}"
+    );
+    for t in [
+        "bronze/orders",
+        "silver/orders",
+        "silver/customers",
+        "gold/customer_360",
+        "gold/product_performance",
+    ] {
+        let rel = format!("lake/{t}");
+        let (ours, theirs) = (maintained.read_table(&rel), plain.read_table(&rel));
+        assert_eq!(ours["readers_agree"], true, "{t}");
+        assert!(
+            rows_without_run_columns(&ours) == rows_without_run_columns(&theirs),
+            "{t}"
+        );
+    }
+    let bronze = maintained.read_table("lake/bronze/orders");
+    assert!(bronze["num_files"].as_u64().unwrap() < 3, "{bronze:#}");
+    assert!(
+        bronze["history"]
+            .as_array()
+            .unwrap()
+            .contains(&"OPTIMIZE".into())
+    );
+
+    let again = maintained.run("pipeline.yaml");
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    for t in again.report()["tables"].as_array().unwrap() {
+        assert_eq!(t["status"], "up_to_date", "{t:#}");
+    }
+
+    // The checkpoint alone: a copy of the table without the JSON commits it covers.
+    let log = maintained.path().join("lake/bronze/orders/_delta_log");
+    let last: Value =
+        serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
+    let checkpoint = last["version"].as_u64().unwrap();
+    let copy = maintained.path().join("copy");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(maintained.path().join("lake/bronze/orders"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for version in 0..=checkpoint {
+        std::fs::remove_file(copy.join(format!("_delta_log/{version:020}.json"))).unwrap();
+    }
+    assert!(rows(&maintained, "copy") == rows(&maintained, "lake/bronze/orders"));
+}
+
+/// Two orders with ids from `first`, for one more batch.
+fn more_orders(first: u32) -> String {
+    (first..first + 2)
+        .map(|id| {
+            format!(
+                r#"{{"order_id": {id}, "customer_id": 11, "product_id": 100, "quantity": 1, "amount": 4, "status": "paid", "email": "b@y.com", "created_at": "2024-03-01T10:00:00Z", "updated_at": "2024-03-01T10:00:00Z"}}"#
+            ) + "\n"
+        })
+        .collect()
 }

@@ -104,13 +104,14 @@ def read(path, version=None):
         scan = con.execute("SELECT * FROM delta_scan(?)", [path])
     else:
         scan = con.execute("SELECT * FROM delta_scan(?, version := ?)", [path, int(version)])
-    duck = canonical_rows(scan.fetch_arrow_table().to_pylist())
+    duck = canonical_rows(scan.to_arrow_table().to_pylist())
     metadata = dt.metadata()
     return {
         "version": dt.version(),
         "partition_columns": list(metadata.partition_columns),
         "columns": [f.name for f in dt.schema().fields],
         "num_rows": len(rows),
+        "num_files": len(dt.file_uris()),
         "rows": rows,
         "history": [h.get("operation") for h in dt.history()],
         # Newest first: whether Medallion made each commit (its commitInfo names the run).
