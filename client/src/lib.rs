@@ -9,5 +9,6 @@ pub mod generate;
 pub mod pipelines;
 pub mod progress;
 pub mod remote;
+pub mod sql;
 pub mod summary;
 pub mod tables;

@@ -12,7 +12,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use medallion_client::embedded::LocalExecutors;
 use medallion_client::generate::{EcommerceData, TpchData};
 use medallion_client::remote::{self, ClusterArgs, Remote, ServerError};
-use medallion_client::{pipelines, progress::ProgressBars, summary, tables};
+use medallion_client::{pipelines, progress::ProgressBars, sql, summary, tables};
 use medallion_cluster::LogArgs;
 use medallion_coordinator::auth::{AccessRole, TokenEntry, token_hash};
 use medallion_coordinator::lease::{LeaseHeld, RunLease};
@@ -180,6 +180,20 @@ enum Command {
         wait: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Query the pipeline's tables with SQL (read-only): `gold.customer_360`, with
+    /// `VERSION AS OF 3` or `TIMESTAMP AS OF '2026-12-01 10:00:00'` after a table to read an
+    /// earlier version. `medallion sql <spec> "<query>"` reads the lake directly.
+    Sql {
+        /// The pipeline spec, then the query.
+        spec: PathBuf,
+        query: String,
+        /// Read every table at the versions this run left them (`medallion runs`): one
+        /// consistent state of the lake, whatever ran since.
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long, value_enum, default_value_t = sql::Format::Table)]
+        output: sql::Format,
     },
     /// Compact tables' small files into files of a target size, optionally clustered by
     /// columns (Z-order), in one commit per table that changes no rows.
@@ -457,6 +471,25 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             let restore = async |p: &Pipeline| tables::restore(p, &table, version, wait).await;
             table_operation(&pipeline, output, restore).await
         }
+        Command::Sql {
+            spec,
+            query,
+            snapshot,
+            output,
+        } => {
+            sql::check_destination(output)?;
+            let sql = async |p: &Pipeline| {
+                sql::run(
+                    p,
+                    &query,
+                    snapshot.as_deref(),
+                    output,
+                    std::io::BufWriter::new(std::io::stdout()),
+                )
+                .await
+            };
+            with_pipeline(&spec, sql).await
+        }
         Command::Vacuum {
             tables,
             pipeline,
@@ -663,32 +696,44 @@ async fn checks(run_id: &str, spec: &Path, output: Output) -> Result<ExitCode> {
 }
 
 /// Runs a table operation (`history`, `restore`, `vacuum`, `optimize`) on the lake of the
-/// pipeline at `spec` and prints what it did, for people or as JSON. Exit code 3 when a run
-/// holds the pipeline's lease, 2 on any other error.
+/// pipeline at `spec` and prints what it did, for people or as JSON.
 async fn table_operation<T: Serialize + std::fmt::Display>(
     spec: &Path,
     output: Output,
     operation: impl AsyncFnOnce(&Pipeline) -> Result<T>,
+) -> Result<ExitCode> {
+    with_pipeline(spec, async |p: &Pipeline| {
+        let done = operation(p).await?;
+        match output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&done)?),
+            Output::Text => print!("{done}"),
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `operation` on the pipeline at `spec`. Exit code 3 when a run holds the pipeline's
+/// lease, 2 on any other error.
+async fn with_pipeline(
+    spec: &Path,
+    operation: impl AsyncFnOnce(&Pipeline) -> Result<()>,
 ) -> Result<ExitCode> {
     let pipeline = match load(spec, RunDate::Latest) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
     match operation(&pipeline).await {
-        Ok(done) if output == Output::Json => {
-            println!("{}", serde_json::to_string_pretty(&done)?)
-        }
-        Ok(done) => print!("{done}"),
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if e.is::<LeaseHeld>() => {
             eprintln!("error: {e}");
-            return Ok(ExitCode::from(BUSY));
+            Ok(ExitCode::from(BUSY))
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            return Ok(ExitCode::from(BAD_INPUT));
+            Ok(ExitCode::from(BAD_INPUT))
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_file_size(text: &str) -> Result<std::num::NonZeroU64, String> {

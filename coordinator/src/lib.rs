@@ -28,6 +28,8 @@ pub mod run;
 pub mod runs;
 pub mod scheduler;
 pub mod service;
+pub mod snapshots;
+pub mod sql;
 pub mod store;
 #[cfg(test)]
 mod testing;

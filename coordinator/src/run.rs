@@ -12,7 +12,7 @@ use medallion_proto::{StagedFiles, TaskMetrics, TaskResult};
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
 use crate::dispatch::{TaskRunner, run_with_retries};
 use crate::planner::{BallistaTarget, RunContext};
-use crate::{history, maintenance, metrics, quality};
+use crate::{history, maintenance, metrics, quality, snapshots};
 use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport, TableStatus};
 
 /// A new run's id: the pipeline, the UTC time, and a random suffix.
@@ -134,6 +134,14 @@ impl<'a> Coordinator<'a> {
             succeeded,
             tables,
         };
+        if succeeded && let Err(e) = snapshots::record(pipeline, run_id).await {
+            // The run's tables stand; `--snapshot` of this run is refused.
+            tracing::error!(
+                run_id,
+                error = format!("{e:#}"),
+                "cannot record the run's snapshot"
+            );
+        }
         if let Err(e) = quality::record_results(pipeline, &report, now).await {
             // The tables are committed whatever happens here; the history misses this run.
             tracing::error!(

@@ -270,6 +270,15 @@ impl Pipeline {
         format!("{}/_medallion/runs", self.lake_root.trim_end_matches('/'))
     }
 
+    /// The Delta table every successful run appends the versions of all the pipeline's tables
+    /// to: what `medallion sql --snapshot <run>` reads them at.
+    pub fn snapshots_uri(&self) -> String {
+        format!(
+            "{}/_medallion/snapshots",
+            self.lake_root.trim_end_matches('/')
+        )
+    }
+
     /// Scratch space for staged files that are not table data yet (merge sources).
     pub fn staging_uri(&self, run_id: &str, table: &TableRef) -> String {
         format!(

@@ -19,4 +19,5 @@ mod quality;
 mod recovery;
 mod schedule;
 mod security;
+mod serve;
 mod storage;

@@ -8,7 +8,8 @@
                                            straight from the raw files
   delta_check.py orphans <table_dir>       data files on disk that no version of the table's
                                            log has ever added
-  delta_check.py sql <table> <query>       DuckDB's answer to <query> over the table, as `t`
+  delta_check.py sql <table> <query> [<version>]
+                                           DuckDB's answer to <query> over the table, as `t`
   delta_check.py scd-reference <glob> <tracked>
                                            a change feed (JSON lines: id, name, city, op, seq)
                                            read by DuckDB and replayed change by change in
@@ -184,11 +185,13 @@ def orphans(table_dir):
     return {"orphans": sorted(on_disk - added), "files": len(on_disk)}
 
 
-def sql(path, query):
-    """DuckDB's own answer to a query over one table (values as DuckDB gives them, as text
-    where they are not JSON numbers, so decimals keep every digit)."""
+def sql(path, query, version=None):
+    """DuckDB's own answer to a query over one table, at its latest version or `version`
+    (values as DuckDB gives them, as text where they are not JSON numbers, so decimals keep
+    every digit)."""
     con = duckdb_connection()
-    con.execute("CREATE VIEW t AS SELECT * FROM delta_scan('" + path.replace("'", "''") + "')")
+    at = "" if version is None else f", version := {int(version)}"
+    con.execute("CREATE VIEW t AS SELECT * FROM delta_scan('" + path.replace("'", "''") + "'" + at + ")")
     cursor = con.execute(query)
     names = [d[0] for d in cursor.description]
     return [
