@@ -37,8 +37,8 @@ pub async fn run(
         Some(run) => Some(snapshots::of_run(pipeline, run).await?),
         None => None,
     };
-    let df = medallion_coordinator::sql::query(pipeline, query, snapshot.as_ref()).await?;
-    write(df.execute_stream().await?, format, out).await
+    let query = medallion_coordinator::sql::query(pipeline, query, snapshot.as_ref()).await?;
+    write(query.frame.execute_stream().await?, format, out).await
 }
 
 /// Writes a stream of rows in `format`, batch by batch (but for `Table`).

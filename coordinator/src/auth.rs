@@ -1,8 +1,8 @@
-//! Who may call the client API (`medallion.v1.Coordinator`).
+//! Who may call the client API (`medallion.v1.Coordinator`) and the Flight SQL endpoint.
 //!
 //! Callers present a bearer token (`authorization: Bearer <token>`). The coordinator knows
 //! tokens only by their SHA-256, from a token file (a mounted Secret), each with a name and a
-//! role: `viewer` reads (runs, pipelines, executors), `operator` also acts on runs (submit,
+//! role: `viewer` reads (runs, pipelines, executors, tables over Flight SQL), `operator` also acts on runs (submit,
 //! cancel, trigger, backfill, rerun, pause, resume), `admin` also deploys and undeploys. A
 //! call without a known token answers UNAUTHENTICATED, one beyond its role
 //! PERMISSION_DENIED; both, and every allowed call that changes something, are written to the
@@ -242,7 +242,13 @@ fn decide(
     let caller = identities
         .caller(token.trim())
         .map_err(|why| ("unknown token".to_string(), Status::unauthenticated(why)))?;
-    match AccessRole::needed_for(method) {
+    // The Flight SQL endpoint only reads (`crate::flight`).
+    let needed = if path.starts_with(FLIGHT_SERVICE) {
+        Some(AccessRole::Viewer)
+    } else {
+        AccessRole::needed_for(method)
+    };
+    match needed {
         Some(needed) if caller.role >= needed => Ok(caller),
         Some(needed) => Err((
             caller.name.clone(),
@@ -257,6 +263,9 @@ fn decide(
         )),
     }
 }
+
+/// The path prefix of the Flight SQL endpoint's methods.
+const FLIGHT_SERVICE: &str = "/arrow.flight.protocol.FlightService/";
 
 /// The client API's gate when callers must say who they are; see the module documentation.
 #[derive(Clone)]

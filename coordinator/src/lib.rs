@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod commit;
 pub mod dispatch;
+pub mod flight;
 pub mod history;
 pub mod lease;
 pub mod listing;

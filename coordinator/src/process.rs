@@ -26,12 +26,14 @@ use tonic::service::Routes;
 
 use crate::BallistaTarget;
 use crate::auth::{Authenticate, Identities, Jwt, JwtArgs, Tokens};
+use crate::flight::LakeFlight;
 use crate::membership::Members;
 use crate::remote::RemoteExecutors;
 use crate::runs::Runs;
 use crate::scheduler::Scheduler;
 use crate::service::{CoordinatorService, ForwardToLeader, Gated, Role};
 use crate::store::{EtcdRunStore, RunStore};
+use arrow_flight::flight_service_server::FlightServiceServer;
 
 #[derive(Parser)]
 #[command(
@@ -175,13 +177,15 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         tokens: args.tokens.as_deref().map(Tokens::load).transpose()?,
         jwt: Jwt::start(&args.jwt).await?,
     };
+    let flight = FlightServiceServer::new(LakeFlight::new(scheduler.clone()));
     let routes = if identities.tokens.is_some() || identities.jwt.is_some() {
-        Routes::new(Gated::new(api, Authenticate(Arc::new(identities))))
+        let gate = Authenticate(Arc::new(identities));
+        Routes::new(Gated::new(api, gate.clone())).add_service(Gated::new(flight, gate))
     } else {
         tracing::warn!(
             "neither --tokens nor --jwt-jwks: the client API is open to anyone who reaches its port"
         );
-        Routes::new(api)
+        Routes::new(api).add_service(flight)
     };
     let server = bound.serve(routes).await?;
     server

@@ -71,6 +71,29 @@ impl Scheduler {
         Ok(pipeline)
     }
 
+    /// The deployed pipeline `name`, parsed; without a name, the only one deployed.
+    pub async fn deployed(&self, name: Option<&str>) -> Result<Arc<Pipeline>, RunsError> {
+        let all = self.store.deployments().await.map_err(RunsError::Store)?;
+        let found = match name {
+            Some(name) => all.iter().find(|d| d.name == name),
+            None if all.len() == 1 => all.first(),
+            None => {
+                let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+                return Err(RunsError::BadRequest(format!(
+                    "name the pipeline (x-medallion-pipeline): deployed are {}",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+        };
+        let d =
+            found.ok_or_else(|| RunsError::NotDeployed(name.unwrap_or_default().to_string()))?;
+        self.latest(d)
+    }
+
     async fn deployment(&self, name: &str) -> Result<Deployment, RunsError> {
         let all = self.store.deployments().await.map_err(RunsError::Store)?;
         all.into_iter()

@@ -15,12 +15,12 @@
 //!
 //! ```no_run
 //! # async fn f(pipeline: &medallion_pipeline::Pipeline) -> anyhow::Result<()> {
-//! let df = medallion_coordinator::sql::query(pipeline, "SELECT count(*) FROM gold.customer_360", None).await?;
-//! let batches = df.collect().await?;
+//! let query = medallion_coordinator::sql::query(pipeline, "SELECT count(*) FROM gold.customer_360", None).await?;
+//! let batches = query.frame.collect().await?;
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -38,13 +38,17 @@ use medallion_pipeline::{Layer, Pipeline, TableRef};
 
 use crate::snapshots::Snapshot;
 
+/// A planned query.
+pub struct Query {
+    pub frame: DataFrame,
+    /// The version each table read without a version clause was read at: planning the query
+    /// again with these as its snapshot reads the same rows whatever was committed since.
+    pub versions: BTreeMap<TableRef, u64>,
+}
+
 /// Plans `sql` over the tables of `pipeline`, each at the version `snapshot` gives it (when
 /// given) or its latest; a `VERSION AS OF` / `TIMESTAMP AS OF` clause overrides both.
-pub async fn query(
-    pipeline: &Pipeline,
-    sql: &str,
-    snapshot: Option<&Snapshot>,
-) -> Result<DataFrame> {
+pub async fn query(pipeline: &Pipeline, sql: &str, snapshot: Option<&Snapshot>) -> Result<Query> {
     let mut statements = DFParser::parse_sql_with_dialect(sql, &DatabricksDialect {})
         .map_err(|e| anyhow!("invalid SQL: {e}"))?;
     let mut query = match (statements.pop_front(), statements.is_empty()) {
@@ -67,6 +71,7 @@ pub async fn query(
         catalog.register_schema(&layer.to_string(), Arc::new(MemorySchemaProvider::new()))?;
     }
     let opts: StorageOptions = pipeline.storage_options.clone().into_iter().collect();
+    let mut versions = BTreeMap::new();
     for (name, read) in &reads.tables {
         let uri = pipeline.table_uri(&read.table);
         let at = match read.at {
@@ -82,6 +87,11 @@ pub async fn query(
                 .await?
                 .with_context(|| format!("{} has no version yet: run the pipeline", read.table))?,
         };
+        if read.at == At::Latest
+            && let Some(v) = table.version()
+        {
+            versions.insert(read.table.clone(), v);
+        }
         let reference = TableReference::partial(read.table.layer.to_string(), name.as_str());
         medallion_lake::register_delta(&ctx, reference, &table).await?;
     }
@@ -89,7 +99,10 @@ pub async fn query(
         .state()
         .statement_to_plan(Statement::Statement(query))
         .await?;
-    Ok(ctx.execute_logical_plan(plan).await?)
+    Ok(Query {
+        frame: ctx.execute_logical_plan(plan).await?,
+        versions,
+    })
 }
 
 /// The latest version of a table committed at or before `time`.

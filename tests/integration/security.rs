@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use crate::fixture::shop;
 
 /// Makes a token with `medallion token`; returns it and its token file entry.
-fn token(ws: &Workspace, name: &str, role: &str) -> (String, String) {
+pub(crate) fn token(ws: &Workspace, name: &str, role: &str) -> (String, String) {
     let out = ws.medallion(&["token", name, role]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let field = |prefix: &str| {

@@ -6,6 +6,7 @@ use medallion_tests::{Workspace, python_json};
 use serde_json::Value;
 
 use crate::fixture::{ORDERS_3, SPEC, shop};
+use crate::security::token;
 
 /// Orders per customer and their value in cents, as both engines can give them exactly.
 const PER_CUSTOMER: &str = "SELECT customer_id, total_orders, \
@@ -214,4 +215,129 @@ fn a_snapshot_reader_never_sees_a_run_half_done() {
     assert_ne!(after[0]["orders"], before[0]["orders"]);
     assert_ne!(after[0]["slow"], before[0]["slow"]);
     assert_eq!(after, ours(&ws, both, &[]));
+}
+
+/// The Flight SQL endpoint, queried by a client nobody here wrote: the ADBC Flight SQL driver
+/// from PyPI reads into pyarrow a result of a million rows, a table at an earlier version and
+/// every table at a run's snapshot (a call header), each equal to DuckDB's Delta reader on the
+/// same versions; a statement that is not a query is refused. The client API's tokens guard it:
+/// a viewer's token reads, a call without one is refused.
+#[test]
+fn flight_sql_serves_the_lake_to_the_adbc_driver() {
+    let ws = shop();
+    let (viewer, viewer_entry) = token(&ws, "dashboards", "viewer");
+    let (admin, admin_entry) = token(&ws, "ops", "admin");
+    let tokens = ws.write("tokens.yaml", &format!("{viewer_entry}\n{admin_entry}\n"));
+    ws.set_env("MEDALLION_TOKEN", &admin);
+    let cluster = medallion_tests::cluster::Cluster::start_with(
+        &ws,
+        1,
+        1,
+        &["--tokens", tokens.to_str().unwrap()],
+    );
+    let deploy = cluster.client(&ws, &["deploy", "pipeline.yaml"]);
+    assert_eq!(deploy.code, 0, "{}\n{}", deploy.stderr, cluster.logs());
+    let submit = |ws: &Workspace| {
+        let out = cluster.client(
+            ws,
+            &["submit", "pipeline.yaml", "--wait", "--output", "json"],
+        );
+        assert_eq!(out.code, 0, "{}\n{}", out.stderr, cluster.logs());
+        let status: Value = serde_json::from_str(&out.stdout).unwrap();
+        status["report"]["run_id"].as_str().unwrap().to_string()
+    };
+    let first_run = submit(&ws);
+    let v1 = version(&ws, "gold.customer_360");
+    ws.write("data/orders/orders_3.jsonl", ORDERS_3);
+    submit(&ws);
+    let v2 = version(&ws, "gold.customer_360");
+    assert!(v2 > v1);
+
+    let uri = cluster.coordinators[0].url().replace("http://", "grpc://");
+    let table = ws.path().join("lake/gold/customer_360");
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[4])
+import adbc_driver_flightsql.dbapi as flightsql
+import delta_check
+
+uri, table, first_run = sys.argv[1], sys.argv[2], sys.argv[3]
+v1, v2, token = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
+duck = delta_check.duckdb_connection()
+
+def ours(query, token=token, **headers):
+    kwargs = {f"adbc.flight.sql.rpc.call_header.{k}": v for k, v in headers.items()}
+    if token:
+        kwargs["adbc.flight.sql.authorization_header"] = f"Bearer {token}"
+    with flightsql.connect(uri, db_kwargs=kwargs) as conn, conn.cursor() as cur:
+        cur.execute(query)
+        return cur.fetch_arrow_table()
+
+def duckdb(query, version):
+    return duck.execute(query.replace("{t}", f"delta_scan('{table}', version := {version})")).to_arrow_table()
+
+def same(a, b, keys):
+    a, b = a.sort_by([(k, "ascending") for k in keys]), b.sort_by([(k, "ascending") for k in keys])
+    return a.column_names == b.column_names and a.to_pydict() == b.to_pydict()
+
+big = "SELECT c.customer_id, c.total_orders, r.v FROM {t} c CROSS JOIN (SELECT unnest(range(500000)) AS v) r"
+per_customer = "SELECT customer_id, total_orders, CAST(lifetime_value * 100 AS BIGINT) AS cents FROM {t}"
+large = ours(big.replace("{t}", "gold.customer_360"))
+at_v1 = ours(per_customer.replace("{t}", f"gold.customer_360 VERSION AS OF {v1}"))
+snapshot = ours(per_customer.replace("{t}", "gold.customer_360"), **{"x-medallion-snapshot": first_run})
+latest = ours(per_customer.replace("{t}", "gold.customer_360"))
+def error_of(query, **kwargs):
+    try:
+        ours(query, **kwargs)
+        return ""
+    except Exception as e:
+        return str(e)
+refused = error_of("DROP TABLE gold.customer_360")
+anonymous = error_of("SELECT 1", token="")
+print(json.dumps({
+    "large_rows": large.num_rows,
+    "large_equal": same(large, duckdb(big, v2), ["customer_id", "v"]),
+    "at_v1_equal": same(at_v1, duckdb(per_customer, v1), ["customer_id"]),
+    "snapshot_equal": same(snapshot, duckdb(per_customer, v1), ["customer_id"]),
+    "latest_equal": same(latest, duckdb(per_customer, v2), ["customer_id"]),
+    "latest_differs": not same(latest, at_v1, ["customer_id"]),
+    "refused": refused,
+    "anonymous": anonymous,
+}))
+"#;
+    let py = medallion_tests::py_dir();
+    let out = medallion_tests::run_python(
+        script,
+        &[
+            &uri,
+            &table,
+            &first_run,
+            &py,
+            &v1.to_string(),
+            &v2.to_string(),
+            &viewer,
+        ],
+    );
+    let got: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(got["large_rows"], 1_000_000, "{got}");
+    for check in [
+        "large_equal",
+        "at_v1_equal",
+        "snapshot_equal",
+        "latest_equal",
+        "latest_differs",
+    ] {
+        assert_eq!(got[check], true, "{check}: {got}");
+    }
+    assert!(
+        got["refused"].as_str().unwrap().contains("read-only"),
+        "{got}"
+    );
+    assert!(
+        got["anonymous"]
+            .as_str()
+            .unwrap()
+            .contains("requires a token"),
+        "{got}"
+    );
 }

@@ -235,6 +235,11 @@ pub fn read_delta(location: &str, storage_options: Option<&Value>) -> Value {
     json_output(command)
 }
 
+/// The directory of the tests' Python helpers (`delta_check.py`), for scripts to import.
+pub fn py_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py")
+}
+
 /// Runs Python `code` with `args` (`sys.argv[1:]`), which must succeed; its standard output.
 pub fn run_python(code: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
     let out = Command::new(python())
@@ -257,7 +262,7 @@ pub fn python_json(args: &[&str]) -> Value {
 }
 
 fn delta_check(args: &[&str]) -> Command {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/delta_check.py");
+    let script = py_dir().join("delta_check.py");
     let mut command = Command::new(python());
     command.arg(script).args(args);
     command
