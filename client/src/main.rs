@@ -183,15 +183,20 @@ enum Command {
     },
     /// Query the pipeline's tables with SQL (read-only): `gold.customer_360`, with
     /// `VERSION AS OF 3` or `TIMESTAMP AS OF '2026-12-01 10:00:00'` after a table to read an
-    /// earlier version. `medallion sql <spec> "<query>"` reads the lake directly.
+    /// earlier version. `medallion sql <spec> "<query>"` reads the lake directly;
+    /// `medallion sql "<query>"` asks the cluster (its Flight SQL endpoint).
     Sql {
-        /// The pipeline spec, then the query.
-        spec: PathBuf,
-        query: String,
+        /// `<spec> <query>`, or `<query>` for the cluster.
+        #[arg(num_args = 1..=2, required = true, value_names = ["SPEC", "QUERY"])]
+        args: Vec<String>,
         /// Read every table at the versions this run left them (`medallion runs`): one
         /// consistent state of the lake, whatever ran since.
         #[arg(long)]
         snapshot: Option<String>,
+        /// On a cluster: the deployed pipeline whose tables the query reads (needed when
+        /// more than one is deployed).
+        #[arg(long)]
+        deployed: Option<String>,
         #[arg(long, value_enum, default_value_t = sql::Format::Table)]
         output: sql::Format,
     },
@@ -472,23 +477,26 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             table_operation(&pipeline, output, restore).await
         }
         Command::Sql {
-            spec,
-            query,
+            args,
             snapshot,
+            deployed,
             output,
         } => {
             sql::check_destination(output)?;
-            let sql = async |p: &Pipeline| {
-                sql::run(
-                    p,
-                    &query,
-                    snapshot.as_deref(),
-                    output,
-                    std::io::BufWriter::new(std::io::stdout()),
-                )
-                .await
-            };
-            with_pipeline(&spec, sql).await
+            let out = std::io::BufWriter::new(std::io::stdout());
+            let snapshot = snapshot.as_deref();
+            match &args[..] {
+                [spec, query] => {
+                    let sql = async |p: &Pipeline| sql::run(p, query, snapshot, output, out).await;
+                    with_pipeline(Path::new(spec), sql).await
+                }
+                [query] => {
+                    let rows = remote::query(&cluster, query, deployed.as_deref(), snapshot);
+                    sql::write(rows.await?, output, out).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => unreachable!("clap takes one or two values"),
+            }
         }
         Command::Vacuum {
             tables,

@@ -1,9 +1,17 @@
 //! The client side of a cluster: submit or deploy a pipeline to the leader coordinator,
-//! follow and manage its runs and schedules, list the executors.
+//! follow and manage its runs and schedules, list the executors, query its tables (Flight
+//! SQL).
+
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{StreamExt, TryStreamExt};
 use medallion_cluster::{ClientTls, TlsArgs};
 use medallion_coordinator::RunObserver;
+use medallion_coordinator::flight::{PIPELINE_HEADER, SNAPSHOT_HEADER};
 use medallion_coordinator::service::LEADER_HEADER;
 use medallion_pipeline::Pipeline;
 use medallion_proto::convert::Watched;
@@ -121,6 +129,64 @@ impl ServerError {
 
 fn server_error(status: tonic::Status) -> anyhow::Error {
     ServerError(status).into()
+}
+
+/// Runs `query` on the Flight SQL endpoint of the first coordinator that answers (any
+/// coordinator serves it), over the deployed pipeline `pipeline` (the only one deployed when
+/// `None`), at run `snapshot`'s versions when given; its rows as they stream in.
+pub async fn query(
+    cluster: &ClusterArgs,
+    query: &str,
+    pipeline: Option<&str>,
+    snapshot: Option<&str>,
+) -> Result<SendableRecordBatchStream> {
+    let tls = cluster.tls.client()?;
+    let mut last = anyhow!("no coordinator address given");
+    for url in &cluster.coordinator {
+        let channel = match tls.target(url) {
+            Ok(target) => target.connect().await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(e) => {
+                last = e.context(format!("cannot reach the coordinator at {url}"));
+                continue;
+            }
+        };
+        let mut client = FlightSqlServiceClient::new(channel);
+        if let Some(authorization) = cluster.authorization()? {
+            client.set_header("authorization", authorization.to_str()?);
+        }
+        for (header, value) in [(PIPELINE_HEADER, pipeline), (SNAPSHOT_HEADER, snapshot)] {
+            if let Some(value) = value {
+                client.set_header(header, value);
+            }
+        }
+        let info = client
+            .execute(query.to_string(), None)
+            .await
+            .map_err(flight_error)?;
+        let schema = Arc::new(info.clone().try_decode_schema()?);
+        let mut streams = Vec::new();
+        for endpoint in info.endpoint {
+            let ticket = endpoint.ticket.context("an endpoint without a ticket")?;
+            streams.push(client.do_get(ticket).await.map_err(flight_error)?);
+        }
+        let rows = futures::stream::iter(streams)
+            .flatten()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
+        return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)));
+    }
+    Err(last)
+}
+
+/// A Flight error as the coordinator's answer when it is one.
+fn flight_error(e: arrow_flight::error::FlightError) -> anyhow::Error {
+    match e {
+        arrow_flight::error::FlightError::Tonic(status) => server_error(*status),
+        e => e.into(),
+    }
 }
 
 impl Remote {
