@@ -200,6 +200,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = sql::Format::Table)]
         output: sql::Format,
     },
+    /// Show what a run would do, changing nothing: new source files per bronze table, the
+    /// tables up to date or computed again and why, incremental or full, the bytes they
+    /// would read, where gold would run.
+    Plan {
+        spec: PathBuf,
+        /// Plan a run with `--full-refresh`.
+        #[arg(long)]
+        full_refresh: bool,
+        /// Exit 0 when nothing would change, 2 when a run would change tables, 1 on any
+        /// error (as `terraform plan -detailed-exitcode`).
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Compact tables' small files into files of a target size, optionally clustered by
     /// columns (Z-order), in one commit per table that changes no rows.
     Optimize {
@@ -497,6 +512,28 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
                 }
                 _ => unreachable!("clap takes one or two values"),
             }
+        }
+        Command::Plan {
+            spec,
+            full_refresh,
+            detailed_exitcode,
+            output,
+        } => {
+            let mut changes = false;
+            let plan = async |p: &Pipeline| {
+                let plan = medallion_coordinator::plan::plan(p, full_refresh).await?;
+                changes = plan.changes();
+                Ok(plan)
+            };
+            let code = table_operation(&spec, output, plan).await?;
+            Ok(
+                match (detailed_exitcode, code == ExitCode::SUCCESS, changes) {
+                    (false, _, _) => code,
+                    (true, false, _) => ExitCode::from(RUN_FAILED),
+                    (true, true, false) => ExitCode::SUCCESS,
+                    (true, true, true) => ExitCode::from(BAD_INPUT),
+                },
+            )
         }
         Command::Vacuum {
             tables,

@@ -21,6 +21,7 @@ pub mod listing;
 pub mod maintenance;
 pub mod membership;
 pub mod metrics;
+pub mod plan;
 pub mod planner;
 pub mod process;
 pub mod quality;

@@ -271,6 +271,10 @@ pub struct RunContext<'a> {
     /// Tables computed again from scratch and overwritten: bronze re-ingests every file its
     /// source names, silver and gold read every input row (`medallion rerun --full-refresh`).
     pub rebuild: &'a BTreeSet<TableRef>,
+    /// Tables a run would commit before the one planned, when only planning (`medallion
+    /// plan`): a table reading one is not up to date. Empty in a run, which plans a table
+    /// once its inputs are committed.
+    pub pending: &'a BTreeSet<TableRef>,
 }
 
 /// A fingerprint of the pipeline spec: any change to how tables are computed recomputes
@@ -685,7 +689,8 @@ impl RunContext<'_> {
         let uri = self.pipeline.table_uri(table);
         let existing = medallion_lake::open_table(&uri, &self.storage_options).await?;
         let last = self.last_computed(table, existing.as_ref()).await?;
-        let up_to_date = self.computed_from(last.as_ref(), &inputs).await?;
+        let up_to_date =
+            !self.pending.contains(&input) && self.computed_from(last.as_ref(), &inputs).await?;
         let rebuild = self.rebuild.contains(table);
         if !self.full_refresh && !rebuild && up_to_date {
             let commit = CommitPlan::Overwrite { inputs };
@@ -780,7 +785,11 @@ impl RunContext<'_> {
         let target = self.target(table, None);
         let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
         let last = self.last_computed(table, existing.as_ref()).await?;
-        if !self.rebuild.contains(table) && self.computed_from(last.as_ref(), &inputs).await? {
+        let pending = inputs.keys().any(|t| self.pending.contains(t));
+        if !self.rebuild.contains(table)
+            && !pending
+            && self.computed_from(last.as_ref(), &inputs).await?
+        {
             return Ok(StagePlan::nothing_to_do(
                 CommitPlan::Overwrite { inputs },
                 target,

@@ -112,6 +112,7 @@ impl<'a> Coordinator<'a> {
             ballista: self.ballista.as_ref(),
             full_refresh: self.full_refresh,
             rebuild: &self.rerun.rebuild,
+            pending: &BTreeSet::new(),
         };
 
         let order = pipeline.dag.topological_order().unwrap_or_default();

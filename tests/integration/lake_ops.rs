@@ -481,3 +481,50 @@ fn more_orders(first: u32) -> String {
         })
         .collect()
 }
+
+/// What `medallion plan` says, table by table, against the report of the run that follows:
+/// the tables it would change are the ones the run commits, bronze's new files are the ones
+/// the run reads, silver and gold refresh as predicted (incremental or full). The detailed
+/// exit code is 2 while a run would change something, 0 once nothing would.
+#[test]
+fn plan_says_what_the_run_that_follows_does() {
+    let ws = shop();
+    let check = |ws: &Workspace| {
+        let plan = ws.medallion(&["plan", "pipeline.yaml", "--output", "json"]);
+        assert_eq!(plan.code, 0, "{}", plan.stderr);
+        let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+        let detailed = ws.medallion(&["plan", "pipeline.yaml", "--detailed-exitcode"]);
+        assert_eq!(detailed.code, 2, "{}", detailed.stdout);
+        let run = ws.run("pipeline.yaml");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let report = run.report();
+        let mut changed = 0;
+        for planned in plan["tables"].as_array().unwrap() {
+            let name = planned["table"].as_str().unwrap();
+            let did = medallion_tests::table(&report, name);
+            let changes = planned["action"] != "up_to_date";
+            changed += changes as usize;
+            assert_eq!(
+                changes,
+                did["status"] == "committed",
+                "{name}: {planned} / {did}"
+            );
+            if name.starts_with("bronze.") {
+                assert_eq!(planned["new_files"], did["metrics"]["files_read"], "{name}");
+            } else if changes {
+                assert_eq!(planned["refresh"]["kind"], did["refresh"]["kind"], "{name}");
+            }
+        }
+        assert!(changed > 0);
+    };
+    check(&ws);
+    ws.write("data/orders/orders_3.jsonl", ORDERS_3);
+    check(&ws);
+    let nothing = ws.medallion(&["plan", "pipeline.yaml", "--detailed-exitcode"]);
+    assert_eq!(nothing.code, 0, "{}", nothing.stdout);
+    assert!(
+        nothing.stdout.contains("nothing to do"),
+        "{}",
+        nothing.stdout
+    );
+}

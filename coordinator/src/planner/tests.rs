@@ -40,6 +40,7 @@ fn context(pipeline: &Pipeline) -> RunContext<'_> {
         ballista: None,
         full_refresh: false,
         rebuild: &NOTHING_REBUILT,
+        pending: &NOTHING_REBUILT,
     }
 }
 
