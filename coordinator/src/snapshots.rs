@@ -8,10 +8,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use datafusion::arrow::array::{ArrayRef, AsArray, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::prelude::SessionContext;
 use medallion_pipeline::sql::quote_literal;
 use medallion_pipeline::{Pipeline, TableRef};
 
@@ -59,22 +58,14 @@ pub async fn record(pipeline: &Pipeline, run_id: &str) -> Result<Snapshot> {
 pub async fn of_run(pipeline: &Pipeline, run_id: &str) -> Result<Snapshot> {
     let uri = pipeline.snapshots_uri();
     let opts = pipeline.storage_options.clone().into_iter().collect();
-    let Some(table) = medallion_lake::open_table(&uri, &opts).await? else {
-        bail!("no run of this lake has recorded a snapshot yet ({uri} does not exist)");
-    };
-    let ctx = SessionContext::new();
-    medallion_lake::register_delta(&ctx, "snapshots", &table).await?;
     let sql = format!(
         "SELECT versions FROM snapshots WHERE run_id = {} AND pipeline = {}",
         quote_literal(run_id),
         quote_literal(pipeline.name())
     );
-    let batches = ctx
-        .sql(&sql)
-        .await?
-        .collect()
-        .await
-        .with_context(|| format!("reading {uri}"))?;
+    let Some(batches) = medallion_lake::query_table(&uri, &opts, "snapshots", &sql).await? else {
+        bail!("no run of this lake has recorded a snapshot yet ({uri} does not exist)");
+    };
     let Some(found) = batches
         .iter()
         .find(|b| b.num_rows() > 0)

@@ -171,6 +171,28 @@ pub fn data_bytes(table: &DeltaTable) -> Result<u64> {
         .sum())
 }
 
+/// Runs `sql` over the Delta table at `uri`, registered as `name` (a bookkeeping table such
+/// as the run history); `None` when nothing was ever committed there.
+pub async fn query_table(
+    uri: &str,
+    opts: &StorageOptions,
+    name: &str,
+    sql: &str,
+) -> Result<Option<Vec<RecordBatch>>> {
+    let Some(table) = open_table(uri, opts).await? else {
+        return Ok(None);
+    };
+    let ctx = SessionContext::new();
+    register_delta(&ctx, name, &table).await?;
+    let batches = ctx
+        .sql(sql)
+        .await?
+        .collect()
+        .await
+        .with_context(|| format!("reading {uri}"))?;
+    Ok(Some(batches))
+}
+
 /// Registers a Delta table with a DataFusion session under `name`, together with the object
 /// store it lives in (the provider alone does not register the store).
 pub async fn register_delta(
