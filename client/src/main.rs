@@ -208,6 +208,10 @@ enum Command {
         /// Plan a run with `--full-refresh`.
         #[arg(long)]
         full_refresh: bool,
+        /// Ask the cluster's leader: the sources and the lake as the coordinators see them
+        /// (what `medallion submit` would do).
+        #[arg(long)]
+        cluster: bool,
         /// Exit 0 when nothing would change, 2 when a run would change tables, 1 on any
         /// error (as `terraform plan -detailed-exitcode`).
         #[arg(long)]
@@ -516,12 +520,20 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
         Command::Plan {
             spec,
             full_refresh,
+            cluster: remote,
             detailed_exitcode,
             output,
         } => {
             let mut changes = false;
             let plan = async |p: &Pipeline| {
-                let plan = medallion_coordinator::plan::plan(p, full_refresh).await?;
+                let plan = if remote {
+                    Remote::connect(&cluster)
+                        .await?
+                        .plan(p, full_refresh)
+                        .await?
+                } else {
+                    medallion_coordinator::plan::plan(p, full_refresh).await?
+                };
                 changes = plan.changes();
                 Ok(plan)
             };

@@ -14,6 +14,7 @@ use medallion_coordinator::RunObserver;
 use medallion_coordinator::flight::{PIPELINE_HEADER, SNAPSHOT_HEADER};
 use medallion_coordinator::service::LEADER_HEADER;
 use medallion_pipeline::Pipeline;
+use medallion_pipeline::plan::RunPlan;
 use medallion_proto::convert::Watched;
 use medallion_proto::coordinator_client::CoordinatorClient;
 use medallion_proto::{
@@ -250,6 +251,16 @@ impl Remote {
         };
         let info = self.client.submit(request).await.map_err(server_error)?;
         Ok(info.into_inner())
+    }
+
+    /// What a run of `pipeline` would do, as the coordinators see its sources and lake.
+    pub async fn plan(&mut self, pipeline: &Pipeline, full_refresh: bool) -> Result<RunPlan> {
+        let request = SubmitRequest {
+            pipeline: Some(pipeline.into()),
+            full_refresh,
+        };
+        let response = self.client.plan(request).await.map_err(server_error)?;
+        response.into_inner().plan().map_err(anyhow::Error::msg)
     }
 
     pub async fn run(&mut self, run_id: &str) -> Result<RunInfo> {

@@ -49,7 +49,7 @@ impl AccessRole {
     /// know (refused).
     pub fn needed_for(method: &str) -> Option<AccessRole> {
         Some(match method {
-            "GetRun" | "ListRuns" | "WatchRun" | "ListExecutors" | "ListPipelines" => {
+            "GetRun" | "ListRuns" | "WatchRun" | "ListExecutors" | "ListPipelines" | "Plan" => {
                 AccessRole::Viewer
             }
             "Submit" | "CancelRun" | "Trigger" | "Backfill" | "Rerun" | "SetPaused" => {

@@ -13,60 +13,14 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use anyhow::Result;
+use medallion_pipeline::plan::{Change, RunPlan, TablePlan};
 use medallion_pipeline::report::{Engine, Refresh};
 use medallion_pipeline::{Layer, Pipeline, TableRef};
 use medallion_proto::task::Work;
-use serde::Serialize;
 
 use crate::planner::RunContext;
-
-/// What a run would do to one table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Bronze: new source files to ingest.
-    Ingest,
-    /// Silver or gold: computed again.
-    Recompute,
-    UpToDate,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TablePlan {
-    pub table: String,
-    pub action: Action,
-    /// Why it changes, for people.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    /// Silver and gold: from the new input rows only, or from all of them and why.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refresh: Option<Refresh>,
-    /// Bronze: the source files it would ingest.
-    pub new_files: usize,
-    /// An estimate of the bytes read: bronze the new files; silver and gold their inputs as
-    /// they are now (all of them for a full refresh), plus what bronze would add.
-    pub input_bytes: u64,
-    /// Gold: where its query would run.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub engine: Option<Engine>,
-}
-
-/// What a run would do, table by table in dependency order.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunPlan {
-    pub pipeline: String,
-    pub tables: Vec<TablePlan>,
-}
-
-impl RunPlan {
-    /// Whether a run would change any table.
-    pub fn changes(&self) -> bool {
-        self.tables.iter().any(|t| t.action != Action::UpToDate)
-    }
-}
 
 /// Plans a run of `pipeline` (with `--full-refresh` when `full_refresh`) without running it.
 pub async fn plan(pipeline: &Pipeline, full_refresh: bool) -> Result<RunPlan> {
@@ -102,7 +56,7 @@ pub async fn plan(pipeline: &Pipeline, full_refresh: bool) -> Result<RunPlan> {
             let reason = "the table is new".to_string();
             tables.push(TablePlan {
                 table: table.to_string(),
-                action: Action::Recompute,
+                action: Change::Recompute,
                 reason: reason.clone(),
                 refresh: Some(Refresh::Full { reason }),
                 new_files: 0,
@@ -116,7 +70,7 @@ pub async fn plan(pipeline: &Pipeline, full_refresh: bool) -> Result<RunPlan> {
         let stage = run.plan(&table).await?;
         let mut plan = TablePlan {
             table: table.to_string(),
-            action: Action::UpToDate,
+            action: Change::UpToDate,
             reason: String::new(),
             refresh: None,
             new_files: 0,
@@ -134,7 +88,7 @@ pub async fn plan(pipeline: &Pipeline, full_refresh: bool) -> Result<RunPlan> {
                     })
                     .flatten()
                     .collect();
-                plan.action = Action::Ingest;
+                plan.action = Change::Ingest;
                 plan.new_files = files.len();
                 plan.input_bytes = files.iter().map(|f| f.size.max(0) as u64).sum();
                 plan.reason = format!("{} new files", files.len());
@@ -155,7 +109,7 @@ pub async fn plan(pipeline: &Pipeline, full_refresh: bool) -> Result<RunPlan> {
                     }
                     bytes
                 };
-                plan.action = Action::Recompute;
+                plan.action = Change::Recompute;
                 plan.input_bytes = current + upstream;
                 plan.reason = match (&stage.refresh, changed.is_empty()) {
                     (_, false) => format!("{} would change", changed.join(", ")),
@@ -174,53 +128,4 @@ pub async fn plan(pipeline: &Pipeline, full_refresh: bool) -> Result<RunPlan> {
         pipeline: pipeline.name().to_string(),
         tables,
     })
-}
-
-impl fmt::Display for RunPlan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<32}  {:<10}  {:<11}  {:>10}  WHY",
-            "TABLE", "ACTION", "REFRESH", "INPUT"
-        )?;
-        for t in &self.tables {
-            let action = match t.action {
-                Action::Ingest => "ingest",
-                Action::Recompute => "recompute",
-                Action::UpToDate => "up to date",
-            };
-            let refresh = match &t.refresh {
-                Some(Refresh::Incremental { .. }) => "incremental",
-                Some(Refresh::Full { .. }) => "full",
-                None => "",
-            };
-            let bytes = if t.action == Action::UpToDate {
-                String::new()
-            } else {
-                indicatif::HumanBytes(t.input_bytes).to_string()
-            };
-            let engine = match t.engine {
-                Some(Engine::Ballista) => " (on Ballista)",
-                _ => "",
-            };
-            writeln!(
-                f,
-                "{:<32}  {action:<10}  {refresh:<11}  {bytes:>10}  {}{engine}",
-                t.table, t.reason
-            )?;
-        }
-        let changing = self
-            .tables
-            .iter()
-            .filter(|t| t.action != Action::UpToDate)
-            .count();
-        match changing {
-            0 => writeln!(f, "\nnothing to do: every table is up to date"),
-            n => writeln!(
-                f,
-                "\na run would change {n} of {} tables",
-                self.tables.len()
-            ),
-        }
-    }
 }

@@ -18,8 +18,8 @@ use medallion_proto::coordinator_server::Coordinator as CoordinatorRpc;
 use medallion_proto::{
     BackfillRequest, DeployRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
     ListExecutorsResponse, ListPipelinesRequest, ListPipelinesResponse, ListRunsRequest,
-    ListRunsResponse, PipelineInfo, PipelineRequest, RerunRequest, RunInfo, SetPausedRequest,
-    SubmitRequest, TriggerRequest,
+    ListRunsResponse, PipelineInfo, PipelineRequest, PlanResponse, RerunRequest, RunInfo,
+    SetPausedRequest, SubmitRequest, TriggerRequest,
 };
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -321,6 +321,24 @@ impl CoordinatorRpc for CoordinatorService {
             .runs
             .submit_pipeline(pipeline, request.full_refresh, origin);
         Ok(Response::new(info.await?))
+    }
+
+    async fn plan(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<PlanResponse>, Status> {
+        self.role.lead().await?;
+        let caller = caller(&request);
+        let request = request.into_inner();
+        let spec = request
+            .pipeline
+            .ok_or_else(|| Status::invalid_argument("the request carries no pipeline spec"))?;
+        let pipeline = self.runs.admit(&spec, spec.run_date())?;
+        check_grant(caller.as_ref(), "Plan", pipeline.name())?;
+        let plan = crate::plan::plan(&pipeline, request.full_refresh)
+            .await
+            .map_err(|e| RunsError::BadRequest(format!("{e:#}")))?;
+        Ok(Response::new(PlanResponse::new(&plan)))
     }
 
     async fn get_run(&self, request: Request<GetRunRequest>) -> Result<Response<RunInfo>, Status> {

@@ -9,6 +9,7 @@ mod confine;
 pub mod dag;
 pub mod error;
 mod pipeline;
+pub mod plan;
 pub mod regroup;
 pub mod report;
 pub mod retry;

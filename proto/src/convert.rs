@@ -1,6 +1,7 @@
 //! The one place domain types become wire types and back: the spec, table references, staged
-//! files, task counters, run events and reports. Everything else passes domain types around.
+//! files, task counters, run events, reports and plans. Everything else passes domain types around.
 
+use medallion_pipeline::plan::RunPlan;
 use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport};
 use std::collections::BTreeMap;
 
@@ -268,6 +269,19 @@ impl crate::TaskRecord {
             state: state as i32,
             error,
         })
+    }
+}
+
+impl crate::PlanResponse {
+    pub fn new(plan: &RunPlan) -> Self {
+        Self {
+            plan_json: report_json(plan),
+        }
+    }
+
+    /// The plan it carries.
+    pub fn plan(&self) -> Result<RunPlan, String> {
+        serde_json::from_str(&self.plan_json).map_err(|e| format!("an unreadable plan: {e}"))
     }
 }
 

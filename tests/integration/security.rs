@@ -137,6 +137,10 @@ async fn codes(url: &str, token: Option<&str>) -> Vec<(&'static str, Code)> {
             code(client.rerun(proto::RerunRequest::default()).await.map(drop)),
         ),
         (
+            "Plan",
+            code(client.plan(proto::SubmitRequest::default()).await.map(drop)),
+        ),
+        (
             "SetPaused",
             code(
                 client
@@ -209,6 +213,7 @@ fn each_role_may_call_only_what_it_may() {
         "WatchRun",
         "ListExecutors",
         "ListPipelines",
+        "Plan",
     ];
     let operating = [
         "Submit",

@@ -221,7 +221,8 @@ fn a_snapshot_reader_never_sees_a_run_half_done() {
 /// from PyPI reads into pyarrow a result of a million rows, a table at an earlier version and
 /// every table at a run's snapshot (a call header), each equal to DuckDB's Delta reader on the
 /// same versions; a statement that is not a query is refused. The client API's tokens guard it:
-/// a viewer's token reads, a call without one is refused.
+/// a viewer's token reads, a call without one is refused. `medallion plan --cluster` asks the
+/// leader what a run would do.
 #[test]
 fn flight_sql_serves_the_lake_to_the_adbc_driver() {
     let ws = shop();
@@ -252,6 +253,31 @@ fn flight_sql_serves_the_lake_to_the_adbc_driver() {
     submit(&ws);
     let v2 = version(&ws, "gold.customer_360");
     assert!(v2 > v1);
+
+    // `medallion plan --cluster`: the leader's plan, as the coordinators see the lake.
+    let plan = ["plan", "pipeline.yaml", "--cluster", "--detailed-exitcode"];
+    let nothing = cluster.client(&ws, &plan);
+    assert_eq!(nothing.code, 0, "{}{}", nothing.stdout, nothing.stderr);
+    ws.write(
+        "data/orders/orders_4.jsonl",
+        &ORDERS_3.replace("\"order_id\": 6", "\"order_id\": 7"),
+    );
+    let something = cluster.client(&ws, &plan);
+    assert_eq!(
+        something.code, 2,
+        "{}{}",
+        something.stdout, something.stderr
+    );
+    let ingest = something
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("bronze.orders"));
+    assert!(
+        ingest.is_some_and(|l| l.contains("ingest") && l.contains("1 new files")),
+        "{}",
+        something.stdout
+    );
+    std::fs::remove_file(ws.path().join("data/orders/orders_4.jsonl")).unwrap();
 
     let uri = cluster.coordinators[0].url().replace("http://", "grpc://");
     let table = ws.path().join("lake/gold/customer_360");

@@ -191,9 +191,9 @@ impl Workspace {
         json_output(delta_check(&["read", table, &version.to_string()]))
     }
 
-    /// Every file under the lake directory `rel` with its size, except run leases and the
-    /// run history (taken and written by every run, whatever it then does): equal before and
-    /// after means no table changed.
+    /// Every file under the lake directory `rel` with its size, except run leases, the run
+    /// history and the snapshots (taken and written by every run, whatever it then does):
+    /// equal before and after means no table changed.
     pub fn lake_files(&self, rel: &str) -> std::collections::BTreeMap<String, u64> {
         let root = self.path().join(rel);
         let mut files = std::collections::BTreeMap::new();
@@ -205,7 +205,12 @@ impl Workspace {
             for entry in entries.flatten() {
                 let path = entry.path();
                 let rel = path.strip_prefix(&root).unwrap().display().to_string();
-                if rel.starts_with("_medallion/leases") || rel.starts_with("_medallion/runs") {
+                let bookkeeping = [
+                    "_medallion/leases",
+                    "_medallion/runs",
+                    "_medallion/snapshots",
+                ];
+                if bookkeeping.iter().any(|b| rel.starts_with(b)) {
                     continue;
                 }
                 match entry.metadata() {
