@@ -13,7 +13,7 @@ use etcd_client::Client;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use medallion_cluster::{ClientTls, Keys};
-use medallion_pipeline::RunDate;
+use medallion_pipeline::{Pipeline, RunDate};
 use medallion_proto::coordinator_server::Coordinator as CoordinatorRpc;
 use medallion_proto::{
     BackfillRequest, DeployRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
@@ -286,6 +286,24 @@ fn caller<T>(request: &Request<T>) -> Option<Caller> {
 }
 
 impl CoordinatorService {
+    /// The spec of a submit or plan request, admitted (validated, confined) on the leader for
+    /// a caller granted its pipeline; and whether it asks for a full refresh.
+    async fn admitted(
+        &self,
+        request: Request<SubmitRequest>,
+        method: &str,
+    ) -> Result<(Pipeline, bool), Status> {
+        self.role.lead().await?;
+        let caller = caller(&request);
+        let request = request.into_inner();
+        let spec = request
+            .pipeline
+            .ok_or_else(|| Status::invalid_argument("the request carries no pipeline spec"))?;
+        let pipeline = self.runs.admit(&spec, spec.run_date())?;
+        check_grant(caller.as_ref(), method, pipeline.name())?;
+        Ok((pipeline, request.full_refresh))
+    }
+
     /// The run a request names, if the caller is granted its pipeline.
     async fn granted_run(
         &self,
@@ -308,18 +326,10 @@ fn date(field: &str, text: &str) -> Result<chrono::NaiveDate, Status> {
 #[tonic::async_trait]
 impl CoordinatorRpc for CoordinatorService {
     async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<RunInfo>, Status> {
-        self.role.lead().await?;
-        let caller = caller(&request);
-        let request = request.into_inner();
-        let spec = request
-            .pipeline
-            .ok_or_else(|| Status::invalid_argument("the request carries no pipeline spec"))?;
-        let pipeline = self.runs.admit(&spec, spec.run_date())?;
-        check_grant(caller.as_ref(), "Submit", pipeline.name())?;
-        let origin = Origin::manual();
+        let (pipeline, full_refresh) = self.admitted(request, "Submit").await?;
         let info = self
             .runs
-            .submit_pipeline(pipeline, request.full_refresh, origin);
+            .submit_pipeline(pipeline, full_refresh, Origin::manual());
         Ok(Response::new(info.await?))
     }
 
@@ -327,15 +337,8 @@ impl CoordinatorRpc for CoordinatorService {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<PlanResponse>, Status> {
-        self.role.lead().await?;
-        let caller = caller(&request);
-        let request = request.into_inner();
-        let spec = request
-            .pipeline
-            .ok_or_else(|| Status::invalid_argument("the request carries no pipeline spec"))?;
-        let pipeline = self.runs.admit(&spec, spec.run_date())?;
-        check_grant(caller.as_ref(), "Plan", pipeline.name())?;
-        let plan = crate::plan::plan(&pipeline, request.full_refresh)
+        let (pipeline, full_refresh) = self.admitted(request, "Plan").await?;
+        let plan = crate::plan::plan(&pipeline, full_refresh)
             .await
             .map_err(|e| RunsError::BadRequest(format!("{e:#}")))?;
         Ok(Response::new(PlanResponse::new(&plan)))
