@@ -4,7 +4,9 @@
 //! limited to some pipelines reads only those).
 //!
 //! A query reads the tables of one deployed pipeline: the one deployed, or the one the
-//! `x-medallion-pipeline` call header names. With `x-medallion-snapshot: <run>` every table
+//! `x-medallion-pipeline` call header names. Tables are `layer.table` or
+//! `pipeline.layer.table`; a tool browsing the endpoint sees each pipeline the caller may
+//! read as a catalog, its layers as schemas and its tables with their columns. With `x-medallion-snapshot: <run>` every table
 //! is read at that run's versions ([`crate::snapshots`]). Queries are planned by
 //! [`crate::sql::query`] (time travel included); the versions planned against travel in the
 //! ticket, so fetching the results reads what was planned, and the rows are streamed batch by
@@ -18,7 +20,7 @@
 //! conn.cursor().execute("SELECT * FROM gold.customer_360").fetch_arrow_table()
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -26,8 +28,13 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::FlightSqlService;
-use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery};
+use arrow_flight::sql::{
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetTables, CommandStatementQuery,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::record_batch::RecordBatch;
 use futures::{Stream, TryStreamExt};
 use medallion_pipeline::Pipeline;
 use prost::Message;
@@ -75,6 +82,40 @@ impl LakeFlight {
         }
         Ok(pipeline)
     }
+}
+
+impl LakeFlight {
+    /// The deployed pipelines the caller may read.
+    async fn readable<T>(&self, request: &Request<T>) -> Result<Vec<Arc<Pipeline>>, Status> {
+        let caller = request.extensions().get::<Caller>();
+        let mut all = self.scheduler.deployed_all().await?;
+        all.retain(|p| caller.is_none_or(|c| c.granted(p.name())));
+        Ok(all)
+    }
+}
+
+/// The answer to a listing command: a ticket holding the command itself.
+fn listing(
+    command: arrow_flight::sql::Any,
+    schema: &Schema,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    let ticket = Ticket::new(command.encode_to_vec());
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+        .with_descriptor(request.into_inner());
+    Ok(Response::new(info))
+}
+
+/// A stream of the one batch a listing builds.
+fn one_batch(batch: Result<RecordBatch, FlightError>) -> DoGetStream {
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .build(futures::stream::once(async { batch }))
+            .map_err(Status::from),
+    )
 }
 
 /// What a ticket carries from planning to fetching.
@@ -169,6 +210,98 @@ impl FlightSqlService for LakeFlight {
                 .map_err(Status::from),
         );
         Ok(Response::new(stream))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        listing(query.as_any(), &schema, request)
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        listing(query.as_any(), &schema, request)
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        listing(query.as_any(), &schema, request)
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for pipeline in self.readable(&request).await? {
+            builder.append(pipeline.name());
+        }
+        Ok(Response::new(one_batch(builder.build())))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for pipeline in self.readable(&request).await? {
+            let layers: BTreeSet<String> =
+                pipeline.dag.tables().map(|t| t.layer.to_string()).collect();
+            for layer in layers {
+                builder.append(pipeline.name(), layer);
+            }
+        }
+        Ok(Response::new(one_batch(builder.build())))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let with_columns = query.include_schema;
+        let mut builder = query.into_builder();
+        for pipeline in self.readable(&request).await? {
+            let opts = pipeline.storage_options.clone().into_iter().collect();
+            for table in pipeline.dag.tables() {
+                // A table no run has written yet has no columns to show.
+                let mut columns = Schema::empty();
+                if with_columns {
+                    let uri = pipeline.table_uri(table);
+                    let opened = medallion_lake::open_table(&uri, &opts).await;
+                    if let Some(t) = opened.map_err(|e| Status::internal(format!("{e:#}")))? {
+                        let schema = t.snapshot().map_err(|e| Status::internal(e.to_string()))?;
+                        columns = medallion_lake::arrow_schema(&schema.schema())
+                            .map_err(|e| Status::internal(format!("{e:#}")))?
+                            .as_ref()
+                            .clone();
+                    }
+                }
+                builder
+                    .append(
+                        pipeline.name(),
+                        table.layer.to_string(),
+                        &table.name,
+                        "TABLE",
+                        &columns,
+                    )
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            }
+        }
+        Ok(Response::new(one_batch(builder.build())))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

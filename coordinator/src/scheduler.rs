@@ -71,6 +71,13 @@ impl Scheduler {
         Ok(pipeline)
     }
 
+    /// Every deployed pipeline, parsed, by name.
+    pub async fn deployed_all(&self) -> Result<Vec<Arc<Pipeline>>, RunsError> {
+        let mut all = self.store.deployments().await.map_err(RunsError::Store)?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.iter().map(|d| self.latest(d)).collect()
+    }
+
     /// The deployed pipeline `name`, parsed; without a name, the only one deployed.
     pub async fn deployed(&self, name: Option<&str>) -> Result<Arc<Pipeline>, RunsError> {
         let all = self.store.deployments().await.map_err(RunsError::Store)?;

@@ -171,15 +171,18 @@ impl<'a> Reads<'a> {
         }
     }
 
-    /// The pipeline's table a two-part name (`gold.customer_360`) names, if any.
+    /// The pipeline's table a name (`gold.customer_360`, or `<pipeline>.gold.customer_360`)
+    /// names, if any.
     fn table_of(&self, name: &ObjectName) -> Option<TableRef> {
         let parts: Vec<&str> = name
             .0
             .iter()
             .map(|p| p.as_ident().map(|i| i.value.as_str()))
             .collect::<Option<_>>()?;
-        let [layer, table] = parts[..] else {
-            return None;
+        let (layer, table) = match parts[..] {
+            [layer, table] => (layer, table),
+            [pipeline, layer, table] if pipeline == self.pipeline.name() => (layer, table),
+            _ => return None,
         };
         let table: TableRef = format!("{layer}.{table}").parse().ok()?;
         self.pipeline.dag.contains(&table).then_some(table)

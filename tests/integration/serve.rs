@@ -220,7 +220,9 @@ fn a_snapshot_reader_never_sees_a_run_half_done() {
 /// The Flight SQL endpoint, queried by a client nobody here wrote: the ADBC Flight SQL driver
 /// from PyPI reads into pyarrow a result of a million rows, a table at an earlier version and
 /// every table at a run's snapshot (a call header), each equal to DuckDB's Delta reader on the
-/// same versions; a statement that is not a query is refused. The client API's tokens guard it:
+/// same versions; a statement that is not a query is refused; its table browser lists the
+/// pipeline as a catalog with its layers, tables and columns, and a pipeline-qualified name
+/// queries the same table. The client API's tokens guard it:
 /// a viewer's token reads, a call without one is refused. `medallion plan --cluster` asks the
 /// leader what a run would do.
 #[test]
@@ -318,6 +320,13 @@ def error_of(query, **kwargs):
         return ""
     except Exception as e:
         return str(e)
+with flightsql.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": f"Bearer {token}"}) as conn:
+    objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+listed = {
+    (c["catalog_name"], s["db_schema_name"], t["table_name"]): [col["column_name"] for col in t["table_columns"] or []]
+    for c in objects for s in c["catalog_db_schemas"] or [] for t in s["db_schema_tables"] or []
+}
+qualified = ours("SELECT count(*) AS n FROM shop.gold.customer_360").to_pylist()[0]["n"]
 refused = error_of("DROP TABLE gold.customer_360")
 anonymous = error_of("SELECT 1", token="")
 print(json.dumps({
@@ -328,6 +337,10 @@ print(json.dumps({
     "latest_equal": same(latest, duckdb(per_customer, v2), ["customer_id"]),
     "latest_differs": not same(latest, at_v1, ["customer_id"]),
     "refused": refused,
+    "tables": sorted(".".join(k) for k in listed),
+    "customer_360_columns": listed.get(("shop", "gold", "customer_360")),
+    "qualified_rows": qualified,
+    "latest_rows": latest.num_rows,
     "anonymous": anonymous,
 }))
 "#;
@@ -359,6 +372,29 @@ print(json.dumps({
         got["refused"].as_str().unwrap().contains("read-only"),
         "{got}"
     );
+    // A tool browsing the endpoint: the pipeline as a catalog, its layers, tables and columns.
+    let listed: Vec<&str> = got["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for table in [
+        "shop.bronze.orders",
+        "shop.silver.customers",
+        "shop.gold.customer_360",
+        "shop.gold.product_performance",
+    ] {
+        assert!(listed.contains(&table), "{table}: {listed:?}");
+    }
+    let columns = &got["customer_360_columns"];
+    assert!(
+        columns
+            .as_array()
+            .is_some_and(|c| c.contains(&"lifetime_value".into())),
+        "{got}"
+    );
+    assert_eq!(got["qualified_rows"], got["latest_rows"], "{got}");
     assert!(
         got["anonymous"]
             .as_str()
