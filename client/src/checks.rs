@@ -10,7 +10,7 @@ use medallion_pipeline::sql::quote_literal;
 /// none (unknown run, or a run without checks).
 pub async fn of_run(pipeline: &Pipeline, run_id: &str) -> Result<Vec<RecordBatch>> {
     let uri = pipeline.check_results_uri();
-    let opts = pipeline.storage_options.clone().into_iter().collect();
+    let opts = pipeline.lake_options();
     let sql = format!(
         "SELECT \"table\", \"check\", check_type, severity, passed, rows_checked, rows_failed, \
          detail, checked_at FROM check_results WHERE run_id = {} \

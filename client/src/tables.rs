@@ -31,10 +31,6 @@ fn table_of(pipeline: &Pipeline, name: &str) -> Result<(TableRef, String)> {
     Ok((table, uri))
 }
 
-fn storage_options(pipeline: &Pipeline) -> medallion_lake::StorageOptions {
-    pipeline.storage_options.clone().into_iter().collect()
-}
-
 /// A table's versions, newest first (`medallion history`).
 #[derive(Debug, Serialize)]
 #[serde(transparent)]
@@ -74,7 +70,7 @@ impl fmt::Display for History {
 /// The latest `limit` versions of a table, newest first.
 pub async fn history(pipeline: &Pipeline, name: &str, limit: usize) -> Result<History> {
     let (_, uri) = table_of(pipeline, name)?;
-    let opts = storage_options(pipeline);
+    let opts = pipeline.lake_options();
     let versions = medallion_lake::history::history(&uri, &opts, limit).await?;
     Ok(History(versions))
 }
@@ -108,7 +104,7 @@ pub async fn restore(
 ) -> Result<TableRestore> {
     let (table, uri) = table_of(pipeline, name)?;
     let _lease = RunLease::acquire(pipeline, &format!("restore of {table}"), wait).await?;
-    let restored = medallion_lake::restore::restore(&uri, &storage_options(pipeline), version)
+    let restored = medallion_lake::restore::restore(&uri, &pipeline.lake_options(), version)
         .await
         .with_context(|| format!("{table}"))?;
     Ok(TableRestore {
@@ -202,7 +198,7 @@ pub async fn vacuum(
     let tables = tables_of(pipeline, names)?;
     let lease = RunLease::acquire(pipeline, "vacuum", wait).await?;
     options.abandoned = lease.is_exclusive();
-    let opts = storage_options(pipeline);
+    let opts = pipeline.lake_options();
     let mut done = Vec::new();
     for (table, uri) in tables {
         let vacuumed = medallion_lake::vacuum::vacuum(&uri, &opts, &options)
@@ -317,7 +313,7 @@ pub async fn optimize(
 ) -> Result<PipelineOptimize> {
     let tables = tables_of(pipeline, names)?;
     let _lease = RunLease::acquire(pipeline, "optimize", wait).await?;
-    let opts = storage_options(pipeline);
+    let opts = pipeline.lake_options();
     let mut done = Vec::new();
     for (table, uri) in tables {
         let optimized = medallion_lake::optimize::optimize(&uri, &opts, options)

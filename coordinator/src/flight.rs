@@ -94,8 +94,9 @@ impl LakeFlight {
     }
 }
 
-/// The answer to a listing command: a ticket holding the command itself.
-fn listing(
+/// A `FlightInfo` of results of `schema` whose one ticket holds `command` (a statement's
+/// handle, or a listing command itself).
+fn flight_info(
     command: arrow_flight::sql::Any,
     schema: &Schema,
     request: Request<FlightDescriptor>,
@@ -168,13 +169,11 @@ impl FlightSqlService for LakeFlight {
                 .map_err(|e| Status::internal(e.to_string()))?
                 .into(),
         };
-        let ticket = Ticket::new(statement.as_any().encode_to_vec());
-        let info = FlightInfo::new()
-            .try_with_schema(planned.frame.schema().as_arrow())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        flight_info(
+            statement.as_any(),
+            planned.frame.schema().as_arrow(),
+            request,
+        )
     }
 
     async fn do_get_statement(
@@ -218,7 +217,7 @@ impl FlightSqlService for LakeFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        listing(query.as_any(), &schema, request)
+        flight_info(query.as_any(), &schema, request)
     }
 
     async fn get_flight_info_schemas(
@@ -227,7 +226,7 @@ impl FlightSqlService for LakeFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        listing(query.as_any(), &schema, request)
+        flight_info(query.as_any(), &schema, request)
     }
 
     async fn get_flight_info_tables(
@@ -236,7 +235,7 @@ impl FlightSqlService for LakeFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        listing(query.as_any(), &schema, request)
+        flight_info(query.as_any(), &schema, request)
     }
 
     async fn do_get_catalogs(
@@ -275,7 +274,7 @@ impl FlightSqlService for LakeFlight {
         let with_columns = query.include_schema;
         let mut builder = query.into_builder();
         for pipeline in self.readable(&request).await? {
-            let opts = pipeline.storage_options.clone().into_iter().collect();
+            let opts = pipeline.lake_options();
             for table in pipeline.dag.tables() {
                 // A table no run has written yet has no columns to show.
                 let mut columns = Schema::empty();

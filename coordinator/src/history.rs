@@ -61,7 +61,7 @@ pub async fn record_run(
         ("rows_written", number(rows), false),
         ("error", Arc::new(StringArray::from(vec![error])), true),
     ])?;
-    let opts = pipeline.storage_options.clone().into_iter().collect();
+    let opts = pipeline.lake_options();
     medallion_lake::append(&pipeline.run_history_uri(), &opts, batch).await?;
     Ok(())
 }

@@ -28,12 +28,12 @@ pub async fn plan(pipeline: &Pipeline, full_refresh: bool) -> Result<RunPlan> {
     let mut new_bytes: BTreeMap<TableRef, u64> = BTreeMap::new();
     let mut tables = Vec::new();
     let rebuild = BTreeSet::new();
-    let storage_options = pipeline.storage_options.clone().into_iter().collect();
+    let storage_options = pipeline.lake_options();
     for table in pipeline.dag.topological_order().unwrap_or_default() {
         let run = RunContext {
             run_id: "plan",
             pipeline,
-            storage_options: pipeline.storage_options.clone().into_iter().collect(),
+            storage_options: storage_options.clone(),
             ingested_at_micros: 0,
             ballista: None,
             full_refresh,
@@ -46,11 +46,13 @@ pub async fn plan(pipeline: &Pipeline, full_refresh: bool) -> Result<RunPlan> {
             .filter(|t| pending.contains(**t))
             .map(ToString::to_string)
             .collect();
-        let uri = pipeline.table_uri(&table);
-        let exists = medallion_lake::open_table(&uri, &storage_options)
-            .await?
-            .is_some();
-        if !exists && table.layer != Layer::Bronze {
+        let new = table.layer != Layer::Bronze && {
+            let uri = pipeline.table_uri(&table);
+            medallion_lake::open_table(&uri, &storage_options)
+                .await?
+                .is_none()
+        };
+        if new {
             // Its inputs may not exist yet either: nothing to plan against.
             let upstream: u64 = inputs.iter().filter_map(|t| new_bytes.get(*t)).sum();
             let reason = "the table is new".to_string();

@@ -152,7 +152,7 @@ pub async fn record_results(
     let Some(batch) = check_results_batch(report, run_started)? else {
         return Ok(());
     };
-    let opts = pipeline.storage_options.clone().into_iter().collect();
+    let opts = pipeline.lake_options();
     medallion_lake::append(&pipeline.check_results_uri(), &opts, batch).await?;
     Ok(())
 }

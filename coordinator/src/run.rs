@@ -107,7 +107,7 @@ impl<'a> Coordinator<'a> {
         let run = &RunContext {
             run_id,
             pipeline,
-            storage_options: pipeline.storage_options.clone().into_iter().collect(),
+            storage_options: pipeline.lake_options(),
             ingested_at_micros: now.timestamp_micros(),
             ballista: self.ballista.as_ref(),
             full_refresh: self.full_refresh,

@@ -401,7 +401,7 @@ fn freshness(pipeline: &Pipeline, runs: &[RunInfo]) -> Vec<TableFreshness> {
 /// Fills in, from the Delta log, the last commit of the tables no kept run record committed
 /// (the runs that did were pruned, or another writer made the table).
 async fn read_unknown_commits(pipeline: &Pipeline, tables: &mut [TableFreshness]) {
-    let options = pipeline.storage_options.clone().into_iter().collect();
+    let options = pipeline.lake_options();
     for t in tables.iter_mut().filter(|t| t.committed_ms == 0) {
         let Ok(table) = t.table.parse::<TableRef>() else {
             continue;

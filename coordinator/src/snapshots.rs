@@ -25,7 +25,7 @@ pub struct Snapshot {
 /// Called when the run has succeeded, with the run lease still held, so no other run moves
 /// a table in between.
 pub async fn record(pipeline: &Pipeline, run_id: &str) -> Result<Snapshot> {
-    let opts = pipeline.storage_options.clone().into_iter().collect();
+    let opts = pipeline.lake_options();
     let mut versions = BTreeMap::new();
     for table in pipeline.dag.tables() {
         let uri = pipeline.table_uri(table);
@@ -57,7 +57,7 @@ pub async fn record(pipeline: &Pipeline, run_id: &str) -> Result<Snapshot> {
 /// failed, or is unknown).
 pub async fn of_run(pipeline: &Pipeline, run_id: &str) -> Result<Snapshot> {
     let uri = pipeline.snapshots_uri();
-    let opts = pipeline.storage_options.clone().into_iter().collect();
+    let opts = pipeline.lake_options();
     let sql = format!(
         "SELECT versions FROM snapshots WHERE run_id = {} AND pipeline = {}",
         quote_literal(run_id),

@@ -70,7 +70,7 @@ pub async fn query(pipeline: &Pipeline, sql: &str, snapshot: Option<&Snapshot>) 
     for layer in [Layer::Bronze, Layer::Silver, Layer::Gold] {
         catalog.register_schema(&layer.to_string(), Arc::new(MemorySchemaProvider::new()))?;
     }
-    let opts: StorageOptions = pipeline.storage_options.clone().into_iter().collect();
+    let opts: StorageOptions = pipeline.lake_options();
     let mut versions = BTreeMap::new();
     for (name, read) in &reads.tables {
         let uri = pipeline.table_uri(&read.table);

@@ -253,7 +253,7 @@ impl Executor {
         let table = task.table_ref().map_err(TaskError::permanent)?;
         let ctx = TaskContext {
             runtime: self.runtime.clone(),
-            storage_options: pipeline.storage_options.clone().into_iter().collect(),
+            storage_options: pipeline.lake_options(),
             pipeline,
             table,
             output_uri: task.output_uri,

@@ -138,14 +138,19 @@ pub async fn vacuum(uri: &str, opts: &StorageOptions, options: &VacuumOptions) -
         Vec::new()
     };
     let info = recorded_info(&table, table.version().unwrap_or_default()).await?;
-    let delta = table
-        .clone()
-        .vacuum()
-        .with_mode(VacuumMode::Full)
-        .with_retention_period(chrono::Duration::from_std(retention)?)
-        .with_enforce_retention_duration(false)
-        .with_dry_run(true);
-    let (_, planned) = delta
+    // Delta's VACUUM in full mode (expired tombstones and old untracked files); the retention
+    // was checked above.
+    let period = chrono::Duration::from_std(retention)?;
+    let delta = || {
+        table
+            .clone()
+            .vacuum()
+            .with_mode(VacuumMode::Full)
+            .with_retention_period(period)
+            .with_enforce_retention_duration(false)
+    };
+    let (_, planned) = delta()
+        .with_dry_run(true)
         .await
         .with_context(|| format!("planning the vacuum of {uri}"))?;
     let abandoned_set: HashSet<&Path> = abandoned.iter().collect();
@@ -158,12 +163,7 @@ pub async fn vacuum(uri: &str, opts: &StorageOptions, options: &VacuumOptions) -
 
     if !options.dry_run {
         if !expired.is_empty() {
-            table
-                .clone()
-                .vacuum()
-                .with_mode(VacuumMode::Full)
-                .with_retention_period(chrono::Duration::from_std(retention)?)
-                .with_enforce_retention_duration(false)
+            delta()
                 .with_commit_properties(CommitProperties::default().with_metadata(info))
                 .await
                 .with_context(|| format!("vacuuming {uri}"))?;

@@ -270,6 +270,11 @@ impl Pipeline {
         format!("{}/_medallion/runs", self.lake_root.trim_end_matches('/'))
     }
 
+    /// The lake's storage options as deltalake and object_store take them.
+    pub fn lake_options(&self) -> HashMap<String, String> {
+        self.storage_options.clone().into_iter().collect()
+    }
+
     /// The Delta table every successful run appends the versions of all the pipeline's tables
     /// to: what `medallion sql --snapshot <run>` reads them at.
     pub fn snapshots_uri(&self) -> String {
