@@ -97,6 +97,20 @@ need_azure_emulator() {
   export MEDALLION_AZURITE="$root/node_modules/.bin/azurite-blob"
 }
 
+# The web UI tests drive a real browser: Debian's Chromium through its WebDriver
+# (chromium-driver; Python selenium from tests/py/requirements.txt), and check each page with
+# axe-core (npm, cached in the tools dir) for accessibility.
+need_browser() {
+  command -v chromedriver >/dev/null || apt_install chromium chromium-driver
+  local root="${MEDALLION_TOOLS:-$HOME/.cache/medallion-tools}/axe-core"
+  if [ ! -f "$root/node_modules/axe-core/axe.min.js" ]; then
+    command -v npm >/dev/null || apt_install npm
+    mkdir -p "$root"
+    npm install --silent --no-audit --no-fund --prefix "$root" axe-core@4.10.3 >/dev/null
+  fi
+  export MEDALLION_AXE="$root/node_modules/axe-core/axe.min.js"
+}
+
 need_s3_server() {
   local root="${MEDALLION_TOOLS:-$HOME/.cache/medallion-tools}/s3s-fs"
   if [ ! -x "$root/bin/s3s-fs" ]; then

@@ -260,6 +260,14 @@ enum Command {
     },
     #[command(flatten)]
     Schedule(ScheduleCommand),
+    /// Serve the web UI for a pipeline run in embedded mode: its graph, runs (from the lake's
+    /// run history), tables and checks, read-only, until Ctrl-C.
+    Ui {
+        spec: PathBuf,
+        /// Where to serve it (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        listen: std::net::SocketAddr,
+    },
     /// List the live executors.
     Executors {
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -597,6 +605,21 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             }
             eprintln!("re-running {run_id} as {}", info.run_id);
             watch(&cluster, &info.run_id, output).await
+        }
+        Command::Ui { spec, listen } => {
+            let pipeline = match load(&spec, RunDate::Latest) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let name = pipeline.name().to_string();
+            let console =
+                std::sync::Arc::new(medallion_coordinator::ui::LakeConsole::new(pipeline));
+            let stop = tokio_util::sync::CancellationToken::new();
+            let address = medallion_coordinator::ui::serve(listen, console, stop.clone()).await?;
+            println!("Medallion UI for {name}: http://{address}/");
+            medallion_cluster::signal::shutdown().await;
+            stop.cancel();
+            Ok(ExitCode::SUCCESS)
         }
         Command::Executors { output } => {
             let executors = Remote::connect(&cluster).await?.executors().await?;

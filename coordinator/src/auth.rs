@@ -211,7 +211,7 @@ pub struct Identities {
 
 impl Identities {
     /// The caller `token` names, or why it names none.
-    fn caller(&self, token: &str) -> Result<Caller, String> {
+    pub fn caller(&self, token: &str) -> Result<Caller, String> {
         if let Some(jwt) = &self.jwt
             && Jwt::looks_like(token)
         {

@@ -60,6 +60,8 @@ pub async fn record_run(
         ("tables_failed", number(failed), false),
         ("rows_written", number(rows), false),
         ("error", Arc::new(StringArray::from(vec![error])), true),
+        // The whole report, for `medallion ui` (absent in rows written before it existed).
+        ("report", text(&serde_json::to_string(report)?), true),
     ])?;
     let opts = pipeline.lake_options();
     medallion_lake::append(&pipeline.run_history_uri(), &opts, batch).await?;
@@ -134,5 +136,36 @@ mod tests {
         let (table, rows) = history(&p.run_history_uri()).await;
         assert_eq!(table.version(), Some(2));
         assert!(rows.contains("| 3 | 7"), "{rows}");
+    }
+
+    /// A history written before runs recorded their report gains the column on the next
+    /// run's append; its older rows read as null there.
+    #[tokio::test]
+    async fn a_history_from_before_the_report_column_gains_it() {
+        let (old, new) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (old, new) = (pipeline(old.path(), ""), pipeline(new.path(), ""));
+        let now = chrono::Utc::now();
+        record_run(&old, &report(1), now, "manual").await.unwrap();
+        let (table, _) = history(&old.run_history_uri()).await;
+        let ctx = datafusion::prelude::SessionContext::new();
+        medallion_lake::register_delta(&ctx, "h", &table)
+            .await
+            .unwrap();
+        let rows = ctx.sql("SELECT * EXCLUDE (report) FROM h").await.unwrap();
+        let rows = rows.collect().await.unwrap();
+        let uri = new.run_history_uri();
+        medallion_lake::append(&uri, &Default::default(), rows[0].clone())
+            .await
+            .unwrap();
+        record_run(&new, &report(2), now, "manual").await.unwrap();
+        let (table, _) = history(&uri).await;
+        let ctx = datafusion::prelude::SessionContext::new();
+        medallion_lake::register_delta(&ctx, "h", &table)
+            .await
+            .unwrap();
+        let counts = ctx.sql("SELECT count(*) AS n, count(report) AS reports FROM h");
+        let batches = counts.await.unwrap().collect().await.unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap();
+        assert!(text.to_string().contains("| 2 | 1 "), "{text}");
     }
 }

@@ -35,6 +35,7 @@ pub mod sql;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod ui;
 
 pub use dispatch::{RetryPolicy, TaskRunner};
 pub use medallion_pipeline::report::{

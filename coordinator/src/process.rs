@@ -33,6 +33,7 @@ use crate::runs::Runs;
 use crate::scheduler::Scheduler;
 use crate::service::{CoordinatorService, ForwardToLeader, Gated, Role};
 use crate::store::{EtcdRunStore, RunStore};
+use crate::ui::ClusterConsole;
 use arrow_flight::flight_service_server::FlightServiceServer;
 
 #[derive(Parser)]
@@ -74,6 +75,13 @@ pub struct CoordinatorArgs {
     /// Where lakes may be: directories and object-store prefixes, as `--allow-sources`.
     #[arg(long, env = "MEDALLION_ALLOW_LAKES", value_delimiter = ',')]
     allow_lakes: Vec<String>,
+    /// Where the web UI listens (plain HTTP: bind it to a private address or put it behind
+    /// the ingress's TLS).
+    #[arg(long, env = "MEDALLION_UI_LISTEN", default_value_t = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 7080)))]
+    ui_listen: SocketAddr,
+    /// Serve no web UI.
+    #[arg(long, env = "MEDALLION_NO_UI")]
+    no_ui: bool,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -177,9 +185,11 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         tokens: args.tokens.as_deref().map(Tokens::load).transpose()?,
         jwt: Jwt::start(&args.jwt).await?,
     };
+    let identities =
+        (identities.tokens.is_some() || identities.jwt.is_some()).then(|| Arc::new(identities));
     let flight = FlightServiceServer::new(LakeFlight::new(scheduler.clone()));
-    let routes = if identities.tokens.is_some() || identities.jwt.is_some() {
-        let gate = Authenticate(Arc::new(identities));
+    let routes = if let Some(identities) = &identities {
+        let gate = Authenticate(identities.clone());
         Routes::new(Gated::new(api, gate.clone())).add_service(Gated::new(flight, gate))
     } else {
         tracing::warn!(
@@ -187,7 +197,11 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         );
         Routes::new(api).add_service(flight)
     };
+    let console = ClusterConsole::new(routes.clone(), scheduler.clone(), identities);
     let server = bound.serve(routes).await?;
+    if !args.no_ui {
+        crate::ui::serve(args.ui_listen, Arc::new(console), server.stopping()).await?;
+    }
     server
         .health
         .set_not_serving::<CoordinatorServer<CoordinatorService>>()

@@ -252,8 +252,7 @@ impl Scheduler {
             .backfills
             .iter()
             .map(|b| backfill_left(schedule.as_ref(), &pipeline, b));
-        let mut tables = freshness(&pipeline, runs);
-        read_unknown_commits(&pipeline, &mut tables).await;
+        let tables = table_freshness(&pipeline, runs).await;
         Ok(PipelineInfo {
             name: d.name.clone(),
             version: d.version,
@@ -365,6 +364,13 @@ impl Scheduler {
 
 /// Each table of `pipeline` with its last commit among `runs` (newest first), in dependency
 /// order.
+/// Each table's last commit: from the reports of `runs` (newest first), else from its Delta log.
+pub(crate) async fn table_freshness(pipeline: &Pipeline, runs: &[RunInfo]) -> Vec<TableFreshness> {
+    let mut tables = freshness(pipeline, runs);
+    read_unknown_commits(pipeline, &mut tables).await;
+    tables
+}
+
 fn freshness(pipeline: &Pipeline, runs: &[RunInfo]) -> Vec<TableFreshness> {
     let order = pipeline.dag.topological_order().unwrap_or_default();
     let mut found: HashMap<String, TableFreshness> = HashMap::new();

@@ -128,5 +128,7 @@ async fn attempt(
     Ok(table
         .write(batches)
         .with_save_mode(deltalake::protocol::SaveMode::Append)
+        // A newer version's columns (the run history's `report`) join older tables.
+        .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
         .await?)
 }

@@ -296,6 +296,16 @@ impl RunInfo {
         self.report_json = report_json(report);
     }
 
+    /// The tables finished so far (all of them once the run ended), from either report.
+    pub fn tables(&self) -> Vec<TableReport> {
+        #[derive(serde::Deserialize)]
+        struct Tables {
+            #[serde(default)]
+            tables: Vec<TableReport>,
+        }
+        serde_json::from_str::<Tables>(&self.report_json).map_or_else(|_| Vec::new(), |t| t.tables)
+    }
+
     /// Sets the report of a run that has not ended (or was cancelled): the tables finished.
     pub fn set_tables(&mut self, tables: &[TableReport]) {
         self.report_json = serde_json::json!({ "tables": tables }).to_string();
