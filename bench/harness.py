@@ -310,7 +310,8 @@ class LocalCluster:
         confined = ["--root", os.path.abspath(out), "--allow-sources", os.path.abspath(data),
                     "--allow-lakes", os.path.abspath(out)]
         self.servers = [self.spawn("coordinator", [os.path.join(bins, "medallion-coordinator"),
-                                                   "--listen", f"127.0.0.1:{port}"] + ports("--ballista-port") + etcd + confined)]
+                                                   "--listen", f"127.0.0.1:{port}", "--ui-listen", "127.0.0.1:0"]
+                                                  + ports("--ballista-port") + etcd + confined)]
         slots = max(1, threads // executors)
         for i in range(executors):
             self.servers.append(self.spawn(f"executor-{i}", [

@@ -21,3 +21,4 @@ mod schedule;
 mod security;
 mod serve;
 mod storage;
+mod ui;

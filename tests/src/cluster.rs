@@ -36,6 +36,8 @@ pub struct Proc {
     pub port: u16,
     /// Where it serves Prometheus metrics (coordinators and executors).
     pub metrics_port: u16,
+    /// Where a coordinator serves the web UI.
+    pub ui_port: u16,
     pub log: PathBuf,
     /// `https` when it serves TLS.
     pub scheme: &'static str,
@@ -54,6 +56,7 @@ impl Proc {
             name: name.to_string(),
             port,
             metrics_port: 0,
+            ui_port: 0,
             log,
             scheme: "http",
             child: Some(child),
@@ -62,6 +65,11 @@ impl Proc {
 
     pub fn url(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// The web UI of a coordinator.
+    pub fn ui_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ui_port)
     }
 
     /// Sends a signal by name: `STOP` freezes the process (it misses its etcd keep-alives
@@ -337,6 +345,7 @@ impl Cluster {
     pub fn add_coordinator(&mut self) {
         let port = free_port();
         let metrics_port = free_port();
+        let ui_port = free_port();
         let name = format!("coordinator-{}", self.coordinators.len());
         let mut proc = Proc::spawn(
             &name,
@@ -348,6 +357,7 @@ impl Cluster {
                 .args(["--lease-ttl", &LEASE_TTL_SECONDS.to_string()])
                 .args(["--ballista-port", &free_port().to_string()])
                 .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+                .args(["--ui-listen", &format!("127.0.0.1:{ui_port}")])
                 .args(&self.coordinator_flags)
                 // Specs' relative paths are the workspace's, as the client's are.
                 .env("MEDALLION_ROOT", &self.dir)
@@ -355,6 +365,7 @@ impl Cluster {
                 .env("MEDALLION_LOG", "info"),
         );
         proc.metrics_port = metrics_port;
+        proc.ui_port = ui_port;
         proc.scheme = self.scheme;
         wait_for(&name, Duration::from_secs(30), || proc.listening());
         self.coordinators.push(proc);

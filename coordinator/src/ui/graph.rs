@@ -85,14 +85,19 @@ pub fn svg(nodes: &[Node], edges: &[(usize, usize)]) -> Markup {
         })
         .collect();
     for &(from, to) in edges {
-        graph.add_edge(Arrow::simple(""), handles[from], handles[to]);
+        let edge = format!("{}>{}", nodes[from].id, nodes[to].id);
+        graph.add_edge(
+            Arrow::simple_with_properties("", edge),
+            handles[from],
+            handles[to],
+        );
     }
     let mut placed = Placed::default();
     graph.do_it(false, false, false, &mut placed);
     let (width, height) = placed.extent();
     html! {
         svg.graph viewBox=(format!("{} {} {width} {height}", placed.min.x, placed.min.y))
-            width=(width) height=(height) role="img"
+            width=(width) height=(height) role="group"
             aria-label=(format!("pipeline graph: {} nodes, {} edges", nodes.len(), edges.len())) {
             defs {
                 marker #arrowhead viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7"
@@ -100,8 +105,8 @@ pub fn svg(nodes: &[Node], edges: &[(usize, usize)]) -> Markup {
                     path d="M 0 0 L 10 5 L 0 10 z" {}
                 }
             }
-            @for path in &placed.arrows {
-                path.edge d=(path) marker-end="url(#arrowhead)" {}
+            @for (edge, path) in &placed.arrows {
+                path.edge data-edge=(edge) d=(path) marker-end="url(#arrowhead)" {}
             }
             @for (i, (at, size)) in &placed.boxes {
                 @let node = &nodes[*i];
@@ -128,7 +133,8 @@ pub fn svg(nodes: &[Node], edges: &[(usize, usize)]) -> Markup {
 /// What the layout placed: each node's box (by node index) and each edge's path.
 struct Placed {
     boxes: Vec<(usize, (Point, Point))>,
-    arrows: Vec<String>,
+    /// `from>to` (node ids) and the SVG path.
+    arrows: Vec<(String, String)>,
     min: Point,
     max: Point,
 }
@@ -193,7 +199,7 @@ impl RenderBackend for Placed {
         _dashed: bool,
         _head: (bool, bool),
         _look: &StyleAttr,
-        _properties: Option<String>,
+        properties: Option<String>,
         _text: &str,
     ) {
         if path.len() < 2 {
@@ -220,7 +226,7 @@ impl RenderBackend for Placed {
                 control.x, control.y, to.x, to.y
             ));
         }
-        self.arrows.push(d);
+        self.arrows.push((properties.unwrap_or_default(), d));
     }
 
     fn create_clip(&mut self, _: Point, _: Point, _: usize) -> ClipHandle {
@@ -252,6 +258,7 @@ mod tests {
         let edges = [(0, 1), (1, 3), (3, 4), (2, 4)];
         let svg = svg(&nodes, &edges).into_string();
         assert_eq!(svg.matches("<path class=\"edge\"").count(), 4, "{svg}");
+        assert!(svg.contains("data-edge=\"bronze.b&gt;gold.x\""), "{svg}");
         assert_eq!(svg.matches("<rect class=\"node\"").count(), 5, "{svg}");
         let x = |id: &str| -> f64 {
             let at = svg.find(&format!("id=\"{id}\"")).unwrap();
