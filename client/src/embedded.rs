@@ -39,6 +39,8 @@ impl TaskRunner for LocalExecutors {
             .await
             .map_err(|e| TaskError::transient(e.to_string()))?;
         // Nothing else runs this task while the run goes on: it is never abandoned.
-        self.executor.run(task, &CancellationToken::new()).await
+        let mut result = self.executor.run(task, &CancellationToken::new()).await?;
+        result.executor = "local".into();
+        Ok(result)
     }
 }

@@ -57,8 +57,9 @@ impl TaskRunner for RemoteExecutors {
             };
             drop(slot);
             return match answer {
-                Ok(result) => {
+                Ok(mut result) => {
                     self.last.lock().expect("last executors").remove(&key);
+                    result.executor = member.info.id.clone();
                     Ok(result)
                 }
                 // Busy with tasks of a previous leader: not a dispatch, nothing was written.

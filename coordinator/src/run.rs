@@ -13,7 +13,7 @@ use crate::commit::{CommitContext, Committed, Rejected, Staged};
 use crate::dispatch::{TaskRunner, run_with_retries};
 use crate::planner::{BallistaTarget, RunContext};
 use crate::{history, maintenance, metrics, quality, snapshots};
-use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport, TableStatus};
+use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport, TableStatus, TaskRun};
 
 /// A new run's id: the pipeline, the UTC time, and a random suffix.
 pub fn new_run_id(pipeline: &str) -> String {
@@ -270,16 +270,22 @@ impl<'a> Coordinator<'a> {
     }
 
     /// Runs a table's tasks at the same time, each with retries. Returns the results of the
-    /// tasks that succeeded, the first error of those that did not, and the number of retries.
+    /// tasks that succeeded, the first error of those that did not, and each task's run.
     async fn dispatch(
         &self,
         run: &RunContext<'_>,
         table: &TableRef,
         tasks: Vec<medallion_proto::Task>,
-    ) -> (Vec<TaskResult>, Option<medallion_proto::TaskError>, usize) {
+    ) -> (
+        Vec<TaskResult>,
+        Option<medallion_proto::TaskError>,
+        Vec<TaskRun>,
+    ) {
         let policy = run.pipeline.retry_policy(table);
+        let table_start = std::time::Instant::now();
         let attempts = tasks.into_iter().map(|task| async move {
             let task_id = task.task_id.clone();
+            let started = table_start.elapsed();
             let options = &run.storage_options;
             let (result, attempts) = run_with_retries(self.runner, task, policy, options, |t, e| {
                 tracing::warn!(task_id = t.task_id, attempt = t.attempt, error = %e, "task failed, retrying");
@@ -292,22 +298,34 @@ impl<'a> Coordinator<'a> {
             .await;
             self.observer.on_event(RunEvent::TaskFinished {
                 table: table.clone(),
-                task_id,
+                task_id: task_id.clone(),
                 ok: result.is_ok(),
             });
-            (result, attempts)
+            let metrics = result.as_ref().ok().and_then(|r| r.metrics.clone());
+            let metrics = metrics.unwrap_or_default();
+            let task_run = TaskRun {
+                task_id,
+                executor: result.as_ref().map_or(String::new(), |r| r.executor.clone()),
+                attempts,
+                started_ms: started.as_millis() as u64,
+                duration_ms: (table_start.elapsed() - started).as_millis() as u64,
+                rows_read: metrics.rows_read,
+                rows_written: metrics.rows_written,
+                error: result.as_ref().err().map(|e| e.to_string()),
+            };
+            (result, task_run)
         });
         let mut results = Vec::new();
         let mut first_error = None;
-        let mut retried = 0;
-        for (result, attempts) in futures::future::join_all(attempts).await {
-            retried += (attempts - 1) as usize;
+        let mut task_runs = Vec::new();
+        for (result, task_run) in futures::future::join_all(attempts).await {
             match result {
                 Ok(r) => results.push(r),
                 Err(e) => first_error = first_error.or(Some(e)),
             }
+            task_runs.push(task_run);
         }
-        (results, first_error, retried)
+        (results, first_error, task_runs)
     }
 
     /// Plans, dispatches and commits a table; when another writer commits to it meanwhile,
@@ -370,8 +388,9 @@ impl<'a> Coordinator<'a> {
             return Ok(TableStatus::UpToDate);
         }
 
-        let (results, first_error, retries) = self.dispatch(run, table, plan.tasks).await;
-        report.retries = retries;
+        let (results, first_error, task_runs) = self.dispatch(run, table, plan.tasks).await;
+        report.retries = task_runs.iter().map(|t| (t.attempts - 1) as usize).sum();
+        report.task_runs = task_runs;
         let mut metrics = TaskMetrics::default();
         results
             .iter()

@@ -292,6 +292,8 @@ async fn run_work(
             write_ms: out.write_time.as_millis() as u64,
             ..out.metrics
         }),
+        // Set by the coordinator's runner, which knows where it sent the task.
+        executor: String::new(),
     })
 }
 

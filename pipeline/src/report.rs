@@ -145,11 +145,31 @@ pub struct TableReport {
     pub maintenance: Option<Maintenance>,
     /// Task attempts beyond the first.
     pub retries: usize,
+    /// Each task as it ended: where and how long it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_runs: Vec<TaskRun>,
     pub metrics: Metrics,
     pub checks: Vec<CheckResult>,
     /// When the table started, counted from the start of the run.
     pub started_ms: u64,
     pub duration_ms: u64,
+}
+
+/// One task of a table, as it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRun {
+    pub task_id: String,
+    /// The executor its last attempt ran on; empty when it failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub executor: String,
+    pub attempts: u32,
+    /// When its first attempt started, counted from the start of its table.
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl TableReport {
@@ -165,6 +185,7 @@ impl TableReport {
             files_changed: None,
             maintenance: None,
             retries: 0,
+            task_runs: Vec::new(),
             metrics: Metrics::default(),
             checks: Vec::new(),
             started_ms: 0,

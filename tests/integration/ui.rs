@@ -34,6 +34,19 @@ fn axe() -> String {
     axe
 }
 
+/// `GET path` on `address` (host:port) with `headers`: the status and the whole response.
+fn http_get(address: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n");
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    write!(stream, "{request}\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    (response[9..12].parse().unwrap(), response)
+}
+
 /// Every table of the shop (with `slow`) and what each reads: the graph must draw these.
 fn shop_edges() -> BTreeSet<String> {
     [
@@ -57,7 +70,8 @@ fn shop_edges() -> BTreeSet<String> {
 /// A coordinator with a finished run, a failed run (a silver column that does not cast) and
 /// a live run: a viewer signs in and sees the graph with every table and edge, the failed
 /// table marked and its error, the live run's page update itself until the run ends, no
-/// buttons to act; an operator triggers a run from the pipeline's page and the CLI sees it.
+/// buttons to act; an operator triggers a run from the pipeline's page and the CLI sees it;
+/// the standby coordinator's UI shows the leader's runs.
 /// Every page passes axe-core with no serious or critical violation and fits a 1280x800
 /// desktop and a 390x844 phone without sideways scrolling (wide tables scroll in place).
 #[test]
@@ -80,7 +94,7 @@ fn a_browser_sees_the_graph_runs_failures_and_live_progress_and_triggers_a_run()
         &format!("{viewer_entry}\n{operator_entry}\n{admin_entry}\n"),
     );
     ws.set_env("MEDALLION_TOKEN", &admin);
-    let cluster = Cluster::start_with(&ws, 1, 1, &["--tokens", tokens.to_str().unwrap()]);
+    let cluster = Cluster::start_with(&ws, 2, 1, &["--tokens", tokens.to_str().unwrap()]);
     for spec in ["pipeline.yaml", "broken.yaml"] {
         let deploy = cluster.client(&ws, &["deploy", spec]);
         assert_eq!(deploy.code, 0, "{}\n{}", deploy.stderr, cluster.logs());
@@ -186,6 +200,13 @@ fn a_browser_sees_the_graph_runs_failures_and_live_progress_and_triggers_a_run()
         seen["failed_errors"]
     );
 
+    // Each task of the finished run, with the executor that ran it.
+    let executors = seen["task_executors"].as_array().unwrap();
+    assert!(
+        executors.len() >= 8 && executors.iter().all(|e| e == "executor-0"),
+        "{executors:?}"
+    );
+
     // The table page: its columns and rows at the latest version.
     assert_eq!(seen["table_preview_rows"], 2, "{seen:#}");
     assert!(
@@ -212,6 +233,19 @@ fn a_browser_sees_the_graph_runs_failures_and_live_progress_and_triggers_a_run()
         listed.stdout
     );
     cluster.client(&ws, &["watch", triggered]);
+
+    // The standby's UI: the same pages, its calls answered by the leader.
+    let standby = cluster.coordinators[1].ui_url().replace("http://", "");
+    let bearer = format!("Bearer {viewer}");
+    let (code, page) = http_get(
+        &standby,
+        &format!("/runs/{live}"),
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("data-state=\"succeeded\""), "{page}");
+    let (code, page) = http_get(&standby, "/", &[]);
+    assert_eq!(code, 401, "no token, no pages: {page}");
 
     // Accessibility and small screens, every page.
     for (page, sizes) in seen["pages"].as_object().unwrap() {
@@ -264,15 +298,7 @@ fn medallion_ui_shows_an_embedded_lake_from_its_run_history() {
         .unwrap()
         .trim_end_matches('/')
         .to_string();
-    let get = |path: &str| -> (u16, String) {
-        let mut stream = TcpStream::connect(&address).unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let code = response[9..12].parse().unwrap();
-        (code, response)
-    };
-
+    let get = |path: &str| http_get(&address, path, &[]);
     let (code, pipelines) = get("/");
     assert_eq!(code, 200, "{pipelines}");
     assert!(
@@ -297,6 +323,10 @@ fn medallion_ui_shows_an_embedded_lake_from_its_run_history() {
         "{run}"
     );
     assert!(run.contains("data-table=\"gold.customer_360\""), "{run}");
+    assert!(
+        run.contains("<td>local</td>"),
+        "tasks ran in this process: {run}"
+    );
     let (code, table) = get("/pipelines/shop/tables/silver.orders?version=0");
     assert_eq!(code, 200, "{table}");
     assert!(table.contains("Version <strong>0</strong> of 1"), "{table}");

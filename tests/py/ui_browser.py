@@ -46,7 +46,8 @@ def wait(driver, condition, what, timeout=240):
         if value:
             return value
         if time.time() - start > timeout:
-            raise TimeoutError(f"waiting for {what} on {driver.current_url}")
+            page = driver.execute_script("return document.body.outerHTML;")
+            raise TimeoutError(f"waiting for {what} on {driver.current_url}:\n{page}")
         time.sleep(0.25)
 
 
@@ -88,7 +89,7 @@ def live_run(driver, base, run_id):
             seen.append(s)
         return s in ("succeeded", "failed", "cancelled")
 
-    wait(driver, ended, "the run to end on its page", timeout=600)
+    wait(driver, ended, "the run to end on its page", timeout=300)
     return {
         "first": first,
         "states": seen,
@@ -145,6 +146,9 @@ def main():
         driver.get(f"{base}/runs/{runs['failed']}")
         out["failed_errors"] = {s.get_attribute("data-table"): s.find_element(By.TAG_NAME, "pre").text
                                 for s in driver.find_elements(By.CSS_SELECTOR, "section.failure")}
+        driver.get(f"{base}/runs/{runs['finished']}")
+        out["task_executors"] = [tr.find_elements(By.TAG_NAME, "td")[0].get_attribute("textContent")
+                                 for tr in driver.find_elements(By.CSS_SELECTOR, "details.tasks tbody tr")]
         driver.get(base + "/pipelines/shop/tables/gold.customer_360")
         out["table_preview_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#preview tbody tr"))
         out["table_columns"] = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#schema tbody th")]

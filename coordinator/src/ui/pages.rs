@@ -398,7 +398,13 @@ pub fn run_body(
     let state = run.state();
     let live = matches!(state, RunState::Queued | RunState::Running);
     let mut tables = run.tables();
-    tables.sort_by_key(|t| t.started_ms);
+    // Skipped tables never started: after the others.
+    tables.sort_by_key(|t| {
+        (
+            matches!(t.status, TableStatus::Skipped { .. }),
+            t.started_ms,
+        )
+    });
     let finished: Vec<&str> = tables.iter().map(|t| t.table.as_str()).collect();
     let waiting: Vec<String> = pipeline
         .filter(|_| live)
@@ -457,7 +463,7 @@ pub fn run_body(
                             td { (t.tasks) @if t.retries > 0 { " (" (t.retries) " retried)" } }
                             td { (thousands(t.metrics.rows_read)) }
                             td { (thousands(t.metrics.rows_written)) }
-                            td { (how(t)) }
+                            td.how { (how(t)) }
                         }
                     }
                     @for t in &waiting {
@@ -470,6 +476,36 @@ pub fn run_body(
                 }
             }
         }))
+        @let with_tasks: Vec<&TableReport> = tables.iter().filter(|t| !t.task_runs.is_empty()).collect();
+        @if !with_tasks.is_empty() {
+            h2 { "Tasks" }
+            @for t in with_tasks {
+                details.tasks data-table=(t.table) {
+                    summary { (t.table) ": " (t.task_runs.len()) " tasks" }
+                    (region(&format!("Tasks of {}", t.table), html! {
+                        table {
+                            thead { tr {
+                                th scope="col" { "Task" } th scope="col" { "Executor" } th scope="col" { "Attempts" }
+                                th scope="col" { "Started" } th scope="col" { "Duration" } th scope="col" { "Rows read" }
+                                th scope="col" { "Rows written" } th scope="col" { "Error" }
+                            } }
+                            tbody { @for task in &t.task_runs {
+                                tr {
+                                    th scope="row" { (task.task_id) }
+                                    td { (task.executor) }
+                                    td { (task.attempts) }
+                                    td { "+" (duration(task.started_ms as i64)) }
+                                    td { (duration(task.duration_ms as i64)) }
+                                    td { (thousands(task.rows_read)) }
+                                    td { (thousands(task.rows_written)) }
+                                    td { (task.error.as_deref().unwrap_or("")) }
+                                }
+                            } }
+                        }
+                    }))
+                }
+            }
+        }
         @let failures: Vec<(&TableReport, &str)> = tables.iter().filter_map(|t| match &t.status {
             TableStatus::Failed { error } => Some((t, error.as_str())),
             TableStatus::Skipped { reason } => Some((t, reason.as_str())),
