@@ -154,6 +154,7 @@ mod tests {
             address: format!("http://{id}.invalid:1"),
             slots,
             started_ms: 0,
+            memory_limit: 0,
         }
     }
 

@@ -83,6 +83,7 @@ pub async fn serve(args: ExecutorArgs) -> Result<()> {
         address: bound.advertise.clone(),
         slots: slots as u32,
         started_ms: chrono::Utc::now().timestamp_millis(),
+        memory_limit: args.memory_limit.unwrap_or(0) as u64,
     };
     crate::metrics::init();
     let server = bound

@@ -699,7 +699,8 @@ pub fn executors(executors: Option<&[ExecutorStatus]>, now: i64) -> Markup {
                     table #executors {
                         thead { tr {
                             th scope="col" { "Executor" } th scope="col" { "Address" } th scope="col" { "Slots" }
-                            th scope="col" { "Tasks running" } th scope="col" { "Up since" }
+                            th scope="col" { "Tasks running" } th scope="col" { "Memory pool" }
+                            th scope="col" { "Up since" }
                         } }
                         tbody { @for e in executors {
                             @let info = e.info.clone().unwrap_or_default();
@@ -708,6 +709,7 @@ pub fn executors(executors: Option<&[ExecutorStatus]>, now: i64) -> Markup {
                                 td { code { (info.address) } }
                                 td { (info.slots) }
                                 td { (e.running) }
+                                td { @if info.memory_limit > 0 { (bytes(info.memory_limit)) } @else { "unbounded" } }
                                 td { (ago(info.started_ms, now)) }
                             }
                         } }
@@ -802,6 +804,21 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// Bytes in binary units (`1.5 GiB`).
+fn bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ => format!("{value:.1} {}", units[unit]),
+    }
+}
+
 fn duration(ms: i64) -> String {
     let ms = ms.max(0);
     match ms {
@@ -834,6 +851,8 @@ mod tests {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(100), "100");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
         assert_eq!(duration(950), "950 ms");
         assert_eq!(duration(12_300), "12.3 s");
         assert_eq!(duration(125_000), "2 min 5 s");
