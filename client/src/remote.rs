@@ -18,11 +18,10 @@ use medallion_pipeline::plan::RunPlan;
 use medallion_proto::convert::Watched;
 use medallion_proto::coordinator_client::CoordinatorClient;
 use medallion_proto::{
-    BackfillRequest, DeployRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
-    ListPipelinesRequest, ListRunsRequest, PipelineInfo, PipelineRequest, RerunRequest, RunInfo,
-    RunState, SetPausedRequest, SubmitRequest, TriggerRequest,
+    BackfillRequest, BearerToken, DeployRequest, ExecutorStatus, GetRunRequest,
+    ListExecutorsRequest, ListPipelinesRequest, ListRunsRequest, PipelineInfo, PipelineRequest,
+    RerunRequest, RunInfo, RunState, SetPausedRequest, SubmitRequest, TriggerRequest,
 };
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -49,8 +48,8 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// The `authorization` value to send, if a token is given.
-    fn authorization(&self) -> Result<Option<MetadataValue<Ascii>>> {
+    /// The bearer token to send, if one is given.
+    fn token(&self) -> Result<Option<String>> {
         let token = match &self.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -58,34 +57,9 @@ impl ClusterArgs {
             ),
             None => std::env::var("MEDALLION_TOKEN").ok(),
         };
-        let Some(token) = token
+        Ok(token
             .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-        else {
-            return Ok(None);
-        };
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| anyhow!("the token holds characters a header cannot carry"))?;
-        Ok(Some(value))
-    }
-}
-
-/// Adds the caller's bearer token to every call.
-#[derive(Clone)]
-struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
+            .filter(|t| !t.is_empty()))
     }
 }
 
@@ -156,8 +130,8 @@ pub async fn query(
             }
         };
         let mut client = FlightSqlServiceClient::new(channel);
-        if let Some(authorization) = cluster.authorization()? {
-            client.set_header("authorization", authorization.to_str()?);
+        if let Some(token) = cluster.token()? {
+            client.set_header("authorization", format!("Bearer {token}"));
         }
         for (header, value) in [(PIPELINE_HEADER, pipeline), (SNAPSHOT_HEADER, snapshot)] {
             if let Some(value) = value {
@@ -194,7 +168,7 @@ impl Remote {
     /// Connects to the first coordinator that answers, following a standby to the leader.
     pub async fn connect(cluster: &ClusterArgs) -> Result<Self> {
         let caller = Caller {
-            token: BearerToken(cluster.authorization()?),
+            token: BearerToken::new(cluster.token()?.as_deref()).map_err(|e| anyhow!(e))?,
             tls: cluster.tls.client()?,
         };
         let mut last = anyhow!("no coordinator address given");

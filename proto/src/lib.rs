@@ -12,6 +12,36 @@ pub use generated::*;
 
 pub mod convert;
 
+/// Puts a caller's bearer token on every call to the client API (the CLI's calls, and the
+/// web UI's calls made for a viewer).
+#[derive(Clone, Debug, Default)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    /// `None`: calls go without a token. A token a header cannot carry is refused.
+    pub fn new(token: Option<&str>) -> Result<Self, String> {
+        let value = token
+            .map(|t| format!("Bearer {}", t.trim()).parse())
+            .transpose()
+            .map_err(|_| "the token holds characters a header cannot carry".to_string())?;
+        Ok(Self(value))
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 impl std::ops::AddAssign<&TaskMetrics> for TaskMetrics {
     fn add_assign(&mut self, o: &TaskMetrics) {
         self.rows_read += o.rows_read;

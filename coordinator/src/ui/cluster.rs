@@ -9,11 +9,9 @@ use async_trait::async_trait;
 use medallion_pipeline::Pipeline;
 use medallion_proto::coordinator_client::CoordinatorClient;
 use medallion_proto::{
-    BackfillRequest, ExecutorStatus, GetRunRequest, ListExecutorsRequest, ListPipelinesRequest,
-    ListRunsRequest, PipelineInfo, RunInfo, SetPausedRequest, TriggerRequest,
+    BackfillRequest, BearerToken, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
+    ListPipelinesRequest, ListRunsRequest, PipelineInfo, RunInfo, SetPausedRequest, TriggerRequest,
 };
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 
@@ -32,25 +30,7 @@ pub struct ClusterConsole {
     identities: Option<Arc<Identities>>,
 }
 
-type Client = CoordinatorClient<InterceptedService<Routes, Bearer>>;
-
-/// Puts the viewer's token on each call, as the CLI does.
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+type Client = CoordinatorClient<InterceptedService<Routes, BearerToken>>;
 
 impl ClusterConsole {
     pub fn new(
@@ -67,15 +47,10 @@ impl ClusterConsole {
 
     /// A client of the API that calls as `viewer`.
     fn client(&self, viewer: &Viewer) -> Result<Client, UiError> {
-        let bearer = viewer
-            .token
-            .as_ref()
-            .map(|token| MetadataValue::try_from(format!("Bearer {token}")))
-            .transpose()
-            .map_err(|_| UiError::Unauthenticated("a token is printable text".into()))?;
+        let bearer = BearerToken::new(viewer.token.as_deref()).map_err(UiError::Unauthenticated)?;
         Ok(CoordinatorClient::with_interceptor(
             self.api.clone(),
-            Bearer(bearer),
+            bearer,
         ))
     }
 }

@@ -101,7 +101,7 @@ pub fn pipelines(viewer: &Viewer, acts: bool, pipelines: &[PipelineInfo], now: i
                 (region("Table freshness", html! {
                     table {
                         caption { "Freshness of " (p.name) "'s tables" }
-                        thead { tr { th scope="col" { "Table" } th scope="col" { "Version" } th scope="col" { "Committed" } } }
+                        (head(&["Table", "Version", "Committed"]))
                         tbody {
                             @for t in &p.tables {
                                 tr {
@@ -222,10 +222,7 @@ pub fn pipeline(viewer: &Viewer, acts: bool, view: &PipelineView, now: i64) -> M
         h2 { "Tables" }
         (region("Tables", html! {
             table #tables {
-                thead { tr {
-                    th scope="col" { "Table" } th scope="col" { "State" } th scope="col" { "Version" }
-                    th scope="col" { "Rows" } th scope="col" { "Committed" } th scope="col" { "Checks" }
-                } }
+                (head(&["Table", "State", "Version", "Rows", "Committed", "Checks"]))
                 tbody {
                     @for t in tables {
                         @let name = t.table.to_string();
@@ -444,11 +441,7 @@ pub fn run_body(
         h2 { "Tables" }
         (region("Run timeline", html! {
             table.timeline {
-                thead { tr {
-                    th scope="col" { "Table" } th scope="col" { "Result" } th scope="col" { "Timeline" }
-                    th scope="col" { "Duration" } th scope="col" { "Tasks" } th scope="col" { "Rows read" }
-                    th scope="col" { "Rows written" } th scope="col" { "How" }
-                } }
+                (head(&["Table", "Result", "Timeline", "Duration", "Tasks", "Rows read", "Rows written", "How"]))
                 tbody {
                     @for t in &tables {
                         tr data-table=(t.table) data-status=(status_word(&t.status)) {
@@ -484,11 +477,7 @@ pub fn run_body(
                     summary { (t.table) ": " (t.task_runs.len()) " tasks" }
                     (region(&format!("Tasks of {}", t.table), html! {
                         table {
-                            thead { tr {
-                                th scope="col" { "Task" } th scope="col" { "Executor" } th scope="col" { "Attempts" }
-                                th scope="col" { "Started" } th scope="col" { "Duration" } th scope="col" { "Rows read" }
-                                th scope="col" { "Rows written" } th scope="col" { "Error" }
-                            } }
+                            (head(&["Task", "Executor", "Attempts", "Started", "Duration", "Rows read", "Rows written", "Error"]))
                             tbody { @for task in &t.task_runs {
                                 tr {
                                     th scope="row" { (task.task_id) }
@@ -525,10 +514,7 @@ pub fn run_body(
             h2 { "Quality" }
             (region("Quality checks", html! {
                 table.checks {
-                    thead { tr {
-                        th scope="col" { "Table" } th scope="col" { "Check" } th scope="col" { "Severity" }
-                        th scope="col" { "Result" } th scope="col" { "Failing rows" } th scope="col" { "Detail" }
-                    } }
+                    (head(&["Table", "Check", "Severity", "Result", "Failing rows", "Detail"]))
                     tbody {
                         @for t in checked { @for c in &t.checks {
                             tr {
@@ -586,10 +572,7 @@ fn runs_table(runs: &[RunInfo], now: i64) -> Markup {
         @else {
             (region("Runs", html! {
                 table #runs {
-                    thead { tr {
-                        th scope="col" { "Run" } th scope="col" { "Pipeline" } th scope="col" { "State" }
-                        th scope="col" { "Trigger" } th scope="col" { "Started" } th scope="col" { "Duration" }
-                    } }
+                    (head(&["Run", "Pipeline", "State", "Trigger", "Started", "Duration"]))
                     tbody {
                         @for r in runs {
                             tr data-run=(r.run_id) data-state=(state_word(r.state())) {
@@ -625,7 +608,7 @@ pub fn table(pipeline: &str, table: &str, view: &TableView, now: i64) -> Markup 
             h2 { "Schema" }
             (region("Schema", html! {
                 table #schema {
-                    thead { tr { th scope="col" { "Column" } th scope="col" { "Type" } th scope="col" { "Nullable" } } }
+                    (head(&["Column", "Type", "Nullable"]))
                     tbody { @for (name, kind, nullable) in &view.columns {
                         tr { th scope="row" { (name) } td { code { (kind) } } td { (if *nullable { "yes" } else { "no" }) } }
                     } }
@@ -642,10 +625,7 @@ pub fn table(pipeline: &str, table: &str, view: &TableView, now: i64) -> Markup 
             h2 { "History" }
             (region("History", html! {
                 table #history {
-                    thead { tr {
-                        th scope="col" { "Version" } th scope="col" { "Operation" } th scope="col" { "Run" }
-                        th scope="col" { "When" } th scope="col" { "Rows added" } th scope="col" { "Rows removed" }
-                    } }
+                    (head(&["Version", "Operation", "Run", "When", "Rows added", "Rows removed"]))
                     tbody { @for v in &view.history {
                         tr {
                             th scope="row" { a href=(table_href(pipeline, table, Some(v.version))) { (v.version) } }
@@ -664,10 +644,7 @@ pub fn table(pipeline: &str, table: &str, view: &TableView, now: i64) -> Markup 
         @else {
             (region("Checks over time", html! {
                 table #checks {
-                    thead { tr {
-                        th scope="col" { "When" } th scope="col" { "Check" } th scope="col" { "Severity" }
-                        th scope="col" { "Result" } th scope="col" { "Failing rows" } th scope="col" { "Run" }
-                    } }
+                    (head(&["When", "Check", "Severity", "Result", "Failing rows", "Run"]))
                     tbody { @for c in &view.checks {
                         tr {
                             th scope="row" { (when(c.checked_at_ms)) }
@@ -697,11 +674,7 @@ pub fn executors(executors: Option<&[ExecutorStatus]>, now: i64) -> Markup {
                 p { (executors.len()) " executors, " (running) " of " (slots) " slots busy." }
                 (region("Executors", html! {
                     table #executors {
-                        thead { tr {
-                            th scope="col" { "Executor" } th scope="col" { "Address" } th scope="col" { "Slots" }
-                            th scope="col" { "Tasks running" } th scope="col" { "Memory pool" }
-                            th scope="col" { "Up since" }
-                        } }
+                        (head(&["Executor", "Address", "Slots", "Tasks running", "Memory pool", "Up since"]))
                         tbody { @for e in executors {
                             @let info = e.info.clone().unwrap_or_default();
                             tr {
@@ -718,6 +691,11 @@ pub fn executors(executors: Option<&[ExecutorStatus]>, now: i64) -> Markup {
             }
         }
     }
+}
+
+/// A table's header row: its column names.
+fn head(columns: &[&str]) -> Markup {
+    html! { thead { tr { @for c in columns { th scope="col" { (c) } } } } }
 }
 
 /// A scrollable, labelled region (wide tables on a phone scroll inside it).
