@@ -615,7 +615,8 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             let console =
                 std::sync::Arc::new(medallion_coordinator::ui::LakeConsole::new(pipeline));
             let stop = tokio_util::sync::CancellationToken::new();
-            let address = medallion_coordinator::ui::serve(listen, console, stop.clone()).await?;
+            let address =
+                medallion_coordinator::ui::serve(listen, console, None, stop.clone()).await?;
             println!("Medallion UI for {name}: http://{address}/");
             medallion_cluster::signal::shutdown().await;
             stop.cancel();

@@ -128,6 +128,16 @@ impl TlsArgs {
     /// How this process serves: `None` without a certificate (plaintext). With
     /// `client_auth`, callers must present a certificate `--tls-ca` signed.
     pub fn server(&self, client_auth: bool) -> Result<Option<TlsAcceptor>> {
+        self.acceptor(client_auth, b"h2")
+    }
+
+    /// How a web page is served (HTTP/1.1) with the same certificate: browsers present none,
+    /// so callers are not asked for one.
+    pub fn web(&self) -> Result<Option<TlsAcceptor>> {
+        self.acceptor(false, b"http/1.1")
+    }
+
+    fn acceptor(&self, client_auth: bool, protocol: &[u8]) -> Result<Option<TlsAcceptor>> {
         let (Some(cert), Some(key)) = (&self.cert, &self.key) else {
             if client_auth {
                 bail!("--tls-client-auth needs --tls-cert and --tls-key");
@@ -156,7 +166,7 @@ impl TlsArgs {
             builder.with_no_client_auth()
         };
         let mut config = builder.with_cert_resolver(resolver);
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![protocol.to_vec()];
         Ok(Some(TlsAcceptor::from(Arc::new(config))))
     }
 }

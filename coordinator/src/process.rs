@@ -75,8 +75,8 @@ pub struct CoordinatorArgs {
     /// Where lakes may be: directories and object-store prefixes, as `--allow-sources`.
     #[arg(long, env = "MEDALLION_ALLOW_LAKES", value_delimiter = ',')]
     allow_lakes: Vec<String>,
-    /// Where the web UI listens (plain HTTP: bind it to a private address or put it behind
-    /// the ingress's TLS).
+    /// Where the web UI listens: HTTPS with the `--tls-cert` certificate, else plain HTTP
+    /// (then bind it to a private address, or expose it through an ingress with TLS).
     #[arg(long, env = "MEDALLION_UI_LISTEN", default_value_t = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 7080)))]
     ui_listen: SocketAddr,
     /// Serve no web UI.
@@ -200,7 +200,8 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
     let console = ClusterConsole::new(routes.clone(), scheduler.clone(), identities);
     let server = bound.serve(routes).await?;
     if !args.no_ui {
-        crate::ui::serve(args.ui_listen, Arc::new(console), server.stopping()).await?;
+        let tls = args.server.tls.web()?;
+        crate::ui::serve(args.ui_listen, Arc::new(console), tls, server.stopping()).await?;
     }
     server
         .health

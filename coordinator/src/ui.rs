@@ -25,11 +25,16 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Router, middleware};
+use axum::{Extension, Router, middleware};
 use maud::Markup;
 use medallion_pipeline::TableRef;
 use medallion_proto::RunState;
 use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 pub mod cluster;
@@ -48,21 +53,35 @@ const COOKIE: &str = "medallion_token";
 /// Runs a pipeline page lists; the newest of them gives each table's state.
 const RUNS_LISTED: usize = 200;
 
-/// Serves the UI on `listen` until `stop`; returns the address bound (port 0: any free one).
+/// Serves the UI on `listen` until `stop`, over TLS when given an acceptor; returns the
+/// address bound (port 0: any free one).
 pub async fn serve(
     listen: SocketAddr,
     console: Arc<dyn Console>,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for the web UI"))?;
     let address = listener.local_addr()?;
-    let app = router(console);
+    let app = router(console, tls.is_some());
+    let stopped = stop.cancelled_owned();
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
+        let served = match tls {
+            Some(acceptor) => {
+                let incoming = medallion_cluster::tls::incoming(listener, acceptor);
+                let listener = TlsListener { incoming, address };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "the web UI stopped");
         }
@@ -71,8 +90,39 @@ pub async fn serve(
     Ok(address)
 }
 
-/// The UI's routes over `console`.
-pub fn router(console: Arc<dyn Console>) -> Router {
+/// TLS connections for axum, their handshakes done as on the gRPC port.
+struct TlsListener {
+    incoming: ReceiverStream<std::io::Result<TlsStream<TcpStream>>>,
+    address: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr();
+                    return (stream, peer.unwrap_or(self.address));
+                }
+                // Logged where the handshake failed.
+                Some(Err(_)) => continue,
+                // No more connections: the server is stopping.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.address)
+    }
+}
+
+/// The UI's routes over `console`; `secure`: served over TLS (the sign-in cookie is then
+/// never sent over plain HTTP).
+pub fn router(console: Arc<dyn Console>, secure: bool) -> Router {
     Router::new()
         .route("/", get(pipelines_page))
         .route("/pipelines/{name}", get(pipeline_page))
@@ -86,11 +136,18 @@ pub fn router(console: Arc<dyn Console>) -> Router {
         .route("/logout", post(logout))
         .route("/assets/ui.css", get(css))
         .route("/assets/ui.js", get(js))
-        .layer(middleware::map_response(secure))
+        .layer(middleware::map_response(secure_headers))
+        .layer(Extension(Transport { secure }))
         .with_state(console)
 }
 
 type Ui = State<Arc<dyn Console>>;
+
+/// How the UI is served, for the sign-in cookie's attributes.
+#[derive(Clone, Copy)]
+struct Transport {
+    secure: bool,
+}
 
 /// A page that could not be drawn: the error page (or the sign-in form) with its status.
 struct Failure(UiError);
@@ -383,6 +440,7 @@ struct LoginForm {
 
 async fn login(
     State(console): Ui,
+    Extension(transport): Extension<Transport>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, Failure> {
@@ -397,7 +455,8 @@ async fn login(
         return Err(UiError::Unauthenticated("that is not a token".into()).into());
     }
     console.viewer(Some(token))?;
-    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+    let secure = if transport.secure { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
     let cookie = HeaderValue::from_str(&cookie).map_err(anyhow::Error::from)?;
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response())
 }
@@ -423,7 +482,7 @@ async fn js() -> impl IntoResponse {
 
 /// Headers every answer carries: only this site's scripts and styles (the timeline's bars
 /// are inline `style` attributes), no framing, no sniffing, no referrer to other sites.
-async fn secure(mut response: Response) -> Response {
+async fn secure_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     let policy = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
                   frame-ancestors 'none'; form-action 'self'";

@@ -435,6 +435,31 @@ fn tls_on_every_link_refuses_strangers_and_renews_without_restart() {
     let gold = ws.read_table("lake/gold/customer_360");
     assert_eq!(gold["num_rows"], 2, "{gold:#}");
 
+    // The web UI serves HTTPS with the same certificate (browsers present none): a client
+    // that trusts the CA reads its pages; plain HTTP to its port gets none.
+    let ui = cluster.coordinators[0].ui_url();
+    assert!(ui.starts_with("https://"), "{ui}");
+    let code = r#"
+import ssl, sys, urllib.request
+ui, ca = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False  # the certificate names the node, not 127.0.0.1: the chain is checked
+with urllib.request.urlopen(ui + "/runs", context=ctx, timeout=60) as r:
+    print(r.status, "succeeded" in r.read().decode())
+try:
+    urllib.request.urlopen(ui.replace("https://", "http://") + "/runs", timeout=10).read()
+    print("plaintext served")
+except Exception:
+    print("plaintext refused")
+"#;
+    let seen = medallion_tests::run_python(code, &[&ui, &ca.cert()]);
+    assert_eq!(
+        seen.trim(),
+        "200 True\nplaintext refused",
+        "{}",
+        cluster.logs()
+    );
+
     // Plaintext to the TLS port, a client that does not trust the CA, one without a
     // certificate, and one whose certificate another CA signed: all refused.
     let other = Ca::new(&ws.path().join("tls-other"), "other");

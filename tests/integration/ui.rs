@@ -233,6 +233,28 @@ fn a_browser_sees_the_graph_runs_failures_and_live_progress_and_triggers_a_run()
         listed.stdout
     );
     cluster.client(&ws, &["watch", triggered]);
+    // Cancelled from its page while it ran (or, on a machine slow to click, ended first and
+    // the page said so): the CLI agrees with what the page said.
+    let cancel = seen["cancel_said"].as_str().unwrap_or_default();
+    let state = status(triggered)["state"].clone();
+    match cancel {
+        said if said == format!("run {triggered} cancelled") => assert_eq!(state, "cancelled"),
+        said => assert!(
+            said.contains("ended") && state != "cancelled",
+            "{said}: {state}"
+        ),
+    }
+    // Paused from the pipelines page: the scheduler has it paused, and the page offers Resume.
+    assert_eq!(seen["pause_said"], "shop paused", "{seen:#}");
+    assert_eq!(seen["resume_offered"], true);
+    let pipelines = cluster.client(&ws, &["pipelines", "--output", "json"]);
+    let pipelines: Value = serde_json::from_str(&pipelines.stdout).unwrap();
+    let shop = pipelines
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "shop");
+    assert_eq!(shop.unwrap()["paused"], true, "{pipelines:#}");
 
     // The standby's UI: the same pages, its calls answered by the leader.
     let standby = cluster.coordinators[1].ui_url().replace("http://", "");

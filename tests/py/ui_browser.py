@@ -162,6 +162,20 @@ def main():
         driver.find_element(By.CSS_SELECTOR, "button[data-action=trigger]").click()
         said = wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "p.said"), "what the trigger said")
         out["trigger_said"] = said[0].text
+        # Cancel it from its page (it runs for seconds: gold.slow), then pause the pipeline.
+        triggered = said[0].text.split(" ")[1]
+        driver.get(f"{base}/runs/{triggered}")
+        buttons = driver.find_elements(By.CSS_SELECTOR, "button[data-action=cancel]")
+        if buttons:
+            buttons[0].click()
+            wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "p.said, p.error"), "what the cancel said")
+            said = driver.find_elements(By.CSS_SELECTOR, "p.said, p.error")
+            out["cancel_said"] = said[0].text
+        driver.get(base + "/")
+        driver.find_element(By.CSS_SELECTOR, "section[aria-labelledby=p-shop] button[data-action=pause]").click()
+        said = wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "p.said"), "what the pause said")
+        out["pause_said"] = said[0].text
+        out["resume_offered"] = bool(driver.find_elements(By.CSS_SELECTOR, "section[aria-labelledby=p-shop] button[data-action=resume]"))
     finally:
         driver.quit()
     print(json.dumps(out))

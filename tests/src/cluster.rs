@@ -67,9 +67,9 @@ impl Proc {
         format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
-    /// The web UI of a coordinator.
+    /// The web UI of a coordinator (HTTPS when it serves TLS).
     pub fn ui_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ui_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.ui_port)
     }
 
     /// Sends a signal by name: `STOP` freezes the process (it misses its etcd keep-alives
