@@ -136,6 +136,7 @@ pub fn router(console: Arc<dyn Console>, secure: bool) -> Router {
         .route("/logout", post(logout))
         .route("/assets/ui.css", get(css))
         .route("/assets/ui.js", get(js))
+        .layer(middleware::from_fn(flash))
         .layer(middleware::map_response(secure_headers))
         .layer(Extension(Transport { secure }))
         .with_state(console)
@@ -173,10 +174,30 @@ impl IntoResponse for Failure {
 
 type Page = Result<Markup, Failure>;
 
-/// What an action said, shown on the page it returns to.
-#[derive(Deserialize, Default)]
-struct Said {
-    said: Option<String>,
+/// What an action said, shown once on the page it returns to. It travels in a short-lived
+/// cookie, not in the URL, so that a link cannot make a page say something.
+#[derive(Clone, Default)]
+struct Said(Option<String>);
+
+/// The cookie that carries [`Said`] across the redirect after an action.
+const SAID_COOKIE: &str = "medallion_said";
+
+/// Hands the flash message to the page and clears it once shown.
+async fn flash(mut request: axum::extract::Request, next: middleware::Next) -> Response {
+    let said = cookie(request.headers(), SAID_COOKIE).map(|v| {
+        let decoded = percent_encoding::percent_decode_str(&v).decode_utf8_lossy();
+        decoded.into_owned()
+    });
+    let shown = said.is_some();
+    request.extensions_mut().insert(Said(said));
+    let mut response = next.run(request).await;
+    if shown && response.status().is_success() {
+        let clear = format!("{SAID_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+        if let Ok(clear) = HeaderValue::from_str(&clear) {
+            response.headers_mut().append(header::SET_COOKIE, clear);
+        }
+    }
+    response
 }
 
 fn viewer(console: &dyn Console, headers: &HeaderMap) -> Result<Viewer, Failure> {
@@ -192,13 +213,18 @@ fn token(headers: &HeaderMap) -> Option<String> {
     if let Some(token) = bearer {
         return Some(token.trim().to_string());
     }
+    cookie(headers, COOKIE)
+}
+
+/// The value of the cookie `name`.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.to_string())
 }
 
@@ -206,14 +232,18 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-async fn pipelines_page(State(console): Ui, headers: HeaderMap, said: Query<Said>) -> Page {
+async fn pipelines_page(
+    State(console): Ui,
+    headers: HeaderMap,
+    Extension(said): Extension<Said>,
+) -> Page {
     let viewer = viewer(&*console, &headers)?;
     let pipelines = console.pipelines(&viewer).await?;
     let content = pages::pipelines(&viewer, console.acts(), &pipelines, now());
     Ok(pages::page(
         "Pipelines",
         Some(&viewer),
-        said.0.said.as_deref(),
+        said.0.as_deref(),
         content,
     ))
 }
@@ -222,7 +252,7 @@ async fn pipeline_page(
     State(console): Ui,
     Path(name): Path<String>,
     headers: HeaderMap,
-    said: Query<Said>,
+    Extension(said): Extension<Said>,
 ) -> Page {
     let viewer = viewer(&*console, &headers)?;
     let pipeline = console.pipeline(&viewer, &name).await?;
@@ -267,7 +297,7 @@ async fn pipeline_page(
     Ok(pages::page(
         &title,
         Some(&viewer),
-        said.0.said.as_deref(),
+        said.0.as_deref(),
         content,
     ))
 }
@@ -310,7 +340,7 @@ async fn run_page(
     State(console): Ui,
     Path(id): Path<String>,
     headers: HeaderMap,
-    said: Query<Said>,
+    Extension(said): Extension<Said>,
 ) -> Page {
     let viewer = viewer(&*console, &headers)?;
     let run = console.run(&viewer, &id).await?;
@@ -322,7 +352,7 @@ async fn run_page(
     Ok(pages::page(
         &title,
         Some(&viewer),
-        said.0.said.as_deref(),
+        said.0.as_deref(),
         content,
     ))
 }
@@ -395,10 +425,10 @@ async fn act(
     let viewer = viewer(&*console, &headers)?;
     let back = local_path(&form.back).unwrap_or("/").to_string();
     let said = console.act(&viewer, form.action()?).await?;
-    let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("said", &said)
-        .finish();
-    Ok(Redirect::to(&format!("{back}?{query}")).into_response())
+    let said = percent_encoding::utf8_percent_encode(&said, percent_encoding::NON_ALPHANUMERIC);
+    let cookie = format!("{SAID_COOKIE}={said}; Path=/; HttpOnly; SameSite=Strict; Max-Age=60");
+    let cookie = HeaderValue::from_str(&cookie).map_err(anyhow::Error::from)?;
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to(&back)).into_response())
 }
 
 /// Refuses a form another site made the browser send (the cookie is `SameSite=Strict`,
@@ -538,7 +568,7 @@ mod tests {
         headers.remove(header::ORIGIN);
         headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(same_site(&headers).is_err());
-        assert_eq!(local_path("/runs/r1?said=x"), Some("/runs/r1"));
+        assert_eq!(local_path("/runs/r1?x=1"), Some("/runs/r1"));
         assert_eq!(local_path("//evil.example/"), None);
         assert_eq!(local_path("https://evil.example/"), None);
     }

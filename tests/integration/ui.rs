@@ -247,6 +247,9 @@ fn a_browser_sees_the_graph_runs_failures_and_live_progress_and_triggers_a_run()
     // Paused from the pipelines page: the scheduler has it paused, and the page offers Resume.
     assert_eq!(seen["pause_said"], "shop paused", "{seen:#}");
     assert_eq!(seen["resume_offered"], true);
+    // What an action said is shown once, and never comes from the URL.
+    assert_eq!(seen["said_in_url"], false);
+    assert_eq!(seen["said_after_reload"], false);
     let pipelines = cluster.client(&ws, &["pipelines", "--output", "json"]);
     let pipelines: Value = serde_json::from_str(&pipelines.stdout).unwrap();
     let shop = pipelines

@@ -175,6 +175,9 @@ def main():
         driver.find_element(By.CSS_SELECTOR, "section[aria-labelledby=p-shop] button[data-action=pause]").click()
         said = wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "p.said"), "what the pause said")
         out["pause_said"] = said[0].text
+        out["said_in_url"] = "said" in driver.current_url
+        driver.get(base + "/")
+        out["said_after_reload"] = bool(driver.find_elements(By.CSS_SELECTOR, "p.said"))
         out["resume_offered"] = bool(driver.find_elements(By.CSS_SELECTOR, "section[aria-labelledby=p-shop] button[data-action=resume]"))
     finally:
         driver.quit()
