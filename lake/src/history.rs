@@ -10,7 +10,7 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
 use deltalake::kernel::Action;
@@ -29,6 +29,9 @@ pub struct TableVersion {
     pub operation: String,
     /// The Medallion run that committed it, if a run did.
     pub run_id: Option<String>,
+    /// The versions of the input tables it was computed from (silver and gold commits).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, u64>,
     /// Rows of the files it added and removed (compaction's rewrites not counted).
     pub rows_added: u64,
     pub rows_removed: u64,
@@ -56,6 +59,7 @@ pub async fn history(uri: &str, opts: &StorageOptions, limit: usize) -> Result<V
             timestamp: None,
             operation: String::new(),
             run_id: None,
+            inputs: BTreeMap::new(),
             rows_added: 0,
             rows_removed: 0,
             files_added: 0,
@@ -72,6 +76,15 @@ pub async fn history(uri: &str, opts: &StorageOptions, limit: usize) -> Result<V
                         .get("medallion.run_id")
                         .and_then(|v| v.as_str())
                         .map(str::to_string);
+                    let inputs = info
+                        .info
+                        .get("medallion.inputs")
+                        .and_then(|v| v.as_object());
+                    entry.inputs = inputs
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(table, v)| Some((table.clone(), v.as_u64()?)))
+                        .collect();
                 }
                 Action::Add(add) => {
                     entry.files_added += 1;

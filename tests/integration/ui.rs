@@ -209,6 +209,12 @@ fn a_browser_sees_the_graph_runs_failures_and_live_progress_and_triggers_a_run()
 
     // The table page: its columns and rows at the latest version.
     assert_eq!(seen["table_preview_rows"], 2, "{seen:#}");
+    // Its latest version says which versions of its inputs it was computed from.
+    let read = seen["table_history_read"].as_str().unwrap();
+    assert!(
+        read.contains("silver.customers v") && read.contains("silver.orders v"),
+        "{read}"
+    );
     assert!(
         seen["table_columns"]
             .as_array()

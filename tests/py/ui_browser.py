@@ -151,6 +151,7 @@ def main():
                                  for tr in driver.find_elements(By.CSS_SELECTOR, "details.tasks tbody tr")]
         driver.get(base + "/pipelines/shop/tables/gold.customer_360")
         out["table_preview_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#preview tbody tr"))
+        out["table_history_read"] = driver.find_element(By.CSS_SELECTOR, "#history tbody tr td.read").text
         out["table_columns"] = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#schema tbody th")]
 
         # An operator signs in and triggers a run from the pipeline's page.

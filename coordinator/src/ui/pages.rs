@@ -625,7 +625,7 @@ pub fn table(pipeline: &str, table: &str, view: &TableView, now: i64) -> Markup 
             h2 { "History" }
             (region("History", html! {
                 table #history {
-                    (head(&["Version", "Operation", "Run", "When", "Rows added", "Rows removed"]))
+                    (head(&["Version", "Operation", "Run", "When", "Rows added", "Rows removed", "Read"]))
                     tbody { @for v in &view.history {
                         tr {
                             th scope="row" { a href=(table_href(pipeline, table, Some(v.version))) { (v.version) } }
@@ -634,6 +634,12 @@ pub fn table(pipeline: &str, table: &str, view: &TableView, now: i64) -> Markup 
                             td { (v.timestamp.map(|t| ago(t, now)).unwrap_or_default()) }
                             td { (thousands(v.rows_added)) }
                             td { (thousands(v.rows_removed)) }
+                            td.read {
+                                @for (i, (input, at)) in v.inputs.iter().enumerate() {
+                                    @if i > 0 { ", " }
+                                    a href=(table_href(pipeline, input, Some(*at))) { (input) " v" (at) }
+                                }
+                            }
                         }
                     } }
                 }
