@@ -167,6 +167,7 @@ def main():
         triggered = said[0].text.split(" ")[1]
         driver.get(f"{base}/runs/{triggered}")
         buttons = driver.find_elements(By.CSS_SELECTOR, "button[data-action=cancel]")
+        out["cancel_offered"] = bool(buttons)
         if buttons:
             buttons[0].click()
             wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "p.said, p.error"), "what the cancel said")

@@ -10,7 +10,8 @@ use medallion_pipeline::Pipeline;
 use medallion_proto::coordinator_client::CoordinatorClient;
 use medallion_proto::{
     BackfillRequest, BearerToken, ExecutorStatus, GetRunRequest, ListExecutorsRequest,
-    ListPipelinesRequest, ListRunsRequest, PipelineInfo, RunInfo, SetPausedRequest, TriggerRequest,
+    ListPipelinesRequest, ListRunsRequest, PipelineInfo, RunInfo, RunState, SetPausedRequest,
+    TriggerRequest,
 };
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
@@ -128,7 +129,19 @@ impl Console for ClusterConsole {
             }
             Action::Cancel { run_id } => {
                 let run = client.cancel_run(GetRunRequest { run_id }).await?;
-                format!("run {} cancelled", run.into_inner().run_id)
+                let run = run.into_inner();
+                // A run whose tables were all done when the cancel came ends as it was.
+                match run.state() {
+                    RunState::Cancelled => format!("run {} cancelled", run.run_id),
+                    state => format!(
+                        "run {} had already ended ({}) when the cancel came",
+                        run.run_id,
+                        state
+                            .as_str_name()
+                            .trim_start_matches("RUN_STATE_")
+                            .to_lowercase()
+                    ),
+                }
             }
             Action::Pause { pipeline } => paused(&mut client, pipeline, true).await?,
             Action::Resume { pipeline } => paused(&mut client, pipeline, false).await?,

@@ -736,7 +736,8 @@ fn run_link(run: &RunInfo) -> Markup {
     html! { a href=(run_href(&run.run_id)) { (run.run_id) } }
 }
 
-fn state_word(state: RunState) -> &'static str {
+/// A run's state in a word (`succeeded`).
+pub fn state_word(state: RunState) -> &'static str {
     match state {
         RunState::Queued => "queued",
         RunState::Running => "running",
