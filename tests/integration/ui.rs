@@ -222,6 +222,12 @@ fn a_browser_sees_the_graph_runs_failures_and_live_progress_and_triggers_a_run()
             .iter()
             .any(|c| c == "lifetime_value")
     );
+    // In Delta's type names, as Spark shows them.
+    let types = seen["table_types"].as_array().unwrap();
+    assert!(
+        types.iter().any(|t| t == "string") && types.iter().any(|t| t == "long"),
+        "{types:?}"
+    );
 
     // Roles: a viewer gets no buttons; an operator triggers a run the CLI then lists.
     assert_eq!(seen["viewer_buttons"], serde_json::json!([]), "{seen:#}");

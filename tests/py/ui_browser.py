@@ -152,6 +152,7 @@ def main():
         driver.get(base + "/pipelines/shop/tables/gold.customer_360")
         out["table_preview_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#preview tbody tr"))
         out["table_history_read"] = driver.find_element(By.CSS_SELECTOR, "#history tbody tr td.read").text
+        out["table_types"] = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#schema tbody td code")]
         out["table_columns"] = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#schema tbody th")]
 
         # An operator signs in and triggers a run from the pipeline's page.

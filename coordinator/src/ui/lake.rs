@@ -86,11 +86,11 @@ pub async fn table_view(
         .map(|b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
         .unwrap_or(0);
     let preview = collect(&ctx, &format!("SELECT * FROM t LIMIT {PREVIEW_ROWS}")).await?;
-    let schema = ctx.table("t").await.map_err(anyhow::Error::from)?;
-    let columns = schema
+    // Delta's type names (`string`, `decimal(10,2)`), as Spark and Databricks show them.
+    let snapshot = at.snapshot().map_err(anyhow::Error::from)?;
+    let columns = snapshot
         .schema()
         .fields()
-        .iter()
         .map(|f| (f.name().clone(), f.data_type().to_string(), f.is_nullable()))
         .collect();
     Ok(TableView {
