@@ -11,14 +11,14 @@ use medallion_tests::{medallion_bin, python};
 fn benchmark_harness_smoke_run() {
     let out_dir = tempfile::tempdir().unwrap();
     let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/harness.py");
-    let out = Command::new(python())
-        .arg(harness)
-        .arg("--medallion")
-        .arg(medallion_bin())
-        .args(["--smoke", "--out"])
-        .arg(out_dir.path())
-        .output()
-        .unwrap();
+    let out = medallion_tests::output(
+        Command::new(python())
+            .arg(harness)
+            .arg("--medallion")
+            .arg(medallion_bin())
+            .args(["--smoke", "--out"])
+            .arg(out_dir.path()),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "harness failed:\n{stderr}");
     let report = std::fs::read_to_string(out_dir.path().join("smoke.md")).unwrap();

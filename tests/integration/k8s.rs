@@ -13,13 +13,13 @@ fn check_chart(args: &[&str]) -> String {
         .parent()
         .unwrap()
         .to_path_buf();
-    let out = Command::new(python())
-        .arg(script)
-        .arg("--bin-dir")
-        .arg(bin_dir)
-        .args(args)
-        .output()
-        .expect("run check_chart.py");
+    let out = medallion_tests::output(
+        Command::new(python())
+            .arg(script)
+            .arg("--bin-dir")
+            .arg(bin_dir)
+            .args(args),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -155,19 +155,19 @@ fn assert_task_lines_name_the_run(lines: &[String], run_id: &str) -> BTreeSet<St
 #[test]
 fn json_log_lines_name_run_and_task() {
     let (ws, _) = Workspace::example(2_000, 4);
-    let out = std::process::Command::new(medallion_tests::medallion_bin())
-        .args([
-            "run",
-            "pipeline.yaml",
-            "--output",
-            "json",
-            "--log-format",
-            "json",
-        ])
-        .current_dir(ws.path())
-        .env("MEDALLION_LOG", "info")
-        .output()
-        .expect("run medallion");
+    let out = medallion_tests::output(
+        std::process::Command::new(medallion_tests::medallion_bin())
+            .args([
+                "run",
+                "pipeline.yaml",
+                "--output",
+                "json",
+                "--log-format",
+                "json",
+            ])
+            .current_dir(ws.path())
+            .env("MEDALLION_LOG", "info"),
+    );
     assert!(out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let run_id = report["run_id"].as_str().unwrap();
@@ -197,11 +197,11 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     let k8s = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s");
     let rules = k8s.join("helm/medallion/files/medallion.rules.yaml");
     let promtool = |args: &[&std::ffi::OsStr], dir: &std::path::Path| {
-        let out = std::process::Command::new("promtool")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("promtool (Debian's prometheus package)");
+        let out = medallion_tests::output(
+            std::process::Command::new("promtool")
+                .args(args)
+                .current_dir(dir),
+        );
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)

@@ -284,12 +284,12 @@ fn each_role_may_call_only_what_it_may() {
     let mut cli = std::process::Command::new(medallion_tests::medallion_bin());
     cli.args(["runs", "--coordinator", &url])
         .current_dir(ws.path());
-    let refused = cli.output().unwrap();
+    let refused = medallion_tests::output(&mut cli);
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("requires a token"), "{stderr}");
     ws.write("viewer.token", &format!("{viewer}\n"));
-    let served = cli.args(["--token-file", "viewer.token"]).output().unwrap();
+    let served = medallion_tests::output(cli.args(["--token-file", "viewer.token"]));
     assert!(
         served.status.success(),
         "{}",
@@ -329,11 +329,9 @@ fn each_role_may_call_only_what_it_may() {
     let as_sales = |args: &[&str]| {
         let mut cli = std::process::Command::new(medallion_tests::medallion_bin());
         cli.args(args).args(["--coordinator", &url]);
-        let out = cli
-            .env("MEDALLION_TOKEN", &sales)
-            .current_dir(ws.path())
-            .output();
-        medallion_tests::Invocation::from(out.unwrap())
+        medallion_tests::Invocation::from(medallion_tests::output(
+            cli.env("MEDALLION_TOKEN", &sales).current_dir(ws.path()),
+        ))
     };
     let refused = as_sales(&["submit", "pipeline.yaml"]);
     assert_eq!(refused.code, 2, "{}", refused.stderr);

@@ -133,11 +133,11 @@ fn a_browser_sees_the_graph_runs_failures_and_live_progress_and_triggers_a_run()
         "shots": shots,
         "axe": axe(),
     });
-    let out = Command::new(medallion_tests::python())
-        .arg(medallion_tests::py_dir().join("ui_browser.py"))
-        .arg(args.to_string())
-        .output()
-        .unwrap();
+    let out = medallion_tests::output(
+        Command::new(medallion_tests::python())
+            .arg(medallion_tests::py_dir().join("ui_browser.py"))
+            .arg(args.to_string()),
+    );
     assert!(
         out.status.success(),
         "{}\n{}",

@@ -78,11 +78,11 @@ impl Azurite {
              blobs = BlobServiceClient.from_connection_string(sys.argv[1])\n\
              args = sys.argv[2:]\n{code}"
         );
-        let out = Command::new(python())
-            .args(["-c", &script, &self.connection_string()])
-            .args(args)
-            .output()
-            .expect("run python");
+        let out = crate::output(
+            Command::new(python())
+                .args(["-c", &script, &self.connection_string()])
+                .args(args),
+        );
         assert!(
             out.status.success(),
             "azure-storage-blob failed: {}",

@@ -442,14 +442,23 @@ impl Cluster {
             .env
             .iter()
             .filter(|(k, _)| !removed.contains(&k.as_str()));
-        let out = Command::new(medallion_bin())
+        let mut command = Command::new(medallion_bin());
+        command
             .args(args)
             .current_dir(ws.path())
             .envs(env.cloned())
             .env("MEDALLION_COORDINATOR", urls)
-            .env("MEDALLION_LOG", "warn")
-            .output()
-            .expect("run medallion");
+            .env("MEDALLION_LOG", "warn");
+        let out = crate::output_within(&mut command, crate::COMMAND_LIMIT).unwrap_or_else(|out| {
+            panic!(
+                "`medallion {}` was still running after {:?}; it printed:\n{}\n{}\n{}",
+                args.join(" "),
+                crate::COMMAND_LIMIT,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.logs()
+            )
+        });
         Invocation::from(out)
     }
 

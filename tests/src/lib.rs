@@ -1,8 +1,12 @@
 //! Support for the end-to-end tests: a scratch workspace, the real `medallion` binary and the
 //! independent Delta readers (Python `deltalake` and DuckDB, see `tests/py/delta_check.py`).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use wait_timeout::ChildExt;
 
 use serde_json::Value;
 
@@ -40,6 +44,61 @@ pub fn binary(name: &str) -> PathBuf {
 /// The Python that has the readers installed (`scripts/test` sets up a virtualenv).
 pub fn python() -> String {
     std::env::var("MEDALLION_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The longest one command of a test may take. A process that hangs fails its test with what
+/// it printed by then, instead of holding a test thread until CI's own limit ends the run.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// [`Command::output`], but the command is killed after `limit`: `Err` holds what it printed
+/// until then.
+pub fn output_within(command: &mut Command, limit: Duration) -> Result<Output, Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    // Drained on threads so that a chatty process never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let ended = child.wait_timeout(limit).expect("wait for a command");
+    let status = match ended {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            child.wait().expect("wait for a killed command")
+        }
+    };
+    let output = Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    };
+    match ended {
+        Some(_) => Ok(output),
+        None => Err(output),
+    }
+}
+
+/// [`output_within`] [`COMMAND_LIMIT`]; a command still running then fails the test.
+pub fn output(command: &mut Command) -> Output {
+    output_within(command, COMMAND_LIMIT).unwrap_or_else(|out| {
+        panic!(
+            "{command:?} was still running after {COMMAND_LIMIT:?}; it printed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 /// The outcome of one `medallion` invocation.
@@ -141,14 +200,13 @@ impl Workspace {
 
     /// Runs `medallion` with `args` in the workspace.
     pub fn medallion(&self, args: &[&str]) -> Invocation {
-        let out = Command::new(medallion_bin())
-            .args(args)
-            .current_dir(self.path())
-            .envs(self.env())
-            .env("MEDALLION_LOG", "warn")
-            .output()
-            .expect("run medallion");
-        Invocation::from(out)
+        Invocation::from(output(
+            Command::new(medallion_bin())
+                .args(args)
+                .current_dir(self.path())
+                .envs(self.env())
+                .env("MEDALLION_LOG", "warn"),
+        ))
     }
 
     /// Starts `medallion run <spec>` and SIGKILLs it after `delay` (no cleanup of any kind);
@@ -247,12 +305,12 @@ pub fn py_dir() -> PathBuf {
 
 /// Runs Python `code` with `args` (`sys.argv[1:]`), which must succeed; its standard output.
 pub fn run_python(code: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(code)
-        .args(args.iter().map(|a| a.as_ref()))
-        .output()
-        .expect("run python");
+    let out = output(
+        Command::new(python())
+            .arg("-c")
+            .arg(code)
+            .args(args.iter().map(|a| a.as_ref())),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -274,7 +332,7 @@ fn delta_check(args: &[&str]) -> Command {
 }
 
 fn json_output(mut command: Command) -> Value {
-    let out = command.output().expect("run python");
+    let out = output(&mut command);
     let args: Vec<_> = command.get_args().skip(1).collect();
     assert!(
         out.status.success(),

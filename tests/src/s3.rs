@@ -97,11 +97,11 @@ impl S3Server {
                  aws_access_key_id='{ACCESS_KEY}', aws_secret_access_key='{SECRET_KEY}')\n\
              args = sys.argv[2:]\n{code}"
         );
-        let out = Command::new(python())
-            .args(["-c", &script, &self.endpoint])
-            .args(args)
-            .output()
-            .expect("run python");
+        let out = crate::output(
+            Command::new(python())
+                .args(["-c", &script, &self.endpoint])
+                .args(args),
+        );
         assert!(
             out.status.success(),
             "boto3 failed: {}",
