@@ -48,6 +48,14 @@ need_etcd() {
   command -v etcd >/dev/null || apt_install etcd-server
 }
 
+# PostgreSQL's server, for the database source tests (they run their own throwaway cluster
+# on a free port, as the `postgres` user when run as root; not as a service).
+need_postgres() {
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
+  command -v psql >/dev/null || apt_install postgresql-client
+  if command -v systemctl >/dev/null; then systemctl disable --now postgresql >/dev/null 2>&1 || true; fi
+}
+
 # Prometheus, which the metrics test runs to scrape the cluster (not as a service).
 need_prometheus() {
   command -v prometheus >/dev/null || apt_install prometheus

@@ -28,7 +28,7 @@ use medallion_pipeline::{Pipeline, TableRef, meta};
 use medallion_proto::TaskMetrics;
 
 use crate::planner::{
-    CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_QUARANTINED, INFO_SPEC, Target, inputs_info,
+    CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_POSITION, INFO_QUARANTINED, INFO_SPEC, Target, inputs_info,
     spec_fingerprint,
 };
 use crate::quality;
@@ -116,6 +116,7 @@ impl CommitContext<'_> {
             files: Vec::new(),
             ledger_version: None,
             reingest: Vec::new(),
+            position: None,
         };
         let commit_id = match &committed {
             Ok(done) => quarantine_commit_id(&done.commit_id),
@@ -427,8 +428,26 @@ impl CommitContext<'_> {
                 let fingerprint = spec_fingerprint(self.pipeline);
                 info.push((INFO_SPEC.to_string(), fingerprint.into()));
             }
-            (CommitPlan::Append { files, .. }, None) => {
-                info.push(("medallion.source_files".to_string(), files.clone().into()));
+            (
+                CommitPlan::Append {
+                    files, position, ..
+                },
+                None,
+            ) => {
+                if !files.is_empty() {
+                    info.push(("medallion.source_files".to_string(), files.clone().into()));
+                }
+                if let Some(position) = position {
+                    info.push((INFO_POSITION.to_string(), position.clone()));
+                }
+            }
+            (
+                CommitPlan::Replace {
+                    position: Some(position),
+                },
+                None,
+            ) => {
+                info.push((INFO_POSITION.to_string(), position.clone()));
             }
             (_, None) => {}
         }

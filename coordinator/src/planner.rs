@@ -17,7 +17,8 @@ use medallion_lake::changes::Changes;
 use medallion_lake::objects;
 use medallion_pipeline::report::{ChangedFiles, Engine, Refresh};
 use medallion_pipeline::spec::{
-    GoldEngine, OnChange, SchemaEvolution, SilverSpec, SourceFormat, SourceSpec, WriteMode,
+    GoldEngine, OnChange, SchemaEvolution, SilverSpec, SourceFormat, SourceKind, SourceSpec,
+    WriteMode,
 };
 use medallion_pipeline::{Layer, Pipeline, TableRef, meta};
 use medallion_proto::{AggregateWork, IngestWork, Task, TransformWork, task::Work};
@@ -48,12 +49,17 @@ pub enum CommitPlan {
     /// (`None`: the table did not exist). The commit is made on that version, so a concurrent
     /// ingest of the same files conflicts instead of doubling rows. `reingest`: files among
     /// `files` ingested before and changed since (`on_change: reingest`), whose earlier rows
-    /// the commit replaces.
+    /// the commit replaces. `position`: how far a source that is not files was read (see
+    /// [`INFO_POSITION`]).
     Append {
         files: Vec<String>,
         ledger_version: Option<u64>,
         reingest: Vec<String>,
+        position: Option<serde_json::Value>,
     },
+    /// Replace every row of a bronze table with the files, recording how far its source was
+    /// read, if it records that: a rebuild, or a database source without a cursor.
+    Replace { position: Option<serde_json::Value> },
     /// Replace every row of the table with the files (or create the table with them).
     Overwrite { inputs: Inputs },
     /// Add the files' rows to the table: an incremental refresh of a table without keys.
@@ -94,14 +100,16 @@ impl CommitPlan {
         match self {
             CommitPlan::Merge { .. } => true,
             CommitPlan::Append { reingest, .. } => !reingest.is_empty(),
-            CommitPlan::Overwrite { .. } | CommitPlan::Insert { .. } => false,
+            CommitPlan::Overwrite { .. } | CommitPlan::Insert { .. } | CommitPlan::Replace { .. } => {
+                false
+            }
         }
     }
 
     /// The input versions it records, for all but bronze.
     pub fn inputs(&self) -> Option<&Inputs> {
         match self {
-            CommitPlan::Append { .. } => None,
+            CommitPlan::Append { .. } | CommitPlan::Replace { .. } => None,
             CommitPlan::Overwrite { inputs }
             | CommitPlan::Insert { inputs }
             | CommitPlan::Merge { inputs, .. } => Some(inputs),
@@ -250,6 +258,9 @@ pub struct BallistaTarget {
 
 /// `commitInfo` key: the versions of the tables a commit was computed from.
 pub const INFO_INPUTS: &str = "medallion.inputs";
+/// `commitInfo` key: how far a bronze commit read a source that is not files (a database's
+/// cursor), so the next run reads on from there: `{"cursor": {"type": "int", "value": 7}}`.
+pub const INFO_POSITION: &str = "medallion.source_position";
 /// `commitInfo` key: the fingerprint of the spec a commit was computed with.
 pub const INFO_SPEC: &str = "medallion.spec_fingerprint";
 /// `commitInfo` key: a commit's own id, to tell after an error whether it landed, and which
@@ -354,6 +365,9 @@ impl RunContext<'_> {
             .pipeline
             .source(&spec.source.value)
             .context("no such source")?;
+        if let SourceKind::Postgres(pg) = source.kind() {
+            return self.plan_database(table, source, pg).await;
+        }
         let listed = list_source_files(self.pipeline, source).await?;
         let target = self.target(table, None);
         if self.rebuild.contains(table) {
@@ -382,6 +396,7 @@ impl RunContext<'_> {
                 files: Vec::new(),
                 ledger_version,
                 reingest,
+                position: None,
             };
             let mut plan = StagePlan::nothing_to_do(commit, target);
             plan.source_changes.files_changed = files_changed;
@@ -403,6 +418,7 @@ impl RunContext<'_> {
                 files: new_files.into_iter().map(|f| f.id).collect(),
                 ledger_version,
                 reingest,
+                position: None,
             },
             target,
             engine: None,
@@ -472,6 +488,7 @@ impl RunContext<'_> {
                         .collect(),
                     ingested_at_micros: self.ingested_at_micros,
                     data_schema_json: data_schema_json.clone(),
+                    database: None,
                 });
                 self.task(target, n, work)
             })
@@ -494,7 +511,7 @@ impl RunContext<'_> {
                 "{table} cannot be rebuilt: its source '{}' is a template ({}) that names one \
                  interval's files; re-run each interval instead",
                 source.name.value,
-                source.path.value
+                source.path()
             );
         }
         let spec = self
@@ -505,9 +522,7 @@ impl RunContext<'_> {
         let tasks = self.ingest_tasks(&target, spec.files_per_task, &files, &data)?;
         Ok(StagePlan {
             tasks,
-            commit: CommitPlan::Overwrite {
-                inputs: Inputs::new(),
-            },
+            commit: CommitPlan::Replace { position: None },
             target,
             engine: None,
             refresh: Some(Refresh::Full {
@@ -530,7 +545,7 @@ impl RunContext<'_> {
         let dir = std::env::temp_dir();
         for location in groups.iter().flatten() {
             if objects::is_object_url(location) && !copies.contains_key(location) {
-                let copy = match source.format {
+                let copy = match source.file_format() {
                     // The first records are in the first lines: fetch those only.
                     SourceFormat::Json | SourceFormat::Csv => {
                         objects::local_head_copy(location, &opts, &dir, INFERENCE_SAMPLE_BYTES)
@@ -1009,6 +1024,7 @@ fn existing_data_columns(table: &deltalake::DeltaTable) -> Result<Schema> {
     Ok(Schema::new(data))
 }
 
+mod database;
 mod refresh;
 
 /// The most tasks a bronze stage is split into: beyond it each task takes more files, so a

@@ -1,4 +1,4 @@
-//! Bronze: source files to raw rows plus ingestion metadata.
+//! Bronze: source files or a database's rows to raw rows plus ingestion metadata.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,9 +11,13 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::record_batch::RecordBatch;
 use medallion_lake::objects;
 use medallion_pipeline::meta;
-use medallion_proto::{IngestWork, SourceFile, TaskError, TaskMetrics};
+use futures::StreamExt;
+use medallion_pipeline::spec::{PostgresSource, SourceKind};
+use medallion_proto::{DatabaseSlice, IngestWork, SourceFile, TaskError, TaskMetrics};
+use medallion_sources::postgres::{Connection, PgError, Postgres};
 use medallion_sources::{ReadOptions, SourceError};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{Output, TaskContext, transient};
 
@@ -22,11 +26,7 @@ fn bronze_schema(data: &Schema) -> SchemaRef {
     let read = medallion_sources::with_rescued_column(data);
     let mut fields: Vec<Field> = read.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend([
-        Field::new(
-            meta::INGESTED_AT,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
+        ingested_at_field(),
         Field::new(meta::SOURCE_FILE, DataType::Utf8, false),
         // Nullable: tables made before they were recorded gain them as new columns.
         Field::new(meta::SOURCE_FILE_SIZE, DataType::Int64, true),
@@ -35,6 +35,33 @@ fn bronze_schema(data: &Schema) -> SchemaRef {
         Field::new(meta::INGESTION_DATE, DataType::Date32, false),
     ]);
     Arc::new(Schema::new(fields))
+}
+
+/// The bronze schema of a database's rows: its typed columns, then the metadata that is not
+/// about files (nothing is rescued: the values arrive typed).
+fn database_schema(data: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = data.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend([
+        ingested_at_field(),
+        Field::new(meta::SOURCE_NAME, DataType::Utf8, false),
+        Field::new(meta::INGESTION_DATE, DataType::Date32, false),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+fn ingested_at_field() -> Field {
+    Field::new(
+        meta::INGESTED_AT,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    )
+}
+
+/// Days since the epoch of the ingestion time: `_ingestion_date`, bronze's partition.
+fn ingestion_days(at: DateTime<Utc>) -> i32 {
+    at.date_naive()
+        .signed_duration_since(DateTime::UNIX_EPOCH.date_naive())
+        .num_days() as i32
 }
 
 pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, TaskError> {
@@ -49,9 +76,18 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
     let data = work
         .data_schema()
         .map_err(|e| TaskError::permanent(format!("{e:#}")))?;
-    let schema = bronze_schema(&data);
     let ingested_at = DateTime::<Utc>::from_timestamp_micros(work.ingested_at_micros)
         .ok_or_else(|| TaskError::permanent("ingestion time out of range"))?;
+    if let (Some(slice), SourceKind::Postgres(pg)) = (&work.database, source.kind()) {
+        let rows = DatabaseRows {
+            source: &source.name.value,
+            pg,
+            data,
+            ingested_at,
+        };
+        return rows.ingest(ctx, slice).await;
+    }
+    let schema = bronze_schema(&data);
     let reader = FileIngest {
         options: ReadOptions::new(source),
         data,
@@ -184,11 +220,7 @@ impl FileIngest {
         file: &SourceFile,
     ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
         let n = batch.num_rows();
-        let days = self
-            .ingested_at
-            .date_naive()
-            .signed_duration_since(DateTime::UNIX_EPOCH.date_naive())
-            .num_days() as i32;
+        let days = ingestion_days(self.ingested_at);
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns.push(Arc::new(
             TimestampMicrosecondArray::from(vec![self.ingested_at.timestamp_micros(); n])
@@ -203,5 +235,63 @@ impl FileIngest {
         ])));
         columns.push(Arc::new(Date32Array::from(vec![days; n])));
         RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
+/// One task's slice of a database source's rows.
+struct DatabaseRows<'a> {
+    source: &'a str,
+    pg: &'a PostgresSource,
+    data: SchemaRef,
+    ingested_at: DateTime<Utc>,
+}
+
+impl DatabaseRows<'_> {
+    /// Reads the slice's rows and writes them as they come, a few batches at a time.
+    async fn ingest(&self, ctx: &TaskContext, slice: &DatabaseSlice) -> Result<Output, TaskError> {
+        let failed = |e: PgError| TaskError::transient(format!("bronze.{}: {e}", ctx.table.name));
+        let connection = Connection::resolve(&ctx.pipeline, self.pg)
+            .map_err(|e| TaskError::permanent(format!("source '{}': {e}", self.source)))?;
+        let db = Postgres::connect(self.pg, self.source, &connection)
+            .await
+            .map_err(failed)?;
+        let schema = database_schema(&self.data);
+        let (tx, rx) = mpsc::channel::<RecordBatch>(4);
+        let reading = async move {
+            let read = db.read(&slice.sql, &self.data, &tx).await;
+            drop(tx);
+            read
+        };
+        let batches = ReceiverStream::new(rx).map(|b| Ok(self.with_metadata(b)?));
+        let writing = ctx.write_files(
+            &ctx.output_uri,
+            schema.clone(),
+            &ctx.partition_columns,
+            batches,
+        );
+        let (read, written) = tokio::join!(reading, writing);
+        let rows = read.map_err(failed)?;
+        let metrics = TaskMetrics {
+            rows_read: rows,
+            rows_written: rows,
+            ..Default::default()
+        };
+        tracing::info!(source = self.source, slice = %slice.describe, rows, "database rows read");
+        Ok(Output::new(written.map_err(transient)?, schema, metrics))
+    }
+
+    fn with_metadata(&self, batch: RecordBatch) -> anyhow::Result<RecordBatch> {
+        let n = batch.num_rows();
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![self.ingested_at.timestamp_micros(); n])
+                .with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(StringArray::from(vec![self.source; n])));
+        columns.push(Arc::new(Date32Array::from(vec![
+            ingestion_days(self.ingested_at);
+            n
+        ])));
+        Ok(RecordBatch::try_new(database_schema(&self.data), columns)?)
     }
 }

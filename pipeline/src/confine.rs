@@ -28,6 +28,10 @@ use crate::error::{Errors, SpecErrors};
 use crate::pipeline::{Pipeline, RunDate, normalize};
 use crate::spec::LakeSpec;
 
+/// The environment variables a confined spec may name (`password_env`, `url: env:...`):
+/// those set for it, not the cluster's own credentials.
+pub const SECRET_ENV_PREFIX: &str = "MEDALLION_SECRET_";
+
 /// The directories and URL prefixes a coordinator's pipelines may use: see the module docs.
 #[derive(Debug)]
 pub struct Confinement {
@@ -129,9 +133,33 @@ impl Confinement {
             errors.on(&pipeline.spec.lake, field, message);
         }
         for (i, source) in pipeline.spec.sources.iter().enumerate() {
-            let location = pipeline.source_location(source);
-            if let Err(message) = self.allows(&self.sources, &location, "sources") {
-                errors.on(&source.path, format!("sources[{i}].path"), message);
+            if let Some(path) = &source.path {
+                let location = pipeline.source_location(source);
+                if let Err(message) = self.allows(&self.sources, &location, "sources") {
+                    errors.on(path, format!("sources[{i}].path"), message);
+                }
+            }
+            let Some(pg) = &source.postgres else {
+                continue;
+            };
+            // A submitted spec must not make the cluster send its own files or variables
+            // as a password to a server the spec names.
+            if let Some(file) = &pg.value.password_file {
+                let location = pipeline.spec_relative(&file.value);
+                if let Err(message) = self.allows(&self.sources, &location, "sources") {
+                    errors.on(file, format!("sources[{i}].postgres.password_file"), message);
+                }
+            }
+            let url_env = pg.value.url.value.strip_prefix("env:");
+            let envs = [("url", url_env), ("password_env", pg.value.password_env.as_ref().map(|v| v.value.as_str()))];
+            for (field, var) in envs {
+                if let Some(var) = var.filter(|v| !v.starts_with(SECRET_ENV_PREFIX)) {
+                    errors.on(
+                        &pg.value.url,
+                        format!("sources[{i}].postgres.{field}"),
+                        format!("{var}: a cluster gives specs only the variables named {SECRET_ENV_PREFIX}*"),
+                    );
+                }
             }
         }
         if !errors.found.is_empty() {

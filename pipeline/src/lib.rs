@@ -20,7 +20,7 @@ pub mod sql;
 mod template;
 pub mod types;
 
-pub use confine::Confinement;
+pub use confine::{Confinement, SECRET_ENV_PREFIX};
 pub use dag::{Dag, Layer, TableRef};
 pub use error::{SpecError, SpecErrors};
 pub use pipeline::{Pipeline, QUARANTINE_SUFFIX, RunDate};

@@ -349,9 +349,15 @@ impl Pipeline {
         }
     }
 
+    /// A path written in the spec (a source's `password_file`), resolved against the spec's
+    /// directory.
+    pub fn spec_relative(&self, written: &str) -> String {
+        resolve_location(&self.base_dir, written)
+    }
+
     /// A source's path or glob, resolved against the spec's directory.
     pub fn source_location(&self, source: &SourceSpec) -> String {
-        resolve_location(&self.base_dir, &source.path.value)
+        resolve_location(&self.base_dir, source.path())
     }
 
     /// The options of the store a source's objects are in: the lake's, with the source's own
@@ -875,16 +881,117 @@ fn check_store<T>(errors: &mut Errors, at: &Spanned<T>, field: &str, location: &
     }
 }
 
-fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
-    if s.path.value.trim().is_empty() {
-        errors.on(&s.path, format!("sources[{i}].path"), "must not be empty");
+fn validate_postgres(errors: &mut Errors, field: &str, pg: &PostgresSource) {
+    let url = &pg.url.value;
+    if let Some(var) = url.strip_prefix("env:") {
+        if var.trim().is_empty() {
+            errors.on(&pg.url, format!("{field}.url"), "'env:' needs a variable name");
+        }
     } else {
-        check_store(
-            errors,
-            &s.path,
-            &format!("sources[{i}].path"),
-            &s.path.value,
+        match url::Url::parse(url) {
+            Ok(u) if !matches!(u.scheme(), "postgres" | "postgresql") => errors.on(
+                &pg.url,
+                format!("{field}.url"),
+                format!("'{}://' is not a PostgreSQL URL (postgres://user@host:5432/database)", u.scheme()),
+            ),
+            Ok(u) if u.password().is_some() => errors.on(
+                &pg.url,
+                format!("{field}.url"),
+                "a password does not belong in a spec: use password_env or password_file",
+            ),
+            Ok(_) => {}
+            Err(e) => errors.on(
+                &pg.url,
+                format!("{field}.url"),
+                format!("not a URL ({e}): postgres://user@host:5432/database"),
+            ),
+        }
+    }
+    if pg.password_env.is_some() && pg.password_file.is_some() {
+        errors.on(
+            &pg.url,
+            format!("{field}.password_file"),
+            "give password_env or password_file, not both",
         );
+    }
+    match (&pg.table, &pg.query) {
+        (Some(t), Some(_)) => errors.on(t, format!("{field}.query"), "give table or query, not both"),
+        (None, None) => errors.on(&pg.url, field, "needs a table or a query"),
+        (Some(t), None) if !t.value.split('.').all(valid_sql_name) || t.value.split('.').count() > 2 => {
+            errors.on(
+                t,
+                format!("{field}.table"),
+                format!("'{}' is not a table name (name or schema.name)", t.value),
+            )
+        }
+        _ => {}
+    }
+    for (name, column) in [("cursor", &pg.cursor), ("partition_by", &pg.partition_by)] {
+        if let Some(c) = column.as_ref().filter(|c| !valid_sql_name(&c.value)) {
+            errors.on(c, format!("{field}.{name}"), format!("'{}' is not a column name", c.value));
+        }
+    }
+    if let Some(p) = &pg.partitions {
+        if !(1..=1024).contains(&p.value) {
+            errors.on(p, format!("{field}.partitions"), "must be between 1 and 1024");
+        }
+        if pg.partition_by.is_none() {
+            errors.on(p, format!("{field}.partitions"), "needs partition_by, the column to split by");
+        }
+    }
+}
+
+/// A plain SQL identifier (letters, digits, `_`, not starting with a digit): quoted as is.
+fn valid_sql_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
+    match (&s.path, &s.postgres) {
+        (Some(_), Some(pg)) => errors.on(
+            pg,
+            format!("sources[{i}].postgres"),
+            "a source is either files (path) or a database (postgres), not both",
+        ),
+        (None, None) => errors.on(
+            &s.name,
+            format!("sources[{i}]"),
+            "needs a path (files) or postgres (a database table or query)",
+        ),
+        (Some(path), None) if path.value.trim().is_empty() => {
+            errors.on(path, format!("sources[{i}].path"), "must not be empty")
+        }
+        (Some(path), None) => {
+            check_store(errors, path, &format!("sources[{i}].path"), &path.value);
+            if s.format.is_none() {
+                errors.on(
+                    path,
+                    format!("sources[{i}].format"),
+                    "files need a format: json, csv or parquet",
+                );
+            }
+        }
+        (None, Some(pg)) => {
+            validate_postgres(errors, &format!("sources[{i}].postgres"), &pg.value);
+            if let Some(format) = s.format {
+                errors.on(
+                    pg,
+                    format!("sources[{i}].format"),
+                    format!("'{format:?}' is for files; a postgres source has its own types"),
+                );
+            }
+            if s.schema.is_some() {
+                errors.on(
+                    pg,
+                    format!("sources[{i}].schema"),
+                    "a postgres source takes its columns' types from the database",
+                );
+            }
+        }
     }
     for key in s.storage_options.keys() {
         if is_credential(key) {

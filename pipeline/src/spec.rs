@@ -239,14 +239,21 @@ pub enum SourceFormat {
     Parquet,
 }
 
-/// A place raw data arrives: files matching a path or glob.
+/// A place raw data arrives: files matching a path or glob (`format` and `path`), or a
+/// database (`postgres`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     pub name: Spanned<String>,
-    pub format: SourceFormat,
+    /// The files' format; required with `path`.
+    #[serde(default)]
+    pub format: Option<SourceFormat>,
     /// A file, a directory (all files in it) or a glob; relative to the spec file.
-    pub path: Spanned<String>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// A PostgreSQL table or query, read in parallel ranges.
+    #[serde(default)]
+    pub postgres: Option<Spanned<PostgresSource>>,
     #[serde(default)]
     pub options: FormatOptions,
     /// Declared column types. Without it every column is read as raw text (JSON, CSV) or with
@@ -267,12 +274,93 @@ pub struct SourceSpec {
     pub on_change: OnChange,
 }
 
+/// What kind of place a source is.
+#[derive(Debug, Clone, Copy)]
+pub enum SourceKind<'a> {
+    Files(SourceFormat),
+    Postgres(&'a PostgresSource),
+}
+
 impl SourceSpec {
+    /// The source's kind (validation makes sure exactly one is given).
+    pub fn kind(&self) -> SourceKind<'_> {
+        match &self.postgres {
+            Some(pg) => SourceKind::Postgres(&pg.value),
+            None => SourceKind::Files(self.format.unwrap_or(SourceFormat::Json)),
+        }
+    }
+
+    /// The files' format (JSON lines for a source that is not files).
+    pub fn file_format(&self) -> SourceFormat {
+        self.format.unwrap_or(SourceFormat::Json)
+    }
+
+    /// The files' path or glob as written (empty for a source that is not files).
+    pub fn path(&self) -> &str {
+        self.path.as_ref().map_or("", |p| p.value.as_str())
+    }
+
     pub fn schema_evolution(&self) -> SchemaEvolution {
         self.schema_evolution.unwrap_or(match self.schema {
             Some(_) => SchemaEvolution::Rescue,
             None => SchemaEvolution::AddNewColumns,
         })
+    }
+}
+
+/// A PostgreSQL table or query as a source.
+///
+/// Each run reads the rows whose `cursor` is past the one its table's last commit recorded,
+/// up to the largest `cursor` when the run planned, in `partitions` ranges of `partition_by`
+/// read at the same time (one task each), straight into Arrow columns. The cursor read is
+/// recorded in the bronze commit that adds the rows, so a run that dies reads again exactly
+/// what was not committed. Without a `cursor`, each run reads every row and replaces the
+/// table's.
+///
+/// The password comes from `password_env` or `password_file` (a mounted secret), never from
+/// the spec: a `url` with a password in it is refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSource {
+    /// `postgres://user@host:5432/database`, or `env:NAME` for a URL held in an environment
+    /// variable.
+    pub url: Spanned<String>,
+    /// The environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<Spanned<String>>,
+    /// A file holding the password (its first line).
+    #[serde(default)]
+    pub password_file: Option<Spanned<String>>,
+    /// The table (`schema.table`) to read; or `query`.
+    #[serde(default)]
+    pub table: Option<Spanned<String>>,
+    /// A `SELECT` to read the rows of; or `table`.
+    #[serde(default)]
+    pub query: Option<Spanned<String>>,
+    /// A column that only grows (an id, an `updated_at`): each run reads the rows past the
+    /// last one committed. Integer, date or timestamp.
+    #[serde(default)]
+    pub cursor: Option<Spanned<String>>,
+    /// An integer, date or timestamp column the rows are split by into `partitions` ranges of
+    /// equal width, read at the same time [default: one range].
+    #[serde(default)]
+    pub partition_by: Option<Spanned<String>>,
+    /// How many ranges of `partition_by` [default: 4].
+    #[serde(default)]
+    pub partitions: Option<Spanned<u32>>,
+}
+
+impl PostgresSource {
+    pub const DEFAULT_PARTITIONS: u32 = 4;
+
+    pub fn partitions(&self) -> u32 {
+        match &self.partition_by {
+            Some(_) => self
+                .partitions
+                .as_ref()
+                .map_or(Self::DEFAULT_PARTITIONS, |p| p.value),
+            None => 1,
+        }
     }
 }
 

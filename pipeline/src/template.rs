@@ -40,8 +40,12 @@ pub(crate) fn render(
     };
     let mut templates = Vec::new();
     for (i, source) in spec.sources.iter_mut().enumerate() {
-        let written = source.path.value.clone();
-        let templated = render(format!("sources[{i}].path"), &mut source.path);
+        let Some(path) = &mut source.path else {
+            templates.push(None);
+            continue;
+        };
+        let written = path.value.clone();
+        let templated = render(format!("sources[{i}].path"), path);
         templates.push(templated.then_some(written));
     }
     for (i, t) in spec.silver.iter_mut().enumerate() {

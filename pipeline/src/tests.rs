@@ -175,7 +175,7 @@ fn templated_fields_are_rendered_for_the_run_interval() {
         RunDate::Date(day),
     )
     .unwrap();
-    assert_eq!(p.spec.sources[0].path.value, "in/2026-05-17/*.jsonl");
+    assert_eq!(p.spec.sources[0].path(), "in/2026-05-17/*.jsonl");
     assert_eq!(p.spec.silver[0].filters[0].value, "'20260517' <> ''");
     assert!(
         p.spec.gold[0]

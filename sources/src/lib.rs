@@ -9,6 +9,7 @@ mod csv;
 mod infer;
 mod json;
 mod parquet;
+pub mod postgres;
 mod text;
 
 use std::fs::File;
@@ -59,7 +60,7 @@ impl ReadOptions {
     pub fn new(source: &SourceSpec) -> Self {
         let options = &source.options;
         Self {
-            format: source.format,
+            format: source.file_format(),
             header: options.header,
             delimiter: options
                 .delimiter

@@ -187,10 +187,18 @@ fn vacuum_deletes_what_no_retained_version_needs_and_what_killed_runs_left() {
         "a finished run left its staging"
     );
 
-    // Full refreshes killed at growing delays until one leaves uncommitted files behind.
+    // Full refreshes killed once a silver or gold task has written a file, until one leaves
+    // uncommitted files behind (the table may commit between the file and the kill).
+    let written = || -> usize {
+        SILVER_AND_GOLD
+            .iter()
+            .map(|t| medallion_tests::parquet_files(&ws.path().join("lake").join(t)))
+            .sum()
+    };
     let mut left = BTreeSet::new();
-    for delay_ms in [300, 600, 1000, 1500, 2200, 3000, 4000, 6000] {
-        ws.killed_after(&full_refresh, Duration::from_millis(delay_ms));
+    for _ in 0..8 {
+        let before = written();
+        ws.killed_when(&full_refresh, || written() > before);
         left = SILVER_AND_GOLD
             .iter()
             .flat_map(|t| orphans(&ws, t).into_iter().map(|p| (t.to_string(), p)))

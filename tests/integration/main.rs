@@ -20,5 +20,6 @@ mod recovery;
 mod schedule;
 mod security;
 mod serve;
+mod sources;
 mod storage;
 mod ui;

@@ -13,6 +13,7 @@ use serde_json::Value;
 pub mod azure;
 pub mod cluster;
 pub mod faults;
+pub mod postgres;
 pub mod prometheus;
 pub mod s3;
 pub mod tls;
@@ -231,6 +232,35 @@ impl Workspace {
         running
     }
 
+    /// Starts `medallion <args>` and SIGKILLs it as soon as `ready` holds (polled every 20
+    /// ms, for up to [`COMMAND_LIMIT`]): a kill at a point of the run's own progress, not after
+    /// a delay a loaded machine may not have reached. Whether it was still running then.
+    pub fn killed_when(&self, args: &[&str], mut ready: impl FnMut() -> bool) -> bool {
+        let mut child = Command::new(medallion_bin())
+            .args(args)
+            .current_dir(self.path())
+            .envs(self.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run medallion");
+        let started = std::time::Instant::now();
+        let mut killed = false;
+        while started.elapsed() < COMMAND_LIMIT {
+            if child.try_wait().expect("child status").is_some() {
+                break;
+            }
+            if ready() {
+                killed = child.try_wait().expect("child status").is_none();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        killed
+    }
+
     /// Runs a spec in embedded mode with a JSON report.
     pub fn run(&self, spec: &str) -> Invocation {
         self.medallion(&["run", spec, "--output", "json", "--executors", "2"])
@@ -287,6 +317,24 @@ impl Workspace {
     pub fn has_table(&self, rel: &str) -> bool {
         self.path().join(rel).join("_delta_log").is_dir()
     }
+}
+
+/// The Parquet files under `dir`, committed or not (a table's data files and what its
+/// running tasks are writing).
+pub fn parquet_files(dir: &Path) -> usize {
+    let mut found = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                found += 1;
+            }
+        }
+    }
+    found
 }
 
 /// Reads a Delta table (a path, or a URL with its storage options) with both readers.

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 use medallion_pipeline::report::{CheckResult, Refresh, TableReport, TableStatus};
+use medallion_pipeline::spec::SourceKind;
 use medallion_pipeline::{Layer, Pipeline, TableRef};
 use medallion_proto::{ExecutorStatus, PipelineInfo, RunInfo, RunState};
 
@@ -259,10 +260,17 @@ fn graph_of(
         .map(|s| Node {
             id: format!("source:{}", s.name.value),
             title: format!("source {}", s.name.value),
-            lines: vec![
-                format!("{:?}", s.format).to_lowercase(),
-                s.path.value.clone(),
-            ],
+            lines: match s.kind() {
+                SourceKind::Files(format) => {
+                    vec![format!("{format:?}").to_lowercase(), s.path().to_string()]
+                }
+                SourceKind::Postgres(pg) => vec![
+                    "postgres".to_string(),
+                    pg.table
+                        .as_ref()
+                        .map_or_else(|| "query".to_string(), |t| t.value.clone()),
+                ],
+            },
             state: NodeState::None,
             href: None,
         })

@@ -1,0 +1,124 @@
+//! Bronze from a database: the rows past the cursor the table's last ingestion recorded, up
+//! to the largest cursor when the run plans, in ranges read at the same time.
+//!
+//! The cursor the run read up to goes into the bronze commit's info ([`INFO_POSITION`]), in
+//! the same atomic commit as the rows; the commit is made on the version the previous cursor
+//! was read at, so two runs reading the same rows conflict instead of both landing. A run
+//! that dies before its commit leaves the cursor where it was: the next run reads those rows
+//! again, and nothing twice.
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::TryStreamExt;
+use medallion_pipeline::TableRef;
+use medallion_pipeline::report::Refresh;
+use medallion_pipeline::spec::{PostgresSource, SourceSpec};
+use medallion_proto::{DatabaseSlice, IngestWork, task::Work};
+use medallion_sources::postgres::{Connection, Key, Postgres};
+
+use super::{CommitPlan, INFO_POSITION, RunContext, SourceChanges, StagePlan};
+
+impl RunContext<'_> {
+    pub(super) async fn plan_database(
+        &self,
+        table: &TableRef,
+        source: &SourceSpec,
+        pg: &PostgresSource,
+    ) -> Result<StagePlan> {
+        let name = &source.name.value;
+        let target = self.target(table, None);
+        let connection =
+            Connection::resolve(self.pipeline, pg).map_err(|e| anyhow!("source '{name}': {e}"))?;
+        let db = Postgres::connect(pg, name, &connection).await?;
+        let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
+        let rebuild = self.rebuild.contains(table);
+        let after = match (&existing, &pg.cursor) {
+            (Some(t), Some(_)) if !rebuild => last_position(t, table).await?,
+            _ => None,
+        };
+        let plan = db.plan(after.as_ref()).await?;
+        let data = db.schema().await?;
+        let position = plan.cursor.as_ref().map(|k| serde_json::json!({ "cursor": k }));
+        let (commit, refresh) = match (&pg.cursor, rebuild) {
+            (Some(_), false) => (
+                CommitPlan::Append {
+                    files: Vec::new(),
+                    ledger_version: existing.as_ref().and_then(|t| t.version()),
+                    reingest: Vec::new(),
+                    position,
+                },
+                None,
+            ),
+            (cursor, _) => {
+                let reason = match cursor {
+                    Some(_) => "rebuilt from every row of the source (rerun --full-refresh)",
+                    None => "a database source without a cursor is read whole each run",
+                };
+                let refresh = Refresh::Full {
+                    reason: reason.into(),
+                };
+                (CommitPlan::Replace { position }, Some(refresh))
+            }
+        };
+        let columns_added = match &existing {
+            Some(t) => {
+                let columns = t.snapshot()?.snapshot().arrow_schema();
+                data.fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .filter(|n| columns.field_with_name(n).is_err())
+                    .cloned()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let data_schema_json = medallion_lake::schema_to_json(&data)?;
+        let tasks = plan
+            .slices
+            .into_iter()
+            .enumerate()
+            .map(|(n, slice)| {
+                let work = Work::Ingest(IngestWork {
+                    files: Vec::new(),
+                    ingested_at_micros: self.ingested_at_micros,
+                    data_schema_json: data_schema_json.clone(),
+                    database: Some(DatabaseSlice {
+                        sql: slice.sql,
+                        describe: slice.describe,
+                    }),
+                });
+                self.task(&target, n, work)
+            })
+            .collect();
+        Ok(StagePlan {
+            tasks,
+            commit,
+            target,
+            engine: None,
+            refresh,
+            source_changes: SourceChanges {
+                columns_added,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+/// The cursor the table's newest ingestion recorded; `None` for a table without rows.
+async fn last_position(t: &deltalake::DeltaTable, table: &TableRef) -> Result<Option<Key>> {
+    let history: Vec<_> = t.history(None).try_collect().await?;
+    for commit in history {
+        if let Some(position) = commit.info.get(INFO_POSITION) {
+            let cursor = position.get("cursor").cloned().unwrap_or_default();
+            return serde_json::from_value(cursor)
+                .with_context(|| format!("{table}: unreadable {INFO_POSITION}: {position}"));
+        }
+    }
+    let snapshot = t.snapshot()?;
+    if snapshot.log_data().num_files() == 0 {
+        return Ok(None);
+    }
+    bail!(
+        "{table} has rows but no commit in its log records how far its source was read \
+         ({INFO_POSITION}); rebuild it from the source with `medallion rerun <run> --full-refresh {table}`"
+    )
+}
