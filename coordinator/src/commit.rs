@@ -28,8 +28,8 @@ use medallion_pipeline::{Pipeline, TableRef, meta};
 use medallion_proto::TaskMetrics;
 
 use crate::planner::{
-    CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_POSITION, INFO_QUARANTINED, INFO_SPEC, Target, inputs_info,
-    spec_fingerprint,
+    CommitPlan, INFO_COMMIT_ID, INFO_INPUTS, INFO_POSITION, INFO_QUARANTINED, INFO_SPEC, Target,
+    inputs_info, spec_fingerprint,
 };
 use crate::quality;
 

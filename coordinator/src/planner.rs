@@ -100,9 +100,9 @@ impl CommitPlan {
         match self {
             CommitPlan::Merge { .. } => true,
             CommitPlan::Append { reingest, .. } => !reingest.is_empty(),
-            CommitPlan::Overwrite { .. } | CommitPlan::Insert { .. } | CommitPlan::Replace { .. } => {
-                false
-            }
+            CommitPlan::Overwrite { .. }
+            | CommitPlan::Insert { .. }
+            | CommitPlan::Replace { .. } => false,
         }
     }
 

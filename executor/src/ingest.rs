@@ -9,9 +9,9 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use futures::StreamExt;
 use medallion_lake::objects;
 use medallion_pipeline::meta;
-use futures::StreamExt;
 use medallion_pipeline::spec::{PostgresSource, SourceKind};
 use medallion_proto::{DatabaseSlice, IngestWork, SourceFile, TaskError, TaskMetrics};
 use medallion_sources::postgres::{Connection, PgError, Postgres};
@@ -262,7 +262,7 @@ impl DatabaseRows<'_> {
             drop(tx);
             read
         };
-        let batches = ReceiverStream::new(rx).map(|b| Ok(self.with_metadata(b)?));
+        let batches = ReceiverStream::new(rx).map(|b| self.with_metadata(b));
         let writing = ctx.write_files(
             &ctx.output_uri,
             schema.clone(),
@@ -289,7 +289,9 @@ impl DatabaseRows<'_> {
         ));
         columns.push(Arc::new(StringArray::from(vec![self.source; n])));
         columns.push(Arc::new(Date32Array::from(vec![
-            ingestion_days(self.ingested_at);
+            ingestion_days(
+                self.ingested_at
+            );
             n
         ])));
         Ok(RecordBatch::try_new(database_schema(&self.data), columns)?)

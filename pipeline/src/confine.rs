@@ -147,11 +147,21 @@ impl Confinement {
             if let Some(file) = &pg.value.password_file {
                 let location = pipeline.spec_relative(&file.value);
                 if let Err(message) = self.allows(&self.sources, &location, "sources") {
-                    errors.on(file, format!("sources[{i}].postgres.password_file"), message);
+                    errors.on(
+                        file,
+                        format!("sources[{i}].postgres.password_file"),
+                        message,
+                    );
                 }
             }
             let url_env = pg.value.url.value.strip_prefix("env:");
-            let envs = [("url", url_env), ("password_env", pg.value.password_env.as_ref().map(|v| v.value.as_str()))];
+            let envs = [
+                ("url", url_env),
+                (
+                    "password_env",
+                    pg.value.password_env.as_ref().map(|v| v.value.as_str()),
+                ),
+            ];
             for (field, var) in envs {
                 if let Some(var) = var.filter(|v| !v.starts_with(SECRET_ENV_PREFIX)) {
                     errors.on(
@@ -282,6 +292,39 @@ mod tests {
         c.admit(spec(lake, path), "p.yaml".into(), RunDate::Latest)
             .err()
             .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_database_source_reads_only_secrets_meant_for_specs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(tmp.path()).unwrap();
+        let c = confined(&dir);
+        let admit = |postgres: &str| {
+            let yaml = format!(
+                "pipeline: p\nlake: lake\nsources:\n  - name: db\n    postgres: {{ table: t, {postgres} }}\n"
+            );
+            c.admit(yaml, "p.yaml".into(), RunDate::Latest)
+                .err()
+                .map(|e| e.to_string())
+        };
+        let url = "url: 'postgres://u@h/db'";
+        assert_eq!(
+            admit(&format!("{url}, password_env: MEDALLION_SECRET_DB")),
+            None
+        );
+        assert_eq!(
+            admit(&format!("{url}, password_file: data/db.secret")),
+            None
+        );
+        let e = admit(&format!("{url}, password_env: AWS_SECRET_ACCESS_KEY")).unwrap();
+        assert!(
+            e.contains("sources[0].postgres.password_env: AWS_SECRET_ACCESS_KEY"),
+            "{e}"
+        );
+        let e = admit("url: 'env:DATABASE_URL'").unwrap();
+        assert!(e.contains("sources[0].postgres.url: DATABASE_URL"), "{e}");
+        let e = admit(&format!("{url}, password_file: /etc/shadow")).unwrap();
+        assert!(e.contains("sources[0].postgres.password_file"), "{e}");
     }
 
     #[test]

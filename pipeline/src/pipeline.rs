@@ -885,14 +885,21 @@ fn validate_postgres(errors: &mut Errors, field: &str, pg: &PostgresSource) {
     let url = &pg.url.value;
     if let Some(var) = url.strip_prefix("env:") {
         if var.trim().is_empty() {
-            errors.on(&pg.url, format!("{field}.url"), "'env:' needs a variable name");
+            errors.on(
+                &pg.url,
+                format!("{field}.url"),
+                "'env:' needs a variable name",
+            );
         }
     } else {
         match url::Url::parse(url) {
             Ok(u) if !matches!(u.scheme(), "postgres" | "postgresql") => errors.on(
                 &pg.url,
                 format!("{field}.url"),
-                format!("'{}://' is not a PostgreSQL URL (postgres://user@host:5432/database)", u.scheme()),
+                format!(
+                    "'{}://' is not a PostgreSQL URL (postgres://user@host:5432/database)",
+                    u.scheme()
+                ),
             ),
             Ok(u) if u.password().is_some() => errors.on(
                 &pg.url,
@@ -915,9 +922,13 @@ fn validate_postgres(errors: &mut Errors, field: &str, pg: &PostgresSource) {
         );
     }
     match (&pg.table, &pg.query) {
-        (Some(t), Some(_)) => errors.on(t, format!("{field}.query"), "give table or query, not both"),
+        (Some(t), Some(_)) => {
+            errors.on(t, format!("{field}.query"), "give table or query, not both")
+        }
         (None, None) => errors.on(&pg.url, field, "needs a table or a query"),
-        (Some(t), None) if !t.value.split('.').all(valid_sql_name) || t.value.split('.').count() > 2 => {
+        (Some(t), None)
+            if !t.value.split('.').all(valid_sql_name) || t.value.split('.').count() > 2 =>
+        {
             errors.on(
                 t,
                 format!("{field}.table"),
@@ -928,15 +939,27 @@ fn validate_postgres(errors: &mut Errors, field: &str, pg: &PostgresSource) {
     }
     for (name, column) in [("cursor", &pg.cursor), ("partition_by", &pg.partition_by)] {
         if let Some(c) = column.as_ref().filter(|c| !valid_sql_name(&c.value)) {
-            errors.on(c, format!("{field}.{name}"), format!("'{}' is not a column name", c.value));
+            errors.on(
+                c,
+                format!("{field}.{name}"),
+                format!("'{}' is not a column name", c.value),
+            );
         }
     }
     if let Some(p) = &pg.partitions {
         if !(1..=1024).contains(&p.value) {
-            errors.on(p, format!("{field}.partitions"), "must be between 1 and 1024");
+            errors.on(
+                p,
+                format!("{field}.partitions"),
+                "must be between 1 and 1024",
+            );
         }
         if pg.partition_by.is_none() {
-            errors.on(p, format!("{field}.partitions"), "needs partition_by, the column to split by");
+            errors.on(
+                p,
+                format!("{field}.partitions"),
+                "needs partition_by, the column to split by",
+            );
         }
     }
 }

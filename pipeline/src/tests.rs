@@ -72,6 +72,56 @@ fn every_error_is_reported_with_its_place() {
 }
 
 #[test]
+fn a_postgres_source_is_checked_field_by_field() {
+    let with = |postgres: &str| {
+        VALID.replace(
+            "  - { name: api, format: json, path: in/*.jsonl }",
+            &format!("  - name: api\n    postgres: {{ {postgres} }}"),
+        )
+    };
+    let p = parse(&with(
+        "url: 'postgres://u@db:5432/shop', password_env: PW, table: public.orders, cursor: updated_at, partition_by: id, partitions: 8",
+    ))
+    .unwrap();
+    let pg = p.spec.sources[0].postgres.as_ref().unwrap();
+    assert_eq!(pg.value.partitions(), 8);
+    let errors = parse(&with(
+        "url: 'postgres://u:hunter2@db/shop', table: 'a.b.c', query: 'SELECT 1', cursor: 'x-y', partitions: 0",
+    ))
+    .unwrap_err();
+    for expected in [
+        "sources[0].postgres.url: a password does not belong in a spec",
+        "sources[0].postgres.query: give table or query, not both",
+        "sources[0].postgres.cursor: 'x-y' is not a column name",
+        "sources[0].postgres.partitions: must be between 1 and 1024",
+        "sources[0].postgres.partitions: needs partition_by",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{expected}: {errors:#?}"
+        );
+    }
+    assert!(errors.iter().all(|e| !e.contains("hunter2")), "{errors:#?}");
+    let errors = parse(&with("url: 'mysql://db/shop', table: t")).unwrap_err();
+    assert!(
+        errors[0].contains("'mysql://' is not a PostgreSQL URL"),
+        "{errors:?}"
+    );
+    let both = VALID.replace(
+        "path: in/*.jsonl }",
+        "path: in/*.jsonl, postgres: { url: 'postgres://db/x', table: t } }",
+    );
+    let errors = parse(&both).unwrap_err();
+    assert!(
+        errors[0].contains("either files (path) or a database"),
+        "{errors:?}"
+    );
+    let neither = VALID.replace("format: json, path: in/*.jsonl", "format: json");
+    let errors = parse(&neither).unwrap_err();
+    assert!(errors[0].contains("needs a path"), "{errors:?}");
+}
+
+#[test]
 fn yaml_errors_carry_the_line() {
     let errors = parse(&VALID.replace("format: json", "format: xml")).unwrap_err();
     assert_eq!(errors.len(), 1);

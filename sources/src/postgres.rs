@@ -83,8 +83,8 @@ impl Connection {
         }
         if let Some(file) = &pg.password_file {
             let path = pipeline.spec_relative(&file.value);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("password_file {path}: {e}"))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("password_file {path}: {e}"))?;
             config.password(text.lines().next().unwrap_or_default());
         }
         config.application_name("medallion");
@@ -125,7 +125,9 @@ impl Key {
     fn ordinal(&self) -> i64 {
         match self {
             Key::Int(v) => *v,
-            Key::Date(d) => d.signed_duration_since(DateTime::UNIX_EPOCH.date_naive()).num_days(),
+            Key::Date(d) => d
+                .signed_duration_since(DateTime::UNIX_EPOCH.date_naive())
+                .num_days(),
             Key::Timestamp(t) => t.and_utc().timestamp_micros(),
             Key::Timestamptz(t) => t.timestamp_micros(),
         }
@@ -135,9 +137,9 @@ impl Key {
     fn at(&self, ordinal: i64) -> Key {
         match self {
             Key::Int(_) => Key::Int(ordinal),
-            Key::Date(_) => Key::Date(
-                DateTime::UNIX_EPOCH.date_naive() + chrono::Duration::days(ordinal),
-            ),
+            Key::Date(_) => {
+                Key::Date(DateTime::UNIX_EPOCH.date_naive() + chrono::Duration::days(ordinal))
+            }
             Key::Timestamp(_) => Key::Timestamp(
                 DateTime::from_timestamp_micros(ordinal)
                     .unwrap_or_default()
@@ -153,10 +155,16 @@ impl Key {
     fn from_row(row: &Row, i: usize) -> Result<Option<Key>, String> {
         let ty = row.columns()[i].type_().clone();
         let key = match ty {
-            Type::INT2 => row.try_get::<_, Option<i16>>(i).map(|v| v.map(|v| Key::Int(v.into()))),
-            Type::INT4 => row.try_get::<_, Option<i32>>(i).map(|v| v.map(|v| Key::Int(v.into()))),
+            Type::INT2 => row
+                .try_get::<_, Option<i16>>(i)
+                .map(|v| v.map(|v| Key::Int(v.into()))),
+            Type::INT4 => row
+                .try_get::<_, Option<i32>>(i)
+                .map(|v| v.map(|v| Key::Int(v.into()))),
             Type::INT8 => row.try_get::<_, Option<i64>>(i).map(|v| v.map(Key::Int)),
-            Type::DATE => row.try_get::<_, Option<NaiveDate>>(i).map(|v| v.map(Key::Date)),
+            Type::DATE => row
+                .try_get::<_, Option<NaiveDate>>(i)
+                .map(|v| v.map(Key::Date)),
             Type::TIMESTAMP => row
                 .try_get::<_, Option<NaiveDateTime>>(i)
                 .map(|v| v.map(Key::Timestamp)),
@@ -259,7 +267,10 @@ impl<'a> Postgres<'a> {
             Some(c) => {
                 let c = quote(&c.value);
                 let past = after.map(|k| format!(" WHERE {c} > {}", k.literal()));
-                let sql = format!("SELECT max({c}) FROM {relation}{}", past.unwrap_or_default());
+                let sql = format!(
+                    "SELECT max({c}) FROM {relation}{}",
+                    past.unwrap_or_default()
+                );
                 let Some(upto) = self.key(&sql).await? else {
                     return Ok(ReadPlan {
                         slices: Vec::new(),
@@ -321,7 +332,8 @@ impl<'a> Postgres<'a> {
             .query_one(&sql, &[])
             .await
             .map_err(|e| self.error(db_error(&e)))?;
-        let bound = |i| Key::from_row(&row, i).map_err(|e| self.error(format!("partition_by: {e}")));
+        let bound =
+            |i| Key::from_row(&row, i).map_err(|e| self.error(format!("partition_by: {e}")));
         let (Some(low), Some(high)) = (bound(0)?, bound(1)?) else {
             return Ok(vec![None]);
         };
@@ -337,7 +349,11 @@ impl<'a> Postgres<'a> {
         for (i, cut) in cuts.iter().enumerate() {
             ranges.push(Some(match i {
                 0 => format!("({p} < {} OR {p} IS NULL)", cut.literal()),
-                _ => format!("{p} >= {} AND {p} < {}", cuts[i - 1].literal(), cut.literal()),
+                _ => format!(
+                    "{p} >= {} AND {p} < {}",
+                    cuts[i - 1].literal(),
+                    cut.literal()
+                ),
             }));
         }
         ranges.push(cuts.last().map(|c| format!("{p} >= {}", c.literal())));
@@ -364,11 +380,13 @@ impl<'a> Postgres<'a> {
         let columns = self.columns().await?;
         let same = |c: &Column, f: &Field| c.name == *f.name() && c.data_type == *f.data_type();
         if columns.len() != schema.fields().len()
-            || columns.iter().zip(schema.fields()).any(|(c, f)| !same(c, f))
+            || columns
+                .iter()
+                .zip(schema.fields())
+                .any(|(c, f)| !same(c, f))
         {
-            return Err(self.error(
-                "its columns changed since the run was planned; the next run plans again",
-            ));
+            return Err(self
+                .error("its columns changed since the run was planned; the next run plans again"));
         }
         let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
         let stream = self
@@ -518,19 +536,28 @@ impl Column {
         builder: &mut dyn ArrayBuilder,
     ) -> Result<(), String> {
         fn cast<B: 'static>(b: &mut dyn ArrayBuilder) -> &mut B {
-            b.as_any_mut().downcast_mut::<B>().expect("builder of the column's type")
+            b.as_any_mut()
+                .downcast_mut::<B>()
+                .expect("builder of the column's type")
         }
         let e = |e: tokio_postgres::Error| e.to_string();
         match &self.data_type {
-            DataType::Boolean => cast::<BooleanBuilder>(builder).append_option(row.try_get::<Option<bool>>(i).map_err(e)?),
-            DataType::Int16 => cast::<Int16Builder>(builder).append_option(row.try_get::<Option<i16>>(i).map_err(e)?),
-            DataType::Int32 => cast::<Int32Builder>(builder).append_option(row.try_get::<Option<i32>>(i).map_err(e)?),
-            DataType::Int64 => cast::<Int64Builder>(builder).append_option(row.try_get::<Option<i64>>(i).map_err(e)?),
-            DataType::Float32 => cast::<Float32Builder>(builder).append_option(row.try_get::<Option<f32>>(i).map_err(e)?),
-            DataType::Float64 => cast::<Float64Builder>(builder).append_option(row.try_get::<Option<f64>>(i).map_err(e)?),
+            DataType::Boolean => cast::<BooleanBuilder>(builder)
+                .append_option(row.try_get::<Option<bool>>(i).map_err(e)?),
+            DataType::Int16 => cast::<Int16Builder>(builder)
+                .append_option(row.try_get::<Option<i16>>(i).map_err(e)?),
+            DataType::Int32 => cast::<Int32Builder>(builder)
+                .append_option(row.try_get::<Option<i32>>(i).map_err(e)?),
+            DataType::Int64 => cast::<Int64Builder>(builder)
+                .append_option(row.try_get::<Option<i64>>(i).map_err(e)?),
+            DataType::Float32 => cast::<Float32Builder>(builder)
+                .append_option(row.try_get::<Option<f32>>(i).map_err(e)?),
+            DataType::Float64 => cast::<Float64Builder>(builder)
+                .append_option(row.try_get::<Option<f64>>(i).map_err(e)?),
             DataType::Date32 => {
                 let days = row.try_get::<Option<NaiveDate>>(i).map_err(e)?.map(|d| {
-                    d.signed_duration_since(DateTime::UNIX_EPOCH.date_naive()).num_days() as i32
+                    d.signed_duration_since(DateTime::UNIX_EPOCH.date_naive())
+                        .num_days() as i32
                 });
                 cast::<Date32Builder>(builder).append_option(days)
             }
@@ -547,12 +574,17 @@ impl Column {
             DataType::Decimal128(p, s) => {
                 let text = row.try_get::<Option<&str>>(i).map_err(e)?;
                 let value = text
-                    .map(|t| arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(t, *p, *s))
+                    .map(|t| {
+                        arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(
+                            t, *p, *s,
+                        )
+                    })
                     .transpose()
                     .map_err(|e| e.to_string())?;
                 cast::<Decimal128Builder>(builder).append_option(value)
             }
-            _ => cast::<StringBuilder>(builder).append_option(row.try_get::<Option<&str>>(i).map_err(e)?),
+            _ => cast::<StringBuilder>(builder)
+                .append_option(row.try_get::<Option<&str>>(i).map_err(e)?),
         }
         Ok(())
     }
@@ -564,7 +596,10 @@ fn numeric_precision(modifier: i32) -> Option<(u8, i8)> {
     // PostgreSQL stores ((precision << 16) | scale) + VARHDRSZ (4); -1 when unconstrained.
     let m = modifier.checked_sub(4).filter(|m| *m >= 0)?;
     let (p, s) = ((m >> 16) & 0xffff, m & 0xffff);
-    (1..=38).contains(&p).then_some((p as u8, s as i8)).filter(|(_, s)| *s >= 0 && (*s as u8) <= 38)
+    (1..=38)
+        .contains(&p)
+        .then_some((p as u8, s as i8))
+        .filter(|(_, s)| *s >= 0 && (*s as u8) <= 38)
 }
 
 #[cfg(test)]

@@ -47,7 +47,14 @@ impl Postgres {
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["-U", USER, "-E", "UTF8", "--no-sync", "--auth=scram-sha-256"])
+            .args([
+                "-U",
+                USER,
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--auth=scram-sha-256",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()));
         as_owner(&mut initdb);
         let out = crate::output(&mut initdb);
@@ -93,7 +100,15 @@ impl Postgres {
     fn try_psql(&self, sql: &str) -> Result<String, String> {
         let out = crate::output(
             Command::new("psql")
-                .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", &self.url()])
+                .args([
+                    "-X",
+                    "-q",
+                    "-At",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                    &self.url(),
+                ])
                 .args(["-c", sql])
                 .env("PGPASSWORD", PASSWORD),
         );
@@ -112,27 +127,38 @@ impl Postgres {
 /// The newest PostgreSQL server Debian installed (`/usr/lib/postgresql/<version>/bin`).
 fn server_bin_dir() -> PathBuf {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL's server is missing: scripts/test installs it (apt-get install postgresql)")
+        .expect(
+            "PostgreSQL's server is missing: scripts/test installs it (apt-get install postgresql)",
+        )
         .flatten()
         .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
         .filter(|(_, bin)| bin.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("a PostgreSQL server under /usr/lib/postgresql").1
+    versions
+        .pop()
+        .expect("a PostgreSQL server under /usr/lib/postgresql")
+        .1
 }
 
 /// The `postgres` account's ids when running as root, which the server refuses to run as.
 fn server_user() -> Option<(u32, u32)> {
     let id = |flag: &str| {
         let out = Command::new("id").args([flag]).output().ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().ok()
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .ok()
     };
     if id("-u")? != 0 {
         return None;
     }
     let of = |flag: &str| {
         let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().ok()
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .ok()
     };
     Some((of("-u")?, of("-g")?))
 }

@@ -37,7 +37,10 @@ impl RunContext<'_> {
         };
         let plan = db.plan(after.as_ref()).await?;
         let data = db.schema().await?;
-        let position = plan.cursor.as_ref().map(|k| serde_json::json!({ "cursor": k }));
+        let position = plan
+            .cursor
+            .as_ref()
+            .map(|k| serde_json::json!({ "cursor": k }));
         let (commit, refresh) = match (&pg.cursor, rebuild) {
             (Some(_), false) => (
                 CommitPlan::Append {
