@@ -1,6 +1,7 @@
 //! Sources that are not files, against real servers: PostgreSQL read in parallel ranges, each
 //! run only the rows past the cursor its last bronze commit recorded.
 
+use medallion_tests::cluster::Cluster;
 use medallion_tests::postgres::{self, Postgres};
 use medallion_tests::{Workspace, metric, parquet_files, run_python, table};
 use serde_json::Value;
@@ -279,4 +280,56 @@ fn kill_mid_ingest(ws: &Workspace) -> bool {
     let (before, files_before) = (commits(&bronze), parquet_files(&bronze));
     let run = ["run", "pipeline.yaml", "--executors", "2"];
     ws.killed_when(&run, || parquet_files(&bronze) > files_before) && commits(&bronze) == before
+}
+
+/// On a cluster, each range is a task on an executor, which reads the password from its own
+/// environment; an executor SIGKILLed while its range is being read has the range read again
+/// elsewhere, and bronze holds each row once.
+#[test]
+fn a_postgres_range_on_a_killed_executor_is_read_again_elsewhere() {
+    let pg = Postgres::start();
+    pg.psql(&format!("CREATE SCHEMA shop; {ORDERS_TABLE}"));
+    pg.psql(&insert_orders(1, 300_000, 0));
+    let ws = workspace(&pg, 6);
+    let mut cluster = Cluster::start(&ws, 1, 3);
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    let victim = cluster.executor_running("bronze.orders");
+    cluster.executors[victim].kill();
+    let status = cluster.wait(&ws, &run_id);
+    assert_eq!(
+        status["state"],
+        "succeeded",
+        "{status:#}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster.coordinators[0]
+            .log_text()
+            .contains("executor lost under a running task"),
+        "no range was being read on the killed executor:\n{}",
+        cluster.logs()
+    );
+    assert_same_rows(
+        &compare_with_export(
+            &ws.path().join("lake/bronze/orders"),
+            &copy_export(&pg, &ws, "export.csv"),
+        ),
+        300_000,
+    );
+    assert!(
+        !cluster.logs().contains(postgres::PASSWORD),
+        "the password is in a log"
+    );
+}
+
+/// The example spec is valid as shipped.
+#[test]
+fn the_postgres_example_validates() {
+    let ws = Workspace::new();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/postgres/pipeline.yaml"
+    );
+    let out = ws.medallion(&["validate", example]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }
