@@ -401,7 +401,7 @@ fn gold_on_ballista_equals_local_datafusion() {
         "    engine: ballista\n    checks:\n      - { name: one_row_per_customer",
     );
     assert_eq!(on_ballista.matches("engine: ballista").count(), 1);
-    ws.write("pipeline.yaml", &on_ballista);
+    ws.write("pipeline.yaml", &fail_hung_attempts(&on_ballista));
     let cluster = Cluster::start_with(&ws, 1, 3, &["--ballista-min-input", "1KiB"]);
 
     let run_id = cluster.submit(&ws, "pipeline.yaml");
@@ -435,7 +435,7 @@ fn tpch_gold_on_ballista_equals_local_datafusion() {
     .unwrap();
     ws.write(
         "pipeline.yaml",
-        &spec.replace("\n    sql: |", "\n    engine: ballista\n    sql: |"),
+        &fail_hung_attempts(&spec.replace("\n    sql: |", "\n    engine: ballista\n    sql: |")),
     );
     ws.write(
         "embedded.yaml",
@@ -466,6 +466,15 @@ fn tpch_gold_on_ballista_equals_local_datafusion() {
     }
 }
 
+/// A spec whose task attempts end after 5 minutes (`timeouts.task`). A CI run once hung (no
+/// progress for over an hour) in two of these Ballista tests at the same time, cause not
+/// found: a gold query that hangs on Ballista then fails its run, naming the task and the
+/// timeout, instead of stalling the test run.
+fn fail_hung_attempts(spec: &str) -> String {
+    assert!(spec.contains("\nsources:") && !spec.contains("timeouts:"));
+    spec.replacen("\nsources:", "\ntimeouts: { task: 5m }\nsources:", 1)
+}
+
 /// Row lists (sorted the same way by the reader) equal, numbers to 1e-9 relative: a
 /// distributed aggregate adds its partial sums in another order.
 fn assert_rows_equal_within(ours: &Value, reference: &Value, what: &str) {
@@ -491,10 +500,10 @@ fn executor_killed_during_a_ballista_query_loses_nothing() {
     let spec = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
     ws.write(
         "pipeline.yaml",
-        &spec.replace(
+        &fail_hung_attempts(&spec.replace(
             "    checks:\n      - { name: one_row_per_",
             "    engine: ballista\n    checks:\n      - { name: one_row_per_",
-        ),
+        )),
     );
     let mut cluster = Cluster::start(&ws, 1, 3);
     let run_id = cluster.submit(&ws, "pipeline.yaml");
@@ -538,7 +547,7 @@ fn ballista_follows_a_new_leader() {
     let spec = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
     let without_feed = spec.replace("    change_data_feed: true\n", "");
     assert_ne!(spec, without_feed);
-    ws.write("pipeline.yaml", &without_feed);
+    ws.write("pipeline.yaml", &fail_hung_attempts(&without_feed));
     let mut cluster = Cluster::start_with(&ws, 2, 2, &["--ballista-min-input", "1KiB"]);
     let first = cluster.submit(&ws, "pipeline.yaml");
     assert_succeeded(&cluster.wait(&ws, &first), &cluster);
