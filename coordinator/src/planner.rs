@@ -365,8 +365,10 @@ impl RunContext<'_> {
             .pipeline
             .source(&spec.source.value)
             .context("no such source")?;
-        if let SourceKind::Postgres(pg) = source.kind() {
-            return self.plan_database(table, source, pg).await;
+        match source.kind() {
+            SourceKind::Postgres(pg) => return self.plan_database(table, source, pg).await,
+            SourceKind::Http(api) => return self.plan_api(table, api).await,
+            SourceKind::Files(_) => {}
         }
         let listed = list_source_files(self.pipeline, source).await?;
         let target = self.target(table, None);
@@ -489,6 +491,7 @@ impl RunContext<'_> {
                     ingested_at_micros: self.ingested_at_micros,
                     data_schema_json: data_schema_json.clone(),
                     database: None,
+                    api: None,
                 });
                 self.task(target, n, work)
             })
@@ -945,6 +948,48 @@ impl RunContext<'_> {
     }
 }
 
+/// How far the table's newest ingestion read its source ([`INFO_POSITION`]); `None` for a
+/// table without rows.
+async fn last_position(
+    t: &deltalake::DeltaTable,
+    table: &TableRef,
+) -> Result<Option<serde_json::Value>> {
+    let history: Vec<_> = t.history(None).try_collect().await?;
+    if let Some(position) = history.iter().find_map(|c| c.info.get(INFO_POSITION)) {
+        return Ok(Some(position.clone()));
+    }
+    if t.snapshot()?.log_data().num_files() == 0 {
+        return Ok(None);
+    }
+    bail!(
+        "{table} has rows but no commit in its log records how far its source was read \
+         ({INFO_POSITION}); rebuild it from the source with `medallion rerun <run> --full-refresh {table}`"
+    )
+}
+
+impl CommitPlan {
+    /// The plan with how far the tasks read a source whose position only the reading tells
+    /// (an API's `since`): what each task result says, recorded with the commit.
+    pub fn read_up_to(mut self, results: &[medallion_proto::TaskResult]) -> Result<Self> {
+        let read = results
+            .iter()
+            .filter(|r| !r.position_json.is_empty())
+            .map(|r| serde_json::from_str(&r.position_json))
+            .next()
+            .transpose()
+            .context("a task's position is not JSON")?;
+        if let Some(read) = read {
+            match &mut self {
+                CommitPlan::Append { position, .. } | CommitPlan::Replace { position } => {
+                    *position = Some(read)
+                }
+                _ => bail!("only bronze commits record how far a source was read"),
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// A source file as a bronze table's rows recorded it: its size and version when ingested
 /// (`None` for rows ingested before Medallion recorded them).
 type Ingested = HashMap<String, Option<(i64, String)>>;
@@ -1024,6 +1069,7 @@ fn existing_data_columns(table: &deltalake::DeltaTable) -> Result<Schema> {
     Ok(Schema::new(data))
 }
 
+mod api;
 mod database;
 mod refresh;
 

@@ -410,6 +410,7 @@ impl<'a> Coordinator<'a> {
             return Err(anyhow::anyhow!("{e}").into());
         }
         let staged = staged_output(&results)?;
+        let commit = plan.commit.clone().read_up_to(&results)?;
         let checks = run.pipeline.checks(table);
         let started = std::time::Instant::now();
         let Committed {
@@ -419,7 +420,7 @@ impl<'a> Coordinator<'a> {
             merge,
             ..
         } = commits
-            .commit(&plan.target, &plan.commit, staged, checks, &metrics)
+            .commit(&plan.target, &commit, staged, checks, &metrics)
             .await?;
         report.checks = checks;
         report.metrics.check_ms = check_ms;

@@ -12,8 +12,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use medallion_lake::objects;
 use medallion_pipeline::meta;
-use medallion_pipeline::spec::{PostgresSource, SourceKind};
-use medallion_proto::{DatabaseSlice, IngestWork, SourceFile, TaskError, TaskMetrics};
+use medallion_pipeline::spec::{
+    HttpSource, PostgresSource, SchemaEvolution, SourceKind, SourceSpec,
+};
+use medallion_proto::{ApiRead, DatabaseSlice, IngestWork, SourceFile, TaskError, TaskMetrics};
 use medallion_sources::postgres::{Connection, PgError, Postgres};
 use medallion_sources::{ReadOptions, SourceError};
 use tokio::sync::mpsc;
@@ -87,11 +89,10 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
         };
         return rows.ingest(ctx, slice).await;
     }
-    let schema = bronze_schema(&data);
-    let reader = FileIngest {
+    let reader = |data: SchemaRef| FileIngest {
         options: ReadOptions::new(source),
+        schema: bronze_schema(&data),
         data,
-        schema: schema.clone(),
         source_name: source.name.value.clone(),
         ingested_at,
         objects: Objects {
@@ -100,10 +101,21 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
             runtime: tokio::runtime::Handle::current(),
         },
     };
+    if let (Some(read), SourceKind::Http(api)) = (&work.api, source.kind()) {
+        return api_records(ctx, source, api, read, data, reader).await;
+    }
+    ingest_files(ctx, reader(data), work.files).await
+}
 
-    // Files are read on a blocking thread and written as they come, a few batches at a time.
+/// Reads `files` on a blocking thread, writing their rows as they come, a few batches at a
+/// time.
+async fn ingest_files(
+    ctx: &TaskContext,
+    reader: FileIngest,
+    files: Vec<SourceFile>,
+) -> Result<Output, TaskError> {
+    let schema = reader.schema.clone();
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<RecordBatch>>(4);
-    let files = work.files;
     let reading = tokio::task::spawn_blocking(move || reader.read_all(&files, &tx));
     let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let written = ctx
@@ -236,6 +248,71 @@ impl FileIngest {
         columns.push(Arc::new(Date32Array::from(vec![days; n])));
         RecordBatch::try_new(self.schema.clone(), columns)
     }
+}
+
+/// An API's records: fetched page by page into a JSON lines file in the scratch directory,
+/// then read like a source file (`_source_file` is the API's URL). The columns are the
+/// table's, plus the fields new in the records when the source adds new columns (all of them
+/// for a new table).
+async fn api_records(
+    ctx: &TaskContext,
+    source: &SourceSpec,
+    api: &HttpSource,
+    read: &ApiRead,
+    data: SchemaRef,
+    reader: impl FnOnce(SchemaRef) -> FileIngest,
+) -> Result<Output, TaskError> {
+    let failed = |e: String| TaskError::transient(format!("bronze.{}: {e}", ctx.table.name));
+    let since: Option<serde_json::Value> = match read.since_json.as_str() {
+        "" => None,
+        json => Some(serde_json::from_str(json).map_err(|e| TaskError::permanent(e.to_string()))?),
+    };
+    let lines = tempfile::Builder::new()
+        .prefix("api-")
+        .suffix(".jsonl")
+        .tempfile_in(&ctx.scratch_dir)
+        .map_err(transient)?;
+    let mut out = std::io::BufWriter::new(lines.as_file());
+    let fetched = medallion_sources::http::fetch(&ctx.pipeline, api, since.as_ref(), &mut out)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    std::io::Write::flush(&mut out).map_err(transient)?;
+    drop(out);
+    tracing::info!(source = %source.name.value, records = fetched.records, pages = fetched.pages, "API read");
+    let options = ReadOptions::new(source);
+    let found = medallion_sources::infer_schema(&[lines.path()], &options, usize::MAX)
+        .map_err(|e| failed(e.to_string()))?;
+    let adds =
+        data.fields().is_empty() || source.schema_evolution() == SchemaEvolution::AddNewColumns;
+    let mut fields: Vec<Field> = data.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for f in found.fields().iter().filter(|_| adds) {
+        if data.field_with_name(f.name()).is_err() {
+            fields.push(f.as_ref().clone());
+        }
+    }
+    let size = lines.as_file().metadata().map_err(transient)?.len();
+    let file = SourceFile {
+        path: lines.path().display().to_string(),
+        id: api.url.value.clone(),
+        size: size as i64,
+        version: read.since_json.clone(),
+        real_path: String::new(),
+    };
+    let mut output = match fetched.records {
+        0 => {
+            let nothing = medallion_lake::Written {
+                adds: Vec::new(),
+                write_time: std::time::Duration::ZERO,
+            };
+            let schema = bronze_schema(&Schema::new(fields));
+            Output::new(nothing, schema, TaskMetrics::default())
+        }
+        _ => ingest_files(ctx, reader(Arc::new(Schema::new(fields))), vec![file]).await?,
+    };
+    output.position = fetched
+        .since
+        .map(|since| serde_json::json!({ "since": since }));
+    Ok(output)
 }
 
 /// One task's slice of a database source's rows.

@@ -48,6 +48,8 @@ pub(crate) struct Output {
     pub metrics: TaskMetrics,
     /// Rows quarantined by checks, for the quarantine table.
     pub quarantine: Option<TableFiles>,
+    /// How far the task read its source, when only the reading tells (an API's `since`).
+    pub position: Option<serde_json::Value>,
 }
 
 impl Output {
@@ -61,6 +63,7 @@ impl Output {
             write_time: written.write_time,
             metrics,
             quarantine: None,
+            position: None,
         }
     }
 }
@@ -294,6 +297,7 @@ async fn run_work(
         }),
         // Set by the coordinator's runner, which knows where it sent the task.
         executor: String::new(),
+        position_json: out.position.map(|p| p.to_string()).unwrap_or_default(),
     })
 }
 

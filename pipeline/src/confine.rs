@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::error::{Errors, SpecErrors};
 use crate::pipeline::{Pipeline, RunDate, normalize};
-use crate::spec::LakeSpec;
+use crate::spec::{LakeSpec, Secret};
 
 /// The environment variables a confined spec may name (`password_env`, `url: env:...`):
 /// those set for it, not the cluster's own credentials.
@@ -139,36 +139,23 @@ impl Confinement {
                     errors.on(path, format!("sources[{i}].path"), message);
                 }
             }
-            let Some(pg) = &source.postgres else {
-                continue;
-            };
             // A submitted spec must not make the cluster send its own files or variables
-            // as a password to a server the spec names.
-            if let Some(file) = &pg.value.password_file {
-                let location = pipeline.spec_relative(&file.value);
-                if let Err(message) = self.allows(&self.sources, &location, "sources") {
-                    errors.on(
-                        file,
-                        format!("sources[{i}].postgres.password_file"),
-                        message,
-                    );
-                }
-            }
-            let url_env = pg.value.url.value.strip_prefix("env:");
-            let envs = [
-                ("url", url_env),
-                (
-                    "password_env",
-                    pg.value.password_env.as_ref().map(|v| v.value.as_str()),
-                ),
-            ];
-            for (field, var) in envs {
-                if let Some(var) = var.filter(|v| !v.starts_with(SECRET_ENV_PREFIX)) {
-                    errors.on(
-                        &pg.value.url,
-                        format!("sources[{i}].postgres.{field}"),
+            // as a secret to a server the spec names.
+            for (field, at, secret) in source.secrets() {
+                let field = format!("sources[{i}].{field}");
+                match secret {
+                    Secret::File(path) => {
+                        let location = pipeline.spec_relative(path);
+                        if let Err(message) = self.allows(&self.sources, &location, "sources") {
+                            errors.on(at, field, message);
+                        }
+                    }
+                    Secret::Env(var) if !var.starts_with(SECRET_ENV_PREFIX) => errors.on(
+                        at,
+                        field,
                         format!("{var}: a cluster gives specs only the variables named {SECRET_ENV_PREFIX}*"),
-                    );
+                    ),
+                    Secret::Env(_) => {}
                 }
             }
         }

@@ -964,6 +964,102 @@ fn validate_postgres(errors: &mut Errors, field: &str, pg: &PostgresSource) {
     }
 }
 
+fn validate_http(errors: &mut Errors, field: &str, http: &HttpSource) {
+    match url::Url::parse(&http.url.value) {
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => errors.on(
+            &http.url,
+            format!("{field}.url"),
+            format!("'{}://' is not an HTTP URL", u.scheme()),
+        ),
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => errors.on(
+            &http.url,
+            format!("{field}.url"),
+            "credentials do not belong in a spec: use auth with token_env or token_file",
+        ),
+        Ok(_) => {}
+        Err(e) => errors.on(
+            &http.url,
+            format!("{field}.url"),
+            format!("not a URL ({e})"),
+        ),
+    }
+    let named = http.params.keys().map(|k| ("params", k));
+    for (what, key) in named.chain(http.headers.keys().map(|k| ("headers", k))) {
+        if is_credential(key) || key.eq_ignore_ascii_case("authorization") {
+            errors.on(
+                &http.url,
+                format!("{field}.{what}.{key}"),
+                "secrets do not belong in a spec: use auth with token_env or token_file",
+            );
+        }
+    }
+    if let Some(auth) = http
+        .auth
+        .as_ref()
+        .filter(|a| a.value.token_env.is_some() == a.value.token_file.is_some())
+    {
+        errors.on(
+            auth,
+            format!("{field}.auth"),
+            "give token_env or token_file",
+        );
+    }
+    if let Some(p) = http
+        .records
+        .as_ref()
+        .filter(|p| !p.value.is_empty() && !p.value.starts_with('/'))
+    {
+        errors.on(
+            p,
+            format!("{field}.records"),
+            "a JSON pointer starts with '/' (/data/items)",
+        );
+    }
+    if let Some(p) = &http.pagination {
+        let needs = match p.value.style {
+            PaginationStyle::Page => p
+                .value
+                .param
+                .is_none()
+                .then_some("param (the page number's)"),
+            PaginationStyle::Cursor if p.value.param.is_none() => Some("param (the cursor's)"),
+            PaginationStyle::Cursor => p
+                .value
+                .next
+                .as_ref()
+                .filter(|n| n.starts_with('/'))
+                .is_none()
+                .then_some("next (a JSON pointer to the next cursor: /next)"),
+            PaginationStyle::Link => None,
+        };
+        if let Some(needs) = needs {
+            errors.on(p, format!("{field}.pagination"), format!("needs {needs}"));
+        }
+    }
+    if let Some(r) = http
+        .requests_per_second
+        .as_ref()
+        .filter(|r| !(r.value > 0.0 && r.value <= 1000.0))
+    {
+        errors.on(
+            r,
+            format!("{field}.requests_per_second"),
+            "must be above 0 and at most 1000",
+        );
+    }
+    if let Some(a) = http
+        .max_attempts
+        .as_ref()
+        .filter(|a| !(1..=100).contains(&a.value))
+    {
+        errors.on(
+            a,
+            format!("{field}.max_attempts"),
+            "must be between 1 and 100",
+        );
+    }
+}
+
 /// A plain SQL identifier (letters, digits, `_`, not starting with a digit): quoted as is.
 fn valid_sql_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -974,16 +1070,32 @@ fn valid_sql_name(name: &str) -> bool {
 }
 
 fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
+    let kinds = [s.path.is_some(), s.postgres.is_some(), s.http.is_some()];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        errors.on(
+            &s.name,
+            format!("sources[{i}]"),
+            "a source is one of files (path), a database (postgres) or an API (http)",
+        );
+        return;
+    }
+    if let Some(http) = &s.http {
+        validate_http(errors, &format!("sources[{i}].http"), &http.value);
+        if s.format.is_some() || s.schema.is_some() {
+            errors.on(
+                http,
+                format!("sources[{i}].format"),
+                "an http source is JSON, read like JSON lines: no format or schema",
+            );
+        }
+        return;
+    }
     match (&s.path, &s.postgres) {
-        (Some(_), Some(pg)) => errors.on(
-            pg,
-            format!("sources[{i}].postgres"),
-            "a source is either files (path) or a database (postgres), not both",
-        ),
+        (Some(_), Some(_)) => {}
         (None, None) => errors.on(
             &s.name,
             format!("sources[{i}]"),
-            "needs a path (files) or postgres (a database table or query)",
+            "needs a path (files), postgres (a database table or query) or http (an API)",
         ),
         (Some(path), None) if path.value.trim().is_empty() => {
             errors.on(path, format!("sources[{i}].path"), "must not be empty")

@@ -254,6 +254,9 @@ pub struct SourceSpec {
     /// A PostgreSQL table or query, read in parallel ranges.
     #[serde(default)]
     pub postgres: Option<Spanned<PostgresSource>>,
+    /// An HTTP JSON API, read page by page.
+    #[serde(default)]
+    pub http: Option<Spanned<HttpSource>>,
     #[serde(default)]
     pub options: FormatOptions,
     /// Declared column types. Without it every column is read as raw text (JSON, CSV) or with
@@ -274,20 +277,56 @@ pub struct SourceSpec {
     pub on_change: OnChange,
 }
 
+/// Where a secret is read from: an environment variable, or a file (a mounted Secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secret<'a> {
+    Env(&'a str),
+    File(&'a str),
+}
+
 /// What kind of place a source is.
 #[derive(Debug, Clone, Copy)]
 pub enum SourceKind<'a> {
     Files(SourceFormat),
     Postgres(&'a PostgresSource),
+    Http(&'a HttpSource),
 }
 
 impl SourceSpec {
     /// The source's kind (validation makes sure exactly one is given).
     pub fn kind(&self) -> SourceKind<'_> {
-        match &self.postgres {
-            Some(pg) => SourceKind::Postgres(&pg.value),
-            None => SourceKind::Files(self.format.unwrap_or(SourceFormat::Json)),
+        match (&self.postgres, &self.http) {
+            (Some(pg), _) => SourceKind::Postgres(&pg.value),
+            (None, Some(http)) => SourceKind::Http(&http.value),
+            (None, None) => SourceKind::Files(self.format.unwrap_or(SourceFormat::Json)),
         }
+    }
+
+    /// Where the source's secrets are read from, with the field (below the source) naming
+    /// each.
+    pub fn secrets(&self) -> Vec<(&'static str, &Spanned<String>, Secret<'_>)> {
+        let mut found = Vec::new();
+        if let Some(pg) = &self.postgres {
+            let pg = &pg.value;
+            if let Some(var) = pg.url.value.strip_prefix("env:") {
+                found.push(("postgres.url", &pg.url, Secret::Env(var)));
+            }
+            if let Some(v) = &pg.password_env {
+                found.push(("postgres.password_env", v, Secret::Env(&v.value)));
+            }
+            if let Some(f) = &pg.password_file {
+                found.push(("postgres.password_file", f, Secret::File(&f.value)));
+            }
+        }
+        if let Some(auth) = self.http.as_ref().and_then(|h| h.value.auth.as_ref()) {
+            if let Some(v) = &auth.value.token_env {
+                found.push(("http.auth.token_env", v, Secret::Env(&v.value)));
+            }
+            if let Some(f) = &auth.value.token_file {
+                found.push(("http.auth.token_file", f, Secret::File(&f.value)));
+            }
+        }
+        found
     }
 
     /// The files' format (JSON lines for a source that is not files).
@@ -362,6 +401,102 @@ impl PostgresSource {
             None => 1,
         }
     }
+}
+
+/// An HTTP JSON API as a source: `GET url` page by page, the records at a JSON pointer of
+/// each response, into bronze like JSON lines (raw text columns, unknown fields rescued).
+///
+/// With `since`, each run asks for the records after the largest `since.field` the table's
+/// last commit recorded (the `since.param` query parameter) and records the new largest with
+/// the rows it commits. Requests are paced (`requests_per_second`) and retried on 429 and 5xx
+/// (after the `Retry-After` the server gives, else with exponential backoff).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSource {
+    /// `https://api.example.com/v1/orders`.
+    pub url: Spanned<String>,
+    /// Query parameters of every request (no secrets: see `auth`).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Headers of every request (no secrets: see `auth`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub auth: Option<Spanned<HttpAuth>>,
+    /// JSON pointer to the records array in a response (`/data/items`) [default: the
+    /// response is the array].
+    #[serde(default)]
+    pub records: Option<Spanned<String>>,
+    #[serde(default)]
+    pub pagination: Option<Spanned<Pagination>>,
+    #[serde(default)]
+    pub since: Option<Spanned<Since>>,
+    /// The most requests a second [default: 10].
+    #[serde(default)]
+    pub requests_per_second: Option<Spanned<f64>>,
+    /// Attempts per request on 429, 5xx and connection errors [default: 5].
+    #[serde(default)]
+    pub max_attempts: Option<Spanned<u32>>,
+}
+
+impl HttpSource {
+    pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 10.0;
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+}
+
+/// A header carrying a secret read from the environment or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAuth {
+    /// [default: `Authorization`]
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Written before the secret (`Bearer `) [default: none].
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub token_file: Option<Spanned<String>>,
+}
+
+/// How the next page is asked for; without one, there is one page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pagination {
+    pub style: PaginationStyle,
+    /// The query parameter of the page number (`page`) or of the cursor (`cursor`).
+    #[serde(default)]
+    pub param: Option<String>,
+    /// `cursor`: JSON pointer to the next page's cursor in a response (`/next`); none or
+    /// null ends.
+    #[serde(default)]
+    pub next: Option<String>,
+    /// `page`: the first page's number [default: 1].
+    #[serde(default)]
+    pub start: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaginationStyle {
+    /// `param=1, 2, ...` until a page has no records.
+    Page,
+    /// `param=<the previous response's next>` until it has none.
+    Cursor,
+    /// The URL of the `Link` header's `rel="next"` until there is none.
+    Link,
+}
+
+/// Incremental reads: the records past the largest value of a field read so far.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    /// The query parameter given the last largest value (`updated_since`).
+    pub param: String,
+    /// The records' field whose largest value is recorded (`updated_at`): numbers compare
+    /// as numbers, anything else as text (ISO 8601 times in one format do).
+    pub field: String,
 }
 
 /// Auto Loader's schema evolution modes, for fields that appear in files a bronze table

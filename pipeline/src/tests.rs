@@ -113,12 +113,48 @@ fn a_postgres_source_is_checked_field_by_field() {
     );
     let errors = parse(&both).unwrap_err();
     assert!(
-        errors[0].contains("either files (path) or a database"),
+        errors[0].contains("one of files (path), a database (postgres) or an API"),
         "{errors:?}"
     );
     let neither = VALID.replace("format: json, path: in/*.jsonl", "format: json");
     let errors = parse(&neither).unwrap_err();
     assert!(errors[0].contains("needs a path"), "{errors:?}");
+}
+
+#[test]
+fn an_http_source_is_checked_field_by_field() {
+    let with = |http: &str| {
+        VALID.replace(
+            "  - { name: api, format: json, path: in/*.jsonl }",
+            &format!("  - name: api\n    http: {{ {http} }}"),
+        )
+    };
+    let ok = "url: 'https://api.x/v1/orders', records: /data, auth: { prefix: 'Bearer ', token_env: T }, \
+              pagination: { style: cursor, param: cursor, next: /next }, since: { param: since, field: updated_at }";
+    parse(&with(ok)).unwrap();
+    let errors = parse(&with(
+        "url: 'https://me:pw@api.x/', headers: { X-Api-Key: k }, params: { token: t }, records: data, \
+         auth: { token_env: T, token_file: f }, pagination: { style: cursor }, requests_per_second: 0",
+    ))
+    .unwrap_err();
+    for expected in [
+        "sources[0].http.url: credentials do not belong in a spec",
+        "sources[0].http.params.token: secrets do not belong",
+        "sources[0].http.auth: give token_env or token_file",
+        "sources[0].http.records: a JSON pointer starts with '/'",
+        "sources[0].http.pagination: needs param",
+        "sources[0].http.requests_per_second: must be above 0",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{expected}: {errors:#?}"
+        );
+    }
+    let errors = parse(&with("url: 'ftp://x/'")).unwrap_err();
+    assert!(
+        errors[0].contains("'ftp://' is not an HTTP URL"),
+        "{errors:?}"
+    );
 }
 
 #[test]

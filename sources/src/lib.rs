@@ -6,6 +6,7 @@
 //! dropped: it lands in `_rescued_data` as JSON (with the record's `_line`), and is counted.
 
 mod csv;
+pub mod http;
 mod infer;
 mod json;
 mod parquet;

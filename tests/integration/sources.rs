@@ -322,14 +322,241 @@ fn a_postgres_range_on_a_killed_executor_is_read_again_elsewhere() {
     );
 }
 
-/// The example spec is valid as shipped.
+/// The example specs are valid as shipped.
 #[test]
-fn the_postgres_example_validates() {
+fn the_source_examples_validate() {
     let ws = Workspace::new();
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/postgres/pipeline.yaml"
+    for example in ["postgres", "http"] {
+        let spec = format!(
+            "{}/../examples/{example}/pipeline.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let out = ws.medallion(&["validate", &spec]);
+        assert_eq!(out.code, 0, "{example}: {}{}", out.stdout, out.stderr);
+    }
+}
+
+const API_TOKEN: &str = "api-token-for-tests";
+
+/// The tests' JSON API (`tests/py/http_api.py`) on a free port, with its records file and
+/// request log.
+struct Api {
+    proc: medallion_tests::cluster::Proc,
+    records: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Api {
+    fn start(ws: &Workspace, delay_ms: u64) -> Self {
+        let port = medallion_tests::cluster::free_port();
+        let (records, log) = (
+            ws.path().join("api-records.jsonl"),
+            ws.path().join("api-requests.log"),
+        );
+        std::fs::write(&records, "").unwrap();
+        let proc = medallion_tests::cluster::Proc::spawn(
+            "api",
+            port,
+            ws.path().join("api.log"),
+            std::process::Command::new(medallion_tests::python())
+                .arg(medallion_tests::py_dir().join("http_api.py"))
+                .arg(port.to_string())
+                .args([&records, &log])
+                .args([API_TOKEN, &delay_ms.to_string()]),
+        );
+        medallion_tests::cluster::wait_for("the API", std::time::Duration::from_secs(30), || {
+            proc.listening()
+        });
+        Self { proc, records, log }
+    }
+
+    /// Adds records `ids`, updated at `second` seconds past 2024-01-01 plus their id.
+    fn add(&self, ids: std::ops::Range<u64>, second: u64) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.records)
+            .unwrap();
+        for id in ids {
+            let at =
+                chrono::DateTime::from_timestamp(1_704_067_200 + (second + id) as i64, 0).unwrap();
+            let status = ["new", "paid"][(id % 2) as usize];
+            let record = serde_json::json!({
+                "id": id,
+                "updated_at": at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "amount": id as f64 / 4.0,
+                "status": status,
+                "tags": ["a", id.to_string()],
+            });
+            writeln!(file, "{record}").unwrap();
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn spec(&self) -> String {
+        format!(
+            r#"
+pipeline: shop_api
+lake: lake
+sources:
+  - name: shop_api
+    http:
+      url: http://127.0.0.1:{port}/orders
+      params: {{ per_page: "100" }}
+      auth: {{ prefix: "Bearer ", token_env: MEDALLION_SECRET_API_TOKEN }}
+      records: /data/items
+      pagination: {{ style: page, param: page }}
+      since: {{ param: updated_since, field: updated_at }}
+      requests_per_second: 50
+bronze:
+  - {{ name: orders, source: shop_api }}
+"#,
+            port = self.proc.port
+        )
+    }
+}
+
+fn api_workspace() -> Workspace {
+    let ws = Workspace::new();
+    ws.set_env("MEDALLION_SECRET_API_TOKEN", API_TOKEN);
+    ws
+}
+
+/// (id, updated_at) of every bronze row, counted: (rows, distinct pairs), by DuckDB's and
+/// Python `deltalake`'s readers (which must agree).
+fn api_rows(ws: &Workspace) -> (u64, u64) {
+    let code = r#"
+import sys, json
+sys.path.insert(0, sys.argv[1])
+import delta_check, deltalake
+table = sys.argv[2]
+arrow = deltalake.DeltaTable(table).to_pyarrow_table(columns=["id", "updated_at"])
+pairs = list(zip(arrow["id"].to_pylist(), arrow["updated_at"].to_pylist()))
+duck = delta_check.duckdb_connection().execute(
+    f"SELECT count(*), count(DISTINCT (id, updated_at)) FROM delta_scan('{table}')").fetchone()
+print(json.dumps([len(pairs), len(set(pairs)), duck[0], duck[1]]))
+"#;
+    let table = ws.path().join("lake/bronze/orders");
+    let counts: Vec<u64> = serde_json::from_str(&run_python(
+        code,
+        &[&medallion_tests::py_dir(), &table.as_os_str()],
+    ))
+    .unwrap();
+    assert_eq!(
+        (counts[0], counts[1]),
+        (counts[2], counts[3]),
+        "readers disagree"
     );
-    let out = ws.medallion(&["validate", example]);
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    (counts[0], counts[1])
+}
+
+/// Pages of 100 through a 429 (honouring its Retry-After) and a 500, with the token from the
+/// environment; a second run asks only for the records updated since the first read, and
+/// ingests exactly the 120 new and 30 updated ones; a third finds nothing.
+#[test]
+fn an_http_api_is_read_page_by_page_through_429_and_500_then_only_since_the_last_commit() {
+    let ws = api_workspace();
+    let api = Api::start(&ws, 0);
+    api.add(1..1051, 0);
+    ws.write("pipeline.yaml", &api.spec());
+
+    let started = std::time::Instant::now();
+    let first = ws.run("pipeline.yaml");
+    assert_eq!(
+        first.code,
+        0,
+        "{}\n{}",
+        first.stderr,
+        api.requests().join("\n")
+    );
+    assert_eq!(
+        metric(&first.report(), "bronze.orders", "rows_written"),
+        1_050
+    );
+    assert_eq!(api_rows(&ws), (1_050, 1_050));
+    let requests = api.requests();
+    assert_eq!(
+        requests.iter().filter(|r| r.starts_with("429 ")).count(),
+        1,
+        "{requests:#?}"
+    );
+    assert_eq!(requests.iter().filter(|r| r.starts_with("500 ")).count(), 1);
+    // 11 pages of records and an empty one, pages 2 and 3 asked twice.
+    assert_eq!(
+        requests.iter().filter(|r| r.starts_with("200 ")).count(),
+        12
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After: 1 was not waited for"
+    );
+    assert!(!first.stderr.contains(API_TOKEN), "the token was printed");
+    let last = "2024-01-01T00:17:30Z";
+    assert_eq!(
+        positions(&ws.path().join("lake/bronze/orders")),
+        [serde_json::json!({"since": last})]
+    );
+
+    api.add(1051..1171, 0);
+    api.add(1..31, 100_000);
+    std::fs::write(&api.log, "").unwrap();
+    let second = ws.run("pipeline.yaml");
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(
+        metric(&second.report(), "bronze.orders", "rows_written"),
+        150
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .all(|r| r.contains(&format!("updated_since={}", last.replace(':', "%3A")))),
+        "{:#?}",
+        api.requests()
+    );
+    assert_eq!(api_rows(&ws), (1_200, 1_200));
+
+    let third = ws.run("pipeline.yaml");
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert_eq!(metric(&third.report(), "bronze.orders", "rows_written"), 0);
+    assert_eq!(api_rows(&ws), (1_200, 1_200));
+}
+
+/// Runs SIGKILLed while they page through the API (a tenth of a second a page), before and
+/// after a first commit: every record lands once.
+#[test]
+fn a_killed_api_read_replays_without_duplicates_or_gaps() {
+    let ws = api_workspace();
+    let api = Api::start(&ws, 100);
+    api.add(1..3001, 0);
+    ws.write("pipeline.yaml", &api.spec());
+    let run = ["run", "pipeline.yaml"];
+    assert!(
+        ws.killed_when(&run, || api.requests().len() >= 12),
+        "not killed while paging"
+    );
+    assert!(
+        !ws.has_table("lake/bronze/orders"),
+        "a killed run committed"
+    );
+    let done = ws.run("pipeline.yaml");
+    assert_eq!(done.code, 0, "{}", done.stderr);
+    assert_eq!(api_rows(&ws), (3_000, 3_000));
+
+    api.add(3001..3501, 0);
+    std::fs::write(&api.log, "").unwrap();
+    assert!(
+        ws.killed_when(&run, || api.requests().len() >= 3),
+        "not killed while paging"
+    );
+    let done = ws.run("pipeline.yaml");
+    assert_eq!(done.code, 0, "{}", done.stderr);
+    assert_eq!(metric(&done.report(), "bronze.orders", "rows_written"), 500);
+    assert_eq!(api_rows(&ws), (3_500, 3_500));
 }

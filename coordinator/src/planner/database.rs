@@ -7,15 +7,14 @@
 //! that dies before its commit leaves the cursor where it was: the next run reads those rows
 //! again, and nothing twice.
 
-use anyhow::{Context, Result, anyhow, bail};
-use futures::TryStreamExt;
+use anyhow::{Context, Result, anyhow};
 use medallion_pipeline::TableRef;
 use medallion_pipeline::report::Refresh;
 use medallion_pipeline::spec::{PostgresSource, SourceSpec};
 use medallion_proto::{DatabaseSlice, IngestWork, task::Work};
 use medallion_sources::postgres::{Connection, Key, Postgres};
 
-use super::{CommitPlan, INFO_POSITION, RunContext, SourceChanges, StagePlan};
+use super::{CommitPlan, INFO_POSITION, RunContext, SourceChanges, StagePlan, last_position};
 
 impl RunContext<'_> {
     pub(super) async fn plan_database(
@@ -32,7 +31,14 @@ impl RunContext<'_> {
         let existing = medallion_lake::open_table(&target.uri, &self.storage_options).await?;
         let rebuild = self.rebuild.contains(table);
         let after = match (&existing, &pg.cursor) {
-            (Some(t), Some(_)) if !rebuild => last_position(t, table).await?,
+            (Some(t), Some(_)) if !rebuild => match last_position(t, table).await? {
+                Some(position) => Some(
+                    serde_json::from_value::<Key>(position["cursor"].clone()).with_context(
+                        || format!("{table}: unreadable {INFO_POSITION}: {position}"),
+                    )?,
+                ),
+                None => None,
+            },
             _ => None,
         };
         let plan = db.plan(after.as_ref()).await?;
@@ -88,6 +94,7 @@ impl RunContext<'_> {
                         sql: slice.sql,
                         describe: slice.describe,
                     }),
+                    api: None,
                 });
                 self.task(&target, n, work)
             })
@@ -104,24 +111,4 @@ impl RunContext<'_> {
             },
         })
     }
-}
-
-/// The cursor the table's newest ingestion recorded; `None` for a table without rows.
-async fn last_position(t: &deltalake::DeltaTable, table: &TableRef) -> Result<Option<Key>> {
-    let history: Vec<_> = t.history(None).try_collect().await?;
-    for commit in history {
-        if let Some(position) = commit.info.get(INFO_POSITION) {
-            let cursor = position.get("cursor").cloned().unwrap_or_default();
-            return serde_json::from_value(cursor)
-                .with_context(|| format!("{table}: unreadable {INFO_POSITION}: {position}"));
-        }
-    }
-    let snapshot = t.snapshot()?;
-    if snapshot.log_data().num_files() == 0 {
-        return Ok(None);
-    }
-    bail!(
-        "{table} has rows but no commit in its log records how far its source was read \
-         ({INFO_POSITION}); rebuild it from the source with `medallion rerun <run> --full-refresh {table}`"
-    )
 }

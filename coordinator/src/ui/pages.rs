@@ -264,6 +264,7 @@ fn graph_of(
                 SourceKind::Files(format) => {
                     vec![format!("{format:?}").to_lowercase(), s.path().to_string()]
                 }
+                SourceKind::Http(http) => vec!["http".to_string(), http.url.value.clone()],
                 SourceKind::Postgres(pg) => vec![
                     "postgres".to_string(),
                     pg.table
