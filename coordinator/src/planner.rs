@@ -967,6 +967,36 @@ async fn last_position(
     )
 }
 
+/// How a bronze table of a source that is not files commits what a run read up to
+/// `position`: when the source `reads_on` from its last position, appended on the version of
+/// `existing` that position was read at; else (a rebuild, or a source read whole: `whole`
+/// says why) replacing every row.
+fn positioned_commit(
+    existing: Option<&deltalake::DeltaTable>,
+    reads_on: bool,
+    rebuild: bool,
+    position: Option<serde_json::Value>,
+    whole: &str,
+) -> (CommitPlan, Option<Refresh>) {
+    let reason = match (reads_on, rebuild) {
+        (true, false) => {
+            let append = CommitPlan::Append {
+                files: Vec::new(),
+                ledger_version: existing.and_then(|t| t.version()),
+                reingest: Vec::new(),
+                position,
+            };
+            return (append, None);
+        }
+        (true, true) => "rebuilt from the source (rerun --full-refresh)",
+        (false, _) => whole,
+    };
+    let refresh = Refresh::Full {
+        reason: reason.to_string(),
+    };
+    (CommitPlan::Replace { position }, Some(refresh))
+}
+
 impl CommitPlan {
     /// The plan with how far the tasks read a source whose position only the reading tells
     /// (an API's `since`): what each task result says, recorded with the commit.

@@ -7,12 +7,11 @@
 
 use anyhow::Result;
 use datafusion::arrow::datatypes::Schema;
-use medallion_pipeline::report::Refresh;
 use medallion_pipeline::spec::HttpSource;
 use medallion_pipeline::{TableRef, meta};
 use medallion_proto::{ApiRead, IngestWork, task::Work};
 
-use super::{CommitPlan, RunContext, SourceChanges, StagePlan, last_position};
+use super::{RunContext, SourceChanges, StagePlan, last_position, positioned_commit};
 
 impl RunContext<'_> {
     pub(super) async fn plan_api(&self, table: &TableRef, api: &HttpSource) -> Result<StagePlan> {
@@ -46,27 +45,14 @@ impl RunContext<'_> {
                 since_json: since.map(|s| s.to_string()).unwrap_or_default(),
             }),
         });
-        let (commit, refresh) = match (&api.since, rebuild) {
-            (Some(_), false) => (
-                CommitPlan::Append {
-                    files: Vec::new(),
-                    ledger_version: existing.as_ref().and_then(|t| t.version()),
-                    reingest: Vec::new(),
-                    position: None,
-                },
-                None,
-            ),
-            (since, _) => {
-                let reason = match since {
-                    Some(_) => "rebuilt from every record of the API (rerun --full-refresh)",
-                    None => "an API source without since is read whole each run",
-                };
-                let refresh = Refresh::Full {
-                    reason: reason.into(),
-                };
-                (CommitPlan::Replace { position: None }, Some(refresh))
-            }
-        };
+        // The position comes back with the task's result (`CommitPlan::read_up_to`).
+        let (commit, refresh) = positioned_commit(
+            existing.as_ref(),
+            api.since.is_some(),
+            rebuild,
+            None,
+            "an API source without since is read whole each run",
+        );
         Ok(StagePlan {
             tasks: vec![self.task(&target, 0, work)],
             commit,

@@ -9,12 +9,13 @@
 
 use anyhow::{Context, Result, anyhow};
 use medallion_pipeline::TableRef;
-use medallion_pipeline::report::Refresh;
 use medallion_pipeline::spec::{PostgresSource, SourceSpec};
 use medallion_proto::{DatabaseSlice, IngestWork, task::Work};
 use medallion_sources::postgres::{Connection, Key, Postgres};
 
-use super::{CommitPlan, INFO_POSITION, RunContext, SourceChanges, StagePlan, last_position};
+use super::{
+    INFO_POSITION, RunContext, SourceChanges, StagePlan, last_position, positioned_commit,
+};
 
 impl RunContext<'_> {
     pub(super) async fn plan_database(
@@ -47,27 +48,13 @@ impl RunContext<'_> {
             .cursor
             .as_ref()
             .map(|k| serde_json::json!({ "cursor": k }));
-        let (commit, refresh) = match (&pg.cursor, rebuild) {
-            (Some(_), false) => (
-                CommitPlan::Append {
-                    files: Vec::new(),
-                    ledger_version: existing.as_ref().and_then(|t| t.version()),
-                    reingest: Vec::new(),
-                    position,
-                },
-                None,
-            ),
-            (cursor, _) => {
-                let reason = match cursor {
-                    Some(_) => "rebuilt from every row of the source (rerun --full-refresh)",
-                    None => "a database source without a cursor is read whole each run",
-                };
-                let refresh = Refresh::Full {
-                    reason: reason.into(),
-                };
-                (CommitPlan::Replace { position }, Some(refresh))
-            }
-        };
+        let (commit, refresh) = positioned_commit(
+            existing.as_ref(),
+            pg.cursor.is_some(),
+            rebuild,
+            position,
+            "a database source without a cursor is read whole each run",
+        );
         let columns_added = match &existing {
             Some(t) => {
                 let columns = t.snapshot()?.snapshot().arrow_schema();

@@ -591,3 +591,70 @@ async fn inference_fetches_only_the_first_whole_lines_of_a_large_object() {
         .unwrap();
     assert_eq!(std::fs::read_to_string(&whole.path).unwrap(), lines);
 }
+
+/// An API source: one task, asking after the `since` the table's newest commit with one
+/// recorded, appended on the version that was read at; the task's answer becomes the commit's
+/// position. Without `since`, every record replaces the table's.
+#[tokio::test]
+async fn an_api_source_reads_after_the_recorded_since_and_records_what_its_task_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |since: &str| {
+        format!(
+            "pipeline: t\nlake: lake\nsources:\n  - name: api\n    http: {{ url: 'http://127.0.0.1:9/o'{since} }}\n\
+             bronze:\n  - {{ name: orders, source: api }}\n"
+        )
+    };
+    let parse =
+        |yaml: String| Pipeline::parse(yaml, "t.yaml".into(), dir.path().to_path_buf()).unwrap();
+    let p = parse(spec(", since: { param: after, field: at }"));
+    let api_read = |plan: &super::StagePlan| match &plan.tasks[..] {
+        [task] => match &task.work {
+            Some(Work::Ingest(w)) => w.api.clone().unwrap().since_json,
+            other => panic!("{other:?}"),
+        },
+        tasks => panic!("{} tasks", tasks.len()),
+    };
+    let plan = context(&p).plan(&bronze()).await.unwrap();
+    assert_eq!(api_read(&plan), "");
+    assert!(matches!(
+        plan.commit,
+        CommitPlan::Append {
+            ledger_version: None,
+            ..
+        }
+    ));
+
+    let position = serde_json::json!({ "since": "2024-05-01T00:00:00Z" });
+    let info = vec![(super::INFO_POSITION.to_string(), position.clone())];
+    let v0 = commit_rows(&p, &bronze(), &["u"], info).await;
+    let v1 = commit_rows(&p, &bronze(), &["u"], Vec::new()).await;
+    assert_eq!((v0, v1), (0, 1));
+    let plan = context(&p).plan(&bronze()).await.unwrap();
+    assert_eq!(api_read(&plan), "\"2024-05-01T00:00:00Z\"");
+    assert!(matches!(
+        plan.commit,
+        CommitPlan::Append {
+            ledger_version: Some(1),
+            ..
+        }
+    ));
+    let answered = medallion_proto::TaskResult {
+        position_json: r#"{"since":"2024-06-01T00:00:00Z"}"#.into(),
+        ..Default::default()
+    };
+    match plan.commit.read_up_to(&[answered]).unwrap() {
+        CommitPlan::Append { position, .. } => {
+            assert_eq!(position.unwrap()["since"], "2024-06-01T00:00:00Z")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let whole = parse(spec(""));
+    let plan = context(&whole).plan(&bronze()).await.unwrap();
+    assert_eq!(api_read(&plan), "");
+    assert!(matches!(
+        plan.commit,
+        CommitPlan::Replace { position: None }
+    ));
+    assert!(matches!(plan.refresh, Some(Refresh::Full { .. })));
+}
