@@ -322,6 +322,48 @@ fn a_postgres_range_on_a_killed_executor_is_read_again_elsewhere() {
     );
 }
 
+/// A query without a cursor is read whole each run and replaces bronze's rows: after rows
+/// are deleted and changed at the source, bronze equals the query's result again.
+#[test]
+fn a_postgres_query_without_a_cursor_replaces_bronze_with_its_rows() {
+    let pg = Postgres::start();
+    pg.psql(&format!("CREATE SCHEMA shop; {ORDERS_TABLE}"));
+    pg.psql(&insert_orders(1, 2_000, 0));
+    let ws = workspace(&pg, 2);
+    let spec = spec(&pg, 2)
+        .replace(
+            "      table: shop.orders\n      cursor: updated_at\n",
+            "      query: SELECT * FROM shop.orders WHERE status <> 'new'\n",
+        )
+        .replace("silver:", "unused_silver:");
+    let spec = spec.split("unused_silver:").next().unwrap().to_string();
+    ws.write("pipeline.yaml", &spec);
+    let first = ws.run("pipeline.yaml");
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let not_new = |pg: &Postgres| -> u64 {
+        pg.psql("SELECT count(*) FROM shop.orders WHERE status <> 'new'")
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        row_count(&ws.path().join("lake/bronze/orders")),
+        not_new(&pg)
+    );
+    pg.psql("DELETE FROM shop.orders WHERE order_id <= 100; UPDATE shop.orders SET status = 'new' WHERE order_id > 1900");
+    let second = ws.run("pipeline.yaml");
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let refresh = &table(&second.report(), "bronze.orders")["refresh"];
+    assert!(
+        refresh.to_string().contains("without a cursor"),
+        "{refresh}"
+    );
+    assert_eq!(
+        row_count(&ws.path().join("lake/bronze/orders")),
+        not_new(&pg)
+    );
+    assert!(positions(&ws.path().join("lake/bronze/orders")).is_empty());
+}
+
 /// The example specs are valid as shipped.
 #[test]
 fn the_source_examples_validate() {
