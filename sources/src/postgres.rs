@@ -327,11 +327,7 @@ impl<'a> Postgres<'a> {
             false => format!(" WHERE {}", filter.join(" AND ")),
         };
         let sql = format!("SELECT min({p}), max({p}) FROM {relation}{condition}");
-        let row = self
-            .client
-            .query_one(&sql, &[])
-            .await
-            .map_err(|e| self.error(db_error(&e)))?;
+        let row = self.query_one(&sql).await?;
         let bound =
             |i| Key::from_row(&row, i).map_err(|e| self.error(format!("partition_by: {e}")));
         let (Some(low), Some(high)) = (bound(0)?, bound(1)?) else {
@@ -361,12 +357,31 @@ impl<'a> Postgres<'a> {
     }
 
     async fn key(&self, sql: &str) -> Result<Option<Key>, PgError> {
-        let row = self
-            .client
-            .query_one(sql, &[])
-            .await
-            .map_err(|e| self.error(db_error(&e)))?;
+        let row = self.query_one(sql).await?;
         Key::from_row(&row, 0).map_err(|e| self.error(format!("cursor: {e}")))
+    }
+
+    /// The one row of `sql`, run read-only ([`Postgres::read_only`]).
+    async fn query_one(&self, sql: &str) -> Result<Row, PgError> {
+        self.read_only().await?;
+        let row = self.client.query_one(sql, &[]).await;
+        self.end(row.is_ok()).await?;
+        row.map_err(|e| self.error(db_error(&e)))
+    }
+
+    /// Starts a read-only transaction: whatever a source's query calls, it cannot write (a
+    /// session default could be changed by the query itself; a transaction's mode cannot,
+    /// once it has run a statement).
+    async fn read_only(&self) -> Result<(), PgError> {
+        let begin = self.client.batch_execute("START TRANSACTION READ ONLY");
+        begin.await.map_err(|e| self.error(db_error(&e)))
+    }
+
+    async fn end(&self, ok: bool) -> Result<(), PgError> {
+        let end = self
+            .client
+            .batch_execute(if ok { "COMMIT" } else { "ROLLBACK" });
+        end.await.map_err(|e| self.error(db_error(&e)))
     }
 
     /// Reads the rows of a slice's `sql` into batches of `schema`, sent to `tx` (until its
@@ -388,6 +403,27 @@ impl<'a> Postgres<'a> {
             return Err(self
                 .error("its columns changed since the run was planned; the next run plans again"));
         }
+        self.read_only().await?;
+        let read = self.copy(sql, &columns, schema, tx).await;
+        match read {
+            // The writer stopped mid-copy: the connection closes with the transaction open.
+            Ok(None) => Ok(0),
+            Ok(Some(rows)) => self.end(true).await.map(|_| rows),
+            Err(e) => {
+                let _ = self.end(false).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The binary `COPY` of `sql`'s rows into batches; `None` when the receiver went away.
+    async fn copy(
+        &self,
+        sql: &str,
+        columns: &[Column],
+        schema: &SchemaRef,
+        tx: &mpsc::Sender<RecordBatch>,
+    ) -> Result<Option<u64>, PgError> {
         let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
         let stream = self
             .client
@@ -412,15 +448,15 @@ impl<'a> Postgres<'a> {
             if pending == BATCH_ROWS {
                 if tx.send(finish(schema, &mut builders)?).await.is_err() {
                     // The writer stopped; its error is what the task reports.
-                    return Ok(total);
+                    return Ok(None);
                 }
                 pending = 0;
             }
         }
-        if pending > 0 {
-            let _ = tx.send(finish(schema, &mut builders)?).await;
+        if pending > 0 && tx.send(finish(schema, &mut builders)?).await.is_err() {
+            return Ok(None);
         }
-        Ok(total)
+        Ok(Some(total))
     }
 }
 

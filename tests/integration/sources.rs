@@ -352,7 +352,8 @@ fn a_postgres_query_without_a_cursor_replaces_bronze_with_its_rows() {
     pg.psql("DELETE FROM shop.orders WHERE order_id <= 100; UPDATE shop.orders SET status = 'new' WHERE order_id > 1900");
     let second = ws.run("pipeline.yaml");
     assert_eq!(second.code, 0, "{}", second.stderr);
-    let refresh = &table(&second.report(), "bronze.orders")["refresh"];
+    let report = second.report();
+    let refresh = &table(&report, "bronze.orders")["refresh"];
     assert!(
         refresh.to_string().contains("without a cursor"),
         "{refresh}"
@@ -362,6 +363,21 @@ fn a_postgres_query_without_a_cursor_replaces_bronze_with_its_rows() {
         not_new(&pg)
     );
     assert!(positions(&ws.path().join("lake/bronze/orders")).is_empty());
+
+    // A query that would write (a sequence's nextval) runs read-only, and fails.
+    pg.psql("CREATE SEQUENCE shop.s");
+    ws.write(
+        "pipeline.yaml",
+        &spec.replace("SELECT * FROM", "SELECT *, nextval('shop.s') AS n FROM"),
+    );
+    let writing = ws.run("pipeline.yaml");
+    assert_ne!(writing.code, 0);
+    assert!(
+        writing.stderr.contains("read-only transaction"),
+        "{}",
+        writing.stderr
+    );
+    assert_eq!(pg.psql("SELECT is_called FROM shop.s"), "f", "nextval ran");
 }
 
 /// The example specs are valid as shipped.
