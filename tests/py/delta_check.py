@@ -76,6 +76,8 @@ def duckdb_connection(storage_options=None):
         )[0]
         con.execute(f"LOAD '{ext}'")
     con.execute("SET TimeZone = 'UTC'")
+    # A query over two seconds draws a progress bar on standard output, where JSON goes.
+    con.execute("SET enable_progress_bar = false")
     if storage_options and "azure_storage_account_name" in storage_options:
         account = storage_options["azure_storage_account_name"]
         connection = (f"DefaultEndpointsProtocol=http;AccountName={account};"
