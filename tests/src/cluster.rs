@@ -13,12 +13,45 @@ use crate::{Invocation, Workspace, binary, medallion_bin};
 /// Lease TTL of the test cluster: failover and executor loss show within seconds.
 pub const LEASE_TTL_SECONDS: u64 = 2;
 
-/// A free port on loopback (released for the process that takes it).
+/// A free port on loopback, for a server a test starts, never handed out twice.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`): a port the kernel picks
+/// for `bind(0)` is also what it gives outgoing connections, so between this function and the
+/// server's own `bind` a client of another test could take it, and the server would not
+/// start (seen in CI: a coordinator that never listened). Ports below the range are only
+/// ever taken by binding them by number, which the tests do through here.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::Mutex;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral <= LOWEST + 1_000 {
+        // No room below the range: let the kernel choose.
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+    }
+    let span = ephemeral - LOWEST;
+    let mut next = NEXT.lock().expect("ports");
+    // Each test process starts at its own place, so two at once rarely meet.
+    let mut port = next.unwrap_or(LOWEST + (std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        let candidate = port;
+        port = if port + 1 >= ephemeral {
+            LOWEST
+        } else {
+            port + 1
+        };
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            *next = Some(port);
+            return candidate;
+        }
+    }
+    panic!("no free port between {LOWEST} and {ephemeral}")
 }
 
 /// Polls `ready` every 100 ms until it holds or `timeout` passes.

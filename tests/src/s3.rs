@@ -3,13 +3,14 @@
 //! `~/.cache/medallion-tools`) and moto (a Python emulator, for one quick case). Objects are
 //! put and buckets made through boto3, a client independent of ours.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::cluster::free_port;
 use crate::{Workspace, python};
 
 /// The credentials s3s-fs requires.
@@ -20,14 +21,6 @@ pub const SECRET_KEY: &str = "medallion-test-secret";
 pub struct S3Server {
     child: Child,
     pub endpoint: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl S3Server {
