@@ -69,9 +69,13 @@ impl Connection {
                 .map_err(|_| format!("the environment variable {var} (url) is not set"))?,
             None => pg.url.value.clone(),
         };
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| format!("url: {}", redacted(&format!("{e}"))))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            match pg.url.value.strip_prefix("env:") {
+                // A URL from the environment may hold a password: nothing of it is echoed.
+                Some(var) => format!("the URL in {var} is not a PostgreSQL URL"),
+                None => format!("url: {e}"),
+            }
+        })?;
         if let Some(var) = &pg.password_env {
             let password = std::env::var(&var.value).map_err(|_| {
                 format!(
@@ -91,11 +95,6 @@ impl Connection {
         config.connect_timeout(std::time::Duration::from_secs(30));
         Ok(Self { config })
     }
-}
-
-/// Never echo a connection string: it may hold a password.
-fn redacted(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A value of a cursor or partition column: integers, dates and timestamps.
