@@ -1,4 +1,5 @@
-//! Bronze: source files or a database's rows to raw rows plus ingestion metadata.
+//! Bronze: source files, a database's rows or an API's records to raw rows plus ingestion
+//! metadata.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
