@@ -954,9 +954,12 @@ async fn last_position(
     t: &deltalake::DeltaTable,
     table: &TableRef,
 ) -> Result<Option<serde_json::Value>> {
-    let history: Vec<_> = t.history(None).try_collect().await?;
-    if let Some(position) = history.iter().find_map(|c| c.info.get(INFO_POSITION)) {
-        return Ok(Some(position.clone()));
+    // Newest first; read only as far as the newest commit that records one.
+    let mut history = std::pin::pin!(t.history(None));
+    while let Some(commit) = history.try_next().await? {
+        if let Some(position) = commit.info.get(INFO_POSITION) {
+            return Ok(Some(position.clone()));
+        }
     }
     if t.snapshot()?.log_data().num_files() == 0 {
         return Ok(None);

@@ -12,13 +12,13 @@
 //! # let pipeline: medallion_pipeline::Pipeline = todo!();
 //! let connection = Connection::resolve(&pipeline, pg)?;
 //! let source = Postgres::connect(pg, "orders_db", &connection).await?;
-//! let schema = source.schema().await?;
 //! // Everything up to the largest cursor now; the next run passes `plan.cursor`.
 //! let plan = source.plan(None).await?;
+//! let (source, schema) = (&source, &plan.schema);
 //! for slice in &plan.slices {
 //!     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
 //!     // The sender goes with the read, so the receiver ends when the read does.
-//!     let read = async move { source.read(&slice.sql, &schema, &tx).await };
+//!     let read = async move { source.read(&slice.sql, schema, &tx).await };
 //!     let (rows, _) = tokio::join!(read, async move {
 //!         while let Some(batch) = rx.recv().await { println!("{} rows", batch.num_rows()); }
 //!     });
@@ -187,6 +187,8 @@ impl Key {
 pub struct ReadPlan {
     pub slices: Vec<Slice>,
     pub cursor: Option<Key>,
+    /// The Arrow columns rows are read into (bronze's data columns).
+    pub schema: SchemaRef,
 }
 
 /// One task's share of a run's rows.
@@ -253,15 +255,13 @@ impl<'a> Postgres<'a> {
         Ok(statement.columns().iter().map(Column::new).collect())
     }
 
-    /// The Arrow columns rows are read into (bronze's data columns).
-    pub async fn schema(&self) -> Result<SchemaRef, PgError> {
-        let fields: Vec<Field> = self.columns().await?.iter().map(Column::field).collect();
-        Ok(Arc::new(Schema::new(fields)))
-    }
-
     /// Plans a run that reads the rows whose cursor is past `after` (all rows for `None`).
     pub async fn plan(&self, after: Option<&Key>) -> Result<ReadPlan, PgError> {
         let relation = self.relation();
+        let columns = self.columns().await?;
+        let schema: SchemaRef = Arc::new(Schema::new(
+            columns.iter().map(Column::field).collect::<Vec<_>>(),
+        ));
         let (mut filter, cursor) = match &self.spec.cursor {
             Some(c) => {
                 let c = quote(&c.value);
@@ -274,6 +274,7 @@ impl<'a> Postgres<'a> {
                     return Ok(ReadPlan {
                         slices: Vec::new(),
                         cursor: after.cloned(),
+                        schema,
                     });
                 };
                 let mut filter = vec![format!("{c} <= {}", upto.literal())];
@@ -288,7 +289,6 @@ impl<'a> Postgres<'a> {
             Some(p) => self.ranges(&p.value, &relation, &filter).await?,
             None => vec![None],
         };
-        let columns = self.columns().await?;
         let list: Vec<String> = columns.iter().map(Column::select).collect();
         let slices = ranges
             .into_iter()
@@ -309,7 +309,11 @@ impl<'a> Postgres<'a> {
                 }
             })
             .collect();
-        Ok(ReadPlan { slices, cursor })
+        Ok(ReadPlan {
+            slices,
+            cursor,
+            schema,
+        })
     }
 
     /// Conditions splitting the rows into `partitions` ranges of equal width of `column`; the

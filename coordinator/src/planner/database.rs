@@ -43,7 +43,7 @@ impl RunContext<'_> {
             _ => None,
         };
         let plan = db.plan(after.as_ref()).await?;
-        let data = db.schema().await?;
+        let data = plan.schema.clone();
         let position = plan
             .cursor
             .as_ref()
