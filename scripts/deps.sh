@@ -119,6 +119,17 @@ need_browser() {
   export MEDALLION_AXE="$root/node_modules/axe-core/axe.min.js"
 }
 
+# tansu, a Kafka-protocol broker in Rust from crates.io, for the stream source tests (they
+# run their own, in memory, on a free port); built once into the tools cache.
+need_kafka_broker() {
+  local root="${MEDALLION_TOOLS:-$HOME/.cache/medallion-tools}/tansu"
+  if [ ! -x "$root/bin/tansu" ]; then
+    echo "building tansu (once; cached in $root)" >&2
+    cargo install --quiet --locked tansu --version 0.6.0 --features dynostore --root "$root"
+  fi
+  export MEDALLION_TANSU="$root/bin/tansu"
+}
+
 need_s3_server() {
   local root="${MEDALLION_TOOLS:-$HOME/.cache/medallion-tools}/s3s-fs"
   if [ ! -x "$root/bin/s3s-fs" ]; then

@@ -67,6 +67,16 @@ enum Command {
         /// for the schedule's interval on that day [default: the latest complete interval].
         #[arg(long, value_parser = parse_date)]
         date: Option<chrono::NaiveDate>,
+        /// Run again and again, one micro-batch every `--interval`, until SIGINT or SIGTERM:
+        /// each run ingests what the sources have that bronze lacks (a topic's new records,
+        /// new files) and refreshes the tables downstream. A failed run is reported and the
+        /// next one tries again.
+        #[arg(long)]
+        continuous: bool,
+        /// With `--continuous`: from the start of one run to the start of the next (a run
+        /// that takes longer is followed at once).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", requires = "continuous")]
+        interval: Duration,
     },
     /// Check a pipeline spec without running it.
     Validate {
@@ -434,6 +444,8 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
             wait,
             full_refresh,
             date,
+            continuous,
+            interval,
         } => {
             let options = RunOptions {
                 executors,
@@ -442,6 +454,7 @@ async fn execute(command: Command, cluster: ClusterArgs) -> Result<ExitCode> {
                 wait,
                 full_refresh,
                 date: run_date(date),
+                continuous: continuous.then_some(interval),
             };
             run_embedded(&spec, options).await
         }
@@ -866,6 +879,8 @@ struct RunOptions {
     wait: bool,
     full_refresh: bool,
     date: RunDate,
+    /// Run again every interval (`--continuous`).
+    continuous: Option<Duration>,
 }
 
 async fn run_embedded(spec: &Path, options: RunOptions) -> Result<ExitCode> {
@@ -874,8 +889,9 @@ async fn run_embedded(spec: &Path, options: RunOptions) -> Result<ExitCode> {
         memory_limit,
         output,
         wait,
-        full_refresh,
+        mut full_refresh,
         date,
+        continuous,
     } = options;
     let pipeline = match load(spec, date) {
         Ok(p) => p,
@@ -885,32 +901,49 @@ async fn run_embedded(spec: &Path, options: RunOptions) -> Result<ExitCode> {
         executors.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let bars = ProgressBars::new(std::io::stderr().is_terminal());
     let executors = LocalExecutors::new(slots, memory_limit)?;
-    let run_id = new_run_id(pipeline.name());
-    let _lease = match RunLease::acquire(&pipeline, &run_id, wait).await {
-        Ok(lease) => lease,
-        Err(e) if e.is::<LeaseHeld>() => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(BUSY));
+    // One listener for the whole process, so a signal between two runs is not missed.
+    let mut stop = std::pin::pin!(medallion_cluster::signal::shutdown());
+    loop {
+        let started = tokio::time::Instant::now();
+        let run_id = new_run_id(pipeline.name());
+        // Micro-batches wait for a run that holds the lake: the next one follows it.
+        let lease = match RunLease::acquire(&pipeline, &run_id, wait || continuous.is_some()).await
+        {
+            Ok(lease) => lease,
+            Err(e) if e.is::<LeaseHeld>() => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(BUSY));
+            }
+            Err(e) => return Err(e),
+        };
+        let coordinator = Coordinator::new(&executors, &bars).with_full_refresh(full_refresh);
+        let run = coordinator.run(&pipeline, &run_id);
+        let report = tokio::select! {
+            report = run => report,
+            () = &mut stop => {
+                // Tables commit atomically: each is either committed already or left as it was.
+                executors.remove_spill_files();
+                eprintln!("error: run {run_id} interrupted; the tables it had not committed are unchanged");
+                return Ok(ExitCode::from(INTERRUPTED));
+            }
+        };
+        print_report(&report, output);
+        drop(lease);
+        let code = if report.succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(RUN_FAILED)
+        };
+        let Some(interval) = continuous else {
+            return Ok(code);
+        };
+        // Only the first micro-batch rebuilds; a failed one is retried by the next.
+        full_refresh = false;
+        tokio::select! {
+            () = tokio::time::sleep_until(started + interval) => {}
+            () = &mut stop => return Ok(code),
         }
-        Err(e) => return Err(e),
-    };
-    let coordinator = Coordinator::new(&executors, &bars).with_full_refresh(full_refresh);
-    let run = coordinator.run(&pipeline, &run_id);
-    let report = tokio::select! {
-        report = run => report,
-        () = medallion_cluster::signal::shutdown() => {
-            // Tables commit atomically: each is either committed already or left as it was.
-            executors.remove_spill_files();
-            eprintln!("error: run {run_id} interrupted; the tables it had not committed are unchanged");
-            return Ok(ExitCode::from(INTERRUPTED));
-        }
-    };
-    print_report(&report, output);
-    Ok(if report.succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(RUN_FAILED)
-    })
+    }
 }
 
 fn print_report(report: &RunReport, output: Output) {

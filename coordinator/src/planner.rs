@@ -368,6 +368,7 @@ impl RunContext<'_> {
         match source.kind() {
             SourceKind::Postgres(pg) => return self.plan_database(table, source, pg).await,
             SourceKind::Http(api) => return self.plan_api(table, api).await,
+            SourceKind::Kafka(kafka) => return self.plan_stream(table, source, kafka).await,
             SourceKind::Files(_) => {}
         }
         let listed = list_source_files(self.pipeline, source).await?;
@@ -492,6 +493,7 @@ impl RunContext<'_> {
                     data_schema_json: data_schema_json.clone(),
                     database: None,
                     api: None,
+                    stream: None,
                 });
                 self.task(target, n, work)
             })
@@ -1105,6 +1107,7 @@ fn existing_data_columns(table: &deltalake::DeltaTable) -> Result<Schema> {
 mod api;
 mod database;
 mod refresh;
+mod stream;
 
 /// The most tasks a bronze stage is split into: beyond it each task takes more files, so a
 /// source of millions of small files cannot flood the run's records and the executors.

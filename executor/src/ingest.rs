@@ -1,5 +1,5 @@
-//! Bronze: source files, a database's rows or an API's records to raw rows plus ingestion
-//! metadata.
+//! Bronze: source files, a database's rows, an API's or a topic's records to raw rows plus
+//! ingestion metadata.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,9 +14,12 @@ use futures::StreamExt;
 use medallion_lake::objects;
 use medallion_pipeline::meta;
 use medallion_pipeline::spec::{
-    HttpSource, PostgresSource, SchemaEvolution, SourceKind, SourceSpec,
+    HttpSource, KafkaSource, PostgresSource, SchemaEvolution, SourceKind, SourceSpec,
 };
-use medallion_proto::{ApiRead, DatabaseSlice, IngestWork, SourceFile, TaskError, TaskMetrics};
+use medallion_proto::{
+    ApiRead, DatabaseSlice, IngestWork, SourceFile, StreamRange, TaskError, TaskMetrics,
+};
+use medallion_sources::kafka::{self, KafkaError, Topic};
 use medallion_sources::postgres::{Connection, PgError, Postgres};
 use medallion_sources::{ReadOptions, SourceError};
 use tokio::sync::mpsc;
@@ -40,9 +43,9 @@ fn bronze_schema(data: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The bronze schema of a database's rows: its typed columns, then the metadata that is not
-/// about files (nothing is rescued: the values arrive typed).
-fn database_schema(data: &Schema) -> SchemaRef {
+/// The bronze schema of rows a source sends typed (a database's, a topic's): their columns,
+/// then the metadata that is not about files.
+fn typed_schema(data: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = data.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend([
         ingested_at_field(),
@@ -102,6 +105,9 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
             runtime: tokio::runtime::Handle::current(),
         },
     };
+    if let (Some(range), SourceKind::Kafka(kafka)) = (&work.stream, source.kind()) {
+        return stream_records(ctx, source, kafka, range, data, ingested_at).await;
+    }
     if let (Some(read), SourceKind::Http(api)) = (&work.api, source.kind()) {
         return api_records(ctx, source, api, read, data, reader).await;
     }
@@ -333,32 +339,106 @@ impl DatabaseRows<'_> {
         let db = Postgres::connect(self.pg, self.source, &connection)
             .await
             .map_err(failed)?;
-        let schema = database_schema(&self.data);
-        let (tx, rx) = mpsc::channel::<RecordBatch>(4);
-        let reading = async move {
-            let read = db.read(&slice.sql, &self.data, &tx).await;
-            drop(tx);
-            read
+        let read = async |tx: mpsc::Sender<RecordBatch>| db.read(&slice.sql, &self.data, &tx).await;
+        let typed = TypedRows {
+            source: self.source,
+            columns: self.data.clone(),
+            ingested_at: self.ingested_at,
         };
-        let batches = ReceiverStream::new(rx).map(|b| self.with_metadata(b));
-        let writing = ctx.write_files(
-            &ctx.output_uri,
-            schema.clone(),
-            &ctx.partition_columns,
-            batches,
-        );
-        let (read, written) = tokio::join!(reading, writing);
-        let rows = read.map_err(failed)?;
+        let (rows, output) = typed.write(ctx, read).await;
+        let rows = rows.map_err(failed)?;
         let metrics = TaskMetrics {
             rows_read: rows,
             rows_written: rows,
             ..Default::default()
         };
         tracing::info!(source = self.source, slice = %slice.describe, rows, "database rows read");
-        Ok(Output::new(written.map_err(transient)?, schema, metrics))
+        output.map(|o| Output { metrics, ..o })
+    }
+}
+
+/// One task's range of a Kafka source's partition: the records' fields (as JSON lines are
+/// read) and the Kafka columns, written as they are fetched.
+async fn stream_records(
+    ctx: &TaskContext,
+    source: &SourceSpec,
+    kafka: &KafkaSource,
+    range: &StreamRange,
+    data: SchemaRef,
+    ingested_at: DateTime<Utc>,
+) -> Result<Output, TaskError> {
+    let name = source.name.value.as_str();
+    let failed = |e: KafkaError| TaskError::transient(format!("bronze.{}: {e}", ctx.table.name));
+    let topic = Topic::connect(&ctx.pipeline, kafka, name)
+        .await
+        .map_err(failed)?;
+    let options = ReadOptions::new(source);
+    let span = (range.from_offset, range.to_offset);
+    let read = async |tx: mpsc::Sender<RecordBatch>| {
+        topic
+            .read(range.partition, span, &data, &options, &tx)
+            .await
+    };
+    let typed = TypedRows {
+        source: name,
+        columns: kafka::record_schema(&data),
+        ingested_at,
+    };
+    let (read, output) = typed.write(ctx, read).await;
+    let read = read.map_err(failed)?;
+    tracing::info!(
+        source = name,
+        partition = range.partition,
+        from = range.from_offset,
+        to = range.to_offset,
+        records = read.records,
+        "topic records read"
+    );
+    let metrics = TaskMetrics {
+        rows_read: read.records,
+        rows_written: read.records,
+        rows_rescued: read.rescued,
+        rows_malformed: read.malformed,
+        bytes_read: read.bytes,
+        ..Default::default()
+    };
+    output.map(|o| Output { metrics, ..o })
+}
+
+/// Rows a source sends typed (a database's, a topic's), written with the run's metadata
+/// after their columns: `_ingested_at`, `_source_name`, `_ingestion_date`.
+struct TypedRows<'a> {
+    source: &'a str,
+    columns: SchemaRef,
+    ingested_at: DateTime<Utc>,
+}
+
+impl TypedRows<'_> {
+    /// Writes what `read` sends as it comes, a few batches at a time; what `read` returned,
+    /// and the files written.
+    async fn write<T>(
+        &self,
+        ctx: &TaskContext,
+        read: impl AsyncFnOnce(mpsc::Sender<RecordBatch>) -> T,
+    ) -> (T, Result<Output, TaskError>) {
+        let schema = typed_schema(&self.columns);
+        let (tx, rx) = mpsc::channel::<RecordBatch>(4);
+        let batches = ReceiverStream::new(rx).map(|b| self.with_metadata(&schema, b));
+        let writing = ctx.write_files(
+            &ctx.output_uri,
+            schema.clone(),
+            &ctx.partition_columns,
+            batches,
+        );
+        // The sender moves into `read`: its end ends the batches.
+        let (read, written) = tokio::join!(read(tx), writing);
+        let output = written
+            .map(|w| Output::new(w, schema, TaskMetrics::default()))
+            .map_err(transient);
+        (read, output)
     }
 
-    fn with_metadata(&self, batch: RecordBatch) -> anyhow::Result<RecordBatch> {
+    fn with_metadata(&self, schema: &SchemaRef, batch: RecordBatch) -> anyhow::Result<RecordBatch> {
         let n = batch.num_rows();
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns.push(Arc::new(
@@ -366,12 +446,8 @@ impl DatabaseRows<'_> {
                 .with_timezone("UTC"),
         ));
         columns.push(Arc::new(StringArray::from(vec![self.source; n])));
-        columns.push(Arc::new(Date32Array::from(vec![
-            ingestion_days(
-                self.ingested_at
-            );
-            n
-        ])));
-        Ok(RecordBatch::try_new(database_schema(&self.data), columns)?)
+        let days = ingestion_days(self.ingested_at);
+        columns.push(Arc::new(Date32Array::from(vec![days; n])));
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }
 }

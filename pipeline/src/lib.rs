@@ -42,6 +42,12 @@ pub mod meta {
     pub const INGESTION_DATE: &str = "_ingestion_date";
     /// What could not be parsed into the table's columns, as JSON; NULL for clean rows.
     pub const RESCUED_DATA: &str = "_rescued_data";
+    /// A Kafka record's topic, partition, offset, timestamp (UTC) and key (bytes).
+    pub const TOPIC: &str = "_topic";
+    pub const PARTITION: &str = "_partition";
+    pub const OFFSET: &str = "_offset";
+    pub const TIMESTAMP: &str = "_timestamp";
+    pub const KEY: &str = "_key";
 
     /// Whether a column is one Medallion adds to bronze rows (not source data).
     pub fn is_bronze_column(name: &str) -> bool {
@@ -55,6 +61,11 @@ pub mod meta {
             RESCUED_DATA,
         ]
         .contains(&name)
+    }
+
+    /// Whether a column is one a Kafka source's bronze rows have beside the bronze columns.
+    pub fn is_kafka_column(name: &str) -> bool {
+        [TOPIC, PARTITION, OFFSET, TIMESTAMP, KEY].contains(&name)
     }
 
     /// Bronze tables are partitioned by ingestion date.

@@ -1060,6 +1060,51 @@ fn validate_http(errors: &mut Errors, field: &str, http: &HttpSource) {
     }
 }
 
+fn validate_kafka(errors: &mut Errors, field: &str, kafka: &KafkaSource) {
+    if kafka.brokers.value.is_empty() {
+        errors.on(
+            &kafka.brokers,
+            format!("{field}.brokers"),
+            "needs at least one broker (host:port)",
+        );
+    }
+    for broker in &kafka.brokers.value {
+        let port = broker
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+            errors.on(
+                &kafka.brokers,
+                format!("{field}.brokers"),
+                format!("'{broker}' is not host:port"),
+            );
+        }
+    }
+    // Kafka's own rule for topic names.
+    let topic = &kafka.topic.value;
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) {
+        errors.on(
+            &kafka.topic,
+            format!("{field}.topic"),
+            format!("'{topic}' is not a topic name (letters, digits, '.', '_', '-')"),
+        );
+    }
+    if let Some(sasl) = &kafka.sasl {
+        let s = &sasl.value;
+        if s.password_env.is_some() == s.password_file.is_some() {
+            errors.on(
+                sasl,
+                format!("{field}.sasl"),
+                "give password_env or password_file",
+            );
+        }
+    }
+    if let Some(r) = kafka.records_per_task.as_ref().filter(|r| r.value == 0) {
+        errors.on(r, format!("{field}.records_per_task"), "must be at least 1");
+    }
+}
+
 /// A plain SQL identifier (letters, digits, `_`, not starting with a digit): quoted as is.
 fn valid_sql_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -1070,13 +1115,30 @@ fn valid_sql_name(name: &str) -> bool {
 }
 
 fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
-    let kinds = [s.path.is_some(), s.postgres.is_some(), s.http.is_some()];
+    let kinds = [
+        s.path.is_some(),
+        s.postgres.is_some(),
+        s.http.is_some(),
+        s.kafka.is_some(),
+    ];
     if kinds.iter().filter(|k| **k).count() > 1 {
         errors.on(
             &s.name,
             format!("sources[{i}]"),
-            "a source is one of files (path), a database (postgres) or an API (http)",
+            "a source is one of files (path), a database (postgres), an API (http) or a \
+             stream (kafka)",
         );
+        return;
+    }
+    if let Some(kafka) = &s.kafka {
+        validate_kafka(errors, &format!("sources[{i}].kafka"), &kafka.value);
+        if s.format.is_some() || s.schema.is_some() {
+            errors.on(
+                kafka,
+                format!("sources[{i}].format"),
+                "a kafka source's values are JSON, read like JSON lines: no format or schema",
+            );
+        }
         return;
     }
     if let Some(http) = &s.http {
@@ -1095,7 +1157,8 @@ fn validate_source(errors: &mut Errors, i: usize, s: &SourceSpec) {
         (None, None) => errors.on(
             &s.name,
             format!("sources[{i}]"),
-            "needs a path (files), postgres (a database table or query) or http (an API)",
+            "needs a path (files), postgres (a database table or query), http (an API) or \
+             kafka (a topic)",
         ),
         (Some(path), None) if path.value.trim().is_empty() => {
             errors.on(path, format!("sources[{i}].path"), "must not be empty")

@@ -239,8 +239,8 @@ pub enum SourceFormat {
     Parquet,
 }
 
-/// A place raw data arrives: files matching a path or glob (`format` and `path`), or a
-/// database (`postgres`).
+/// A place raw data arrives: files matching a path or glob (`format` and `path`), a
+/// database (`postgres`), an API (`http`) or a stream (`kafka`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
@@ -257,6 +257,9 @@ pub struct SourceSpec {
     /// An HTTP JSON API, read page by page.
     #[serde(default)]
     pub http: Option<Spanned<HttpSource>>,
+    /// A topic of a Kafka-protocol broker, read partition by partition.
+    #[serde(default)]
+    pub kafka: Option<Spanned<KafkaSource>>,
     #[serde(default)]
     pub options: FormatOptions,
     /// Declared column types. Without it every column is read as raw text (JSON, CSV) or with
@@ -290,15 +293,17 @@ pub enum SourceKind<'a> {
     Files(SourceFormat),
     Postgres(&'a PostgresSource),
     Http(&'a HttpSource),
+    Kafka(&'a KafkaSource),
 }
 
 impl SourceSpec {
     /// The source's kind (validation makes sure exactly one is given).
     pub fn kind(&self) -> SourceKind<'_> {
-        match (&self.postgres, &self.http) {
-            (Some(pg), _) => SourceKind::Postgres(&pg.value),
-            (None, Some(http)) => SourceKind::Http(&http.value),
-            (None, None) => SourceKind::Files(self.format.unwrap_or(SourceFormat::Json)),
+        match (&self.postgres, &self.http, &self.kafka) {
+            (Some(pg), _, _) => SourceKind::Postgres(&pg.value),
+            (None, Some(http), _) => SourceKind::Http(&http.value),
+            (None, None, Some(kafka)) => SourceKind::Kafka(&kafka.value),
+            (None, None, None) => SourceKind::Files(self.format.unwrap_or(SourceFormat::Json)),
         }
     }
 
@@ -324,6 +329,14 @@ impl SourceSpec {
             }
             if let Some(f) = &auth.value.token_file {
                 found.push(("http.auth.token_file", f, Secret::File(&f.value)));
+            }
+        }
+        if let Some(sasl) = self.kafka.as_ref().and_then(|k| k.value.sasl.as_ref()) {
+            if let Some(v) = &sasl.value.password_env {
+                found.push(("kafka.sasl.password_env", v, Secret::Env(&v.value)));
+            }
+            if let Some(f) = &sasl.value.password_file {
+                found.push(("kafka.sasl.password_file", f, Secret::File(&f.value)));
             }
         }
         found
@@ -497,6 +510,76 @@ pub struct Since {
     /// The records' field whose largest value is recorded (`updated_at`): numbers compare
     /// as numbers, anything else as text (ISO 8601 times in one format do).
     pub field: String,
+}
+
+/// A topic of a Kafka-protocol broker as a source: its records' values are JSON objects,
+/// read into bronze like JSON lines (raw text columns, unknown fields rescued), beside
+/// `_topic`, `_partition`, `_offset`, `_timestamp` and `_key`.
+///
+/// Each run reads every partition from the offset the table's last commit recorded up to the
+/// end the partition had when the run planned, one task per range of at most
+/// `records_per_task` records, and records the offsets reached in the bronze commit that adds
+/// the records (not in the broker: no consumer group), so a run that dies reads again exactly
+/// what was not committed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSource {
+    /// Bootstrap brokers: `[kafka-1:9092, kafka-2:9092]`.
+    pub brokers: Spanned<Vec<String>>,
+    pub topic: Spanned<String>,
+    /// SASL authentication [default: none].
+    #[serde(default)]
+    pub sasl: Option<Spanned<KafkaSasl>>,
+    /// The most records one task reads [default: 1,000,000].
+    #[serde(default)]
+    pub records_per_task: Option<Spanned<u64>>,
+    /// What a run does when records it has not read yet were deleted by the topic's
+    /// retention [default: `fail`].
+    #[serde(default)]
+    pub on_data_loss: OnDataLoss,
+}
+
+impl KafkaSource {
+    pub const DEFAULT_RECORDS_PER_TASK: u64 = 1_000_000;
+
+    pub fn records_per_task(&self) -> u64 {
+        self.records_per_task
+            .as_ref()
+            .map_or(Self::DEFAULT_RECORDS_PER_TASK, |r| r.value)
+    }
+}
+
+/// SASL credentials for a broker: the password from the environment or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSasl {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    #[serde(default)]
+    pub password_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub password_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "plain")]
+    Plain,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+}
+
+/// Records a run should read are gone (retention deleted them before they were ingested).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDataLoss {
+    /// Fail the table, naming the partition and the offsets lost.
+    #[default]
+    Fail,
+    /// Warn in the run's log and read on from the oldest record left.
+    Skip,
 }
 
 /// Auto Loader's schema evolution modes, for fields that appear in files a bronze table

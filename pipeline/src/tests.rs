@@ -113,7 +113,7 @@ fn a_postgres_source_is_checked_field_by_field() {
     );
     let errors = parse(&both).unwrap_err();
     assert!(
-        errors[0].contains("one of files (path), a database (postgres) or an API"),
+        errors[0].contains("one of files (path), a database (postgres), an API (http) or a stream"),
         "{errors:?}"
     );
     let neither = VALID.replace("format: json, path: in/*.jsonl", "format: json");
@@ -153,6 +153,44 @@ fn an_http_source_is_checked_field_by_field() {
     let errors = parse(&with("url: 'ftp://x/'")).unwrap_err();
     assert!(
         errors[0].contains("'ftp://' is not an HTTP URL"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_kafka_source_is_checked_field_by_field() {
+    let with = |kafka: &str| {
+        VALID.replace(
+            "  - { name: api, format: json, path: in/*.jsonl }",
+            &format!("  - name: api\n    kafka: {{ {kafka} }}"),
+        )
+    };
+    let ok = "brokers: ['k1:9092', 'k2:9092'], topic: orders.v1, records_per_task: 500, \
+              sasl: { mechanism: scram-sha-512, username: u, password_env: KAFKA_PW }";
+    let p = parse(&with(ok)).unwrap();
+    let kafka = &p.spec.sources[0].kafka.as_ref().unwrap().value;
+    assert_eq!(kafka.records_per_task(), 500);
+    assert_eq!(kafka.on_data_loss, crate::spec::OnDataLoss::Fail);
+    let errors = parse(&with(
+        "brokers: ['k1', ':9092'], topic: 'no spaces', records_per_task: 0, \
+         sasl: { mechanism: plain, username: u }",
+    ))
+    .unwrap_err();
+    for expected in [
+        "sources[0].kafka.brokers: 'k1' is not host:port",
+        "sources[0].kafka.brokers: ':9092' is not host:port",
+        "sources[0].kafka.topic: 'no spaces' is not a topic name",
+        "sources[0].kafka.records_per_task: must be at least 1",
+        "sources[0].kafka.sasl: give password_env or password_file",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{expected}: {errors:#?}"
+        );
+    }
+    let errors = parse(&with("brokers: [], topic: t")).unwrap_err();
+    assert!(
+        errors[0].contains("sources[0].kafka.brokers: needs at least one broker"),
         "{errors:?}"
     );
 }

@@ -229,21 +229,13 @@ impl<'a> Client<'a> {
         }
         if let Some(auth) = &api.auth {
             let auth = &auth.value;
-            let token = match (&auth.token_env, &auth.token_file) {
-                (Some(var), _) => std::env::var(&var.value).map_err(|_| {
-                    format!(
-                        "the environment variable {} (auth.token_env) is not set",
-                        var.value
-                    )
-                })?,
-                (None, Some(file)) => {
-                    let path = pipeline.spec_relative(&file.value);
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| format!("auth.token_file {path}: {e}"))?;
-                    text.lines().next().unwrap_or_default().to_string()
-                }
-                (None, None) => String::new(),
-            };
+            let token = crate::read_secret(
+                pipeline,
+                "auth.token",
+                auth.token_env.as_ref().map(|v| v.value.as_str()),
+                auth.token_file.as_ref().map(|f| f.value.as_str()),
+            )?
+            .unwrap_or_default();
             let name = auth.header.as_deref().unwrap_or("Authorization");
             let mut value: reqwest::header::HeaderValue =
                 format!("{}{token}", auth.prefix.as_deref().unwrap_or_default())

@@ -61,7 +61,7 @@ impl RecordSource for JsonLines {
 }
 
 /// Adds one JSON line: its fields to their columns, other fields to `_rescued_data`.
-fn push_object(batch: &mut TextBatch, line_no: u64, line: &str) {
+pub(crate) fn push_object(batch: &mut TextBatch, line_no: u64, line: &str) {
     let mut fields = vec![None; batch.data_columns()];
     let mut rescued = Rescued::new();
     let record = Record {

@@ -9,6 +9,7 @@ mod csv;
 pub mod http;
 mod infer;
 mod json;
+pub mod kafka;
 mod parquet;
 pub mod postgres;
 mod text;
@@ -26,6 +27,29 @@ pub use infer::infer_schema;
 
 /// Rows per batch the readers produce.
 pub const BATCH_ROWS: usize = 8192;
+
+/// A secret a source names, read in this process: the environment variable `env`, or the
+/// first line of `file` (relative to the spec); `None` when it names neither. `field` (as
+/// `http.auth.token`) names them in errors, which never hold the secret.
+pub(crate) fn read_secret(
+    pipeline: &medallion_pipeline::Pipeline,
+    field: &str,
+    env: Option<&str>,
+    file: Option<&str>,
+) -> Result<Option<String>, String> {
+    match (env, file) {
+        (Some(var), _) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("the environment variable {var} ({field}_env) is not set")),
+        (None, Some(file)) => {
+            let path = pipeline.spec_relative(file);
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{field}_file {path}: {e}"))?;
+            Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
 
 /// A source file could not be read at all (as opposed to a bad record, which is rescued).
 #[derive(Debug, thiserror::Error)]

@@ -76,20 +76,14 @@ impl Connection {
                 None => format!("url: {e}"),
             }
         })?;
-        if let Some(var) = &pg.password_env {
-            let password = std::env::var(&var.value).map_err(|_| {
-                format!(
-                    "the environment variable {} (password_env) is not set",
-                    var.value
-                )
-            })?;
+        let password = crate::read_secret(
+            pipeline,
+            "password",
+            pg.password_env.as_ref().map(|v| v.value.as_str()),
+            pg.password_file.as_ref().map(|f| f.value.as_str()),
+        )?;
+        if let Some(password) = password {
             config.password(password);
-        }
-        if let Some(file) = &pg.password_file {
-            let path = pipeline.spec_relative(&file.value);
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("password_file {path}: {e}"))?;
-            config.password(text.lines().next().unwrap_or_default());
         }
         config.application_name("medallion");
         config.connect_timeout(std::time::Duration::from_secs(30));

@@ -22,4 +22,5 @@ mod security;
 mod serve;
 mod sources;
 mod storage;
+mod streams;
 mod ui;

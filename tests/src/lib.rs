@@ -13,6 +13,7 @@ use serde_json::Value;
 pub mod azure;
 pub mod cluster;
 pub mod faults;
+pub mod kafka;
 pub mod postgres;
 pub mod prometheus;
 pub mod s3;

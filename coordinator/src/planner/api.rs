@@ -7,8 +7,8 @@
 
 use anyhow::Result;
 use datafusion::arrow::datatypes::Schema;
+use medallion_pipeline::TableRef;
 use medallion_pipeline::spec::HttpSource;
-use medallion_pipeline::{TableRef, meta};
 use medallion_proto::{ApiRead, IngestWork, task::Work};
 
 use super::{RunContext, SourceChanges, StagePlan, last_position, positioned_commit};
@@ -26,14 +26,7 @@ impl RunContext<'_> {
         };
         // The table's data columns; the task adds the fields new in what it reads.
         let data = match &existing {
-            Some(t) => {
-                let columns = t.snapshot()?.snapshot().arrow_schema();
-                let data = columns
-                    .fields()
-                    .iter()
-                    .filter(|f| !meta::is_bronze_column(f.name()));
-                Schema::new(data.cloned().collect::<Vec<_>>())
-            }
+            Some(t) => super::existing_data_columns(t)?,
             None => Schema::empty(),
         };
         let work = Work::Ingest(IngestWork {
@@ -44,6 +37,7 @@ impl RunContext<'_> {
             api: Some(ApiRead {
                 since_json: since.map(|s| s.to_string()).unwrap_or_default(),
             }),
+            stream: None,
         });
         // The position comes back with the task's result (`CommitPlan::read_up_to`).
         let (commit, refresh) = positioned_commit(

@@ -82,6 +82,7 @@ impl RunContext<'_> {
                         describe: slice.describe,
                     }),
                     api: None,
+                    stream: None,
                 });
                 self.task(&target, n, work)
             })

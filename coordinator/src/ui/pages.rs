@@ -271,6 +271,7 @@ fn graph_of(
                         .as_ref()
                         .map_or_else(|| "query".to_string(), |t| t.value.clone()),
                 ],
+                SourceKind::Kafka(kafka) => vec!["kafka".to_string(), kafka.topic.value.clone()],
             },
             state: NodeState::None,
             href: None,
