@@ -347,6 +347,26 @@ impl RunContext<'_> {
         }
     }
 
+    /// One bronze task per slice of a source that is not files (`slices` name only what each
+    /// reads), all reading into `data`'s columns.
+    fn slice_tasks(
+        &self,
+        target: &Target,
+        data: &Schema,
+        slices: impl IntoIterator<Item = IngestWork>,
+    ) -> Result<Vec<Task>> {
+        let data_schema_json = medallion_lake::schema_to_json(data)?;
+        let tasks = slices.into_iter().enumerate().map(|(n, slice)| {
+            let work = IngestWork {
+                ingested_at_micros: self.ingested_at_micros,
+                data_schema_json: data_schema_json.clone(),
+                ..slice
+            };
+            self.task(target, n, Work::Ingest(work))
+        });
+        Ok(tasks.collect())
+    }
+
     /// Plans `table`; an empty task list means there is nothing to do.
     pub async fn plan(&self, table: &TableRef) -> Result<StagePlan> {
         match table.layer {

@@ -228,20 +228,7 @@ fn a_cluster_on_s3_survives_a_killed_executor_and_equals_a_local_run() {
     let victim = cluster.executor_running("bronze.orders");
     cluster.executors[victim].kill();
     cluster.add_executor();
-    let status = cluster.wait(&ws, &run_id);
-    assert_eq!(
-        status["state"],
-        "succeeded",
-        "{status:#}\n{}",
-        cluster.logs()
-    );
-    assert!(
-        cluster.coordinators[0]
-            .log_text()
-            .contains("executor lost under a running task"),
-        "no task was running on the killed executor:\n{}",
-        cluster.logs()
-    );
+    let status = cluster.wait_after_lost_task(&ws, &run_id);
     let gold = table(&status["report"], "gold.customer_360");
     assert_eq!(gold["engine"], "ballista", "{gold:#}");
     // The store's secret reaches every process (in its environment) and appears nowhere:

@@ -532,6 +532,22 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("watch gave no JSON ({e}): {}\n{}", out.stdout, out.stderr))
     }
 
+    /// Follows a run that had an executor killed under one of its tasks to its end: it must
+    /// have succeeded, and the coordinator must have seen the task lost (else the kill missed
+    /// it). Its status.
+    pub fn wait_after_lost_task(&self, ws: &Workspace, run_id: &str) -> serde_json::Value {
+        let status = self.wait(ws, run_id);
+        assert_eq!(status["state"], "succeeded", "{status:#}\n{}", self.logs());
+        assert!(
+            self.coordinators[0]
+                .log_text()
+                .contains("executor lost under a running task"),
+            "no task was running on the killed executor:\n{}",
+            self.logs()
+        );
+        status
+    }
+
     /// The index of the coordinator that leads now.
     pub fn leader(&self) -> usize {
         let newest = |p: &Proc| p.log_text().matches("elected leader").count();

@@ -9,7 +9,7 @@ use anyhow::Result;
 use datafusion::arrow::datatypes::Schema;
 use medallion_pipeline::TableRef;
 use medallion_pipeline::spec::HttpSource;
-use medallion_proto::{ApiRead, IngestWork, task::Work};
+use medallion_proto::{ApiRead, IngestWork};
 
 use super::{RunContext, SourceChanges, StagePlan, last_position, positioned_commit};
 
@@ -29,16 +29,12 @@ impl RunContext<'_> {
             Some(t) => super::existing_data_columns(t)?,
             None => Schema::empty(),
         };
-        let work = Work::Ingest(IngestWork {
-            files: Vec::new(),
-            ingested_at_micros: self.ingested_at_micros,
-            data_schema_json: medallion_lake::schema_to_json(&data)?,
-            database: None,
+        let read = IngestWork {
             api: Some(ApiRead {
                 since_json: since.map(|s| s.to_string()).unwrap_or_default(),
             }),
-            stream: None,
-        });
+            ..Default::default()
+        };
         // The position comes back with the task's result (`CommitPlan::read_up_to`).
         let (commit, refresh) = positioned_commit(
             existing.as_ref(),
@@ -48,7 +44,7 @@ impl RunContext<'_> {
             "an API source without since is read whole each run",
         );
         Ok(StagePlan {
-            tasks: vec![self.task(&target, 0, work)],
+            tasks: self.slice_tasks(&target, &data, [read])?,
             commit,
             target,
             engine: None,

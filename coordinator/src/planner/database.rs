@@ -10,7 +10,7 @@
 use anyhow::{Context, Result, anyhow};
 use medallion_pipeline::TableRef;
 use medallion_pipeline::spec::{PostgresSource, SourceSpec};
-use medallion_proto::{DatabaseSlice, IngestWork, task::Work};
+use medallion_proto::{DatabaseSlice, IngestWork};
 use medallion_sources::postgres::{Connection, Key, Postgres};
 
 use super::{
@@ -67,26 +67,14 @@ impl RunContext<'_> {
             }
             None => Vec::new(),
         };
-        let data_schema_json = medallion_lake::schema_to_json(&data)?;
-        let tasks = plan
-            .slices
-            .into_iter()
-            .enumerate()
-            .map(|(n, slice)| {
-                let work = Work::Ingest(IngestWork {
-                    files: Vec::new(),
-                    ingested_at_micros: self.ingested_at_micros,
-                    data_schema_json: data_schema_json.clone(),
-                    database: Some(DatabaseSlice {
-                        sql: slice.sql,
-                        describe: slice.describe,
-                    }),
-                    api: None,
-                    stream: None,
-                });
-                self.task(&target, n, work)
-            })
-            .collect();
+        let slices = plan.slices.into_iter().map(|slice| IngestWork {
+            database: Some(DatabaseSlice {
+                sql: slice.sql,
+                describe: slice.describe,
+            }),
+            ..Default::default()
+        });
+        let tasks = self.slice_tasks(&target, &data, slices)?;
         Ok(StagePlan {
             tasks,
             commit,

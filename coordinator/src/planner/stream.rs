@@ -15,7 +15,7 @@ use anyhow::{Result, anyhow, bail};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use medallion_pipeline::spec::{KafkaSource, OnDataLoss, SchemaEvolution, SourceSpec};
 use medallion_pipeline::{TableRef, meta};
-use medallion_proto::{IngestWork, StreamRange, task::Work};
+use medallion_proto::{IngestWork, StreamRange};
 use medallion_sources::kafka::{PartitionOffsets, Topic};
 
 use super::{
@@ -87,22 +87,11 @@ impl RunContext<'_> {
                 }
             }
         }
-        let data_schema_json = medallion_lake::schema_to_json(&Schema::new(data))?;
-        let tasks = ranges
-            .into_iter()
-            .enumerate()
-            .map(|(n, range)| {
-                let work = Work::Ingest(IngestWork {
-                    files: Vec::new(),
-                    ingested_at_micros: self.ingested_at_micros,
-                    data_schema_json: data_schema_json.clone(),
-                    database: None,
-                    api: None,
-                    stream: Some(range),
-                });
-                self.task(&target, n, work)
-            })
-            .collect();
+        let slices = ranges.into_iter().map(|range| IngestWork {
+            stream: Some(range),
+            ..Default::default()
+        });
+        let tasks = self.slice_tasks(&target, &Schema::new(data), slices)?;
         Ok(StagePlan {
             tasks,
             commit,
