@@ -120,12 +120,13 @@ need_browser() {
 }
 
 # tansu, a Kafka-protocol broker in Rust from crates.io, for the stream source tests (they
-# run their own, in memory, on a free port); built once into the tools cache.
+# run their own on a free port, storing into SQLite in a temp dir); built once into the tools
+# cache.
 need_kafka_broker() {
   local root="${MEDALLION_TOOLS:-$HOME/.cache/medallion-tools}/tansu"
   if [ ! -x "$root/bin/tansu" ]; then
     echo "building tansu (once; cached in $root)" >&2
-    cargo install --quiet --locked tansu --version 0.6.0 --features dynostore --root "$root"
+    cargo install --quiet --locked tansu --version 0.6.0 --features libsql --root "$root"
   fi
   export MEDALLION_TANSU="$root/bin/tansu"
 }

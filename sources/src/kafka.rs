@@ -33,6 +33,8 @@ use crate::{BATCH_ROWS, Chunk, ReadOptions, with_rescued_column};
 const FETCH_BYTES: i32 = 8 * 1024 * 1024;
 /// How long a fetch waits for records the broker does not have yet.
 const FETCH_WAIT_MS: i32 = 500;
+/// Offsets in a row a range may skip as transaction markers (see [`Fetcher::next`]).
+const MAX_MARKERS: usize = 100;
 /// How long a request is retried (broker down, leader moving) before the task fails, to be
 /// retried as a whole.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
@@ -249,24 +251,42 @@ struct Fetcher<'a> {
 impl Fetcher<'_> {
     /// The next records of the range, in offset order; `None` at its end.
     async fn next(&mut self) -> Result<Option<Vec<RecordAndOffset>>, KafkaError> {
+        let partition = self.client.partition();
+        let mut skipped = 0;
         while self.offset < self.to {
-            let (mut records, _) = self
+            let at = self.offset;
+            let (mut records, end) = self
                 .client
-                .fetch_records(self.offset, 1..FETCH_BYTES, FETCH_WAIT_MS)
+                .fetch_records(at, 1..FETCH_BYTES, FETCH_WAIT_MS)
                 .await
                 .map_err(|e| {
-                    let partition = self.client.partition();
-                    self.topic.error(format!(
-                        "partition {partition} at offset {}: {e}",
-                        self.offset
-                    ))
+                    self.topic
+                        .error(format!("partition {partition} at offset {at}: {e}"))
                 })?;
             records.retain(|r| r.offset < self.to);
-            // Nothing readable at the offset: a transaction marker (one offset), skipped.
-            self.offset = records.last().map_or(self.offset + 1, |r| r.offset + 1);
-            if !records.is_empty() {
+            if let Some(last) = records.last() {
+                self.offset = last.offset + 1;
                 return Ok(Some(records));
             }
+            if end <= at {
+                return Err(self.topic.error(format!(
+                    "partition {partition} now ends at offset {end}, before the {} planned: \
+                     the topic was truncated or recreated since the run planned",
+                    self.to
+                )));
+            }
+            // Nothing readable at `at` below the end: a transaction marker, one offset, which
+            // the client does not return. Many in a row is a broker not answering as Kafka
+            // does: fail rather than skip records unseen.
+            skipped += 1;
+            if skipped > MAX_MARKERS {
+                return Err(self.topic.error(format!(
+                    "partition {partition}: no records at offsets {}..={at} below its end \
+                     {end}",
+                    at - MAX_MARKERS as i64
+                )));
+            }
+            self.offset = at + 1;
         }
         Ok(None)
     }

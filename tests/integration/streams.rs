@@ -76,17 +76,17 @@ table = sys.argv[2]
 arrow = deltalake.DeltaTable(table).to_pyarrow_table(columns=["_partition", "_offset"])
 pairs = list(zip(arrow["_partition"].to_pylist(), arrow["_offset"].to_pylist()))
 con = delta_check.duckdb_connection()
-q = lambda sql: con.execute(sql.replace("T", f"delta_scan('{table}')")).fetchall()
+q = lambda sql: con.execute(sql.replace("BRONZE", f"delta_scan('{table}')")).fetchall()
 print(json.dumps({
     "rows": len(pairs),
     "distinct": len(set(pairs)),
-    "duckdb_rows": q("SELECT count(*) FROM T")[0][0],
+    "duckdb_rows": q("SELECT count(*) FROM BRONZE")[0][0],
     "partitions": {str(p): [lo, hi, n] for p, lo, hi, n in q(
-        "SELECT _partition, min(_offset), max(_offset), count(*) FROM T GROUP BY 1 ORDER BY 1")},
-    "distinct_ids": q("SELECT count(DISTINCT id) FROM T")[0][0],
-    "corrupt": q("SELECT count(*) FROM T WHERE _rescued_data LIKE '%_corrupt_record%'")[0][0],
-    "topic": q("SELECT DISTINCT _topic FROM T")[0][0],
-    "keys_match": q("SELECT count(*) FROM T WHERE CAST(_key AS VARCHAR) = id")[0][0],
+        "SELECT _partition, min(_offset), max(_offset), count(*) FROM BRONZE GROUP BY 1 ORDER BY 1")},
+    "distinct_ids": q("SELECT count(DISTINCT id) FROM BRONZE")[0][0],
+    "corrupt": q("SELECT count(*) FROM BRONZE WHERE _rescued_data LIKE '%_corrupt_record%'")[0][0],
+    "topic": q("SELECT DISTINCT _topic FROM BRONZE")[0][0],
+    "keys_match": q("SELECT count(*) FROM BRONZE WHERE CAST(_key AS VARCHAR) = id")[0][0],
 }))
 "#;
     let table = ws.path().join("lake/bronze/orders");
@@ -136,8 +136,8 @@ fn recorded_offsets(ws: &Workspace) -> Vec<Value> {
         .collect()
 }
 
-/// 30,000 orders over three partitions, plus three values that are not JSON: nine tasks of
-/// at most 4,000 records; bronze holds every offset once, with the bad values rescued and
+/// 30,000 orders over three partitions, plus three values that are not JSON: twelve tasks of
+/// at most 3,333 records; bronze holds every offset once, with the bad values rescued and
 /// counted; the commit records each partition's end. A second run reads exactly the 1,500
 /// records produced since; a third reads nothing.
 #[test]
@@ -149,16 +149,21 @@ fn a_topic_is_read_in_partition_ranges_then_only_past_the_committed_offsets() {
     broker.produce(TOPIC, 2, &[(Some("x".into()), Some("[1, 2]".into()))]);
     broker.produce(TOPIC, 2, &[(None, Some("\"text\"".into()))]);
     let ws = Workspace::new();
-    ws.write("pipeline.yaml", &spec(&broker, 4_000));
+    // Ranges that start inside the producer's batches of 1,000 records.
+    ws.write("pipeline.yaml", &spec(&broker, 3_333));
 
     let run = ws.run("pipeline.yaml");
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.report();
-    assert_eq!(metric(&report, "bronze.orders", "rows_written"), 30_003);
-    assert_eq!(metric(&report, "bronze.orders", "rows_malformed"), 3);
-    // 10,000 records per partition, 4,000 per task: three ranges each.
-    assert_eq!(table(&report, "bronze.orders")["tasks"], 9, "{report}");
     let found = bronze(&ws);
+    assert_eq!(
+        metric(&report, "bronze.orders", "rows_written"),
+        30_003,
+        "{found}"
+    );
+    assert_eq!(metric(&report, "bronze.orders", "rows_malformed"), 3);
+    // 10,000 to 10,002 records per partition, 3,333 per task: four ranges each.
+    assert_eq!(table(&report, "bronze.orders")["tasks"], 12, "{report}");
     assert_contiguous(&found, &[10_000, 10_001, 10_002]);
     assert_eq!(found["distinct_ids"], 30_000, "{found}");
     assert_eq!(found["corrupt"], 3, "{found}");

@@ -1,6 +1,12 @@
 //! A Kafka-protocol broker on a free loopback port: tansu (a Rust broker from crates.io that
-//! `scripts/deps.sh` builds once into the tools cache) with its in-memory storage, killed with
-//! the test. Topics are created and records produced with rskafka, over the Kafka protocol.
+//! `scripts/deps.sh` builds once into the tools cache) storing into SQLite in a temporary
+//! directory, killed with the test. Topics are created and records produced with rskafka, over
+//! the Kafka protocol.
+//!
+//! Not tansu's in-memory engine: in 0.6.0 it keeps record batches as objects named by their
+//! first offset, so it answers a fetch from inside a batch with the batches after it, and
+//! `ListOffsets` (latest) with the last batch's first offset + 1. A Kafka broker does neither;
+//! the SQL engines keep one row per record and answer both as Kafka does.
 
 use std::process::Command;
 use std::time::Duration;
@@ -34,7 +40,8 @@ impl Broker {
         command
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"]);
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir.path());
         let proc = Proc::spawn("tansu", port, dir.path().join("tansu.log"), &mut command);
         wait_for("tansu", Duration::from_secs(60), || proc.listening());
         let runtime = tokio::runtime::Builder::new_current_thread()
