@@ -43,6 +43,16 @@ need_bench_peers() {
   "$MEDALLION_PYTHON" -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 }
 
+# The Daft peer of the benchmark, in a virtualenv of its own (it pins another pyarrow).
+need_daft() {
+  local venv="${MEDALLION_DAFT_VENV:-$HOME/.cache/medallion-daft-venv}"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r bench/requirements-daft.txt
+  export MEDALLION_DAFT_PYTHON="$venv/bin/python"
+}
+
 # etcd for the cluster tests (they start their own, on free ports, with a temp data dir).
 need_etcd() {
   command -v etcd >/dev/null || apt_install etcd-server

@@ -65,6 +65,23 @@ def polars_write(df, path, fmt, partition_by=None):
     return path
 
 
+def daft_write(df, path, fmt, partition_by=None):
+    """Writes a Daft frame as a Delta table (through deltalake) or as Parquet files."""
+    if fmt == "delta":
+        df.write_deltalake(path, mode="overwrite", partition_cols=partition_by)
+    else:
+        df.write_parquet(path, write_mode="overwrite", partition_cols=partition_by)
+    return path
+
+
+def daft_read(path, fmt):
+    """Reads what `daft_write` wrote."""
+    import daft
+    if fmt == "delta":
+        return daft.read_deltalake(path)
+    return daft.read_parquet(f"{path}/**/*.parquet", hive_partitioning=True)
+
+
 def spark_session(threads, name):
     """A local Spark with `threads` cores, UTC, quiet."""
     from pyspark.sql import SparkSession

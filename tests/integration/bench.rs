@@ -31,6 +31,8 @@ fn benchmark_harness_smoke_run() {
         "| polars | delta |",
         "| polars | parquet |",
         "| pyspark | parquet |",
+        "| daft | delta |",
+        "| daft | parquet |",
     ] {
         let lines: Vec<&str> = report.lines().filter(|l| l.starts_with(engine)).collect();
         assert_eq!(lines.len(), 2, "{engine} once per workload:\n{report}");
