@@ -1,7 +1,7 @@
 """Runs the benchmark workloads on Medallion and its peers, checks they agree, writes a report.
 
     bench/run [--workloads ecommerce,tpch] [--scales 1000000,5000000] [--tpch-scales 1]
-              [--peers duckdb,polars,pyspark,daft] [--cluster 1,2] [--smoke]
+              [--peers duckdb,polars,pyspark,sail,daft] [--cluster 1,2] [--smoke]
 
 Every engine gets the same files and the same number of threads; its wall time per stage and in
 total, rows per second and peak memory (the whole process tree, sampled) are measured in this
@@ -30,16 +30,17 @@ PEERS = {
     "duckdb": [("duckdb", "delta"), ("duckdb", "parquet")],
     "polars": [("polars", "delta"), ("polars", "parquet")],
     "pyspark": [("pyspark", "parquet")],
+    "sail": [("sail", "delta"), ("sail", "parquet")],
     "daft": [("daft", "delta"), ("daft", "parquet")],
 }
 
 # Peers that pin other versions of what the harness uses run on a Python of their own
-# (scripts/deps.sh sets these).
-PEER_PYTHON = {"daft": "MEDALLION_DAFT_PYTHON"}
+# (scripts/deps.sh sets these): the variable naming it, and the module whose version it has.
+PEER_PYTHON = {"sail": ("MEDALLION_SAIL_PYTHON", "pysail"), "daft": ("MEDALLION_DAFT_PYTHON", "daft")}
 
 
 def peer_python(peer):
-    return os.environ.get(PEER_PYTHON.get(peer, ""), sys.executable)
+    return os.environ.get(PEER_PYTHON.get(peer, ("",))[0], sys.executable)
 
 
 def measure(cmd, cwd=None, env=None, servers=()):
@@ -456,11 +457,11 @@ def machine():
             versions[module] = __import__(module).__version__
         except ImportError:
             pass
-    for peer in PEER_PYTHON:
-        asked = subprocess.run([peer_python(peer), "-c", f"import {peer}; print({peer}.__version__)"],
+    for peer, (_, module) in PEER_PYTHON.items():
+        asked = subprocess.run([peer_python(peer), "-c", f"import {module}; print({module}.__version__)"],
                                capture_output=True, text=True)
         if asked.returncode == 0:
-            versions[peer] = asked.stdout.strip()
+            versions[module] = asked.stdout.strip()
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     versions["medallion"] = rev
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
@@ -560,7 +561,7 @@ def main():
     p.add_argument("--workloads", default="ecommerce,tpch")
     p.add_argument("--scales", default="1000000,5000000", help="orders per ecommerce run")
     p.add_argument("--tpch-scales", default="1", help="TPC-H scale factors")
-    p.add_argument("--peers", default="duckdb,polars,pyspark,daft")
+    p.add_argument("--peers", default="duckdb,polars,pyspark,sail,daft")
     p.add_argument("--cluster", default="1,2", help="Medallion local clusters: executors per cluster ('' for none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--memory", default="1GiB", help="Medallion's --memory-limit (queries spill beyond it)")

@@ -43,14 +43,22 @@ need_bench_peers() {
   "$MEDALLION_PYTHON" -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 }
 
-# The Daft peer of the benchmark, in a virtualenv of its own (it pins another pyarrow).
-need_daft() {
-  local venv="${MEDALLION_DAFT_VENV:-$HOME/.cache/medallion-daft-venv}"
+# A virtualenv of its own for a benchmark peer that pins other versions than the harness:
+# `own_venv <name> <requirements>` prints its python.
+own_venv() {
+  local venv="$HOME/.cache/medallion-$1-venv"
   if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
   fi
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r bench/requirements-daft.txt
-  export MEDALLION_DAFT_PYTHON="$venv/bin/python"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$2" >&2
+  echo "$venv/bin/python"
+}
+
+# The Sail and Daft peers of the benchmark (each pins another pyspark or pyarrow).
+need_sail_and_daft() {
+  MEDALLION_SAIL_PYTHON="$(own_venv sail bench/requirements-sail.txt)"
+  MEDALLION_DAFT_PYTHON="$(own_venv daft bench/requirements-daft.txt)"
+  export MEDALLION_SAIL_PYTHON MEDALLION_DAFT_PYTHON
 }
 
 # etcd for the cluster tests (they start their own, on free ports, with a temp data dir).

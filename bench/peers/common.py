@@ -98,6 +98,23 @@ def spark_session(threads, name):
     return spark
 
 
+def sail_session(threads):
+    """A Spark Connect session to a Sail server started in this process, on `threads`
+    threads (set before Sail loads)."""
+    os.environ["TOKIO_WORKER_THREADS"] = str(threads)
+    os.environ["SAIL_EXECUTION__DEFAULT_PARALLELISM"] = str(threads)
+    from pysail.spark import SparkConnectServer
+    from pyspark.sql import SparkSession
+    server = SparkConnectServer()
+    server.start(background=True)
+    host, port = server.listening_address
+    spark = SparkSession.builder.remote(f"sc://{host}:{port}").getOrCreate()
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    # The server stops when collected: it lives as long as its session.
+    spark._sail_server = server
+    return spark
+
+
 class Stages:
     """Times the stages of one run."""
 

@@ -1,6 +1,6 @@
-"""The TPC-H pipeline (examples/tpch/pipeline.yaml) in DuckDB, Polars, PySpark or Daft.
+"""The TPC-H pipeline (examples/tpch/pipeline.yaml) in DuckDB, Polars, PySpark, Sail or Daft.
 
-    tpch.py <duckdb|polars|pyspark|daft> <data> <out> [--format delta|parquet] [--threads N]
+    tpch.py <duckdb|polars|pyspark|sail|daft> <data> <out> [--format delta|parquet] [--threads N]
 
 The tables, their keys and columns and the gold queries are read from the pipeline spec, so
 every engine does the same work: bronze lands each table with the ingestion metadata columns
@@ -14,7 +14,8 @@ import sys
 
 import yaml
 
-from common import Stages, arguments, daft_read, daft_write, exit_now, polars_write, spark_session
+from common import (Stages, arguments, daft_read, daft_write, exit_now, polars_write, sail_session,
+                    spark_session)
 
 SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "tpch", "pipeline.yaml")
 
@@ -129,11 +130,11 @@ class PySpark:
               .withColumn("_ingestion_date", F.current_date()))
         return self.write(df, f"bronze_{table}", ["_ingestion_date"])
 
-    def silver(self, table, bronze, keys, columns):
+    def silver(self, table, bronze, keys, columns, read=None):
         from pyspark.sql import Window
         F = self.F
         latest = Window.partitionBy(*keys).orderBy(F.col("_ingested_at").desc(), F.col("_source_file").desc())
-        df = (self.spark.read.parquet(bronze).withColumn("rn", F.row_number().over(latest))
+        df = ((read or self.spark.read.parquet)(bronze).withColumn("rn", F.row_number().over(latest))
               .where("rn = 1").select(*columns))
         return self.write(df, f"silver_{table}")
 
@@ -142,6 +143,50 @@ class PySpark:
             self.spark.read.parquet(path).createOrReplaceTempView(f"silver_{t}")
         df = self.spark.sql(sql).cache()
         return self.write(df, name), df.count()
+
+
+class Sail(PySpark):
+    """The PySpark engine's code on a Spark Connect session to Sail, writing Delta or Parquet.
+    Sail has no `input_file_name()`: each file is read on its own to set `_source_file`."""
+
+    def __init__(self, args):
+        from pyspark.sql import functions as F
+        self.F = F
+        self.args = args
+        self.spark = sail_session(args.threads)
+
+    def write(self, df, name, partition_by=None):
+        path = os.path.join(self.args.out, name)
+        writer = df.write.mode("overwrite")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.format(self.args.format).save(path)
+        return path
+
+    def read(self, path):
+        return self.spark.read.format(self.args.format).load(path)
+
+    def bronze(self, table, files):
+        import glob
+        F = self.F
+        frames = [self.spark.read.parquet(f).withColumn("_source_file", F.lit("file://" + f))
+                  for f in sorted(glob.glob(files))]
+        df = frames[0]
+        for more in frames[1:]:
+            df = df.unionByName(more)
+        df = (df.withColumn("_ingested_at", F.current_timestamp())
+              .withColumn("_source_name", F.lit(table))
+              .withColumn("_ingestion_date", F.current_date()))
+        return self.write(df, f"bronze_{table}", ["_ingestion_date"])
+
+    def silver(self, table, bronze, keys, columns):
+        return super().silver(table, bronze, keys, columns, read=self.read)
+
+    def gold(self, name, sql, silver):
+        for t, path in silver.items():
+            self.read(path).createOrReplaceTempView(f"silver_{t}")
+        path = self.write(self.spark.sql(sql), name)
+        return path, self.read(path).count()
 
 
 class Daft:
@@ -188,10 +233,10 @@ class Daft:
 
 
 def main():
-    args = arguments(["duckdb", "polars", "pyspark", "daft"],
+    args = arguments(["duckdb", "polars", "pyspark", "sail", "daft"],
                      data_help="directory with one directory of Parquet files per TPC-H table")
     spec = yaml.safe_load(open(SPEC))
-    engine = {"duckdb": DuckDB, "polars": Polars, "pyspark": PySpark, "daft": Daft}[args.engine](args)
+    engine = {"duckdb": DuckDB, "polars": Polars, "pyspark": PySpark, "sail": Sail, "daft": Daft}[args.engine](args)
     stages = Stages()
     sources = {s["name"]: s["path"].replace("data/", "", 1) for s in spec["sources"]}
     bronze = stages.run("bronze", lambda: {

@@ -31,6 +31,8 @@ fn benchmark_harness_smoke_run() {
         "| polars | delta |",
         "| polars | parquet |",
         "| pyspark | parquet |",
+        "| sail | delta |",
+        "| sail | parquet |",
         "| daft | delta |",
         "| daft | parquet |",
     ] {
