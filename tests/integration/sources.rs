@@ -3,7 +3,7 @@
 
 use medallion_tests::cluster::Cluster;
 use medallion_tests::postgres::{self, Postgres};
-use medallion_tests::{Workspace, metric, parquet_files, run_python, table};
+use medallion_tests::{Workspace, metric, run_python, source_positions, table};
 use serde_json::Value;
 
 const ORDERS_TABLE: &str = "CREATE TABLE shop.orders (
@@ -178,7 +178,7 @@ fn postgres_is_read_in_parallel_ranges_then_only_past_the_committed_cursor() {
         "the password was printed"
     );
     assert_eq!(
-        positions(&ws.path().join("lake/bronze/orders")),
+        source_positions(&ws.path().join("lake/bronze/orders")),
         [serde_json::json!({"cursor": {"type": "timestamptz", "value": "2024-01-12T13:46:40Z"}})],
         "the commit records the last updated_at read"
     );
@@ -217,7 +217,7 @@ fn a_killed_postgres_ingest_replays_without_duplicates_or_gaps() {
     let ws = workspace(&pg, 3);
 
     assert!(
-        kill_mid_ingest(&ws),
+        ws.killed_mid_ingest("lake/bronze/orders"),
         "the first run was not killed while ingesting"
     );
     let run = ws.run("pipeline.yaml");
@@ -232,7 +232,7 @@ fn a_killed_postgres_ingest_replays_without_duplicates_or_gaps() {
 
     pg.psql(&insert_orders(200_001, 50_000, 30));
     assert!(
-        kill_mid_ingest(&ws),
+        ws.killed_mid_ingest("lake/bronze/orders"),
         "the second run was not killed while ingesting"
     );
     let run = ws.run("pipeline.yaml");
@@ -248,38 +248,6 @@ fn a_killed_postgres_ingest_replays_without_duplicates_or_gaps() {
         ),
         250_000,
     );
-}
-
-/// The source positions the table's commits record, oldest first, read from its log's JSON.
-fn positions(table: &std::path::Path) -> Vec<Value> {
-    let mut commits: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    commits.sort();
-    commits
-        .iter()
-        .flat_map(|p| {
-            let text = std::fs::read_to_string(p).unwrap();
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter_map(|a| a["commitInfo"].get("medallion.source_position").cloned())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// Starts a run and SIGKILLs it once its bronze tasks have written a data file; whether that
-/// was before the table's commit.
-fn kill_mid_ingest(ws: &Workspace) -> bool {
-    let bronze = ws.path().join("lake/bronze/orders");
-    let commits =
-        |dir: &std::path::Path| std::fs::read_dir(dir.join("_delta_log")).map_or(0, |d| d.count());
-    let (before, files_before) = (commits(&bronze), parquet_files(&bronze));
-    let run = ["run", "pipeline.yaml", "--executors", "2"];
-    ws.killed_when(&run, || parquet_files(&bronze) > files_before) && commits(&bronze) == before
 }
 
 /// On a cluster, each range is a task on an executor, which reads the password from its own
@@ -349,7 +317,7 @@ fn a_postgres_query_without_a_cursor_replaces_bronze_with_its_rows() {
         row_count(&ws.path().join("lake/bronze/orders")),
         not_new(&pg)
     );
-    assert!(positions(&ws.path().join("lake/bronze/orders")).is_empty());
+    assert!(source_positions(&ws.path().join("lake/bronze/orders")).is_empty());
 
     // A query that would write (a sequence's nextval) runs read-only, and fails.
     pg.psql("CREATE SEQUENCE shop.s");
@@ -545,7 +513,7 @@ fn an_http_api_is_read_page_by_page_through_429_and_500_then_only_since_the_last
     assert!(!first.stderr.contains(API_TOKEN), "the token was printed");
     let last = "2024-01-01T00:17:30Z";
     assert_eq!(
-        positions(&ws.path().join("lake/bronze/orders")),
+        source_positions(&ws.path().join("lake/bronze/orders")),
         [serde_json::json!({"since": last})]
     );
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use medallion_tests::cluster::Cluster;
 use medallion_tests::kafka::{Broker, Message};
-use medallion_tests::{Workspace, medallion_bin, metric, parquet_files, run_python, table};
+use medallion_tests::{Workspace, medallion_bin, metric, run_python, source_positions, table};
 use serde_json::Value;
 
 const TOPIC: &str = "orders";
@@ -115,25 +115,7 @@ fn assert_contiguous(found: &Value, per_partition: &[u64]) {
 
 /// The offsets each bronze commit recorded, oldest first.
 fn recorded_offsets(ws: &Workspace) -> Vec<Value> {
-    let log = ws.path().join("lake/bronze/orders/_delta_log");
-    let mut commits: Vec<_> = std::fs::read_dir(log)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    commits.sort();
-    commits
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter_map(|a| a["commitInfo"].get("medallion.source_position").cloned())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    source_positions(&ws.path().join("lake/bronze/orders"))
 }
 
 /// 30,000 orders over three partitions, plus three values that are not JSON: twelve tasks of
@@ -193,17 +175,6 @@ fn a_topic_is_read_in_partition_ranges_then_only_past_the_committed_offsets() {
     assert_eq!(recorded_offsets(&ws).len(), 2);
 }
 
-/// Starts a run and SIGKILLs it once a bronze task has written a data file; whether that was
-/// before the table's commit.
-fn kill_mid_ingest(ws: &Workspace) -> bool {
-    let bronze = ws.path().join("lake/bronze/orders");
-    let commits =
-        |dir: &std::path::Path| std::fs::read_dir(dir.join("_delta_log")).map_or(0, |d| d.count());
-    let (before, files_before) = (commits(&bronze), parquet_files(&bronze));
-    let run = ["run", "pipeline.yaml", "--executors", "2"];
-    ws.killed_when(&run, || parquet_files(&bronze) > files_before) && commits(&bronze) == before
-}
-
 /// A run SIGKILLed after its bronze tasks wrote files and before the commit leaves the
 /// offsets where they were: the next run reads the same records once, for a new table and
 /// for one with offsets recorded.
@@ -216,7 +187,7 @@ fn a_killed_topic_ingest_replays_without_duplicates_or_gaps() {
     ws.write("pipeline.yaml", &spec(&broker, 10_000));
 
     assert!(
-        kill_mid_ingest(&ws),
+        ws.killed_mid_ingest("lake/bronze/orders"),
         "the first run was not killed mid-ingest"
     );
     let run = ws.run("pipeline.yaml");
@@ -227,7 +198,7 @@ fn a_killed_topic_ingest_replays_without_duplicates_or_gaps() {
 
     produce(&broker, 150_000..210_000);
     assert!(
-        kill_mid_ingest(&ws),
+        ws.killed_mid_ingest("lake/bronze/orders"),
         "the second run was not killed mid-ingest"
     );
     let run = ws.run("pipeline.yaml");

@@ -262,6 +262,19 @@ impl Workspace {
         killed
     }
 
+    /// Starts `medallion run pipeline.yaml` and SIGKILLs it once the bronze table at `table`
+    /// (relative to the workspace) has a new data file; whether that was before the table's
+    /// commit, so the kill landed mid-ingest.
+    pub fn killed_mid_ingest(&self, table: &str) -> bool {
+        let bronze = self.path().join(table);
+        let commits =
+            |dir: &Path| std::fs::read_dir(dir.join("_delta_log")).map_or(0, |d| d.count());
+        let (before, files_before) = (commits(&bronze), parquet_files(&bronze));
+        let run = ["run", "pipeline.yaml", "--executors", "2"];
+        self.killed_when(&run, || parquet_files(&bronze) > files_before)
+            && commits(&bronze) == before
+    }
+
     /// Runs a spec in embedded mode with a JSON report.
     pub fn run(&self, spec: &str) -> Invocation {
         self.medallion(&["run", spec, "--output", "json", "--executors", "2"])
@@ -522,4 +535,26 @@ pub fn assert_same_example_table(table: &str, ours: &Value, reference: &Value, l
             "{table}: rows differ from the reference run"
         ),
     }
+}
+
+/// How far a source was read, as each commit of the table at `table` recorded it
+/// (`medallion.source_position`), oldest first, read from its log's JSON.
+pub fn source_positions(table: &Path) -> Vec<Value> {
+    let mut commits: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .expect("a Delta log")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    commits.sort();
+    commits
+        .iter()
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(p).expect("a commit");
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|a| a["commitInfo"].get("medallion.source_position").cloned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
