@@ -1,10 +1,10 @@
 //! JSON lines: one object per line.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-
-use std::fmt;
 
 use arrow::datatypes::SchemaRef;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -15,7 +15,9 @@ use crate::{ReadOptions, SourceError};
 
 pub(crate) struct JsonLines {
     path: PathBuf,
-    lines: std::io::Lines<BufReader<Box<dyn Read + Send>>>,
+    text: BufReader<Box<dyn Read + Send>>,
+    /// The current line, its buffer reused from line to line.
+    line: String,
     line_no: u64,
 }
 
@@ -29,7 +31,8 @@ impl JsonLines {
         let text: Box<dyn Read + Send> = Box::new(open_text(file, path)?);
         let source = Self {
             path: path.to_path_buf(),
-            lines: BufReader::new(text).lines(),
+            text: BufReader::new(text),
+            line: String::new(),
             line_no: 0,
         };
         Ok(TextReader::new(source, path, options, schema))
@@ -38,13 +41,18 @@ impl JsonLines {
 
 impl RecordSource for JsonLines {
     fn push_next(&mut self, batch: &mut TextBatch) -> Result<bool, SourceError> {
-        let Some(line) = self.lines.next() else {
+        self.line.clear();
+        let read = self.text.read_line(&mut self.line);
+        if matches!(read, Ok(0)) {
             return Ok(false);
-        };
+        }
         self.line_no += 1;
-        match line {
-            Ok(line) if line.trim().is_empty() => {}
-            Ok(line) => push_object(batch, self.line_no, &line),
+        match read {
+            Ok(_) if self.line.trim().is_empty() => {}
+            Ok(_) => {
+                let line = self.line.strip_suffix('\n').unwrap_or(&self.line);
+                push_object(batch, self.line_no, line.strip_suffix('\r').unwrap_or(line))
+            }
             // Not UTF-8: keep what we can of the line rather than fail the file.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 batch.push_corrupt(self.line_no, "<line is not valid UTF-8>")
@@ -62,7 +70,7 @@ impl RecordSource for JsonLines {
 
 /// Adds one JSON line: its fields to their columns, other fields to `_rescued_data`.
 pub(crate) fn push_object(batch: &mut TextBatch, line_no: u64, line: &str) {
-    let mut fields = vec![None; batch.data_columns()];
+    let mut fields: Vec<Option<Cow<str>>> = vec![None; batch.data_columns()];
     let mut rescued = Rescued::new();
     let record = Record {
         batch,
@@ -77,14 +85,15 @@ pub(crate) fn push_object(batch: &mut TextBatch, line_no: u64, line: &str) {
     }
 }
 
-/// Visits one JSON object, routing each field to its column or to the rescued map.
-struct Record<'a> {
+/// Visits one JSON object, routing each field to its column or to the rescued map. A field's
+/// text borrows from the line unless it has escapes to undo.
+struct Record<'a, 'de> {
     batch: &'a TextBatch,
-    fields: &'a mut Vec<Option<String>>,
+    fields: &'a mut Vec<Option<Cow<'de, str>>>,
     rescued: &'a mut Rescued,
 }
 
-impl<'de> Visitor<'de> for Record<'_> {
+impl<'de> Visitor<'de> for Record<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -93,7 +102,7 @@ impl<'de> Visitor<'de> for Record<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key_seed(KeySeed(self.batch))? {
-            let value: &RawValue = map.next_value()?;
+            let value: &'de RawValue = map.next_value()?;
             match key {
                 Key::Column(i) => {
                     self.fields[i] = raw_text(value).map_err(de::Error::custom)?;
@@ -142,13 +151,13 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 /// The text of a JSON value as a raw column holds it: strings unquoted, null as NULL, and
 /// everything else as written in the file. Numbers keep their digits (money must never pass
 /// through a float: `12345678901234567.89` stays exact), nested values are their JSON text.
-fn raw_text(value: &RawValue) -> Result<Option<String>, serde_json::Error> {
+fn raw_text(value: &RawValue) -> Result<Option<Cow<'_, str>>, serde_json::Error> {
     let text = value.get();
     match text.as_bytes().first() {
         // Most strings have no escapes: their text is what lies between the quotes.
-        Some(b'"') if !text.contains('\\') => Ok(Some(text[1..text.len() - 1].to_string())),
-        Some(b'"') => serde_json::from_str::<String>(text).map(Some),
+        Some(b'"') if !text.contains('\\') => Ok(Some(Cow::Borrowed(&text[1..text.len() - 1]))),
+        Some(b'"') => serde_json::from_str::<String>(text).map(|s| Some(Cow::Owned(s))),
         Some(b'n') => Ok(None),
-        _ => Ok(Some(text.to_string())),
+        _ => Ok(Some(Cow::Borrowed(text))),
     }
 }

@@ -327,7 +327,7 @@ impl Rows {
             Some(Ok(value)) => crate::json::push_object(&mut self.text, line, value),
             Some(Err(_)) => self.text.push_corrupt(line, "<value is not valid UTF-8>"),
             None => {
-                let nulls = vec![None; self.text.data_columns()];
+                let nulls = vec![None::<&str>; self.text.data_columns()];
                 self.text.push(line, nulls, Rescued::new());
             }
         }

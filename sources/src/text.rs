@@ -159,7 +159,12 @@ impl TextBatch {
     }
 
     /// Adds a row; `fields[i]` is the raw text of data column `i`.
-    pub(crate) fn push(&mut self, line: u64, fields: Vec<Option<String>>, rescued: Rescued) {
+    pub(crate) fn push<S: AsRef<str>>(
+        &mut self,
+        line: u64,
+        fields: Vec<Option<S>>,
+        rescued: Rescued,
+    ) {
         for (b, f) in self.columns.iter_mut().zip(fields) {
             b.append_option(f);
         }
@@ -172,7 +177,7 @@ impl TextBatch {
     pub(crate) fn push_corrupt(&mut self, line: u64, raw: &str) {
         let mut rescued = Rescued::new();
         rescued.insert("_corrupt_record".into(), json_string(raw));
-        self.push(line, vec![None; self.columns.len()], rescued);
+        self.push(line, vec![None::<&str>; self.columns.len()], rescued);
         if let Some(last) = self.malformed.last_mut() {
             *last = true;
         }
