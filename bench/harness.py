@@ -50,10 +50,25 @@ class TimeLimit(Exception):
     """A command ran past its time limit and was stopped."""
 
 
+class Failed(RuntimeError):
+    """A command exited with an error or was killed (by the kernel when memory ran out: -9)."""
+
+    def __init__(self, cmd, returncode, err, peak):
+        super().__init__(f"{' '.join(cmd)} failed ({returncode}):\n{err[-4000:]}")
+        self.returncode, self.err, self.peak = returncode, err, peak
+
+    def reason(self):
+        """What a report says of it: the signal, or the error's last line."""
+        if self.returncode < 0:
+            return f"killed by signal {-self.returncode}" + (" (most likely out of memory)" if self.returncode == -9 else "")
+        last = [line for line in self.err.strip().splitlines() if line.strip()]
+        return f"failed: {last[-1][:200] if last else f'exit {self.returncode}'}"
+
+
 def measure(cmd, cwd=None, env=None, servers=(), limit=None):
     """Runs a command; returns (stdout, seconds, peak RSS bytes of its whole process tree and
     of the `servers` it talks to). Past `limit` seconds its whole process group is killed and
-    TimeLimit raised."""
+    TimeLimit raised; if it fails, Failed."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -84,7 +99,7 @@ def measure(cmd, cwd=None, env=None, servers=(), limit=None):
     sampler.join()
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-4000:]}")
+        raise Failed(cmd, proc.returncode, err, peak)
     return out, seconds, peak
 
 
@@ -422,7 +437,8 @@ def size_bytes(text):
 
 
 def run_peer(python, workload, engine, fmt, data, out, threads, limit):
-    """A peer's run; past `limit` seconds it is stopped and its row says so."""
+    """A peer's run; past `limit` seconds it is stopped, and if it fails (a crash, out of memory)
+    the run goes on: either way its row says so, with no time."""
     shutil.rmtree(out, ignore_errors=True)
     warm_cache(data)
     try:
@@ -432,6 +448,11 @@ def run_peer(python, workload, engine, fmt, data, out, threads, limit):
         shutil.rmtree(out, ignore_errors=True)
         return {"engine": engine, "format": fmt, "seconds": None, "stopped_after": limit, "peak_bytes": None,
                 "stages": {}, "gold": None, "agrees": f"stopped after {limit} s"}
+    except Failed as e:
+        shutil.rmtree(out, ignore_errors=True)
+        print(e, file=sys.stderr)
+        return {"engine": engine, "format": fmt, "seconds": None, "failed": e.reason(), "peak_bytes": e.peak,
+                "stages": {}, "gold": None, "agrees": e.reason()}
     result = json.loads(stdout.strip().splitlines()[-1])
     gold = {name: os.path.join(out, name) for name in workload.gold}
     return {"engine": engine, "format": fmt, "seconds": round(seconds, 3), "peak_bytes": peak,
@@ -502,8 +523,12 @@ def machine():
 
 
 def row_line(r, base):
-    """A row of a workload's table; a peer stopped at its time limit shows the limit."""
+    """A row of a workload's table; a peer stopped at its time limit shows the limit, one that
+    failed its peak memory until then."""
     st = r["stages"]
+    if r.get("failed"):
+        return (f"| {r['engine']} | {r['format']} | - | - | - | - | - | {r['peak_bytes'] / 2**20:,.0f} | - | "
+                f"{r['failed']} |")
     if r["seconds"] is None:
         limit = r["stopped_after"]
         return (f"| {r['engine']} | {r['format']} | - | - | - | > {limit:.0f} | < {r['units'] / limit:,.0f} | - | "
@@ -533,7 +558,8 @@ def scaling_lines(results, pool):
     align = "|".join("---:" for _ in scales)
     lines = ["## How cost grows with the data (ecommerce)", "",
              "Seconds per million orders (flat: linear cost; rising: each order costs more as the data "
-             "grows), then peak memory; `-`: not run at that scale, `>`: stopped at the time limit. "
+             "grows), then peak memory; `-`: not run at that scale, `>`: stopped at the time limit, `failed`: crashed "
+             "or killed (the workload's table says why). "
              f"Medallion's memory pool is {pool / 2**20:,.0f} MiB (`--memory-limit`); its peak is also "
              "given as a multiple of the pool.", "",
              f"| engine | writes | {head} |", f"|---|---|{align}|"]
@@ -544,6 +570,8 @@ def scaling_lines(results, pool):
             r = by_scale.get(n)
             if r is None:
                 cells.append("-")
+            elif r.get("failed"):
+                cells.append("failed")
             elif r["seconds"] is None:
                 cells.append(f"> {r['stopped_after'] / (n / 1e6):.2f}")
             else:
@@ -557,6 +585,8 @@ def scaling_lines(results, pool):
             r = by_scale.get(n)
             if r is None or r["peak_bytes"] is None:
                 cells.append("-")
+            elif r.get("failed"):
+                cells.append(f"{r['peak_bytes'] / 2**20:,.0f} MiB when it failed")
             elif engine == "medallion":
                 cells.append(f"{r['peak_bytes'] / 2**20:,.0f} MiB ({r['peak_bytes'] / pool:.2f}x pool)")
             else:
