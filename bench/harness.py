@@ -626,12 +626,14 @@ def draw_scaling(results, path, pool):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(14, 4.5))
+    # Twenty distinct colours: a dozen engines must not share one.
+    colours = iter(plt.get_cmap("tab20").colors)
     for (engine, fmt), points in scaling_series(results).items():
         done = [(n, r) for n, r in points if r["seconds"] is not None]
         if not done:
             continue
-        style = {"linewidth": 3, "color": "#d4af37"} if engine == "medallion" else {"linewidth": 1}
+        style = {"linewidth": 3, "color": "#d4af37"} if engine == "medallion" else {"linewidth": 1, "color": next(colours)}
         label = f"{engine} ({fmt})"
         time_ax.plot([n for n, _ in done], [r["seconds"] for _, r in done], marker="o", label=label, **style)
         memory_ax.plot([n for n, _ in done], [r["peak_bytes"] / 2**20 for _, r in done], marker="o", label=label, **style)
@@ -643,7 +645,8 @@ def draw_scaling(results, path, pool):
         ax.set_ylabel(unit)
         ax.set_title(f"ecommerce: {title} against orders")
         ax.grid(True, which="both", alpha=0.3)
-    time_ax.legend(fontsize=7)
+    # Beside the plots, where it hides no line.
+    memory_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
