@@ -438,21 +438,20 @@ def size_bytes(text):
 
 def run_peer(python, workload, engine, fmt, data, out, threads, limit):
     """A peer's run; past `limit` seconds it is stopped, and if it fails (a crash, out of memory)
-    the run goes on: either way its row says so, with no time."""
+    the run goes on: either way its row says so, with no time. The caller deletes `out`."""
     shutil.rmtree(out, ignore_errors=True)
     warm_cache(data)
     try:
         stdout, seconds, peak = measure([python] + workload.peer(engine) + [data, out, "--format", fmt,
                                                                             "--threads", str(threads)], limit=limit)
     except TimeLimit:
-        shutil.rmtree(out, ignore_errors=True)
         return {"engine": engine, "format": fmt, "seconds": None, "stopped_after": limit, "peak_bytes": None,
                 "stages": {}, "gold": None, "agrees": f"stopped after {limit} s"}
     except Failed as e:
-        shutil.rmtree(out, ignore_errors=True)
         print(e, file=sys.stderr)
-        return {"engine": engine, "format": fmt, "seconds": None, "failed": e.reason(), "peak_bytes": e.peak,
-                "stages": {}, "gold": None, "agrees": e.reason()}
+        reason = e.reason()
+        return {"engine": engine, "format": fmt, "seconds": None, "failed": reason, "peak_bytes": e.peak,
+                "stages": {}, "gold": None, "agrees": reason}
     result = json.loads(stdout.strip().splitlines()[-1])
     gold = {name: os.path.join(out, name) for name in workload.gold}
     return {"engine": engine, "format": fmt, "seconds": round(seconds, 3), "peak_bytes": peak,
@@ -561,38 +560,33 @@ def scaling_lines(results, pool):
              "grows), then peak memory; `-`: not run at that scale, `>`: stopped at the time limit, `failed`: crashed "
              "or killed (the workload's table says why). "
              f"Medallion's memory pool is {pool / 2**20:,.0f} MiB (`--memory-limit`); its peak is also "
-             "given as a multiple of the pool.", "",
-             f"| engine | writes | {head} |", f"|---|---|{align}|"]
-    for (engine, fmt), points in series.items():
-        by_scale = dict(points)
-        cells = []
-        for n in scales:
-            r = by_scale.get(n)
-            if r is None:
-                cells.append("-")
-            elif r.get("failed"):
-                cells.append("failed")
-            elif r["seconds"] is None:
-                cells.append(f"> {r['stopped_after'] / (n / 1e6):.2f}")
-            else:
-                cells.append(f"{r['seconds'] / (n / 1e6):.2f}")
-        lines.append(f"| {engine} | {fmt} | " + " | ".join(cells) + " |")
-    lines += ["", f"| engine | writes | {head} |", f"|---|---|{align}|"]
-    for (engine, fmt), points in series.items():
-        by_scale = dict(points)
-        cells = []
-        for n in scales:
-            r = by_scale.get(n)
-            if r is None or r["peak_bytes"] is None:
-                cells.append("-")
-            elif r.get("failed"):
-                cells.append(f"{r['peak_bytes'] / 2**20:,.0f} MiB when it failed")
-            elif engine == "medallion":
-                cells.append(f"{r['peak_bytes'] / 2**20:,.0f} MiB ({r['peak_bytes'] / pool:.2f}x pool)")
-            else:
-                cells.append(f"{r['peak_bytes'] / 2**20:,.0f} MiB")
-        lines.append(f"| {engine} | {fmt} | " + " | ".join(cells) + " |")
-    return lines + [""]
+             "given as a multiple of the pool.", ""]
+
+    def table(cell):
+        """One row per engine, one `cell(row, orders)` per scale; `-` where it did not run."""
+        rows = [f"| engine | writes | {head} |", f"|---|---|{align}|"]
+        for (engine, fmt), points in series.items():
+            by_scale = dict(points)
+            cells = ("-" if by_scale.get(n) is None else cell(by_scale[n], n) for n in scales)
+            rows.append(f"| {engine} | {fmt} | " + " | ".join(cells) + " |")
+        return rows
+
+    def seconds(r, n):
+        if r.get("failed"):
+            return "failed"
+        if r["seconds"] is None:
+            return f"> {r['stopped_after'] / (n / 1e6):.2f}"
+        return f"{r['seconds'] / (n / 1e6):.2f}"
+
+    def memory(r, n):
+        if r["peak_bytes"] is None:
+            return "-"
+        mib = f"{r['peak_bytes'] / 2**20:,.0f} MiB"
+        if r.get("failed"):
+            return f"{mib} when it failed"
+        return f"{mib} ({r['peak_bytes'] / pool:.2f}x pool)" if r["engine"] == "medallion" else mib
+
+    return lines + table(seconds) + [""] + table(memory) + [""]
 
 
 def floor_lines(results, floors):
