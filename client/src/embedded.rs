@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use medallion_coordinator::TaskRunner;
 use medallion_executor::Executor;
 use medallion_proto::{Task, TaskError, TaskResult};
@@ -22,6 +23,12 @@ impl LocalExecutors {
             executor: Executor::new(memory_limit)?,
             slots: Arc::new(Semaphore::new(slots.max(1))),
         })
+    }
+
+    /// The runtime the tasks' queries share: the commits' share it too, so the memory limit
+    /// bounds the whole process.
+    pub fn runtime(&self) -> Arc<RuntimeEnv> {
+        self.executor.runtime()
     }
 
     /// Deletes the spill files of the run's queries (see `Executor::remove_spill_files`).

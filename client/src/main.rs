@@ -916,7 +916,9 @@ async fn run_embedded(spec: &Path, options: RunOptions) -> Result<ExitCode> {
             }
             Err(e) => return Err(e),
         };
-        let coordinator = Coordinator::new(&executors, &bars).with_full_refresh(full_refresh);
+        let coordinator = Coordinator::new(&executors, &bars)
+            .with_full_refresh(full_refresh)
+            .with_runtime(executors.runtime());
         let run = coordinator.run(&pipeline, &run_id);
         let report = tokio::select! {
             report = run => report,

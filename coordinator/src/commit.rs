@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{Column, JoinType};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::Expr;
 use datafusion::object_store::ObjectStoreExt;
 use datafusion::prelude::{DataFrame, SessionContext, col, lit};
@@ -81,9 +82,16 @@ pub struct CommitContext<'a> {
     pub pipeline: &'a Pipeline,
     pub run_id: &'a str,
     pub storage_options: &'a HashMap<String, String>,
+    /// The memory pool and spill space of the checks', merges' and rewrites' queries.
+    pub runtime: &'a Arc<RuntimeEnv>,
 }
 
 impl CommitContext<'_> {
+    /// A session for one of the commit's queries, within the runtime's memory limit.
+    fn session(&self) -> SessionContext {
+        medallion_lake::runtime::session(self.runtime)
+    }
+
     /// Checks the next version of `table` and commits it, or discards the staged files.
     ///
     /// `screened` holds what the tasks' `drop` and `quarantine` checks took out; quarantined
@@ -354,7 +362,7 @@ impl CommitContext<'_> {
         if checks.is_empty() {
             return Ok(Vec::new());
         }
-        let ctx = SessionContext::new();
+        let ctx = self.session();
         self.register_references(&ctx, checks).await?;
         let new_rows = self.staged_rows(&ctx, target, staged)?;
         let next = match (plan, existing) {
@@ -567,7 +575,7 @@ impl CommitContext<'_> {
         commit_id: &str,
         staged: &Staged,
     ) -> Result<Vec<Action>> {
-        let ctx = SessionContext::new();
+        let ctx = self.session();
         medallion_lake::register_delta(&ctx, "__medallion_widened", t).await?;
         let old = ctx.table("__medallion_widened").await?;
         let columns: Vec<Expr> = staged
@@ -622,7 +630,7 @@ impl CommitContext<'_> {
         staged: &Staged,
     ) -> Result<(Option<u64>, Option<Metrics>)> {
         let table = &target.table;
-        let ctx = SessionContext::new();
+        let ctx = self.session();
         let rows = self.staged_rows(&ctx, target, staged)?;
         let (source, keys, latest, replace) = match plan {
             CommitPlan::Merge {

@@ -19,7 +19,7 @@ use etcd_client::Client;
 use medallion_cluster::server::Serving;
 use medallion_cluster::{EtcdArgs, KeptLease, Keys, LogArgs, ServerArgs, signal};
 use medallion_pipeline::Confinement;
-use medallion_pipeline::size::parse_size;
+use medallion_pipeline::size::{parse_memory_limit, parse_size};
 use medallion_proto::coordinator_server::CoordinatorServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -82,6 +82,10 @@ pub struct CoordinatorArgs {
     /// Serve no web UI.
     #[arg(long, env = "MEDALLION_NO_UI")]
     no_ui: bool,
+    /// Memory the queries of commits share (quality checks over a table's next version,
+    /// merges; e.g. `2GiB`): they spill to disk beyond it. Unbounded when not given.
+    #[arg(long, env = "MEDALLION_MEMORY_LIMIT", value_parser = parse_memory_limit)]
+    memory_limit: Option<usize>,
     #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
@@ -167,6 +171,7 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
         Arc::new(RemoteExecutors::new(members.clone())),
         ballista.clone(),
         Arc::new(confinement),
+        medallion_lake::runtime::query_runtime(args.memory_limit, None)?,
     );
     let scheduler = Scheduler::new(runs.clone(), store, args.run_retention);
     let role = Role::new(etcd.clone(), keys.clone(), advertise.clone(), tls);

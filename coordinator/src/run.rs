@@ -1,9 +1,11 @@
 //! One pipeline run: every table in dependency order, independent tables at the same time.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::stream::{FuturesUnordered, StreamExt};
 use medallion_lake::TableFiles;
 use medallion_pipeline::{Pipeline, TableRef};
@@ -38,6 +40,8 @@ pub struct Coordinator<'a> {
     rerun: Rerun,
     /// What started the run, for the run history.
     trigger: String,
+    /// The memory pool and spill space of the queries of commits (checks, merges).
+    runtime: Arc<RuntimeEnv>,
 }
 
 /// What a re-run of an earlier run keeps and rebuilds (`medallion rerun`).
@@ -61,7 +65,15 @@ impl<'a> Coordinator<'a> {
             full_refresh: false,
             rerun: Rerun::default(),
             trigger: "manual".into(),
+            runtime: Arc::default(),
         }
+    }
+
+    /// Commits' checks and merges run their queries on `runtime`, so its memory limit bounds
+    /// them (embedded mode: the executors' runtime, one limit for the process).
+    pub fn with_runtime(mut self, runtime: Arc<RuntimeEnv>) -> Self {
+        self.runtime = runtime;
+        self
     }
 
     /// What started the run ("scheduled", "backfill <id>", ...), as the run history says.
@@ -401,6 +413,7 @@ impl<'a> Coordinator<'a> {
             pipeline: run.pipeline,
             run_id: run.run_id,
             storage_options: &run.storage_options,
+            runtime: &self.runtime,
         };
         if let Some(e) = first_error {
             // Files of the tasks that did succeed are never committed.

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use medallion_pipeline::{Confinement, Pipeline, RunDate, TableRef};
 use medallion_proto::run_event::Event;
 use medallion_proto::{self as pb, RunInfo, RunRecord, RunState, SpecText, TaskRecord};
@@ -32,6 +33,8 @@ pub struct Runs {
     ballista: Option<BallistaTarget>,
     /// Where submitted pipelines may read and write.
     confinement: Arc<Confinement>,
+    /// The memory pool and spill space of the commits' checks and merges.
+    runtime: Arc<RuntimeEnv>,
     active: Mutex<HashMap<String, Arc<ActiveRun>>>,
 }
 
@@ -156,12 +159,14 @@ impl Runs {
         runner: Arc<dyn TaskRunner>,
         ballista: Option<BallistaTarget>,
         confinement: Arc<Confinement>,
+        runtime: Arc<RuntimeEnv>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runner,
             ballista,
             confinement,
+            runtime,
             active: Mutex::new(HashMap::new()),
         })
     }
@@ -365,6 +370,7 @@ impl Runs {
         };
         let runner = self.runner.clone();
         let ballista = self.ballista.clone();
+        let runtime = self.runtime.clone();
         let id = run_id.clone();
         let store = self.store.clone();
         let full_refresh = record.full_refresh;
@@ -373,6 +379,7 @@ impl Runs {
             let _locks = hold_run_locks(store.as_ref(), &pipeline, &id).await;
             Coordinator::new(runner.as_ref(), &recorder)
                 .with_ballista(ballista)
+                .with_runtime(runtime)
                 .with_full_refresh(full_refresh)
                 .with_rerun(rerun)
                 .with_trigger(&trigger)

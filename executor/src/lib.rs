@@ -26,8 +26,7 @@ mod transform;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::runtime_env::RuntimeEnv;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -162,15 +161,16 @@ impl Executor {
     /// (sorts, aggregates, joins); without a limit, memory is not bounded.
     pub fn new(memory_limit: Option<usize>) -> anyhow::Result<Self> {
         let spill = spill::SpillDir::create()?;
-        let mut builder = RuntimeEnvBuilder::new().with_temp_file_path(spill.path());
-        if let Some(limit) = memory_limit {
-            builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
-        }
         Ok(Self {
-            runtime: builder.build_arc()?,
+            runtime: medallion_lake::runtime::query_runtime(memory_limit, Some(spill.path()))?,
             spill: Arc::new(spill),
             specs: Arc::default(),
         })
+    }
+
+    /// The runtime every task's queries run on (memory pool, spill directory).
+    pub fn runtime(&self) -> Arc<RuntimeEnv> {
+        self.runtime.clone()
     }
 
     /// Deletes this process's spill files: for a process about to exit on a signal, which

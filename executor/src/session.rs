@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use medallion_pipeline::{Layer, Pipeline, TableRef};
@@ -16,29 +15,14 @@ use crate::transient;
 /// A session whose catalog has a schema per layer, so SQL can say `silver.orders`. Sessions
 /// share the executor's runtime, so all tasks draw on one memory pool.
 pub(crate) fn new_session(runtime: &Arc<RuntimeEnv>) -> SessionContext {
-    let config = config(runtime);
-    with_layers(SessionContext::new_with_config_rt(config, runtime.clone()))
+    with_layers(medallion_lake::runtime::session(runtime))
 }
 
 /// A session whose plans run in one partition (no repartitioning, no merge of sorted
 /// partitions), on the executor's runtime.
 pub(crate) fn single_partition_session(runtime: &Arc<RuntimeEnv>) -> SessionContext {
-    let config = config(runtime).with_target_partitions(1);
+    let config = medallion_lake::runtime::session_config(runtime).with_target_partitions(1);
     SessionContext::new_with_config_rt(config, runtime.clone())
-}
-
-/// The configuration of a task's session. DataFusion keeps 10 MiB per sort aside to merge
-/// what it spilled, more than a small pool can give (under 16 MiB, three rows could not be
-/// sorted); under a memory limit a sort keeps a 32nd of the pool at most.
-fn config(runtime: &RuntimeEnv) -> SessionConfig {
-    let config = SessionConfig::new().with_information_schema(false);
-    match runtime.memory_pool.memory_limit() {
-        MemoryLimit::Finite(limit) => {
-            let default = config.options().execution.sort_spill_reservation_bytes;
-            config.with_sort_spill_reservation_bytes(default.min(limit / 32))
-        }
-        _ => config,
-    }
 }
 
 /// A session whose queries run on the Ballista scheduler at `scheduler` (`df://host:port`),

@@ -12,6 +12,7 @@ pub mod history;
 pub mod objects;
 pub mod optimize;
 pub mod restore;
+pub mod runtime;
 pub mod vacuum;
 
 pub use append::append;

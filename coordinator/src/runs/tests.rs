@@ -25,7 +25,13 @@ struct Fixture {
 fn fixture(runner: Arc<FakeRunner>) -> Fixture {
     let store = MemoryRunStore::new();
     let dir = tempfile::tempdir().unwrap();
-    let runs = Runs::new(store.clone(), runner.clone(), None, confined(dir.path()));
+    let runs = Runs::new(
+        store.clone(),
+        runner.clone(),
+        None,
+        confined(dir.path()),
+        Arc::default(),
+    );
     Fixture {
         dir,
         store,

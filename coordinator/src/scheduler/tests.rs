@@ -25,7 +25,13 @@ struct Fixture {
 fn fixture(runner: Arc<FakeRunner>) -> Fixture {
     let store = MemoryRunStore::new();
     let dir = tempfile::tempdir().unwrap();
-    let runs = Runs::new(store.clone(), runner, None, confined(dir.path()));
+    let runs = Runs::new(
+        store.clone(),
+        runner,
+        None,
+        confined(dir.path()),
+        Arc::default(),
+    );
     let scheduler = Scheduler::new(runs.clone(), store.clone(), Duration::from_secs(3600));
     Fixture {
         dir,
@@ -210,6 +216,7 @@ async fn a_new_leader_neither_skips_nor_doubles_a_scheduled_run() {
         FakeRunner::succeeding(),
         None,
         confined(f.dir.path()),
+        Arc::default(),
     );
     let next = Scheduler::new(runs.clone(), f.store.clone(), Duration::from_secs(3600));
     runs.resume().await.unwrap();
