@@ -68,7 +68,6 @@ impl Output {
 }
 
 /// What every task needs besides its work: the pipeline, the table and where to write.
-#[derive(Clone)]
 pub(crate) struct TaskContext {
     pub runtime: Arc<RuntimeEnv>,
     pub pipeline: Arc<Pipeline>,
@@ -391,19 +390,17 @@ pub(crate) async fn write_screened(
     metrics: TaskMetrics,
 ) -> Result<Output, TaskError> {
     let mut screening = screen::Screening::new(ctx, &rows.schema())?;
-    let rows = screening.apply(vec![rows]);
+    let rows = screening.apply(rows);
     write_result(ctx, rows, metrics, screening).await
 }
 
 /// Writes rows that went through `screening` as uncommitted files of the task's
 /// (unpartitioned) table, and the rows it quarantined as files of the quarantine table.
-/// Each of `parts` is written as files of its own, all at the same time, each on a thread
-/// of the runtime: a part's stream does its work (a sort, a scan) as it is pulled.
 ///
 /// Returns the output: files, their (Delta-compatible) schema, the rows written and screened.
 pub(crate) async fn write_result(
     ctx: &TaskContext,
-    parts: Vec<datafusion::execution::SendableRecordBatchStream>,
+    rows: datafusion::execution::SendableRecordBatchStream,
     mut metrics: TaskMetrics,
     mut screening: screen::Screening,
 ) -> Result<Output, TaskError> {
@@ -411,27 +408,13 @@ pub(crate) async fn write_result(
     let schema = screening.schema.clone();
     let quarantine_schema = screen::quarantine_schema(&schema);
     let written = Arc::new(AtomicU64::new(0));
-    // Dropped with this future, which stops every part still writing.
-    let mut writers = tokio::task::JoinSet::new();
-    for rows in parts {
-        let counter = written.clone();
-        let batches = rows.map(move |b| {
-            let b = b?;
-            counter.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-            Ok(b)
-        });
-        let (ctx, schema) = (ctx.clone(), schema.clone());
-        writers.spawn(async move { ctx.write_files(&ctx.output_uri, schema, &[], batches).await });
-    }
-    let main = async {
-        let mut all = Written::default();
-        while let Some(part) = writers.join_next().await {
-            let part = anyhow::Context::context(part, "a writer of the task's files stopped")??;
-            all.adds.extend(part.adds);
-            all.write_time += part.write_time;
-        }
-        anyhow::Ok(all)
-    };
+    let counter = written.clone();
+    let batches = rows.map(move |b| {
+        let b = b?;
+        counter.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+        Ok(b)
+    });
+    let main = ctx.write_files(&ctx.output_uri, schema.clone(), &[], batches);
     let quarantined = async {
         let Some(receiver) = screening.quarantined.take() else {
             return Ok(None);

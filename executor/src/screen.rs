@@ -45,16 +45,13 @@ pub(crate) struct Screened {
     pub quarantined: u64,
 }
 
-#[derive(Clone)]
 struct Check {
     name: String,
     quarantine: bool,
     failing: Arc<dyn PhysicalExpr>,
 }
 
-/// The table's screening checks, compiled against the schema of the rows written. Clones
-/// share the counts and the quarantine channel.
-#[derive(Clone)]
+/// The table's screening checks, compiled against the schema of the rows written.
 pub(crate) struct Screen {
     checks: Vec<Check>,
     screened: Arc<Mutex<Screened>>,
@@ -199,8 +196,7 @@ impl Screen {
 pub(crate) struct Screening {
     /// The rows' Delta-compatible schema; rows are cast to it before they are checked.
     pub schema: SchemaRef,
-    /// Moved into the streams by [`Screening::apply`]: the quarantine channel closes when
-    /// they are all gone.
+    /// Moved into the stream by [`Screening::apply`].
     screen: Option<Screen>,
     screened: Option<Arc<Mutex<Screened>>>,
     /// Quarantined rows, when the table has a quarantine table.
@@ -229,23 +225,16 @@ impl Screening {
         })
     }
 
-    /// Each of `parts` cast to [`Screening::schema`], less the rows the checks take out.
+    /// `rows` cast to [`Screening::schema`], less the rows the checks take out.
     pub(crate) fn apply(
         &mut self,
-        parts: Vec<datafusion::execution::SendableRecordBatchStream>,
-    ) -> Vec<datafusion::execution::SendableRecordBatchStream> {
-        let screen = self.screen.take();
-        parts
-            .into_iter()
-            .map(|rows| {
-                let step = Screener {
-                    screen: screen.clone(),
-                    schema: self.schema.clone(),
-                };
-                Box::pin(Stepped::new(rows, step))
-                    as datafusion::execution::SendableRecordBatchStream
-            })
-            .collect()
+        rows: datafusion::execution::SendableRecordBatchStream,
+    ) -> datafusion::execution::SendableRecordBatchStream {
+        let step = Screener {
+            screen: self.screen.take(),
+            schema: self.schema.clone(),
+        };
+        Box::pin(Stepped::new(rows, step))
     }
 
     /// What the checks took out; final once the rows have all gone through.

@@ -236,7 +236,6 @@ impl BatchStep for FirstPerKey {
 
 /// A typed column whose values are checked: the stream carries, next to the output columns,
 /// the text of every value that did not cast (NULL where it did).
-#[derive(Clone)]
 pub(crate) struct CheckedColumn {
     pub name: String,
     pub declared: String,
@@ -244,28 +243,25 @@ pub(crate) struct CheckedColumn {
     pub bad: usize,
 }
 
-/// Fails on the first value that did not cast; passes on the `output` columns.
+/// Fails on the first value that did not cast; passes on the first `output` columns.
 pub(crate) struct CastChecked {
     columns: Vec<CheckedColumn>,
     /// Index of the source file column, to name the file in the error.
     file: Option<usize>,
-    /// Indices of the columns passed on, in order.
-    output: Vec<usize>,
     schema: SchemaRef,
 }
 
 impl CastChecked {
     pub(crate) fn new(
         input: SendableRecordBatchStream,
-        output: Vec<usize>,
+        output: usize,
         columns: Vec<CheckedColumn>,
         file: Option<usize>,
     ) -> Result<Stepped<Self>> {
-        let schema = std::sync::Arc::new(input.schema().project(&output)?);
+        let schema = std::sync::Arc::new(input.schema().project(&(0..output).collect::<Vec<_>>())?);
         let step = Self {
             columns,
             file,
-            output,
             schema,
         };
         Ok(Stepped { input, step })
@@ -310,6 +306,6 @@ impl BatchStep for CastChecked {
                 c.name, c.declared
             )));
         }
-        Ok(batch.project(&self.output)?)
+        Ok(batch.project(&(0..self.schema.fields().len()).collect::<Vec<_>>())?)
     }
 }

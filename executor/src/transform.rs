@@ -22,23 +22,16 @@
 //! ([`TOUCHED_KEY`]): the coordinator replaces every stored row of those keys.
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
-use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::compute::cast as cast_array;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::JoinType;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::functions_aggregate::expr_fn::max;
-use datafusion::logical_expr::{ExprSchemable, ScalarUDF, cast, try_cast, when};
-use datafusion::physical_expr::expressions::col as physical_col;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::logical_expr::{ExprSchemable, ScalarUDF, SortExpr, cast, try_cast, when};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::physical_plan::{EmptyRecordBatchStream, ExecutionPlan, Partitioning};
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, coalesce, col, lit, not};
 use futures::StreamExt;
 use medallion_pipeline::spec::{SCD_END, SCD_START, SilverSpec, TOUCHED_KEY};
@@ -58,17 +51,6 @@ const INGESTED: &str = "__medallion_ingested_at";
 const FILE: &str = "__medallion_source_file";
 const DELETE: &str = "__medallion_delete";
 const TRUNCATE: &str = "__medallion_truncate";
-
-/// How silver sorts keys: ascending, NULL first.
-const ASCENDING: SortOptions = SortOptions {
-    descending: false,
-    nulls_first: true,
-};
-/// How silver sorts the rows of a key: the latest first, NULL last.
-const LATEST_FIRST: SortOptions = SortOptions {
-    descending: true,
-    nulls_first: false,
-};
 
 fn bad_value_column(i: usize) -> String {
     format!("__medallion_bad_{i}")
@@ -118,26 +100,25 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         Some(keys) => plan.of_keys(&session, typed, keys)?,
         None => typed,
     };
+    let (kept, counts) = plan.filtered(typed).await?;
     // Rows that only name a touched key, not rows of the table.
     let mut markers = 0;
-    let (filtered, counts) = plan.filtered(typed).await?;
-    let (parts, screening) = match spec.scd_type() {
-        None => plan.deduplicated(filtered)?,
+    let (rows, screening) = match spec.scd_type() {
+        None => plan.deduplicated(kept).await?,
         Some(scd) => {
-            let changes = plan.applied(plan.as_frame(filtered)?, scd, truncated_at)?;
-            let (rows, screening) = plan.checked_frame(changes).await?;
+            let changes = plan.applied(kept, scd, truncated_at)?;
+            let (rows, screening) = plan.checked(changes).await?;
             match touched {
                 Some(keys) => {
                     markers = keys.iter().map(|b| b.num_rows() as u64).sum();
-                    let (rows, screening) = plan.with_touched_keys(rows, screening, keys)?;
-                    (vec![rows], screening)
+                    plan.with_touched_keys(rows, screening, keys)?
                 }
-                None => (vec![rows], screening),
+                None => (rows, screening),
             }
         }
     };
     // Filled as the rows stream out; read once the output is written.
-    let written = crate::write_result(ctx, parts, TaskMetrics::default(), screening).await;
+    let written = crate::write_result(ctx, rows, TaskMetrics::default(), screening).await;
     let mut out = match written {
         Ok(out) => out,
         Err(e) if e.kind == medallion_proto::Failure::Permanent => {
@@ -452,13 +433,15 @@ impl Plan<'_> {
         Ok(predicate)
     }
 
-    /// The rows that pass every filter, one stream per partition of the input's scan, counted
-    /// on their way out of that one scan ([`Filtered`]).
+    /// The rows that pass every filter, counted on their way out of the one scan of the input:
+    /// they run through a [`Filtered`] stream, which becomes the one partition of the table
+    /// the dedupe sort reads. One partition makes one sort, whose spill files merge within the
+    /// memory pool; sorted partitions would need a merge above them that cannot spill, which
+    /// is what ran out of memory at 50M orders under a 1 GiB pool.
     async fn filtered(
         &self,
         typed: DataFrame,
-    ) -> Result<(Vec<SendableRecordBatchStream>, Arc<FilterCounts>), TaskError> {
-        let schema: SchemaRef = Arc::new(typed.schema().as_arrow().clone());
+    ) -> Result<(DataFrame, Arc<FilterCounts>), TaskError> {
         let (typed, pass) = match self.predicate(&typed)? {
             Some(p) => {
                 let pass = typed.schema().fields().len();
@@ -467,174 +450,104 @@ impl Plan<'_> {
             }
             None => (typed, None),
         };
-        let scanned = typed
-            .execute_stream_partitioned()
+        // The scan's partitions still run in parallel, into one stream.
+        let stream = typed
+            .execute_stream()
             .await
             .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
         let counts = Arc::new(FilterCounts::default());
-        let mut parts: Vec<SendableRecordBatchStream> = scanned
-            .into_iter()
-            .map(|s| Box::pin(Filtered::new(s, pass, counts.clone())) as _)
-            .collect();
-        if parts.is_empty() {
-            parts.push(Box::pin(EmptyRecordBatchStream::new(schema)));
-        }
-        Ok((parts, counts))
-    }
-
-    /// `parts` as the partitions of a plan that runs each once.
-    fn one_shot(
-        parts: Vec<SendableRecordBatchStream>,
-    ) -> Result<Arc<StreamingTableExec>, TaskError> {
-        let schema = parts[0].schema();
-        let parts = parts
-            .into_iter()
-            .map(|s| Arc::new(Once::new(s)) as Arc<dyn PartitionStream>)
-            .collect();
-        let exec = StreamingTableExec::try_new(schema, parts, None, [], false, None);
-        Ok(Arc::new(exec.map_err(transient)?))
-    }
-
-    /// `parts`, merged, as the one partition of a table, for a CDC table's queries: one
-    /// partition makes one sort, whose spill files merge within the memory pool.
-    fn as_frame(&self, parts: Vec<SendableRecordBatchStream>) -> Result<DataFrame, TaskError> {
-        let session = session::single_partition_session(&self.ctx.runtime);
-        let merged = CoalescePartitionsExec::new(Self::one_shot(parts)?)
-            .execute(0, session.task_ctx())
-            .map_err(transient)?;
-        let schema = merged.schema();
-        let partitions: Vec<Arc<dyn PartitionStream>> = vec![Arc::new(Once::new(merged))];
+        let filtered = Once::new(Box::pin(Filtered::new(stream, pass, counts.clone())));
+        let schema = filtered.schema().clone();
+        let partitions: Vec<Arc<dyn PartitionStream>> = vec![Arc::new(filtered)];
         let table = StreamingTable::try_new(schema, partitions).map_err(transient)?;
-        session
+        let kept = session::single_partition_session(&self.ctx.runtime)
             .read_table(Arc::new(table))
-            .map_err(|e| self.data_error(e))
+            .map_err(|e| self.data_error(e))?;
+        Ok((kept, counts))
     }
 
-    /// Only the latest row per key. The rows are split by a hash of their key into a part per
-    /// core, and each part is sorted by key, then latest first, on its own (spilling within
-    /// the memory pool), checked and screened; the first row of each key that passed the
-    /// screen is taken. The parts hold different keys, so each is written as it comes out of
-    /// its sort: no merge of sorted parts, which could not spill.
-    fn deduplicated(
+    /// Only the latest row per key: sorted by key, then latest first, checked and screened,
+    /// and the first row of each key that passed the screen taken.
+    async fn deduplicated(
         &self,
-        parts: Vec<SendableRecordBatchStream>,
-    ) -> Result<(Vec<SendableRecordBatchStream>, Screening), TaskError> {
+        kept: DataFrame,
+    ) -> Result<(SendableRecordBatchStream, Screening), TaskError> {
         if self.spec.keys.is_empty() {
-            return self.checked(parts);
+            return self.checked(kept).await;
         }
-        let schema = parts[0].schema();
-        let column = |name: &str| physical_col(name, &schema).map_err(|e| self.data_error(e));
-        let keys = self
-            .spec
-            .keys
-            .iter()
-            .map(|k| column(&k.value))
-            .collect::<Result<Vec<_>, _>>()?;
-        let key_order = keys
-            .iter()
-            .map(|k| PhysicalSortExpr::new(k.clone(), ASCENDING));
-        let mut latest_first = Vec::new();
-        for name in [LATEST, INGESTED, FILE] {
-            if schema.index_of(name).is_ok() {
-                latest_first.push(PhysicalSortExpr::new(column(name)?, LATEST_FIRST));
-            }
-        }
-        let order = LexOrdering::new(key_order.chain(latest_first))
-            .ok_or_else(|| self.data_error("no key to sort by"))?;
-        let session = session::single_partition_session(&self.ctx.runtime);
-        let cores = medallion_lake::runtime::session_config(&self.ctx.runtime).target_partitions();
-        let by_key =
-            RepartitionExec::try_new(Self::one_shot(parts)?, Partitioning::Hash(keys, cores))
-                .map_err(transient)?;
-        let sorted = SortExec::new(order, Arc::new(by_key)).with_preserve_partitioning(true);
-        let sorted = (0..cores)
-            .map(|i| sorted.execute(i, session.task_ctx()))
-            .collect::<datafusion::error::Result<Vec<_>>>()
-            .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
-        let (screened, screening) = self.checked(sorted)?;
+        let has = |name: &str| kept.schema().has_column_with_unqualified_name(name);
+        let latest_first = [LATEST, INGESTED, FILE]
+            .into_iter()
+            .filter(|c| has(c))
+            .map(|c| col(c).sort(false, false));
+        let order: Vec<SortExpr> = self
+            .keys()
+            .into_iter()
+            .map(|k| k.sort(true, true))
+            .chain(latest_first)
+            .collect();
+        let sorted = kept.sort(order).map_err(|e| self.data_error(e))?;
+        let (screened, screening) = self.checked(sorted).await?;
         let key_indices = self
             .spec
             .keys
             .iter()
-            .map(|k| screening.schema.index_of(&k.value))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| self.data_error("a key is not one of the stored columns"))?;
-        let firsts = screened
-            .into_iter()
-            .map(|s| Ok(Box::pin(FirstPerKey::new(s, key_indices.clone())?) as _))
-            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map(|k| {
+                self.spec
+                    .columns
+                    .iter()
+                    .position(|c| c.name.value == k.value)
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| self.data_error("a key is not one of the columns"))?;
+        let first = FirstPerKey::new(screened, key_indices)
             .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
-        Ok((firsts, screening))
+        Ok((Box::pin(first), screening))
     }
 
-    /// A CDC table's rows, checked and screened as [`Self::checked`] does.
-    async fn checked_frame(
+    /// The stored columns, every value checked against its declared type, and screened by
+    /// the table's `drop` and `quarantine` checks.
+    async fn checked(
         &self,
         rows: DataFrame,
     ) -> Result<(SendableRecordBatchStream, Screening), TaskError> {
+        let executed =
+            |e: datafusion::error::DataFusionError| crate::query_error(&self.ctx.table, e.into());
         let mut select: Vec<Expr> = self
             .spec
             .stored_columns()
             .into_iter()
             .map(|c| col(column_name(c)))
             .collect();
-        for (i, c) in self.spec.columns.iter().enumerate() {
-            if c.data_type.is_some() {
-                select.push(col(column_name(&bad_value_column(i))));
-            }
-        }
-        if rows.schema().has_column_with_unqualified_name(FILE) {
-            select.push(col(FILE));
-        }
-        let stream = rows
-            .select(select)
-            .map_err(|e| self.data_error(e))?
-            .execute_stream()
-            .await
-            .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
-        let (mut parts, screening) = self.checked(vec![stream])?;
-        Ok((parts.remove(0), screening))
-    }
-
-    /// The stored columns of each of `parts`, every value checked against its declared type,
-    /// and screened by the table's `drop` and `quarantine` checks.
-    fn checked(
-        &self,
-        parts: Vec<SendableRecordBatchStream>,
-    ) -> Result<(Vec<SendableRecordBatchStream>, Screening), TaskError> {
-        let schema = parts[0].schema();
-        let index = |name: &str| {
-            schema
-                .index_of(name)
-                .map_err(|_| self.data_error(format!("no column '{name}' to write")))
-        };
-        let stored = self
-            .spec
-            .stored_columns()
-            .into_iter()
-            .map(index)
-            .collect::<Result<Vec<_>, _>>()?;
+        let stored = select.len();
         let mut checked = Vec::new();
         for (i, c) in self.spec.columns.iter().enumerate() {
             if let Some(t) = &c.data_type {
                 checked.push(CheckedColumn {
                     name: c.name.value.clone(),
                     declared: t.value.clone(),
-                    bad: index(&bad_value_column(i))?,
+                    bad: select.len(),
                 });
+                select.push(col(column_name(&bad_value_column(i))));
             }
         }
-        let file = schema.index_of(FILE).ok();
-        let parts = parts
-            .into_iter()
-            .map(|s| {
-                let checked = CastChecked::new(s, stored.clone(), checked.clone(), file)?;
-                Ok(Box::pin(checked) as SendableRecordBatchStream)
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()
-            .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
-        let mut screening = Screening::new(self.ctx, &parts[0].schema())?;
-        let screened = screening.apply(parts);
+        let file = rows
+            .schema()
+            .has_column_with_unqualified_name(FILE)
+            .then(|| {
+                select.push(col(FILE));
+                select.len() - 1
+            });
+        let stream = rows
+            .select(select)
+            .map_err(|e| self.data_error(e))?
+            .execute_stream()
+            .await
+            .map_err(executed)?;
+        let checked = CastChecked::new(stream, stored, checked, file).map_err(executed)?;
+        let checked: SendableRecordBatchStream = Box::pin(checked);
+        let mut screening = Screening::new(self.ctx, &checked.schema())?;
+        let screened = screening.apply(checked);
         Ok((screened, screening))
     }
 

@@ -706,9 +706,7 @@ pub struct SilverSpec {
     #[serde(default)]
     pub mode: WriteMode,
     /// How many key-hash partitions the stage is split into (one task each); a table
-    /// without keys is always one partition. A task already sorts and writes its rows on
-    /// every core of its executor, and each task reads all of the input, so more than one
-    /// pays only to spread a large table over executors.
+    /// without keys is always one partition.
     #[serde(default = "default_partitions")]
     pub partitions: u32,
     #[serde(default)]
@@ -789,7 +787,7 @@ pub const SCD_END: &str = "__end_at";
 pub const TOUCHED_KEY: &str = "__medallion_touched_key";
 
 fn default_partitions() -> u32 {
-    1
+    2
 }
 
 /// One output column of a silver table.

@@ -1,6 +1,6 @@
 //! Each layer on the shop fixture: what lands in every table, read back independently.
 
-use medallion_tests::{Workspace, metric, table};
+use medallion_tests::{metric, table};
 use serde_json::{Value, json};
 
 use crate::fixture::{ORDERS_3, shop};
@@ -285,70 +285,5 @@ fn silver_without_keys_keeps_every_row_once() {
     assert_eq!(
         metric(&report, "silver.order_lines", "rows_deduplicated"),
         0
-    );
-}
-
-/// One silver task (the default) reads its input once, splits the rows by key over a sort per
-/// core and writes each sort's rows as files of their own: every key's latest version is
-/// kept exactly once, whichever file and part it came through.
-#[test]
-fn one_silver_task_keeps_the_latest_row_per_key_across_its_parallel_sorts() {
-    let ws = Workspace::new();
-    let spec = r#"
-pipeline: versions
-lake: lake
-sources:
-  - { name: api, format: json, path: data/*.jsonl }
-bronze:
-  - { name: orders, source: api, files_per_task: 1 }
-silver:
-  - name: orders
-    from: bronze.orders
-    keys: [order_id]
-    latest_by: version
-    columns:
-      - { name: order_id, type: bigint }
-      - { name: version, type: int }
-      - { name: amount, type: bigint }
-gold: []
-"#;
-    ws.write("pipeline.yaml", spec);
-    // 3,000 orders, three versions each, one version per file; which file holds an order's
-    // latest version turns with the order.
-    let orders = 3_000;
-    for file in 0..3 {
-        let lines: String = (0..orders)
-            .map(|id| {
-                let version = (id + file) % 3;
-                format!(
-                    "{{\"order_id\": {id}, \"version\": {version}, \"amount\": {}}}\n",
-                    id * 10 + version
-                )
-            })
-            .collect();
-        ws.write(&format!("data/part_{file}.jsonl"), &lines);
-    }
-    let report = ws.run("pipeline.yaml").report();
-    assert_eq!(report["succeeded"], true, "{report:#}");
-    assert_eq!(table(&report, "silver.orders")["tasks"], 1);
-    assert_eq!(metric(&report, "silver.orders", "rows_read"), 9_000);
-    assert_eq!(metric(&report, "silver.orders", "rows_deduplicated"), 6_000);
-    assert_eq!(metric(&report, "silver.orders", "rows_written"), 3_000);
-
-    let silver = ws.read_table("lake/silver/orders");
-    assert_eq!(silver["readers_agree"], true, "{silver:#}");
-    let expected: Vec<Value> = (0..orders)
-        .map(|id| json!({"order_id": id, "version": 2, "amount": id * 10 + 2}))
-        .collect();
-    assert_eq!(
-        project(&silver, &["order_id", "version", "amount"]),
-        expected
-    );
-    // A part per core, each its own sorted files (one core: one part).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let files = silver["num_files"].as_u64().unwrap();
-    assert!(
-        files >= cores.min(2) as u64,
-        "{files} files on {cores} cores"
     );
 }
