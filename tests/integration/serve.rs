@@ -150,9 +150,10 @@ fn sql_reads_tables_by_name_at_a_version_a_time_or_a_runs_snapshot() {
 }
 
 /// Snapshot isolation: while a run is rewriting gold (its `slow` table, which reads
-/// `customer_360`, still computing after `customer_360` committed), a reader of the previous run's snapshot sees the previous
-/// version of every gold table; a reader of the latest versions sees the mix the snapshot
-/// avoids. Afterwards the new run's snapshot has both new versions.
+/// `customer_360`, still computing after `customer_360` committed), a reader of the previous
+/// run's snapshot sees the previous version of every gold table; a reader of the latest
+/// versions sees the mix the snapshot avoids. Afterwards the new run's snapshot has both new
+/// versions.
 #[test]
 fn a_snapshot_reader_never_sees_a_run_half_done() {
     let ws = shop();
