@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -315,12 +315,23 @@ impl<'a> Coordinator<'a> {
             });
             let metrics = result.as_ref().ok().and_then(|r| r.metrics.clone());
             let metrics = metrics.unwrap_or_default();
+            // A task that ran: the time of the attempt that succeeded, as its executor
+            // measured it, not the time it queued for a slot or failed before (0: a runner
+            // that does not measure it).
+            let finished = table_start.elapsed();
+            let waited_and_ran = finished - started;
+            let ran = match &result {
+                Ok(_) if metrics.run_ms > 0 => {
+                    waited_and_ran.min(Duration::from_millis(metrics.run_ms))
+                }
+                _ => waited_and_ran,
+            };
             let task_run = TaskRun {
                 task_id,
                 executor: result.as_ref().map_or(String::new(), |r| r.executor.clone()),
                 attempts,
-                started_ms: started.as_millis() as u64,
-                duration_ms: (table_start.elapsed() - started).as_millis() as u64,
+                started_ms: (finished - ran).as_millis() as u64,
+                duration_ms: ran.as_millis() as u64,
                 rows_read: metrics.rows_read,
                 rows_written: metrics.rows_written,
                 error: result.as_ref().err().map(|e| e.to_string()),

@@ -231,7 +231,12 @@ impl Executor {
             }
             Err(e) => Err(e),
         };
-        metrics::task_ended(layer, started.elapsed(), &result);
+        let ran = started.elapsed();
+        metrics::task_ended(layer, ran, &result);
+        let result = result.map(|mut r| {
+            r.metrics.get_or_insert_default().run_ms = ran.as_millis() as u64;
+            r
+        });
         match &result {
             Ok(r) => tracing::info!(
                 rows = r.metrics.as_ref().map_or(0, |m| m.rows_written),

@@ -163,8 +163,12 @@ pub struct TaskRun {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub executor: String,
     pub attempts: u32,
-    /// When its first attempt started, counted from the start of its table.
+    /// When the attempt that succeeded started to run on its executor (after any wait for a
+    /// free slot), counted from the start of its table; for a task that failed, when it was
+    /// first dispatched.
     pub started_ms: u64,
+    /// How long the attempt that succeeded ran; for a task that failed, from its first
+    /// dispatch to its last failure (waits and retries included).
     pub duration_ms: u64,
     pub rows_read: u64,
     pub rows_written: u64,
@@ -258,6 +262,10 @@ pub struct Metrics {
     /// Task time spent encoding and writing data files, summed over the table's tasks.
     #[serde(default)]
     pub write_ms: u64,
+    /// Time the table's tasks ran on their executors, summed over its tasks (`write_ms` is
+    /// part of it); time a task waited for a free slot is not in it.
+    #[serde(default)]
+    pub run_ms: u64,
     /// Time the coordinator spent on the table's commit once its tasks were done: checks,
     /// a merge, the Delta commit.
     #[serde(default)]

@@ -154,6 +154,7 @@ impl From<&TaskMetrics> for Metrics {
             rows_deduplicated: m.rows_deduplicated,
             bytes_written: m.bytes_written,
             write_ms: m.write_ms,
+            run_ms: m.run_ms,
             bytes_read: m.bytes_read,
             rows_dropped: m.rows_dropped,
             rows_quarantined: m.rows_quarantined,

@@ -53,6 +53,7 @@ impl std::ops::AddAssign<&TaskMetrics> for TaskMetrics {
         self.files_read += o.files_read;
         self.bytes_written += o.bytes_written;
         self.write_ms += o.write_ms;
+        self.run_ms += o.run_ms;
         self.bytes_read += o.bytes_read;
         self.rows_dropped += o.rows_dropped;
         self.rows_quarantined += o.rows_quarantined;

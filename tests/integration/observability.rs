@@ -190,6 +190,58 @@ fn json_log_lines_name_run_and_task() {
     assert_eq!(tables.len(), 8, "{tables:?}");
 }
 
+/// A task's time in the run report is the time it ran, not the time it waited for a task
+/// slot: with one slot, bronze.orders' four tasks run one after another, so their times add
+/// up to no more than the table's, and none starts before the one before it ended. (Timed
+/// from their dispatch, they all started at 0 and each one's time held the ones before it.)
+#[test]
+fn report_times_tasks_from_when_they_got_a_slot() {
+    // Tasks long enough (~0.5 s each in a debug build) that the slack below cannot hide the
+    // overlap of tasks timed from their dispatch.
+    let (ws, _) = Workspace::example(160_000, 8);
+    let out = ws.medallion(&[
+        "run",
+        "pipeline.yaml",
+        "--output",
+        "json",
+        "--executors",
+        "1",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.report();
+    let orders = medallion_tests::table(&report, "bronze.orders");
+    let number = |v: &Value| {
+        v.as_u64()
+            .unwrap_or_else(|| panic!("not a number: {orders:#}"))
+    };
+    let mut runs: Vec<(u64, u64)> = orders["task_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (number(&t["started_ms"]), number(&t["duration_ms"])))
+        .collect();
+    assert_eq!(runs.len(), 4, "{orders:#}");
+    runs.sort();
+    // Milliseconds are rounded down, and the coordinator hears of a task's end a moment
+    // after the next task took the slot (longer on a loaded machine).
+    let slack = 100;
+    for pair in runs.windows(2) {
+        let (before, next) = (pair[0], pair[1]);
+        assert!(
+            next.0 + slack >= before.0 + before.1,
+            "overlapping tasks: {runs:?}"
+        );
+    }
+    let ran: u64 = runs.iter().map(|r| r.1).sum();
+    assert!(ran <= number(&orders["duration_ms"]) + slack, "{orders:#}");
+    // The table's run_ms adds up its tasks' times.
+    let run_ms = number(&orders["metrics"]["run_ms"]);
+    assert!(
+        (ran..=ran + 4).contains(&run_ms),
+        "{run_ms} against {runs:?}"
+    );
+}
+
 /// The shipped alert rules are valid, and their `promtool test rules` cases pass; a rule
 /// changed to fire too early makes those cases fail, so they test something.
 #[test]
