@@ -5,12 +5,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit};
+use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-/// A runtime whose queries share `memory_limit` bytes and spill to disk beyond it (sorts,
-/// aggregates, joins), under `spill_dir` (DataFusion's own temporary directory when `None`);
+use crate::pool::LendingSpillPool;
+
+/// A runtime whose queries share `memory_limit` bytes ([`LendingSpillPool`]) and spill to disk
+/// beyond it (sorts, aggregates, joins), under `spill_dir` (DataFusion's own temporary directory when `None`);
 /// without a limit, memory is not bounded.
 pub fn query_runtime(
     memory_limit: Option<usize>,
@@ -21,7 +23,7 @@ pub fn query_runtime(
         builder = builder.with_temp_file_path(dir);
     }
     if let Some(limit) = memory_limit {
-        builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        builder = builder.with_memory_pool(Arc::new(LendingSpillPool::new(limit)));
     }
     builder.build_arc()
 }
