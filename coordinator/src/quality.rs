@@ -378,16 +378,17 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::error::Result;
     use datafusion::execution::memory_pool::{
-        FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+        MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
     };
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use medallion_lake::pool::LendingSpillPool;
 
     use super::*;
 
-    /// A fair pool that remembers the most it ever had reserved.
+    /// The processes' pool, remembering the most it ever had reserved.
     #[derive(Debug)]
     struct PeakPool {
-        pool: FairSpillPool,
+        pool: LendingSpillPool,
         peak: AtomicUsize,
     }
 
@@ -438,7 +439,7 @@ mod tests {
     async fn unique_check(limit: usize) -> (u64, usize) {
         let dir = tempfile::tempdir().unwrap();
         let pool = Arc::new(PeakPool {
-            pool: FairSpillPool::new(limit),
+            pool: LendingSpillPool::new(limit),
             peak: AtomicUsize::new(0),
         });
         let runtime = RuntimeEnvBuilder::new()

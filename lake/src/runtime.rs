@@ -12,8 +12,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::pool::LendingSpillPool;
 
 /// A runtime whose queries share `memory_limit` bytes ([`LendingSpillPool`]) and spill to disk
-/// beyond it (sorts, aggregates, joins), under `spill_dir` (DataFusion's own temporary directory when `None`);
-/// without a limit, memory is not bounded.
+/// beyond it (sorts, aggregates, joins), under `spill_dir` (DataFusion's own temporary
+/// directory when `None`); without a limit, memory is not bounded.
 pub fn query_runtime(
     memory_limit: Option<usize>,
     spill_dir: Option<&Path>,
