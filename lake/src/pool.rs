@@ -65,10 +65,6 @@ impl State {
         size.saturating_sub(self.unspillable) / self.spillers.max(1)
     }
 
-    fn held(&self, consumer: &MemoryConsumer) -> usize {
-        self.held.get(&consumer.id()).copied().unwrap_or(0)
-    }
-
     fn add(&mut self, consumer: &MemoryConsumer, bytes: usize) {
         if consumer.can_spill() {
             *self.held.entry(consumer.id()).or_default() += bytes;
@@ -107,11 +103,18 @@ impl LendingSpillPool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether `additional` more bytes for `consumer` fit (module doc), and how many would.
-    fn admits(&self, state: &State, consumer: &MemoryConsumer, additional: usize) -> (bool, usize) {
-        if consumer.can_spill() {
+    /// Whether `additional` more bytes for `reservation` fit (module doc), and how many would.
+    fn admits(
+        &self,
+        state: &State,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> (bool, usize) {
+        if reservation.consumer().can_spill() {
             let share = state.fair_share(self.size);
-            let held = state.held(consumer);
+            // Per reservation, as in `FairSpillPool`: an aggregate merging what it spilled
+            // takes a new reservation beside the one it spilled from, and needs it granted.
+            let held = reservation.size();
             let free = self
                 .size
                 .saturating_sub(state.unspillable + state.spillable);
@@ -169,7 +172,7 @@ impl MemoryPool for LendingSpillPool {
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
         let mut state = self.state();
         let consumer = reservation.consumer();
-        match self.admits(&state, consumer, additional) {
+        match self.admits(&state, reservation, additional) {
             (true, _) => {
                 state.add(consumer, additional);
                 Ok(())
@@ -274,16 +277,18 @@ mod tests {
     }
 
     #[test]
-    fn a_consumer_is_counted_across_its_reservations_and_until_it_goes() {
+    fn each_reservation_is_sure_of_a_share_and_a_consumer_counts_until_it_goes() {
         let pool: Arc<dyn MemoryPool> = Arc::new(LendingSpillPool::new(100));
         let a = spiller(&pool, "a");
         let b = spiller(&pool, "b");
+        b.try_grow(100).unwrap();
+        // An aggregate that spilled merges its spill files in a new reservation: with the
+        // pool full it still gets its share.
         let a2 = a.new_empty();
         a.try_grow(30).unwrap();
         a2.try_grow(30).unwrap();
-        b.try_grow(40).unwrap();
-        // The pool is full and a holds 60 over two reservations, more than its share of 50.
-        assert!(a2.try_grow(1).is_err());
+        assert!(a2.try_grow(21).is_err());
+        b.shrink(60);
         drop(a);
         drop(a2);
         assert_eq!(pool.reserved(), 40);
