@@ -9,8 +9,9 @@
 //! tenth of what the hash join left each and spilled 147 times (5.1 GB) while the pool was
 //! mostly empty. Here:
 //!
-//! - a consumer that can spill may grow within its fair share, whatever the others hold (the
-//!   guarantee `FairSpillPool` gives), or beyond it while the pool has room (a loan);
+//! - a reservation of a consumer that can spill may grow within its fair share, whatever the
+//!   others hold (the guarantee `FairSpillPool` gives), or beyond it while the pool has room
+//!   (a loan);
 //! - a consumer that cannot spill (a hash join's build side) may grow while the pool has room,
 //!   counting what each spilling consumer holds only up to an equal part of the pool: what they
 //!   borrowed beyond that does not make it fail, as it would with `FairSpillPool`.
@@ -103,13 +104,8 @@ impl LendingSpillPool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether `additional` more bytes for `reservation` fit (module doc), and how many would.
-    fn admits(
-        &self,
-        state: &State,
-        reservation: &MemoryReservation,
-        additional: usize,
-    ) -> (bool, usize) {
+    /// How many more bytes `reservation` may take (module doc).
+    fn available(&self, state: &State, reservation: &MemoryReservation) -> usize {
         if reservation.consumer().can_spill() {
             let share = state.fair_share(self.size);
             // Per reservation, as in `FairSpillPool`: an aggregate merging what it spilled
@@ -119,13 +115,12 @@ impl LendingSpillPool {
                 .size
                 .saturating_sub(state.unspillable + state.spillable);
             let within_share = share.saturating_sub(held);
-            (additional <= within_share.max(free), within_share.max(free))
+            within_share.max(free)
         } else {
             // An equal part of the whole pool, not the fair share: that shrinks as this grows.
             let part = self.size / state.spillers.max(1);
             let guaranteed: usize = state.held.values().map(|&h| h.min(part)).sum();
-            let free = self.size.saturating_sub(state.unspillable + guaranteed);
-            (additional <= free, free)
+            self.size.saturating_sub(state.unspillable + guaranteed)
         }
     }
 
@@ -172,21 +167,20 @@ impl MemoryPool for LendingSpillPool {
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
         let mut state = self.state();
         let consumer = reservation.consumer();
-        match self.admits(&state, reservation, additional) {
-            (true, _) => {
-                state.add(consumer, additional);
-                Ok(())
-            }
-            (false, available) => Err(DataFusionError::ResourcesExhausted(format!(
-                "Failed to allocate additional {} for {} with {} already allocated for this \
-                 reservation - {} remain available for it in the {}",
-                human_readable_size(additional),
-                consumer.name(),
-                human_readable_size(reservation.size()),
-                human_readable_size(available),
-                self.describe(&state),
-            ))),
+        let available = self.available(&state, reservation);
+        if additional <= available {
+            state.add(consumer, additional);
+            return Ok(());
         }
+        Err(DataFusionError::ResourcesExhausted(format!(
+            "Failed to allocate additional {} for {} with {} already allocated for this \
+                 reservation - {} remain available for it in the {}",
+            human_readable_size(additional),
+            consumer.name(),
+            human_readable_size(reservation.size()),
+            human_readable_size(available),
+            self.describe(&state),
+        )))
     }
 
     fn reserved(&self) -> usize {
