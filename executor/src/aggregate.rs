@@ -17,7 +17,6 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::common::JoinType;
 use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::expr_fn::count;
-use datafusion::physical_plan::{display::DisplayableExecutionPlan, execute_stream};
 use datafusion::prelude::{DataFrame, SessionContext, col, lit};
 use medallion_pipeline::regroup::Regroup;
 use medallion_proto::{AggregateWork, TaskError, TaskMetrics};
@@ -66,17 +65,15 @@ pub(crate) async fn run(ctx: &TaskContext, work: AggregateWork) -> Result<Output
     if let Some((r, values)) = touched {
         df = with_other_groups(ctx, &session, &r, values, df).await?;
     }
-    let plan = df.create_physical_plan().await.map_err(failed)?;
-    let rows = execute_stream(plan.clone(), session.task_ctx()).map_err(failed)?;
+    let executed = crate::Executed::default();
+    let rows = executed.execute(df).await.map_err(failed)?;
     let metrics = TaskMetrics {
         bytes_read,
         rows_read,
         ..Default::default()
     };
     let written = crate::write_screened(ctx, rows, metrics).await;
-    // What each operator did (rows, time, spills): the place to start when a gold query is slow.
-    tracing::debug!(plan = %DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true),
-        "gold query executed");
+    executed.log(&ctx.table);
     match written {
         // The SQL planned, so a distributed run that fails met the cluster (a lost executor,
         // lost shuffle data): another attempt may pass.

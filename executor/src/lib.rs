@@ -472,3 +472,37 @@ pub(crate) fn query_error(table: &TableRef, e: anyhow::Error) -> TaskError {
 pub(crate) fn transient(e: impl std::fmt::Display) -> TaskError {
     TaskError::transient(format!("{e:#}"))
 }
+
+/// The physical plans a task ran, to log with what each operator did (rows, time, spills)
+/// once its output is written: the place to start when a task is slow, as Spark's SQL tab.
+#[derive(Default)]
+pub(crate) struct Executed(Mutex<Vec<Arc<dyn datafusion::physical_plan::ExecutionPlan>>>);
+
+impl Executed {
+    /// Runs `df`'s query, keeping its plan.
+    pub(crate) async fn execute(
+        &self,
+        df: datafusion::prelude::DataFrame,
+    ) -> datafusion::error::Result<datafusion::execution::SendableRecordBatchStream> {
+        let task_ctx = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await?;
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(plan.clone());
+        datafusion::physical_plan::execute_stream(plan, task_ctx)
+    }
+
+    /// Logs the plans at debug level (formatted only when that level is on).
+    pub(crate) fn log(&self, table: &TableRef) {
+        use datafusion::physical_plan::display::DisplayableExecutionPlan;
+        let plans = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for plan in plans.iter() {
+            let plan = DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true);
+            tracing::debug!(%table, %plan, "query executed");
+        }
+    }
+}

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use crate::cdc;
 use crate::screen::Screening;
 use crate::streams::{CastChecked, CheckedColumn, FilterCounts, Filtered, FirstPerKey, Once};
-use crate::{KeyPartition, Output, TaskContext, session, transient};
+use crate::{Executed, KeyPartition, Output, TaskContext, session, transient};
 use datafusion::execution::SendableRecordBatchStream;
 
 const PASS: &str = "__medallion_pass";
@@ -88,7 +88,11 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         .await
         .map_err(transient)?;
 
-    let plan = Plan { ctx, spec };
+    let plan = Plan {
+        ctx,
+        spec,
+        executed: Executed::default(),
+    };
     let typed = plan.typed(source.clone())?;
     let truncated_at = plan.truncated_at(&typed).await?;
     let typed = plan.partitioned(typed, &work)?;
@@ -119,6 +123,7 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
     };
     // Filled as the rows stream out; read once the output is written.
     let written = crate::write_result(ctx, rows, TaskMetrics::default(), screening).await;
+    plan.executed.log(&ctx.table);
     let mut out = match written {
         Ok(out) => out,
         Err(e) if e.kind == medallion_proto::Failure::Permanent => {
@@ -148,6 +153,7 @@ fn column_name(name: &str) -> datafusion::common::Column {
 struct Plan<'a> {
     ctx: &'a TaskContext,
     spec: &'a SilverSpec,
+    executed: Executed,
 }
 
 impl Plan<'_> {
@@ -451,8 +457,9 @@ impl Plan<'_> {
             None => (typed, None),
         };
         // The scan's partitions still run in parallel, into one stream.
-        let stream = typed
-            .execute_stream()
+        let stream = self
+            .executed
+            .execute(typed)
             .await
             .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
         let counts = Arc::new(FilterCounts::default());
@@ -538,12 +545,8 @@ impl Plan<'_> {
                 select.push(col(FILE));
                 select.len() - 1
             });
-        let stream = rows
-            .select(select)
-            .map_err(|e| self.data_error(e))?
-            .execute_stream()
-            .await
-            .map_err(executed)?;
+        let selected = rows.select(select).map_err(|e| self.data_error(e))?;
+        let stream = self.executed.execute(selected).await.map_err(executed)?;
         let checked = CastChecked::new(stream, stored, checked, file).map_err(executed)?;
         let checked: SendableRecordBatchStream = Box::pin(checked);
         let mut screening = Screening::new(self.ctx, &checked.schema())?;
