@@ -378,17 +378,16 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::error::Result;
     use datafusion::execution::memory_pool::{
-        MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+        FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
     };
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use medallion_lake::pool::LendingSpillPool;
 
     use super::*;
 
     /// The processes' pool, remembering the most it ever had reserved.
     #[derive(Debug)]
     struct PeakPool {
-        pool: LendingSpillPool,
+        pool: FairSpillPool,
         peak: AtomicUsize,
     }
 
@@ -439,7 +438,7 @@ mod tests {
     async fn unique_check(limit: usize) -> (u64, usize) {
         let dir = tempfile::tempdir().unwrap();
         let pool = Arc::new(PeakPool {
-            pool: LendingSpillPool::new(limit),
+            pool: FairSpillPool::new(limit),
             peak: AtomicUsize::new(0),
         });
         let runtime = RuntimeEnvBuilder::new()

@@ -11,7 +11,6 @@ pub mod checkpoint;
 pub mod history;
 pub mod objects;
 pub mod optimize;
-pub mod pool;
 pub mod restore;
 pub mod runtime;
 pub mod vacuum;

@@ -2,18 +2,23 @@
 //! (the executors' tasks, and the coordinator's checks and merges at commit), so a memory
 //! limit bounds them all together.
 
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::execution::memory_pool::MemoryLimit;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::pool::LendingSpillPool;
-
-/// A runtime whose queries share `memory_limit` bytes ([`LendingSpillPool`]) and spill to disk
-/// beyond it (sorts, aggregates, joins), under `spill_dir` (DataFusion's own temporary
-/// directory when `None`); without a limit, memory is not bounded.
+/// A runtime whose queries share `memory_limit` bytes and spill to disk beyond it (sorts,
+/// aggregates, joins), under `spill_dir` (DataFusion's own temporary directory when `None`);
+/// without a limit, memory is not bounded.
+///
+/// The pool is DataFusion's `FairSpillPool`: each consumer that can spill gets an equal share,
+/// counting idle ones (apache/datafusion#22036), which leaves room for what cannot spill: a
+/// sort's merges. A pool that lent idle shares to busy consumers made gold faster at 50M
+/// orders but failed silver's two concurrent dedupe sorts there (PROFILE.md). A query refused
+/// memory names the five consumers holding the most.
 pub fn query_runtime(
     memory_limit: Option<usize>,
     spill_dir: Option<&Path>,
@@ -23,7 +28,9 @@ pub fn query_runtime(
         builder = builder.with_temp_file_path(dir);
     }
     if let Some(limit) = memory_limit {
-        builder = builder.with_memory_pool(Arc::new(LendingSpillPool::new(limit)));
+        let top = NonZeroUsize::new(5).expect("not zero");
+        let pool = TrackConsumersPool::new(FairSpillPool::new(limit), top);
+        builder = builder.with_memory_pool(Arc::new(pool));
     }
     builder.build_arc()
 }
