@@ -518,7 +518,7 @@ impl Plan<'_> {
         &self,
         rows: DataFrame,
     ) -> Result<(SendableRecordBatchStream, Screening), TaskError> {
-        let executed =
+        let failed =
             |e: datafusion::error::DataFusionError| crate::query_error(&self.ctx.table, e.into());
         let mut select: Vec<Expr> = self
             .spec
@@ -546,8 +546,8 @@ impl Plan<'_> {
                 select.len() - 1
             });
         let selected = rows.select(select).map_err(|e| self.data_error(e))?;
-        let stream = self.executed.execute(selected).await.map_err(executed)?;
-        let checked = CastChecked::new(stream, stored, checked, file).map_err(executed)?;
+        let stream = self.executed.execute(selected).await.map_err(failed)?;
+        let checked = CastChecked::new(stream, stored, checked, file).map_err(failed)?;
         let checked: SendableRecordBatchStream = Box::pin(checked);
         let mut screening = Screening::new(self.ctx, &checked.schema())?;
         let screened = screening.apply(checked);
