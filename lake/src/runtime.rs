@@ -10,6 +10,9 @@ use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit, TrackConsum
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+/// How many of the largest consumers a refused query names.
+const TOP_CONSUMERS: NonZeroUsize = NonZeroUsize::new(5).unwrap();
+
 /// A runtime whose queries share `memory_limit` bytes and spill to disk beyond it (sorts,
 /// aggregates, joins), under `spill_dir` (DataFusion's own temporary directory when `None`);
 /// without a limit, memory is not bounded.
@@ -28,8 +31,7 @@ pub fn query_runtime(
         builder = builder.with_temp_file_path(dir);
     }
     if let Some(limit) = memory_limit {
-        let top = NonZeroUsize::new(5).expect("not zero");
-        let pool = TrackConsumersPool::new(FairSpillPool::new(limit), top);
+        let pool = TrackConsumersPool::new(FairSpillPool::new(limit), TOP_CONSUMERS);
         builder = builder.with_memory_pool(Arc::new(pool));
     }
     builder.build_arc()
