@@ -5,7 +5,7 @@
 //! table would look after the commit; a failed critical check discards them and the table
 //! stays as it was. Otherwise they become exactly one new Delta version.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -45,6 +45,18 @@ pub struct Staged {
     pub schema: SchemaRef,
     /// Rows `quarantine` checks took out, for `<table>__quarantine`.
     pub quarantine: Option<Box<Staged>>,
+}
+
+impl Staged {
+    /// The dispatch directories its files (and its quarantined rows' files) are in.
+    pub fn dispatch_dirs(&self) -> HashSet<String> {
+        let quarantined = self.quarantine.iter().flat_map(|q| &q.adds);
+        self.adds
+            .iter()
+            .chain(quarantined)
+            .filter_map(|a| a.path.split_once('/').map(|(dir, _)| dir.to_string()))
+            .collect()
+    }
 }
 
 /// What a commit did.
@@ -698,6 +710,33 @@ impl CommitContext<'_> {
 
     /// Deletes staged files that will not be committed (best effort: they are invisible to
     /// readers either way, and `VACUUM` would remove them too).
+    /// Deletes the dispatch directories of this run in the target and its quarantine table
+    /// but those in `keep`: the files of a dispatch the run gave up on that still finished
+    /// (an executor declared lost while it was only slow writes on until it hears). Called
+    /// once the table's outcome is known, with the directories of the files its commit took.
+    pub async fn sweep(&self, target: &Target, keep: &HashSet<String>) {
+        let prefix = medallion_proto::dispatch_prefix(self.pipeline.name(), self.run_id);
+        let targets = std::iter::once(target).chain(target.quarantine.as_deref());
+        for uri in targets.map(|t| &t.staged_uri) {
+            let opts = self.storage_options;
+            match medallion_lake::delete_dirs_except(uri, &prefix, keep, opts).await {
+                Ok(dirs) if dirs.is_empty() => {}
+                Ok(dirs) => {
+                    tracing::info!(
+                        uri,
+                        ?dirs,
+                        "deleted what given-up dispatches wrote after all"
+                    )
+                }
+                Err(e) => tracing::warn!(
+                    uri,
+                    error = format!("{e:#}"),
+                    "could not delete what given-up dispatches wrote"
+                ),
+            }
+        }
+    }
+
     pub async fn discard(&self, target: &Target, staged: &Staged) {
         let uri = &target.staged_uri;
         let result: Result<()> = async {

@@ -431,21 +431,29 @@ impl<'a> Coordinator<'a> {
             if let Ok(staged) = staged_output(&results) {
                 commits.discard(&plan.target, &staged).await;
             }
+            commits.sweep(&plan.target, &Default::default()).await;
             return Err(anyhow::anyhow!("{e}").into());
         }
         let staged = staged_output(&results)?;
+        let keep = staged.dispatch_dirs();
         let commit = plan.commit.clone().read_up_to(&results)?;
         let checks = run.pipeline.checks(table);
         let started = std::time::Instant::now();
+        let committed = commits
+            .commit(&plan.target, &commit, staged, checks, &metrics)
+            .await;
+        // Unless the commit's outcome is unknown (it may have landed), nothing else of this
+        // run's dispatches will ever be committed to the table.
+        if !matches!(committed, Err(Rejected::Error(_))) {
+            commits.sweep(&plan.target, &keep).await;
+        }
         let Committed {
             version,
             checks,
             check_ms,
             merge,
             ..
-        } = commits
-            .commit(&plan.target, &commit, staged, checks, &metrics)
-            .await?;
+        } = committed?;
         report.checks = checks;
         report.metrics.check_ms = check_ms;
         report.metrics.commit_ms = started.elapsed().as_millis() as u64;

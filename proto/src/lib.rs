@@ -178,21 +178,32 @@ impl Task {
     /// `<run>-<task>-<n>`: the run's id without the pipeline's name and the task's number
     /// within its table (the directory is in the table's own), so object keys stay short.
     pub fn dispatch_dir(&self, n: u32) -> String {
-        let clean = |s: &str| -> String {
-            s.chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                .collect()
-        };
         let pipeline = self.pipeline.as_ref().map_or("", |p| p.name.as_str());
-        let run = self
-            .run_id
-            .strip_prefix(pipeline)
-            .and_then(|r| r.strip_prefix('-'))
-            .unwrap_or(&self.run_id);
         let task = self
             .task_id
             .rsplit_once('#')
             .map_or(&*self.task_id, |(_, n)| n);
-        format!("{}-{}-{n}", clean(run), clean(task))
+        format!(
+            "{}{}-{n}",
+            dispatch_prefix(pipeline, &self.run_id),
+            clean(task)
+        )
     }
+}
+
+/// What the names of every dispatch directory of a run begin with (`<run>-`), to find what
+/// its dispatches left behind.
+pub fn dispatch_prefix(pipeline: &str, run_id: &str) -> String {
+    let run = run_id
+        .strip_prefix(pipeline)
+        .and_then(|r| r.strip_prefix('-'))
+        .unwrap_or(run_id);
+    format!("{}-", clean(run))
+}
+
+/// A name made safe for an object key: letters and digits, anything else a dash.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
 }

@@ -1,18 +1,19 @@
 //! Runs driven end to end against the in-memory run store and a fake task runner: submit,
 //! resume after a failover, cancel, watch.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
 use medallion_proto::run_event::Event;
-use medallion_proto::{RunInfo, RunRecord, RunState};
+use medallion_proto::{RunInfo, RunRecord, RunState, TaskError};
 use tempfile::TempDir;
 
 use super::{Runs, RunsError};
 use crate::store::{MemoryRunStore, RunStore};
-use crate::testing::{FakeRunner, confined, pipeline};
+use crate::testing::{FakeRunner, confined, empty_result, pipeline};
 use medallion_pipeline::report::{TableReport, TableStatus};
 
 struct Fixture {
@@ -207,6 +208,33 @@ async fn resume_fails_a_run_whose_spec_no_longer_validates() {
         info.message
     );
     assert!(f.runner.calls().is_empty());
+}
+
+/// An executor declared lost while only frozen wakes, finishes its task and writes into the
+/// dispatch directory the run already deleted: the table's commit deletes it again.
+#[tokio::test]
+async fn what_a_given_up_dispatch_writes_after_all_is_deleted_at_the_commit() {
+    let f = fixture(FakeRunner::answering(|t, n| match n {
+        1 => Err(TaskError::lost("executor stopped answering")),
+        _ => {
+            let late = Path::new(&t.output_uri).join(t.dispatch_dir(1));
+            std::fs::create_dir_all(&late).unwrap();
+            std::fs::write(late.join("part-0.parquet"), b"late").unwrap();
+            Ok(empty_result(t))
+        }
+    }));
+    let info = f.runs.submit(f.spec(), false).await.unwrap();
+    let (_, ended) = f.ended(&info.run_id).await;
+    assert_eq!(state(&ended), RunState::Succeeded, "{}", ended.message);
+    let calls = f.runner.calls();
+    assert_eq!(calls.len(), 2);
+    let table = Path::new(&calls[0].output_uri);
+    assert!(table.is_dir(), "{}", table.display());
+    assert!(
+        !table.join(&calls[0].dispatch_dir).exists(),
+        "the late files of {} are left",
+        calls[0].dispatch_dir
+    );
 }
 
 #[tokio::test]
