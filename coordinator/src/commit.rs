@@ -708,8 +708,6 @@ impl CommitContext<'_> {
         Ok((version, Some(metrics)))
     }
 
-    /// Deletes staged files that will not be committed (best effort: they are invisible to
-    /// readers either way, and `VACUUM` would remove them too).
     /// Deletes the dispatch directories of this run in the target and its quarantine table
     /// but those in `keep`: the files of a dispatch the run gave up on that still finished
     /// (an executor declared lost while it was only slow writes on until it hears). Called
@@ -737,6 +735,8 @@ impl CommitContext<'_> {
         }
     }
 
+    /// Deletes staged files that will not be committed (best effort: they are invisible to
+    /// readers either way, and `VACUUM` would remove them too).
     pub async fn discard(&self, target: &Target, staged: &Staged) {
         let uri = &target.staged_uri;
         let result: Result<()> = async {
