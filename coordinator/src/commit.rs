@@ -708,29 +708,25 @@ impl CommitContext<'_> {
         Ok((version, Some(metrics)))
     }
 
-    /// Deletes the dispatch directories of this run in the target and its quarantine table
-    /// but those in `keep`: the files of a dispatch the run gave up on that still finished
-    /// (an executor declared lost while it was only slow writes on until it hears). Called
-    /// once the table's outcome is known, with the directories of the files its commit took.
-    pub async fn sweep(&self, target: &Target, keep: &HashSet<String>) {
-        let prefix = medallion_proto::dispatch_prefix(self.pipeline.name(), self.run_id);
-        let targets = std::iter::once(target).chain(target.quarantine.as_deref());
-        for uri in targets.map(|t| &t.staged_uri) {
+    /// Deletes the directories of the table's `dispatched` but those in `keep`, in the
+    /// target and its quarantine table: the files of a dispatch the run gave up on that
+    /// still finished (an executor declared lost while it was only slow writes on until it
+    /// hears). Called once the table's outcome is known, with the directories of the files
+    /// its commit took.
+    ///
+    /// Only directories this run named for this table: any other is another run's or
+    /// another leader's, whose files may be committed.
+    pub async fn sweep(&self, target: &Target, dispatched: &[String], keep: &HashSet<String>) {
+        let uris = std::iter::once(target).chain(target.quarantine.as_deref());
+        let uris: Vec<&str> = uris.map(|t| t.staged_uri.as_str()).collect();
+        for dir in dispatched.iter().filter(|d| !keep.contains(*d)) {
             let opts = self.storage_options;
-            match medallion_lake::delete_dirs_except(uri, &prefix, keep, opts).await {
-                Ok(dirs) if dirs.is_empty() => {}
-                Ok(dirs) => {
-                    tracing::info!(
-                        uri,
-                        ?dirs,
-                        "deleted what given-up dispatches wrote after all"
-                    )
-                }
-                Err(e) => tracing::warn!(
-                    uri,
+            if let Err(e) = medallion_lake::delete_dirs(&uris, dir, opts).await {
+                tracing::warn!(
+                    dir,
                     error = format!("{e:#}"),
-                    "could not delete what given-up dispatches wrote"
-                ),
+                    "could not delete what a given-up dispatch wrote"
+                );
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Handing tasks to executors, with retries.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,21 +18,59 @@ pub trait TaskRunner: Send + Sync {
 /// every executor it lands on must not go round for ever.
 const MAX_LOST: u32 = 5;
 
+/// Names the directories of a run's dispatches so that no two are the same: not two
+/// dispatches of one task, not a task's before and after a commit conflict re-planned its
+/// table, not this leader's and those of the leader that ran the run before it (whose
+/// executors may still be running, and delete their dispatch's directory when they stop).
+#[derive(Debug)]
+pub struct DispatchNames {
+    /// Which start of the run this is: a leader resuming a run starts it again.
+    start: u32,
+    dispatched: AtomicU32,
+}
+
+impl DispatchNames {
+    /// The names of the `start`-th start of a run (1: the first).
+    pub fn new(start: u32) -> Self {
+        Self {
+            start,
+            dispatched: AtomicU32::new(0),
+        }
+    }
+
+    fn next(&self, task: &Task) -> String {
+        let n = self.dispatched.fetch_add(1, Ordering::Relaxed) + 1;
+        task.dispatch_dir(self.start, n)
+    }
+}
+
+/// How a task ended, after its retries.
+#[derive(Debug)]
+pub struct Retried {
+    pub result: Result<TaskResult, TaskError>,
+    /// Attempts it took (a lost executor does not use one up).
+    pub attempts: u32,
+    /// The directory of each of its dispatches, in order: what a given-up dispatch writes
+    /// after all is found there.
+    pub dirs: Vec<String>,
+}
+
 /// Runs a task until it succeeds, fails permanently or runs out of attempts.
 ///
-/// Returns the result and how many attempts it took. A lost executor does not use up an
-/// attempt (up to [`MAX_LOST`] times). Every dispatch writes into its own directory, and the
-/// directory of a dispatch that failed or was lost is deleted, so only the successful
-/// dispatch's files remain to be committed.
+/// A lost executor does not use up an attempt (up to [`MAX_LOST`] times). Every dispatch
+/// writes into a directory of its own (named by `names`), and the directory of a dispatch
+/// that failed or was lost is deleted, so only the successful dispatch's files remain to be
+/// committed.
 pub async fn run_with_retries(
     runner: &dyn TaskRunner,
     task: Task,
     policy: RetryPolicy,
+    names: &DispatchNames,
     storage_options: &StorageOptions,
     on_retry: impl Fn(&Task, &TaskError),
-) -> (Result<TaskResult, TaskError>, u32) {
+) -> Retried {
     let span = tracing::info_span!("task", task_id = %task.task_id);
-    let retried = retry(runner, task, policy, storage_options, on_retry);
+    let retried = retry(runner, task, policy, names, storage_options, on_retry);
     tracing::Instrument::instrument(retried, span).await
 }
 
@@ -39,15 +78,16 @@ async fn retry(
     runner: &dyn TaskRunner,
     mut task: Task,
     policy: RetryPolicy,
+    names: &DispatchNames,
     storage_options: &StorageOptions,
     on_retry: impl Fn(&Task, &TaskError),
-) -> (Result<TaskResult, TaskError>, u32) {
+) -> Retried {
     let max = policy.max_attempts.max(1);
-    let (mut attempt, mut lost, mut dispatches) = (1, 0, 0);
-    loop {
-        dispatches += 1;
+    let (mut attempt, mut lost, mut dirs) = (1, 0, Vec::new());
+    let result = loop {
         task.attempt = attempt;
-        task.dispatch_dir = task.dispatch_dir(dispatches);
+        task.dispatch_dir = names.next(&task);
+        dirs.push(task.dispatch_dir.clone());
         let result = tokio::time::timeout(policy.timeout, runner.run(task.clone()))
             .await
             .unwrap_or_else(|_| {
@@ -75,10 +115,15 @@ async fn retry(
             }
             Err(e) => {
                 crate::metrics::task_failed(e.kind, false);
-                return (Err(e), attempt);
+                break Err(e);
             }
-            result => return (result, attempt),
+            result => break result,
         }
+    };
+    Retried {
+        result,
+        attempts: attempt,
+        dirs,
     }
 }
 
@@ -97,7 +142,7 @@ mod tests {
 
     use medallion_proto::{Failure, Task, TaskError};
 
-    use super::{MAX_LOST, RetryPolicy, run_with_retries};
+    use super::{DispatchNames, MAX_LOST, RetryPolicy, run_with_retries};
     use crate::testing::{FakeRunner, empty_result};
 
     fn policy(max_attempts: u32, timeout: Duration) -> RetryPolicy {
@@ -116,16 +161,18 @@ mod tests {
     async fn run(runner: &FakeRunner, policy: RetryPolicy) -> (Result<(), TaskError>, u32, usize) {
         let dir = tempfile::tempdir().unwrap();
         let retried = std::sync::Mutex::new(0);
-        let (result, attempts) = run_with_retries(
+        let names = DispatchNames::new(1);
+        let ended = run_with_retries(
             runner,
             task(dir.path()),
             policy,
+            &names,
             &Default::default(),
             |_, _| *retried.lock().unwrap() += 1,
         )
         .await;
         let retried = *retried.lock().unwrap();
-        (result.map(|_| ()), attempts, retried)
+        (ended.result.map(|_| ()), ended.attempts, retried)
     }
 
     #[tokio::test]
@@ -205,26 +252,58 @@ mod tests {
                 _ => Ok(empty_result(t)),
             }
         });
-        let (result, _) = run_with_retries(
+        let names = DispatchNames::new(1);
+        let ended = run_with_retries(
             runner.as_ref(),
             task(dir.path()),
             policy(2, Duration::from_secs(60)),
+            &names,
             &Default::default(),
             |_, _| {},
         )
         .await;
-        assert!(result.is_ok());
+        assert!(ended.result.is_ok());
         let dirs: Vec<String> = runner
             .calls()
             .iter()
             .map(|t| t.dispatch_dir.clone())
             .collect();
-        assert_eq!(dirs.len(), 2);
-        assert_ne!(dirs[0], dirs[1]);
+        assert_eq!(dirs, ended.dirs);
+        assert_eq!(dirs, ["r-3-1", "r-3-2"]);
         assert!(
             !dir.path().join(&dirs[0]).exists(),
             "the failed dispatch's files are deleted"
         );
         assert!(dir.path().join(&dirs[1]).join("part-0.parquet").exists());
+    }
+
+    /// A commit conflict re-plans a table and runs its tasks again; a leader resuming a run
+    /// starts it again. Neither reuses a directory name an earlier dispatch (whose executor
+    /// may still be running, and deletes its directory when it stops) had.
+    #[tokio::test]
+    async fn no_two_dispatches_of_a_run_share_a_directory() {
+        let runner = FakeRunner::succeeding();
+        let dir = tempfile::tempdir().unwrap();
+        let mut dirs = Vec::new();
+        for start in [1, 2, 3] {
+            let names = DispatchNames::new(start);
+            // The table's tasks, then the same after a commit conflict.
+            for _ in 0..2 {
+                let policy = policy(1, Duration::from_secs(60));
+                let task = task(dir.path());
+                let ended = run_with_retries(
+                    runner.as_ref(),
+                    task,
+                    policy,
+                    &names,
+                    &Default::default(),
+                    |_, _| {},
+                )
+                .await;
+                dirs.extend(ended.dirs);
+            }
+        }
+        let names = ["r-3-1", "r-3-2", "r-3-2-1", "r-3-2-2", "r-3-3-1", "r-3-3-2"];
+        assert_eq!(dirs, names);
     }
 }

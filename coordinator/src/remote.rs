@@ -91,7 +91,7 @@ mod tests {
     use tonic::Status;
 
     use super::RemoteExecutors;
-    use crate::dispatch::{RetryPolicy, run_with_retries};
+    use crate::dispatch::{DispatchNames, RetryPolicy, run_with_retries};
     use crate::membership::{ExecutorLink, Members};
 
     type Answer = dyn Fn(&str, usize) -> Result<TaskResult, Status> + Send + Sync;
@@ -182,17 +182,19 @@ mod tests {
         ) -> (Result<TaskResult, medallion_proto::TaskError>, u32) {
             let dir = tempfile::tempdir().unwrap();
             let runner = RemoteExecutors::new(self.members.clone());
-            let options = Default::default();
+            let (names, options) = (DispatchNames::new(1), Default::default());
             let run = run_with_retries(
                 &runner,
                 task(dir.path()),
                 policy(max_attempts),
+                &names,
                 &options,
                 |_, _| {},
             );
-            tokio::time::timeout(Duration::from_secs(60), run)
+            let ended = tokio::time::timeout(Duration::from_secs(60), run)
                 .await
-                .expect("the task ends")
+                .expect("the task ends");
+            (ended.result, ended.attempts)
         }
     }
 

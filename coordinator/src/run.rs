@@ -12,7 +12,7 @@ use medallion_pipeline::{Pipeline, TableRef};
 use medallion_proto::{StagedFiles, TaskMetrics, TaskResult};
 
 use crate::commit::{CommitContext, Committed, Rejected, Staged};
-use crate::dispatch::{TaskRunner, run_with_retries};
+use crate::dispatch::{DispatchNames, TaskRunner, run_with_retries};
 use crate::planner::{BallistaTarget, RunContext};
 use crate::{history, maintenance, metrics, quality, snapshots};
 use medallion_pipeline::report::{Metrics, RunEvent, RunReport, TableReport, TableStatus, TaskRun};
@@ -42,6 +42,7 @@ pub struct Coordinator<'a> {
     trigger: String,
     /// The memory pool and spill space of the queries of commits (checks, merges).
     runtime: Arc<RuntimeEnv>,
+    names: DispatchNames,
 }
 
 /// What a re-run of an earlier run keeps and rebuilds (`medallion rerun`).
@@ -66,7 +67,15 @@ impl<'a> Coordinator<'a> {
             rerun: Rerun::default(),
             trigger: "manual".into(),
             runtime: Arc::default(),
+            names: DispatchNames::new(1),
         }
+    }
+
+    /// This is the `start`-th start of the run: a leader resuming a run its previous leader
+    /// left starts it again (1: the first). Its tasks write into directories of their own.
+    pub fn with_start(mut self, start: u32) -> Self {
+        self.names = DispatchNames::new(start);
+        self
     }
 
     /// Commits' checks and merges run their queries on `runtime`, so its memory limit bounds
@@ -281,25 +290,21 @@ impl<'a> Coordinator<'a> {
         report
     }
 
-    /// Runs a table's tasks at the same time, each with retries. Returns the results of the
-    /// tasks that succeeded, the first error of those that did not, and each task's run.
+    /// Runs a table's tasks at the same time, each with retries.
     async fn dispatch(
         &self,
         run: &RunContext<'_>,
         table: &TableRef,
         tasks: Vec<medallion_proto::Task>,
-    ) -> (
-        Vec<TaskResult>,
-        Option<medallion_proto::TaskError>,
-        Vec<TaskRun>,
-    ) {
+    ) -> Dispatched {
         let policy = run.pipeline.retry_policy(table);
         let table_start = std::time::Instant::now();
         let attempts = tasks.into_iter().map(|task| async move {
             let task_id = task.task_id.clone();
             let started = table_start.elapsed();
             let options = &run.storage_options;
-            let (result, attempts) = run_with_retries(self.runner, task, policy, options, |t, e| {
+            let names = &self.names;
+            let ended = run_with_retries(self.runner, task, policy, names, options, |t, e| {
                 tracing::warn!(task_id = t.task_id, attempt = t.attempt, error = %e, "task failed, retrying");
                 self.observer.on_event(RunEvent::TaskRetried {
                     table: table.clone(),
@@ -308,6 +313,7 @@ impl<'a> Coordinator<'a> {
                 });
             })
             .await;
+            let result = ended.result;
             self.observer.on_event(RunEvent::TaskFinished {
                 table: table.clone(),
                 task_id: task_id.clone(),
@@ -329,26 +335,25 @@ impl<'a> Coordinator<'a> {
             let task_run = TaskRun {
                 task_id,
                 executor: result.as_ref().map_or(String::new(), |r| r.executor.clone()),
-                attempts,
+                attempts: ended.attempts,
                 started_ms: (finished - ran).as_millis() as u64,
                 duration_ms: ran.as_millis() as u64,
                 rows_read: metrics.rows_read,
                 rows_written: metrics.rows_written,
                 error: result.as_ref().err().map(|e| e.to_string()),
             };
-            (result, task_run)
+            (result, task_run, ended.dirs)
         });
-        let mut results = Vec::new();
-        let mut first_error = None;
-        let mut task_runs = Vec::new();
-        for (result, task_run) in futures::future::join_all(attempts).await {
+        let mut dispatched = Dispatched::default();
+        for (result, task_run, dirs) in futures::future::join_all(attempts).await {
             match result {
-                Ok(r) => results.push(r),
-                Err(e) => first_error = first_error.or(Some(e)),
+                Ok(r) => dispatched.results.push(r),
+                Err(e) => dispatched.first_error = dispatched.first_error.or(Some(e)),
             }
-            task_runs.push(task_run);
+            dispatched.task_runs.push(task_run);
+            dispatched.dirs.extend(dirs);
         }
-        (results, first_error, task_runs)
+        dispatched
     }
 
     /// Plans, dispatches and commits a table; when another writer commits to it meanwhile,
@@ -411,7 +416,12 @@ impl<'a> Coordinator<'a> {
             return Ok(TableStatus::UpToDate);
         }
 
-        let (results, first_error, task_runs) = self.dispatch(run, table, plan.tasks).await;
+        let Dispatched {
+            results,
+            first_error,
+            task_runs,
+            dirs,
+        } = self.dispatch(run, table, plan.tasks).await;
         report.retries = task_runs.iter().map(|t| (t.attempts - 1) as usize).sum();
         report.task_runs = task_runs;
         let mut metrics = TaskMetrics::default();
@@ -431,7 +441,9 @@ impl<'a> Coordinator<'a> {
             if let Ok(staged) = staged_output(&results) {
                 commits.discard(&plan.target, &staged).await;
             }
-            commits.sweep(&plan.target, &Default::default()).await;
+            commits
+                .sweep(&plan.target, &dirs, &Default::default())
+                .await;
             return Err(anyhow::anyhow!("{e}").into());
         }
         let staged = staged_output(&results)?;
@@ -445,7 +457,7 @@ impl<'a> Coordinator<'a> {
         // Unless the commit's outcome is unknown (it may have landed), nothing else of this
         // run's dispatches will ever be committed to the table.
         if !matches!(committed, Err(Rejected::Error(_))) {
-            commits.sweep(&plan.target, &keep).await;
+            commits.sweep(&plan.target, &dirs, &keep).await;
         }
         let Committed {
             version,
@@ -479,6 +491,18 @@ impl<'a> Coordinator<'a> {
 /// How many times a table is planned again after other writers' commits before the run
 /// gives up on it.
 const MAX_CONFLICTS: usize = 3;
+
+/// What a table's tasks did.
+#[derive(Default)]
+struct Dispatched {
+    /// Those of the tasks that succeeded.
+    results: Vec<TaskResult>,
+    /// The first error of those that did not.
+    first_error: Option<medallion_proto::TaskError>,
+    task_runs: Vec<TaskRun>,
+    /// The directory of every dispatch of every task.
+    dirs: Vec<String>,
+}
 
 /// Checks every source can be listed before anything is written, so a missing path stops
 /// the run with all tables as they were. Returns the reports of a stopped run, or nothing.

@@ -375,7 +375,12 @@ impl Runs {
         let store = self.store.clone();
         let full_refresh = record.full_refresh;
         let rerun = rerun_of(&record);
+        let start = record.starts;
+        // The record is saved before anything is dispatched: a leader resuming the run after
+        // this one must count this start, or its dispatches would take this one's directories.
+        let (saved, on_saved) = tokio::sync::oneshot::channel();
         let tables = tokio::spawn(async move {
+            let _ = on_saved.await;
             let _locks = hold_run_locks(store.as_ref(), &pipeline, &id).await;
             Coordinator::new(runner.as_ref(), &recorder)
                 .with_ballista(ballista)
@@ -383,6 +388,7 @@ impl Runs {
                 .with_full_refresh(full_refresh)
                 .with_rerun(rerun)
                 .with_trigger(&trigger)
+                .with_start(start)
                 .run(&pipeline, &id)
                 .await
         });
@@ -392,6 +398,7 @@ impl Runs {
         let this = self.clone();
         tokio::spawn(async move {
             persist("run state", || this.store.put_run(&record)).await;
+            let _ = saved.send(());
             let store = this.store.clone();
             let writer_run = run_id.clone();
             let writer = tokio::spawn(async move {

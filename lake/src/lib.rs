@@ -346,35 +346,6 @@ pub async fn delete_dirs(uris: &[&str], subdir: &str, opts: &StorageOptions) -> 
     Ok(())
 }
 
-/// Deletes the directories directly under `uri` whose names begin with `prefix`, but for
-/// those in `keep`; returns the names of those it deleted. A location that does not exist
-/// holds none.
-///
-/// What a run's dispatches wrote and its commit did not take: an executor declared lost may
-/// still finish its task and write after its dispatch was given up and its directory deleted.
-pub async fn delete_dirs_except(
-    uri: &str,
-    prefix: &str,
-    keep: &std::collections::HashSet<String>,
-    opts: &StorageOptions,
-) -> Result<Vec<String>> {
-    let store = table_handle(uri, opts)?.log_store().object_store(None);
-    let listed = match store.list_with_delimiter(None).await {
-        Ok(listed) => listed.common_prefixes,
-        Err(deltalake::ObjectStoreError::NotFound { .. }) => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("listing {uri}")),
-    };
-    let mut deleted = Vec::new();
-    for dir in listed {
-        let Some(name) = dir.filename() else { continue };
-        if name.starts_with(prefix) && !keep.contains(name) {
-            delete_dir(uri, name, opts).await?;
-            deleted.push(name.to_string());
-        }
-    }
-    Ok(deleted)
-}
-
 /// Uncommitted data files (Delta `Add`s under a directory), read as one table.
 ///
 /// Partition values come from the `Add` actions, as Delta does not store them in the files.
@@ -561,42 +532,36 @@ pub fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     #[tokio::test]
-    async fn a_runs_dispatch_directories_are_deleted_but_those_kept() {
+    async fn a_dispatchs_directory_is_deleted_in_each_location_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let files = [
-            "r1-0-1/a.parquet",
-            "r1-0-2/b.parquet",
-            "r1-1-1/c.parquet",
-            "r12-0-1/d.parquet",
-            "_delta_log/00000000000000000000.json",
-            "day=1/e.parquet",
+            "t/r1-0-1/a.parquet",
+            "t/r1-0-1/nested/b.parquet",
+            "t/r1-0-12/c.parquet",
+            "t/_delta_log/00000000000000000000.json",
+            "t/day=1/d.parquet",
+            "q/r1-0-1/e.parquet",
+            "q/r1-1-1/f.parquet",
         ];
         for f in files {
             let path = dir.path().join(f);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, b"x").unwrap();
         }
-        let uri = dir.path().to_str().unwrap();
-        let keep = HashSet::from(["r1-0-2".to_string()]);
-        let opts = Default::default();
-        let mut deleted = super::delete_dirs_except(uri, "r1-", &keep, &opts)
+        let [t, q, missing] = ["t", "q", "nothing-here"].map(|d| dir.path().join(d));
+        let uris = [t, q, missing].map(|u| u.to_str().unwrap().to_string());
+        let uris: Vec<&str> = uris.iter().map(String::as_str).chain([""]).collect();
+        super::delete_dirs(&uris, "r1-0-1", &Default::default())
             .await
             .unwrap();
-        deleted.sort();
-        assert_eq!(deleted, ["r1-0-1", "r1-1-1"]);
-        for (f, kept) in files.iter().zip([false, true, false, true, true, true]) {
+        let kept = [false, false, true, true, true, false, true];
+        for (f, kept) in files.iter().zip(kept) {
             assert_eq!(dir.path().join(f).exists(), kept, "{f}");
         }
         assert!(
-            !dir.path().join("r1-0-1").exists(),
+            !dir.path().join("t/r1-0-1").exists(),
             "the emptied directory goes too"
         );
-
-        let missing = dir.path().join("nothing-here");
-        let none = super::delete_dirs_except(missing.to_str().unwrap(), "r1-", &keep, &opts);
-        assert!(none.await.unwrap().is_empty());
     }
 }

@@ -172,33 +172,30 @@ impl From<TaskError> for tonic::Status {
 }
 
 impl Task {
-    /// A directory name for one dispatch of this task (`n` counts dispatches): what it writes
-    /// goes there, so what a failed or lost dispatch wrote can be deleted as a whole.
+    /// A directory name for the `n`-th dispatch of the run's `start`-th start (a leader
+    /// resuming a run starts it again): what it writes goes there, so what a failed or lost
+    /// dispatch wrote can be deleted as a whole.
     ///
-    /// `<run>-<task>-<n>`: the run's id without the pipeline's name and the task's number
-    /// within its table (the directory is in the table's own), so object keys stay short.
-    pub fn dispatch_dir(&self, n: u32) -> String {
+    /// `<run>-<task>-<n>`, or `<run>-<task>-<start>-<n>` after the first start: the run's id
+    /// without the pipeline's name and the task's number within its table (the directory is
+    /// in the table's own), so object keys stay short.
+    pub fn dispatch_dir(&self, start: u32, n: u32) -> String {
         let pipeline = self.pipeline.as_ref().map_or("", |p| p.name.as_str());
+        let run = self
+            .run_id
+            .strip_prefix(pipeline)
+            .and_then(|r| r.strip_prefix('-'))
+            .unwrap_or(&self.run_id);
         let task = self
             .task_id
             .rsplit_once('#')
             .map_or(&*self.task_id, |(_, n)| n);
-        format!(
-            "{}{}-{n}",
-            dispatch_prefix(pipeline, &self.run_id),
-            clean(task)
-        )
+        let (run, task) = (clean(run), clean(task));
+        match start {
+            0 | 1 => format!("{run}-{task}-{n}"),
+            _ => format!("{run}-{task}-{start}-{n}"),
+        }
     }
-}
-
-/// What the names of every dispatch directory of a run begin with (`<run>-`), to find what
-/// its dispatches left behind.
-pub fn dispatch_prefix(pipeline: &str, run_id: &str) -> String {
-    let run = run_id
-        .strip_prefix(pipeline)
-        .and_then(|r| r.strip_prefix('-'))
-        .unwrap_or(run_id);
-    format!("{}-", clean(run))
 }
 
 /// A name made safe for an object key: letters and digits, anything else a dash.

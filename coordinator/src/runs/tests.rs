@@ -217,7 +217,7 @@ async fn what_a_given_up_dispatch_writes_after_all_is_deleted_at_the_commit() {
     let f = fixture(FakeRunner::answering(|t, n| match n {
         1 => Err(TaskError::lost("executor stopped answering")),
         _ => {
-            let late = Path::new(&t.output_uri).join(t.dispatch_dir(1));
+            let late = Path::new(&t.output_uri).join(t.dispatch_dir(1, 1));
             std::fs::create_dir_all(&late).unwrap();
             std::fs::write(late.join("part-0.parquet"), b"late").unwrap();
             Ok(empty_result(t))
@@ -234,6 +234,33 @@ async fn what_a_given_up_dispatch_writes_after_all_is_deleted_at_the_commit() {
         !table.join(&calls[0].dispatch_dir).exists(),
         "the late files of {} are left",
         calls[0].dispatch_dir
+    );
+}
+
+/// A leader resuming a run names its dispatches apart from the previous leader's, whose
+/// executors may still be running (and delete their dispatch's directory when they stop) and
+/// whose files the run may have committed: its commits leave those alone.
+#[tokio::test]
+async fn a_resumed_run_leaves_its_previous_leaders_dispatches_alone() {
+    let f = fixture(FakeRunner::answering(|t, _| {
+        // What the previous leader's first dispatch wrote, and may have committed.
+        let earlier = Path::new(&t.output_uri).join(t.dispatch_dir(1, 1));
+        std::fs::create_dir_all(&earlier).unwrap();
+        std::fs::write(earlier.join("part-0.parquet"), b"committed").unwrap();
+        Ok(empty_result(t))
+    }));
+    f.left_behind("t-left", RunState::Running, 1).await;
+    f.runs.resume().await.unwrap();
+    let (_, ended) = f.ended("t-left").await;
+    assert_eq!(state(&ended), RunState::Succeeded, "{}", ended.message);
+    let calls = f.runner.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].dispatch_dir, "left-0-2-1");
+    let earlier = Path::new(&calls[0].output_uri).join("left-0-1");
+    assert!(
+        earlier.join("part-0.parquet").exists(),
+        "the previous leader's files in {} are deleted",
+        earlier.display()
     );
 }
 
