@@ -449,19 +449,25 @@ pub(crate) async fn write_result(
 }
 
 /// Classifies an error of running a table's query or writing its files: storage and I/O
-/// failures may pass on another attempt; SQL, cast and data errors fail the same way again.
+/// failures may pass on another attempt, and so may a memory pool that could not give the
+/// query what it asked (what the tasks beside it held decides that: two sorts merging their
+/// spills at once can each be refused); SQL, cast and data errors fail the same way again.
 pub(crate) fn query_error(table: &TableRef, e: anyhow::Error) -> TaskError {
     use datafusion::error::DataFusionError;
-    let storage = e.chain().any(|cause| {
+    let passing = e.chain().any(|cause| {
         cause.is::<deltalake::DeltaTableError>()
             || cause.is::<std::io::Error>()
             || matches!(
                 cause.downcast_ref::<DataFusionError>(),
-                Some(DataFusionError::ObjectStore(_) | DataFusionError::IoError(_))
+                Some(
+                    DataFusionError::ObjectStore(_)
+                        | DataFusionError::IoError(_)
+                        | DataFusionError::ResourcesExhausted(_)
+                )
             )
     });
     let message = format!("{table}: {e:#}");
-    if storage {
+    if passing {
         TaskError::transient(message)
     } else {
         TaskError::permanent(message)
@@ -504,5 +510,59 @@ impl Executed {
             let plan = DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true);
             tracing::debug!(%table, %plan, "query executed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::execution::memory_pool::FairSpillPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use futures::TryStreamExt;
+    use medallion_proto::Failure;
+
+    use super::query_error;
+
+    /// How a query's failure reaches the classification: from the stream being written.
+    async fn failure_of(ctx: &SessionContext, sql: &str) -> anyhow::Error {
+        let df = ctx.sql(sql).await.unwrap();
+        let stream = df.execute_stream().await.unwrap();
+        let e = stream.try_collect::<Vec<_>>().await.unwrap_err();
+        anyhow::Error::from(e).context("writing data files")
+    }
+
+    #[tokio::test]
+    async fn a_query_refused_memory_is_tried_again_and_a_data_error_is_not() {
+        // A pool too small for the sort, and no disk to spill to.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(std::sync::Arc::new(FairSpillPool::new(64 * 1024)))
+            .with_disk_manager_builder(
+                datafusion::execution::disk_manager::DiskManagerBuilder::default()
+                    .with_mode(datafusion::execution::disk_manager::DiskManagerMode::Disabled),
+            )
+            .build_arc()
+            .unwrap();
+        let config = SessionConfig::new().with_sort_spill_reservation_bytes(0);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let table = "silver.orders".parse().unwrap();
+
+        let sorted =
+            "SELECT v, repeat('x', 100) AS s FROM generate_series(1, 100000) t(v) ORDER BY v DESC";
+        let refused = query_error(&table, failure_of(&ctx, sorted).await);
+        assert!(
+            refused.message.contains("Resources exhausted"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(refused.kind, Failure::Transient, "{}", refused.message);
+
+        let bad = "SELECT CAST('x' || v AS INT) FROM generate_series(1, 10) t(v)";
+        let data = query_error(&table, failure_of(&SessionContext::new(), bad).await);
+        assert!(
+            data.message.starts_with("silver.orders: "),
+            "{}",
+            data.message
+        );
+        assert_eq!(data.kind, Failure::Permanent, "{}", data.message);
     }
 }

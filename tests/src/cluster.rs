@@ -528,8 +528,13 @@ impl Cluster {
     /// Follows the run to its end (`watch`, which follows a new leader); returns its status.
     pub fn wait(&self, ws: &Workspace, run_id: &str) -> serde_json::Value {
         let out = self.client(ws, &["watch", run_id, "--output", "json"]);
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("watch gave no JSON ({e}): {}\n{}", out.stdout, out.stderr))
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+            let logs = self.logs();
+            panic!(
+                "watch gave no JSON ({e}): {}\n{}\n{logs}",
+                out.stdout, out.stderr
+            )
+        })
     }
 
     /// Follows a run that had an executor killed under one of its tasks to its end: it must
