@@ -80,28 +80,28 @@ fn resident_budget(limit: usize) -> usize {
     limit + limit / 4
 }
 
+/// Whether the allocator has been told to purge sooner: its setting is the process's, so once
+/// one pool has set it, no pool of the process reads the resident set again.
+static PURGING_SOONER: AtomicBool = AtomicBool::new(false);
+
 /// A pool that, when it refuses memory (the process's queries have reached its limit and spill)
 /// while the process's resident set is over [`resident_budget`], has the allocator return freed
 /// memory within [`PURGE_DELAY_AT_THE_LIMIT_MS`], so the resident set comes back near the pool.
-/// The allocator's setting is the process's: it stays in force afterwards.
+/// The setting stays in force afterwards.
 #[derive(Debug)]
 struct AtTheLimit<P> {
     pool: P,
-    purging_sooner: AtomicBool,
 }
 
 impl<P: MemoryPool> AtTheLimit<P> {
     fn new(pool: P) -> Self {
-        Self {
-            pool,
-            purging_sooner: AtomicBool::new(false),
-        }
+        Self { pool }
     }
 
     /// Called when the pool refused memory: checks the resident set (one read of
     /// `/proc/self/statm`; refusals come once per spill, not per batch).
     fn refused(&self) {
-        if self.purging_sooner.load(Ordering::Relaxed) {
+        if PURGING_SOONER.load(Ordering::Relaxed) {
             return;
         }
         let MemoryLimit::Finite(limit) = self.pool.memory_limit() else {
@@ -110,7 +110,7 @@ impl<P: MemoryPool> AtTheLimit<P> {
         let Some(resident) = memory_stats::memory_stats().map(|m| m.physical_mem) else {
             return;
         };
-        if resident > resident_budget(limit) && !self.purging_sooner.swap(true, Ordering::Relaxed) {
+        if resident > resident_budget(limit) && !PURGING_SOONER.swap(true, Ordering::Relaxed) {
             tracing::info!(
                 resident,
                 limit,
