@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{
-    ArrayRef, Date32Array, Int64Array, StringArray, TimestampMicrosecondArray,
-};
+use datafusion::arrow::array::{ArrayRef, Date32Array, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ScalarValue;
 use futures::StreamExt;
-use medallion_lake::objects;
+use medallion_lake::copy::ChunkCopy;
+use medallion_lake::{Written, objects};
 use medallion_pipeline::meta;
 use medallion_pipeline::spec::{
-    HttpSource, KafkaSource, PostgresSource, SchemaEvolution, SourceKind, SourceSpec,
+    HttpSource, KafkaSource, PostgresSource, SchemaEvolution, SourceFormat, SourceKind, SourceSpec,
 };
 use medallion_proto::{
     ApiRead, DatabaseSlice, IngestWork, SourceFile, StreamRange, TaskError, TaskMetrics,
@@ -93,17 +93,22 @@ pub(crate) async fn run(ctx: &TaskContext, work: IngestWork) -> Result<Output, T
         };
         return rows.ingest(ctx, slice).await;
     }
-    let reader = |data: SchemaRef| FileIngest {
-        options: ReadOptions::new(source),
-        schema: bronze_schema(&data),
-        data,
-        source_name: source.name.value.clone(),
-        ingested_at,
-        objects: Objects {
-            storage_options: ctx.pipeline.source_storage_options(source),
-            dir: ctx.scratch_dir.clone(),
-            runtime: tokio::runtime::Handle::current(),
-        },
+    let reader = |data: SchemaRef| {
+        let schema = bronze_schema(&data);
+        let options = ReadOptions::new(source);
+        FileIngest {
+            copy: Copies::to(ctx, &options, &schema, data.fields().len()),
+            options,
+            schema,
+            data,
+            source_name: source.name.value.clone(),
+            ingested_at,
+            objects: Objects {
+                storage_options: ctx.pipeline.source_storage_options(source),
+                dir: ctx.scratch_dir.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            },
+        }
     };
     if let (Some(range), SourceKind::Kafka(kafka)) = (&work.stream, source.kind()) {
         return stream_records(ctx, source, kafka, range, data, ingested_at).await;
@@ -133,11 +138,14 @@ async fn ingest_files(
             batches,
         )
         .await;
-    let metrics = reading
+    let (metrics, copied) = reading
         .await
         .map_err(transient)?
         .map_err(|e| TaskError::permanent(format!("bronze.{}: {e}", ctx.table.name)))?;
-    Ok(Output::new(written.map_err(transient)?, schema, metrics))
+    let mut written = written.map_err(transient)?;
+    written.adds.extend(copied.adds);
+    written.write_time += copied.write_time;
+    Ok(Output::new(written, schema, metrics))
 }
 
 /// Reads files into bronze batches.
@@ -148,6 +156,56 @@ struct FileIngest {
     source_name: String,
     ingested_at: DateTime<Utc>,
     objects: Objects,
+    /// Where Parquet files whose columns are the table's go without being decoded into
+    /// batches; `None` for other formats.
+    copy: Option<Copies>,
+}
+
+/// Where a task writes the Parquet files it copies ([`medallion_lake::copy`]): a file whose
+/// columns are exactly the table's data columns keeps its encoded pages, with the metadata
+/// columns encoded beside them, instead of being decoded and encoded again.
+struct Copies {
+    uri: String,
+    subdir: String,
+    storage_options: medallion_lake::StorageOptions,
+    /// The bronze columns a data file stores (all but the partition columns), data first.
+    stored: Schema,
+    partition_columns: Vec<String>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Copies {
+    /// Copies for a Parquet source whose partition columns are all metadata columns (a copy
+    /// writes a whole file into one partition).
+    fn to(
+        ctx: &TaskContext,
+        options: &ReadOptions,
+        schema: &Schema,
+        data_columns: usize,
+    ) -> Option<Self> {
+        let metadata = &schema.fields()[data_columns..];
+        let partitions_by_metadata = ctx
+            .partition_columns
+            .iter()
+            .all(|p| metadata.iter().any(|f| f.name() == p));
+        if options.format != SourceFormat::Parquet || !partitions_by_metadata {
+            return None;
+        }
+        let stored = schema
+            .fields()
+            .iter()
+            .filter(|f| !ctx.partition_columns.contains(f.name()))
+            .cloned()
+            .collect::<Vec<_>>();
+        Some(Self {
+            uri: ctx.output_uri.clone(),
+            subdir: ctx.dispatch_dir.clone(),
+            storage_options: ctx.storage_options.clone(),
+            stored: Schema::new(stored),
+            partition_columns: ctx.partition_columns.clone(),
+            stop: ctx.stop.clone(),
+        })
+    }
 }
 
 /// Where a task's source objects are copied to be read.
@@ -175,18 +233,25 @@ impl Objects {
 }
 
 impl FileIngest {
+    /// Reads every file; the metrics, and the files written by copying.
     fn read_all(
         &self,
         files: &[SourceFile],
         tx: &mpsc::Sender<anyhow::Result<RecordBatch>>,
-    ) -> Result<TaskMetrics, SourceError> {
+    ) -> Result<(TaskMetrics, Written), SourceError> {
         let mut metrics = TaskMetrics::default();
+        let mut copied = Written::default();
         for file in files {
             let copy = self.objects.copy(&file.path)?;
             let path = copy
                 .as_ref()
                 .map_or(Path::new(&file.path), |c| c.path.as_path());
-            let read = self.read_one(path, file, &mut metrics, tx);
+            let read = match self.copied(path, file, &mut metrics, &mut copied) {
+                Ok(Copied::No) => self.read_one(path, file, &mut metrics, tx),
+                Ok(Copied::Yes) => Ok(true),
+                Ok(Copied::Stopped) => Ok(false),
+                Err(e) => Err(e),
+            };
             // Errors name the object, not its copy.
             let go_on = read.map_err(|e| match copy {
                 Some(_) => SourceError {
@@ -199,7 +264,104 @@ impl FileIngest {
                 break;
             }
         }
-        Ok(metrics)
+        Ok((metrics, copied))
+    }
+
+    /// Copies the Parquet file at `path` into a data file of its own when its columns are
+    /// the table's. Every value is still decoded once, and thrown away: a file that does not
+    /// read fails here, naming it, rather than in silver, from a bronze table that holds it.
+    fn copied(
+        &self,
+        path: &Path,
+        file: &SourceFile,
+        metrics: &mut TaskMetrics,
+        copied: &mut Written,
+    ) -> Result<Copied, SourceError> {
+        let Some(to) = &self.copy else {
+            return Ok(Copied::No);
+        };
+        if to.stop.is_cancelled() {
+            return Ok(Copied::Stopped);
+        }
+        let real = self.real_path(path, file);
+        let opened = medallion_sources::open(path, real)?;
+        let failed = |e: anyhow::Error| SourceError::new(path, format!("{e:#}"));
+        let data_columns = self.data.fields().len();
+        let Some(copy) = ChunkCopy::plan(&opened, &to.stored, data_columns)
+            .map_err(|e| SourceError::new(path, format!("not a readable Parquet file: {e:#}")))?
+        else {
+            return Ok(Copied::No);
+        };
+        let mut rows = 0;
+        for chunk in medallion_sources::read_file(path, real, &self.options, &self.data)? {
+            rows += chunk?.batch.num_rows() as u64;
+        }
+        if rows != copy.rows() {
+            return Err(failed(anyhow::anyhow!(
+                "{rows} rows read, {} in its footer",
+                copy.rows()
+            )));
+        }
+        let started = std::time::Instant::now();
+        let constants = self.constants(file, &to.stored, &to.partition_columns);
+        let add = copy.write(
+            &to.uri,
+            &to.subdir,
+            &to.storage_options,
+            &constants,
+            &to.partition_columns,
+        );
+        copied
+            .adds
+            .push(self.objects.runtime.block_on(add).map_err(failed)?);
+        copied.write_time += started.elapsed();
+        metrics.rows_read += rows;
+        metrics.rows_written += rows;
+        metrics.files_read += 1;
+        metrics.bytes_read += std::fs::metadata(path).map_or(0, |m| m.len());
+        Ok(Copied::Yes)
+    }
+
+    /// The value of each column that is not the source's, in the order a copy writes them:
+    /// stored columns, then partition columns.
+    fn constants(
+        &self,
+        file: &SourceFile,
+        stored: &Schema,
+        partition_columns: &[String],
+    ) -> Vec<ScalarValue> {
+        let values = self.metadata(file);
+        let data_columns = self.data.fields().len();
+        let value = |name: &str| {
+            let i = self.schema.index_of(name).expect("a bronze column");
+            values[i - data_columns].clone()
+        };
+        stored.fields()[data_columns..]
+            .iter()
+            .map(|f| value(f.name()))
+            .chain(partition_columns.iter().map(|p| value(p)))
+            .collect()
+    }
+
+    /// An object's local copy is ours; a local file must still be the one planned.
+    fn real_path<'a>(&self, path: &Path, file: &'a SourceFile) -> Option<&'a Path> {
+        (path == Path::new(&file.path) && !file.real_path.is_empty())
+            .then(|| Path::new(&file.real_path))
+    }
+
+    /// The values every row of `file` has after the source's columns: `_rescued_data` (none
+    /// in a file read as it is), then the ingestion metadata.
+    fn metadata(&self, file: &SourceFile) -> Vec<ScalarValue> {
+        let utc = Some("UTC".into());
+        vec![
+            ScalarValue::Utf8(None),
+            ScalarValue::TimestampMicrosecond(Some(self.ingested_at.timestamp_micros()), utc),
+            ScalarValue::Utf8(Some(file.id.clone())),
+            ScalarValue::Int64(Some(file.size)),
+            ScalarValue::Utf8(Some(file.version.clone())),
+            ScalarValue::Utf8(Some(self.source_name.clone())),
+            ScalarValue::Date32(Some(ingestion_days(self.ingested_at))),
+        ]
     }
 
     /// Reads one file from `path`; false when the writer stopped taking batches.
@@ -210,9 +372,7 @@ impl FileIngest {
         metrics: &mut TaskMetrics,
         tx: &mpsc::Sender<anyhow::Result<RecordBatch>>,
     ) -> Result<bool, SourceError> {
-        // An object's local copy is ours; a local file must still be the one planned.
-        let real = (path == Path::new(&file.path) && !file.real_path.is_empty())
-            .then(|| Path::new(&file.real_path));
+        let real = self.real_path(path, file);
         for chunk in medallion_sources::read_file(path, real, &self.options, &self.data)? {
             let chunk = chunk?;
             let rows = chunk.batch.num_rows();
@@ -233,28 +393,29 @@ impl FileIngest {
         Ok(true)
     }
 
+    /// A batch of the source's columns and `_rescued_data`, with the metadata after them.
     fn with_metadata(
         &self,
         batch: RecordBatch,
         file: &SourceFile,
-    ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    ) -> datafusion::error::Result<RecordBatch> {
         let n = batch.num_rows();
-        let days = ingestion_days(self.ingested_at);
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(vec![self.ingested_at.timestamp_micros(); n])
-                .with_timezone("UTC"),
-        ));
-        columns.push(Arc::new(StringArray::from(vec![file.id.as_str(); n])));
-        columns.push(Arc::new(Int64Array::from(vec![file.size; n])));
-        columns.push(Arc::new(StringArray::from(vec![file.version.as_str(); n])));
-        columns.push(Arc::new(StringArray::from(vec![
-            self.source_name.as_str();
-            n
-        ])));
-        columns.push(Arc::new(Date32Array::from(vec![days; n])));
-        RecordBatch::try_new(self.schema.clone(), columns)
+        for value in &self.metadata(file)[1..] {
+            columns.push(value.to_array_of_size(n)?);
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
+}
+
+/// What became of a file [`FileIngest::copied`] was given.
+enum Copied {
+    /// Copied into a data file.
+    Yes,
+    /// Not copyable: to be read into batches.
+    No,
+    /// The task was stopped.
+    Stopped,
 }
 
 /// An API's records: fetched page by page into a JSON lines file in the scratch directory,

@@ -8,6 +8,7 @@ mod append;
 pub mod ballista;
 pub mod changes;
 pub mod checkpoint;
+pub mod copy;
 pub mod history;
 pub mod objects;
 pub mod optimize;

@@ -167,3 +167,43 @@ fn a_filter_that_is_not_a_boolean_is_named() {
     );
     assert!(!ws.path().join("lake/silver/orders").exists());
 }
+
+/// A Parquet file whose footer reads but whose pages do not: bronze would copy its pages
+/// without decoding them, so it decodes them first; the run fails naming the file and no
+/// table changes.
+#[test]
+fn a_parquet_file_whose_pages_do_not_decode_fails_bronze_naming_it_and_lands_nothing() {
+    let ws = medallion_tests::Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        r#"
+pipeline: broken
+lake: lake
+sources:
+  - { name: items, format: parquet, path: "data/*.parquet" }
+bronze:
+  - { name: items, source: items }
+"#,
+    );
+    medallion_tests::run_python(
+        r#"
+import os, sys, pyarrow as pa, pyarrow.parquet as pq
+os.makedirs(f"{sys.argv[1]}/data")
+for name in ["a", "b"]:
+    t = pa.table({"id": pa.array(range(5000), pa.int64()), "name": [f"n{k}" for k in range(5000)]})
+    pq.write_table(t, f"{sys.argv[1]}/data/{name}.parquet", use_dictionary=False, row_group_size=5000)
+# b's first data page header, then garbage: the footer still reads.
+path = f"{sys.argv[1]}/data/b.parquet"
+at = pq.ParquetFile(path).metadata.row_group(0).column(1).data_page_offset
+with open(path, "r+b") as f:
+    f.seek(at)
+    f.write(b"\xff" * 24)
+"#,
+        &[&ws.path()],
+    );
+    let out = ws.run("pipeline.yaml");
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert_no_panic(&out.stderr);
+    assert!(out.stderr.contains("b.parquet"), "{}", out.stderr);
+    assert!(!ws.has_table("lake/bronze/items"), "{}", out.stderr);
+}

@@ -287,3 +287,99 @@ fn silver_without_keys_keeps_every_row_once() {
         0
     );
 }
+
+/// Parquet files with the table's columns land in bronze as their encoded pages (no decode
+/// and encode again): both readers read back every source row with its metadata, the data
+/// files keep the sources' row groups and page indexes, and silver reads them as any other.
+#[test]
+fn parquet_files_land_in_bronze_as_their_pages_and_read_back_as_their_rows() {
+    let ws = medallion_tests::Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        r#"
+pipeline: copies
+lake: lake
+sources:
+  - { name: items, format: parquet, path: "data/*.parquet" }
+bronze:
+  - { name: items, source: items }
+silver:
+  - name: items
+    from: bronze.items
+    keys: [id]
+    columns:
+      - { name: id }
+      - { name: name }
+      - { name: price }
+      - { name: day }
+"#,
+    );
+    // Two files of two row groups each; ids 1000-1499 are in both, the second file's win.
+    let written = medallion_tests::run_python(
+        r#"
+import os, sys, datetime, decimal, pyarrow as pa, pyarrow.parquet as pq
+os.makedirs(f"{sys.argv[1]}/data")
+for i, first in enumerate([0, 1000]):
+    n = 1500
+    t = pa.table({
+        "id": pa.array(range(first, first + n), pa.int64()),
+        "name": [None if k % 9 == 0 else f"item {k} of file {i}" for k in range(n)],
+        "price": pa.array([decimal.Decimal(k) / 4 for k in range(n)], pa.decimal128(10, 2)),
+        "day": [datetime.date(2024, 1, 1) + datetime.timedelta(days=k % 300) for k in range(n)],
+    })
+    pq.write_table(t, f"{sys.argv[1]}/data/part-{i}.parquet", row_group_size=1000,
+                   write_page_index=(i == 0))
+print("ok")
+"#,
+        &[&ws.path()],
+    );
+    assert_eq!(written.trim(), "ok");
+    let out = ws.run("pipeline.yaml");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.report();
+    assert_eq!(metric(&report, "bronze.items", "rows_written"), 3000);
+
+    let bronze = ws.read_table("lake/bronze/items");
+    assert_eq!(bronze["num_rows"], 3000);
+    assert_eq!(bronze["readers_agree"], true);
+    let check = medallion_tests::run_python(
+        r#"
+import sys, json, glob, pyarrow.parquet as pq
+from deltalake import DeltaTable
+bronze = DeltaTable(sys.argv[1] + "/lake/bronze/items").to_pyarrow_table()
+source = {f.split("/")[-1]: pq.read_table(f) for f in glob.glob(sys.argv[1] + "/data/*.parquet")}
+rows = 0
+for name, table in source.items():
+    mine = bronze.filter([f.endswith(name) for f in bronze["_source_file"].to_pylist()])
+    rows += mine.num_rows
+    assert mine.select(table.column_names).sort_by("id").equals(table.sort_by("id")), name
+    assert mine["_rescued_data"].null_count == mine.num_rows
+    assert set(mine["_source_name"].to_pylist()) == {"items"}
+files = DeltaTable(sys.argv[1] + "/lake/bronze/items").file_uris()
+groups = sorted(pq.ParquetFile(f).metadata.num_row_groups for f in files)
+print(json.dumps({"rows": rows, "row_groups": groups}))
+"#,
+        &[&ws.path()],
+    );
+    let check: Value = serde_json::from_str(&check).unwrap();
+    assert_eq!(check, json!({"rows": 3000, "row_groups": [2, 2]}));
+
+    let silver = ws.read_table("lake/silver/items");
+    assert_eq!(silver["num_rows"], 2500);
+    assert_eq!(silver["readers_agree"], true);
+    let item = |id: u64| {
+        rows(&silver)
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        item(1200)["name"],
+        "item 200 of file 1",
+        "the later file wins"
+    );
+    assert_eq!(item(998)["name"], "item 998 of file 0");
+    assert_eq!(item(1000)["name"], Value::Null);
+    assert_eq!(item(1001)["price"], 0.25);
+}
