@@ -95,7 +95,13 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
     };
     let typed = plan.typed(source.clone())?;
     let truncated_at = plan.truncated_at(&typed).await?;
-    let typed = plan.partitioned(typed, &work)?;
+    let cuts = match read {
+        session::Read::Delta if spec.scd_type().is_none() => {
+            plan.key_cuts(&input, &work, &typed).await?
+        }
+        _ => None,
+    };
+    let typed = plan.partitioned(typed, &work, cuts.as_deref())?;
     let touched = match (spec.scd_type(), work.changes_after) {
         (Some(_), Some(after)) => Some(plan.touched_keys(&work, after).await?),
         _ => None,
@@ -291,20 +297,102 @@ impl Plan<'_> {
     }
 
     /// This task's key partition of the typed rows (a CDC table's truncates were read before).
-    fn partitioned(&self, mut df: DataFrame, work: &TransformWork) -> Result<DataFrame, TaskError> {
+    /// This task's share of the rows: a range of the first key between `cuts` (null keys in
+    /// the first), or without cuts a hash partition of the keys.
+    fn partitioned(
+        &self,
+        mut df: DataFrame,
+        work: &TransformWork,
+        cuts: Option<&[ScalarValue]>,
+    ) -> Result<DataFrame, TaskError> {
         if work.partitions > 1 {
             if self.spec.keys.is_empty() {
                 return Err(self.data_error("split into partitions but has no keys to split by"));
             }
-            let udf = ScalarUDF::from(KeyPartition::new(work.partitions));
-            df = df
-                .filter(
+            let keep = match cuts {
+                Some(cuts) => {
+                    let key = self.keys().swap_remove(0);
+                    let i = work.partition as usize;
+                    let from = (i > 0).then(|| key.clone().gt_eq(lit(cuts[i - 1].clone())));
+                    let below = cuts.get(i).map(|cut| key.clone().lt(lit(cut.clone())));
+                    let below = match i {
+                        0 => below.map(|b| b.or(key.is_null())),
+                        _ => below,
+                    };
+                    from.into_iter()
+                        .chain(below)
+                        .reduce(Expr::and)
+                        .unwrap_or(lit(true))
+                }
+                None => {
+                    let udf = ScalarUDF::from(KeyPartition::new(work.partitions));
                     udf.call(self.keys())
-                        .eq(lit(ScalarValue::UInt32(Some(work.partition)))),
-                )
-                .map_err(|e| self.data_error(e))?;
+                        .eq(lit(ScalarValue::UInt32(Some(work.partition))))
+                }
+            };
+            df = df.filter(keep).map_err(|e| self.data_error(e))?;
         }
         Ok(df)
+    }
+
+    /// Values of the first key that cut the input's rows into this table's partitions along
+    /// the input's files ([`medallion_lake::ranges`]), so each task reads only its files; for
+    /// a key that is an input column as it is (the input's statistics bound it) of a type
+    /// whose order leaves no value out of every range (not floating point).
+    async fn key_cuts(
+        &self,
+        input: &TableRef,
+        work: &TransformWork,
+        typed: &DataFrame,
+    ) -> Result<Option<Vec<ScalarValue>>, TaskError> {
+        let Some(key) = self.spec.keys.first().filter(|_| work.partitions > 1) else {
+            return Ok(None);
+        };
+        let column = self.spec.columns.iter().find(|c| c.name.value == key.value);
+        if column.is_none_or(|c| c.expr.is_some()) {
+            return Ok(None);
+        }
+        let data_type = match typed.schema().field_with_unqualified_name(&key.value) {
+            Ok(field) => field.data_type().clone(),
+            Err(_) => return Ok(None),
+        };
+        let ordered = data_type.is_integer()
+            || matches!(
+                data_type,
+                DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Utf8View
+                    | DataType::Date32
+                    | DataType::Date64
+                    | DataType::Timestamp(..)
+                    | DataType::Decimal128(..)
+            );
+        if !ordered {
+            return Ok(None);
+        }
+        let uri = self.ctx.pipeline.table_uri(input);
+        let opts = &self.ctx.storage_options;
+        let version = work.input_version;
+        let cuts =
+            medallion_lake::ranges::key_ranges(&uri, opts, version, &key.value, work.partitions)
+                .await
+                .map_err(transient)?;
+        let Some(cuts) = cuts else {
+            return Ok(None);
+        };
+        let typed_cut = |cut: &serde_json::Value| {
+            let text = match cut {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            ScalarValue::try_from_string(text, &data_type).ok()
+        };
+        let cuts: Option<Vec<ScalarValue>> = cuts.iter().map(typed_cut).collect();
+        if let Some(cuts) = &cuts {
+            let at: Vec<String> = cuts.iter().map(ToString::to_string).collect();
+            tracing::info!(table = %self.ctx.table, key = %key.value, cuts = ?at, "partitions split by key ranges of the input's files");
+        }
+        Ok(cuts)
     }
 
     /// The keys of this task's partition that the input rows committed after `after` touch,
@@ -337,7 +425,7 @@ impl Plan<'_> {
             .enumerate()
             .map(|(i, k)| k.alias(touched_column(i)))
             .collect();
-        self.partitioned(self.typed(new)?, work)?
+        self.partitioned(self.typed(new)?, work, None)?
             .select(keys)
             .and_then(DataFrame::distinct)
             .map_err(|e| self.data_error(e))?

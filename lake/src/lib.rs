@@ -12,6 +12,7 @@ pub mod copy;
 pub mod history;
 pub mod objects;
 pub mod optimize;
+pub mod ranges;
 pub mod restore;
 pub mod runtime;
 pub mod vacuum;

@@ -383,3 +383,73 @@ print(json.dumps({"rows": rows, "row_groups": groups}))
     assert_eq!(item(1000)["name"], Value::Null);
     assert_eq!(item(1001)["price"], 0.25);
 }
+
+/// Input files that hold separate ranges of the first key split silver's tasks by ranges of
+/// it (each reads only its files): every key lands once, the cut value included, and a key
+/// sent again in a later file on the same side of the cut is deduplicated as anywhere.
+#[test]
+fn silver_tasks_split_by_key_ranges_of_the_input_files_keep_every_key_once() {
+    let ws = medallion_tests::Workspace::new();
+    ws.write(
+        "pipeline.yaml",
+        r#"
+pipeline: ranges
+lake: lake
+sources:
+  - { name: items, format: parquet, path: "data/*.parquet" }
+bronze:
+  - { name: items, source: items }
+silver:
+  - name: items
+    from: bronze.items
+    keys: [id]
+    partitions: 2
+    columns:
+      - { name: id }
+      - { name: name }
+"#,
+    );
+    // Eight files of 1000 ids each; the second and the seventh send again an id of the file
+    // before them.
+    medallion_tests::run_python(
+        r#"
+import os, sys, pyarrow as pa, pyarrow.parquet as pq
+os.makedirs(f"{sys.argv[1]}/data")
+for i in range(8):
+    ids = list(range(i * 1000, i * 1000 + 1000))
+    names = [f"item {k}" for k in ids]
+    if i in (1, 6):
+        ids.append(i * 1000 - 500)
+        names.append("sent again")
+    t = pa.table({"id": pa.array(ids, pa.int64()), "name": names})
+    pq.write_table(t, f"{sys.argv[1]}/data/part-{i}.parquet")
+"#,
+        &[&ws.path()],
+    );
+    let out = ws.medallion(&["run", "pipeline.yaml", "--executors", "2", "--log", "info"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("split by key ranges") && out.stderr.contains("4000"),
+        "the tasks were split at id 4000: {}",
+        out.stderr
+    );
+    let silver = ws.read_table("lake/silver/items");
+    assert_eq!(silver["readers_agree"], true);
+    assert_eq!(silver["num_rows"], 8000);
+    let ids: std::collections::BTreeSet<u64> = rows(&silver)
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (0..8000).collect());
+    let name = |id: u64| {
+        rows(&silver)
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["name"].clone())
+            .unwrap()
+    };
+    assert_eq!(name(500), "sent again");
+    assert_eq!(name(5500), "sent again");
+    assert_eq!(name(4000), "item 4000");
+    assert_eq!(name(3999), "item 3999");
+}
