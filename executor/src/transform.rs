@@ -337,8 +337,9 @@ impl Plan<'_> {
 
     /// Values of the first key that cut the input's rows into this table's partitions along
     /// the input's files ([`medallion_lake::ranges`]), so each task reads only its files; for
-    /// a key that is an input column as it is (the input's statistics bound it) of a type
-    /// whose order leaves no value out of every range (not floating point).
+    /// a key that is an input column as it is, neither computed nor cast (the input's
+    /// statistics bound it), of a type whose order leaves no value out of every range (not
+    /// floating point).
     async fn key_cuts(
         &self,
         input: &TableRef,
@@ -348,8 +349,10 @@ impl Plan<'_> {
         let Some(key) = self.spec.keys.first().filter(|_| work.partitions > 1) else {
             return Ok(None);
         };
+        // Cast or computed, the key orders otherwise than the input's statistics do (text
+        // digits of JSON cast to numbers).
         let column = self.spec.columns.iter().find(|c| c.name.value == key.value);
-        if column.is_none_or(|c| c.expr.is_some()) {
+        if column.is_none_or(|c| c.expr.is_some() || c.data_type.is_some()) {
             return Ok(None);
         }
         let data_type = match typed.schema().field_with_unqualified_name(&key.value) {

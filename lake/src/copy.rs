@@ -52,7 +52,7 @@ use deltalake::parquet::schema::types::{Type, TypePtr};
 use deltalake::protocol::{ColumnCountStat, ColumnValueStat, Stats};
 use serde_json::Value;
 
-use datafusion::object_store::ObjectStoreExt;
+use datafusion::object_store::{ObjectStoreExt, WriteMultipart};
 
 use crate::{StorageOptions, table_handle, writer_properties};
 
@@ -151,7 +151,10 @@ impl ChunkCopy {
                 partition_columns.len()
             );
         }
-        let (bytes, metadata) = self.encode(&constants[..stored])?;
+        // The file is built on disk, not in memory: a source file can be larger than the
+        // memory a task may use.
+        let mut file = tempfile::tempfile().context("a temporary file for the copy")?;
+        let metadata = self.encode(&constants[..stored], &mut file)?;
         let mut partition_values = HashMap::new();
         let mut dir = String::new();
         for (name, value) in partition_columns.iter().zip(&constants[stored..]) {
@@ -160,16 +163,13 @@ impl ChunkCopy {
             partition_values.insert(name.clone(), text);
         }
         let path = format!("{subdir}/{dir}part-{}.snappy.parquet", uuid::Uuid::new_v4());
-        let size = bytes.len() as i64;
-        let store = table_handle(uri, opts)?.log_store().object_store(None);
-        store
-            .put(&deltalake::Path::from(path.as_str()), bytes.into())
+        let size = upload(uri, opts, &path, file)
             .await
             .with_context(|| format!("writing data file {path}"))?;
         let stats = stats(&metadata, &self.arrow)?;
         Ok(Add {
             path,
-            size,
+            size: size as i64,
             partition_values,
             modification_time: chrono::Utc::now().timestamp_millis(),
             data_change: true,
@@ -197,8 +197,9 @@ impl ChunkCopy {
             .collect()
     }
 
-    /// The data file's bytes: each source row group's chunks, then the constant columns.
-    fn encode(&self, constants: &[ScalarValue]) -> Result<(Vec<u8>, ParquetMetaData)> {
+    /// Writes the data file into `out`: each source row group's chunks, then the constant
+    /// columns.
+    fn encode(&self, constants: &[ScalarValue], out: &mut File) -> Result<ParquetMetaData> {
         let indexes = self.page_indexes();
         let mut props = match indexes {
             Some(_) => writer_properties(),
@@ -210,8 +211,7 @@ impl ChunkCopy {
                 .build(),
         };
         add_encoded_arrow_schema_to_metadata(&self.arrow, &mut props);
-        let mut bytes = Vec::new();
-        let mut writer = SerializedFileWriter::new(&mut bytes, self.parquet.clone(), props.into())?;
+        let mut writer = SerializedFileWriter::new(out, self.parquet.clone(), props.into())?;
         let factory = ArrowRowGroupWriterFactory::new(&writer, self.arrow.clone());
         let added = &self.arrow.fields()[self.data_columns..];
         for (index, group) in self.metadata.row_groups().iter().enumerate() {
@@ -258,9 +258,31 @@ impl ChunkCopy {
             }
             row_group.close()?;
         }
-        let metadata = writer.close()?;
-        Ok((bytes, metadata))
+        Ok(writer.close()?)
     }
+}
+
+/// Puts `file` at `path` under the table `uri`, a part at a time; its size.
+async fn upload(uri: &str, opts: &StorageOptions, path: &str, mut file: File) -> Result<u64> {
+    use std::io::{Read, Seek};
+    const PART: usize = 8 << 20;
+    file.rewind()?;
+    let store = table_handle(uri, opts)?.log_store().object_store(None);
+    let upload = store.put_multipart(&deltalake::Path::from(path)).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+    let mut part = vec![0; PART];
+    let mut size = 0;
+    loop {
+        let n = file.read(&mut part)?;
+        if n == 0 {
+            break;
+        }
+        writer.wait_for_capacity(2).await?;
+        writer.write(&part[..n]);
+        size += n as u64;
+    }
+    writer.finish().await?;
+    Ok(size)
 }
 
 /// A partition value as the Delta log writes it (`None` for null).

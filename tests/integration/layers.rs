@@ -288,16 +288,9 @@ fn silver_without_keys_keeps_every_row_once() {
     );
 }
 
-/// Parquet files with the table's columns land in bronze as their encoded pages (no decode
-/// and encode again): both readers read back every source row with its metadata, the data
-/// files keep the sources' row groups and page indexes, and silver reads them as any other.
-#[test]
-fn parquet_files_land_in_bronze_as_their_pages_and_read_back_as_their_rows() {
-    let ws = medallion_tests::Workspace::new();
-    ws.write(
-        "pipeline.yaml",
-        r#"
-pipeline: copies
+/// Parquet files in bronze.items, the latest row per `id` in silver.items.
+const ITEMS: &str = r#"
+pipeline: items
 lake: lake
 sources:
   - { name: items, format: parquet, path: "data/*.parquet" }
@@ -307,13 +300,29 @@ silver:
   - name: items
     from: bronze.items
     keys: [id]
-    columns:
-      - { name: id }
-      - { name: name }
-      - { name: price }
-      - { name: day }
-"#,
+"#;
+
+/// A workspace whose pipeline is [`ITEMS`] with silver.items keeping `columns` (`options`:
+/// more of silver.items' lines).
+fn items_from_parquet(options: &str, columns: &[&str]) -> medallion_tests::Workspace {
+    let ws = medallion_tests::Workspace::new();
+    let columns: String = columns
+        .iter()
+        .map(|c| format!("      - {{ name: {c} }}\n"))
+        .collect();
+    ws.write(
+        "pipeline.yaml",
+        &format!("{ITEMS}{options}    columns:\n{columns}"),
     );
+    ws
+}
+
+/// Parquet files with the table's columns land in bronze as their encoded pages (no decode
+/// and encode again): both readers read back every source row with its metadata, the data
+/// files keep the sources' row groups and page indexes, and silver reads them as any other.
+#[test]
+fn parquet_files_land_in_bronze_as_their_pages_and_read_back_as_their_rows() {
+    let ws = items_from_parquet("", &["id", "name", "price", "day"]);
     // Two files of two row groups each; ids 1000-1499 are in both, the second file's win.
     let written = medallion_tests::run_python(
         r#"
@@ -389,26 +398,7 @@ print(json.dumps({"rows": rows, "row_groups": groups}))
 /// sent again in a later file on the same side of the cut is deduplicated as anywhere.
 #[test]
 fn silver_tasks_split_by_key_ranges_of_the_input_files_keep_every_key_once() {
-    let ws = medallion_tests::Workspace::new();
-    ws.write(
-        "pipeline.yaml",
-        r#"
-pipeline: ranges
-lake: lake
-sources:
-  - { name: items, format: parquet, path: "data/*.parquet" }
-bronze:
-  - { name: items, source: items }
-silver:
-  - name: items
-    from: bronze.items
-    keys: [id]
-    partitions: 2
-    columns:
-      - { name: id }
-      - { name: name }
-"#,
-    );
+    let ws = items_from_parquet("    partitions: 2\n", &["id", "name"]);
     // Eight files of 1000 ids each; the second and the seventh send again an id of the file
     // before them.
     medallion_tests::run_python(
