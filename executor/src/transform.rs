@@ -296,9 +296,9 @@ impl Plan<'_> {
         Ok(latest.filter(|v| !v.is_null()))
     }
 
-    /// This task's key partition of the typed rows (a CDC table's truncates were read before).
-    /// This task's share of the rows: a range of the first key between `cuts` (null keys in
-    /// the first), or without cuts a hash partition of the keys.
+    /// This task's share of the typed rows (a CDC table's truncates were read before): a
+    /// range of the first key between `cuts` (null keys in the first), or without cuts a hash
+    /// partition of the keys.
     fn partitioned(
         &self,
         mut df: DataFrame,
