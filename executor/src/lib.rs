@@ -11,6 +11,7 @@
 
 mod aggregate;
 mod cdc;
+mod eager;
 mod ingest;
 pub mod metrics;
 mod partition;

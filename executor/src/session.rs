@@ -10,12 +10,16 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use medallion_pipeline::{Layer, Pipeline, TableRef};
 use medallion_proto::TaskError;
 
+use crate::eager::EagerAggregation;
 use crate::transient;
 
-/// A session whose catalog has a schema per layer, so SQL can say `silver.orders`. Sessions
+/// A session whose catalog has a schema per layer, so SQL can say `silver.orders`, and whose
+/// optimizer aggregates before a join to a table on its key ([`EagerAggregation`]). Sessions
 /// share the executor's runtime, so all tasks draw on one memory pool.
 pub(crate) fn new_session(runtime: &Arc<RuntimeEnv>) -> SessionContext {
-    with_layers(medallion_lake::runtime::session(runtime))
+    let ctx = medallion_lake::runtime::session(runtime);
+    ctx.add_optimizer_rule(Arc::new(EagerAggregation));
+    with_layers(ctx)
 }
 
 /// A session whose plans run in one partition (no repartitioning, no merge of sorted
@@ -72,7 +76,8 @@ pub(crate) fn table_reference(table: &TableRef) -> datafusion::common::TableRefe
 }
 
 /// Registers `table` at `version` (pinned by the planner) under its `layer.name`; returns
-/// the bytes of its data files.
+/// the bytes of its data files. Read whole, a table unique on its key is declared so
+/// ([`EagerAggregation`] relies on it); its files or its latest rows are not.
 pub(crate) async fn register_table(
     ctx: &SessionContext,
     pipeline: &Pipeline,
@@ -85,9 +90,12 @@ pub(crate) async fn register_table(
     let reference = table_reference(table);
     let registered = match read {
         Read::Delta => match medallion_lake::open_version(&uri, opts, version).await {
-            Ok(delta) => medallion_lake::register_delta(ctx, reference, &delta)
-                .await
-                .and_then(|()| medallion_lake::data_bytes(&delta)),
+            Ok(delta) => {
+                let key = pipeline.unique_key(table).unwrap_or_default();
+                medallion_lake::register_delta_unique_on(ctx, reference, &delta, &key)
+                    .await
+                    .and_then(|()| medallion_lake::data_bytes(&delta))
+            }
             Err(e) => Err(e),
         },
         Read::Files => register_files(

@@ -15,6 +15,7 @@ pub mod optimize;
 pub mod ranges;
 pub mod restore;
 pub mod runtime;
+pub mod unique;
 pub mod vacuum;
 
 pub use append::append;
@@ -203,8 +204,24 @@ pub async fn register_delta(
     name: impl Into<datafusion::common::TableReference>,
     table: &DeltaTable,
 ) -> Result<()> {
+    register_delta_unique_on(ctx, name, table, &[]).await
+}
+
+/// [`register_delta`] for a table no two rows of share the values of `key`'s columns (none:
+/// not known), declared to DataFusion ([`unique::UniqueOn`]).
+pub async fn register_delta_unique_on(
+    ctx: &SessionContext,
+    name: impl Into<datafusion::common::TableReference>,
+    table: &DeltaTable,
+    key: &[&str],
+) -> Result<()> {
     table.update_datafusion_session(&ctx.state())?;
-    ctx.register_table(name, table.table_provider().await?)?;
+    let provider = table.table_provider().await?;
+    let provider = match key {
+        [] => provider,
+        key => unique::UniqueOn::table(provider, key)?,
+    };
+    ctx.register_table(name, provider)?;
     Ok(())
 }
 

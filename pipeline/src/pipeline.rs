@@ -310,6 +310,21 @@ impl Pipeline {
         self.spec.gold.iter().find(|t| t.name.value == name)
     }
 
+    /// The columns no two rows of `table` share the values of: a silver table's `keys`, on
+    /// which its rows are deduplicated and merged; none for a type 2 CDC table (a row per
+    /// version of a key) or a table without keys.
+    pub fn unique_key(&self, table: &TableRef) -> Option<Vec<&str>> {
+        let silver = self
+            .silver(&table.name)
+            .filter(|_| table.layer == Layer::Silver)?;
+        let keys = silver
+            .keys
+            .iter()
+            .map(|k| k.value.as_str())
+            .collect::<Vec<_>>();
+        (!keys.is_empty() && silver.scd_type() != Some(2)).then_some(keys)
+    }
+
     /// The quality checks declared on a table.
     pub fn checks(&self, table: &TableRef) -> &[CheckSpec] {
         let checks = match table.layer {

@@ -413,3 +413,27 @@ fn maintenance_is_validated_with_its_place_and_does_not_change_how_tables_are_co
     }
     assert_eq!(errors.len(), 6, "{errors:#?}");
 }
+
+#[test]
+fn a_silver_table_is_unique_on_its_keys_unless_it_keeps_their_history() {
+    let p = parse(VALID).unwrap();
+    let silver = TableRef::new(Layer::Silver, "orders");
+    assert_eq!(p.unique_key(&silver), Some(vec!["id"]));
+    assert_eq!(p.unique_key(&TableRef::new(Layer::Bronze, "orders")), None);
+    assert_eq!(p.unique_key(&TableRef::new(Layer::Gold, "totals")), None);
+    let cdc = |scd: u8| {
+        VALID.replace(
+            "keys: [id]",
+            &format!(
+                "keys: [id]\n    mode: cdc\n    sequence_by: id\n    stored_as_scd_type: {scd}"
+            ),
+        )
+    };
+    assert_eq!(
+        parse(&cdc(1)).unwrap().unique_key(&silver),
+        Some(vec!["id"])
+    );
+    assert_eq!(parse(&cdc(2)).unwrap().unique_key(&silver), None);
+    let no_keys = parse(&VALID.replace("    keys: [id]\n", "")).unwrap();
+    assert_eq!(no_keys.unique_key(&silver), None);
+}

@@ -1,5 +1,6 @@
 //! The e-commerce example end to end: every table read back by both independent readers, and
-//! the gold tables equal to DuckDB's computation straight from the raw files.
+//! the gold tables (aggregated before their joins) equal to DuckDB's computation straight from
+//! the raw files.
 
 use medallion_tests::{Workspace, assert_rows_close, metric, python_json, table};
 
@@ -7,8 +8,18 @@ use medallion_tests::{Workspace, assert_rows_close, metric, python_json, table};
 fn example_pipeline_tables_agree_with_independent_readers_and_reference() {
     let (ws, _) = Workspace::example(5000, 4);
 
-    let run = ws.run("pipeline.yaml");
+    // At debug level the executors log each query's executed plan.
+    let log = "medallion_executor=debug";
+    let run = ws.medallion(&["run", "pipeline.yaml", "--output", "json", "--log", log]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    // Silver customers and products are unique on their keys, so each gold query groups the
+    // orders by the key alone and joins the groups to them (executor/src/eager.rs).
+    for grouped in [
+        "gby=[customer_id@0 as customer_id]",
+        "gby=[product_id@0 as product_id]",
+    ] {
+        assert!(run.stderr.contains(grouped), "no {grouped}: {}", run.stderr);
+    }
     let report = run.report();
     assert!(
         metric(&report, "bronze.orders", "rows_rescued") > 0,
