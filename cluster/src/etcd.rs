@@ -133,23 +133,23 @@ impl Keys {
     }
 }
 
-/// A lease kept alive in the background until dropped or revoked.
-///
-/// etcd outages are ridden out: the keep-alive stream is reopened until etcd answers again
-/// (a restarted etcd renews its leases). Only etcd saying the lease is gone (TTL 0) counts
-/// as losing it; [`KeptLease::lost`] then fires, and the owner must act (an executor registers
-/// again, a leader steps down).
-#[derive(Debug)]
-pub struct KeptLease {
-    id: i64,
-    lost: CancellationToken,
-    stop: CancellationToken,
+/// Grants leases and keeps each alive from a thread of its own (see [`KeptLease`]).
+#[derive(Clone)]
+pub struct Leases {
+    client: Client,
+    args: EtcdArgs,
 }
 
-impl KeptLease {
+impl Leases {
+    /// Leases granted through `client`, kept alive over connections made from `args`.
+    pub fn new(client: Client, args: EtcdArgs) -> Self {
+        Self { client, args }
+    }
+
     /// Grants a lease of `ttl` seconds and starts keeping it alive.
-    pub async fn grant(client: &Client, ttl: i64) -> Result<Self> {
-        let id = client
+    pub async fn grant(&self, ttl: i64) -> Result<KeptLease> {
+        let id = self
+            .client
             .clone()
             .lease_grant(ttl, None)
             .await
@@ -160,16 +160,34 @@ impl KeptLease {
             lost: CancellationToken::new(),
             stop: CancellationToken::new(),
         };
-        tokio::spawn(keep_alive(
-            client.clone(),
-            id,
-            ttl,
-            lease.lost.clone(),
-            lease.stop.clone(),
-        ));
+        let (args, lost, stop) = (self.args.clone(), lease.lost(), lease.stop.clone());
+        std::thread::Builder::new()
+            .name(format!("etcd-lease-{id:x}"))
+            .spawn(move || keep_alive_on_own_runtime(&args, id, ttl, lost, stop))
+            .context("starting the thread that keeps an etcd lease alive")?;
         Ok(lease)
     }
+}
 
+/// A lease kept alive in the background until dropped or revoked.
+///
+/// etcd outages are ridden out: the keep-alive stream is reopened until etcd answers again
+/// (a restarted etcd renews its leases). Only etcd saying the lease is gone (TTL 0) counts
+/// as losing it; [`KeptLease::lost`] then fires, and the owner must act (an executor registers
+/// again, a leader steps down).
+///
+/// The keep-alive runs on a thread and runtime of its own, over its own connection: the
+/// process's runtime also runs queries, and a DataFusion poll that holds every worker for
+/// longer than the TTL (one partition's rows built in one batch) would otherwise starve it,
+/// and a busy, healthy process would lose its registration or leadership.
+#[derive(Debug)]
+pub struct KeptLease {
+    id: i64,
+    lost: CancellationToken,
+    stop: CancellationToken,
+}
+
+impl KeptLease {
     pub fn id(&self) -> i64 {
         self.id
     }
@@ -191,6 +209,44 @@ impl Drop for KeptLease {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The body of a lease's own thread: connects to etcd from a current-thread runtime and keeps
+/// the lease alive until it is stopped or lost.
+fn keep_alive_on_own_runtime(
+    args: &EtcdArgs,
+    id: i64,
+    ttl: i64,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(lease = id, error = %e, "no runtime to keep the etcd lease alive");
+            return lost.cancel();
+        }
+    };
+    runtime.block_on(async {
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            connected = args.connect() => connected,
+        };
+        match connected {
+            Ok(client) => keep_alive(client, id, ttl, lost, stop).await,
+            Err(e) => {
+                tracing::error!(
+                    lease = id,
+                    error = format!("{e:#}"),
+                    "cannot keep the etcd lease alive"
+                );
+                lost.cancel();
+            }
+        }
+    });
 }
 
 async fn keep_alive(

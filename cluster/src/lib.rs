@@ -12,7 +12,7 @@ pub mod server;
 pub mod signal;
 pub mod tls;
 
-pub use etcd::{EtcdArgs, KeptLease, Keys};
+pub use etcd::{EtcdArgs, KeptLease, Keys, Leases};
 pub use logging::LogArgs;
 pub use server::ServerArgs;
 pub use tls::{ClientTls, Target, TlsArgs};

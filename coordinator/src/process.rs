@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use etcd_client::Client;
 use medallion_cluster::server::Serving;
-use medallion_cluster::{EtcdArgs, KeptLease, Keys, LogArgs, ServerArgs, signal};
+use medallion_cluster::{EtcdArgs, KeptLease, Keys, Leases, LogArgs, ServerArgs, signal};
 use medallion_pipeline::Confinement;
 use medallion_pipeline::size::{parse_memory_limit, parse_size};
 use medallion_proto::coordinator_server::CoordinatorServer;
@@ -95,6 +95,7 @@ pub struct CoordinatorArgs {
 /// What a running coordinator holds, leader or not.
 struct Services {
     etcd: Client,
+    leases: Leases,
     keys: Keys,
     advertise: String,
     members: Arc<Members>,
@@ -110,7 +111,7 @@ pub async fn serve(args: CoordinatorArgs) -> Result<()> {
     let services = start_services(&args).await?;
     let shutdown = signal::shutdown();
     tokio::pin!(shutdown);
-    let lease = KeptLease::grant(&services.etcd, args.server.lease_ttl).await?;
+    let lease = services.leases.grant(args.server.lease_ttl).await?;
     let lost = lease.lost();
     tokio::select! {
         _ = &mut shutdown => {
@@ -142,6 +143,7 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
     let bound = args.server.bind().await?;
     let advertise = bound.advertise.clone();
     let etcd = args.etcd.connect().await?;
+    let leases = Leases::new(etcd.clone(), args.etcd.clone());
     let keys = args.etcd.keys();
     let tls = args.server.tls.client()?;
     let members = Members::grpc(tls.clone());
@@ -160,6 +162,7 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
     };
     let store: Arc<dyn RunStore> = Arc::new(EtcdRunStore::new(
         etcd.clone(),
+        leases.clone(),
         keys.clone(),
         args.server.lease_ttl,
     ));
@@ -215,6 +218,7 @@ async fn start_services(args: &CoordinatorArgs) -> Result<Services> {
     tracing::info!(address = %advertise, "coordinator serving; campaigning for leadership");
     Ok(Services {
         etcd,
+        leases,
         keys,
         advertise,
         members,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use medallion_cluster::{EtcdArgs, KeptLease, LogArgs, ServerArgs, signal};
+use medallion_cluster::{EtcdArgs, KeptLease, Leases, LogArgs, ServerArgs, signal};
 use medallion_pipeline::size::parse_memory_limit;
 use medallion_proto::ExecutorInfo;
 use medallion_proto::executor_server::ExecutorServer;
@@ -111,7 +111,8 @@ pub async fn serve(args: ExecutorArgs) -> Result<()> {
         });
     }
     let ttl = args.server.lease_ttl;
-    let lease = register_until_shutdown(&etcd, &keys, &info, ttl, &service).await?;
+    let leases = Leases::new(etcd.clone(), args.etcd.clone());
+    let lease = register_until_shutdown(&etcd, &leases, &keys, &info, ttl, &service).await?;
     server
         .health
         .set_not_serving::<ExecutorServer<ExecutorService>>()
@@ -143,6 +144,7 @@ pub async fn serve(args: ExecutorArgs) -> Result<()> {
 /// Returns the lease to revoke once drained.
 async fn register_until_shutdown(
     etcd: &etcd_client::Client,
+    leases: &Leases,
     keys: &medallion_cluster::Keys,
     info: &ExecutorInfo,
     ttl: i64,
@@ -151,7 +153,7 @@ async fn register_until_shutdown(
     let shutdown = signal::shutdown();
     tokio::pin!(shutdown);
     loop {
-        let lease = KeptLease::grant(etcd, ttl).await?;
+        let lease = leases.grant(ttl).await?;
         etcd.clone()
             .put(
                 keys.executor(&info.id),

@@ -587,3 +587,32 @@ fn ballista_follows_a_new_leader() {
     );
     assert_same_tables_as_embedded(&ws, &cluster);
 }
+
+/// A gold query whose polls each hold the executor's runtime for seconds (`range` and
+/// `unnest` build a partition's rows in one batch) must not cost the executor its
+/// registration: its lease is kept alive from a thread of its own, not behind the query.
+#[test]
+fn an_executor_busy_in_long_polls_keeps_its_registration() {
+    const VALUES_PER_ORDER: u64 = 6_000_000;
+    let ws = crate::fixture::shop();
+    ws.write(
+        "pipeline.yaml",
+        &format!(
+            "{}  - name: busy\n    sql: SELECT count(*) AS n FROM (SELECT unnest(range({VALUES_PER_ORDER})) \
+             AS v FROM silver.orders) x\n",
+            crate::fixture::SPEC
+        ),
+    );
+    let cluster = Cluster::start(&ws, 1, 1);
+    let run_id = cluster.submit(&ws, "pipeline.yaml");
+    let status = cluster.wait(&ws, &run_id);
+    assert_succeeded(&status, &cluster);
+    let lake = ws.path().join("lake");
+    let orders = read_delta(lake.join("silver/orders").to_str().unwrap(), None);
+    let busy = read_delta(lake.join("gold/busy").to_str().unwrap(), None);
+    let expected = orders["num_rows"].as_u64().unwrap() * VALUES_PER_ORDER;
+    assert_eq!(busy["rows"][0]["n"], expected, "{busy}");
+    let logs = cluster.logs();
+    assert!(!logs.contains("etcd lease expired"), "{logs}");
+    assert!(!logs.contains("executor left"), "{logs}");
+}

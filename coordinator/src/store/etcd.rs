@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, LockOptions, Txn, TxnOp};
-use medallion_cluster::{KeptLease, Keys};
+use medallion_cluster::{KeptLease, Keys, Leases};
 use medallion_proto::{Deployment, RunRecord, TaskRecord};
 use prost::Message;
 
@@ -30,15 +30,17 @@ impl Drop for EtcdLock {
 /// Run state in etcd.
 pub struct EtcdRunStore {
     etcd: Client,
+    leases: Leases,
     keys: Keys,
     /// Seconds a dead leader's run locks outlive it.
     lock_ttl: i64,
 }
 
 impl EtcdRunStore {
-    pub fn new(etcd: Client, keys: Keys, lock_ttl: i64) -> Self {
+    pub fn new(etcd: Client, leases: Leases, keys: Keys, lock_ttl: i64) -> Self {
         Self {
             etcd,
+            leases,
             keys,
             lock_ttl,
         }
@@ -50,7 +52,7 @@ impl RunStore for EtcdRunStore {
     /// The lock lives under a lease of its own, so a leader that dies releases it when the
     /// lease runs out.
     async fn lock_pipeline(&self, pipeline: &str, lake: &str) -> Result<PipelineLock> {
-        let lease = KeptLease::grant(&self.etcd, self.lock_ttl).await?;
+        let lease = self.leases.grant(self.lock_ttl).await?;
         let lock = EtcdLock {
             etcd: self.etcd.clone(),
             lease: Some(lease),
