@@ -243,25 +243,27 @@ pub(crate) struct CheckedColumn {
     pub bad: usize,
 }
 
-/// Fails on the first value that did not cast; passes on the first `output` columns.
+/// Fails on the first value that did not cast; passes on the `output` columns.
 pub(crate) struct CastChecked {
     columns: Vec<CheckedColumn>,
     /// Index of the source file column, to name the file in the error.
     file: Option<usize>,
+    output: Vec<usize>,
     schema: SchemaRef,
 }
 
 impl CastChecked {
     pub(crate) fn new(
         input: SendableRecordBatchStream,
-        output: usize,
+        output: Vec<usize>,
         columns: Vec<CheckedColumn>,
         file: Option<usize>,
     ) -> Result<Stepped<Self>> {
-        let schema = std::sync::Arc::new(input.schema().project(&(0..output).collect::<Vec<_>>())?);
+        let schema = std::sync::Arc::new(input.schema().project(&output)?);
         let step = Self {
             columns,
             file,
+            output,
             schema,
         };
         Ok(Stepped { input, step })
@@ -306,6 +308,6 @@ impl BatchStep for CastChecked {
                 c.name, c.declared
             )));
         }
-        Ok(batch.project(&(0..self.schema.fields().len()).collect::<Vec<_>>())?)
+        Ok(batch.project(&self.output)?)
     }
 }

@@ -110,14 +110,17 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         Some(keys) => plan.of_keys(&session, typed, keys)?,
         None => typed,
     };
-    let (kept, counts) = plan.filtered(typed).await?;
+    // A table deduplicated by sorting checks its casts before the sort, so the sort does not
+    // carry the columns that check reads; a CDC table checks the rows its changes give.
+    let casts_checked = spec.scd_type().is_none();
+    let (kept, counts) = plan.filtered(typed, casts_checked).await?;
     // Rows that only name a touched key, not rows of the table.
     let mut markers = 0;
     let (rows, screening) = match spec.scd_type() {
         None => plan.deduplicated(kept).await?,
         Some(scd) => {
             let changes = plan.applied(kept, scd, truncated_at)?;
-            let (rows, screening) = plan.checked(changes).await?;
+            let (rows, screening) = plan.checked(changes, false).await?;
             match touched {
                 Some(keys) => {
                     markers = keys.iter().map(|b| b.num_rows() as u64).sum();
@@ -149,6 +152,25 @@ pub(crate) async fn run(ctx: &TaskContext, work: TransformWork) -> Result<Output
         ..out.metrics
     };
     Ok(out)
+}
+
+/// `e`, of type `from`, cast to `to` as `TRY_CAST` casts it. Arrow casts a timestamp without
+/// a time zone to one with a zone by looking up the zone's offset for every value (~60 ns
+/// each, the most of `to_timestamp(text)` typed `timestamp`), though UTC's offset is always
+/// zero; from nanoseconds (all within chrono's range, so none becomes NULL on the way) a
+/// change of unit and a reinterpretation give the same values.
+fn typed_cast(e: Expr, from: &DataType, to: &DataType) -> Expr {
+    use datafusion::arrow::datatypes::TimeUnit;
+    match (from, to) {
+        (
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            DataType::Timestamp(unit, Some(zone)),
+        ) if zone.as_ref() == "UTC" => {
+            let naive = try_cast(e, DataType::Timestamp(*unit, None));
+            try_cast(try_cast(naive, DataType::Int64), to.clone())
+        }
+        _ => try_cast(e, to.clone()),
+    }
 }
 
 /// An identifier as DataFusion's `col()` takes it, so names keep their case.
@@ -216,15 +238,17 @@ impl Plan<'_> {
                 None => exprs.push(e.alias(name)),
                 Some(t) => {
                     let dt = types::parse_type(&t.value).map_err(TaskError::permanent)?;
+                    let from = e
+                        .get_type(source.schema())
+                        .map_err(|e| self.data_error(format!("column {name}: {e}")))?;
+                    let typed = typed_cast(e.clone(), &from, &dt);
                     let bad = when(
-                        e.clone()
-                            .is_not_null()
-                            .and(try_cast(e.clone(), dt.clone()).is_null()),
+                        e.clone().is_not_null().and(typed.clone().is_null()),
                         cast(e.clone(), DataType::Utf8),
                     )
                     .end()
                     .map_err(|e| self.data_error(e))?;
-                    exprs.push(try_cast(e, dt).alias(name));
+                    exprs.push(typed.alias(name));
                     exprs.push(bad.alias(bad_value_column(i)));
                 }
             }
@@ -531,13 +555,15 @@ impl Plan<'_> {
     }
 
     /// The rows that pass every filter, counted on their way out of the one scan of the input:
-    /// they run through a [`Filtered`] stream, which becomes the one partition of the table
-    /// the dedupe sort reads. One partition makes one sort, whose spill files merge within the
+    /// they run through a [`Filtered`] stream (and, with `check_casts`, a [`CastChecked`] one
+    /// that drops the columns it reads), which becomes the one partition of the table the
+    /// dedupe sort reads. One partition makes one sort, whose spill files merge within the
     /// memory pool; sorted partitions would need a merge above them that cannot spill, which
     /// is what ran out of memory at 50M orders under a 1 GiB pool.
     async fn filtered(
         &self,
         typed: DataFrame,
+        check_casts: bool,
     ) -> Result<(DataFrame, Arc<FilterCounts>), TaskError> {
         let (typed, pass) = match self.predicate(&typed)? {
             Some(p) => {
@@ -554,7 +580,18 @@ impl Plan<'_> {
             .await
             .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
         let counts = Arc::new(FilterCounts::default());
-        let filtered = Once::new(Box::pin(Filtered::new(stream, pass, counts.clone())));
+        let mut stream: SendableRecordBatchStream =
+            Box::pin(Filtered::new(stream, pass, counts.clone()));
+        if check_casts {
+            let schema = stream.schema();
+            let checks = self.cast_checks(&schema)?;
+            let output = (0..schema.fields().len())
+                .filter(|i| !checks.iter().any(|c| c.bad == *i))
+                .collect();
+            let file = schema.index_of(FILE).ok();
+            stream = Box::pin(CastChecked::new(stream, output, checks, file).map_err(transient)?);
+        }
+        let filtered = Once::new(stream);
         let schema = filtered.schema().clone();
         let partitions: Vec<Arc<dyn PartitionStream>> = vec![Arc::new(filtered)];
         let table = StreamingTable::try_new(schema, partitions).map_err(transient)?;
@@ -564,14 +601,14 @@ impl Plan<'_> {
         Ok((kept, counts))
     }
 
-    /// Only the latest row per key: sorted by key, then latest first, checked and screened,
-    /// and the first row of each key that passed the screen taken.
+    /// Only the latest row per key: rows whose casts were checked, sorted by key, then latest
+    /// first, screened, and the first row of each key that passed the screen taken.
     async fn deduplicated(
         &self,
         kept: DataFrame,
     ) -> Result<(SendableRecordBatchStream, Screening), TaskError> {
         if self.spec.keys.is_empty() {
-            return self.checked(kept).await;
+            return self.checked(kept, true).await;
         }
         let has = |name: &str| kept.schema().has_column_with_unqualified_name(name);
         let latest_first = [LATEST, INGESTED, FILE]
@@ -585,7 +622,7 @@ impl Plan<'_> {
             .chain(latest_first)
             .collect();
         let sorted = kept.sort(order).map_err(|e| self.data_error(e))?;
-        let (screened, screening) = self.checked(sorted).await?;
+        let (screened, screening) = self.checked(sorted, true).await?;
         let key_indices = self
             .spec
             .keys
@@ -603,11 +640,12 @@ impl Plan<'_> {
         Ok((Box::pin(first), screening))
     }
 
-    /// The stored columns, every value checked against its declared type, and screened by
-    /// the table's `drop` and `quarantine` checks.
+    /// The stored columns, every value checked against its declared type (unless
+    /// `casts_checked`), and screened by the table's `drop` and `quarantine` checks.
     async fn checked(
         &self,
         rows: DataFrame,
+        casts_checked: bool,
     ) -> Result<(SendableRecordBatchStream, Screening), TaskError> {
         let failed =
             |e: datafusion::error::DataFusionError| crate::query_error(&self.ctx.table, e.into());
@@ -618,31 +656,43 @@ impl Plan<'_> {
             .map(|c| col(column_name(c)))
             .collect();
         let stored = select.len();
-        let mut checked = Vec::new();
-        for (i, c) in self.spec.columns.iter().enumerate() {
-            if let Some(t) = &c.data_type {
-                checked.push(CheckedColumn {
-                    name: c.name.value.clone(),
-                    declared: t.value.clone(),
-                    bad: select.len(),
-                });
-                select.push(col(column_name(&bad_value_column(i))));
+        if !casts_checked {
+            for (i, c) in self.spec.columns.iter().enumerate() {
+                if c.data_type.is_some() {
+                    select.push(col(column_name(&bad_value_column(i))));
+                }
+            }
+            if rows.schema().has_column_with_unqualified_name(FILE) {
+                select.push(col(FILE));
             }
         }
-        let file = rows
-            .schema()
-            .has_column_with_unqualified_name(FILE)
-            .then(|| {
-                select.push(col(FILE));
-                select.len() - 1
-            });
         let selected = rows.select(select).map_err(|e| self.data_error(e))?;
-        let stream = self.executed.execute(selected).await.map_err(failed)?;
-        let checked = CastChecked::new(stream, stored, checked, file).map_err(failed)?;
-        let checked: SendableRecordBatchStream = Box::pin(checked);
-        let mut screening = Screening::new(self.ctx, &checked.schema())?;
-        let screened = screening.apply(checked);
+        let mut stream = self.executed.execute(selected).await.map_err(failed)?;
+        if !casts_checked {
+            let schema = stream.schema();
+            let checks = self.cast_checks(&schema)?;
+            let file = schema.index_of(FILE).ok();
+            let checked = CastChecked::new(stream, (0..stored).collect(), checks, file);
+            stream = Box::pin(checked.map_err(failed)?);
+        }
+        let mut screening = Screening::new(self.ctx, &stream.schema())?;
+        let screened = screening.apply(stream);
         Ok((screened, screening))
+    }
+
+    /// A check of each typed column's casts, reading its flag column in `schema`.
+    fn cast_checks(&self, schema: &Schema) -> Result<Vec<CheckedColumn>, TaskError> {
+        let typed = self.spec.columns.iter().enumerate();
+        typed
+            .filter_map(|(i, c)| c.data_type.as_ref().map(|t| (i, c, t)))
+            .map(|(i, c, t)| {
+                Ok(CheckedColumn {
+                    name: c.name.value.clone(),
+                    declared: t.value.clone(),
+                    bad: schema.index_of(&bad_value_column(i)).map_err(transient)?,
+                })
+            })
+            .collect()
     }
 
     /// A CDC table's rows from its changes ([`crate::cdc`]): truncated changes left out, then
@@ -700,6 +750,52 @@ impl Plan<'_> {
                 .iter()
                 .map(|c| c.value.as_str())
                 .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, TimestampNanosecondArray};
+    use datafusion::arrow::datatypes::TimeUnit;
+
+    /// The shortcut gives what `TRY_CAST` gives, for every unit: negative values, values
+    /// between two units, NULL.
+    #[tokio::test]
+    async fn a_naive_nanosecond_timestamp_casts_to_utc_as_try_cast_does() {
+        let values = TimestampNanosecondArray::from(vec![
+            Some(1_704_067_320_123_456_789),
+            Some(-1_999),
+            Some(0),
+            None,
+            Some(i64::MIN),
+            Some(i64::MAX),
+        ]);
+        let from = values.data_type().clone();
+        let batch = RecordBatch::try_from_iter([("t", Arc::new(values) as ArrayRef)]).unwrap();
+        for unit in [
+            TimeUnit::Second,
+            TimeUnit::Millisecond,
+            TimeUnit::Microsecond,
+            TimeUnit::Nanosecond,
+        ] {
+            let to = DataType::Timestamp(unit, Some("UTC".into()));
+            let shortcut = typed_cast(col("t"), &from, &to);
+            assert!(format!("{shortcut}").contains("Int64"), "{shortcut}");
+            let out = SessionContext::new()
+                .read_batch(batch.clone())
+                .unwrap()
+                .select(vec![
+                    shortcut.alias("shortcut"),
+                    try_cast(col("t"), to.clone()).alias("cast"),
+                ])
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            assert_eq!(out[0].column(0).data_type(), &to);
+            assert_eq!(out[0].column(0), out[0].column(1), "{unit:?}");
         }
     }
 }
