@@ -414,11 +414,23 @@ class LocalCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def start_cluster(*args, attempts=3):
+    """A `LocalCluster`, started again when a server found its port taken: ports are picked free
+    but not held until the servers bind them, and a server binding port 0 meanwhile (the
+    coordinator's UI and metrics) may be given one of them."""
+    for attempt in range(attempts):
+        try:
+            return LocalCluster(*args)
+        except RuntimeError as e:
+            if "address already in use" not in str(e) or attempt == attempts - 1:
+                raise
+
+
 def run_medallion_cluster(medallion, workload, data, out, executors, threads, memory, work):
     """The workload's pipeline submitted to a local cluster; peak memory counts the client,
     the coordinator and the executors (not etcd)."""
     spec_path = spec_for(workload, data, out)
-    with LocalCluster(medallion, executors, threads, size_bytes(memory), work, data, out) as cluster:
+    with start_cluster(medallion, executors, threads, size_bytes(memory), work, data, out) as cluster:
         warm_cache(data)
         stdout, seconds, peak = measure([medallion, "--coordinator", cluster.url, "submit", spec_path,
                                          "--wait", "--output", "json"],
