@@ -583,13 +583,7 @@ impl Plan<'_> {
         let mut stream: SendableRecordBatchStream =
             Box::pin(Filtered::new(stream, pass, counts.clone()));
         if check_casts {
-            let schema = stream.schema();
-            let checks = self.cast_checks(&schema)?;
-            let output = (0..schema.fields().len())
-                .filter(|i| !checks.iter().any(|c| c.bad == *i))
-                .collect();
-            let file = schema.index_of(FILE).ok();
-            stream = Box::pin(CastChecked::new(stream, output, checks, file).map_err(transient)?);
+            stream = self.cast_checked(stream, None)?;
         }
         let filtered = Once::new(stream);
         let schema = filtered.schema().clone();
@@ -669,21 +663,23 @@ impl Plan<'_> {
         let selected = rows.select(select).map_err(|e| self.data_error(e))?;
         let mut stream = self.executed.execute(selected).await.map_err(failed)?;
         if !casts_checked {
-            let schema = stream.schema();
-            let checks = self.cast_checks(&schema)?;
-            let file = schema.index_of(FILE).ok();
-            let checked = CastChecked::new(stream, (0..stored).collect(), checks, file);
-            stream = Box::pin(checked.map_err(failed)?);
+            stream = self.cast_checked(stream, Some((0..stored).collect()))?;
         }
         let mut screening = Screening::new(self.ctx, &stream.schema())?;
         let screened = screening.apply(stream);
         Ok((screened, screening))
     }
 
-    /// A check of each typed column's casts, reading its flag column in `schema`.
-    fn cast_checks(&self, schema: &Schema) -> Result<Vec<CheckedColumn>, TaskError> {
+    /// `rows` with each typed column's casts checked against its flag column ([`CastChecked`]),
+    /// passing on the `output` columns (default: all but the flags).
+    fn cast_checked(
+        &self,
+        rows: SendableRecordBatchStream,
+        output: Option<Vec<usize>>,
+    ) -> Result<SendableRecordBatchStream, TaskError> {
+        let schema = rows.schema();
         let typed = self.spec.columns.iter().enumerate();
-        typed
+        let checks = typed
             .filter_map(|(i, c)| c.data_type.as_ref().map(|t| (i, c, t)))
             .map(|(i, c, t)| {
                 Ok(CheckedColumn {
@@ -692,7 +688,16 @@ impl Plan<'_> {
                     bad: schema.index_of(&bad_value_column(i)).map_err(transient)?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, TaskError>>()?;
+        let output = output.unwrap_or_else(|| {
+            (0..schema.fields().len())
+                .filter(|i| !checks.iter().any(|c| c.bad == *i))
+                .collect()
+        });
+        let file = schema.index_of(FILE).ok();
+        let checked = CastChecked::new(rows, output, checks, file)
+            .map_err(|e| crate::query_error(&self.ctx.table, e.into()))?;
+        Ok(Box::pin(checked))
     }
 
     /// A CDC table's rows from its changes ([`crate::cdc`]): truncated changes left out, then
